@@ -1,0 +1,28 @@
+"""bovw: fast bag-of-visual-words pipelines for images, in Rust.
+
+Decode, SIFT, ORB, K-Means, bag-of-visual-words histograms and PCA, as
+Arrow/NumPy functions with scikit-learn and Spark conventions.
+
+>>> import bovw
+>>> table = bovw.read_images(bovw.sample_data_path())
+>>> table.num_rows
+550
+"""
+
+from bovw._bovw import __version__
+from bovw.features import KEYPOINT_DTYPE, ORB, SIFT, extract_descriptors, keypoints_from_cv2
+from bovw.image import decode_gray, decode_gray_batch, list_images, read_images, sample_data_path
+
+__all__ = [
+    "__version__",
+    "KEYPOINT_DTYPE",
+    "ORB",
+    "SIFT",
+    "decode_gray",
+    "decode_gray_batch",
+    "extract_descriptors",
+    "keypoints_from_cv2",
+    "list_images",
+    "read_images",
+    "sample_data_path",
+]

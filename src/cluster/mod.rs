@@ -1,0 +1,3 @@
+//! Clustering descriptors into a visual vocabulary.
+
+pub mod kmeans;

@@ -1,0 +1,3 @@
+//! Dimensionality reduction.
+
+pub mod pca;

@@ -1,0 +1,1 @@
+//! PCA by eigendecomposition of the covariance. (Being written: issue 5.)

@@ -1,0 +1,1 @@
+//! Bag-of-visual-words histograms. (Being written: issue 5.)

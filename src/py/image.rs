@@ -1,0 +1,62 @@
+//! Bindings for `crate::image`.
+
+use numpy::{IntoPyArray, PyArray2};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3_arrow::PyArray;
+
+use crate::arrow::binary_values;
+use crate::image::decode_gray;
+
+/// Decode JPEG/PNG bytes to an (H, W) uint8 grayscale array (OpenCV BGR2GRAY weights).
+#[pyfunction]
+pub fn decode_gray_image<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let img = py.detach(|| decode_gray(data)).map_err(PyValueError::new_err)?;
+    let arr = ndarray::Array2::from_shape_vec((img.height, img.width), img.data)
+        .expect("decoded buffer has height * width pixels");
+    Ok(arr.into_pyarray(py))
+}
+
+/// Decode a binary Arrow array; returns (images, errors): one entry per row,
+/// an (H, W) uint8 array or None, and None or the reason.
+#[pyfunction]
+#[pyo3(signature = (content, n_threads=None))]
+pub fn decode_gray_batch<'py>(
+    py: Python<'py>,
+    content: PyArray,
+    n_threads: Option<usize>,
+) -> PyResult<(Vec<Option<Bound<'py, PyArray2<u8>>>>, Vec<Option<String>>)> {
+    use rayon::prelude::*;
+    let values = binary_values(content.array().as_ref())?;
+    let decoded: Vec<Result<crate::image::GrayImage, String>> = py.detach(|| {
+        crate::features::with_threads(n_threads, || {
+            values
+                .par_iter()
+                .map(|v| v.ok_or_else(|| "null content".to_string()).and_then(decode_gray))
+                .collect()
+        })
+    });
+    let mut images = Vec::with_capacity(decoded.len());
+    let mut errors = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(img) => {
+                let arr = ndarray::Array2::from_shape_vec((img.height, img.width), img.data)
+                    .expect("decoded buffer has height * width pixels");
+                images.push(Some(arr.into_pyarray(py)));
+                errors.push(None);
+            }
+            Err(e) => {
+                images.push(None);
+                errors.push(Some(e));
+            }
+        }
+    }
+    Ok((images, errors))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_gray_image, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_gray_batch, m)?)?;
+    Ok(())
+}

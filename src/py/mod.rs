@@ -1,0 +1,36 @@
+//! Python bindings: thin wrappers that convert types, release the GIL and call
+//! one stage function. One file per stage.
+
+pub mod cluster;
+pub mod decomposition;
+pub mod features;
+pub mod histogram;
+pub mod image;
+pub mod orb;
+pub mod sift;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::error::BovwError;
+
+impl From<BovwError> for PyErr {
+    fn from(err: BovwError) -> PyErr {
+        match err {
+            BovwError::Dtype { .. } => PyTypeError::new_err(err.to_string()),
+            _ => PyValueError::new_err(err.to_string()),
+        }
+    }
+}
+
+/// Register every stage's functions on the extension module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    image::register(m)?;
+    features::register(m)?;
+    sift::register(m)?;
+    orb::register(m)?;
+    cluster::register(m)?;
+    histogram::register(m)?;
+    decomposition::register(m)?;
+    Ok(())
+}
