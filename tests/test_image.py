@@ -87,7 +87,7 @@ def test_jpeg_gray_close_to_cv2(sample_root):
     [
         (b"", "empty"),
         (b"this is a text file, not an image", "not a JPEG or PNG"),
-        (b"GIF89a" + b"\0" * 20, "not a JPEG or PNG"),
+        (b"GIF89a" + b"\0" * 20, "only JPEG and PNG"),
     ],
 )
 def test_decode_errors(data, reason):
