@@ -288,18 +288,53 @@ impl<'a, T: Real> PreparedCenters<'a, T> {
     }
 }
 
-/// Assign the rows of one block (`m x d`) to their exact nearest center.
-///
-/// Writes the label and the direct squared distance of each row; if
-/// `second` is given, also a lower bound on the squared distance to the
-/// second nearest center. `buf` is scratch space.
-fn assign_block<T: Real>(
+/// Minimum of a slice, with lane-wise accumulators so that it vectorises.
+#[inline]
+fn min_lanes<T: Real>(v: &[T]) -> T {
+    const L: usize = 16;
+    let big = T::from_f64(f64::INFINITY);
+    let mut acc = [big; L];
+    let mut it = v.chunks_exact(L);
+    for c in &mut it {
+        for l in 0..L {
+            acc[l] = if c[l] < acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    let mut m = big;
+    for &x in it.remainder().iter().chain(acc.iter()) {
+        if x < m {
+            m = x;
+        }
+    }
+    m
+}
+
+/// Number of values `<= thr` (vectorises).
+#[inline]
+fn count_le<T: Real>(v: &[T], thr: T) -> usize {
+    v.iter().map(|&x| (x <= thr) as usize).sum()
+}
+
+/// What [`assign_block`] writes besides the labels.
+pub(crate) struct BlockOut<'a> {
+    /// Squared distance to the nearest center: direct (exact) if `exact`,
+    /// else the expansion's value plus its error bound (an upper bound).
+    pub dists: Option<&'a mut [f64]>,
+    pub exact: bool,
+    /// A lower bound on the squared distance to the second nearest center.
+    pub second: Option<&'a mut [f64]>,
+}
+
+/// Assign the rows of one block (`m x d`) to their exact nearest center
+/// (ties to the lowest index). `xnorms` are the rows' squared norms if
+/// known. `buf` is scratch space.
+pub(crate) fn assign_block<T: Real>(
     rows: &[T],
+    xnorms: Option<&[f64]>,
     pc: &PreparedCenters<'_, T>,
     buf: &mut Vec<T>,
     labels: &mut [u32],
-    dists: &mut [f64],
-    mut second: Option<&mut [f64]>,
+    mut out: BlockOut<'_>,
 ) {
     let (k, d) = (pc.k, pc.d);
     let m = rows.len() / d;
@@ -308,58 +343,52 @@ fn assign_block<T: Real>(
     }
     gemm_abt(rows, pc.centers, m, k, d, buf);
     let two = T::from_f64(2.0);
-    let mut cands: Vec<u32> = Vec::new();
+    let big = T::from_f64(f64::INFINITY);
     for r in 0..m {
         let x = &rows[r * d..(r + 1) * d];
         let dots = &mut buf[r * k..(r + 1) * k];
-        // v_j = ||c_j||^2 - 2 x.c_j, then the minimum.
-        let mut best = T::zero();
-        let mut bj = 0usize;
-        for (j, (v, &cn)) in dots.iter_mut().zip(&pc.norms).enumerate() {
+        // v_j = ||c_j||^2 - 2 x.c_j
+        for (v, &cn) in dots.iter_mut().zip(&pc.norms) {
             *v = cn - two * *v;
-            if j == 0 || *v < best {
-                best = *v;
-                bj = j;
-            }
         }
-        let xn = sqnorm(x);
+        let best = min_lanes(dots);
+        let xn = match xnorms {
+            Some(n) => n[r],
+            None => sqnorm(x),
+        };
         let delta = (d as f64 + 4.0) * T::EPS * (xn + pc.norm_max);
         let thr = T::from_f64(best.to_f64() + 2.0 * delta);
-        cands.clear();
-        let mut second_v = f64::INFINITY;
-        for (j, &v) in dots.iter().enumerate() {
-            if v <= thr {
-                cands.push(j as u32);
-            }
-            if second.is_some() && j != bj {
-                let vf = v.to_f64();
-                if vf < second_v {
-                    second_v = vf;
-                }
-            }
-        }
-        let (label, dist) = if cands.len() <= 1 {
-            (bj as u32, sqdist_exact(x, pc.row(bj)))
+        let n_cand = count_le(dots, thr);
+        let (label, exact_dist) = if n_cand <= 1 {
+            let j = dots.iter().position(|&v| v <= thr).unwrap_or(0);
+            let e = if out.exact { Some(sqdist_exact(x, pc.row(j))) } else { None };
+            (j, e)
         } else {
-            let mut bl = u32::MAX;
+            let mut bl = usize::MAX;
             let mut bd = f64::INFINITY;
-            for &j in &cands {
-                let dj = sqdist_exact(x, pc.row(j as usize));
-                if dj < bd {
-                    bd = dj;
-                    bl = j;
+            for (j, &v) in dots.iter().enumerate() {
+                if v <= thr {
+                    let dj = sqdist_exact(x, pc.row(j));
+                    if dj < bd {
+                        bd = dj;
+                        bl = j;
+                    }
                 }
             }
-            (bl, bd)
+            (bl, Some(bd))
         };
-        labels[r] = label;
-        dists[r] = dist;
-        if let Some(s) = second.as_deref_mut() {
-            // If the exact check moved the label, the old minimum is a candidate
-            // for the second nearest too: take the smaller approximate value.
-            if label as usize != bj {
-                second_v = second_v.min(best.to_f64());
-            }
+        labels[r] = label as u32;
+        if let Some(ds) = out.dists.as_deref_mut() {
+            ds[r] = match exact_dist {
+                Some(e) if out.exact => e,
+                _ => (xn + dots[label].to_f64() + delta).max(0.0),
+            };
+        }
+        if let Some(s) = out.second.as_deref_mut() {
+            let keep = dots[label];
+            dots[label] = big;
+            let second_v = if k > 1 { min_lanes(dots).to_f64() } else { f64::INFINITY };
+            dots[label] = keep;
             s[r] = (xn + second_v - delta).max(0.0);
         }
     }
@@ -388,7 +417,9 @@ fn assign_into<T: Real>(x: &[T], pc: &PreparedCenters<'_, T>, labels: &mut [u32]
     x.par_chunks(CHUNK * d)
         .zip(labels.par_chunks_mut(CHUNK))
         .zip(dists.par_chunks_mut(CHUNK))
-        .for_each_init(Vec::new, |buf, ((rows, l), ds)| assign_block(rows, pc, buf, l, ds, None));
+        .for_each_init(Vec::new, |buf, ((rows, l), ds)| {
+            assign_block(rows, None, pc, buf, l, BlockOut { dists: Some(ds), exact: true, second: None })
+        });
 }
 
 /// Nearest center of each row of `x` (n x d, row-major) among `centers`
@@ -716,9 +747,9 @@ pub fn kmeans_single<T: Real>(
     let mut centers = init.to_vec();
     let mut labels = vec![0u32; n];
     let mut labels_old = vec![u32::MAX; n];
-    let mut dists = vec![0f64; n];
     let mut strict = false;
     let mut n_iter = 0;
+    let xn: Vec<f64> = x.par_chunks(d).map(sqnorm).collect();
     // Hamerly state: bounds on distances (not squared).
     let mut upper = Vec::new();
     let mut lower = Vec::new();
@@ -727,25 +758,26 @@ pub fn kmeans_single<T: Real>(
         lower = vec![0f64; n];
         let pc = PreparedCenters::new(&centers, d);
         x.par_chunks(CHUNK * d)
+            .zip(xn.par_chunks(CHUNK))
             .zip(labels.par_chunks_mut(CHUNK))
-            .zip(dists.par_chunks_mut(CHUNK))
+            .zip(upper.par_chunks_mut(CHUNK))
             .zip(lower.par_chunks_mut(CHUNK))
-            .for_each_init(Vec::new, |buf, (((rows, l), ds), lo)| {
-                assign_block(rows, &pc, buf, l, ds, Some(&mut *lo));
+            .for_each_init(Vec::new, |buf, ((((rows, xb), l), u), lo)| {
+                assign_block(rows, Some(xb), &pc, buf, l, BlockOut { dists: Some(&mut *u), exact: false, second: Some(&mut *lo) });
+                u.iter_mut().for_each(|v| *v = v.sqrt());
+                lo.iter_mut().for_each(|v| *v = v.sqrt());
             });
-        upper.par_iter_mut().zip(&dists).for_each(|(u, &dd)| *u = dd.sqrt());
-        lower.par_iter_mut().for_each(|l| *l = l.sqrt());
     }
     for it in 0..max_iter {
         n_iter = it + 1;
         match algorithm {
             Algorithm::Lloyd => {
                 let pc = PreparedCenters::new(&centers, d);
-                assign_into(x, &pc, &mut labels, &mut dists);
+                lloyd_assign(x, &xn, &pc, &mut labels);
             }
             Algorithm::Elkan => {
                 if it > 0 {
-                    hamerly_assign(x, d, &centers, &mut labels, &mut upper, &mut lower);
+                    hamerly_assign(x, &xn, d, &centers, &mut labels, &mut upper, &mut lower);
                 }
             }
         }
@@ -770,10 +802,19 @@ pub fn kmeans_single<T: Real>(
     }
     if !strict {
         let pc = PreparedCenters::new(&centers, d);
-        assign_into(x, &pc, &mut labels, &mut dists);
+        lloyd_assign(x, &xn, &pc, &mut labels);
     }
     let inertia = inertia_of(x, d, w, &centers, &labels);
     Ok(KMeansResult { centers, labels, inertia, n_iter })
+}
+
+/// Labels only, by the GEMM path.
+fn lloyd_assign<T: Real>(x: &[T], xn: &[f64], pc: &PreparedCenters<'_, T>, labels: &mut [u32]) {
+    let d = pc.d;
+    x.par_chunks(CHUNK * d).zip(xn.par_chunks(CHUNK)).zip(labels.par_chunks_mut(CHUNK)).for_each_init(
+        Vec::new,
+        |buf, ((rows, xb), l)| assign_block(rows, Some(xb), pc, buf, l, BlockOut { dists: None, exact: false, second: None }),
+    );
 }
 
 /// Move Hamerly's bounds after the centers moved by `sqrt(shifts)`.
@@ -799,7 +840,15 @@ fn hamerly_shift(shifts: &[f64], labels: &[u32], upper: &mut [f64], lower: &mut 
 /// Hamerly's assignment: skip the points whose bounds prove their label,
 /// tighten the upper bound of the others, and reassign the rest of each block
 /// by the GEMM path.
-fn hamerly_assign<T: Real>(x: &[T], d: usize, centers: &[T], labels: &mut [u32], upper: &mut [f64], lower: &mut [f64]) {
+fn hamerly_assign<T: Real>(
+    x: &[T],
+    xn: &[f64],
+    d: usize,
+    centers: &[T],
+    labels: &mut [u32],
+    upper: &mut [f64],
+    lower: &mut [f64],
+) {
     let k = centers.len() / d;
     let pc = PreparedCenters::new(centers, d);
     // s_j: half the distance to the closest other center.
@@ -824,15 +873,17 @@ fn hamerly_assign<T: Real>(x: &[T], d: usize, centers: &[T], labels: &mut [u32],
             .collect()
     };
     x.par_chunks(CHUNK * d)
+        .zip(xn.par_chunks(CHUNK))
         .zip(labels.par_chunks_mut(CHUNK))
         .zip(upper.par_chunks_mut(CHUNK))
         .zip(lower.par_chunks_mut(CHUNK))
         .for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            |(buf, idx, gath, lab, ds, sec): &mut (Vec<T>, Vec<usize>, Vec<T>, Vec<u32>, Vec<f64>, Vec<f64>),
-             (((rows, l), u), lo)| {
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(buf, idx, gath, gxn, lab, ds, sec): &mut (Vec<T>, Vec<usize>, Vec<T>, Vec<f64>, Vec<u32>, Vec<f64>, Vec<f64>),
+             ((((rows, xb), l), u), lo)| {
                 idx.clear();
                 gath.clear();
+                gxn.clear();
                 for r in 0..l.len() {
                     let a = l[r] as usize;
                     let m = half[a].max(lo[r]);
@@ -846,6 +897,7 @@ fn hamerly_assign<T: Real>(x: &[T], d: usize, centers: &[T], labels: &mut [u32],
                     }
                     idx.push(r);
                     gath.extend_from_slice(row);
+                    gxn.push(xb[r]);
                 }
                 if idx.is_empty() {
                     return;
@@ -854,7 +906,14 @@ fn hamerly_assign<T: Real>(x: &[T], d: usize, centers: &[T], labels: &mut [u32],
                 lab.resize(m, 0);
                 ds.resize(m, 0.0);
                 sec.resize(m, 0.0);
-                assign_block(gath, &pc, buf, lab, ds, Some(&mut sec[..]));
+                assign_block(
+                    gath,
+                    Some(gxn),
+                    &pc,
+                    buf,
+                    lab,
+                    BlockOut { dists: Some(&mut ds[..]), exact: false, second: Some(&mut sec[..]) },
+                );
                 for (q, &r) in idx.iter().enumerate() {
                     l[r] = lab[q];
                     u[r] = ds[q].sqrt();
