@@ -10,12 +10,15 @@ Arrow/NumPy functions with scikit-learn and Spark conventions.
 """
 
 from bovw._bovw import __version__
+from bovw.cluster import KMeans, MiniBatchKMeans
 from bovw.features import KEYPOINT_DTYPE, ORB, SIFT, extract_descriptors, keypoints_from_cv2
 from bovw.image import decode_gray, decode_gray_batch, list_images, read_images, sample_data_path
 
 __all__ = [
     "__version__",
     "KEYPOINT_DTYPE",
+    "KMeans",
+    "MiniBatchKMeans",
     "ORB",
     "SIFT",
     "decode_gray",

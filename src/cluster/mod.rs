@@ -1,3 +1,4 @@
 //! Clustering descriptors into a visual vocabulary.
 
+pub mod init;
 pub mod kmeans;
