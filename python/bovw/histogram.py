@@ -215,12 +215,55 @@ def _vocabulary_array(vocabulary: Any) -> np.ndarray:
     return v
 
 
+def _arrow_descriptor_column(col: pa.Array, d: int) -> pa.Array:
+    """Bring a descriptors column to ``list<fixed_size_list<float32, d>>``.
+
+    Spark's Arrow conversion gives ``array<array<float>>`` as
+    ``list<list<float32>>``; its values are re-wrapped without copying
+    (after checking that every descriptor has ``d`` values). float64 values
+    are cast to float32.
+    """
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        raise TypeError(f"descriptors: expected an Arrow list<fixed_size_list<float32, {d}>> column, got {t}")
+    inner_t = t.value_type
+    if pa.types.is_fixed_size_list(inner_t) and inner_t.value_type == pa.float32() and pa.types.is_list(t):
+        return col
+    if not (pa.types.is_fixed_size_list(inner_t) or pa.types.is_list(inner_t) or pa.types.is_large_list(inner_t)):
+        raise TypeError(f"descriptors: expected a list of descriptor lists, got {t}")
+    if not (pa.types.is_floating(inner_t.value_type)):
+        raise TypeError(
+            f"descriptors: expected float values, got {inner_t.value_type} (binary descriptors need words)"
+        )
+    inner = col.values  # all descriptors of the referenced buffers
+    if pa.types.is_fixed_size_list(inner_t):
+        width = inner_t.list_size
+        values = inner.flatten()
+    else:
+        lengths = np.asarray(inner.value_lengths().fill_null(0))
+        if lengths.size and (lengths != d).any():
+            bad = int(np.flatnonzero(lengths != d)[0])
+            raise ValueError(f"descriptors: descriptor {bad} has {lengths[bad]} values, expected {d} like the vocabulary")
+        width = d
+        values = inner.flatten()
+    if values.type != pa.float32():
+        values = values.cast(pa.float32())
+    fsl = pa.FixedSizeListArray.from_arrays(values, width)
+    offsets = col.offsets
+    if pa.types.is_large_list(t):
+        offsets = offsets.cast(pa.int32())
+    mask = col.is_null() if col.null_count else None
+    return pa.ListArray.from_arrays(offsets, fsl, mask=mask)
+
+
 def _descriptor_counts(X: Any, offsets: Any, vocab: np.ndarray, n_threads: int | None) -> np.ndarray:
     d = vocab.shape[1]
     if isinstance(X, pa.ChunkedArray):
-        parts = [_bovw.bow_arrow_counts(c, vocab, n_threads=n_threads) for c in X.chunks]
+        parts = [_descriptor_counts(c, None, vocab, n_threads) for c in X.chunks]
         return np.concatenate(parts) if parts else np.zeros((0, vocab.shape[0]), np.float32)
-    if isinstance(X, pa.Array) or (hasattr(X, "__arrow_c_array__") and not isinstance(X, np.ndarray)):
+    if isinstance(X, pa.Array):
+        return _bovw.bow_arrow_counts(_arrow_descriptor_column(X, d), vocab, n_threads=n_threads)
+    if hasattr(X, "__arrow_c_array__") and not isinstance(X, np.ndarray):
         return _bovw.bow_arrow_counts(X, vocab, n_threads=n_threads)
     if offsets is not None:
         flat = np.asarray(X)
@@ -297,8 +340,10 @@ class BagOfWords(TransformerMixin, BaseEstimator):
     (``None`` or empty = no descriptors), a flat ``(N, d)`` array with
     ``offsets`` (n_images + 1), or an Arrow ``list<fixed_size_list<float32, d>>``
     column (pyarrow Array or ChunkedArray; null rows = no descriptors), read
-    without copying; the last is what ``bovw.extract_descriptors`` and Spark's
-    ``mapInArrow`` give. Binary (ORB) descriptors are not accepted here:
+    without copying, as ``bovw.extract_descriptors`` gives it. Inside Spark's
+    ``mapInArrow`` an ``array<array<float>>`` column arrives as
+    ``list<list<float32>>``: it is accepted too (re-wrapped without copying
+    once every descriptor is checked to have ``d`` values; float64 is cast). Binary (ORB) descriptors are not accepted here:
     assign them with a Hamming vocabulary and use :func:`bow_histograms`.
 
     Because X is not a tabular ``(n_samples, n_features)`` array,
