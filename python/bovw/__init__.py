@@ -11,6 +11,8 @@ Arrow/NumPy functions with scikit-learn and Spark conventions.
 
 from bovw._bovw import __version__
 from bovw.cluster import KMeans, MiniBatchKMeans
+from bovw.decomposition import PCA, pca_partial_sums
+from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
 from bovw.features import KEYPOINT_DTYPE, ORB, SIFT, extract_descriptors, keypoints_from_cv2
 from bovw.image import decode_gray, decode_gray_batch, list_images, read_images, sample_data_path
 
@@ -19,6 +21,11 @@ __all__ = [
     "KEYPOINT_DTYPE",
     "KMeans",
     "MiniBatchKMeans",
+    "PCA",
+    "BagOfWords",
+    "bow_histograms",
+    "histograms_to_arrow",
+    "pca_partial_sums",
     "ORB",
     "SIFT",
     "decode_gray",
