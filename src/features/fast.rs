@@ -104,72 +104,107 @@ pub fn fast9(
     threshold: u8,
     nonmax: bool,
 ) -> Vec<FastCorner> {
+    fast9_window(img, origin, stride, width, height, threshold, nonmax, (0, width, 0, height))
+}
+
+/// [`fast9`] restricted to the corners with `x0 <= x < x1` and `y0 <= y < y1`
+/// (`window = (x0, x1, y0, y1)`): only that window and a one-pixel ring
+/// around it (for non-maximum suppression) are searched, so the result is
+/// exactly `fast9`'s corners that fall in the window.
+#[allow(clippy::too_many_arguments)]
+pub fn fast9_window(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    width: usize,
+    height: usize,
+    threshold: u8,
+    nonmax: bool,
+    window: (usize, usize, usize, usize),
+) -> Vec<FastCorner> {
     let mut out = Vec::new();
     if width < 7 || height < 7 {
         return out;
     }
     assert!(origin + (height - 1) * stride + width <= img.len());
-    let t = threshold as i32;
+    let (wx0, wx1, wy0, wy1) = (window.0.max(3), window.1.min(width - 3), window.2.max(3), window.3.min(height - 3));
+    if wx0 >= wx1 || wy0 >= wy1 {
+        return out;
+    }
+    // search area: the window plus a ring for non-maximum suppression
+    let (sx0, sx1, sy0, sy1) = ((wx0 - 1).max(3), (wx1 + 1).min(width - 3), (wy0 - 1).max(3), (wy1 + 1).min(height - 3));
+    let n = sx1 - sx0;
+    let t = threshold;
+    let ti = threshold as i32;
     let off = circle_offsets(stride);
-    let mut scores = vec![0u8; width * height];
+    let sw = n + 2; // score rows with one column of margin each side
+    let mut scores = vec![0u8; sw * (sy1 - sy0 + 2)];
     let mut corners: Vec<(usize, usize)> = Vec::new();
-    for y in 3..height - 3 {
+    let mut flags = vec![0u8; n];
+    for y in sy0..sy1 {
         let row = origin + y * stride;
-        for x in 3..width - 3 {
-            let c = row + x;
-            let v = img[c] as i32;
-            let hi = v + t;
-            let lo = v - t;
-            let px = |k: usize| img[(c as isize + off[k]) as usize] as i32;
-            // quick rejection on opposite pairs: a 9-arc contains one pixel of every pair
-            let mut bright_ok = true;
-            let mut dark_ok = true;
-            for k in [0usize, 4, 2, 6] {
-                let (a, b) = (px(k), px(k + 8));
-                bright_ok &= a > hi || b > hi;
-                dark_ok &= a < lo || b < lo;
-                if !bright_ok && !dark_ok {
-                    break;
-                }
+        // vectorisable pre-test: a 9-arc covers two neighbouring compass
+        // points (0, 4, 8, 12) that are both brighter or both darker
+        {
+            let c = &img[row + sx0..row + sx0 + n];
+            let dn = &img[row + 3 * stride + sx0..row + 3 * stride + sx0 + n];
+            let up = &img[row - 3 * stride + sx0..row - 3 * stride + sx0 + n];
+            let rt = &img[row + sx0 + 3..row + sx0 + 3 + n];
+            let lf = &img[row + sx0 - 3..row + sx0 - 3 + n];
+            for i in 0..n {
+                let v = c[i];
+                let hi = v.saturating_add(t);
+                let lo = v.saturating_sub(t);
+                let (b0, b4, b8, b12) = ((dn[i] > hi) as u8, (rt[i] > hi) as u8, (up[i] > hi) as u8, (lf[i] > hi) as u8);
+                let (d0, d4, d8, d12) = ((dn[i] < lo) as u8, (rt[i] < lo) as u8, (up[i] < lo) as u8, (lf[i] < lo) as u8);
+                flags[i] = (b0 & b4) | (b4 & b8) | (b8 & b12) | (b12 & b0) | (d0 & d4) | (d4 & d8) | (d8 & d12) | (d12 & d0);
             }
-            if !bright_ok && !dark_ok {
+        }
+        for (i, &f) in flags.iter().enumerate() {
+            if f == 0 {
                 continue;
             }
+            let x = sx0 + i;
+            let c = row + x;
+            let v = img[c] as i32;
+            let hi = v + ti;
+            let lo = v - ti;
             let mut bmask = 0u32;
             let mut dmask = 0u32;
             let mut d = [0i16; 16];
             for k in 0..16 {
-                let p = px(k);
+                let p = img[(c as isize + off[k]) as usize] as i32;
                 d[k] = (v - p) as i16;
-                if p > hi {
-                    bmask |= 1 << k;
-                } else if p < lo {
-                    dmask |= 1 << k;
-                }
+                bmask |= ((p > hi) as u32) << k;
+                dmask |= ((p < lo) as u32) << k;
             }
-            if (bright_ok && has_arc9(bmask)) || (dark_ok && has_arc9(dmask)) {
+            if has_arc9(bmask) || has_arc9(dmask) {
                 if nonmax {
-                    scores[y * width + x] = corner_score(&d, t) as u8;
+                    scores[(y - sy0 + 1) * sw + (x - sx0 + 1)] = corner_score(&d, ti) as u8;
                 }
                 corners.push((x, y));
             }
         }
     }
     for (x, y) in corners {
+        if x < wx0 || x >= wx1 || y < wy0 || y >= wy1 {
+            continue;
+        }
         if !nonmax {
             out.push(FastCorner { x, y, score: 0 });
             continue;
         }
-        let s = scores[y * width + x];
-        let at = |xx: usize, yy: usize| scores[yy * width + xx];
-        if s > at(x - 1, y)
-            && s > at(x + 1, y)
-            && s > at(x - 1, y - 1)
-            && s > at(x, y - 1)
-            && s > at(x + 1, y - 1)
-            && s > at(x - 1, y + 1)
-            && s > at(x, y + 1)
-            && s > at(x + 1, y + 1)
+        let (cx, cy) = (x - sx0 + 1, y - sy0 + 1);
+        let at = |xx: usize, yy: usize| scores[yy * sw + xx];
+        let s = at(cx, cy);
+        if s > at(cx - 1, cy)
+            && s > at(cx + 1, cy)
+            && s > at(cx - 1, cy - 1)
+            && s > at(cx, cy - 1)
+            && s > at(cx + 1, cy - 1)
+            && s > at(cx - 1, cy + 1)
+            && s > at(cx, cy + 1)
+            && s > at(cx + 1, cy + 1)
         {
             out.push(FastCorner { x, y, score: s });
         }
@@ -215,6 +250,17 @@ mod tests {
         }
         let c2 = fast9(&big, 2 * 30 + 3, 30, w, h, 20, true);
         assert_eq!(c2, c);
+    }
+
+    #[test]
+    fn window_gives_the_same_corners_as_the_full_search() {
+        let (w, h) = (64, 48);
+        let img: Vec<u8> = (0..w * h).map(|i| ((i * 7919) % 251) as u8 / 3 + if (i / w / 5 + i % w / 6) % 2 == 0 { 120 } else { 0 }).collect();
+        let full = fast9(&img, 0, w, w, h, 15, true);
+        assert!(full.len() > 20);
+        let win = (10, 50, 8, 30);
+        let want: Vec<_> = full.iter().copied().filter(|c| c.x >= 10 && c.x < 50 && c.y >= 8 && c.y < 30).collect();
+        assert_eq!(fast9_window(&img, 0, w, w, h, 15, true, win), want);
     }
 
     #[test]

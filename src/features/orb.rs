@@ -33,7 +33,7 @@
 //! deterministic.
 
 use crate::error::{BovwError, Result};
-use crate::features::fast::fast9;
+use crate::features::fast::fast9_window;
 use crate::features::orb_pattern::BIT_PATTERN_31;
 use crate::features::{Descriptors, FeatureExtractor, Features, KeyPoint};
 use crate::image::GrayView;
@@ -110,7 +110,13 @@ pub struct Orb {
 /// `cvRound` on a float: round half to even.
 #[inline]
 fn cv_round(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    if x.abs() < 4_194_304.0 {
+        // adding and removing 1.5 * 2^23 rounds to an integer, ties to even,
+        // in the default rounding mode (no SSE4.1 `roundss` needed)
+        ((x + 12_582_912.0) - 12_582_912.0) as i32
+    } else {
+        x.round_ties_even() as i32
+    }
 }
 
 /// OpenCV's `cv::RNG` (multiply-with-carry), for its fixed-seed patterns.
@@ -197,16 +203,6 @@ impl Level {
     #[inline]
     fn idx(&self, x: isize, y: isize) -> usize {
         ((y + self.border as isize) * self.stride as isize + x + self.border as isize) as usize
-    }
-
-    /// Contiguous copy of the level's pixels.
-    fn roi(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.w * self.h);
-        for y in 0..self.h {
-            let s = self.idx(0, y as isize);
-            out.extend_from_slice(&self.data[s..s + self.w]);
-        }
-        out
     }
 
     /// Embed a contiguous `w x h` image with a reflect-101 border.
@@ -328,28 +324,35 @@ fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh
 /// (OpenCV's `sepFilter2D` path for a pyramid sub-matrix: float taps, rows
 /// then columns in single precision, rounded half to even and saturated).
 /// The border itself is left unsmoothed, as in OpenCV.
-fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7]) {
-    let (w, h, stride, b) = (level.w, level.h, level.stride, level.border);
-    // horizontal pass over rows -3..h+3, columns 0..w
+fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    let (stride, b) = (level.stride, level.border);
+    let (x0, x1, y0, y1) = region;
+    let w = x1 - x0;
+    let h = y1 - y0;
+    // horizontal pass over rows y0-3..y1+3, columns x0..x1
     let rows = h + 6;
     let mut tmp = vec![0f32; rows * w];
     for r in 0..rows {
-        let base = (b + r - 3) * stride + b;
+        let base = (b + y0 + r - 3) * stride + b + x0;
         let src = &level.data[base - 3..base + w + 3];
+        let (s0, s1, s2, s3) = (&src[0..w], &src[1..w + 1], &src[2..w + 2], &src[3..w + 3]);
+        let (s4, s5, s6) = (&src[4..w + 4], &src[5..w + 5], &src[6..w + 6]);
         let t = &mut tmp[r * w..(r + 1) * w];
         for x in 0..w {
-            let s = &src[x..x + 7];
-            let f = |i: usize| s[i] as f32;
-            t[x] = k[3] * f(3) + k[2] * (f(2) + f(4)) + k[1] * (f(1) + f(5)) + k[0] * (f(0) + f(6));
+            t[x] = k[3] * s3[x] as f32
+                + k[2] * (s2[x] as f32 + s4[x] as f32)
+                + k[1] * (s1[x] as f32 + s5[x] as f32)
+                + k[0] * (s0[x] as f32 + s6[x] as f32);
         }
     }
     for y in 0..h {
-        let dst = &mut level.data[(b + y) * stride + b..(b + y) * stride + b + w];
+        let start = (b + y0 + y) * stride + b + x0;
+        let dst = &mut level.data[start..start + w];
         let r = |i: usize| &tmp[(y + i) * w..(y + i + 1) * w];
         let (r0, r1, r2, r3, r4, r5, r6) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6));
         for x in 0..w {
             let v = k[3] * r3[x] + k[2] * (r2[x] + r4[x]) + k[1] * (r1[x] + r5[x]) + k[0] * (r0[x] + r6[x]);
-            dst[x] = v.round_ties_even().clamp(0.0, 255.0) as u8;
+            dst[x] = ((v.max(0.0) + 8_388_608.0) - 8_388_608.0).min(255.0) as u8;
         }
     }
 }
@@ -562,8 +565,25 @@ impl Orb {
 
     /// Build `n` pyramid levels (`None` for empty levels of tiny images),
     /// with the resized masks (255 = keep) when a mask is given.
-    fn pyramid(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>, n: usize) -> (Vec<Option<Level>>, Vec<Option<Vec<u8>>>) {
+    fn pyramid(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>, n: usize, detecting: bool) -> (Vec<Option<Level>>, Vec<Option<Vec<u8>>>) {
         let border = self.border();
+        // When detecting, levels past the last one large enough to hold a
+        // keypoint are not needed (each is only the source of smaller ones).
+        let n = if detecting {
+            let edge = self.params.edge_threshold;
+            let last = (0..n).rev().find(|&l| {
+                let inv = 1.0f32 / self.level_scale(l);
+                let w = cv_round(image.width as f32 * inv).max(0) as usize;
+                let h = cv_round(image.height as f32 * inv).max(0) as usize;
+                w > 2 * edge && h > 2 * edge && w >= 7 && h >= 7
+            });
+            match last {
+                Some(l) => l + 1,
+                None => 0,
+            }
+        } else {
+            n
+        };
         let first = self.params.first_level;
         let mut levels: Vec<Option<Level>> = Vec::with_capacity(n);
         let mut masks: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
@@ -579,21 +599,22 @@ impl Orb {
                 masks.push(None);
                 continue;
             }
-            let (src, sw, sh): (std::borrow::Cow<'_, [u8]>, usize, usize) = match prev {
+            // the resize source: (buffer, stride, origin, width, height)
+            let (src, sstride, sorigin, sw, sh): (&[u8], usize, usize, usize, usize) = match prev {
                 Some(p) => match &levels[p] {
-                    Some(l) => (l.roi().into(), l.w, l.h),
+                    Some(l) => (&l.data, l.stride, l.idx(0, 0), l.w, l.h),
                     None => {
                         levels.push(None);
                         masks.push(None);
                         continue;
                     }
                 },
-                None => (image.data.into(), image.width, image.height),
+                None => (image.data, image.width, 0, image.width, image.height),
             };
             let lvl_pixels: Vec<u8> = if level == first {
                 image.data.to_vec()
             } else {
-                resize_linear_exact(&src, sw, 0, sw, sh, w, h)
+                resize_linear_exact(src, sstride, sorigin, sw, sh, w, h)
             };
             let lvl_mask = mask.map(|m| {
                 if level == first {
@@ -629,8 +650,7 @@ impl Orb {
     /// coordinates in level-0 pixels.
     fn detect_on(&self, levels: &[Option<Level>], masks: &[Option<Vec<u8>>]) -> Vec<KeyPoint> {
         let p = &self.params;
-        let n_levels = levels.len();
-        let per_level = features_per_level(p.n_features, self.scale_factor(), n_levels);
+        let per_level = features_per_level(p.n_features, self.scale_factor(), p.n_levels);
         let edge = p.edge_threshold;
         let half_k = (p.patch_size / 2) as i32;
         let mut all = Vec::new();
@@ -640,15 +660,16 @@ impl Orb {
             if n == 0 {
                 continue;
             }
-            let corners = fast9(&level.data, level.idx(0, 0), level.stride, level.w, level.h, p.fast_threshold, true);
-            // border filter (KeyPointsFilter::runByImageBorder)
+            // border filter (KeyPointsFilter::runByImageBorder), applied by
+            // searching only the window where keypoints may lie
             if edge > 0 && (level.h <= 2 * edge || level.w <= 2 * edge) {
                 continue;
             }
+            let window = (edge, level.w - edge, edge, level.h - edge);
+            let corners = fast9_window(&level.data, level.idx(0, 0), level.stride, level.w, level.h, p.fast_threshold, true, window);
             let sf = self.level_scale(lv);
             let mut kps: Vec<KeyPoint> = corners
                 .into_iter()
-                .filter(|c| c.x >= edge && c.x < level.w - edge && c.y >= edge && c.y < level.h - edge)
                 .filter(|c| masks[lv].as_ref().map_or(true, |m| m[c.y * level.w + c.x] != 0))
                 .map(|c| KeyPoint {
                     x: c.x as f32,
@@ -683,13 +704,26 @@ impl Orb {
     /// pyramid; smooths the levels that have keypoints.
     fn describe(&self, levels: &mut [Option<Level>], kps: &[KeyPoint]) -> Vec<u8> {
         let kernel = gaussian_kernel_7();
-        let mut used = vec![false; levels.len()];
+        // smooth, on each level, only the box the descriptors sample:
+        // keypoint centres +- the pattern's reach (the rest is never read)
+        let reach = self.pattern.iter().map(|&(x, y)| (((x * x + y * y) as f64).sqrt().ceil() as isize) + 1).max().unwrap_or(0);
+        let mut boxes: Vec<Option<(isize, isize, isize, isize)>> = vec![None; levels.len()];
         for k in kps {
-            used[k.octave as usize] = true;
+            let lv = k.octave as usize;
+            let scale = 1.0f32 / self.level_scale(lv);
+            let (cx, cy) = (cv_round(k.x * scale) as isize, cv_round(k.y * scale) as isize);
+            let b = boxes[lv].get_or_insert((cx, cx, cy, cy));
+            *b = (b.0.min(cx), b.1.max(cx), b.2.min(cy), b.3.max(cy));
         }
-        for (l, u) in levels.iter_mut().zip(&used) {
-            if let (Some(l), true) = (l.as_mut(), *u) {
-                gaussian_blur_7x7(l, &kernel);
+        for (l, b) in levels.iter_mut().zip(&boxes) {
+            if let (Some(l), Some(b)) = (l.as_mut(), b) {
+                let x0 = (b.0 - reach).clamp(0, l.w as isize) as usize;
+                let x1 = (b.1 + reach + 1).clamp(0, l.w as isize) as usize;
+                let y0 = (b.2 - reach).clamp(0, l.h as isize) as usize;
+                let y1 = (b.3 + reach + 1).clamp(0, l.h as isize) as usize;
+                if x0 < x1 && y0 < y1 {
+                    gaussian_blur_7x7(l, &kernel, (x0, x1, y0, y1));
+                }
             }
         }
         let mut out = vec![0u8; kps.len() * DESCRIPTOR_BYTES];
@@ -799,7 +833,7 @@ impl Orb {
         if image.width == 0 || image.height == 0 {
             return Ok(Vec::new());
         }
-        let (levels, masks) = self.pyramid(image, mask, self.params.n_levels);
+        let (levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
         Ok(self.detect_on(&levels, &masks))
     }
 
@@ -833,7 +867,7 @@ impl Orb {
             keypoints.iter().copied().filter(|k| k.x >= edge && k.x < w - edge && k.y >= edge && k.y < h - edge).collect()
         };
         let n_levels = keypoints.iter().map(|k| k.octave as usize).max().unwrap_or(0) + 1;
-        let (mut levels, _) = self.pyramid(image, None, n_levels);
+        let (mut levels, _) = self.pyramid(image, None, n_levels, false);
         // group by level (stable), as OpenCV does
         let mut sorted: Vec<KeyPoint> = Vec::with_capacity(kept.len());
         for l in 0..n_levels {
@@ -860,7 +894,7 @@ impl FeatureExtractor for Orb {
         if image.width == 0 || image.height == 0 {
             return Ok((Vec::new(), empty));
         }
-        let (mut levels, masks) = self.pyramid(image, mask, self.params.n_levels);
+        let (mut levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
         let kps = self.detect_on(&levels, &masks);
         if kps.is_empty() {
             return Ok((kps, empty));
@@ -896,6 +930,12 @@ mod tests {
         assert_eq!(r.next(), 4_164_903_690u32);
         let mut r = CvRng::new(0);
         assert_eq!(r.0, 0xffff_ffff);
+    }
+
+    #[test]
+    fn cv_round_is_half_to_even() {
+        let got: Vec<i32> = [-2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4999, -3.7, 1e9].iter().map(|&x| cv_round(x)).collect();
+        assert_eq!(got, vec![-2, -2, 0, 0, 2, 2, 2, -4, 1_000_000_000]);
     }
 
     #[test]
