@@ -11,11 +11,13 @@ Arrow/NumPy functions with scikit-learn and Spark conventions.
 
 from bovw._bovw import __version__
 from bovw.features import KEYPOINT_DTYPE, ORB, SIFT, extract_descriptors, keypoints_from_cv2
+from bovw.kmajority import KMajority, orb_descriptors_as_float
 from bovw.image import decode_gray, decode_gray_batch, list_images, read_images, sample_data_path
 
 __all__ = [
     "__version__",
     "KEYPOINT_DTYPE",
+    "KMajority",
     "ORB",
     "SIFT",
     "decode_gray",
@@ -23,6 +25,7 @@ __all__ = [
     "extract_descriptors",
     "keypoints_from_cv2",
     "list_images",
+    "orb_descriptors_as_float",
     "read_images",
     "sample_data_path",
 ]

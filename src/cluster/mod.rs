@@ -1,3 +1,4 @@
 //! Clustering descriptors into a visual vocabulary.
 
+pub mod kmajority;
 pub mod kmeans;
