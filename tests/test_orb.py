@@ -96,8 +96,16 @@ def _parity(images, label, **params):
 
 
 @pytest.fixture(scope="module")
-def real_images(real_gray_images):
-    return [img for _, img in real_gray_images]
+def real_images(real_gray_images, fruits_root):
+    """>= 500 real images: the Test images of the fixture, topped up from
+    Training when only the committed sample (150 Test images) is present."""
+    imgs = [img for _, img in real_gray_images]
+    if len(imgs) < 500:
+        from conftest import pick_images
+
+        extra = pick_images(fruits_root, "Training", 500 - len(imgs))
+        imgs += [bovw.decode_gray(p.read_bytes()) for p in extra]
+    return imgs
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,7 @@ def large_images(real_images):
     """640x480 images: 8x6 tiles of real 100x100 images resized, and 2x upscales of real images."""
     out = []
     for t in range(4):
-        tiles = real_images[t * 48 : (t + 1) * 48]
+        tiles = [real_images[(t * 48 + i) % len(real_images)] for i in range(48)]
         rows = [np.hstack(tiles[r * 8 : (r + 1) * 8]) for r in range(6)]
         mosaic = np.vstack(rows)  # 600 x 800
         out.append(cv2.resize(mosaic, (640, 480), interpolation=cv2.INTER_AREA))
