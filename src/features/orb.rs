@@ -728,7 +728,16 @@ impl Orb {
         }
         let mut out = vec![0u8; kps.len() * DESCRIPTOR_BYTES];
         let deg2rad = (std::f64::consts::PI / 180.0) as f32;
-        let mut ofs = vec![0isize; self.pattern.len()];
+        let npts = self.pattern.len();
+        let pat_x: Vec<f32> = self.pattern.iter().map(|p| p.0 as f32).collect();
+        let pat_y: Vec<f32> = self.pattern.iter().map(|p| p.1 as f32).collect();
+        let mut rx = vec![0i32; npts];
+        let mut ry = vec![0i32; npts];
+        let mut ofs = vec![0usize; npts];
+        // adding 1.5 * 2^23 rounds |v| < 2^22 to an integer (ties to even, as
+        // cvRound) held in the low mantissa bits: a vectorisable cvRound
+        const MAGIC: f32 = 12_582_912.0;
+        let magic_bits = MAGIC.to_bits() as i32;
         for (k, desc) in kps.iter().zip(out.chunks_exact_mut(DESCRIPTOR_BYTES)) {
             let Some(level) = levels[k.octave as usize].as_ref() else { continue };
             let scale = 1.0f32 / self.level_scale(k.octave as usize);
@@ -739,19 +748,27 @@ impl Orb {
             let (pw, ph) = (level.stride as isize, (level.data.len() / level.stride) as isize);
             let bx = cx + level.border as isize;
             let by = cy + level.border as isize;
-            let mut inside = true;
-            for (o, &(px, py)) in ofs.iter_mut().zip(&self.pattern) {
-                let x = px as f32 * a - py as f32 * b;
-                let y = px as f32 * b + py as f32 * a;
-                let (ix, iy) = (cv_round(x) as isize, cv_round(y) as isize);
-                let (sx, sy) = (bx + ix, by + iy);
-                if sx < 0 || sy < 0 || sx >= pw || sy >= ph {
-                    inside = false;
-                }
-                *o = sy.clamp(0, ph - 1) * pw + sx.clamp(0, pw - 1);
+            for i in 0..npts {
+                let x = pat_x[i] * a - pat_y[i] * b;
+                let y = pat_x[i] * b + pat_y[i] * a;
+                rx[i] = (x + MAGIC).to_bits() as i32 - magic_bits;
+                ry[i] = (y + MAGIC).to_bits() as i32 - magic_bits;
             }
-            let _ = inside; // out-of-buffer samples are clamped (only possible for user keypoints)
-            let v = |i: usize| level.data[ofs[i] as usize];
+            if bx >= reach && by >= reach && bx + reach < pw && by + reach < ph {
+                // every sample is inside the buffer (always so for detected keypoints)
+                let base = by * pw + bx;
+                for i in 0..npts {
+                    ofs[i] = (base + ry[i] as isize * pw + rx[i] as isize) as usize;
+                }
+            } else {
+                // user keypoints near the border: clamp to the buffer
+                for i in 0..npts {
+                    let sx = (bx + rx[i] as isize).clamp(0, pw - 1);
+                    let sy = (by + ry[i] as isize).clamp(0, ph - 1);
+                    ofs[i] = (sy * pw + sx) as usize;
+                }
+            }
+            let v = |i: usize| level.data[ofs[i]];
             match self.params.wta_k {
                 2 => {
                     for (i, byte) in desc.iter_mut().enumerate() {
