@@ -48,16 +48,25 @@ pub struct FastCorner {
 /// pixel is a corner, and at least `threshold - 1`.
 #[inline]
 pub fn corner_score(d: &[i16; 16], threshold: i32) -> i32 {
-    let mut a0 = threshold;
-    let mut b0 = -threshold; // mirrored search for brighter arcs
+    // sliding minima / maxima over the circular arcs of 9: pairs, quads, 9s
+    let at = |k: usize| d[k & 15] as i32;
+    let mut mn2 = [0i32; 16];
+    let mut mx2 = [0i32; 16];
     for k in 0..16 {
-        let mut mn = i32::MAX;
-        let mut mx = i32::MIN;
-        for j in 0..9 {
-            let v = d[(k + j) & 15] as i32;
-            mn = mn.min(v);
-            mx = mx.max(v);
-        }
+        mn2[k] = at(k).min(at(k + 1));
+        mx2[k] = at(k).max(at(k + 1));
+    }
+    let mut mn4 = [0i32; 16];
+    let mut mx4 = [0i32; 16];
+    for k in 0..16 {
+        mn4[k] = mn2[k].min(mn2[(k + 2) & 15]);
+        mx4[k] = mx2[k].max(mx2[(k + 2) & 15]);
+    }
+    let mut a0 = threshold;
+    let mut b0 = -threshold;
+    for k in 0..16 {
+        let mn = mn4[k].min(mn4[(k + 4) & 15]).min(at(k + 8));
+        let mx = mx4[k].max(mx4[(k + 4) & 15]).max(at(k + 8));
         a0 = a0.max(mn);
         b0 = b0.min(mx);
     }
@@ -160,11 +169,19 @@ pub fn fast9_window(
                 flags[i] = (b0 & b4) | (b4 & b8) | (b8 & b12) | (b12 & b0) | (d0 & d4) | (d4 & d8) | (d8 & d12) | (d12 & d0);
             }
         }
-        for (i, &f) in flags.iter().enumerate() {
-            if f == 0 {
+        let mut i = 0usize;
+        while i < n {
+            // skip 8 rejected pixels at a time
+            if i + 8 <= n && u64::from_ne_bytes(flags[i..i + 8].try_into().unwrap()) == 0 {
+                i += 8;
+                continue;
+            }
+            if flags[i] == 0 {
+                i += 1;
                 continue;
             }
             let x = sx0 + i;
+            i += 1;
             let c = row + x;
             let v = img[c] as i32;
             let hi = v + ti;
@@ -268,6 +285,30 @@ mod tests {
         let img = vec![77u8; 30 * 30];
         assert!(fast9(&img, 0, 30, 30, 30, 0, true).is_empty());
         assert!(fast9(&img, 0, 30, 6, 6, 10, true).is_empty());
+    }
+
+    fn corner_score_naive(d: &[i16; 16], threshold: i32) -> i32 {
+        let mut a0 = threshold;
+        let mut b0 = -threshold;
+        for k in 0..16 {
+            let arc: Vec<i32> = (0..9).map(|j| d[(k + j) & 15] as i32).collect();
+            a0 = a0.max(*arc.iter().min().unwrap());
+            b0 = b0.min(*arc.iter().max().unwrap());
+        }
+        a0.max(-b0) - 1
+    }
+
+    #[test]
+    fn score_matches_the_definition() {
+        let mut state = 12345u32;
+        for _ in 0..5000 {
+            let mut d = [0i16; 16];
+            for v in d.iter_mut() {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *v = ((state >> 16) % 511) as i16 - 255;
+            }
+            assert_eq!(corner_score(&d, 20), corner_score_naive(&d, 20));
+        }
     }
 
     #[test]
