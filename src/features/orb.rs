@@ -272,17 +272,21 @@ fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh
     let ax = linear_axis(sw, dw);
     let ay = linear_axis(sh, dh);
     let last_x = ax.ofs[dw - 1];
+    let (xmin, xmax) = (ax.min.min(dw), ax.max.max(ax.min.min(dw)));
     let hline = |row: usize, out: &mut [u32]| {
         let s = &src[sorigin + row * sstride..sorigin + row * sstride + sw];
-        for d in 0..dw {
-            out[d] = if d < ax.min {
-                (s[0] as u32) << 8
-            } else if d >= ax.max {
-                (s[last_x] as u32) << 8
-            } else {
-                let o = ax.ofs[d];
-                ax.w0[d] * s[o] as u32 + ax.w1[d] * s[o + 1] as u32
-            };
+        let first = (s[0] as u32) << 8;
+        let last = (s[last_x] as u32) << 8;
+        out[..xmin].iter_mut().for_each(|v| *v = first);
+        out[xmax..].iter_mut().for_each(|v| *v = last);
+        let (ofs, w0, w1) = (&ax.ofs[xmin..xmax], &ax.w0[xmin..xmax], &ax.w1[xmin..xmax]);
+        for (d, o) in out[xmin..xmax].iter_mut().enumerate() {
+            let i = ofs[d];
+            // interior destinations interpolate between samples i and i + 1 < sw
+            debug_assert!(i + 1 < sw);
+            // SAFETY: linear_axis sets ofs[d] <= sw - 2 for d in min..max
+            let (a, b) = unsafe { (*s.get_unchecked(i) as u32, *s.get_unchecked(i + 1) as u32) };
+            *o = w0[d] * a + w1[d] * b;
         }
     };
     let mut out = vec![0u8; dw * dh];
