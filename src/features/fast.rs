@@ -152,21 +152,29 @@ pub fn fast9_window(
     let mut flags = vec![0u8; n];
     for y in sy0..sy1 {
         let row = origin + y * stride;
-        // vectorisable pre-test: a 9-arc covers two neighbouring compass
-        // points (0, 4, 8, 12) that are both brighter or both darker
+        // vectorisable pre-test: a 9-arc covers two neighbouring points of
+        // {0, 4, 8, 12} and two neighbouring points of {2, 6, 10, 14}, all
+        // brighter or all darker
         {
-            let c = &img[row + sx0..row + sx0 + n];
-            let dn = &img[row + 3 * stride + sx0..row + 3 * stride + sx0 + n];
-            let up = &img[row - 3 * stride + sx0..row - 3 * stride + sx0 + n];
-            let rt = &img[row + sx0 + 3..row + sx0 + 3 + n];
-            let lf = &img[row + sx0 - 3..row + sx0 - 3 + n];
+            let sl = |o: isize| {
+                let start = (row as isize + sx0 as isize + o) as usize;
+                &img[start..start + n]
+            };
+            let st = stride as isize;
+            let c = sl(0);
+            let (p0, p4, p8, p12) = (sl(3 * st), sl(3), sl(-3 * st), sl(-3));
+            let (p2, p6, p10, p14) = (sl(2 * st + 2), sl(-2 * st + 2), sl(-2 * st - 2), sl(2 * st - 2));
             for i in 0..n {
                 let v = c[i];
                 let hi = v.saturating_add(t);
                 let lo = v.saturating_sub(t);
-                let (b0, b4, b8, b12) = ((dn[i] > hi) as u8, (rt[i] > hi) as u8, (up[i] > hi) as u8, (lf[i] > hi) as u8);
-                let (d0, d4, d8, d12) = ((dn[i] < lo) as u8, (rt[i] < lo) as u8, (up[i] < lo) as u8, (lf[i] < lo) as u8);
-                flags[i] = (b0 & b4) | (b4 & b8) | (b8 & b12) | (b12 & b0) | (d0 & d4) | (d4 & d8) | (d8 & d12) | (d12 & d0);
+                let (b0, b4, b8, b12) = ((p0[i] > hi) as u8, (p4[i] > hi) as u8, (p8[i] > hi) as u8, (p12[i] > hi) as u8);
+                let (d0, d4, d8, d12) = ((p0[i] < lo) as u8, (p4[i] < lo) as u8, (p8[i] < lo) as u8, (p12[i] < lo) as u8);
+                let (b2, b6, b10, b14) = ((p2[i] > hi) as u8, (p6[i] > hi) as u8, (p10[i] > hi) as u8, (p14[i] > hi) as u8);
+                let (d2, d6, d10, d14) = ((p2[i] < lo) as u8, (p6[i] < lo) as u8, (p10[i] < lo) as u8, (p14[i] < lo) as u8);
+                let bright = ((b0 & b4) | (b4 & b8) | (b8 & b12) | (b12 & b0)) & ((b2 & b6) | (b6 & b10) | (b10 & b14) | (b14 & b2));
+                let dark = ((d0 & d4) | (d4 & d8) | (d8 & d12) | (d12 & d0)) & ((d2 & d6) | (d6 & d10) | (d10 & d14) | (d14 & d2));
+                flags[i] = bright | dark;
             }
         }
         let mut i = 0usize;
