@@ -354,9 +354,13 @@ fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usi
         let dst = &mut level.data[start..start + w];
         let r = |i: usize| &tmp[(y + i) * w..(y + i + 1) * w];
         let (r0, r1, r2, r3, r4, r5, r6) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6));
+        // round half to even through the float mantissa (see `cv_round`), then saturate
+        const MAGIC: f32 = 12_582_912.0;
+        let magic_bits = MAGIC.to_bits() as i32;
         for x in 0..w {
             let v = k[3] * r3[x] + k[2] * (r2[x] + r4[x]) + k[1] * (r1[x] + r5[x]) + k[0] * (r0[x] + r6[x]);
-            dst[x] = ((v.max(0.0) + 8_388_608.0) - 8_388_608.0).min(255.0) as u8;
+            let r = (v + MAGIC).to_bits() as i32 - magic_bits;
+            dst[x] = r.clamp(0, 255) as u8;
         }
     }
 }
