@@ -131,6 +131,44 @@ pub fn fast9_window(
     nonmax: bool,
     window: (usize, usize, usize, usize),
 ) -> Vec<FastCorner> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2; integer code, same result.
+            return unsafe { fast9_window_avx2(img, origin, stride, width, height, threshold, nonmax, window) };
+        }
+    }
+    fast9_window_impl(img, origin, stride, width, height, threshold, nonmax, window)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fast9_window_avx2(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    width: usize,
+    height: usize,
+    threshold: u8,
+    nonmax: bool,
+    window: (usize, usize, usize, usize),
+) -> Vec<FastCorner> {
+    fast9_window_impl(img, origin, stride, width, height, threshold, nonmax, window)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fast9_window_impl(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    width: usize,
+    height: usize,
+    threshold: u8,
+    nonmax: bool,
+    window: (usize, usize, usize, usize),
+) -> Vec<FastCorner> {
     let mut out = Vec::new();
     if width < 7 || height < 7 {
         return out;
@@ -150,6 +188,7 @@ pub fn fast9_window(
     let mut scores = vec![0u8; sw * (sy1 - sy0 + 2)];
     let mut corners: Vec<(usize, usize)> = Vec::new();
     let mut flags = vec![0u8; n];
+    let mut cand = vec![0u32; n + 1];
     for y in sy0..sy1 {
         let row = origin + y * stride;
         // vectorisable pre-test: a 9-arc covers two neighbouring points of
@@ -177,19 +216,14 @@ pub fn fast9_window(
                 flags[i] = bright | dark;
             }
         }
-        let mut i = 0usize;
-        while i < n {
-            // skip 8 rejected pixels at a time
-            if i + 8 <= n && u64::from_ne_bytes(flags[i..i + 8].try_into().unwrap()) == 0 {
-                i += 8;
-                continue;
-            }
-            if flags[i] == 0 {
-                i += 1;
-                continue;
-            }
-            let x = sx0 + i;
-            i += 1;
+        // branch-free compaction of the candidates
+        let mut ncand = 0usize;
+        for (i, &f) in flags.iter().enumerate() {
+            cand[ncand] = i as u32;
+            ncand += (f != 0) as usize;
+        }
+        for &i in &cand[..ncand] {
+            let x = sx0 + i as usize;
             let c = row + x;
             let v = img[c] as i32;
             let hi = v + ti;

@@ -269,6 +269,24 @@ fn linear_axis(src: usize, dst: usize) -> LinearAxis {
 /// `cv::resize(src, dst, (dw, dh), INTER_LINEAR_EXACT)` for 8-bit images:
 /// horizontal pass in 8.8 fixed point, vertical pass in 16.16, rounded.
 fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2. Integer arithmetic: same result.
+            return unsafe { resize_linear_exact_avx2(src, sstride, sorigin, sw, sh, dw, dh) };
+        }
+    }
+    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, dw, dh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resize_linear_exact_avx2(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, dw, dh)
+}
+
+#[inline(always)]
+fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
     let ax = linear_axis(sw, dw);
     let ay = linear_axis(sh, dh);
     let last_x = ax.ofs[dw - 1];
@@ -329,6 +347,25 @@ fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh
 /// then columns in single precision, rounded half to even and saturated).
 /// The border itself is left unsmoothed, as in OpenCV.
 fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2. Wider vectors of the same IEEE
+            // operations in the same order (no FMA): same result.
+            return unsafe { gaussian_blur_7x7_avx2(level, k, region) };
+        }
+    }
+    gaussian_blur_7x7_impl(level, k, region)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gaussian_blur_7x7_avx2(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    gaussian_blur_7x7_impl(level, k, region)
+}
+
+#[inline(always)]
+fn gaussian_blur_7x7_impl(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
     let (stride, b) = (level.stride, level.border);
     let (x0, x1, y0, y1) = region;
     let w = x1 - x0;
