@@ -216,11 +216,23 @@ fn fast9_window_impl(
                 flags[i] = bright | dark;
             }
         }
-        // branch-free compaction of the candidates
+        // compaction of the candidates, 8 flags at a time
         let mut ncand = 0usize;
-        for (i, &f) in flags.iter().enumerate() {
+        let mut i = 0usize;
+        while i + 8 <= n {
+            let mut m = u64::from_le_bytes(flags[i..i + 8].try_into().unwrap());
+            while m != 0 {
+                let byte = (m.trailing_zeros() / 8) as usize;
+                cand[ncand] = (i + byte) as u32;
+                ncand += 1;
+                m &= !(0xFFu64 << (byte * 8));
+            }
+            i += 8;
+        }
+        while i < n {
             cand[ncand] = i as u32;
-            ncand += (f != 0) as usize;
+            ncand += (flags[i] != 0) as usize;
+            i += 1;
         }
         for &i in &cand[..ncand] {
             let x = sx0 + i as usize;
