@@ -191,28 +191,36 @@ fn fast9_window_impl(
     let mut cand = vec![0u32; n + 1];
     for y in sy0..sy1 {
         let row = origin + y * stride;
-        // vectorisable pre-test: a 9-arc covers two neighbouring points of
-        // {0, 4, 8, 12} and two neighbouring points of {2, 6, 10, 14}, all
-        // brighter or all darker
+        // vectorisable pre-test: for each residue r mod 4, a 9-arc covers two
+        // cyclically neighbouring points of {r, r + 4, r + 8, r + 12}; they
+        // must all be brighter (or all darker)
         {
-            let sl = |o: isize| {
-                let start = (row as isize + sx0 as isize + o) as usize;
+            let sl = |k: usize| {
+                let (dx, dy) = CIRCLE16[k];
+                let start = (row as isize + sx0 as isize + dx + dy * stride as isize) as usize;
                 &img[start..start + n]
             };
-            let st = stride as isize;
-            let c = sl(0);
-            let (p0, p4, p8, p12) = (sl(3 * st), sl(3), sl(-3 * st), sl(-3));
-            let (p2, p6, p10, p14) = (sl(2 * st + 2), sl(-2 * st + 2), sl(-2 * st - 2), sl(2 * st - 2));
+            let c = &img[row + sx0..row + sx0 + n];
+            let (p0, p1, p2, p3, p4, p5, p6, p7) = (sl(0), sl(1), sl(2), sl(3), sl(4), sl(5), sl(6), sl(7));
+            let (p8, p9, p10, p11, p12, p13, p14, p15) = (sl(8), sl(9), sl(10), sl(11), sl(12), sl(13), sl(14), sl(15));
+            #[inline(always)]
+            fn adj(a: u8, b: u8, c: u8, d: u8) -> u8 {
+                (a & b) | (b & c) | (c & d) | (d & a)
+            }
             for i in 0..n {
                 let v = c[i];
                 let hi = v.saturating_add(t);
                 let lo = v.saturating_sub(t);
-                let (b0, b4, b8, b12) = ((p0[i] > hi) as u8, (p4[i] > hi) as u8, (p8[i] > hi) as u8, (p12[i] > hi) as u8);
-                let (d0, d4, d8, d12) = ((p0[i] < lo) as u8, (p4[i] < lo) as u8, (p8[i] < lo) as u8, (p12[i] < lo) as u8);
-                let (b2, b6, b10, b14) = ((p2[i] > hi) as u8, (p6[i] > hi) as u8, (p10[i] > hi) as u8, (p14[i] > hi) as u8);
-                let (d2, d6, d10, d14) = ((p2[i] < lo) as u8, (p6[i] < lo) as u8, (p10[i] < lo) as u8, (p14[i] < lo) as u8);
-                let bright = ((b0 & b4) | (b4 & b8) | (b8 & b12) | (b12 & b0)) & ((b2 & b6) | (b6 & b10) | (b10 & b14) | (b14 & b2));
-                let dark = ((d0 & d4) | (d4 & d8) | (d8 & d12) | (d12 & d0)) & ((d2 & d6) | (d6 & d10) | (d10 & d14) | (d14 & d2));
+                let bt = |p: &[u8]| (p[i] > hi) as u8;
+                let dk = |p: &[u8]| (p[i] < lo) as u8;
+                let bright = adj(bt(p0), bt(p4), bt(p8), bt(p12))
+                    & adj(bt(p2), bt(p6), bt(p10), bt(p14))
+                    & adj(bt(p1), bt(p5), bt(p9), bt(p13))
+                    & adj(bt(p3), bt(p7), bt(p11), bt(p15));
+                let dark = adj(dk(p0), dk(p4), dk(p8), dk(p12))
+                    & adj(dk(p2), dk(p6), dk(p10), dk(p14))
+                    & adj(dk(p1), dk(p5), dk(p9), dk(p13))
+                    & adj(dk(p3), dk(p7), dk(p11), dk(p15));
                 flags[i] = bright | dark;
             }
         }
