@@ -86,16 +86,14 @@ pub fn circle_offsets(stride: usize) -> [isize; 16] {
 /// Whether 9 contiguous flags are set among the 16 bits of `mask` (circularly).
 #[inline]
 fn has_arc9(mask: u32) -> bool {
-    // duplicate the 16 bits so arcs wrapping around are contiguous
+    // duplicate the 16 bits so arcs wrapping around are contiguous, then
+    // bit i of r = bits i..i+8 all set: runs of 2, 4, 8, then 9
     let m = mask | (mask << 16);
-    // m & m>>1 & ... & m>>8 has a bit for each start of 9 set bits
-    let mut r = m;
-    let mut s = m;
-    for _ in 0..8 {
-        s >>= 1;
-        r &= s;
-    }
-    r & 0xFFFF != 0
+    let r2 = m & (m >> 1);
+    let r4 = r2 & (r2 >> 2);
+    let r8 = r4 & (r4 >> 4);
+    let r9 = r8 & (m >> 8);
+    r9 & 0xFFFF != 0
 }
 
 /// Detect FAST-9 corners in the `width x height` image whose pixel `(0, 0)`
