@@ -185,10 +185,16 @@ fn fast9_window_impl(
     let sw = n + 2; // score rows with one column of margin each side
     let mut scores = vec![0u8; sw * (sy1 - sy0 + 2)];
     let mut corners: Vec<(usize, usize)> = Vec::new();
-    let mut flags = vec![0u8; n];
+    // the pre-test runs on whole 32-pixel vectors when the buffer extends far
+    // enough (flags past n are ignored)
+    let n_vec = n.div_ceil(32) * 32;
+    let mut flags = vec![0u8; n_vec];
     let mut cand = vec![0u32; n + 1];
     for y in sy0..sy1 {
         let row = origin + y * stride;
+        // furthest byte read: circle offset (1, 3) or (3, 1) past the last pixel
+        let last_read = row + sx0 + 3 * stride + 3;
+        let m = if last_read + n_vec <= img.len() { n_vec } else { n };
         // vectorisable pre-test: for each residue r mod 4, a 9-arc covers two
         // cyclically neighbouring points of {r, r + 4, r + 8, r + 12}; they
         // must all be brighter (or all darker)
@@ -196,16 +202,17 @@ fn fast9_window_impl(
             let sl = |k: usize| {
                 let (dx, dy) = CIRCLE16[k];
                 let start = (row as isize + sx0 as isize + dx + dy * stride as isize) as usize;
-                &img[start..start + n]
+                &img[start..start + m]
             };
-            let c = &img[row + sx0..row + sx0 + n];
+            let c = &img[row + sx0..row + sx0 + m];
+            let flags = &mut flags[..m];
             let (p0, p1, p2, p3, p4, p5, p6, p7) = (sl(0), sl(1), sl(2), sl(3), sl(4), sl(5), sl(6), sl(7));
             let (p8, p9, p10, p11, p12, p13, p14, p15) = (sl(8), sl(9), sl(10), sl(11), sl(12), sl(13), sl(14), sl(15));
             #[inline(always)]
             fn adj(a: u8, b: u8, c: u8, d: u8) -> u8 {
                 (a & b) | (b & c) | (c & d) | (d & a)
             }
-            for i in 0..n {
+            for i in 0..m {
                 let v = c[i];
                 let hi = v.saturating_add(t);
                 let lo = v.saturating_sub(t);
