@@ -141,6 +141,8 @@ impl CvRng {
 }
 
 /// OpenCV's `fastAtan2`: degrees in [0, 360), about 0.01 degree accurate.
+// OpenCV's polynomial coefficients, written as in its source
+#[allow(clippy::excessive_precision)]
 pub fn fast_atan2(y: f32, x: f32) -> f32 {
     const R2D: f32 = (180.0 / std::f64::consts::PI) as f32;
     let p1 = 0.999_787_841_279_480_7_f32 * R2D;
@@ -570,7 +572,7 @@ impl Orb {
     /// # Errors
     /// [`BovwError::InvalidParameter`] naming the bad parameter.
     pub fn new(params: OrbParams) -> Result<Self> {
-        if !(params.scale_factor > 1.0) || !params.scale_factor.is_finite() {
+        if params.scale_factor.is_nan() || params.scale_factor <= 1.0 || !params.scale_factor.is_finite() {
             return Err(BovwError::param("scale_factor", format!("must be a finite number greater than 1, got {}", params.scale_factor)));
         }
         if params.n_levels == 0 || params.n_levels > 64 {
@@ -932,8 +934,8 @@ impl Orb {
         let (mut levels, _) = self.pyramid(image, None, n_levels, false);
         // group by level (stable), as OpenCV does
         let mut sorted: Vec<KeyPoint> = Vec::with_capacity(kept.len());
-        for l in 0..n_levels {
-            sorted.extend(kept.iter().filter(|k| k.octave as usize == l && levels[l].is_some()));
+        for (l, level) in levels.iter().enumerate() {
+            sorted.extend(kept.iter().filter(|k| k.octave as usize == l && level.is_some()));
         }
         if sorted.is_empty() {
             return Ok((Vec::new(), empty));
