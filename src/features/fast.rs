@@ -48,16 +48,25 @@ pub struct FastCorner {
 /// pixel is a corner, and at least `threshold - 1`.
 #[inline]
 pub fn corner_score(d: &[i16; 16], threshold: i32) -> i32 {
-    let mut a0 = threshold;
-    let mut b0 = -threshold; // mirrored search for brighter arcs
+    // sliding minima / maxima over the circular arcs of 9: pairs, quads, 9s
+    let at = |k: usize| d[k & 15] as i32;
+    let mut mn2 = [0i32; 16];
+    let mut mx2 = [0i32; 16];
     for k in 0..16 {
-        let mut mn = i32::MAX;
-        let mut mx = i32::MIN;
-        for j in 0..9 {
-            let v = d[(k + j) & 15] as i32;
-            mn = mn.min(v);
-            mx = mx.max(v);
-        }
+        mn2[k] = at(k).min(at(k + 1));
+        mx2[k] = at(k).max(at(k + 1));
+    }
+    let mut mn4 = [0i32; 16];
+    let mut mx4 = [0i32; 16];
+    for k in 0..16 {
+        mn4[k] = mn2[k].min(mn2[(k + 2) & 15]);
+        mx4[k] = mx2[k].max(mx2[(k + 2) & 15]);
+    }
+    let mut a0 = threshold;
+    let mut b0 = -threshold;
+    for k in 0..16 {
+        let mn = mn4[k].min(mn4[(k + 4) & 15]).min(at(k + 8));
+        let mx = mx4[k].max(mx4[(k + 4) & 15]).max(at(k + 8));
         a0 = a0.max(mn);
         b0 = b0.min(mx);
     }
@@ -77,16 +86,14 @@ pub fn circle_offsets(stride: usize) -> [isize; 16] {
 /// Whether 9 contiguous flags are set among the 16 bits of `mask` (circularly).
 #[inline]
 fn has_arc9(mask: u32) -> bool {
-    // duplicate the 16 bits so arcs wrapping around are contiguous
+    // duplicate the 16 bits so arcs wrapping around are contiguous, then
+    // bit i of r = bits i..i+8 all set: runs of 2, 4, 8, then 9
     let m = mask | (mask << 16);
-    // m & m>>1 & ... & m>>8 has a bit for each start of 9 set bits
-    let mut r = m;
-    let mut s = m;
-    for _ in 0..8 {
-        s >>= 1;
-        r &= s;
-    }
-    r & 0xFFFF != 0
+    let r2 = m & (m >> 1);
+    let r4 = r2 & (r2 >> 2);
+    let r8 = r4 & (r4 >> 4);
+    let r9 = r8 & (m >> 8);
+    r9 & 0xFFFF != 0
 }
 
 /// Detect FAST-9 corners in the `width x height` image whose pixel `(0, 0)`
@@ -122,6 +129,44 @@ pub fn fast9_window(
     nonmax: bool,
     window: (usize, usize, usize, usize),
 ) -> Vec<FastCorner> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2; integer code, same result.
+            return unsafe { fast9_window_avx2(img, origin, stride, width, height, threshold, nonmax, window) };
+        }
+    }
+    fast9_window_impl(img, origin, stride, width, height, threshold, nonmax, window)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fast9_window_avx2(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    width: usize,
+    height: usize,
+    threshold: u8,
+    nonmax: bool,
+    window: (usize, usize, usize, usize),
+) -> Vec<FastCorner> {
+    fast9_window_impl(img, origin, stride, width, height, threshold, nonmax, window)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fast9_window_impl(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    width: usize,
+    height: usize,
+    threshold: u8,
+    nonmax: bool,
+    window: (usize, usize, usize, usize),
+) -> Vec<FastCorner> {
     let mut out = Vec::new();
     if width < 7 || height < 7 {
         return out;
@@ -140,31 +185,70 @@ pub fn fast9_window(
     let sw = n + 2; // score rows with one column of margin each side
     let mut scores = vec![0u8; sw * (sy1 - sy0 + 2)];
     let mut corners: Vec<(usize, usize)> = Vec::new();
-    let mut flags = vec![0u8; n];
+    // the pre-test runs on whole 32-pixel vectors when the buffer extends far
+    // enough (flags past n are ignored)
+    let n_vec = n.div_ceil(32) * 32;
+    let mut flags = vec![0u8; n_vec];
+    let mut cand = vec![0u32; n + 1];
     for y in sy0..sy1 {
         let row = origin + y * stride;
-        // vectorisable pre-test: a 9-arc covers two neighbouring compass
-        // points (0, 4, 8, 12) that are both brighter or both darker
+        // furthest byte read: circle offset (1, 3) or (3, 1) past the last pixel
+        let last_read = row + sx0 + 3 * stride + 3;
+        let m = if last_read + n_vec <= img.len() { n_vec } else { n };
+        // vectorisable pre-test: for each residue r mod 4, a 9-arc covers two
+        // cyclically neighbouring points of {r, r + 4, r + 8, r + 12}; they
+        // must all be brighter (or all darker)
         {
-            let c = &img[row + sx0..row + sx0 + n];
-            let dn = &img[row + 3 * stride + sx0..row + 3 * stride + sx0 + n];
-            let up = &img[row - 3 * stride + sx0..row - 3 * stride + sx0 + n];
-            let rt = &img[row + sx0 + 3..row + sx0 + 3 + n];
-            let lf = &img[row + sx0 - 3..row + sx0 - 3 + n];
-            for i in 0..n {
+            let sl = |k: usize| {
+                let (dx, dy) = CIRCLE16[k];
+                let start = (row as isize + sx0 as isize + dx + dy * stride as isize) as usize;
+                &img[start..start + m]
+            };
+            let c = &img[row + sx0..row + sx0 + m];
+            let flags = &mut flags[..m];
+            let (p0, p1, p2, p3, p4, p5, p6, p7) = (sl(0), sl(1), sl(2), sl(3), sl(4), sl(5), sl(6), sl(7));
+            let (p8, p9, p10, p11, p12, p13, p14, p15) = (sl(8), sl(9), sl(10), sl(11), sl(12), sl(13), sl(14), sl(15));
+            #[inline(always)]
+            fn adj(a: u8, b: u8, c: u8, d: u8) -> u8 {
+                (a & b) | (b & c) | (c & d) | (d & a)
+            }
+            for i in 0..m {
                 let v = c[i];
                 let hi = v.saturating_add(t);
                 let lo = v.saturating_sub(t);
-                let (b0, b4, b8, b12) = ((dn[i] > hi) as u8, (rt[i] > hi) as u8, (up[i] > hi) as u8, (lf[i] > hi) as u8);
-                let (d0, d4, d8, d12) = ((dn[i] < lo) as u8, (rt[i] < lo) as u8, (up[i] < lo) as u8, (lf[i] < lo) as u8);
-                flags[i] = (b0 & b4) | (b4 & b8) | (b8 & b12) | (b12 & b0) | (d0 & d4) | (d4 & d8) | (d8 & d12) | (d12 & d0);
+                let bt = |p: &[u8]| (p[i] > hi) as u8;
+                let dk = |p: &[u8]| (p[i] < lo) as u8;
+                let bright = adj(bt(p0), bt(p4), bt(p8), bt(p12))
+                    & adj(bt(p2), bt(p6), bt(p10), bt(p14))
+                    & adj(bt(p1), bt(p5), bt(p9), bt(p13))
+                    & adj(bt(p3), bt(p7), bt(p11), bt(p15));
+                let dark = adj(dk(p0), dk(p4), dk(p8), dk(p12))
+                    & adj(dk(p2), dk(p6), dk(p10), dk(p14))
+                    & adj(dk(p1), dk(p5), dk(p9), dk(p13))
+                    & adj(dk(p3), dk(p7), dk(p11), dk(p15));
+                flags[i] = bright | dark;
             }
         }
-        for (i, &f) in flags.iter().enumerate() {
-            if f == 0 {
-                continue;
+        // compaction of the candidates, 8 flags at a time
+        let mut ncand = 0usize;
+        let mut i = 0usize;
+        while i + 8 <= n {
+            let mut m = u64::from_le_bytes(flags[i..i + 8].try_into().unwrap());
+            while m != 0 {
+                let byte = (m.trailing_zeros() / 8) as usize;
+                cand[ncand] = (i + byte) as u32;
+                ncand += 1;
+                m &= !(0xFFu64 << (byte * 8));
             }
-            let x = sx0 + i;
+            i += 8;
+        }
+        while i < n {
+            cand[ncand] = i as u32;
+            ncand += (flags[i] != 0) as usize;
+            i += 1;
+        }
+        for &i in &cand[..ncand] {
+            let x = sx0 + i as usize;
             let c = row + x;
             let v = img[c] as i32;
             let hi = v + ti;
@@ -268,6 +352,30 @@ mod tests {
         let img = vec![77u8; 30 * 30];
         assert!(fast9(&img, 0, 30, 30, 30, 0, true).is_empty());
         assert!(fast9(&img, 0, 30, 6, 6, 10, true).is_empty());
+    }
+
+    fn corner_score_naive(d: &[i16; 16], threshold: i32) -> i32 {
+        let mut a0 = threshold;
+        let mut b0 = -threshold;
+        for k in 0..16 {
+            let arc: Vec<i32> = (0..9).map(|j| d[(k + j) & 15] as i32).collect();
+            a0 = a0.max(*arc.iter().min().unwrap());
+            b0 = b0.min(*arc.iter().max().unwrap());
+        }
+        a0.max(-b0) - 1
+    }
+
+    #[test]
+    fn score_matches_the_definition() {
+        let mut state = 12345u32;
+        for _ in 0..5000 {
+            let mut d = [0i16; 16];
+            for v in d.iter_mut() {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *v = ((state >> 16) % 511) as i16 - 255;
+            }
+            assert_eq!(corner_score(&d, 20), corner_score_naive(&d, 20));
+        }
     }
 
     #[test]

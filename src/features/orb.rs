@@ -141,6 +141,8 @@ impl CvRng {
 }
 
 /// OpenCV's `fastAtan2`: degrees in [0, 360), about 0.01 degree accurate.
+// OpenCV's polynomial coefficients, written as in its source
+#[allow(clippy::excessive_precision)]
 pub fn fast_atan2(y: f32, x: f32) -> f32 {
     const R2D: f32 = (180.0 / std::f64::consts::PI) as f32;
     let p1 = 0.999_787_841_279_480_7_f32 * R2D;
@@ -269,20 +271,42 @@ fn linear_axis(src: usize, dst: usize) -> LinearAxis {
 /// `cv::resize(src, dst, (dw, dh), INTER_LINEAR_EXACT)` for 8-bit images:
 /// horizontal pass in 8.8 fixed point, vertical pass in 16.16, rounded.
 fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2. Integer arithmetic: same result.
+            return unsafe { resize_linear_exact_avx2(src, sstride, sorigin, sw, sh, dw, dh) };
+        }
+    }
+    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, dw, dh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resize_linear_exact_avx2(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, dw, dh)
+}
+
+#[inline(always)]
+fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
     let ax = linear_axis(sw, dw);
     let ay = linear_axis(sh, dh);
     let last_x = ax.ofs[dw - 1];
+    let (xmin, xmax) = (ax.min.min(dw), ax.max.max(ax.min.min(dw)));
     let hline = |row: usize, out: &mut [u32]| {
         let s = &src[sorigin + row * sstride..sorigin + row * sstride + sw];
-        for d in 0..dw {
-            out[d] = if d < ax.min {
-                (s[0] as u32) << 8
-            } else if d >= ax.max {
-                (s[last_x] as u32) << 8
-            } else {
-                let o = ax.ofs[d];
-                ax.w0[d] * s[o] as u32 + ax.w1[d] * s[o + 1] as u32
-            };
+        let first = (s[0] as u32) << 8;
+        let last = (s[last_x] as u32) << 8;
+        out[..xmin].iter_mut().for_each(|v| *v = first);
+        out[xmax..].iter_mut().for_each(|v| *v = last);
+        let (ofs, w0, w1) = (&ax.ofs[xmin..xmax], &ax.w0[xmin..xmax], &ax.w1[xmin..xmax]);
+        for (d, o) in out[xmin..xmax].iter_mut().enumerate() {
+            let i = ofs[d];
+            // interior destinations interpolate between samples i and i + 1 < sw
+            debug_assert!(i + 1 < sw);
+            // SAFETY: linear_axis sets ofs[d] <= sw - 2 for d in min..max
+            let (a, b) = unsafe { (*s.get_unchecked(i) as u32, *s.get_unchecked(i + 1) as u32) };
+            *o = w0[d] * a + w1[d] * b;
         }
     };
     let mut out = vec![0u8; dw * dh];
@@ -325,6 +349,25 @@ fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh
 /// then columns in single precision, rounded half to even and saturated).
 /// The border itself is left unsmoothed, as in OpenCV.
 fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2. Wider vectors of the same IEEE
+            // operations in the same order (no FMA): same result.
+            return unsafe { gaussian_blur_7x7_avx2(level, k, region) };
+        }
+    }
+    gaussian_blur_7x7_impl(level, k, region)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gaussian_blur_7x7_avx2(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    gaussian_blur_7x7_impl(level, k, region)
+}
+
+#[inline(always)]
+fn gaussian_blur_7x7_impl(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
     let (stride, b) = (level.stride, level.border);
     let (x0, x1, y0, y1) = region;
     let w = x1 - x0;
@@ -350,9 +393,13 @@ fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usi
         let dst = &mut level.data[start..start + w];
         let r = |i: usize| &tmp[(y + i) * w..(y + i + 1) * w];
         let (r0, r1, r2, r3, r4, r5, r6) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6));
+        // round half to even through the float mantissa (see `cv_round`), then saturate
+        const MAGIC: f32 = 12_582_912.0;
+        let magic_bits = MAGIC.to_bits() as i32;
         for x in 0..w {
             let v = k[3] * r3[x] + k[2] * (r2[x] + r4[x]) + k[1] * (r1[x] + r5[x]) + k[0] * (r0[x] + r6[x]);
-            dst[x] = ((v.max(0.0) + 8_388_608.0) - 8_388_608.0).min(255.0) as u8;
+            let r = (v + MAGIC).to_bits() as i32 - magic_bits;
+            dst[x] = r.clamp(0, 255) as u8;
         }
     }
 }
@@ -525,7 +572,7 @@ impl Orb {
     /// # Errors
     /// [`BovwError::InvalidParameter`] naming the bad parameter.
     pub fn new(params: OrbParams) -> Result<Self> {
-        if !(params.scale_factor > 1.0) || !params.scale_factor.is_finite() {
+        if params.scale_factor.is_nan() || params.scale_factor <= 1.0 || !params.scale_factor.is_finite() {
             return Err(BovwError::param("scale_factor", format!("must be a finite number greater than 1, got {}", params.scale_factor)));
         }
         if params.n_levels == 0 || params.n_levels > 64 {
@@ -728,7 +775,16 @@ impl Orb {
         }
         let mut out = vec![0u8; kps.len() * DESCRIPTOR_BYTES];
         let deg2rad = (std::f64::consts::PI / 180.0) as f32;
-        let mut ofs = vec![0isize; self.pattern.len()];
+        let npts = self.pattern.len();
+        let pat_x: Vec<f32> = self.pattern.iter().map(|p| p.0 as f32).collect();
+        let pat_y: Vec<f32> = self.pattern.iter().map(|p| p.1 as f32).collect();
+        let mut rx = vec![0i32; npts];
+        let mut ry = vec![0i32; npts];
+        let mut ofs = vec![0usize; npts];
+        // adding 1.5 * 2^23 rounds |v| < 2^22 to an integer (ties to even, as
+        // cvRound) held in the low mantissa bits: a vectorisable cvRound
+        const MAGIC: f32 = 12_582_912.0;
+        let magic_bits = MAGIC.to_bits() as i32;
         for (k, desc) in kps.iter().zip(out.chunks_exact_mut(DESCRIPTOR_BYTES)) {
             let Some(level) = levels[k.octave as usize].as_ref() else { continue };
             let scale = 1.0f32 / self.level_scale(k.octave as usize);
@@ -739,19 +795,27 @@ impl Orb {
             let (pw, ph) = (level.stride as isize, (level.data.len() / level.stride) as isize);
             let bx = cx + level.border as isize;
             let by = cy + level.border as isize;
-            let mut inside = true;
-            for (o, &(px, py)) in ofs.iter_mut().zip(&self.pattern) {
-                let x = px as f32 * a - py as f32 * b;
-                let y = px as f32 * b + py as f32 * a;
-                let (ix, iy) = (cv_round(x) as isize, cv_round(y) as isize);
-                let (sx, sy) = (bx + ix, by + iy);
-                if sx < 0 || sy < 0 || sx >= pw || sy >= ph {
-                    inside = false;
-                }
-                *o = sy.clamp(0, ph - 1) * pw + sx.clamp(0, pw - 1);
+            for i in 0..npts {
+                let x = pat_x[i] * a - pat_y[i] * b;
+                let y = pat_x[i] * b + pat_y[i] * a;
+                rx[i] = (x + MAGIC).to_bits() as i32 - magic_bits;
+                ry[i] = (y + MAGIC).to_bits() as i32 - magic_bits;
             }
-            let _ = inside; // out-of-buffer samples are clamped (only possible for user keypoints)
-            let v = |i: usize| level.data[ofs[i] as usize];
+            if bx >= reach && by >= reach && bx + reach < pw && by + reach < ph {
+                // every sample is inside the buffer (always so for detected keypoints)
+                let base = by * pw + bx;
+                for i in 0..npts {
+                    ofs[i] = (base + ry[i] as isize * pw + rx[i] as isize) as usize;
+                }
+            } else {
+                // user keypoints near the border: clamp to the buffer
+                for i in 0..npts {
+                    let sx = (bx + rx[i] as isize).clamp(0, pw - 1);
+                    let sy = (by + ry[i] as isize).clamp(0, ph - 1);
+                    ofs[i] = (sy * pw + sx) as usize;
+                }
+            }
+            let v = |i: usize| level.data[ofs[i]];
             match self.params.wta_k {
                 2 => {
                     for (i, byte) in desc.iter_mut().enumerate() {
@@ -870,8 +934,8 @@ impl Orb {
         let (mut levels, _) = self.pyramid(image, None, n_levels, false);
         // group by level (stable), as OpenCV does
         let mut sorted: Vec<KeyPoint> = Vec::with_capacity(kept.len());
-        for l in 0..n_levels {
-            sorted.extend(kept.iter().filter(|k| k.octave as usize == l && levels[l].is_some()));
+        for (l, level) in levels.iter().enumerate() {
+            sorted.extend(kept.iter().filter(|k| k.octave as usize == l && level.is_some()));
         }
         if sorted.is_empty() {
             return Ok((Vec::new(), empty));

@@ -59,6 +59,7 @@ pub fn kmajority_fit<'py>(
 /// Nearest center (Hamming) of each row: returns (labels (n,) int64, distances (n,) int64).
 #[pyfunction]
 #[pyo3(signature = (x, centers, *, n_threads=None))]
+#[allow(clippy::type_complexity)]
 pub fn kmajority_predict<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, u8>,
