@@ -52,6 +52,50 @@ impl Samples {
 /// rotation in degrees (OpenCV passes `360 - keypoint.angle`), `scl` half the
 /// keypoint size in `img` pixels.
 pub fn compute_descriptor(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s: &mut Samples, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s: &mut Samples, out: &mut [f32]) {
+        compute_descriptor_impl(img, pt, ori_deg, scl, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(img, pt, ori_deg, scl, s, out) };
+            return;
+        }
+    }
+    compute_descriptor_impl(img, pt, ori_deg, scl, s, out)
+}
+
+/// The columns `j` of sample row `i` that can fall inside the descriptor
+/// window: `|j a + b| < 2.5` for both rotated coordinates, widened so that
+/// float rounding cannot exclude a sample the exact test accepts (the test is
+/// still made per sample).
+#[inline(always)]
+fn window_columns(i: i32, cos_t: f32, sin_t: f32, lo: i32, hi: i32) -> (i32, i32) {
+    const HALF: f64 = DESCR_WIDTH as f64 / 2.0 + 0.5 + 1e-3;
+    let (mut a_lo, mut a_hi) = (lo as f64, hi as f64);
+    // r_rot = j sin_t + i cos_t, c_rot = j cos_t - i sin_t.
+    for (a, b) in [(sin_t as f64, i as f64 * cos_t as f64), (cos_t as f64, -(i as f64) * sin_t as f64)] {
+        if a == 0.0 {
+            if b.abs() >= HALF {
+                return (0, -1);
+            }
+            continue;
+        }
+        let (x, y) = ((-HALF - b) / a, (HALF - b) / a);
+        a_lo = a_lo.max(x.min(y).floor() - 1.0);
+        a_hi = a_hi.min(x.max(y).ceil() + 1.0);
+    }
+    if a_lo > a_hi {
+        return (0, -1);
+    }
+    (a_lo as i32, a_hi as i32)
+}
+
+#[inline(always)]
+fn compute_descriptor_impl(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s: &mut Samples, out: &mut [f32]) {
     let d = DESCR_WIDTH as i32;
     let n = DESCR_BINS as i32;
     let (px, py) = (pt.0.round_ties_even() as i32, pt.1.round_ties_even() as i32);
@@ -89,7 +133,8 @@ pub fn compute_descriptor(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s
             let up = &img.data[(r - 1) * w..r * w];
             let down = &img.data[(r + 1) * w..(r + 2) * w];
             let fi = i as f32;
-            for j in j_lo..=j_hi {
+            let (a, b) = window_columns(i, cos_t, sin_t, j_lo, j_hi);
+            for j in a..=b {
                 let fj = j as f32;
                 let c_rot = fj * cos_t - fi * sin_t;
                 let r_rot = fj * sin_t + fi * cos_t;
@@ -205,6 +250,31 @@ mod tests {
         let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 512.0).abs() < 8.0, "{norm}");
         assert!(out.iter().any(|&v| v > 0.0));
+    }
+
+    #[test]
+    fn window_columns_keep_every_accepted_sample() {
+        for t in 0..720 {
+            for &hw in &[1.7f32, 4.8, 9.6, 23.0] {
+                let ang = (t as f32 * 0.5 + 0.013) * (std::f64::consts::PI / 180.0) as f32;
+                let (cos_t, sin_t) = (ang.cos() / hw, ang.sin() / hw);
+                let radius = (hw * std::f32::consts::SQRT_2 * 2.5).round() as i32;
+                for i in -radius..=radius {
+                    let (a, b) = window_columns(i, cos_t, sin_t, -radius, radius);
+                    for j in -radius..=radius {
+                        let c_rot = j as f32 * cos_t - i as f32 * sin_t;
+                        let r_rot = j as f32 * sin_t + i as f32 * cos_t;
+                        let (rbin, cbin) = (r_rot + 2.0 - 0.5, c_rot + 2.0 - 0.5);
+                        if rbin > -1.0 && rbin < 4.0 && cbin > -1.0 && cbin < 4.0 {
+                            assert!(a <= j && j <= b, "t={t} hw={hw} i={i} j={j} ({a}, {b})");
+                        }
+                    }
+                }
+            }
+        }
+        // Exactly axis-aligned: whole rows in or out.
+        assert_eq!(window_columns(0, 0.25, 0.0, -30, 30), (-12, 12));
+        assert_eq!(window_columns(20, 0.25, 0.0, -30, 30), (0, -1));
     }
 
     #[test]
