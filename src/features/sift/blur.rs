@@ -357,10 +357,27 @@ pub fn halve_nearest(src: &Plane, dst: &mut Plane) {
 
 /// `dst = a - b`.
 pub fn subtract(a: &Plane, b: &Plane, dst: &mut Plane) {
-    dst.reshape(a.w, a.h);
-    for ((o, &x), &y) in dst.data.iter_mut().zip(&a.data).zip(&b.data) {
-        *o = x - y;
+    #[inline(always)]
+    fn body(a: &Plane, b: &Plane, dst: &mut Plane) {
+        dst.reshape(a.w, a.h);
+        for ((o, &x), &y) in dst.data.iter_mut().zip(&a.data).zip(&b.data) {
+            *o = x - y;
+        }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(a: &Plane, b: &Plane, dst: &mut Plane) {
+        body(a, b, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(a, b, dst) };
+            return;
+        }
+    }
+    body(a, b, dst)
 }
 
 #[cfg(test)]
