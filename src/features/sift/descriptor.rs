@@ -134,22 +134,47 @@ fn compute_descriptor_impl(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, 
             let down = &img.data[(r + 1) * w..(r + 2) * w];
             let fi = i as f32;
             let (a, b) = window_columns(i, cos_t, sin_t, j_lo, j_hi);
-            for j in a..=b {
+            // Along a row the rotated coordinates are monotonic in j (float
+            // products and sums by constants are monotonic), so the accepted
+            // samples form an interval: trim [a, b] to it, then fill the
+            // arrays without a per-sample branch.
+            let inside = |j: i32| {
                 let fj = j as f32;
                 let c_rot = fj * cos_t - fi * sin_t;
                 let r_rot = fj * sin_t + fi * cos_t;
                 let rbin = r_rot + half_d - 0.5;
                 let cbin = c_rot + half_d - 0.5;
-                if rbin > -1.0 && rbin < df && cbin > -1.0 && cbin < df {
-                    let c = (px + j) as usize;
-                    sdx[k] = row[c + 1] - row[c - 1];
-                    sdy[k] = up[c] - down[c];
-                    srb[k] = rbin;
-                    scb[k] = cbin;
-                    sw[k] = (c_rot * c_rot + r_rot * r_rot) * exp_scale;
-                    k += 1;
-                }
+                rbin > -1.0 && rbin < df && cbin > -1.0 && cbin < df
+            };
+            let (mut a, mut b) = (a, b);
+            while a <= b && !inside(a) {
+                a += 1;
             }
+            while b >= a && !inside(b) {
+                b -= 1;
+            }
+            if a > b {
+                continue;
+            }
+            let n = (b - a + 1) as usize;
+            let c0 = (px + a) as usize;
+            let fi_sin = fi * sin_t;
+            let fi_cos = fi * cos_t;
+            let (dx, dy) = (&mut sdx[k..k + n], &mut sdy[k..k + n]);
+            let (rb, cb, ww) = (&mut srb[k..k + n], &mut scb[k..k + n], &mut sw[k..k + n]);
+            let (left, right) = (&row[c0 - 1..c0 - 1 + n], &row[c0 + 1..c0 + 1 + n]);
+            let (u, dn) = (&up[c0..c0 + n], &down[c0..c0 + n]);
+            for t in 0..n {
+                let fj = (a + t as i32) as f32;
+                let c_rot = fj * cos_t - fi_sin;
+                let r_rot = fj * sin_t + fi_cos;
+                rb[t] = r_rot + half_d - 0.5;
+                cb[t] = c_rot + half_d - 0.5;
+                ww[t] = (c_rot * c_rot + r_rot * r_rot) * exp_scale;
+                dx[t] = right[t] - left[t];
+                dy[t] = u[t] - dn[t];
+            }
+            k += n;
         }
     }
     let len = k;
@@ -191,15 +216,20 @@ fn compute_descriptor_impl(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, 
         let v_rco001 = v_rc00 * obin;
         let v_rco000 = v_rc00 - v_rco001;
         let idx = (((r0 as i32 + 1) as usize * dd + (c0 as i32 + 1) as usize) * nn) + o0 as usize;
-        let h = &mut hist[idx..idx + (dd + 1) * nn + 2];
-        h[0] += v_rco000;
-        h[1] += v_rco001;
-        h[nn] += v_rco010;
-        h[nn + 1] += v_rco011;
-        h[dd * nn] += v_rco100;
-        h[dd * nn + 1] += v_rco101;
-        h[(dd + 1) * nn] += v_rco110;
-        h[(dd + 1) * nn + 1] += v_rco111;
+        // r0, c0 in [-1, d - 1] and o0 in [0, n - 1] (rbin, cbin in (-1, d)),
+        // so idx + (d + 3)(n + 2) + 1 < (d + 2)^2 (n + 2) = HIST_LEN.
+        assert!(idx + (dd + 1) * nn + 1 < HIST_LEN);
+        // SAFETY: bounds asserted just above.
+        unsafe {
+            *hist.get_unchecked_mut(idx) += v_rco000;
+            *hist.get_unchecked_mut(idx + 1) += v_rco001;
+            *hist.get_unchecked_mut(idx + nn) += v_rco010;
+            *hist.get_unchecked_mut(idx + nn + 1) += v_rco011;
+            *hist.get_unchecked_mut(idx + dd * nn) += v_rco100;
+            *hist.get_unchecked_mut(idx + dd * nn + 1) += v_rco101;
+            *hist.get_unchecked_mut(idx + (dd + 1) * nn) += v_rco110;
+            *hist.get_unchecked_mut(idx + (dd + 1) * nn + 1) += v_rco111;
+        }
     }
 
     // The orientation histograms are circular: fold bins n and n + 1.
