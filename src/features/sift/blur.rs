@@ -113,22 +113,31 @@ impl BlurScratch {
 /// # Panics
 /// If `kernel` has an even length or `src` is empty.
 pub fn gaussian_blur(src: &Plane, kernel: &[f32], scratch: &mut BlurScratch, dst: &mut Plane) {
+    gaussian_blur_dog(src, kernel, scratch, dst, None);
+}
+
+/// [`gaussian_blur`], and when `dog` is given, also `dog = dst - src` (the
+/// difference of Gaussians), computed row by row while the rows are in cache.
+///
+/// # Panics
+/// If `kernel` has an even length or `src` is empty.
+pub fn gaussian_blur_dog(src: &Plane, kernel: &[f32], scratch: &mut BlurScratch, dst: &mut Plane, dog: Option<&mut Plane>) {
     assert!(kernel.len() % 2 == 1 && src.w > 0 && src.h > 0);
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { gaussian_blur_avx2(src, kernel, scratch, dst) };
+            unsafe { gaussian_blur_avx2(src, kernel, scratch, dst, dog) };
             return;
         }
     }
-    gaussian_blur_impl::<Scalar>(src, kernel, scratch, dst);
+    gaussian_blur_impl::<Scalar>(src, kernel, scratch, dst, dog);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn gaussian_blur_avx2(src: &Plane, kernel: &[f32], scratch: &mut BlurScratch, dst: &mut Plane) {
-    gaussian_blur_impl::<avx2::Avx2>(src, kernel, scratch, dst);
+unsafe fn gaussian_blur_avx2(src: &Plane, kernel: &[f32], scratch: &mut BlurScratch, dst: &mut Plane, dog: Option<&mut Plane>) {
+    gaussian_blur_impl::<avx2::Avx2>(src, kernel, scratch, dst, dog);
 }
 
 /// Lanes per group: rows are padded to a multiple of this.
@@ -232,8 +241,11 @@ unsafe fn filter_span<T: Taps>(
 }
 
 #[inline(always)]
-fn gaussian_blur_impl<T: Taps>(src: &Plane, kernel: &[f32], scratch: &mut BlurScratch, dst: &mut Plane) {
+fn gaussian_blur_impl<T: Taps>(src: &Plane, kernel: &[f32], scratch: &mut BlurScratch, dst: &mut Plane, mut dog: Option<&mut Plane>) {
     let (w, h) = (src.w, src.h);
+    if let Some(d) = dog.as_deref_mut() {
+        d.reshape(w, h);
+    }
     let r = kernel.len() / 2;
     let kc = &kernel[r..]; // kc[0] centre, kc[j] weight at distance j
     let ws = w.div_ceil(LANES) * LANES; // padded row length
@@ -284,7 +296,13 @@ fn gaussian_blur_impl<T: Taps>(src: &Plane, kernel: &[f32], scratch: &mut BlurSc
                 scratch.vrow.as_mut_ptr(),
             );
         }
-        dst.data[y * w..(y + 1) * w].copy_from_slice(&scratch.vrow[..w]);
+        let row = &scratch.vrow[..w];
+        dst.data[y * w..(y + 1) * w].copy_from_slice(row);
+        if let Some(d) = dog.as_deref_mut() {
+            for ((o, &a), &b) in d.data[y * w..(y + 1) * w].iter_mut().zip(row).zip(src.row(y)) {
+                *o = a - b;
+            }
+        }
     }
 }
 
@@ -400,6 +418,7 @@ mod tests {
         // cv2.getGaussianKernel(11, 1.2489996, cv2.CV_32F).ravel()[:6]
         let k = gaussian_kernel(1.2489996);
         assert_eq!(k.len(), 11);
+        #[allow(clippy::excessive_precision)]
         let cv = [1.0578566e-04f32, 1.8932123e-03, 1.7847523e-02, 8.8626318e-02, 2.3182142e-01, 3.1941149e-01];
         for (a, b) in k.iter().zip(cv.iter()) {
             assert_relative_eq!(*a, *b, max_relative = 1e-5);
@@ -418,9 +437,14 @@ mod tests {
                 let k = gaussian_kernel(sigma);
                 let (mut a, mut b) = (Plane::default(), Plane::default());
                 let mut s = BlurScratch::default();
-                gaussian_blur(&src, &k, &mut s, &mut a);
-                gaussian_blur_impl::<Scalar>(&src, &k, &mut s, &mut b);
+                let (mut da, mut db) = (Plane::default(), Plane::default());
+                gaussian_blur_dog(&src, &k, &mut s, &mut a, Some(&mut da));
+                gaussian_blur_impl::<Scalar>(&src, &k, &mut s, &mut b, Some(&mut db));
                 assert_eq!(a.data, b.data, "{w}x{h} sigma {sigma}");
+                assert_eq!(da.data, db.data);
+                let mut d = Plane::default();
+                subtract(&a, &src, &mut d);
+                assert_eq!(d.data, da.data);
                 // Spot check against the direct formula with reflected indices.
                 let r = k.len() / 2;
                 let (x, y) = (w - 1, h / 2);

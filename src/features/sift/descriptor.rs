@@ -275,7 +275,7 @@ mod tests {
         let mut s = Samples::default();
         let mut out = vec![0f32; DESCR_LEN];
         compute_descriptor(&img, (31.3, 30.7), 20.0, 3.2, &mut s, &mut out);
-        assert!(out.iter().all(|&v| v >= 0.0 && v <= 255.0 && v.fract() == 0.0));
+        assert!(out.iter().all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0));
         // After the 0.2 clamp and renormalisation the norm is about 512.
         let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 512.0).abs() < 8.0, "{norm}");

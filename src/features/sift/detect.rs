@@ -247,7 +247,7 @@ pub fn orientation_hist(img: &Plane, x: i32, y: i32, radius: i32, sigma: f32, s:
 fn row_candidates<B: Block8>(cur: &[f32], r: usize, w: usize, thr: f32, out: &mut Vec<usize>) {
     out.clear();
     let end = w - IMG_BORDER;
-    assert!(r >= 1 && (r + 1) * w + end + 1 <= cur.len());
+    assert!(r >= 1 && (r + 1) * w + end < cur.len());
     let mut c = IMG_BORDER;
     while c + 8 <= end {
         // SAFETY: reads span (r - 1) * w + c - 1 ..= (r + 1) * w + c + 8 <=
