@@ -83,7 +83,7 @@ def run(quick: bool = False) -> list[dict]:
     import cv2
 
     n_images = 100 if quick else 1000
-    repeats = 3 if quick else 5
+    repeats = 2 if quick else 3
     paths = _pick(_fruits_root(), n_images)
     contents = [p.read_bytes() for p in paths]
     grays = [bovw.decode_gray(b) for b in contents]
