@@ -24,8 +24,12 @@
 //! 5. Descriptors: see [`descriptor`](self::descriptor).
 //!
 //! Each image is processed on one thread, octave by octave, in scratch
-//! buffers kept per thread, so results do not depend on the thread count.
-//! They are not bit-identical to OpenCV's: OpenCV's blur may run through IPP
+//! buffers kept per thread (freed after an image whose pyramid exceeds
+//! 256 MB), so results do not depend on the thread count. The hot loops (blur,
+//! extremum scan, gradient sampling) have AVX2 versions chosen at run time;
+//! they perform the same `f32` operations in the same order as the portable
+//! versions (no fused multiply-add), so results are also the same on every
+//! CPU. They are not bit-identical to OpenCV's: OpenCV's blur may run through IPP
 //! or fused multiply-adds, its `exp` differs in the last bits, and its sums
 //! run in SIMD order; a last-bit difference can move a sample across a
 //! histogram bin or a candidate across a threshold. `tests/test_sift.py`
@@ -133,8 +137,10 @@ fn octave_planes(octaves: &mut Vec<OctavePlanes>, o: usize, layer: usize) -> &mu
 /// Scratch buffers above this size are freed after the image, so that a
 /// thread keeps at most this much between images. The pyramid of a 100 x 100
 /// image takes about 2.5 MB, of a 640 x 480 image about 75 MB, of an
-/// 800 x 600 image about 115 MB; larger images allocate their pyramid afresh.
-const SCRATCH_KEEP_BYTES: usize = 128 << 20;
+/// 800 x 800 image about 160 MB; larger images allocate their pyramid afresh
+/// (and pay for the page faults of touching fresh memory, as OpenCV does on
+/// every call).
+const SCRATCH_KEEP_BYTES: usize = 256 << 20;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());

@@ -373,7 +373,9 @@ pub fn halve_nearest(src: &Plane, dst: &mut Plane) {
     }
 }
 
-/// `dst = a - b`.
+/// `dst = a - b` (the DoG is computed inside [`gaussian_blur_dog`]; this
+/// checks it in the tests).
+#[cfg(test)]
 pub fn subtract(a: &Plane, b: &Plane, dst: &mut Plane) {
     #[inline(always)]
     fn body(a: &Plane, b: &Plane, dst: &mut Plane) {
