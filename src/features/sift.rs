@@ -24,8 +24,12 @@
 //! 5. Descriptors: see [`descriptor`](self::descriptor).
 //!
 //! Each image is processed on one thread, octave by octave, in scratch
-//! buffers kept per thread, so results do not depend on the thread count.
-//! They are not bit-identical to OpenCV's: OpenCV's blur may run through IPP
+//! buffers kept per thread (freed after an image whose pyramid exceeds
+//! 256 MB), so results do not depend on the thread count. The hot loops (blur,
+//! extremum scan, gradient sampling) have AVX2 versions chosen at run time;
+//! they perform the same `f32` operations in the same order as the portable
+//! versions (no fused multiply-add), so results are also the same on every
+//! CPU. They are not bit-identical to OpenCV's: OpenCV's blur may run through IPP
 //! or fused multiply-adds, its `exp` differs in the last bits, and its sums
 //! run in SIMD order; a last-bit difference can move a sample across a
 //! histogram bin or a candidate across a threshold. `tests/test_sift.py`
@@ -84,9 +88,9 @@ pub struct Sift {
 /// Per-thread work buffers, reused across images.
 #[derive(Default)]
 struct Scratch {
-    gauss: Vec<Plane>,
-    dog: Vec<Plane>,
-    next: Plane,
+    /// Planes of each octave, kept so that images of one size reuse them
+    /// without reallocating or clearing.
+    octaves: Vec<OctavePlanes>,
     tmp: Plane,
     up: Vec<f32>,
     blur: BlurScratch,
@@ -94,13 +98,63 @@ struct Scratch {
     raw: Vec<(KeyPoint, usize)>,
 }
 
+#[derive(Default)]
+struct OctavePlanes {
+    gauss: Vec<Plane>,
+    dog: Vec<Plane>,
+}
+
+impl Scratch {
+    /// Bytes held by the buffers.
+    fn bytes(&self) -> usize {
+        let planes: usize = self
+            .octaves
+            .iter()
+            .flat_map(|o| o.gauss.iter().chain(&o.dog))
+            .map(|p| p.data.capacity())
+            .sum();
+        4 * (planes + self.tmp.data.capacity() + self.up.capacity()) + self.blur.bytes()
+    }
+
+}
+
+/// Planes of octave `o`, with its layer 0 taken from layer `layer` of octave
+/// `o - 1` (halved) when `o > 0`.
+fn octave_planes(octaves: &mut Vec<OctavePlanes>, o: usize, layer: usize) -> &mut OctavePlanes {
+    while octaves.len() <= o {
+        octaves.push(OctavePlanes::default());
+    }
+    if octaves[o].gauss.is_empty() {
+        octaves[o].gauss.push(Plane::default());
+    }
+    if o > 0 {
+        let (done, rest) = octaves.split_at_mut(o);
+        blur::halve_nearest(&done[o - 1].gauss[layer], &mut rest[0].gauss[0]);
+    }
+    &mut octaves[o]
+}
+
+/// Scratch buffers above this size are freed after the image, so that a
+/// thread keeps at most this much between images. The pyramid of a 100 x 100
+/// image takes about 2.5 MB, of a 640 x 480 image about 75 MB, of an
+/// 800 x 800 image about 160 MB; larger images allocate their pyramid afresh
+/// (and pay for the page faults of touching fresh memory, as OpenCV does on
+/// every call).
+const SCRATCH_KEEP_BYTES: usize = 256 << 20;
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => f(&mut s),
+        Ok(mut s) => {
+            let out = f(&mut s);
+            if s.bytes() > SCRATCH_KEEP_BYTES {
+                *s = Scratch::default();
+            }
+            out
+        }
         Err(_) => f(&mut Scratch::default()),
     })
 }
@@ -229,26 +283,22 @@ impl Sift {
             (sigma * sigma - INIT_SIGMA * INIT_SIGMA).max(0.01).sqrt()
         };
         let kernel = blur::gaussian_kernel(sig_diff as f64);
-        if s.gauss.is_empty() {
-            s.gauss.push(Plane::default());
-        }
-        blur::gaussian_blur(&s.tmp, &kernel, &mut s.blur, &mut s.gauss[0]);
+        let oct = octave_planes(&mut s.octaves, 0, 0);
+        blur::gaussian_blur(&s.tmp, &kernel, &mut s.blur, &mut oct.gauss[0]);
     }
 
-    /// Blur layers 1..L+2 of the current octave from its layer 0, and
-    /// optionally the DoG layers.
-    fn build_octave(&self, kernels: &[Vec<f32>], with_dog: bool, s: &mut Scratch) {
+    /// Blur layers 1..L+2 of an octave from its layer 0, and optionally the
+    /// DoG layers.
+    fn build_octave(&self, kernels: &[Vec<f32>], with_dog: bool, oct: &mut OctavePlanes, bs: &mut BlurScratch) {
         let n = self.params.n_octave_layers + 3;
-        s.gauss.resize_with(n, Plane::default);
-        for i in 1..n {
-            let (done, rest) = s.gauss.split_at_mut(i);
-            blur::gaussian_blur(&done[i - 1], &kernels[i], &mut s.blur, &mut rest[0]);
-        }
+        oct.gauss.resize_with(n, Plane::default);
         if with_dog {
-            s.dog.resize_with(n - 1, Plane::default);
-            for i in 0..n - 1 {
-                blur::subtract(&s.gauss[i + 1], &s.gauss[i], &mut s.dog[i]);
-            }
+            oct.dog.resize_with(n - 1, Plane::default);
+        }
+        for i in 1..n {
+            let (done, rest) = oct.gauss.split_at_mut(i);
+            let dog = if with_dog { Some(&mut oct.dog[i - 1]) } else { None };
+            blur::gaussian_blur_dog(&done[i - 1], &kernels[i], bs, &mut rest[0], dog);
         }
     }
 
@@ -282,16 +332,14 @@ impl Sift {
             let mut kps: Vec<KeyPoint> = Vec::new();
             let mut desc: Vec<f32> = Vec::new();
             for o in 0..n_octaves.max(0) as usize {
-                if o > 0 {
-                    std::mem::swap(&mut s.gauss[0], &mut s.next);
-                }
-                let (w, h) = (s.gauss[0].w, s.gauss[0].h);
+                let oct = octave_planes(&mut s.octaves, o, n_layers);
+                let (w, h) = (oct.gauss[0].w, oct.gauss[0].h);
                 if w <= 2 * IMG_BORDER || h <= 2 * IMG_BORDER {
                     break; // no pixel of this or any smaller octave can be an extremum
                 }
-                self.build_octave(&kernels, true, s);
+                self.build_octave(&kernels, true, oct, &mut s.blur);
                 s.raw.clear();
-                detect::find_octave_extrema(&s.gauss, &s.dog, o, &dp, &mut s.samples, &mut s.raw);
+                detect::find_octave_extrema(&oct.gauss, &oct.dog, o, &dp, &mut s.samples, &mut s.raw);
                 for &(k, _layer) in &s.raw {
                     // Back to input-image coordinates (exact: powers of two).
                     let mut k = k;
@@ -302,12 +350,9 @@ impl Sift {
                     if with_desc {
                         let start = desc.len();
                         desc.resize(start + DESCR_LEN, 0.0);
-                        Self::describe(&s.gauss, &k, &mut s.samples, &mut desc[start..]);
+                        Self::describe(&oct.gauss, &k, &mut s.samples, &mut desc[start..]);
                     }
                     kps.push(k);
-                }
-                if (o as i64) + 1 < n_octaves {
-                    blur::halve_nearest(&s.gauss[n_layers], &mut s.next);
                 }
             }
             (kps, desc)
@@ -421,10 +466,8 @@ impl Sift {
         with_scratch(|s| -> Result<()> {
             self.initial_image(&image, first_octave < 0, s);
             for (o, members) in by_octave.iter().enumerate() {
-                if o > 0 {
-                    std::mem::swap(&mut s.gauss[0], &mut s.next);
-                }
-                if s.gauss[0].w == 0 || s.gauss[0].h == 0 {
+                let oct = octave_planes(&mut s.octaves, o, n_layers as usize);
+                if oct.gauss[0].w == 0 || oct.gauss[0].h == 0 {
                     return Err(BovwError::input(format!(
                         "keypoints: octave {} is empty for a {}x{} image",
                         o as i32 + first_octave,
@@ -432,12 +475,9 @@ impl Sift {
                         image.height
                     )));
                 }
-                self.build_octave(&kernels, false, s);
+                self.build_octave(&kernels, false, oct, &mut s.blur);
                 for &i in members {
-                    Self::describe(&s.gauss, &keypoints[i], &mut s.samples, &mut desc[i * DESCR_LEN..(i + 1) * DESCR_LEN]);
-                }
-                if o + 1 < n_octaves {
-                    blur::halve_nearest(&s.gauss[n_layers as usize], &mut s.next);
+                    Self::describe(&oct.gauss, &keypoints[i], &mut s.samples, &mut desc[i * DESCR_LEN..(i + 1) * DESCR_LEN]);
                 }
             }
             Ok(())
@@ -580,7 +620,7 @@ mod tests {
         let img = vec![0u8; 25];
         let err = sift.detect(GrayView::new(&img, 5, 5), None).unwrap_err();
         assert!(err.to_string().contains("too small"), "{err}");
-        assert!(sift.detect(GrayView::new(&vec![0u8; 36], 6, 6), None).unwrap().is_empty());
+        assert!(sift.detect(GrayView::new(&[0u8; 36], 6, 6), None).unwrap().is_empty());
         assert!(Sift::new(SiftParams { sigma: 0.0, ..Default::default() }).is_err());
         assert!(Sift::new(SiftParams { n_octave_layers: 0, ..Default::default() }).is_err());
         assert!(Sift::new(SiftParams { contrast_threshold: f64::NAN, ..Default::default() }).is_err());

@@ -52,6 +52,50 @@ impl Samples {
 /// rotation in degrees (OpenCV passes `360 - keypoint.angle`), `scl` half the
 /// keypoint size in `img` pixels.
 pub fn compute_descriptor(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s: &mut Samples, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s: &mut Samples, out: &mut [f32]) {
+        compute_descriptor_impl(img, pt, ori_deg, scl, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(img, pt, ori_deg, scl, s, out) };
+            return;
+        }
+    }
+    compute_descriptor_impl(img, pt, ori_deg, scl, s, out)
+}
+
+/// The columns `j` of sample row `i` that can fall inside the descriptor
+/// window: `|j a + b| < 2.5` for both rotated coordinates, widened so that
+/// float rounding cannot exclude a sample the exact test accepts (the test is
+/// still made per sample).
+#[inline(always)]
+fn window_columns(i: i32, cos_t: f32, sin_t: f32, lo: i32, hi: i32) -> (i32, i32) {
+    const HALF: f64 = DESCR_WIDTH as f64 / 2.0 + 0.5 + 1e-3;
+    let (mut a_lo, mut a_hi) = (lo as f64, hi as f64);
+    // r_rot = j sin_t + i cos_t, c_rot = j cos_t - i sin_t.
+    for (a, b) in [(sin_t as f64, i as f64 * cos_t as f64), (cos_t as f64, -(i as f64) * sin_t as f64)] {
+        if a == 0.0 {
+            if b.abs() >= HALF {
+                return (0, -1);
+            }
+            continue;
+        }
+        let (x, y) = ((-HALF - b) / a, (HALF - b) / a);
+        a_lo = a_lo.max(x.min(y).floor() - 1.0);
+        a_hi = a_hi.min(x.max(y).ceil() + 1.0);
+    }
+    if a_lo > a_hi {
+        return (0, -1);
+    }
+    (a_lo as i32, a_hi as i32)
+}
+
+#[inline(always)]
+fn compute_descriptor_impl(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s: &mut Samples, out: &mut [f32]) {
     let d = DESCR_WIDTH as i32;
     let n = DESCR_BINS as i32;
     let (px, py) = (pt.0.round_ties_even() as i32, pt.1.round_ties_even() as i32);
@@ -89,22 +133,48 @@ pub fn compute_descriptor(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s
             let up = &img.data[(r - 1) * w..r * w];
             let down = &img.data[(r + 1) * w..(r + 2) * w];
             let fi = i as f32;
-            for j in j_lo..=j_hi {
+            let (a, b) = window_columns(i, cos_t, sin_t, j_lo, j_hi);
+            // Along a row the rotated coordinates are monotonic in j (float
+            // products and sums by constants are monotonic), so the accepted
+            // samples form an interval: trim [a, b] to it, then fill the
+            // arrays without a per-sample branch.
+            let inside = |j: i32| {
                 let fj = j as f32;
                 let c_rot = fj * cos_t - fi * sin_t;
                 let r_rot = fj * sin_t + fi * cos_t;
                 let rbin = r_rot + half_d - 0.5;
                 let cbin = c_rot + half_d - 0.5;
-                if rbin > -1.0 && rbin < df && cbin > -1.0 && cbin < df {
-                    let c = (px + j) as usize;
-                    sdx[k] = row[c + 1] - row[c - 1];
-                    sdy[k] = up[c] - down[c];
-                    srb[k] = rbin;
-                    scb[k] = cbin;
-                    sw[k] = (c_rot * c_rot + r_rot * r_rot) * exp_scale;
-                    k += 1;
-                }
+                rbin > -1.0 && rbin < df && cbin > -1.0 && cbin < df
+            };
+            let (mut a, mut b) = (a, b);
+            while a <= b && !inside(a) {
+                a += 1;
             }
+            while b >= a && !inside(b) {
+                b -= 1;
+            }
+            if a > b {
+                continue;
+            }
+            let n = (b - a + 1) as usize;
+            let c0 = (px + a) as usize;
+            let fi_sin = fi * sin_t;
+            let fi_cos = fi * cos_t;
+            let (dx, dy) = (&mut sdx[k..k + n], &mut sdy[k..k + n]);
+            let (rb, cb, ww) = (&mut srb[k..k + n], &mut scb[k..k + n], &mut sw[k..k + n]);
+            let (left, right) = (&row[c0 - 1..c0 - 1 + n], &row[c0 + 1..c0 + 1 + n]);
+            let (u, dn) = (&up[c0..c0 + n], &down[c0..c0 + n]);
+            for t in 0..n {
+                let fj = (a + t as i32) as f32;
+                let c_rot = fj * cos_t - fi_sin;
+                let r_rot = fj * sin_t + fi_cos;
+                rb[t] = r_rot + half_d - 0.5;
+                cb[t] = c_rot + half_d - 0.5;
+                ww[t] = (c_rot * c_rot + r_rot * r_rot) * exp_scale;
+                dx[t] = right[t] - left[t];
+                dy[t] = u[t] - dn[t];
+            }
+            k += n;
         }
     }
     let len = k;
@@ -146,15 +216,20 @@ pub fn compute_descriptor(img: &Plane, pt: (f32, f32), ori_deg: f32, scl: f32, s
         let v_rco001 = v_rc00 * obin;
         let v_rco000 = v_rc00 - v_rco001;
         let idx = (((r0 as i32 + 1) as usize * dd + (c0 as i32 + 1) as usize) * nn) + o0 as usize;
-        let h = &mut hist[idx..idx + (dd + 1) * nn + 2];
-        h[0] += v_rco000;
-        h[1] += v_rco001;
-        h[nn] += v_rco010;
-        h[nn + 1] += v_rco011;
-        h[dd * nn] += v_rco100;
-        h[dd * nn + 1] += v_rco101;
-        h[(dd + 1) * nn] += v_rco110;
-        h[(dd + 1) * nn + 1] += v_rco111;
+        // r0, c0 in [-1, d - 1] and o0 in [0, n - 1] (rbin, cbin in (-1, d)),
+        // so idx + (d + 3)(n + 2) + 1 < (d + 2)^2 (n + 2) = HIST_LEN.
+        assert!(idx + (dd + 1) * nn + 1 < HIST_LEN);
+        // SAFETY: bounds asserted just above.
+        unsafe {
+            *hist.get_unchecked_mut(idx) += v_rco000;
+            *hist.get_unchecked_mut(idx + 1) += v_rco001;
+            *hist.get_unchecked_mut(idx + nn) += v_rco010;
+            *hist.get_unchecked_mut(idx + nn + 1) += v_rco011;
+            *hist.get_unchecked_mut(idx + dd * nn) += v_rco100;
+            *hist.get_unchecked_mut(idx + dd * nn + 1) += v_rco101;
+            *hist.get_unchecked_mut(idx + (dd + 1) * nn) += v_rco110;
+            *hist.get_unchecked_mut(idx + (dd + 1) * nn + 1) += v_rco111;
+        }
     }
 
     // The orientation histograms are circular: fold bins n and n + 1.
@@ -200,11 +275,36 @@ mod tests {
         let mut s = Samples::default();
         let mut out = vec![0f32; DESCR_LEN];
         compute_descriptor(&img, (31.3, 30.7), 20.0, 3.2, &mut s, &mut out);
-        assert!(out.iter().all(|&v| v >= 0.0 && v <= 255.0 && v.fract() == 0.0));
+        assert!(out.iter().all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0));
         // After the 0.2 clamp and renormalisation the norm is about 512.
         let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 512.0).abs() < 8.0, "{norm}");
         assert!(out.iter().any(|&v| v > 0.0));
+    }
+
+    #[test]
+    fn window_columns_keep_every_accepted_sample() {
+        for t in 0..720 {
+            for &hw in &[1.7f32, 4.8, 9.6, 23.0] {
+                let ang = (t as f32 * 0.5 + 0.013) * (std::f64::consts::PI / 180.0) as f32;
+                let (cos_t, sin_t) = (ang.cos() / hw, ang.sin() / hw);
+                let radius = (hw * std::f32::consts::SQRT_2 * 2.5).round() as i32;
+                for i in -radius..=radius {
+                    let (a, b) = window_columns(i, cos_t, sin_t, -radius, radius);
+                    for j in -radius..=radius {
+                        let c_rot = j as f32 * cos_t - i as f32 * sin_t;
+                        let r_rot = j as f32 * sin_t + i as f32 * cos_t;
+                        let (rbin, cbin) = (r_rot + 2.0 - 0.5, c_rot + 2.0 - 0.5);
+                        if rbin > -1.0 && rbin < 4.0 && cbin > -1.0 && cbin < 4.0 {
+                            assert!(a <= j && j <= b, "t={t} hw={hw} i={i} j={j} ({a}, {b})");
+                        }
+                    }
+                }
+            }
+        }
+        // Exactly axis-aligned: whole rows in or out.
+        assert_eq!(window_columns(0, 0.25, 0.0, -30, 30), (-12, 12));
+        assert_eq!(window_columns(20, 0.25, 0.0, -30, 30), (0, -1));
     }
 
     #[test]

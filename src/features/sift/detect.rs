@@ -89,6 +89,7 @@ fn solve3(a: [[f32; 3]; 3], b: [f32; 3]) -> [f32; 3] {
 /// Refine a candidate at (`layer`, `r`, `c`) of octave `octv` (0 = first
 /// octave of the pyramid). Returns the keypoint in first-octave pixel
 /// coordinates, or `None` when rejected.
+#[inline(always)]
 fn adjust_local_extremum(dog: &[Plane], octv: usize, layer: usize, r: i32, c: i32, p: &DetectParams) -> Option<Extremum> {
     const IMG_SCALE: f32 = 1.0 / 255.0;
     const DERIV_SCALE: f32 = IMG_SCALE * 0.5;
@@ -184,6 +185,7 @@ fn adjust_local_extremum(dog: &[Plane], octv: usize, layer: usize, r: i32, c: i3
 
 /// OpenCV's `calcOrientationHist`: the smoothed 36-bin gradient orientation
 /// histogram around `(x, y)` of `img`; returns its maximum.
+#[inline(always)]
 pub fn orientation_hist(img: &Plane, x: i32, y: i32, radius: i32, sigma: f32, s: &mut Samples, hist: &mut [f32; ORI_HIST_BINS]) -> f32 {
     let n = ORI_HIST_BINS;
     let expf_scale = -1.0 / (2.0 * sigma * sigma);
@@ -236,6 +238,90 @@ pub fn orientation_hist(img: &Plane, x: i32, y: i32, radius: i32, sigma: f32, s:
     hist.iter().copied().fold(hist[0], f32::max)
 }
 
+/// Candidates of one DoG row: columns `c` in `[IMG_BORDER, w - IMG_BORDER)`
+/// whose value passes the threshold and is an extremum among its 8
+/// neighbours in the same layer (`x >= max` of the neighbours for a
+/// maximum, `x <= min` for a minimum: the same as comparing with each).
+/// Columns are tested 8 at a time; `out` receives the candidate columns.
+#[inline(always)]
+fn row_candidates<B: Block8>(cur: &[f32], r: usize, w: usize, thr: f32, out: &mut Vec<usize>) {
+    out.clear();
+    let end = w - IMG_BORDER;
+    assert!(r >= 1 && (r + 1) * w + end < cur.len());
+    let mut c = IMG_BORDER;
+    while c + 8 <= end {
+        // SAFETY: reads span (r - 1) * w + c - 1 ..= (r + 1) * w + c + 8 <=
+        // (r + 1) * w + end + 1, in bounds by the assertion above.
+        let mut b = unsafe { B::candidates(cur.as_ptr().add(r * w + c), w, thr) };
+        while b != 0 {
+            out.push(c + b.trailing_zeros() as usize);
+            b &= b - 1;
+        }
+        c += 8;
+    }
+    for c in c..end {
+        if cur[r * w + c].abs() > thr {
+            out.push(c);
+        }
+    }
+}
+
+/// The 8-column candidate test, scalar or AVX2.
+pub trait Block8 {
+    /// Bit `l` set when `p[l]` passes the threshold and is >= (<=) its 8
+    /// neighbours in a plane of row stride `w`.
+    ///
+    /// # Safety
+    /// `p - w - 1 ..= p + w + 8` must be readable.
+    unsafe fn candidates(p: *const f32, w: usize, thr: f32) -> u32;
+}
+
+pub struct Scalar8;
+
+impl Block8 for Scalar8 {
+    #[inline(always)]
+    unsafe fn candidates(p: *const f32, w: usize, thr: f32) -> u32 {
+        let at = |o: isize, l: usize| *p.offset(o + l as isize);
+        let w = w as isize;
+        let offs = [-w - 1, -w, -w + 1, -1, 1, w - 1, w, w + 1];
+        let mut bits = 0u32;
+        for l in 0..8 {
+            let x = at(0, l);
+            let mut ge = x > thr;
+            let mut le = x < -thr;
+            for &o in &offs {
+                ge &= x >= at(o, l);
+                le &= x <= at(o, l);
+            }
+            bits |= ((ge | le) as u32) << l;
+        }
+        bits
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub struct Avx8;
+
+#[cfg(target_arch = "x86_64")]
+impl Block8 for Avx8 {
+    #[inline(always)]
+    unsafe fn candidates(p: *const f32, w: usize, thr: f32) -> u32 {
+        use std::arch::x86_64::*;
+        let w = w as isize;
+        let ld = |o: isize| _mm256_loadu_ps(p.offset(o));
+        let x = ld(0);
+        let (a, b, c, d) = (ld(-w - 1), ld(-w), ld(-w + 1), ld(-1));
+        let (e, f, g, h) = (ld(1), ld(w - 1), ld(w), ld(w + 1));
+        let mx = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a, b), _mm256_max_ps(c, d)), _mm256_max_ps(_mm256_max_ps(e, f), _mm256_max_ps(g, h)));
+        let mn = _mm256_min_ps(_mm256_min_ps(_mm256_min_ps(a, b), _mm256_min_ps(c, d)), _mm256_min_ps(_mm256_min_ps(e, f), _mm256_min_ps(g, h)));
+        let t = _mm256_set1_ps(thr);
+        let nt = _mm256_set1_ps(-thr);
+        let ge = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(x, t), _mm256_cmp_ps::<_CMP_GE_OQ>(x, mx));
+        let le = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, nt), _mm256_cmp_ps::<_CMP_LE_OQ>(x, mn));
+        _mm256_movemask_ps(_mm256_or_ps(ge, le)) as u32
+    }
+}
+
 /// Find, refine and orient the keypoints of one octave. `octv` is the index
 /// of the octave from the first one of the pyramid; keypoints are pushed in
 /// first-octave coordinates with OpenCV's packed `octave` (octave `octv`),
@@ -248,8 +334,38 @@ pub fn find_octave_extrema(
     s: &mut Samples,
     out: &mut Vec<(KeyPoint, usize)>,
 ) {
+    #[inline(always)]
+    fn generic(gauss: &[Plane], dog: &[Plane], octv: usize, p: &DetectParams, s: &mut Samples, out: &mut Vec<(KeyPoint, usize)>) {
+        find_octave_extrema_impl::<Scalar8>(gauss, dog, octv, p, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(gauss: &[Plane], dog: &[Plane], octv: usize, p: &DetectParams, s: &mut Samples, out: &mut Vec<(KeyPoint, usize)>) {
+        find_octave_extrema_impl::<Avx8>(gauss, dog, octv, p, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(gauss, dog, octv, p, s, out) };
+            return;
+        }
+    }
+    generic(gauss, dog, octv, p, s, out)
+}
+
+#[inline(always)]
+fn find_octave_extrema_impl<B: Block8>(
+    gauss: &[Plane],
+    dog: &[Plane],
+    octv: usize,
+    p: &DetectParams,
+    s: &mut Samples,
+    out: &mut Vec<(KeyPoint, usize)>,
+) {
     let mut hist = [0f32; ORI_HIST_BINS];
     let n = ORI_HIST_BINS;
+    let mut cands: Vec<usize> = Vec::new();
     for layer in 1..=p.n_layers {
         let (prev, cur, next) = (&dog[layer - 1], &dog[layer], &dog[layer + 1]);
         let (w, h) = (cur.w, cur.h);
@@ -257,12 +373,9 @@ pub fn find_octave_extrema(
             return;
         }
         for r in IMG_BORDER..h - IMG_BORDER {
-            let row = &cur.data[r * w..(r + 1) * w];
-            for c in IMG_BORDER..w - IMG_BORDER {
-                let v = row[c];
-                if !(v.abs() > p.threshold) {
-                    continue;
-                }
+            row_candidates::<B>(&cur.data, r, w, p.threshold, &mut cands);
+            for &c in &cands {
+                let v = cur.data[r * w + c];
                 if !is_extremum(v, &prev.data, &cur.data, &next.data, r * w + c, w) {
                     continue;
                 }
@@ -336,6 +449,28 @@ mod tests {
         assert_eq!(hist[0], m);
         let m = orientation_hist(&ramp_y, 20, 20, 8, 3.0, &mut s, &mut hist);
         assert_eq!(hist[27], m);
+    }
+
+    #[test]
+    fn candidate_blocks_agree() {
+        let w = 20;
+        let data: Vec<f32> = (0..w * 5).map(|i| ((i * 7919 % 23) as f32 - 11.0) * 0.5 + if i % 9 == 0 { 3.0 } else { 0.0 }).collect();
+        for c in 1..w - 9 {
+            let p = data[2 * w + c..].as_ptr();
+            let s = unsafe { Scalar8::candidates(p, w, 1.0) };
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                let a = unsafe { Avx8::candidates(p, w, 1.0) };
+                assert_eq!(a, s);
+            }
+            for l in 0..8 {
+                let i = 2 * w + c + l;
+                let x = data[i];
+                let n = [i - w - 1, i - w, i - w + 1, i - 1, i + 1, i + w - 1, i + w, i + w + 1];
+                let want = (x > 1.0 && n.iter().all(|&k| x >= data[k])) || (x < -1.0 && n.iter().all(|&k| x <= data[k]));
+                assert_eq!(s >> l & 1 == 1, want);
+            }
+        }
     }
 
     #[test]

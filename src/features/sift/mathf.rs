@@ -10,8 +10,8 @@
 //!   `cv::hal::exp32f` is also within about 1 ulp, so the two differ in the
 //!   last bits only.
 //!
-//! The slice functions dispatch at run time to an AVX2 copy of the same code
-//! on x86-64. Rust never fuses multiplies and adds, so both copies give
+//! Callers dispatch at run time to AVX2 copies of the code that inlines these
+//! functions. Rust never fuses multiplies and adds, so both copies give
 //! identical results.
 
 #[allow(clippy::excessive_precision)]
@@ -62,40 +62,20 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
-macro_rules! dispatch {
-    ($generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                unsafe { $avx2($($arg),*) };
-                return;
-            }
-        }
-        $generic($($arg),*)
-    };
-}
-
 /// `ori[k] = fast_atan2(dy[k], dx[k])` (degrees), `mag[k] = sqrt(dx^2 + dy^2)`,
 /// `w[k] = exp(w[k])`, over the common length.
+///
+/// Inlined into its callers, which are compiled for AVX2 when the CPU has it.
+#[inline(always)]
 pub fn polar_and_exp(dx: &[f32], dy: &[f32], ori: &mut [f32], mag: &mut [f32], w: &mut [f32]) {
-    #[inline(always)]
-    fn generic(dx: &[f32], dy: &[f32], ori: &mut [f32], mag: &mut [f32], w: &mut [f32]) {
-        let n = dx.len();
-        let (dy, ori, mag, w) = (&dy[..n], &mut ori[..n], &mut mag[..n], &mut w[..n]);
-        for k in 0..n {
-            let (x, y) = (dx[k], dy[k]);
-            ori[k] = fast_atan2(y, x);
-            mag[k] = (x * x + y * y).sqrt();
-            w[k] = exp(w[k]);
-        }
+    let n = dx.len();
+    let (dy, ori, mag, w) = (&dy[..n], &mut ori[..n], &mut mag[..n], &mut w[..n]);
+    for k in 0..n {
+        let (x, y) = (dx[k], dy[k]);
+        ori[k] = fast_atan2(y, x);
+        mag[k] = (x * x + y * y).sqrt();
+        w[k] = exp(w[k]);
     }
-    dispatch!(generic, avx2, (dx: &[f32], dy: &[f32], ori: &mut [f32], mag: &mut [f32], w: &mut [f32]));
 }
 
 #[cfg(test)]
