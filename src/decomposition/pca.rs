@@ -14,7 +14,8 @@
 //!   eigendecomposition. Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
 //! - `full`: thin SVD of the centred data in `f64`, $O(n d \min(n, d))$.
 //! - `randomized`: Halko, Martinsson and Tropp (2011), Algorithm 4.4 (randomized
-//!   subspace iteration, QR-normalised) followed by an SVD of the small
+//!   subspace iteration, each basis orthonormalised by a thin SVD, which
+//!   plays the role of its QR step) followed by an SVD of the small
 //!   projected matrix; for wide inputs and few components.
 //!
 //! Signs follow scikit-learn's `svd_flip(u_based_decision=False)`, which
