@@ -14,7 +14,8 @@
 //!   eigendecomposition. Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
 //! - `full`: thin SVD of the centred data in `f64`, $O(n d \min(n, d))$.
 //! - `randomized`: Halko, Martinsson and Tropp (2011), Algorithm 4.4 (randomized
-//!   subspace iteration, QR-normalised) followed by an SVD of the small
+//!   subspace iteration, each basis orthonormalised by a thin SVD, which
+//!   plays the role of its QR step) followed by an SVD of the small
 //!   projected matrix; for wide inputs and few components.
 //!
 //! Signs follow scikit-learn's `svd_flip(u_based_decision=False)`, which
@@ -35,6 +36,47 @@ use crate::error::{BovwError, Result};
 
 /// Rows per block of the scatter-matrix GEMMs.
 pub const BLOCK_ROWS: usize = 2048;
+
+/// faer's parallelism for the dense decompositions. faer splits work by the
+/// *requested* degree, not by the threads that happen to run it, so a fixed
+/// degree keeps results identical whatever the rayon pool size (a pool of
+/// one thread simply runs the pieces in turn).
+fn det_par() -> Par {
+    Par::Rayon(std::num::NonZeroUsize::new(4).expect("4 > 0"))
+}
+
+/// Symmetric eigendecomposition of `a` (lower triangle read) with a fixed
+/// parallel degree: eigenvalues ascending, eigenvectors as columns.
+fn sym_eig(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd;
+    let n = a.nrows();
+    let par = det_par();
+    let mut u = Mat::<f64>::zeros(n, n);
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let scratch = evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, Default::default());
+    evd::self_adjoint_evd(a, s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut MemBuffer::new(scratch)), Default::default())
+        .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
+    let vals = (0..n).map(|i| s.column_vector()[i]).collect();
+    Ok((vals, u))
+}
+
+/// Thin SVD `a = U diag(s) V^T` with a fixed parallel degree; singular values decreasing.
+fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::svd;
+    let (m, n) = a.shape();
+    let k = m.min(n);
+    let par = det_par();
+    let mut u = Mat::<f64>::zeros(m, k);
+    let mut v = Mat::<f64>::zeros(n, k);
+    let mut s = faer::diag::Diag::<f64>::zeros(k);
+    let scratch = svd::svd_scratch::<f64>(m, n, svd::ComputeSvdVectors::Thin, svd::ComputeSvdVectors::Thin, par, Default::default());
+    svd::svd(a, s.as_mut(), Some(u.as_mut()), Some(v.as_mut()), par, MemStack::new(&mut MemBuffer::new(scratch)), Default::default())
+        .map_err(|e| BovwError::input(format!("SVD did not converge: {e:?}")))?;
+    let vals = (0..k).map(|i| s.column_vector()[i]).collect();
+    Ok((u, vals, v))
+}
 
 /// Element types the PCA kernels accept (`f32`, `f64`).
 pub trait Sample: faer::traits::RealField + Copy + Send + Sync + 'static {
@@ -303,7 +345,7 @@ pub fn scatter<T: Sample>(x: &[T], d: usize, center: &[f64]) -> Vec<f64> {
     let by_mem = ((32usize << 20) / (8 * d * d).max(1)).max(1);
     let n_groups = n_blocks.min(8).min(by_mem).max(1);
     let blocks_per_group = n_blocks.div_ceil(n_groups);
-    let inner_par = if n_groups == 1 { Par::rayon(0) } else { Par::Seq };
+    let inner_par = if n_groups == 1 { det_par() } else { Par::Seq };
     let center_t: Vec<T> = center.iter().map(|&c| T::from_f64(c)).collect();
     let group_sums: Vec<Vec<f64>> = (0..n_groups)
         .into_par_iter()
@@ -509,11 +551,7 @@ pub fn fit_covariance(mean: Vec<f64>, cov: &[f64], n: usize, k: NComponents) -> 
     }
     check_n_components(k, n, d)?;
     let c = MatRef::from_row_major_slice(cov, d, d);
-    let evd = c
-        .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
-    let u = evd.U();
-    let s = evd.S().column_vector();
+    let (s, u) = sym_eig(c)?;
     // Decreasing order; clip round-off negatives as scikit-learn does.
     let mut variances = Vec::with_capacity(d);
     let mut axes = Vec::with_capacity(d * d);
@@ -545,11 +583,7 @@ fn fit_full<T: Sample>(x: &[T], d: usize, k: NComponents) -> Result<PcaFit> {
     let n = x.len() / d;
     let mean = column_mean(x, d);
     let xc = centered_mat(x, d, &mean);
-    let svd = xc
-        .thin_svd()
-        .map_err(|e| BovwError::input(format!("SVD did not converge: {e:?}")))?;
-    let s = svd.S().column_vector();
-    let v = svd.V();
+    let (_, s, v) = thin_svd(xc.as_ref())?;
     let m = n.min(d);
     let denom = n as f64 - 1.0;
     let variances: Vec<f64> = (0..m).map(|i| s[i] * s[i] / denom).collect();
@@ -588,26 +622,23 @@ fn fit_randomized<T: Sample>(x: &[T], d: usize, k: usize, opts: RandomizedOption
     let xc = centered_mat(x, d, &mean);
     let l = (k + opts.n_oversamples).min(m);
     let n_iter = opts.n_iter.unwrap_or(if (k as f64) < 0.1 * m as f64 { 7 } else { 4 });
-    let par = Par::rayon(0);
+    let par = det_par();
     let omega = gaussian(d, l, opts.seed);
     let mut y = Mat::<f64>::zeros(n, l);
     faer::linalg::matmul::matmul(y.as_mut(), Accum::Replace, xc.as_ref(), omega.as_ref(), 1.0, par);
-    let mut q = y.qr().compute_thin_Q();
+    // Orthonormal bases by thin SVD (deterministic with a fixed degree).
+    let mut q = thin_svd(y.as_ref())?.0;
     let mut z = Mat::<f64>::zeros(d, l);
     for _ in 0..n_iter {
         faer::linalg::matmul::matmul(z.as_mut(), Accum::Replace, xc.transpose(), q.as_ref(), 1.0, par);
-        let qz = z.qr().compute_thin_Q();
+        let qz = thin_svd(z.as_ref())?.0;
         faer::linalg::matmul::matmul(y.as_mut(), Accum::Replace, xc.as_ref(), qz.as_ref(), 1.0, par);
-        q = y.qr().compute_thin_Q();
+        q = thin_svd(y.as_ref())?.0;
     }
     // B = Q^T Xc (l x d); SVD of B^T (d x l) to keep the tall shape.
     let mut bt = Mat::<f64>::zeros(d, l);
     faer::linalg::matmul::matmul(bt.as_mut(), Accum::Replace, xc.transpose(), q.as_ref(), 1.0, par);
-    let svd = bt
-        .thin_svd()
-        .map_err(|e| BovwError::input(format!("SVD did not converge: {e:?}")))?;
-    let s = svd.S().column_vector();
-    let u = svd.U(); // d x l: right singular vectors of B
+    let (u, s, _) = thin_svd(bt.as_ref())?; // u: d x l, right singular vectors of B
     let denom = n as f64 - 1.0;
     let kk = k.min(l);
     let variances: Vec<f64> = (0..kk).map(|i| s[i] * s[i] / denom).collect();
@@ -656,7 +687,7 @@ pub fn fit<T: Sample>(x: &[T], d: usize, k: NComponents, solver: Solver, opts: R
                 NComponents::Fraction(_) => {
                     return Err(BovwError::param(
                         "n_components",
-                        "a variance fraction needs svd_solver='full', 'covariance_eigh' or 'auto'",
+                        "a variance fraction is not supported with svd_solver='randomized'; use 'full', 'covariance_eigh' or 'auto'",
                     ))
                 }
             };

@@ -1,0 +1,116 @@
+"""PCA: bovw vs scikit-learn.
+
+Rows (``run(quick)`` -> list of dicts: stage, case, reference, ours_s, ref_s,
+speedup = ref_s / ours_s, notes):
+
+- ``bovw.PCA(n_components).fit`` and ``.fit_transform`` vs
+  ``sklearn.decomposition.PCA`` with the same arguments (both pick the
+  ``covariance_eigh`` solver on these tall shapes), float64 and float32
+  input, on (n, d) = (30k, 100), (30k, 1000), (400k, 128), plus (100k, 128)
+  and (30k, 300) to show growth with n and d;
+- the distributed path: ``bovw.pca_partial_sums`` over 8 batches +
+  ``PCA.fit_partial_sums`` vs scikit-learn's fit on the whole array.
+
+Data: Gaussian rows with a decaying spectrum (column scales geomspace(10,
+0.1)), n_components = 0.95 (a variance fraction, the pipeline's choice) or 50.
+The notes give the explained variance agreement and n_components_.
+
+Run: ``python benches/py/bench_pca.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _best(fn, repeat=3):
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _row(case, reference, ours_s, ref_s, notes):
+    return {
+        "stage": "pca",
+        "case": case,
+        "reference": reference,
+        "ours_s": ours_s,
+        "ref_s": ref_s,
+        "speedup": ref_s / ours_s if ours_s else None,
+        "notes": notes,
+    }
+
+
+def _data(n, d, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d), dtype=np.float32) * np.geomspace(10, 0.1, d).astype(np.float32)
+    return X.astype(dtype, copy=False)
+
+
+def run(quick: bool = False) -> list[dict]:
+    from sklearn.decomposition import PCA as SkPCA
+
+    import bovw
+
+    threads = os.cpu_count()
+    if quick:
+        shapes = [(30_000, 100), (10_000, 300)]
+        dtypes = [np.float64]
+        repeat = 2
+    else:
+        shapes = [(30_000, 100), (30_000, 300), (30_000, 1000), (100_000, 128), (400_000, 128)]
+        dtypes = [np.float64, np.float32]
+        repeat = 3
+    rows = []
+    for n, d in shapes:
+        for dtype in dtypes:
+            X = _data(n, d, dtype)
+            for nc in (0.95, 50):
+                ours = bovw.PCA(nc).fit(X)
+                ref = SkPCA(nc).fit(X)
+                k = min(ours.n_components_, ref.n_components_)
+                err = float(np.max(np.abs(ours.explained_variance_[:k] / ref.explained_variance_[:k] - 1)))
+                notes = (
+                    f"n={n}, d={d}, {np.dtype(dtype).name}, n_components={nc} -> {ours.n_components_} "
+                    f"(sklearn {ref.n_components_}), solver {ours._fit_svd_solver}/{ref._fit_svd_solver}, "
+                    f"max rel. diff explained_variance {err:.1e}, {threads} threads"
+                )
+                t_fit = _best(lambda: bovw.PCA(nc).fit(X), repeat)
+                r_fit = _best(lambda: SkPCA(nc).fit(X), repeat)
+                rows.append(_row(f"fit ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit", t_fit, r_fit, notes))
+                t_ft = _best(lambda: bovw.PCA(nc).fit_transform(X), repeat)
+                r_ft = _best(lambda: SkPCA(nc).fit_transform(X), repeat)
+                rows.append(
+                    _row(f"fit_transform ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit_transform", t_ft, r_ft, notes)
+                )
+            del X
+    # distributed path: per-batch partial sums + one fit
+    n, d = (30_000, 100) if quick else (400_000, 128)
+    X = _data(n, d, np.float32)
+    batches = np.array_split(X, 8)
+
+    def partial():
+        c, s, g = 0, 0.0, 0.0
+        for b in batches:
+            bc, bs, bg = bovw.pca_partial_sums(b)
+            c, s, g = c + bc, s + bs, g + bg
+        return bovw.PCA(0.95).fit_partial_sums(c, s, g)
+
+    t_p = _best(partial, repeat=2)
+    r_p = _best(lambda: SkPCA(0.95).fit(X), repeat=2)
+    rows.append(
+        _row(f"partial sums x8 + fit ({n}, {d}) float32", "sklearn PCA.fit", t_p, r_p, f"8 batches, n_components=0.95 -> {partial().n_components_}")
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(f"{r['case']:<52} ours {r['ours_s']:.4f}s ref {r['ref_s']:.4f}s x{r['speedup']:.2f}  {r['notes']}", flush=True)
