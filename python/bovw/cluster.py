@@ -428,8 +428,7 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._check_test_data(X)
-        labels, _ = _bovw.kmeans_assign(X, self._centers_like(X), check_finite=False, n_threads=self.n_threads)
-        return labels
+        return _bovw.kmeans_predict(X, self._centers_like(X), n_threads=self.n_threads)
 
     def transform(self, X: Any) -> np.ndarray:
         """Euclidean distance of each sample to each center.
