@@ -88,6 +88,14 @@ def _row(case, reference, ours, ref, notes):
     }
 
 
+class _ProgressRows(list):
+    """A list that reports each row on stderr as it is added (long runs)."""
+
+    def append(self, row: dict) -> None:  # type: ignore[override]
+        print(f"[bench_kmeans] {row['case']}: ours {row['ours_s']} s, ref {row['ref_s']} s", file=sys.stderr, flush=True)
+        super().append(row)
+
+
 def _memory_probe(npy: str, k: int, max_iter: int, algorithm: str) -> dict:
     """Fit in a fresh process; report the maxrss growth during fit and the
     peak of Python-tracked allocations (tracemalloc sees NumPy buffers)."""
@@ -118,7 +126,7 @@ def run(quick: bool = False) -> list[dict]:
 
     X = sift_descriptors(quick)
     n, d = X.shape
-    rows: list[dict] = []
+    rows: list[dict] = _ProgressRows()
     ks = (20, 100) if quick else (100, 500, 1000)
     max_iter = 10 if quick else 20
     try:
@@ -245,7 +253,7 @@ def run(quick: bool = False) -> list[dict]:
                 f"Python-tracked peak {mem['py_peak_mb']:.1f} MiB (no copy of X)",
             )
         )
-    return rows
+    return list(rows)
 
 
 if __name__ == "__main__":
