@@ -957,7 +957,7 @@ fn hamerly_shift(shifts: &[f64], groups: &Groups, labels: &[u32], upper: &mut [f
 /// Hamerly's assignment: skip the points whose bounds prove their label,
 /// tighten the upper bound of the others, and reassign the rest of each block
 /// by the GEMM path.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn hamerly_assign<T: Real>(
     x: &[T],
     xn: &[f64],
