@@ -65,8 +65,7 @@ def _arrow_column(x: Any) -> Any:
 
 def _as_float_2d(X: Any, name: str = "X", dtype: Any = None) -> np.ndarray:
     """A C-contiguous 2-D float32/float64 array (no copy when it already is)."""
-    if isinstance(X, np.ndarray) and X.dtype.kind not in "fiub":
-        raise TypeError(f"{name}: expected a numeric array, got dtype {X.dtype}")
+    _reject_text(X, name)
     arr = check_array(
         X,
         dtype=[np.float32, np.float64] if dtype is None else dtype,
@@ -75,6 +74,13 @@ def _as_float_2d(X: Any, name: str = "X", dtype: Any = None) -> np.ndarray:
         input_name=name,
     )
     return arr
+
+
+def _reject_text(X: Any, name: str) -> None:
+    """TypeError for arrays of strings, bytes, dates or records (object
+    arrays of numbers are converted; complex ones get scikit-learn's ValueError)."""
+    if isinstance(X, np.ndarray) and X.dtype.kind in "USVMm":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {X.dtype}")
 
 
 def _seed(random_state: Any) -> int:
@@ -336,7 +342,7 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
             arr = np.asarray(init)
         except Exception as e:  # pragma: no cover - odd array-likes
             raise TypeError(f"init: cannot convert to an array ({e})") from e
-        if arr.dtype.kind not in "fiu":
+        if arr.dtype.kind not in "fiub":
             raise TypeError(f"init: expected a numeric array, got dtype {arr.dtype}")
         arr = check_array(arr, dtype=X.dtype, copy=True, order="C", input_name="init")
         if arr.shape[0] != self.n_clusters:
@@ -383,8 +389,7 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
         return np.ascontiguousarray(centers)
 
     def _check_test_data(self, X: Any) -> np.ndarray:
-        if isinstance(X, np.ndarray) and X.dtype.kind not in "fiub":
-            raise TypeError(f"X: expected a numeric array, got dtype {X.dtype}")
+        _reject_text(X, "X")
         return validate_data(
             self,
             X,
@@ -423,8 +428,7 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._check_test_data(X)
-        labels, _ = _bovw.kmeans_assign(X, self._centers_like(X), check_finite=False, n_threads=self.n_threads)
-        return labels
+        return _bovw.kmeans_predict(X, self._centers_like(X), n_threads=self.n_threads)
 
     def transform(self, X: Any) -> np.ndarray:
         """Euclidean distance of each sample to each center.
@@ -481,8 +485,7 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
         return -float(d2.sum() if w is None else d2 @ w)
 
     def _validate_fit_data(self, X: Any, reset: bool = True) -> np.ndarray:
-        if isinstance(X, np.ndarray) and X.dtype.kind not in "fiub":
-            raise TypeError(f"X: expected a numeric array, got dtype {X.dtype}")
+        _reject_text(X, "X")
         return validate_data(
             self,
             X,

@@ -138,7 +138,7 @@ pub fn kmeans_plusplus<T: Real>(
     };
     let wsum_blocks = block_sums(&wv);
     let wsum: f64 = wsum_blocks.iter().sum();
-    if !(wsum > 0.0) {
+    if wsum.is_nan() || wsum <= 0.0 {
         return Err(BovwError::param("sample_weight", "must sum to a positive number"));
     }
     let first = draw(&wv, &wsum_blocks, wsum, rng.random::<f64>());

@@ -270,6 +270,31 @@ pub fn kmeans_assign<'py>(
     })
 }
 
+/// Nearest center of each row (labels int32 only; no finiteness check).
+#[pyfunction]
+#[pyo3(signature = (x, centers, *, n_threads=None))]
+pub fn kmeans_predict<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    centers: &Bound<'py, PyAny>,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    macro_rules! go {
+        ($a:expr, $t:ty) => {{
+            let c = same_dtype::<$t>(centers, "centers")?;
+            let d = ncols(&$a);
+            check_width(d, ncols(&c), "centers")?;
+            let (s, cs) = (rows(&$a), rows(&c));
+            let l = py.detach(|| with_threads(n_threads, || kmeans::assign_labels_only(&s, &cs, d)))?;
+            labels_i32(py, l)
+        }};
+    }
+    Ok(match Floats::extract(x, "X")? {
+        Floats::F32(a) => go!(a, f32),
+        Floats::F64(a) => go!(a, f64),
+    })
+}
+
 /// Euclidean distances (n, k) of X's dtype, computed in float64.
 #[pyfunction]
 #[pyo3(signature = (x, centers, *, n_threads=None))]
@@ -385,6 +410,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kmeans_parallel_round, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_assign, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_distances, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans_predict, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_partial_sums, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_assign_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_partial_sums_arrow, m)?)?;
