@@ -2,9 +2,10 @@
 //!
 //! Encoded JPEG or PNG bytes are decoded with the `image` crate and reduced to
 //! 8-bit grayscale with OpenCV's fixed-point `cvtColor(..., COLOR_BGR2GRAY)`
-//! formula (`modules/imgproc/src/color.hpp`, ITU-R BT.601 luma):
+//! formula (`modules/imgproc/src/color_rgb.simd.hpp`, `RGB2Gray<uchar>`: ITU-R BT.601
+//! luma weights 0.299, 0.587, 0.114 in 15-bit fixed point):
 //!
-//! $Y = (4899 R + 9617 G + 1868 B + 2^{13}) \gg 14$
+//! $Y = (9798 R + 19235 G + 3735 B + 2^{14}) \gg 15$
 //!
 //! so that a pipeline that used `cv2.imread` + `cv2.cvtColor` sees the same
 //! gray levels for the same decoded RGB pixels. Alpha is dropped, as
@@ -55,10 +56,10 @@ impl<'a> GrayView<'a> {
     }
 }
 
-const R2Y: u32 = 4899;
-const G2Y: u32 = 9617;
-const B2Y: u32 = 1868;
-const YUV_SHIFT: u32 = 14;
+const R2Y: u32 = 9798;
+const G2Y: u32 = 19235;
+const B2Y: u32 = 3735;
+const YUV_SHIFT: u32 = 15;
 
 /// OpenCV's 8-bit RGB -> gray conversion for one pixel.
 #[inline]

@@ -1,0 +1,56 @@
+"""Shared helpers for the benchmarks: real images, timing."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / "bench-out"
+
+
+def fruits_root() -> Path:
+    """shared/fruits-360 beside the checkout, else the committed sample."""
+    env = os.environ.get("BOVW_FRUITS360")
+    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "fruits-360", REPO / "shared" / "fruits-360"]:
+        if (c / "Test").is_dir():
+            return c
+    import bovw
+
+    return bovw.sample_data_path()
+
+
+def image_files(split: str = "Training", limit: int | None = None) -> list[Path]:
+    """Sorted image files of a split, spread over classes when limited."""
+    root = fruits_root() / split
+    per_class = [sorted(c.glob("*.jpg")) for c in sorted(root.iterdir()) if c.is_dir()]
+    files = [f for fs in per_class for f in fs]
+    if limit is not None and limit < len(files):
+        step = len(files) / limit
+        files = [files[int(i * step)] for i in range(limit)]
+    return files
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def row(stage, case, reference, ours_s, ref_s, notes=""):
+    return {
+        "stage": stage,
+        "case": case,
+        "reference": reference,
+        "ours_s": ours_s,
+        "ref_s": ref_s,
+        "speedup": (ref_s / ours_s) if ours_s and ref_s else None,
+        "notes": notes,
+    }
