@@ -58,6 +58,7 @@ import json
 import os
 import sys
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
@@ -811,6 +812,22 @@ def list_s3_images(
     return rows
 
 
+def _driver_s3_options(s3_options: dict | None) -> dict:
+    """S3 options for the executors: the given ones, else the driver's
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` when
+    set (executors may not share the driver's environment); empty otherwise,
+    so that executors use their own chain (the EMR instance profile)."""
+    if s3_options is not None:
+        return dict(s3_options)
+    out: dict = {}
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        out["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        out["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            out["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return out
+
+
 def _fetch_fn(endpoint_url: str | None, region: str | None, s3_options: dict | None, n_io_threads: int = 8):
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from concurrent.futures import ThreadPoolExecutor
@@ -929,7 +946,7 @@ def read_images(
 
         keys = keys.select("path", F.timestamp_micros("mtime_us").alias("modificationTime"), "length")
         return keys.mapInArrow(
-            _fetch_fn(endpoint_url, region, s3_options),
+            _fetch_fn(endpoint_url, region, _driver_s3_options(s3_options)),
             BINARY_FILE_SCHEMA + ", label string, split string",
         )
     if not _is_s3(path) and "://" not in path and not path.startswith("file:"):
@@ -986,7 +1003,7 @@ def _sample_fn(fraction: float, seed: int, method_width: int | None):
     return fn
 
 
-def _collect_arrow(df: "DataFrame", schema: str) -> pa.Table:
+def _collect_arrow(df: "DataFrame") -> pa.Table:
     """Collect a DataFrame to the driver as one Arrow table (no row objects)."""
     batches = df._collect_as_arrow() if hasattr(df, "_collect_as_arrow") else None
     if batches is None:  # pragma: no cover - Spark Connect
@@ -1040,7 +1057,7 @@ def sample_descriptors(
     df = descriptors.where("error IS NULL").select("path", "descriptors")
     blobs = df.mapInArrow(_sample_fn(float(fraction), int(random_state), None),
                           "path string, n bigint, d int, data binary")
-    table = _collect_arrow(blobs, "path string, n bigint, d int, data binary")
+    table = _collect_arrow(blobs)
     if table.num_rows == 0:
         raise ValueError("sample_descriptors: no descriptor was sampled (no image had keypoints?)")
     table = table.sort_by("path")
@@ -1423,7 +1440,8 @@ def write_parquet(
             if mode == "error":
                 raise FileExistsError(f"path: {path!r} already exists (mode='error')")
             filesystem.delete_dir_contents(base, missing_dir_ok=True)
-        out = df.mapInArrow(_write_fn(path, endpoint_url, region, s3_options), "file string, rows bigint").collect()
+        out = df.mapInArrow(_write_fn(path, endpoint_url, region, _driver_s3_options(s3_options)),
+                            "file string, rows bigint").collect()
         return int(sum(r.rows for r in out))
     df = df.persist()
     try:
@@ -1439,5 +1457,268 @@ def write_parquet(
 # --------------------------------------------------------------------------
 
 
-def run_job(*args: Any, **kwargs: Any) -> dict:  # pragma: no cover - filled in below once pipeline.py lands
-    raise NotImplementedError("run_job")
+def _local_path(uri: str) -> str:
+    """``file:/a/b%20c`` -> ``/a/b c`` (what the local engine writes); other URIs unchanged."""
+    if uri.startswith("file:"):
+        rest = uri[len("file:"):]
+        if rest.startswith("//"):
+            rest = rest[2:]
+        return unquote(rest)
+    return uri
+
+
+def _seeded_splits(paths: list[str], labels: list[str], test_size: float, seed: int) -> list[str]:
+    """The local engine's split for a flat ``<root>/<class>/`` layout
+    (:func:`bovw.list_images`): per class, in path order, a seeded shuffle
+    puts ``round(test_size * n)`` images (at least 1, at most n - 1) in Test."""
+    import random
+    from collections import defaultdict
+
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i in sorted(range(len(paths)), key=lambda i: paths[i]):
+        by_class[labels[i]].append(i)
+    rng = random.Random(seed)
+    out = ["Training"] * len(paths)
+    for label in sorted(by_class):
+        idx = by_class[label]
+        order = list(range(len(idx)))
+        rng.shuffle(order)
+        n_test = int(round(test_size * len(idx)))
+        n_test = min(max(n_test, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        for j in order[:n_test]:
+            out[idx[j]] = "Test"
+    return out
+
+
+def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
+    """The main job on Spark: ``bovw run --engine spark [--master URL]``.
+
+    Same stages and outputs as :func:`bovw.pipeline.run` (``features.parquet``,
+    ``vocabulary.npy``, ``pca.npz``, ``model.joblib``, ``errors.csv``,
+    ``confusion_matrix.csv``, ``run.json``), with the heavy stages on Spark:
+
+    1. images: :func:`read_images` (local folder, HDFS or ``s3://``; an
+       S3-compatible endpoint from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``);
+    2. descriptors: :func:`extract_descriptors` in the executors, cached;
+    3. vocabulary: the Training descriptors (a seeded sample of at most
+       ``max_descriptors``) collected to the driver and :class:`bovw.KMeans`,
+       as the local engine does, so both engines fit the same vocabulary;
+    4. bag of words: :func:`bow_histograms` in the executors;
+    5. PCA: :func:`fit_pca` on the Training rows from per-partition partial
+       sums, :func:`pca_transform` in the executors;
+    6. classifier: the features (n_images x n_components) are collected and
+       the same scikit-learn classifier as the local engine is fitted.
+
+    ``out`` may be an ``s3://`` URI: the files are written locally first and
+    uploaded with pyarrow's S3 client.
+
+    Parameters
+    ----------
+    config : bovw.pipeline.RunConfig
+        ``root`` (folder or ``s3://`` URI; None: the shipped sample),
+        ``out``, ``method``, ``k``, ``seed``, ``pca``, ``max_iter``,
+        ``n_init``, ``max_descriptors``, ``classifier``, ``test_size``,
+        ``extractor_params``, ``master``, ``batch_size``.
+    spark : SparkSession, optional
+        Default: :func:`session` with ``config.master``.
+
+    Returns
+    -------
+    bovw.pipeline.RunResult
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As the local engine (missing folder, no images, bad parameter, no
+        Training descriptor).
+    """
+    import csv
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    import bovw
+    from bovw import pipeline as pl
+
+    pl._validate(config)
+    if getattr(config, "vocabulary", "kmeans") != "kmeans":
+        raise ValueError("vocabulary: the Spark engine fits K-Means vocabularies only ('kmeans')")
+    root = str(config.root) if config.root else str(bovw.sample_data_path())
+    out_uri = str(config.out)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    timer = pl.StageTimer()
+    say = print if config.progress else (lambda *a, **k: None)
+    if spark is None:
+        spark = session(config.master, "bovw run")
+    params = pl._extractor_params(config)
+    method = config.method
+    batch = min(int(config.batch_size), DEFAULT_BATCH_SIZE)
+
+    with timer.stage("list + read files") as st:
+        images = read_images(spark, root, endpoint_url=endpoint,
+                             min_partitions=spark.sparkContext.defaultParallelism)
+        meta = _collect_arrow(images.select("path", "label", "split", "length"))
+        paths = meta.column("path").to_pylist()
+        labels = meta.column("label").to_pylist()
+        splits = meta.column("split").to_pylist()
+        if any(s is None for s in splits):
+            splits = _seeded_splits(paths, labels, config.test_size, config.seed)
+            split_df = spark.createDataFrame(list(zip(paths, splits)), "path string, split2 string")
+            images = images.join(split_df, "path").drop("split").withColumnRenamed("split2", "split")
+        n = len(paths)
+        if n == 0:
+            raise ValueError(f"no images (.jpg, .jpeg, .png) found under {root!r}")
+        st["items"] = n
+    n_train = sum(s == "Training" for s in splits)
+    say(f"bovw: {n} images under {root} ({n_train} Training, {n - n_train} Test) on {spark.sparkContext.master}")
+
+    with timer.stage(f"decode + {method} descriptors") as st:
+        desc = extract_descriptors(images, method, batch_size=batch, **params).persist()
+        status = _collect_arrow(desc.select("path", "label", "split", "n_keypoints", "error"))
+        st["items"] = n
+
+    with timer.stage(f"vocabulary (kmeans, k={config.k})", unit="descriptors") as st:
+        train_desc = desc.where("split = 'Training'")
+        try:
+            X = sample_descriptors(train_desc, max_descriptors=config.max_descriptors, random_state=config.seed)
+        except ValueError:
+            raise ValueError("no descriptor in any Training image: cannot fit the vocabulary") from None
+        k = min(config.k, len(X))
+        quantizer = bovw.KMeans(n_clusters=k, n_init=config.n_init, max_iter=config.max_iter,
+                                random_state=config.seed).fit(X)
+        st["items"] = len(X)
+    vocab = np.asarray(quantizer.cluster_centers_, np.float32)
+
+    with timer.stage("bag of visual words") as st:
+        bow = bow_histograms(desc, vocab, batch_size=batch).where("error IS NULL").persist()
+        st["items"] = bow.count()
+
+    pca = None
+    with timer.stage("PCA") as st:
+        if config.pca is not None and config.pca != 0:
+            n_comp = config.pca
+            if isinstance(n_comp, int):
+                n_comp = min(n_comp, k, n_train)
+            pca = fit_pca(bow.where("split = 'Training'"), n_comp)
+            feats = pca_transform(bow, pca)
+        else:
+            feats = bow.withColumn("pca_features", bow["bow"])
+        table = _collect_arrow(feats.select("path", "label", "split", "n_keypoints", "bow", "pca_features"))
+        table = table.sort_by("path")
+        st["items"] = table.num_rows
+    desc.unpersist()
+    bow.unpersist()
+
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    y = np.array(table.column("label").to_pylist(), dtype=object)
+    split_arr = np.array(table.column("split").to_pylist(), dtype=object)
+    train = split_arr == "Training"
+    test = ~train
+    F_ = descriptor_matrix(table.column("pca_features"))[0].astype(np.float32) if table.num_rows else np.zeros((0, 0))
+    F_ = F_.reshape(table.num_rows, -1)
+    H = descriptor_matrix(table.column("bow"))[0].reshape(table.num_rows, -1).astype(np.float32)
+    classes = sorted(set(y[train]))
+    predictions: list[Any] = [None] * table.num_rows
+    accuracy = None
+    clf = None
+    with timer.stage(f"classifier ({config.classifier})") as st:
+        if len(classes) >= 2:
+            clf = pl._make_classifier(config.classifier, config.seed)
+            clf.fit(F_[train], y[train])
+            predictions = [str(p) for p in clf.predict(F_)]
+            if test.any():
+                accuracy = float(accuracy_score(y[test], np.array(predictions, dtype=object)[test]))
+        st["items"] = table.num_rows
+
+    model = pl.BovwModel(method, params, quantizer, pca, clf, k, False)
+    err_rows = [
+        (p, s, lab, "decode" if ("decode" in e or "JPEG" in e or "PNG" in e) else "descriptors", e)
+        for p, s, lab, e in zip(status.column("path").to_pylist(), status.column("split").to_pylist(),
+                                status.column("label").to_pylist(), status.column("error").to_pylist())
+        if e is not None
+    ]
+    n_kp = np.array([v or 0 for v in status.column("n_keypoints").to_pylist()], np.int64)
+    ok_status = np.array([e is None for e in status.column("error").to_pylist()])
+    with timer.stage("write outputs") as st:
+        is_s3 = _is_s3(out_uri)
+        tmp = tempfile.TemporaryDirectory() if is_s3 else None
+        out = Path(tmp.name) if tmp else Path(out_uri)
+        out.mkdir(parents=True, exist_ok=True)
+        features = pa.table({
+            "path": pa.array([_local_path(p) for p in table.column("path").to_pylist()], pa.string()),
+            "label": table.column("label").cast(pa.string()),
+            "split": table.column("split").cast(pa.string()),
+            "n_keypoints": table.column("n_keypoints").cast(pa.int32()),
+            "bow": pl._list_column(H),
+            "pca_features": pl._list_column(F_),
+            "prediction": pa.array(predictions, pa.string()),
+        })
+        pq.write_table(features, out / "features.parquet")
+        np.save(out / "vocabulary.npy", vocab)
+        if pca is not None:
+            np.savez(out / "pca.npz", components=pca.components_, mean=pca.mean_,
+                     explained_variance=pca.explained_variance_,
+                     explained_variance_ratio=pca.explained_variance_ratio_)
+        import joblib
+
+        joblib.dump(model, out / "model.joblib")
+        with open(out / "errors.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "split", "label", "stage", "reason"])
+            for r in sorted(err_rows):
+                w.writerow([_local_path(r[0]), *r[1:]])
+        if test.any() and clf is not None:
+            tl = sorted(set(y[test]) | set(classes))
+            cm = confusion_matrix(y[test], np.array(predictions, dtype=object)[test], labels=tl)
+            with open(out / "confusion_matrix.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["true \\ predicted"] + tl)
+                for lab, r in zip(tl, cm):
+                    w.writerow([lab] + [int(v) for v in r])
+        st["items"] = features.num_rows
+        info = {
+            "parameters": {**config.to_dict(), "root": root, "k_effective": k,
+                           "spark_master": spark.sparkContext.master,
+                           "spark_version": spark.version,
+                           "default_parallelism": spark.sparkContext.defaultParallelism},
+            "extractor_params": params,
+            "versions": {**pl._versions(), "pyspark": spark.version},
+            "input": {"n_files": n, "bytes": int(sum(v or 0 for v in meta.column("length").to_pylist())),
+                      "root": root},
+            "counts": {
+                "images": n,
+                "usable": int(ok_status.sum()),
+                "errors": len(err_rows),
+                "training": int(train.sum()),
+                "test": int(test.sum()),
+                "descriptors": int(n_kp[ok_status].sum()),
+                "vocabulary_descriptors": int(len(X)),
+                "images_without_keypoints": int(((n_kp == 0) & ok_status).sum()),
+            },
+            "vocabulary": {"k": k, "n_iter": int(getattr(quantizer, "n_iter_", 0)),
+                           "inertia": float(getattr(quantizer, "inertia_", float("nan")))},
+            "pca": None if pca is None else {"n_components": int(pca.n_components_),
+                                             "explained_variance": float(np.sum(pca.explained_variance_ratio_))},
+            "accuracy": accuracy,
+            "stages": timer.rows,
+        }
+        with open(out / "run.json", "w") as f:
+            json.dump(info, f, indent=2, default=pl._json_default)
+        if is_s3:
+            filesystem = s3_filesystem(endpoint)
+            base = _s3_bucket_key(out_uri)
+            for name in sorted(os.listdir(out)):
+                with open(out / name, "rb") as src, filesystem.open_output_stream(f"{base}/{name}") as dst:
+                    dst.write(src.read())
+            tmp.cleanup()
+    return pl.RunResult(out=Path(out_uri) if not is_s3 else _S3Path(out_uri), accuracy=accuracy,
+                        n_images=int(ok_status.sum()), n_errors=len(err_rows), stages=timer.rows, info=info)
+
+
+class _S3Path(str):
+    """An ``s3://`` URI that supports ``/`` like a Path (for printing)."""
+
+    def __truediv__(self, other: str) -> "_S3Path":
+        return _S3Path(self.rstrip("/") + "/" + str(other))
+
