@@ -10,12 +10,24 @@ Arrow/NumPy functions with scikit-learn and Spark conventions.
 """
 
 from bovw._bovw import __version__
+from bovw.cluster import KMeans, MiniBatchKMeans
+from bovw.decomposition import PCA, pca_partial_sums
+from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
 from bovw.features import KEYPOINT_DTYPE, ORB, SIFT, extract_descriptors, keypoints_from_cv2
+from bovw.kmajority import KMajority, orb_descriptors_as_float
 from bovw.image import decode_gray, decode_gray_batch, list_images, read_images, sample_data_path
 
 __all__ = [
     "__version__",
     "KEYPOINT_DTYPE",
+    "KMeans",
+    "MiniBatchKMeans",
+    "PCA",
+    "BagOfWords",
+    "bow_histograms",
+    "histograms_to_arrow",
+    "pca_partial_sums",
+    "KMajority",
     "ORB",
     "SIFT",
     "decode_gray",
@@ -23,6 +35,7 @@ __all__ = [
     "extract_descriptors",
     "keypoints_from_cv2",
     "list_images",
+    "orb_descriptors_as_float",
     "read_images",
     "sample_data_path",
 ]

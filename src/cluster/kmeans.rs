@@ -1,25 +1,1099 @@
-//! K-Means (Lloyd / Elkan) with k-means++ initialisation. (Being written: issue 4.)
+//! K-Means: Lloyd's algorithm and Hamerly's triangle-inequality variant
+//! ("elkan"), with the building blocks that a distributed Lloyd iteration needs.
+//!
+//! # The maths
+//!
+//! Given `n` points `x_i` in `R^d` with weights `w_i` and `k` centers `c_j`,
+//! K-Means minimises the inertia
+//!
+//! ```text
+//! J(c) = sum_i w_i min_j ||x_i - c_j||^2 .
+//! ```
+//!
+//! Lloyd's algorithm [Lloyd 1982] alternates two steps until the labels stop
+//! changing or the centers move by at most `tol` in total squared distance:
+//!
+//! - **E-step**: `a_i = argmin_j ||x_i - c_j||^2`, ties to the lowest `j`;
+//! - **M-step**: `c_j = sum_{a_i = j} w_i x_i / sum_{a_i = j} w_i`.
+//!
+//! The E-step uses the expansion `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`,
+//! so that the bulk of the work is one matrix product `X C^T` per block of
+//! `CHUNK` rows (the `gemm` crate, single-threaded per block; blocks run on
+//! rayon). The expansion loses precision when `x` and `c` are far from the
+//! origin: in floating point with unit roundoff `eps`, each value is within
+//! `delta = (d + 4) eps (||x||^2 + max_j ||c_j||^2)` of the exact distance
+//! (the standard bound for a dot product of length `d`). Every center whose
+//! expanded distance lies within `2 delta` of the row's minimum is therefore
+//! re-checked with the direct formula `sum_t (x_t - c_t)^2` in `f64`, so the
+//! label is the exact nearest center (ties to the lowest index) and the
+//! returned squared distance is the direct one.
+//!
+//! Hamerly's algorithm [Hamerly 2010], a one-lower-bound simplification of
+//! Elkan's [Elkan 2003], keeps for each point an upper bound `u_i >= ||x_i -
+//! c_{a_i}||` and a lower bound `l_i <= min_{j != a_i} ||x_i - c_j||`. With
+//! `s_j = min_{j' != j} ||c_j - c_j'|| / 2`, a point whose `u_i <= max(l_i,
+//! s_{a_i})` keeps its label without computing any distance. After the M-step
+//! moves center `j` by `p_j`, `u_i += p_{a_i}` and `l_i -= max_{j != a_i} p_j`.
+//! It stores two numbers per point instead of Elkan's `k`, and gives the same
+//! labels as Lloyd's algorithm.
+//!
+//! Empty clusters are handled as scikit-learn does: each empty cluster takes
+//! one of the points farthest from their current center (the farthest first),
+//! which leaves its old cluster.
+//!
+//! # Determinism
+//!
+//! Rows are processed in fixed blocks of `CHUNK` rows and the M-step sums are
+//! accumulated in `f64` over fixed parts of the data (their size depends on
+//! `n` only), then added part by part in order: the results do not depend on
+//! the number of threads.
+//!
+//! # References
+//! - S. Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory 28(2), 1982.
+//! - C. Elkan, "Using the triangle inequality to accelerate k-means", ICML 2003.
+//! - G. Hamerly, "Making k-means even faster", SDM 2010.
+//! - scikit-learn, `sklearn/cluster/_kmeans.py` and `_k_means_lloyd.pyx`.
 
 use rayon::prelude::*;
+
+use crate::error::{BovwError, Result};
+
+/// Rows per block of the assignment step.
+pub const CHUNK: usize = 256;
+
+/// The floating-point types the kernels run on (`f32`, `f64`).
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + Default
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
+    /// Unit roundoff.
+    const EPS: f64;
+    /// NumPy's name of the type.
+    const NAME: &'static str;
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+    fn zero() -> Self;
+    fn one() -> Self;
+    fn is_finite(self) -> bool;
+}
+
+impl Real for f32 {
+    const EPS: f64 = f32::EPSILON as f64;
+    const NAME: &'static str = "float32";
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn zero() -> Self {
+        0.0
+    }
+    fn one() -> Self {
+        1.0
+    }
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+}
+
+impl Real for f64 {
+    const EPS: f64 = f64::EPSILON;
+    const NAME: &'static str = "float64";
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn zero() -> Self {
+        0.0
+    }
+    fn one() -> Self {
+        1.0
+    }
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
+    }
+}
+
+/// Which iteration to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Lloyd's algorithm, the assignment by blocked matrix products.
+    Lloyd,
+    /// Hamerly's bounds (accepted under scikit-learn's name "elkan").
+    Elkan,
+}
+
+impl Algorithm {
+    /// Parse scikit-learn's names ("lloyd", "elkan"; "auto" and "full" are Lloyd).
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] naming `algorithm`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "lloyd" | "full" | "auto" => Ok(Algorithm::Lloyd),
+            "elkan" => Ok(Algorithm::Elkan),
+            other => Err(BovwError::param("algorithm", format!("expected 'lloyd' or 'elkan', got {other:?}"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small kernels
+// ---------------------------------------------------------------------------
+
+/// Direct squared distance accumulated in `f64` (4 accumulators).
+#[inline]
+pub fn sqdist_exact<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..4 {
+            let t = x[l].to_f64() - y[l].to_f64();
+            acc[l] += t * t;
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        let t = x.to_f64() - y.to_f64();
+        s += t * t;
+    }
+    s
+}
+
+/// Squared norm accumulated in `f64`.
+#[inline]
+fn sqnorm<T: Real>(a: &[T]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    for x in &mut ca {
+        for l in 0..4 {
+            let t = x[l].to_f64();
+            acc[l] += t * t;
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for x in ca.remainder() {
+        let t = x.to_f64();
+        s += t * t;
+    }
+    s
+}
+
+/// `out (m x n) = a (m x d) . b (n x d)^T`, all row-major, one thread.
+pub fn gemm_abt<T: Real>(a: &[T], b: &[T], m: usize, n: usize, d: usize, out: &mut [T]) {
+    assert!(a.len() >= m * d && b.len() >= n * d && out.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if d == 0 {
+        out[..m * n].iter_mut().for_each(|v| *v = T::zero());
+        return;
+    }
+    // SAFETY: the asserts above bound every access the strides describe.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            d,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            d as isize,
+            b.as_ptr(),
+            d as isize,
+            1,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Check that every value is finite.
+///
+/// # Errors
+/// [`BovwError::InvalidInput`] naming `what` and the first bad row.
+pub fn check_finite<T: Real>(x: &[T], d: usize, what: &str) -> Result<()> {
+    let d = d.max(1);
+    let bad = x
+        .par_chunks(CHUNK * d)
+        .enumerate()
+        .filter_map(|(ci, block)| block.iter().position(|v| !v.is_finite()).map(|p| ci * CHUNK + p / d))
+        .min();
+    match bad {
+        Some(row) => Err(BovwError::input(format!("{what} contains NaN or infinity (row {row})"))),
+        None => Ok(()),
+    }
+}
+
+fn check_shape<T>(x: &[T], d: usize, what: &str) -> Result<usize> {
+    if d == 0 {
+        return Err(BovwError::input(format!("{what} has zero features")));
+    }
+    if x.len() % d != 0 {
+        return Err(BovwError::Shape {
+            what: what.into(),
+            expected: format!("a multiple of {d} values"),
+            got: format!("{} values", x.len()),
+        });
+    }
+    Ok(x.len() / d)
+}
+
+// ---------------------------------------------------------------------------
+// Assignment
+// ---------------------------------------------------------------------------
+
+/// Centers with their squared norms, ready for the assignment step.
+pub struct PreparedCenters<'a, T: Real> {
+    pub centers: &'a [T],
+    pub k: usize,
+    pub d: usize,
+    norms: Vec<T>,
+    norm_max: f64,
+}
+
+impl<'a, T: Real> PreparedCenters<'a, T> {
+    pub fn new(centers: &'a [T], d: usize) -> Self {
+        let k = centers.len() / d;
+        let n64: Vec<f64> = centers.chunks(d).map(sqnorm).collect();
+        let norm_max = n64.iter().cloned().fold(0.0, f64::max);
+        PreparedCenters { centers, k, d, norms: n64.iter().map(|&v| T::from_f64(v)).collect(), norm_max }
+    }
+
+    fn row(&self, j: usize) -> &[T] {
+        &self.centers[j * self.d..(j + 1) * self.d]
+    }
+}
+
+/// Minimum of a slice, with lane-wise accumulators so that it vectorises.
+#[inline]
+fn min_lanes<T: Real>(v: &[T]) -> T {
+    const L: usize = 16;
+    let big = T::from_f64(f64::INFINITY);
+    let mut acc = [big; L];
+    let mut it = v.chunks_exact(L);
+    for c in &mut it {
+        for l in 0..L {
+            acc[l] = if c[l] < acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    let mut m = big;
+    for &x in it.remainder().iter().chain(acc.iter()) {
+        if x < m {
+            m = x;
+        }
+    }
+    m
+}
+
+/// Number of values `<= thr` (vectorises).
+#[inline]
+fn count_le<T: Real>(v: &[T], thr: T) -> usize {
+    v.iter().map(|&x| (x <= thr) as usize).sum()
+}
+
+/// What [`assign_block`] writes besides the labels.
+pub(crate) struct BlockOut<'a> {
+    /// Squared distance to the nearest center: direct (exact) if `exact`,
+    /// else the expansion's value plus its error bound (an upper bound).
+    pub dists: Option<&'a mut [f64]>,
+    pub exact: bool,
+    /// A lower bound on the squared distance to the second nearest center.
+    pub second: Option<&'a mut [f64]>,
+}
+
+/// Assign the rows of one block (`m x d`) to their exact nearest center
+/// (ties to the lowest index). `xnorms` are the rows' squared norms if
+/// known. `buf` is scratch space.
+pub(crate) fn assign_block<T: Real>(
+    rows: &[T],
+    xnorms: Option<&[f64]>,
+    pc: &PreparedCenters<'_, T>,
+    buf: &mut Vec<T>,
+    labels: &mut [u32],
+    mut out: BlockOut<'_>,
+) {
+    let (k, d) = (pc.k, pc.d);
+    let m = rows.len() / d;
+    if buf.len() < m * k {
+        buf.resize(m * k, T::zero());
+    }
+    gemm_abt(rows, pc.centers, m, k, d, buf);
+    let two = T::from_f64(2.0);
+    let big = T::from_f64(f64::INFINITY);
+    for r in 0..m {
+        let x = &rows[r * d..(r + 1) * d];
+        let dots = &mut buf[r * k..(r + 1) * k];
+        // v_j = ||c_j||^2 - 2 x.c_j
+        for (v, &cn) in dots.iter_mut().zip(&pc.norms) {
+            *v = cn - two * *v;
+        }
+        let best = min_lanes(dots);
+        let xn = match xnorms {
+            Some(n) => n[r],
+            None => sqnorm(x),
+        };
+        let delta = (d as f64 + 4.0) * T::EPS * (xn + pc.norm_max);
+        let thr = T::from_f64(best.to_f64() + 2.0 * delta);
+        let n_cand = count_le(dots, thr);
+        let (label, exact_dist) = if n_cand <= 1 {
+            let j = dots.iter().position(|&v| v <= thr).unwrap_or(0);
+            let e = if out.exact { Some(sqdist_exact(x, pc.row(j))) } else { None };
+            (j, e)
+        } else {
+            let mut bl = usize::MAX;
+            let mut bd = f64::INFINITY;
+            for (j, &v) in dots.iter().enumerate() {
+                if v <= thr {
+                    let dj = sqdist_exact(x, pc.row(j));
+                    if dj < bd {
+                        bd = dj;
+                        bl = j;
+                    }
+                }
+            }
+            (bl, Some(bd))
+        };
+        labels[r] = label as u32;
+        if let Some(ds) = out.dists.as_deref_mut() {
+            ds[r] = match exact_dist {
+                Some(e) if out.exact => e,
+                _ => (xn + dots[label].to_f64() + delta).max(0.0),
+            };
+        }
+        if let Some(s) = out.second.as_deref_mut() {
+            let keep = dots[label];
+            dots[label] = big;
+            let second_v = if k > 1 { min_lanes(dots).to_f64() } else { f64::INFINITY };
+            dots[label] = keep;
+            s[r] = (xn + second_v - delta).max(0.0);
+        }
+    }
+}
+
+/// Exact nearest center of each row (`n x d`, row-major) of `x` among
+/// `centers` (`k x d`) and the squared distances, in parallel over blocks.
+///
+/// # Errors
+/// [`BovwError::Shape`] when the slices are not multiples of `d`, or no centers.
+pub fn assign<T: Real>(x: &[T], centers: &[T], d: usize) -> Result<(Vec<u32>, Vec<f64>)> {
+    let n = check_shape(x, d, "X")?;
+    let k = check_shape(centers, d, "centers")?;
+    if k == 0 {
+        return Err(BovwError::input("centers is empty"));
+    }
+    let pc = PreparedCenters::new(centers, d);
+    let mut labels = vec![0u32; n];
+    let mut dists = vec![0f64; n];
+    assign_into(x, &pc, &mut labels, &mut dists);
+    Ok((labels, dists))
+}
+
+fn assign_into<T: Real>(x: &[T], pc: &PreparedCenters<'_, T>, labels: &mut [u32], dists: &mut [f64]) {
+    let d = pc.d;
+    x.par_chunks(CHUNK * d)
+        .zip(labels.par_chunks_mut(CHUNK))
+        .zip(dists.par_chunks_mut(CHUNK))
+        .for_each_init(Vec::new, |buf, ((rows, l), ds)| {
+            assign_block(rows, None, pc, buf, l, BlockOut { dists: Some(ds), exact: true, second: None })
+        });
+}
 
 /// Nearest center of each row of `x` (n x d, row-major) among `centers`
 /// (k x d, row-major), by squared Euclidean distance; ties go to the lowest
 /// index. Returns (labels, squared distances).
 ///
+/// The fast path: blocked GEMM expansion, with the close candidates
+/// re-checked exactly (see the module docs).
+///
 /// # Panics
-/// If the slices are not multiples of `d`.
+/// If the slices are not multiples of `d`, `d == 0` or there are no centers.
 pub fn assign_labels(x: &[f32], centers: &[f32], d: usize) -> (Vec<u32>, Vec<f32>) {
-    assert!(d > 0 && x.len() % d == 0 && centers.len() % d == 0);
-    x.par_chunks(d)
-        .map(|row| {
-            let mut best = (0u32, f32::INFINITY);
-            for (j, c) in centers.chunks(d).enumerate() {
-                let dist: f32 = row.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
-                if dist < best.1 {
-                    best = (j as u32, dist);
+    assert!(d > 0 && x.len() % d == 0 && centers.len() % d == 0 && !centers.is_empty());
+    let (l, ds) = assign(x, centers, d).expect("shapes checked");
+    (l, ds.into_iter().map(|v| v as f32).collect())
+}
+
+/// Euclidean distances (not squared) from every row to every center,
+/// (n x k) row-major, computed in `f64` (blocks upcast, then GEMM) as
+/// scikit-learn's `euclidean_distances` does for `float32`.
+///
+/// # Errors
+/// [`BovwError::Shape`] when the slices are not multiples of `d`.
+pub fn distances<T: Real>(x: &[T], centers: &[T], d: usize) -> Result<Vec<T>> {
+    distances_as(x, centers, d, T::from_f64)
+}
+
+fn distances_as<T: Real, U: Copy + Default + Send + Sync>(
+    x: &[T],
+    centers: &[T],
+    d: usize,
+    conv: impl Fn(f64) -> U + Send + Sync,
+) -> Result<Vec<U>> {
+    let n = check_shape(x, d, "X")?;
+    let k = check_shape(centers, d, "centers")?;
+    let c64: Vec<f64> = centers.iter().map(|v| v.to_f64()).collect();
+    let cn: Vec<f64> = c64.chunks(d).map(sqnorm).collect();
+    let mut out = vec![U::default(); n * k];
+    if k == 0 {
+        return Ok(out);
+    }
+    x.par_chunks(CHUNK * d).zip(out.par_chunks_mut(CHUNK * k)).for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(xb, buf): &mut (Vec<f64>, Vec<f64>), (rows, o)| {
+            let m = rows.len() / d;
+            xb.clear();
+            xb.extend(rows.iter().map(|v| v.to_f64()));
+            buf.resize(m * k, 0.0);
+            gemm_abt(xb, &c64, m, k, d, buf);
+            for r in 0..m {
+                let xn = sqnorm(&xb[r * d..(r + 1) * d]);
+                for j in 0..k {
+                    let v = (xn - 2.0 * buf[r * k + j] + cn[j]).max(0.0);
+                    o[r * k + j] = conv(v.sqrt());
                 }
             }
-            best
+        },
+    );
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// M-step pieces
+// ---------------------------------------------------------------------------
+
+/// Rows per part for the deterministic reductions: depends on `n` only.
+fn part_rows(n: usize) -> usize {
+    let target = n.div_ceil(16).max(8 * CHUNK);
+    target.div_ceil(CHUNK) * CHUNK
+}
+
+/// Per-cluster sums (k x d, `f64`), weights (k) and counts (k) of the rows
+/// of `x` by `labels`, accumulated over fixed parts and added in order.
+pub fn cluster_sums<T: Real>(
+    x: &[T],
+    d: usize,
+    w: Option<&[f64]>,
+    labels: &[u32],
+    k: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<i64>) {
+    let n = labels.len();
+    let pr = part_rows(n);
+    let parts: Vec<(Vec<f64>, Vec<f64>, Vec<i64>)> = (0..n.div_ceil(pr))
+        .into_par_iter()
+        .map(|p| {
+            let (lo, hi) = (p * pr, ((p + 1) * pr).min(n));
+            let mut s = vec![0f64; k * d];
+            let mut ws = vec![0f64; k];
+            let mut cs = vec![0i64; k];
+            for i in lo..hi {
+                let j = labels[i] as usize;
+                let wi = w.map_or(1.0, |w| w[i]);
+                let row = &x[i * d..(i + 1) * d];
+                let acc = &mut s[j * d..(j + 1) * d];
+                if w.is_some() {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += wi * v.to_f64();
+                    }
+                } else {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v.to_f64();
+                    }
+                }
+                ws[j] += wi;
+                cs[j] += 1;
+            }
+            (s, ws, cs)
         })
-        .unzip()
+        .collect();
+    let mut it = parts.into_iter();
+    let (mut s, mut ws, mut cs) = it.next().unwrap_or_else(|| (vec![0.0; k * d], vec![0.0; k], vec![0; k]));
+    for (s2, w2, c2) in it {
+        s.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
+        ws.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
+        cs.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
+    }
+    (s, ws, cs)
+}
+
+/// Weighted sum of squared distances of each row to its labelled center.
+pub fn inertia_of<T: Real>(x: &[T], d: usize, w: Option<&[f64]>, centers: &[T], labels: &[u32]) -> f64 {
+    let n = labels.len();
+    let pr = part_rows(n);
+    let parts: Vec<f64> = (0..n.div_ceil(pr))
+        .into_par_iter()
+        .map(|p| {
+            let (lo, hi) = (p * pr, ((p + 1) * pr).min(n));
+            let mut s = 0.0;
+            for i in lo..hi {
+                let j = labels[i] as usize;
+                let di = sqdist_exact(&x[i * d..(i + 1) * d], &centers[j * d..(j + 1) * d]);
+                s += w.map_or(1.0, |w| w[i]) * di;
+            }
+            s
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// Weighted sum of `values`, over the same fixed parts.
+fn weighted_sum(values: &[f64], w: Option<&[f64]>) -> f64 {
+    let n = values.len();
+    let pr = part_rows(n);
+    let parts: Vec<f64> = (0..n.div_ceil(pr))
+        .into_par_iter()
+        .map(|p| {
+            let (lo, hi) = (p * pr, ((p + 1) * pr).min(n));
+            match w {
+                Some(w) => (lo..hi).map(|i| w[i] * values[i]).sum(),
+                None => values[lo..hi].iter().sum(),
+            }
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// scikit-learn's empty-cluster relocation on the M-step sums: each empty
+/// cluster (zero weight) takes one of the points farthest from their center
+/// (`centers_old`), farthest first, ties to the lowest index.
+fn relocate_empty<T: Real>(
+    x: &[T],
+    d: usize,
+    w: Option<&[f64]>,
+    centers_old: &[T],
+    labels: &[u32],
+    sums: &mut [f64],
+    weights: &mut [f64],
+) {
+    let empty: Vec<usize> = (0..weights.len()).filter(|&j| weights[j] == 0.0).collect();
+    if empty.is_empty() {
+        return;
+    }
+    let n = labels.len();
+    let dist: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let j = labels[i] as usize;
+            sqdist_exact(&x[i * d..(i + 1) * d], &centers_old[j * d..(j + 1) * d])
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    let m = empty.len().min(n);
+    let cmp = |a: &usize, b: &usize| dist[*b].total_cmp(&dist[*a]).then(a.cmp(b));
+    if m < n {
+        order.select_nth_unstable_by(m, cmp);
+        order.truncate(m);
+    }
+    order.sort_by(cmp);
+    for (&new_id, &far) in empty.iter().zip(&order) {
+        let wi = w.map_or(1.0, |w| w[far]);
+        let old_id = labels[far] as usize;
+        let row = &x[far * d..(far + 1) * d];
+        for t in 0..d {
+            sums[old_id * d + t] -= wi * row[t].to_f64();
+            sums[new_id * d + t] = wi * row[t].to_f64();
+        }
+        weights[new_id] = wi;
+        weights[old_id] -= wi;
+    }
+}
+
+/// New centers from the sums; a cluster with no weight keeps its old center.
+fn average<T: Real>(sums: &[f64], weights: &[f64], old: &[T], d: usize) -> Vec<T> {
+    let mut out = old.to_vec();
+    for (j, &wj) in weights.iter().enumerate() {
+        if wj > 0.0 {
+            for t in 0..d {
+                out[j * d + t] = T::from_f64(sums[j * d + t] / wj);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The iterations
+// ---------------------------------------------------------------------------
+
+/// The result of one K-Means run.
+#[derive(Clone, Debug)]
+pub struct KMeansResult<T> {
+    /// Final centers, k x d row-major.
+    pub centers: Vec<T>,
+    /// Label of each row.
+    pub labels: Vec<u32>,
+    /// Weighted sum of squared distances to the final centers.
+    pub inertia: f64,
+    /// Iterations run.
+    pub n_iter: usize,
+}
+
+/// scikit-learn's absolute tolerance: `tol` times the mean over features of
+/// the (unweighted) variance of `x`.
+pub fn tolerance<T: Real>(x: &[T], d: usize, tol: f64) -> f64 {
+    let n = x.len() / d.max(1);
+    if n == 0 || tol == 0.0 {
+        return 0.0;
+    }
+    let pr = part_rows(n);
+    let np = n.div_ceil(pr);
+    let sums: Vec<Vec<f64>> = (0..np)
+        .into_par_iter()
+        .map(|p| {
+            let mut s = vec![0f64; d];
+            for row in x[p * pr * d..((p + 1) * pr).min(n) * d].chunks(d) {
+                s.iter_mut().zip(row).for_each(|(a, v)| *a += v.to_f64());
+            }
+            s
+        })
+        .collect();
+    let mut mean = vec![0f64; d];
+    for s in &sums {
+        mean.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let vars: Vec<Vec<f64>> = (0..np)
+        .into_par_iter()
+        .map(|p| {
+            let mut s = vec![0f64; d];
+            for row in x[p * pr * d..((p + 1) * pr).min(n) * d].chunks(d) {
+                for t in 0..d {
+                    let e = row[t].to_f64() - mean[t];
+                    s[t] += e * e;
+                }
+            }
+            s
+        })
+        .collect();
+    let mut var = vec![0f64; d];
+    for s in &vars {
+        var.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    }
+    let mean_var = var.iter().sum::<f64>() / (n as f64 * d as f64);
+    mean_var * tol
+}
+
+/// Validate the inputs of a run; returns (n, k).
+fn check_run<T: Real>(x: &[T], d: usize, w: Option<&[f64]>, init: &[T]) -> Result<(usize, usize)> {
+    let n = check_shape(x, d, "X")?;
+    if n == 0 {
+        return Err(BovwError::input("X has no samples"));
+    }
+    if init.len() % d != 0 {
+        return Err(BovwError::Shape {
+            what: "init".into(),
+            expected: format!("(n_clusters, {d})"),
+            got: format!("{} values", init.len()),
+        });
+    }
+    let k = init.len() / d;
+    if k == 0 {
+        return Err(BovwError::param("n_clusters", "must be at least 1"));
+    }
+    if k > n {
+        return Err(BovwError::param("n_clusters", format!("n_samples={n} should be >= n_clusters={k}")));
+    }
+    if let Some(w) = w {
+        if w.len() != n {
+            return Err(BovwError::Shape { what: "sample_weight".into(), expected: format!("({n},)"), got: format!("({},)", w.len()) });
+        }
+    }
+    Ok((n, k))
+}
+
+/// One K-Means run from the given initial centers (k x d row-major).
+///
+/// `tol` is absolute (see [`tolerance`]); the run stops when the labels do not
+/// change between two iterations, when the total squared center shift is at
+/// most `tol`, or after `max_iter` iterations. As in scikit-learn, if it did
+/// not stop on unchanged labels, the labels are recomputed for the final
+/// centers.
+///
+/// # Errors
+/// [`BovwError`] for inconsistent shapes, no samples, or more clusters than samples.
+pub fn kmeans_single<T: Real>(
+    x: &[T],
+    d: usize,
+    w: Option<&[f64]>,
+    init: &[T],
+    max_iter: usize,
+    tol: f64,
+    algorithm: Algorithm,
+) -> Result<KMeansResult<T>> {
+    let (n, k) = check_run(x, d, w, init)?;
+    let mut centers = init.to_vec();
+    let mut labels = vec![0u32; n];
+    let mut labels_old = vec![u32::MAX; n];
+    let mut strict = false;
+    let mut n_iter = 0;
+    let xn: Vec<f64> = x.par_chunks(d).map(sqnorm).collect();
+    // Hamerly state: bounds on distances (not squared).
+    let mut upper = Vec::new();
+    let mut lower = Vec::new();
+    if algorithm == Algorithm::Elkan && max_iter > 0 {
+        upper = vec![0f64; n];
+        lower = vec![0f64; n];
+        let pc = PreparedCenters::new(&centers, d);
+        x.par_chunks(CHUNK * d)
+            .zip(xn.par_chunks(CHUNK))
+            .zip(labels.par_chunks_mut(CHUNK))
+            .zip(upper.par_chunks_mut(CHUNK))
+            .zip(lower.par_chunks_mut(CHUNK))
+            .for_each_init(Vec::new, |buf, ((((rows, xb), l), u), lo)| {
+                assign_block(rows, Some(xb), &pc, buf, l, BlockOut { dists: Some(&mut *u), exact: false, second: Some(&mut *lo) });
+                u.iter_mut().for_each(|v| *v = v.sqrt());
+                lo.iter_mut().for_each(|v| *v = v.sqrt());
+            });
+    }
+    for it in 0..max_iter {
+        n_iter = it + 1;
+        match algorithm {
+            Algorithm::Lloyd => {
+                let pc = PreparedCenters::new(&centers, d);
+                lloyd_assign(x, &xn, &pc, &mut labels);
+            }
+            Algorithm::Elkan => {
+                if it > 0 {
+                    hamerly_assign(x, &xn, d, &centers, &mut labels, &mut upper, &mut lower);
+                }
+            }
+        }
+        let (mut sums, mut weights, _) = cluster_sums(x, d, w, &labels, k);
+        relocate_empty(x, d, w, &centers, &labels, &mut sums, &mut weights);
+        let new_centers = average(&sums, &weights, &centers, d);
+        let shifts: Vec<f64> =
+            (0..k).map(|j| sqdist_exact(&new_centers[j * d..(j + 1) * d], &centers[j * d..(j + 1) * d])).collect();
+        let shift_tot: f64 = shifts.iter().sum();
+        centers = new_centers;
+        if algorithm == Algorithm::Elkan {
+            hamerly_shift(&shifts, &labels, &mut upper, &mut lower);
+        }
+        if labels == labels_old {
+            strict = true;
+            break;
+        }
+        if shift_tot <= tol {
+            break;
+        }
+        labels_old.copy_from_slice(&labels);
+    }
+    if !strict {
+        let pc = PreparedCenters::new(&centers, d);
+        lloyd_assign(x, &xn, &pc, &mut labels);
+    }
+    let inertia = inertia_of(x, d, w, &centers, &labels);
+    Ok(KMeansResult { centers, labels, inertia, n_iter })
+}
+
+/// Labels only, by the GEMM path.
+fn lloyd_assign<T: Real>(x: &[T], xn: &[f64], pc: &PreparedCenters<'_, T>, labels: &mut [u32]) {
+    let d = pc.d;
+    x.par_chunks(CHUNK * d).zip(xn.par_chunks(CHUNK)).zip(labels.par_chunks_mut(CHUNK)).for_each_init(
+        Vec::new,
+        |buf, ((rows, xb), l)| assign_block(rows, Some(xb), pc, buf, l, BlockOut { dists: None, exact: false, second: None }),
+    );
+}
+
+/// Move Hamerly's bounds after the centers moved by `sqrt(shifts)`.
+fn hamerly_shift(shifts: &[f64], labels: &[u32], upper: &mut [f64], lower: &mut [f64]) {
+    let p: Vec<f64> = shifts.iter().map(|s| s.sqrt()).collect();
+    let (mut m1, mut m1j, mut m2) = (0.0f64, usize::MAX, 0.0f64);
+    for (j, &v) in p.iter().enumerate() {
+        if v > m1 {
+            m2 = m1;
+            m1 = v;
+            m1j = j;
+        } else if v > m2 {
+            m2 = v;
+        }
+    }
+    upper.par_iter_mut().zip(lower.par_iter_mut()).zip(labels.par_iter()).for_each(|((u, l), &a)| {
+        let a = a as usize;
+        *u += p[a];
+        *l = (*l - if a == m1j { m2 } else { m1 }).max(0.0);
+    });
+}
+
+/// Hamerly's assignment: skip the points whose bounds prove their label,
+/// tighten the upper bound of the others, and reassign the rest of each block
+/// by the GEMM path.
+fn hamerly_assign<T: Real>(
+    x: &[T],
+    xn: &[f64],
+    d: usize,
+    centers: &[T],
+    labels: &mut [u32],
+    upper: &mut [f64],
+    lower: &mut [f64],
+) {
+    let k = centers.len() / d;
+    let pc = PreparedCenters::new(centers, d);
+    // s_j: half the distance to the closest other center.
+    let half: Vec<f64> = if k == 1 {
+        vec![f64::INFINITY]
+    } else {
+        let cc = distances_as(centers, centers, d, |v| v).expect("shapes");
+        // The f64 expansion is within `delta` of the exact squared distance:
+        // stay below it so that the bound holds.
+        let delta = (d as f64 + 4.0) * f64::EPSILON * 2.0 * pc.norm_max * 4.0;
+        (0..k)
+            .into_par_iter()
+            .map(|j| {
+                let mut m = f64::INFINITY;
+                for j2 in 0..k {
+                    if j2 != j {
+                        m = m.min(cc[j * k + j2]);
+                    }
+                }
+                0.5 * (m * m - delta).max(0.0).sqrt()
+            })
+            .collect()
+    };
+    x.par_chunks(CHUNK * d)
+        .zip(xn.par_chunks(CHUNK))
+        .zip(labels.par_chunks_mut(CHUNK))
+        .zip(upper.par_chunks_mut(CHUNK))
+        .zip(lower.par_chunks_mut(CHUNK))
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(buf, idx, gath, gxn, lab, ds, sec): &mut (Vec<T>, Vec<usize>, Vec<T>, Vec<f64>, Vec<u32>, Vec<f64>, Vec<f64>),
+             ((((rows, xb), l), u), lo)| {
+                idx.clear();
+                gath.clear();
+                gxn.clear();
+                for r in 0..l.len() {
+                    let a = l[r] as usize;
+                    let m = half[a].max(lo[r]);
+                    if u[r] <= m {
+                        continue;
+                    }
+                    let row = &rows[r * d..(r + 1) * d];
+                    u[r] = sqdist_exact(row, pc.row(a)).sqrt();
+                    if u[r] <= m {
+                        continue;
+                    }
+                    idx.push(r);
+                    gath.extend_from_slice(row);
+                    gxn.push(xb[r]);
+                }
+                if idx.is_empty() {
+                    return;
+                }
+                let m = idx.len();
+                lab.resize(m, 0);
+                ds.resize(m, 0.0);
+                sec.resize(m, 0.0);
+                assign_block(
+                    gath,
+                    Some(gxn),
+                    &pc,
+                    buf,
+                    lab,
+                    BlockOut { dists: Some(&mut ds[..]), exact: false, second: Some(&mut sec[..]) },
+                );
+                for (q, &r) in idx.iter().enumerate() {
+                    l[r] = lab[q];
+                    u[r] = ds[q].sqrt();
+                    lo[r] = sec[q].sqrt();
+                }
+            },
+        );
+}
+
+// ---------------------------------------------------------------------------
+// Pieces of a distributed Lloyd iteration
+// ---------------------------------------------------------------------------
+
+/// The statistics of one batch for a distributed Lloyd iteration.
+#[derive(Clone, Debug)]
+pub struct PartialSums {
+    /// Sum of the rows assigned to each center, k x d row-major, `f64`.
+    pub sums: Vec<f64>,
+    /// Number of rows assigned to each center.
+    pub counts: Vec<i64>,
+    /// Sum of the squared distances of the rows to their nearest center.
+    pub inertia: f64,
+}
+
+/// Assign a batch to `centers` and return its per-center sums, counts and
+/// inertia: adding these over all batches and dividing sums by counts is one
+/// Lloyd iteration.
+///
+/// # Errors
+/// [`BovwError`] for inconsistent shapes or no centers.
+pub fn partial_sums<T: Real>(x: &[T], centers: &[T], d: usize) -> Result<PartialSums> {
+    let (labels, dists) = assign(x, centers, d)?;
+    let k = centers.len() / d;
+    let (sums, _, counts) = cluster_sums(x, d, None, &labels, k);
+    Ok(PartialSums { sums, counts, inertia: weighted_sum(&dists, None) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn blobs(n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let centers: Vec<f32> = (0..k * d).map(|_| rng.random::<f32>() * 100.0).collect();
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let c = i % k;
+            for t in 0..d {
+                x.push(centers[c * d + t] + rng.random::<f32>() * 5.0);
+            }
+        }
+        x
+    }
+
+    fn brute(x: &[f32], c: &[f32], d: usize) -> Vec<u32> {
+        x.chunks(d)
+            .map(|r| {
+                let mut b = (0u32, f64::INFINITY);
+                for (j, cj) in c.chunks(d).enumerate() {
+                    let v = sqdist_exact(r, cj);
+                    if v < b.1 {
+                        b = (j as u32, v);
+                    }
+                }
+                b.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn assign_matches_brute_force() {
+        let d = 17;
+        let x = blobs(1000, d, 7, 1);
+        let c: Vec<f32> = x[..40 * d].to_vec();
+        let (l, ds) = assign_labels(&x, &c, d);
+        assert_eq!(l, brute(&x, &c, d));
+        // Points that are centers are at distance 0, exactly.
+        assert!(ds[..40].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn ties_go_to_lowest_index() {
+        let x = vec![0.0f32, 0.0];
+        let c = vec![1.0f32, 0.0, -1.0, 0.0, 0.0, 1.0];
+        let (l, ds) = assign_labels(&x, &c, 2);
+        assert_eq!(l, vec![0]);
+        assert_eq!(ds, vec![1.0]);
+    }
+
+    #[test]
+    fn far_from_origin_is_exact() {
+        // Large offsets make the expansion lose precision; the re-check fixes it.
+        let d = 4;
+        let mut x = Vec::new();
+        let mut c = Vec::new();
+        for j in 0..5 {
+            c.extend([1.0e4 + j as f32 * 0.01, 1.0e4, 1.0e4, 1.0e4]);
+        }
+        for i in 0..50 {
+            x.extend([1.0e4 + i as f32 * 0.001, 1.0e4, 1.0e4, 1.0e4]);
+        }
+        let (l, _) = assign_labels(&x, &c, d);
+        assert_eq!(l, brute(&x, &c, d));
+    }
+
+    #[test]
+    fn lloyd_and_elkan_agree_and_converge() {
+        let d = 8;
+        let x = blobs(3000, d, 5, 2);
+        let init: Vec<f32> = x[..5 * d].to_vec();
+        let tol = tolerance(&x, d, 1e-4);
+        let a = kmeans_single(&x, d, None, &init, 300, tol, Algorithm::Lloyd).unwrap();
+        let b = kmeans_single(&x, d, None, &init, 300, tol, Algorithm::Elkan).unwrap();
+        assert_eq!(a.labels, b.labels);
+        assert_relative_eq!(a.inertia, b.inertia, max_relative = 1e-9);
+        // The labels are the nearest centers of the final centers.
+        assert_eq!(a.labels, brute(&x, &a.centers, d));
+        // Blobs are recovered: the inertia is about n * d * var(U(0, 5)).
+        let expected = 3000.0 * d as f64 * 25.0 / 12.0;
+        assert_relative_eq!(a.inertia, expected, max_relative = 0.1);
+    }
+
+    #[test]
+    fn same_result_whatever_the_threads() {
+        let d = 16;
+        let x = blobs(20000, d, 30, 3);
+        let init: Vec<f32> = x[..30 * d].to_vec();
+        let run = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| kmeans_single(&x, d, None, &init, 20, 0.0, Algorithm::Lloyd).unwrap())
+        };
+        let a = run(1);
+        let b = run(3);
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.centers, b.centers);
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+    }
+
+    #[test]
+    fn empty_cluster_is_relocated() {
+        // Two identical initial centers: the second one gets no points.
+        let x: Vec<f64> = vec![0.0, 0.1, 0.2, 10.0, 10.1, 10.2];
+        let init = vec![0.0, 0.0];
+        let r = kmeans_single(&x, 1, None, &init, 10, 0.0, Algorithm::Lloyd).unwrap();
+        let mut c = r.centers.clone();
+        c.sort_by(f64::total_cmp);
+        assert_relative_eq!(c[0], 0.1, epsilon = 1e-12);
+        assert_relative_eq!(c[1], 10.1, epsilon = 1e-12);
+    }
+
+    #[test]
+    fn partial_sums_add_up() {
+        let d = 5;
+        let x = blobs(700, d, 3, 4);
+        let c: Vec<f32> = x[..3 * d].to_vec();
+        let all = partial_sums(&x, &c, d).unwrap();
+        let a = partial_sums(&x[..300 * d], &c, d).unwrap();
+        let b = partial_sums(&x[300 * d..], &c, d).unwrap();
+        assert_eq!(all.counts.iter().sum::<i64>(), 700);
+        for j in 0..3 {
+            assert_eq!(all.counts[j], a.counts[j] + b.counts[j]);
+            for t in 0..d {
+                assert_relative_eq!(all.sums[j * d + t], a.sums[j * d + t] + b.sums[j * d + t], max_relative = 1e-12);
+            }
+        }
+        assert_relative_eq!(all.inertia, a.inertia + b.inertia, max_relative = 1e-12);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let x = vec![1.0f32, f32::NAN];
+        assert!(check_finite(&x, 1, "X").is_err());
+        assert!(kmeans_single(&[1.0f32, 2.0], 1, None, &[0.0, 1.0, 2.0], 10, 0.0, Algorithm::Lloyd).is_err());
+        assert!(kmeans_single::<f32>(&[], 1, None, &[0.0], 10, 0.0, Algorithm::Lloyd).is_err());
+        assert!(Algorithm::parse("fast").is_err());
+    }
 }

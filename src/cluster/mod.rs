@@ -1,3 +1,5 @@
 //! Clustering descriptors into a visual vocabulary.
 
+pub mod init;
+pub mod kmajority;
 pub mod kmeans;

@@ -5,7 +5,9 @@
 //! descriptors. Both implement [`FeatureExtractor`], which [`extract_batch`]
 //! runs over a batch of encoded images in parallel with rayon.
 
+pub mod fast;
 pub mod orb;
+pub mod orb_pattern;
 pub mod sift;
 
 use rayon::prelude::*;

@@ -1,8 +1,47 @@
-//! ORB (Rublee et al. 2011) as OpenCV 4.x implements it. (Being written: issue 6.)
+//! ORB (Rublee et al. 2011) as OpenCV 4.x implements it
+//! (`modules/features2d/src/orb.cpp`).
+//!
+//! 1. **Scale pyramid.** Level $l$ has scale $s_l = f^{\,l - l_0}$ (`scale_factor`
+//!    $f$, `first_level` $l_0$) and size `round(W / s_l) x round(H / s_l)`. The
+//!    first level is the image; each further level is the previous one resized
+//!    by OpenCV's bit-exact bilinear `resize(..., INTER_LINEAR_EXACT)` (8-bit
+//!    fixed-point weights). Every level carries a `BORDER_REFLECT_101` border
+//!    of `max(edge_threshold, ceil(patch_size / 2 * sqrt 2), 4) + 1` pixels.
+//! 2. **Budget.** Level $l$ may keep $n_l$ keypoints, a geometric series of
+//!    ratio $1/f$ summing to `n_features` (the last level gets the remainder).
+//! 3. **Detection.** FAST-9 with non-maximum suppression ([`super::fast`]),
+//!    keypoints closer than `edge_threshold` to the level's border dropped,
+//!    the best $2 n_l$ by FAST score kept, then the Harris response
+//!    $\det M - 0.04 \operatorname{tr}^2 M$ over a 7x7 block of Sobel
+//!    gradients ranks them and the best $n_l$ are kept (OpenCV's
+//!    `KeyPointsFilter::retainBest`: every keypoint whose response equals the
+//!    $n$-th best is kept as well).
+//! 4. **Orientation.** The intensity centroid over the circular patch of
+//!    radius `patch_size / 2`: $\theta = \operatorname{atan2}(m_{01}, m_{10})$,
+//!    computed with OpenCV's polynomial `fastAtan2` (degrees, $[0, 360)$).
+//! 5. **Descriptor.** Each level is smoothed by a 7x7 Gaussian of $\sigma = 2$
+//!    (the integer separable filter OpenCV runs on a pyramid sub-matrix); the
+//!    256 test pairs of the learned pattern ([`super::orb_pattern`]; a random
+//!    pattern from OpenCV's `RNG(0x34985739)` when `patch_size != 31`) are
+//!    rotated by $\theta$, rounded to the nearest pixel and compared: bit
+//!    $= [I(p_0) < I(p_1)]$ (`wta_k = 2`), or 2-bit argmax codes of 3 or 4
+//!    points (`wta_k = 3, 4`).
+//!
+//! Keypoints are reported in level-0 pixel coordinates (`x * s_l`), with
+//! `octave` = level, `size` = `patch_size * s_l` and `response` = the Harris
+//! (or FAST) score. All work on one image is single-threaded and
+//! deterministic.
 
 use crate::error::{BovwError, Result};
+use crate::features::fast::fast9_window;
+use crate::features::orb_pattern::BIT_PATTERN_31;
 use crate::features::{Descriptors, FeatureExtractor, Features, KeyPoint};
 use crate::image::GrayView;
+
+/// Descriptor length in bytes.
+pub const DESCRIPTOR_BYTES: usize = 32;
+const HARRIS_K: f32 = 0.04;
+const HARRIS_BLOCK: usize = 7;
 
 /// How ORB ranks FAST corners (OpenCV `ORB::ScoreType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +98,425 @@ impl Default for OrbParams {
 #[derive(Debug, Clone)]
 pub struct Orb {
     pub params: OrbParams,
+    /// Test points, `wta_k` per descriptor element (512 points for `wta_k = 2`).
+    pattern: Vec<(i32, i32)>,
+    /// End of each row of the circular orientation patch.
+    umax: Vec<i32>,
+}
+
+// ---------------------------------------------------------------------------
+// OpenCV numerics
+
+/// `cvRound` on a float: round half to even.
+#[inline]
+fn cv_round(x: f32) -> i32 {
+    if x.abs() < 4_194_304.0 {
+        // adding and removing 1.5 * 2^23 rounds to an integer, ties to even,
+        // in the default rounding mode (no SSE4.1 `roundss` needed)
+        ((x + 12_582_912.0) - 12_582_912.0) as i32
+    } else {
+        x.round_ties_even() as i32
+    }
+}
+
+/// OpenCV's `cv::RNG` (multiply-with-carry), for its fixed-seed patterns.
+struct CvRng(u64);
+
+impl CvRng {
+    fn new(seed: u64) -> Self {
+        CvRng(if seed == 0 { 0xffff_ffff } else { seed })
+    }
+    fn next(&mut self) -> u32 {
+        self.0 = (self.0 as u32 as u64).wrapping_mul(4_164_903_690u64).wrapping_add(self.0 >> 32);
+        self.0 as u32
+    }
+    /// Integer uniform in `[a, b)`.
+    fn uniform(&mut self, a: i32, b: i32) -> i32 {
+        if a == b {
+            a
+        } else {
+            (self.next() % (b - a) as u32) as i32 + a
+        }
+    }
+}
+
+/// OpenCV's `fastAtan2`: degrees in [0, 360), about 0.01 degree accurate.
+pub fn fast_atan2(y: f32, x: f32) -> f32 {
+    const R2D: f32 = (180.0 / std::f64::consts::PI) as f32;
+    let p1 = 0.999_787_841_279_480_7_f32 * R2D;
+    let p3 = -0.325_808_397_464_097_5_f32 * R2D;
+    let p5 = 0.155_578_651_846_328_1_f32 * R2D;
+    let p7 = -0.044_326_555_547_921_28_f32 * R2D;
+    let (ax, ay) = (x.abs(), y.abs());
+    let eps = f64::EPSILON as f32;
+    let mut a = if ax >= ay {
+        let c = ay / (ax + eps);
+        let c2 = c * c;
+        (((p7 * c2 + p5) * c2 + p3) * c2 + p1) * c
+    } else {
+        let c = ax / (ay + eps);
+        let c2 = c * c;
+        90.0 - (((p7 * c2 + p5) * c2 + p3) * c2 + p1) * c
+    };
+    if x < 0.0 {
+        a = 180.0 - a;
+    }
+    if y < 0.0 {
+        a = 360.0 - a;
+    }
+    a
+}
+
+/// `cv::borderInterpolate` for `BORDER_REFLECT_101`.
+#[inline]
+fn reflect101(mut p: isize, len: usize) -> usize {
+    let n = len as isize;
+    if n == 1 {
+        return 0;
+    }
+    while p < 0 || p >= n {
+        if p < 0 {
+            p = -p;
+        } else {
+            p = 2 * n - 2 - p;
+        }
+    }
+    p as usize
+}
+
+// ---------------------------------------------------------------------------
+// Pyramid
+
+/// One pyramid level: a `w x h` image inside a buffer with a `border`-pixel
+/// reflect-101 frame.
+#[derive(Debug, Clone)]
+struct Level {
+    data: Vec<u8>,
+    stride: usize,
+    border: usize,
+    w: usize,
+    h: usize,
+}
+
+impl Level {
+    /// Index of level pixel (x, y) (may be inside the border).
+    #[inline]
+    fn idx(&self, x: isize, y: isize) -> usize {
+        ((y + self.border as isize) * self.stride as isize + x + self.border as isize) as usize
+    }
+
+    /// Embed a contiguous `w x h` image with a reflect-101 border.
+    fn with_border(src: &[u8], w: usize, h: usize, border: usize) -> Level {
+        let stride = w + 2 * border;
+        let hh = h + 2 * border;
+        let mut data = vec![0u8; stride * hh];
+        let cols: Vec<usize> = (0..stride).map(|x| reflect101(x as isize - border as isize, w)).collect();
+        for yy in 0..hh {
+            let sy = reflect101(yy as isize - border as isize, h);
+            let srow = &src[sy * w..(sy + 1) * w];
+            let drow = &mut data[yy * stride..(yy + 1) * stride];
+            drow[border..border + w].copy_from_slice(srow);
+            for x in 0..border {
+                drow[x] = srow[cols[x]];
+            }
+            for x in border + w..stride {
+                drow[x] = srow[cols[x]];
+            }
+        }
+        Level { data, stride, border, w, h }
+    }
+}
+
+/// Coefficients of OpenCV's bit-exact linear interpolation along one axis:
+/// per destination index an offset and 8-bit fixed-point weights, plus the
+/// ranges that copy the first / last source sample.
+struct LinearAxis {
+    ofs: Vec<usize>,
+    w0: Vec<u32>,
+    w1: Vec<u32>,
+    min: usize,
+    max: usize,
+}
+
+fn linear_axis(src: usize, dst: usize) -> LinearAxis {
+    let inv_scale = dst as f64 / src as f64;
+    let scale = 1.0 / inv_scale;
+    let mut ofs = vec![0usize; dst];
+    let mut w0 = vec![256u32; dst];
+    let mut w1 = vec![0u32; dst];
+    let (mut min, mut max) = (0usize, dst);
+    for d in 0..dst {
+        let f = scale * (d as f64 + 0.5) - 0.5;
+        let i = f.floor();
+        let ii = i as i64;
+        if ii >= 0 && src > 1 {
+            if ii < src as i64 - 1 {
+                ofs[d] = ii as usize;
+                let c1 = ((f - i) * 256.0).round_ties_even() as u32;
+                w1[d] = c1;
+                w0[d] = 256 - c1;
+            } else {
+                ofs[d] = src - 1;
+                max = max.min(d);
+            }
+        } else {
+            min = min.max(d + 1);
+        }
+    }
+    LinearAxis { ofs, w0, w1, min, max }
+}
+
+/// `cv::resize(src, dst, (dw, dh), INTER_LINEAR_EXACT)` for 8-bit images:
+/// horizontal pass in 8.8 fixed point, vertical pass in 16.16, rounded.
+fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    let ax = linear_axis(sw, dw);
+    let ay = linear_axis(sh, dh);
+    let last_x = ax.ofs[dw - 1];
+    let hline = |row: usize, out: &mut [u32]| {
+        let s = &src[sorigin + row * sstride..sorigin + row * sstride + sw];
+        for d in 0..dw {
+            out[d] = if d < ax.min {
+                (s[0] as u32) << 8
+            } else if d >= ax.max {
+                (s[last_x] as u32) << 8
+            } else {
+                let o = ax.ofs[d];
+                ax.w0[d] * s[o] as u32 + ax.w1[d] * s[o + 1] as u32
+            };
+        }
+    };
+    let mut out = vec![0u8; dw * dh];
+    let mut h0 = vec![0u32; dw];
+    let mut h1 = vec![0u32; dw];
+    let mut cached: (usize, usize) = (usize::MAX, usize::MAX);
+    let last_y = ay.ofs[dh - 1];
+    for d in 0..dh {
+        let drow = &mut out[d * dw..(d + 1) * dw];
+        if d < ay.min || d >= ay.max {
+            let r = if d < ay.min { 0 } else { last_y };
+            hline(r, &mut h0);
+            cached = (usize::MAX, usize::MAX);
+            for (o, &v) in drow.iter_mut().zip(&h0) {
+                *o = ((v + 128) >> 8).min(255) as u8;
+            }
+            continue;
+        }
+        let o = ay.ofs[d];
+        if cached != (o, o + 1) {
+            if cached.1 == o {
+                std::mem::swap(&mut h0, &mut h1);
+            } else {
+                hline(o, &mut h0);
+            }
+            hline(o + 1, &mut h1);
+            cached = (o, o + 1);
+        }
+        let (m0, m1) = (ay.w0[d], ay.w1[d]);
+        for x in 0..dw {
+            let v = m0 * h0[x] + m1 * h1[x];
+            drow[x] = ((v + (1 << 15)) >> 16).min(255) as u8;
+        }
+    }
+    out
+}
+
+/// 7x7 Gaussian (sigma 2) of a level's interior, in place, reading the border
+/// (OpenCV's `sepFilter2D` path for a pyramid sub-matrix: float taps, rows
+/// then columns in single precision, rounded half to even and saturated).
+/// The border itself is left unsmoothed, as in OpenCV.
+fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    let (stride, b) = (level.stride, level.border);
+    let (x0, x1, y0, y1) = region;
+    let w = x1 - x0;
+    let h = y1 - y0;
+    // horizontal pass over rows y0-3..y1+3, columns x0..x1
+    let rows = h + 6;
+    let mut tmp = vec![0f32; rows * w];
+    for r in 0..rows {
+        let base = (b + y0 + r - 3) * stride + b + x0;
+        let src = &level.data[base - 3..base + w + 3];
+        let (s0, s1, s2, s3) = (&src[0..w], &src[1..w + 1], &src[2..w + 2], &src[3..w + 3]);
+        let (s4, s5, s6) = (&src[4..w + 4], &src[5..w + 5], &src[6..w + 6]);
+        let t = &mut tmp[r * w..(r + 1) * w];
+        for x in 0..w {
+            t[x] = k[3] * s3[x] as f32
+                + k[2] * (s2[x] as f32 + s4[x] as f32)
+                + k[1] * (s1[x] as f32 + s5[x] as f32)
+                + k[0] * (s0[x] as f32 + s6[x] as f32);
+        }
+    }
+    for y in 0..h {
+        let start = (b + y0 + y) * stride + b + x0;
+        let dst = &mut level.data[start..start + w];
+        let r = |i: usize| &tmp[(y + i) * w..(y + i + 1) * w];
+        let (r0, r1, r2, r3, r4, r5, r6) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6));
+        for x in 0..w {
+            let v = k[3] * r3[x] + k[2] * (r2[x] + r4[x]) + k[1] * (r1[x] + r5[x]) + k[0] * (r0[x] + r6[x]);
+            dst[x] = ((v.max(0.0) + 8_388_608.0) - 8_388_608.0).min(255.0) as u8;
+        }
+    }
+}
+
+/// Taps of `getGaussianKernel(7, 2, CV_32F)`.
+fn gaussian_kernel_7() -> [f32; 7] {
+    let sigma = 2.0f64;
+    let mut v = [0f64; 7];
+    let mut sum = 0.0;
+    for (i, vi) in v.iter_mut().enumerate() {
+        let x = i as f64 - 3.0;
+        *vi = (-(x * x) / (2.0 * sigma * sigma)).exp();
+        sum += *vi;
+    }
+    let mut k = [0f32; 7];
+    for i in 0..7 {
+        k[i] = (v[i] / sum) as f32;
+    }
+    k
+}
+
+// ---------------------------------------------------------------------------
+// Detection helpers
+
+/// Keep the `n` best keypoints by response, plus every keypoint tied with the
+/// `n`-th best (OpenCV `KeyPointsFilter::retainBest`). Order is preserved.
+pub fn retain_best(kps: &mut Vec<KeyPoint>, n: usize) {
+    if kps.len() <= n {
+        return;
+    }
+    if n == 0 {
+        kps.clear();
+        return;
+    }
+    let mut r: Vec<f32> = kps.iter().map(|k| k.response).collect();
+    let (_, nth, _) = r.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    let thr = *nth;
+    kps.retain(|k| k.response >= thr);
+}
+
+/// Harris response of a 7x7 block centred on (x, y) of a level (OpenCV
+/// `HarrisResponses`, float arithmetic in the same order).
+fn harris_response(level: &Level, x: i32, y: i32) -> f32 {
+    let r = (HARRIS_BLOCK / 2) as isize;
+    let step = level.stride as isize;
+    let d = &level.data;
+    let (mut a, mut b, mut c) = (0i32, 0i32, 0i32);
+    for i in 0..HARRIS_BLOCK as isize {
+        let row = level.idx(x as isize - r, y as isize - r + i) as isize;
+        for j in 0..HARRIS_BLOCK as isize {
+            let p = row + j;
+            let at = |o: isize| d[(p + o) as usize] as i32;
+            let ix = (at(1) - at(-1)) * 2 + (at(-step + 1) - at(-step - 1)) + (at(step + 1) - at(step - 1));
+            let iy = (at(step) - at(-step)) * 2 + (at(step - 1) - at(-step - 1)) + (at(step + 1) - at(-step + 1));
+            a += ix * ix;
+            b += iy * iy;
+            c += ix * iy;
+        }
+    }
+    let scale = 1.0f32 / ((1 << 2) as f32 * HARRIS_BLOCK as f32 * 255.0);
+    let scale_sq_sq = scale * scale * scale * scale;
+    let (fa, fb, fc) = (a as f32, b as f32, c as f32);
+    (fa * fb - fc * fc - HARRIS_K * (fa + fb) * (fa + fb)) * scale_sq_sq
+}
+
+/// Intensity-centroid angle (degrees) at (x, y) of a level (OpenCV `ICAngles`).
+fn ic_angle(level: &Level, x: i32, y: i32, half_k: i32, umax: &[i32]) -> f32 {
+    let step = level.stride as isize;
+    let c = level.idx(x as isize, y as isize) as isize;
+    let d = &level.data;
+    let (mut m01, mut m10) = (0i32, 0i32);
+    for u in -half_k..=half_k {
+        m10 += u * d[(c + u as isize) as usize] as i32;
+    }
+    for v in 1..=half_k {
+        let mut v_sum = 0i32;
+        let dd = umax[v as usize];
+        for u in -dd..=dd {
+            let plus = d[(c + u as isize + v as isize * step) as usize] as i32;
+            let minus = d[(c + u as isize - v as isize * step) as usize] as i32;
+            v_sum += plus - minus;
+            m10 += u * (plus + minus);
+        }
+        m01 += v * v_sum;
+    }
+    fast_atan2(m01 as f32, m10 as f32)
+}
+
+/// Row ends of the circular patch of radius `half` (OpenCV's `umax`).
+fn circular_umax(half: i32) -> Vec<i32> {
+    let mut umax = vec![0i32; half as usize + 2];
+    let vmax = (half as f32 * std::f32::consts::SQRT_2 / 2.0 + 1.0).floor() as i32;
+    let vmin = (half as f32 * std::f32::consts::SQRT_2 / 2.0).ceil() as i32;
+    for v in 0..=vmax {
+        umax[v as usize] = ((half as f64 * half as f64 - (v * v) as f64).sqrt()).round_ties_even() as i32;
+    }
+    let mut v0 = 0usize;
+    let mut v = half;
+    while v >= vmin {
+        while umax[v0] == umax[v0 + 1] {
+            v0 += 1;
+        }
+        umax[v as usize] = v0 as i32;
+        v0 += 1;
+        v -= 1;
+    }
+    umax
+}
+
+/// The descriptor test points: OpenCV's learned pattern for `patch_size` 31,
+/// otherwise its fixed-seed random pattern; regrouped into tuples for
+/// `wta_k` 3 and 4 as `initializeOrbPattern` does.
+fn make_pattern(patch_size: usize, wta_k: usize) -> Vec<(i32, i32)> {
+    const NPOINTS: usize = 512;
+    let mut pool: Vec<(i32, i32)> = Vec::with_capacity(NPOINTS);
+    if patch_size == 31 {
+        for p in BIT_PATTERN_31.iter() {
+            pool.push((p[0] as i32, p[1] as i32));
+            pool.push((p[2] as i32, p[3] as i32));
+        }
+    } else {
+        let mut rng = CvRng::new(0x3498_5739);
+        let half = patch_size as i32 / 2;
+        for _ in 0..NPOINTS {
+            let x = rng.uniform(-half, half + 1);
+            let y = rng.uniform(-half, half + 1);
+            pool.push((x, y));
+        }
+    }
+    if wta_k == 2 {
+        return pool;
+    }
+    let ntuples = DESCRIPTOR_BYTES * 4;
+    let mut rng = CvRng::new(0x1234_5678);
+    let mut out = vec![(0, 0); ntuples * wta_k];
+    for i in 0..ntuples {
+        for k in 0..wta_k {
+            loop {
+                let idx = rng.uniform(0, NPOINTS as i32) as usize;
+                let pt = pool[idx];
+                if !out[wta_k * i..wta_k * i + k].contains(&pt) {
+                    out[wta_k * i + k] = pt;
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Number of keypoints each level may keep (OpenCV's geometric series).
+fn features_per_level(n_features: usize, scale_factor: f64, n_levels: usize) -> Vec<usize> {
+    let factor = (1.0 / scale_factor) as f32;
+    let mut desired = n_features as f32 * (1.0 - factor) / (1.0 - (factor as f64).powf(n_levels as f64) as f32);
+    let mut out = vec![0usize; n_levels];
+    let mut sum = 0i64;
+    for o in out.iter_mut().take(n_levels - 1) {
+        let n = cv_round(desired).max(0);
+        *o = n as usize;
+        sum += n as i64;
+        desired *= factor;
+    }
+    out[n_levels - 1] = (n_features as i64 - sum).max(0) as usize;
+    out
 }
 
 impl Orb {
@@ -67,31 +525,546 @@ impl Orb {
     /// # Errors
     /// [`BovwError::InvalidParameter`] naming the bad parameter.
     pub fn new(params: OrbParams) -> Result<Self> {
-        if !(params.scale_factor > 1.0) {
-            return Err(BovwError::param("scale_factor", "must be greater than 1"));
+        if !(params.scale_factor > 1.0) || !params.scale_factor.is_finite() {
+            return Err(BovwError::param("scale_factor", format!("must be a finite number greater than 1, got {}", params.scale_factor)));
         }
-        Ok(Orb { params })
+        if params.n_levels == 0 || params.n_levels > 64 {
+            return Err(BovwError::param("n_levels", format!("must be in 1..=64, got {}", params.n_levels)));
+        }
+        if !(2..=4).contains(&params.wta_k) {
+            return Err(BovwError::param("wta_k", format!("must be 2, 3 or 4, got {}", params.wta_k)));
+        }
+        if params.patch_size < 2 || params.patch_size > 255 {
+            return Err(BovwError::param("patch_size", format!("must be in 2..=255, got {}", params.patch_size)));
+        }
+        if params.edge_threshold > 10_000 {
+            return Err(BovwError::param("edge_threshold", format!("must be at most 10000, got {}", params.edge_threshold)));
+        }
+        if params.first_level > 64 {
+            return Err(BovwError::param("first_level", format!("must be in 0..=64, got {}", params.first_level)));
+        }
+        let pattern = make_pattern(params.patch_size, params.wta_k);
+        let umax = circular_umax(params.patch_size as i32 / 2);
+        Ok(Orb { params, pattern, umax })
     }
 
-    /// Detect keypoints.
-    pub fn detect(&self, _image: GrayView<'_>, _mask: Option<GrayView<'_>>) -> Result<Vec<KeyPoint>> {
-        Err(BovwError::input("not built yet"))
+    /// OpenCV stores `scaleFactor` as a float (`ORB_create(float scaleFactor)`).
+    fn scale_factor(&self) -> f64 {
+        self.params.scale_factor as f32 as f64
     }
 
-    /// Compute descriptors at the given keypoints.
-    pub fn compute(&self, _image: GrayView<'_>, _keypoints: &[KeyPoint]) -> Result<(Vec<KeyPoint>, Descriptors)> {
-        Err(BovwError::input("not built yet"))
+    fn level_scale(&self, level: usize) -> f32 {
+        self.scale_factor().powi(level as i32 - self.params.first_level as i32) as f32
+    }
+
+    fn border(&self) -> usize {
+        let half = self.params.patch_size / 2;
+        let desc = (half as f64 * std::f64::consts::SQRT_2).ceil() as usize;
+        self.params.edge_threshold.max(desc).max(4) + 1
+    }
+
+    /// Build `n` pyramid levels (`None` for empty levels of tiny images),
+    /// with the resized masks (255 = keep) when a mask is given.
+    fn pyramid(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>, n: usize, detecting: bool) -> (Vec<Option<Level>>, Vec<Option<Vec<u8>>>) {
+        let border = self.border();
+        // When detecting, levels past the last one large enough to hold a
+        // keypoint are not needed (each is only the source of smaller ones).
+        let n = if detecting {
+            let edge = self.params.edge_threshold;
+            let last = (0..n).rev().find(|&l| {
+                let inv = 1.0f32 / self.level_scale(l);
+                let w = cv_round(image.width as f32 * inv).max(0) as usize;
+                let h = cv_round(image.height as f32 * inv).max(0) as usize;
+                w > 2 * edge && h > 2 * edge && w >= 7 && h >= 7
+            });
+            match last {
+                Some(l) => l + 1,
+                None => 0,
+            }
+        } else {
+            n
+        };
+        let first = self.params.first_level;
+        let mut levels: Vec<Option<Level>> = Vec::with_capacity(n);
+        let mut masks: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
+        // the source of the next resize: (level index or None for the image)
+        let mut prev: Option<usize> = None;
+        let mut prev_mask: Option<Vec<u8>> = mask.map(|m| m.data.to_vec());
+        for level in 0..n {
+            let inv = 1.0f32 / self.level_scale(level);
+            let w = cv_round(image.width as f32 * inv).max(0) as usize;
+            let h = cv_round(image.height as f32 * inv).max(0) as usize;
+            if w == 0 || h == 0 {
+                levels.push(None);
+                masks.push(None);
+                continue;
+            }
+            // the resize source: (buffer, stride, origin, width, height)
+            let (src, sstride, sorigin, sw, sh): (&[u8], usize, usize, usize, usize) = match prev {
+                Some(p) => match &levels[p] {
+                    Some(l) => (&l.data, l.stride, l.idx(0, 0), l.w, l.h),
+                    None => {
+                        levels.push(None);
+                        masks.push(None);
+                        continue;
+                    }
+                },
+                None => (image.data, image.width, 0, image.width, image.height),
+            };
+            let lvl_pixels: Vec<u8> = if level == first {
+                image.data.to_vec()
+            } else {
+                resize_linear_exact(src, sstride, sorigin, sw, sh, w, h)
+            };
+            let lvl_mask = mask.map(|m| {
+                if level == first {
+                    m.data.to_vec()
+                } else {
+                    let pm = prev_mask.as_ref().expect("mask source");
+                    let (mw, mh) = match prev {
+                        Some(_) => (sw, sh),
+                        None => (m.width, m.height),
+                    };
+                    let mut r = resize_linear_exact(pm, mw, 0, mw, mh, w, h);
+                    if level > first {
+                        for v in r.iter_mut() {
+                            if *v <= 254 {
+                                *v = 0;
+                            }
+                        }
+                    }
+                    r
+                }
+            });
+            levels.push(Some(Level::with_border(&lvl_pixels, w, h, border)));
+            if level > first {
+                prev = Some(level);
+                prev_mask = lvl_mask.clone();
+            }
+            masks.push(lvl_mask);
+        }
+        (levels, masks)
+    }
+
+    /// Detect keypoints on the (unsmoothed) pyramid; angle and response set,
+    /// coordinates in level-0 pixels.
+    fn detect_on(&self, levels: &[Option<Level>], masks: &[Option<Vec<u8>>]) -> Vec<KeyPoint> {
+        let p = &self.params;
+        let per_level = features_per_level(p.n_features, self.scale_factor(), p.n_levels);
+        let edge = p.edge_threshold;
+        let half_k = (p.patch_size / 2) as i32;
+        let mut all = Vec::new();
+        for (lv, level) in levels.iter().enumerate() {
+            let Some(level) = level else { continue };
+            let n = per_level[lv];
+            if n == 0 {
+                continue;
+            }
+            // border filter (KeyPointsFilter::runByImageBorder), applied by
+            // searching only the window where keypoints may lie
+            if edge > 0 && (level.h <= 2 * edge || level.w <= 2 * edge) {
+                continue;
+            }
+            let window = (edge, level.w - edge, edge, level.h - edge);
+            let corners = fast9_window(&level.data, level.idx(0, 0), level.stride, level.w, level.h, p.fast_threshold, true, window);
+            let sf = self.level_scale(lv);
+            let mut kps: Vec<KeyPoint> = corners
+                .into_iter()
+                .filter(|c| masks[lv].as_ref().map_or(true, |m| m[c.y * level.w + c.x] != 0))
+                .map(|c| KeyPoint {
+                    x: c.x as f32,
+                    y: c.y as f32,
+                    size: p.patch_size as f32 * sf,
+                    angle: -1.0,
+                    response: c.score as f32,
+                    octave: lv as i32,
+                    class_id: -1,
+                })
+                .collect();
+            if p.score_type == ScoreType::Harris {
+                retain_best(&mut kps, 2 * n);
+                for k in kps.iter_mut() {
+                    k.response = harris_response(level, k.x as i32, k.y as i32);
+                }
+            }
+            retain_best(&mut kps, n);
+            for k in kps.iter_mut() {
+                k.angle = ic_angle(level, k.x as i32, k.y as i32, half_k, &self.umax);
+                k.x *= sf;
+                k.y *= sf;
+            }
+            // deterministic order within the level: best response first
+            kps.sort_by(|a, b| b.response.total_cmp(&a.response).then(a.y.total_cmp(&b.y)).then(a.x.total_cmp(&b.x)));
+            all.extend(kps);
+        }
+        all
+    }
+
+    /// Descriptors of keypoints (level-0 coordinates, `octave` = level) on the
+    /// pyramid; smooths the levels that have keypoints.
+    fn describe(&self, levels: &mut [Option<Level>], kps: &[KeyPoint]) -> Vec<u8> {
+        let kernel = gaussian_kernel_7();
+        // smooth, on each level, only the box the descriptors sample:
+        // keypoint centres +- the pattern's reach (the rest is never read)
+        let reach = self.pattern.iter().map(|&(x, y)| (((x * x + y * y) as f64).sqrt().ceil() as isize) + 1).max().unwrap_or(0);
+        let mut boxes: Vec<Option<(isize, isize, isize, isize)>> = vec![None; levels.len()];
+        for k in kps {
+            let lv = k.octave as usize;
+            let scale = 1.0f32 / self.level_scale(lv);
+            let (cx, cy) = (cv_round(k.x * scale) as isize, cv_round(k.y * scale) as isize);
+            let b = boxes[lv].get_or_insert((cx, cx, cy, cy));
+            *b = (b.0.min(cx), b.1.max(cx), b.2.min(cy), b.3.max(cy));
+        }
+        for (l, b) in levels.iter_mut().zip(&boxes) {
+            if let (Some(l), Some(b)) = (l.as_mut(), b) {
+                let x0 = (b.0 - reach).clamp(0, l.w as isize) as usize;
+                let x1 = (b.1 + reach + 1).clamp(0, l.w as isize) as usize;
+                let y0 = (b.2 - reach).clamp(0, l.h as isize) as usize;
+                let y1 = (b.3 + reach + 1).clamp(0, l.h as isize) as usize;
+                if x0 < x1 && y0 < y1 {
+                    gaussian_blur_7x7(l, &kernel, (x0, x1, y0, y1));
+                }
+            }
+        }
+        let mut out = vec![0u8; kps.len() * DESCRIPTOR_BYTES];
+        let deg2rad = (std::f64::consts::PI / 180.0) as f32;
+        let mut ofs = vec![0isize; self.pattern.len()];
+        for (k, desc) in kps.iter().zip(out.chunks_exact_mut(DESCRIPTOR_BYTES)) {
+            let Some(level) = levels[k.octave as usize].as_ref() else { continue };
+            let scale = 1.0f32 / self.level_scale(k.octave as usize);
+            let cx = cv_round(k.x * scale) as isize;
+            let cy = cv_round(k.y * scale) as isize;
+            let angle = k.angle * deg2rad;
+            let (a, b) = (angle.cos(), angle.sin());
+            let (pw, ph) = (level.stride as isize, (level.data.len() / level.stride) as isize);
+            let bx = cx + level.border as isize;
+            let by = cy + level.border as isize;
+            let mut inside = true;
+            for (o, &(px, py)) in ofs.iter_mut().zip(&self.pattern) {
+                let x = px as f32 * a - py as f32 * b;
+                let y = px as f32 * b + py as f32 * a;
+                let (ix, iy) = (cv_round(x) as isize, cv_round(y) as isize);
+                let (sx, sy) = (bx + ix, by + iy);
+                if sx < 0 || sy < 0 || sx >= pw || sy >= ph {
+                    inside = false;
+                }
+                *o = sy.clamp(0, ph - 1) * pw + sx.clamp(0, pw - 1);
+            }
+            let _ = inside; // out-of-buffer samples are clamped (only possible for user keypoints)
+            let v = |i: usize| level.data[ofs[i] as usize];
+            match self.params.wta_k {
+                2 => {
+                    for (i, byte) in desc.iter_mut().enumerate() {
+                        let mut val = 0u8;
+                        for bit in 0..8 {
+                            let j = i * 16 + bit * 2;
+                            val |= ((v(j) < v(j + 1)) as u8) << bit;
+                        }
+                        *byte = val;
+                    }
+                }
+                3 => {
+                    for (i, byte) in desc.iter_mut().enumerate() {
+                        let mut val = 0u8;
+                        for q in 0..4 {
+                            let j = i * 12 + q * 3;
+                            let (t0, t1, t2) = (v(j), v(j + 1), v(j + 2));
+                            let code = if t2 > t1 { if t2 > t0 { 2 } else { 0 } } else { (t1 > t0) as u8 };
+                            val |= code << (2 * q);
+                        }
+                        *byte = val;
+                    }
+                }
+                _ => {
+                    for (i, byte) in desc.iter_mut().enumerate() {
+                        let mut val = 0u8;
+                        for q in 0..4 {
+                            let j = i * 16 + q * 4;
+                            let (mut t0, t1, mut t2, t3) = (v(j), v(j + 1), v(j + 2), v(j + 3));
+                            let (mut u, mut w) = (0u8, 2u8);
+                            if t1 > t0 {
+                                t0 = t1;
+                                u = 1;
+                            }
+                            if t3 > t2 {
+                                t2 = t3;
+                                w = 3;
+                            }
+                            let code = if t0 > t2 { u } else { w };
+                            val |= code << (2 * q);
+                        }
+                        *byte = val;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check_inputs(image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<()> {
+        if image.data.len() != image.width * image.height {
+            return Err(BovwError::Shape {
+                what: "image".into(),
+                expected: format!("{} bytes", image.width * image.height),
+                got: format!("{} bytes", image.data.len()),
+            });
+        }
+        if let Some(m) = mask {
+            if (m.width, m.height) != (image.width, image.height) {
+                return Err(BovwError::Shape {
+                    what: "mask".into(),
+                    expected: format!("({}, {}) like the image", image.height, image.width),
+                    got: format!("({}, {})", m.height, m.width),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Detect keypoints (with orientation and response), in OpenCV's order of
+    /// levels; within a level, by decreasing response.
+    ///
+    /// An image too small for any level to have keypoints gives none.
+    ///
+    /// # Errors
+    /// [`BovwError::Shape`] when the mask does not match the image.
+    pub fn detect(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<Vec<KeyPoint>> {
+        Self::check_inputs(image, mask)?;
+        if image.width == 0 || image.height == 0 {
+            return Ok(Vec::new());
+        }
+        let (levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
+        Ok(self.detect_on(&levels, &masks))
+    }
+
+    /// Compute descriptors at the given keypoints (level-0 coordinates;
+    /// `octave` = pyramid level, `angle` in degrees), as OpenCV's
+    /// `ORB::compute`: keypoints closer than `edge_threshold` to the image
+    /// border are dropped, the rest are grouped by level.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidInput`] when a keypoint has a negative octave or a
+    /// non-finite coordinate or angle.
+    pub fn compute(&self, image: GrayView<'_>, keypoints: &[KeyPoint]) -> Result<(Vec<KeyPoint>, Descriptors)> {
+        Self::check_inputs(image, None)?;
+        let empty = Descriptors::U8 { data: Vec::new(), width: DESCRIPTOR_BYTES };
+        for (i, k) in keypoints.iter().enumerate() {
+            if k.octave < 0 || k.octave > 64 {
+                return Err(BovwError::input(format!("keypoints: row {i} has octave {} (ORB levels are 0..=64)", k.octave)));
+            }
+            if !(k.x.is_finite() && k.y.is_finite() && k.angle.is_finite()) {
+                return Err(BovwError::input(format!("keypoints: row {i} has a non-finite x, y or angle")));
+            }
+        }
+        if keypoints.is_empty() || image.width == 0 || image.height == 0 {
+            return Ok((Vec::new(), empty));
+        }
+        let edge = self.params.edge_threshold as f32;
+        let (w, h) = (image.width as f32, image.height as f32);
+        let kept: Vec<KeyPoint> = if edge > 0.0 && (h <= 2.0 * edge || w <= 2.0 * edge) {
+            Vec::new()
+        } else {
+            keypoints.iter().copied().filter(|k| k.x >= edge && k.x < w - edge && k.y >= edge && k.y < h - edge).collect()
+        };
+        let n_levels = keypoints.iter().map(|k| k.octave as usize).max().unwrap_or(0) + 1;
+        let (mut levels, _) = self.pyramid(image, None, n_levels, false);
+        // group by level (stable), as OpenCV does
+        let mut sorted: Vec<KeyPoint> = Vec::with_capacity(kept.len());
+        for l in 0..n_levels {
+            sorted.extend(kept.iter().filter(|k| k.octave as usize == l && levels[l].is_some()));
+        }
+        if sorted.is_empty() {
+            return Ok((Vec::new(), empty));
+        }
+        let data = self.describe(&mut levels, &sorted);
+        Ok((sorted, Descriptors::U8 { data, width: DESCRIPTOR_BYTES }))
     }
 }
 
 impl FeatureExtractor for Orb {
     fn descriptor_width(&self) -> usize {
-        32
+        DESCRIPTOR_BYTES
     }
     fn is_binary(&self) -> bool {
         true
     }
-    fn detect_and_compute(&self, _image: GrayView<'_>, _mask: Option<GrayView<'_>>) -> Result<Features> {
-        Err(BovwError::input("ORB is not built yet"))
+    fn detect_and_compute(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<Features> {
+        Self::check_inputs(image, mask)?;
+        let empty = Descriptors::U8 { data: Vec::new(), width: DESCRIPTOR_BYTES };
+        if image.width == 0 || image.height == 0 {
+            return Ok((Vec::new(), empty));
+        }
+        let (mut levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
+        let kps = self.detect_on(&levels, &masks);
+        if kps.is_empty() {
+            return Ok((kps, empty));
+        }
+        let data = self.describe(&mut levels, &kps);
+        Ok((kps, Descriptors::U8 { data, width: DESCRIPTOR_BYTES }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_atan2_quadrants() {
+        for &(y, x, want) in &[(0.0f32, 1.0f32, 0.0f32), (1.0, 1.0, 45.0), (1.0, 0.0, 90.0), (1.0, -1.0, 135.0), (-1.0, -1.0, 225.0), (-1.0, 1.0, 315.0)] {
+            let a = fast_atan2(y, x);
+            assert!((a - want).abs() < 0.02, "atan2({y}, {x}) = {a}");
+        }
+        for i in 0..360 {
+            let t = (i as f64 + 0.3).to_radians();
+            let a = fast_atan2(t.sin() as f32 * 7.0, t.cos() as f32 * 7.0) as f64;
+            assert!((a - (i as f64 + 0.3)).abs() < 0.02);
+        }
+    }
+
+    #[test]
+    fn cv_rng_matches_opencv_sequence() {
+        // cv::RNG(0x34985739).uniform(-15, 16) twice... first values of
+        // OpenCV's makeRandomPattern for patchSize 31 (checked with cv2 behaviour:
+        // state' = (u32)state * 4164903690 + (state >> 32))
+        let mut r = CvRng::new(1);
+        assert_eq!(r.next(), 4_164_903_690u32);
+        let mut r = CvRng::new(0);
+        assert_eq!(r.0, 0xffff_ffff);
+    }
+
+    #[test]
+    fn cv_round_is_half_to_even() {
+        let got: Vec<i32> = [-2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4999, -3.7, 1e9].iter().map(|&x| cv_round(x)).collect();
+        assert_eq!(got, vec![-2, -2, 0, 0, 2, 2, 2, -4, 1_000_000_000]);
+    }
+
+    #[test]
+    fn reflect101_known_answers() {
+        // OpenCV borderInterpolate(p, 5, BORDER_REFLECT_101)
+        let got: Vec<usize> = (-6..11).map(|p| reflect101(p, 5)).collect();
+        assert_eq!(got, vec![2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2]);
+        assert_eq!(reflect101(-3, 1), 0);
+    }
+
+    #[test]
+    fn per_level_budget_is_opencv_series() {
+        // cv2 ORB defaults: 500 features over 8 levels with factor 1/1.2
+        let v = features_per_level(500, 1.2f32 as f64, 8);
+        assert_eq!(v.iter().sum::<usize>(), 500);
+        // 500 (1 - 1/1.2) / (1 - 1.2^-8) = 108.6, then x 1/1.2 each level
+        assert_eq!(v[..3], [109, 90, 75]);
+    }
+
+    #[test]
+    fn umax_for_patch_31() {
+        assert_eq!(circular_umax(15), vec![15, 15, 15, 15, 14, 14, 14, 13, 13, 12, 11, 10, 9, 8, 6, 3, 0]);
+    }
+
+    #[test]
+    fn resize_identity_and_constant() {
+        let img: Vec<u8> = (0..100).map(|i| (i * 7 % 256) as u8).collect();
+        assert_eq!(resize_linear_exact(&img, 10, 0, 10, 10, 10, 10), img);
+        let flat = vec![93u8; 120 * 90];
+        assert!(resize_linear_exact(&flat, 120, 0, 120, 90, 100, 75).iter().all(|&v| v == 93));
+        // halving: each output is the mean of a 2x2 block
+        let src = vec![0u8, 100, 50, 150, 200, 100, 250, 150];
+        let out = resize_linear_exact(&src, 4, 0, 4, 2, 2, 1);
+        assert_eq!(out, vec![100, 150]);
+    }
+
+    #[test]
+    fn gaussian_kernel_taps() {
+        // cv2.getGaussianKernel(7, 2, cv2.CV_32F)
+        let k = gaussian_kernel_7();
+        let want = [0.07015932f32, 0.13107488, 0.19071282, 0.21610594];
+        for i in 0..4 {
+            assert!((k[i] - want[i]).abs() < 1e-7 && k[i] == k[6 - i]);
+        }
+    }
+
+    #[test]
+    fn retain_best_keeps_ties() {
+        let mk = |r: f32| KeyPoint { response: r, ..Default::default() };
+        let mut v = vec![mk(1.0), mk(5.0), mk(3.0), mk(3.0), mk(2.0)];
+        retain_best(&mut v, 2);
+        let r: Vec<f32> = v.iter().map(|k| k.response).collect();
+        assert_eq!(r, vec![5.0, 3.0, 3.0]);
+        retain_best(&mut v, 0);
+        assert!(v.is_empty());
+    }
+
+    fn checker(w: usize, h: usize) -> Vec<u8> {
+        let mut img = vec![0u8; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let v = ((x / 9 + y / 13) % 2) as u8 * 180 + ((x * 31 + y * 17) % 23) as u8;
+                img[y * w + x] = v;
+            }
+        }
+        img
+    }
+
+    #[test]
+    fn detect_and_compute_is_consistent_and_deterministic() {
+        let (w, h) = (160, 120);
+        let img = checker(w, h);
+        let orb = Orb::new(OrbParams::default()).unwrap();
+        let view = GrayView::new(&img, w, h);
+        let (kps, desc) = orb.detect_and_compute(view, None).unwrap();
+        assert!(!kps.is_empty());
+        assert!(kps.len() <= 500 + 50);
+        assert_eq!(desc.len(), kps.len());
+        let again = orb.detect_and_compute(view, None).unwrap();
+        assert_eq!(again.0, kps);
+        assert_eq!(again.1, desc);
+        // detect gives the same keypoints; compute on them the same descriptors
+        assert_eq!(orb.detect(view, None).unwrap(), kps);
+        let (k2, d2) = orb.compute(view, &kps).unwrap();
+        assert_eq!(k2.len(), kps.len());
+        assert_eq!(d2, desc);
+        for k in &kps {
+            assert!((0.0..360.0).contains(&k.angle));
+            assert!(k.x >= 31.0 && k.y >= 31.0 && k.x < (w - 31) as f32 && k.y < (h - 31) as f32);
+        }
+    }
+
+    #[test]
+    fn tiny_and_flat_images_give_nothing() {
+        let orb = Orb::new(OrbParams::default()).unwrap();
+        for (w, h) in [(1usize, 1usize), (3, 50), (40, 40), (62, 200)] {
+            let img = checker(w, h);
+            let (k, d) = orb.detect_and_compute(GrayView::new(&img, w, h), None).unwrap();
+            assert!(k.is_empty() && d.is_empty(), "{w}x{h}");
+        }
+        let flat = vec![128u8; 200 * 200];
+        assert!(orb.detect(GrayView::new(&flat, 200, 200), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn wta_k_and_small_patches_work() {
+        let (w, h) = (160, 120);
+        let img = checker(w, h);
+        for wta_k in [2, 3, 4] {
+            for patch in [31, 15] {
+                let p = OrbParams { wta_k, patch_size: patch, edge_threshold: patch, ..Default::default() };
+                let orb = Orb::new(p).unwrap();
+                let (k, d) = orb.detect_and_compute(GrayView::new(&img, w, h), None).unwrap();
+                assert_eq!(k.len(), d.len());
+                assert!(!k.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (p, name) in [
+            (OrbParams { scale_factor: 1.0, ..Default::default() }, "scale_factor"),
+            (OrbParams { n_levels: 0, ..Default::default() }, "n_levels"),
+            (OrbParams { wta_k: 5, ..Default::default() }, "wta_k"),
+            (OrbParams { patch_size: 1, ..Default::default() }, "patch_size"),
+        ] {
+            let e = Orb::new(p).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        }
     }
 }

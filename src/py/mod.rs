@@ -6,6 +6,7 @@ pub mod decomposition;
 pub mod features;
 pub mod histogram;
 pub mod image;
+pub mod kmajority;
 pub mod orb;
 pub mod sift;
 
@@ -30,6 +31,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sift::register(m)?;
     orb::register(m)?;
     cluster::register(m)?;
+    kmajority::register(m)?;
     histogram::register(m)?;
     decomposition::register(m)?;
     Ok(())
