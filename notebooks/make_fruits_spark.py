@@ -27,6 +27,7 @@ DATA = str(bovw.sample_data_path())     # cloud: "s3://my-bucket/fruits-360/"
 OUTPUT = "fruits_spark_out"             # cloud: "s3://my-bucket/bovw-out/"
 S3_ENDPOINT = None                      # an S3-compatible server, e.g. "http://127.0.0.1:9000"
 MIN_PARTITIONS = 4                      # at least this many partitions (tasks)
+NUM_PARTITIONS = 4                      # exactly this many (None: binaryFile's ~32 small files per partition)
 METHOD = "sift"                         # "sift" or "orb"
 CLASSIFY = True                         # train and evaluate a classifier
 K = 50                                  # visual words
@@ -69,10 +70,11 @@ images = images.withColumn("label", element_at(split(images["path"], "/"), -2))
 ```
 bovw (same columns, label URL-decoded, split from the folder; `s3://` without hadoop-aws jars):
 ```python
-images = bs.read_images(spark, DATA, min_partitions=MIN_PARTITIONS)
+images = bs.read_images(spark, DATA, min_partitions=MIN_PARTITIONS, num_partitions=NUM_PARTITIONS)
 ```"""),
     ("code", """with timed("images"):
-    images = bs.read_images(spark, DATA, min_partitions=MIN_PARTITIONS, endpoint_url=S3_ENDPOINT).cache()
+    images = bs.read_images(spark, DATA, min_partitions=MIN_PARTITIONS, num_partitions=NUM_PARTITIONS,
+                            endpoint_url=S3_ENDPOINT).cache()
     n_images = images.count()
 print(n_images, "images in", images.rdd.getNumPartitions(), "partitions")
 images.groupBy("split").count().show()

@@ -74,7 +74,7 @@ def test_list_s3_images(s3_endpoint):
 
 def test_read_images_from_s3_matches_local(spark, s3_endpoint):
     df = bs.read_images(spark, f"s3://{BUCKET}/fruits/", endpoint_url=s3_endpoint, s3_options=CREDS,
-                        min_partitions=3)
+                        num_partitions=3)
     assert df.columns == ["path", "modificationTime", "length", "content", "label", "split"]
     rows = df.collect()
     assert len(rows) == 550 and df.rdd.getNumPartitions() == 3

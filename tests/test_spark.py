@@ -68,7 +68,7 @@ def local_table(sample_root: Path) -> pa.Table:
 
 @pytest.fixture(scope="session")
 def images(spark, sample_root: Path):
-    return bs.read_images(spark, sample_root, min_partitions=4).cache()
+    return bs.read_images(spark, sample_root, num_partitions=4).cache()
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +228,7 @@ def test_orb_descriptors_equal_in_process(images, local_table):
 @needs_sift
 def test_sample_descriptors_is_partition_independent(images, sift_descriptors):
     a = bs.sample_descriptors(sift_descriptors, fraction=0.3, random_state=7)
-    b = bs.sample_descriptors(bs.extract_descriptors(images.repartition(1), "sift"), fraction=0.3, random_state=7)
+    b = bs.sample_descriptors(sift_descriptors.repartition(1), fraction=0.3, random_state=7)
     np.testing.assert_array_equal(a, b)
     full = bs.sample_descriptors(sift_descriptors)
     assert full.dtype == np.float32 and full.shape[1] == 128
@@ -251,10 +251,10 @@ def test_distributed_lloyd_equals_bovw_kmeans(sift_descriptors):
         init = X[np.random.default_rng(0).choice(len(X), k, replace=False)]
         # two identical seeds: one cluster starts empty and must be relocated
         init[1] = init[0]
-        centers, inertia, n_iter = bs.kmeans_lloyd(rdd, init, max_iter=15, tol=1e-4)
+        centers, inertia, n_iter = bs.kmeans_lloyd(rdd, init, max_iter=8, tol=1e-4)
     finally:
         rdd.unpersist()
-    ref = bovw.KMeans(n_clusters=k, init=init, n_init=1, max_iter=15, tol=1e-4).fit(X)
+    ref = bovw.KMeans(n_clusters=k, init=init, n_init=1, max_iter=8, tol=1e-4).fit(X)
     assert n_iter == ref.n_iter_
     np.testing.assert_allclose(centers, ref.cluster_centers_, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(inertia, ref.inertia_, rtol=1e-6)
@@ -269,7 +269,7 @@ def test_fit_vocabulary_sample_and_lloyd(sift_descriptors):
     ref = bovw.KMeans(n_clusters=10, random_state=3, max_iter=20).fit(X)
     np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-6)
     km2 = bs.fit_vocabulary(sift_descriptors, 10, algorithm="lloyd", sample_fraction=0.5, random_state=3,
-                            max_iter=5)
+                            max_iter=3)
     assert km2.cluster_centers_.shape == (10, 128) and km2.inertia_ > 0
     labels = km2.predict(bs.sample_descriptors(sift_descriptors, max_descriptors=2000))
     assert len(np.unique(labels)) > 5
@@ -306,7 +306,7 @@ def test_bow_fused_and_two_step_equal_in_process(images, sift_descriptors, local
 @needs_pca
 def test_distributed_pca_equals_bovw_pca(images, sift_descriptors):
     vocab = bs.sample_descriptors(sift_descriptors, max_descriptors=40, random_state=1)
-    bow = bs.bow_histograms(images, vocab, method="sift").cache()
+    bow = bs.bow_histograms(sift_descriptors, vocab).cache()
     try:
         pca = bs.fit_pca(bow, 0.9)
         B = np.array([r.bow for r in bow.where("error IS NULL").collect()])
@@ -333,9 +333,9 @@ def test_spark_ml_interop_and_parquet(spark, images, sift_descriptors, tmp_path)
     from pyspark.ml.feature import StringIndexer
 
     vocab = bs.sample_descriptors(sift_descriptors, max_descriptors=30, random_state=2)
-    bow = bs.bow_histograms(images, vocab, method="sift")
+    bow = bs.bow_histograms(sift_descriptors, vocab)
     pca = bs.fit_pca(bow, 8)
-    feats = bs.pca_transform(bow, pca)
+    feats = bs.pca_transform(bow, pca).cache()
     ml = bs.to_ml_vectors(feats, ["bow", "pca_features"])
     ml = StringIndexer(inputCol="label", outputCol="y").fit(ml).transform(ml)
     model = LogisticRegression(featuresCol="pca_features", labelCol="y", maxIter=20).fit(ml.where("split='Training'"))

@@ -117,7 +117,7 @@ PIPELINE = textwrap.dedent(
         conf["spark.cores.max"] = "2"
     spark = bs.session(master, "bovw-cluster-test", conf=conf, max_records_per_batch=64)
     spark.sparkContext.setLogLevel("ERROR")
-    images = bs.read_images(spark, bovw.sample_data_path(), min_partitions=4)
+    images = bs.read_images(spark, bovw.sample_data_path(), num_partitions=4)
     if vocab_file == "none":  # plumbing only: descriptors
         n = bs.write_parquet(bs.extract_descriptors(images, "sift").drop("descriptors"), out)
     else:

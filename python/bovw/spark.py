@@ -75,6 +75,7 @@ __all__ = [
     "bow_histograms",
     "configure_arrow_batches",
     "descriptor_matrix",
+    "vector_matrix",
     "descriptors_schema",
     "extract_descriptors",
     "fit_pca",
@@ -180,35 +181,21 @@ def _task_threads(n_threads: int | None) -> int:
     return 1
 
 
-def _cluster_fn(name: str) -> Callable[..., Any]:
-    """A K-Means building block: ``bovw.cluster.<name>`` when the Python layer
-    has it, else the Rust function ``bovw._bovw.<name>``."""
-    try:
-        import bovw.cluster as _cluster
-
-        fn = getattr(_cluster, name, None)
-        if fn is not None:
-            return fn
-    except ImportError:  # pragma: no cover
-        pass
-    from bovw import _bovw
-
-    fn = getattr(_bovw, name, None)
-    if fn is None:  # pragma: no cover
-        raise RuntimeError(f"bovw is missing the K-Means kernel {name!r}")
-    return fn
-
-
 def _kmeans_partial(X: np.ndarray, centers: np.ndarray, n_threads: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-cluster sums (k, d) float64, counts (k,) int64 and inertia of ``X``
-    assigned to ``centers`` (same dtype as ``X``): one Rust call."""
-    sums, counts, inertia = _cluster_fn("kmeans_partial_sums")(X, centers, n_threads=n_threads)
+    assigned to ``centers`` (:func:`bovw.cluster.partial_sums`): one Rust call."""
+    from bovw.cluster import partial_sums
+
+    sums, counts, inertia = partial_sums(X, centers, n_threads=n_threads)
     return np.asarray(sums, np.float64), np.asarray(counts, np.int64), float(inertia)
 
 
 def _kmeans_assign(X: np.ndarray, centers: np.ndarray, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest center (int32) and squared distance (float64) of each row: one Rust call."""
-    labels, dist = _cluster_fn("kmeans_assign")(X, centers, n_threads=n_threads)
+    """Nearest center (int32) and squared distance (float64) of each row
+    (:func:`bovw.cluster.assign`): one Rust call."""
+    from bovw.cluster import assign
+
+    labels, dist = assign(X, centers, n_threads=n_threads)
     return np.asarray(labels), np.asarray(dist, np.float64)
 
 
@@ -222,10 +209,10 @@ def _pca_partial(X: np.ndarray, n_threads: int) -> tuple[int, np.ndarray, np.nda
 
 def _bow_counts(descriptors: pa.Array, vocabulary: np.ndarray, n_threads: int) -> np.ndarray:
     """(n_rows, k) word counts of a ``list<fixed_size_list<float32, d>>``
-    column (null rows: zeros): one Rust call."""
-    from bovw import _bovw
+    column (null rows: zeros) with :class:`bovw.BagOfWords`: one Rust call."""
+    import bovw
 
-    H = _bovw.bow_arrow_counts(descriptors, np.ascontiguousarray(vocabulary, np.float32), n_threads=n_threads)
+    H = bovw.BagOfWords(vocabulary, n_threads=n_threads).counts(descriptors)
     return np.asarray(H, np.float64)
 
 
@@ -305,6 +292,26 @@ def descriptor_matrix(column: Any, width: int | None = None) -> tuple[np.ndarray
         raise ValueError(f"descriptors: expected width {width}, got {d}")
     X = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return X.reshape(len(inner), d) if d else X.reshape(0, width or 0), counts
+
+
+def vector_matrix(column: Any) -> np.ndarray:
+    """An ``array<double>``/``array<float>`` column (one vector per row, no
+    nulls) as an (n_rows, d) float64 matrix.
+
+    Raises
+    ------
+    ValueError
+        If the rows have different lengths.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    lens = pc.list_value_length(column).to_numpy(zero_copy_only=False) if n else np.zeros(0, np.int64)
+    d = int(lens[0]) if n else 0
+    if n and (lens != d).any():
+        raise ValueError(f"vectors of different lengths ({sorted(set(lens.tolist()))[:5]})")
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return values.reshape(n, d)
 
 
 def _canonical_descriptors(column: pa.Array) -> pa.Array:
@@ -497,8 +504,7 @@ def pca_fn(
                 valid = col.is_valid().to_numpy(zero_copy_only=False)
                 X = np.zeros((chunk.num_rows, pca.n_features_in_), np.float64)
                 if valid.any():
-                    Xv, _ = descriptor_matrix(col.filter(col.is_valid()))
-                    X[valid] = Xv
+                    X[valid] = vector_matrix(col.filter(col.is_valid()))
                 Z = np.asarray(pca.transform(X), np.float64) if chunk.num_rows else np.zeros((0, pca.n_components_))
                 out = _float_lists(Z, ~valid)
                 yield pa.RecordBatch.from_arrays(
@@ -885,6 +891,7 @@ def read_images(
     endpoint_url: str | None = None,
     region: str | None = None,
     min_partitions: int | None = None,
+    num_partitions: int | None = None,
     native: bool | None = None,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     s3_options: dict | None = None,
@@ -909,8 +916,14 @@ def read_images(
     region : str, optional
     min_partitions : int, optional
         Repartition to at least this many partitions (the seed notebooks'
-        "minimum partitions"). ``binaryFile`` packs small files into 128 MB
-        partitions, i.e. a single task for a few thousand 100x100 JPEGs.
+        "minimum partitions").
+    num_partitions : int, optional
+        Exactly this many partitions (``coalesce`` when fewer, else
+        ``repartition``). ``binaryFile`` counts 4 MB
+        (``spark.sql.files.openCostInBytes``) per file, so small images land
+        about 32 per partition: 18 tasks for the 550-image sample, each with
+        its Python round trip; fewer, larger partitions are faster for
+        small images.
     native : bool, optional
         Read ``s3://`` with Spark's own filesystem (EMRFS on EMR, or s3a with
         hadoop-aws). Default: False for S3 URIs, unused for others.
@@ -937,7 +950,8 @@ def read_images(
         rows = list_s3_images(path, endpoint_url=endpoint_url, region=region, extensions=extensions,
                               s3_options=s3_options)
         sc = spark.sparkContext
-        n = max(1, min(len(rows), min_partitions or sc.defaultParallelism))
+        n = num_partitions or max(min_partitions or 0, sc.defaultParallelism)
+        n = max(1, min(len(rows), n))
         keys = spark.createDataFrame(
             sc.parallelize([(p, m, s) for p, m, s in rows], n),
             "path string, mtime_us bigint, length bigint",
@@ -959,7 +973,10 @@ def read_images(
         .option("pathGlobFilter", _GLOB)
         .load(path)
     )
-    if min_partitions and df.rdd.getNumPartitions() < min_partitions:
+    have = df.rdd.getNumPartitions()
+    if num_partitions:
+        df = df.coalesce(int(num_partitions)) if num_partitions < have else df.repartition(int(num_partitions))
+    elif min_partitions and have < min_partitions:
         df = df.repartition(int(min_partitions))
     return _with_label_columns(df)
 
@@ -1106,7 +1123,7 @@ def kmeans_lloyd(
     Each iteration broadcasts the centers, makes one Rust call per partition
     (``kmeans_partial_sums``: per-cluster sums, counts and inertia of the
     partition's descriptors, float64) and adds the partial results on the
-    driver (``treeReduce``); the new center is sum / count, rounded to the
+    driver (``reduce``); the new center is sum / count, rounded to the
     data's dtype. As in :class:`bovw.KMeans` (and scikit-learn), an empty
     cluster takes the point farthest from its center (farthest first, ties to
     the lowest row index in partition order; one more pass with
@@ -1157,7 +1174,7 @@ def kmeans_lloyd(
         dtype = first.dtype
         if first.shape[1] != init.shape[1]:
             raise ValueError(f"init: expected {first.shape[1]} features like the data, got {init.shape[1]}")
-        n, s, sq = data.map(_stats).treeReduce(_add3)
+        n, s, sq = data.map(_stats).reduce(_add3)
         if n < init.shape[0]:
             raise ValueError(f"n_clusters={init.shape[0]} is larger than the number of descriptors ({n})")
         tol_abs = float(tol) * float(np.mean(sq / n - (s / n) ** 2))
@@ -1171,7 +1188,7 @@ def kmeans_lloyd(
                 return _kmeans_partial(X, bc.value, _task_threads(threads))
 
             try:
-                return data.map(part).treeReduce(_add3)
+                return data.map(part).reduce(_add3)
             finally:
                 bc.unpersist()
 
@@ -1282,8 +1299,10 @@ def _with_threads(cls: Any, n_threads: int | None, params: dict) -> dict:
 
 def _kmeans_init(X: np.ndarray, n_clusters: int, random_state: int, n_threads: int | None, params: dict) -> np.ndarray:
     """k-means++ (greedy, scikit-learn's) on the driver sample: one Rust call."""
-    out = _cluster_fn("kmeans_plusplus_init")(X, int(n_clusters), seed=int(random_state), n_threads=n_threads)
-    return np.asarray(out[0] if isinstance(out, tuple) else out)
+    from bovw.cluster import kmeans_plusplus
+
+    centers, _ = kmeans_plusplus(X, int(n_clusters), random_state=random_state, n_threads=n_threads)
+    return np.asarray(centers)
 
 
 def _fitted_kmeans(centers: np.ndarray, inertia: float, n_iter: int, max_iter: int, tol: float,
@@ -1297,6 +1316,7 @@ def _fitted_kmeans(centers: np.ndarray, inertia: float, n_iter: int, max_iter: i
     km.inertia_ = float(inertia)
     km.n_iter_ = int(n_iter)
     km.n_features_in_ = centers.shape[1]
+    km._n_features_out = centers.shape[0]
     return km
 
 
@@ -1312,7 +1332,7 @@ def _pca_sums_fn(input_col: str, n_threads: int | None):
             col = rb.column(rb.schema.get_field_index(input_col))
             col = col.filter(col.is_valid())
             if len(col):
-                mats.append(descriptor_matrix(col)[0].astype(np.float64))
+                mats.append(vector_matrix(col))
         if mats:
             X = np.concatenate(mats)
             n, s, xtx = _pca_partial(X, _task_threads(n_threads))
@@ -1556,7 +1576,7 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
 
     with timer.stage("list + read files") as st:
         images = read_images(spark, root, endpoint_url=endpoint,
-                             min_partitions=spark.sparkContext.defaultParallelism)
+                             num_partitions=2 * spark.sparkContext.defaultParallelism)
         meta = _collect_arrow(images.select("path", "label", "split", "length"))
         paths = meta.column("path").to_pylist()
         labels = meta.column("label").to_pylist()
@@ -1615,9 +1635,8 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
     split_arr = np.array(table.column("split").to_pylist(), dtype=object)
     train = split_arr == "Training"
     test = ~train
-    F_ = descriptor_matrix(table.column("pca_features"))[0].astype(np.float32) if table.num_rows else np.zeros((0, 0))
-    F_ = F_.reshape(table.num_rows, -1)
-    H = descriptor_matrix(table.column("bow"))[0].reshape(table.num_rows, -1).astype(np.float32)
+    F_ = vector_matrix(table.column("pca_features")).astype(np.float32)
+    H = vector_matrix(table.column("bow")).astype(np.float32)
     classes = sorted(set(y[train]))
     predictions: list[Any] = [None] * table.num_rows
     accuracy = None
