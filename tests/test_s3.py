@@ -8,7 +8,6 @@ pyarrow; contents, labels and row counts are checked against the local files.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -140,4 +139,3 @@ def test_run_job_on_s3(spark, s3_endpoint, monkeypatch):
         import io
 
         assert np.load(io.BytesIO(f.read())).shape == (20, 128)
-    del os

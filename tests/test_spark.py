@@ -280,7 +280,6 @@ def test_fit_vocabulary_sample_and_lloyd(sift_descriptors):
 @needs_sift
 @needs_bow
 def test_bow_fused_and_two_step_equal_in_process(images, sift_descriptors, local_table):
-    rng = np.random.default_rng(0)
     vocab = bs.sample_descriptors(sift_descriptors, max_descriptors=50, random_state=0)
     assert vocab.shape == (50, 128)
     fused = {_name(r.path): r for r in bs.bow_histograms(images, vocab, method="sift").collect()}
@@ -298,7 +297,6 @@ def test_bow_fused_and_two_step_equal_in_process(images, sift_descriptors, local
         assert fused[n].bow == two[n].bow
         assert np.abs(np.asarray(fused[n].bow) - H[i]).sum() <= 2  # float ties in argmin
         assert sum(fused[n].bow) == fused[n].n_keypoints
-    del rng
 
 
 @needs_sift
@@ -347,3 +345,37 @@ def test_spark_ml_interop_and_parquet(spark, images, sift_descriptors, tmp_path)
     df = pd.read_parquet(tmp_path / "out.parquet")
     assert n == len(df) == 150 and len(df["pca_features"].iloc[0]) == 8
     assert isinstance(df["pca_features"].iloc[0], np.ndarray)
+
+
+@needs_sift
+@needs_kmeans
+@needs_bow
+@needs_pca
+def test_run_job_matches_the_local_engine(spark, tmp_path):
+    """``bovw run --engine spark`` writes the local engine's outputs with the same values."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from bovw.cli import main
+
+    args = ["run", "--k", "30", "--pca", "10", "--max-iter", "20", "--seed", "0", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "spark"), "--engine", "spark", "--master", "local[2]"]) == 0
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    files = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == files
+    a = pq.read_table(tmp_path / "spark" / "features.parquet").sort_by("path")
+    b = pq.read_table(tmp_path / "local" / "features.parquet").sort_by("path")
+    assert a.schema == b.schema and a.num_rows == b.num_rows == 550
+    assert a.column("path").to_pylist() == b.column("path").to_pylist()
+    np.testing.assert_array_equal(np.load(tmp_path / "spark" / "vocabulary.npy"),
+                                  np.load(tmp_path / "local" / "vocabulary.npy"))
+    assert a.column("bow").to_pylist() == b.column("bow").to_pylist()
+    A = np.array(a.column("pca_features").to_pylist())
+    B = np.array(b.column("pca_features").to_pylist())
+    np.testing.assert_allclose(A, B, atol=1e-4 * np.abs(B).max())  # float32 (local) vs float64 (sums) PCA fit
+    assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
+    ja = json.loads((tmp_path / "spark" / "run.json").read_text())
+    jb = json.loads((tmp_path / "local" / "run.json").read_text())
+    assert ja["accuracy"] == jb["accuracy"] and ja["counts"]["descriptors"] == jb["counts"]["descriptors"]
+    assert ja["parameters"]["spark_master"].startswith("local")

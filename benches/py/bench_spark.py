@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fruits_root, image_files, row  # noqa: E402
 
@@ -215,4 +213,3 @@ if __name__ == "__main__":
         print(f"{r['stage']:<22} {r['reference']:<24} ours {r['ours_s']:8.2f}s  ref {ref:>8}s  {sp:>8}  "
               f"{r['case']} | {r['notes']}")
     print(f"bench_spark: {time.perf_counter() - t0:.0f} s")
-    del np

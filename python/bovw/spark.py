@@ -1179,7 +1179,6 @@ def kmeans_lloyd(
             raise ValueError(f"n_clusters={init.shape[0]} is larger than the number of descriptors ({n})")
         tol_abs = float(tol) * float(np.mean(sq / n - (s / n) ** 2))
         centers = np.ascontiguousarray(init, dtype=dtype)
-        k = centers.shape[0]
 
         def partial_sums(C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
             bc = sc.broadcast(C)
@@ -1228,7 +1227,6 @@ def kmeans_lloyd(
             if shift <= tol_abs:
                 break
         inertia = partial_sums(centers)[2]
-        del k
         return centers, float(inertia), n_iter
     finally:
         if owned:
