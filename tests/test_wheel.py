@@ -145,3 +145,32 @@ def test_emr_bootstrap_installs_from_s3(venv, wheel, tmp_path):
         assert r.returncode != 0
     finally:
         server.stop()
+
+
+def test_emr_step_script_runs_the_job(tmp_path):
+    """deploy/emr/run_step.sh through spark-submit (master local[2] instead of YARN) on the sample."""
+    pytest.importorskip("pyspark")
+    import pyspark
+
+    import bovw
+
+    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    if not spark_submit.exists():
+        pytest.skip("pyspark has no bin/spark-submit")
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    env.update(
+        PATH=os.pathsep.join([str(spark_submit.parent), env.get("PATH", "")]),
+        BOVW_PYTHON=sys.executable,
+        BOVW_SPARK_MASTER="local[2]",
+        BOVW_EXECUTOR_MEMORY="1g",
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYTHONPATH=os.pathsep.join([str(Path(bovw.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]),
+    )
+    r = subprocess.run(["bash", str(REPO / "deploy" / "emr" / "run_step.sh"), str(bovw.sample_data_path()), str(out),
+                        "--k", "20", "--pca", "5", "--max-iter", "10"],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["counts"]["images"] == 550 and info["parameters"]["engine"] == "spark"
+    assert info["parameters"]["spark_master"] == "local[2]"

@@ -5,7 +5,8 @@
 #   bash -c "aws s3 cp s3://BUCKET/bovw/run_step.sh . && bash run_step.sh s3://BUCKET/fruits-360/ s3://BUCKET/bovw-out/run1 --k 100 --pca 0.95"
 #
 # Arguments: INPUT_URI OUTPUT_URI [more `bovw run` flags]
-# Environment: BOVW_PYTHON (default /usr/bin/python3), BOVW_EXECUTOR_CORES (default 4),
+# Environment: BOVW_PYTHON (default /usr/bin/python3), BOVW_SPARK_MASTER (default yarn),
+#              BOVW_EXECUTOR_CORES (default 4),
 #              BOVW_EXECUTOR_MEMORY (default 6g), BOVW_RECORDS_PER_BATCH (default 1024).
 set -euo pipefail
 IN="${1:?usage: run_step.sh s3://bucket/images/ s3://bucket/out/ [bovw run flags]}"
@@ -21,7 +22,7 @@ PY
 # One kernel thread per Spark task: executor cores = concurrent single-threaded tasks,
 # so rayon must not start its own pool of all cores in each task.
 exec spark-submit \
-    --master yarn --deploy-mode client \
+    --master "${BOVW_SPARK_MASTER:-yarn}" --deploy-mode client \
     --conf spark.pyspark.python="$PYTHON" \
     --conf spark.pyspark.driver.python="$PYTHON" \
     --conf spark.executor.cores="${BOVW_EXECUTOR_CORES:-4}" \
