@@ -177,8 +177,8 @@ def _total(t):
 
 
 def run(quick: bool = False) -> list[dict]:
-    n_images = 500 if quick else 2624
-    iters = 10 if quick else 100
+    n_images = 150 if quick else 2624
+    iters = 5 if quick else 100
     n_components = 20
     files = image_files("Training", n_images)
     spark = _spark()
@@ -204,7 +204,7 @@ def run(quick: bool = False) -> list[dict]:
         # scaling of bovw on Spark
         import bovw.spark as bs
 
-        sizes = [500] if quick else [1000, None]
+        sizes = [] if quick else [1000, None]
         for n in sizes:
             if n is None:
                 t0 = time.perf_counter()
