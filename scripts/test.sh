@@ -20,4 +20,4 @@ cargo test --release --quiet  # release: reuses the dependencies maturin just bu
 .venv/bin/python -m mypy.stubtest bovw._bovw
 # tests/test_wheel.py installs this same wheel into a fresh virtualenv
 export BOVW_WHEEL="$PWD/$WHEEL"
-cd tests && ../.venv/bin/python -m pytest -c ../pyproject.toml --rootdir .. "$@"
+.venv/bin/python -m pytest "$@"
