@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 __version__: str
 
-__all__ = ['__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_weight', 'decode_gray_batch', 'decode_gray_image', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_tolerance', 'orb_compute', 'orb_detect', 'orb_detect_and_compute', 'orb_extract', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'sift_compute', 'sift_detect', 'sift_detect_and_compute', 'sift_extract']
+__all__ = ['__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_weight', 'decode_gray_batch', 'decode_gray_image', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'orb_compute', 'orb_detect', 'orb_detect_and_compute', 'orb_extract', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'sift_compute', 'sift_detect', 'sift_detect_and_compute', 'sift_extract']
 
 # Same from an Arrow `list<fixed_size_list<float32, d>>` descriptors column
 def bow_arrow_counts(descriptors: Any, vocabulary: Any, n_threads: Optional[int] = None) -> Any: ...
@@ -46,6 +46,8 @@ def kmeans_partial_sums(x: Any, centers: Any, *, n_threads: Optional[int] = None
 def kmeans_partial_sums_arrow(descriptors: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
 # Greedy k-means++. Returns (centers (k, d) of X's dtype, indices int64).
 def kmeans_plusplus_init(x: Any, n_clusters: Any, sample_weight: Optional[Any] = None, *, seed: int = 0, n_local_trials: Optional[int] = None, n_threads: Optional[int] = None) -> Any: ...
+# Nearest center of each row (labels int32 only; no finiteness check).
+def kmeans_predict(x: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
 # scikit-learn's absolute tolerance: `tol * mean(var(X, axis=0))`.
 def kmeans_tolerance(x: Any, tol: Any, *, n_threads: Optional[int] = None) -> Any: ...
 # Compute descriptors at given keypoints (N, 7) float64 on one image.
