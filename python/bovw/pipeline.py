@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 import bovw
 from bovw.image import input_fingerprint, list_images
 
-__all__ = ["RunConfig", "RunResult", "StageTimer", "run", "load_model", "BovwModel", "format_stage_table"]
+__all__ = ["RunConfig", "RunResult", "StageTimer", "run", "load_model", "BovwModel", "format_stage_table", "write_model_files"]
 
 
 @dataclass
@@ -385,7 +385,7 @@ def run(config: RunConfig) -> RunResult:
             f"({float(np.sum(pca.explained_variance_ratio_)):.1%} of the variance)")
 
     # --- classifier --------------------------------------------------------------------
-    from sklearn.metrics import accuracy_score, confusion_matrix
+    from sklearn.metrics import accuracy_score
 
     y = np.array(labels, dtype=object)
     predictions: list[Optional[str]] = [None] * n
@@ -420,31 +420,9 @@ def run(config: RunConfig) -> RunResult:
             }
         )
         pq.write_table(table, out / "features.parquet")
-        np.save(out / "vocabulary.npy", np.asarray(quantizer.cluster_centers_))
-        if pca is not None:
-            np.savez(
-                out / "pca.npz",
-                components=pca.components_,
-                mean=pca.mean_,
-                explained_variance=pca.explained_variance_,
-                explained_variance_ratio=pca.explained_variance_ratio_,
-            )
-        import joblib
-
-        joblib.dump(model, out / "model.joblib")
-        with open(out / "errors.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "split", "label", "stage", "reason"])
-            for i in np.flatnonzero(~ok):
-                w.writerow([paths[i], splits[i], labels[i], error_stage[i] or "decode", errors[i]])
-        if test.any() and clf is not None:
-            tl = sorted(set(y[test]) | set(classes))
-            cm = confusion_matrix(y[test], np.array(predictions, dtype=object)[test], labels=tl)
-            with open(out / "confusion_matrix.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["true \\ predicted"] + tl)
-                for lab, r in zip(tl, cm):
-                    w.writerow([lab] + [int(v) for v in r])
+        err_rows = [(paths[i], splits[i], labels[i], error_stage[i] or "decode", errors[i]) for i in np.flatnonzero(~ok)]
+        y_pred = np.array(predictions, dtype=object)
+        write_model_files(out, model, err_rows, y[test], y_pred[test], sorted(set(y[test]) | set(classes)))
         st["items"] = len(idx_ok)
 
     fp_table = pa.table(
@@ -478,6 +456,46 @@ def run(config: RunConfig) -> RunResult:
         json.dump(info, f, indent=2, default=_json_default)
     return RunResult(out=out, accuracy=accuracy, n_images=int(ok.sum()), n_errors=int((~ok).sum()),
                      stages=timer.rows, info=info)
+
+
+def write_model_files(
+    out: Path,
+    model: BovwModel,
+    error_rows: list[tuple[str, str, str, str, str]],
+    y_test: np.ndarray,
+    y_pred_test: np.ndarray,
+    labels: list[str],
+) -> None:
+    """Write ``vocabulary.npy``, ``pca.npz``, ``model.joblib``, ``errors.csv`` and
+    ``confusion_matrix.csv`` to ``out`` (shared by the local and Spark engines).
+
+    ``error_rows`` are ``(path, split, label, stage, reason)``; the confusion
+    matrix is written only when there is a Test image and a classifier.
+    """
+    import joblib
+    from sklearn.metrics import confusion_matrix
+
+    np.save(out / "vocabulary.npy", np.asarray(model.quantizer.cluster_centers_))
+    if model.pca is not None:
+        np.savez(
+            out / "pca.npz",
+            components=model.pca.components_,
+            mean=model.pca.mean_,
+            explained_variance=model.pca.explained_variance_,
+            explained_variance_ratio=model.pca.explained_variance_ratio_,
+        )
+    joblib.dump(model, out / "model.joblib")
+    with open(out / "errors.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "split", "label", "stage", "reason"])
+        w.writerows(error_rows)
+    if len(y_test) and model.classifier is not None:
+        cm = confusion_matrix(y_test, y_pred_test, labels=labels)
+        with open(out / "confusion_matrix.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["true \\ predicted"] + list(labels))
+            for lab, r in zip(labels, cm):
+                w.writerow([lab] + [int(v) for v in r])
 
 
 def _json_default(o: Any) -> Any:

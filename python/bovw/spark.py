@@ -1550,7 +1550,6 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
         As the local engine (missing folder, no images, bad parameter, no
         Training descriptor).
     """
-    import csv
     import tempfile
 
     import pyarrow.parquet as pq
@@ -1627,7 +1626,7 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
     desc.unpersist()
     bow.unpersist()
 
-    from sklearn.metrics import accuracy_score, confusion_matrix
+    from sklearn.metrics import accuracy_score
 
     y = np.array(table.column("label").to_pylist(), dtype=object)
     split_arr = np.array(table.column("split").to_pylist(), dtype=object)
@@ -1672,27 +1671,10 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
             "prediction": pa.array(predictions, pa.string()),
         })
         pq.write_table(features, out / "features.parquet")
-        np.save(out / "vocabulary.npy", vocab)
-        if pca is not None:
-            np.savez(out / "pca.npz", components=pca.components_, mean=pca.mean_,
-                     explained_variance=pca.explained_variance_,
-                     explained_variance_ratio=pca.explained_variance_ratio_)
-        import joblib
-
-        joblib.dump(model, out / "model.joblib")
-        with open(out / "errors.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "split", "label", "stage", "reason"])
-            for r in sorted(err_rows):
-                w.writerow([_local_path(r[0]), *r[1:]])
-        if test.any() and clf is not None:
-            tl = sorted(set(y[test]) | set(classes))
-            cm = confusion_matrix(y[test], np.array(predictions, dtype=object)[test], labels=tl)
-            with open(out / "confusion_matrix.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["true \\ predicted"] + tl)
-                for lab, r in zip(tl, cm):
-                    w.writerow([lab] + [int(v) for v in r])
+        pl.write_model_files(
+            out, model, [(_local_path(r[0]), *r[1:]) for r in sorted(err_rows)], y[test],
+            np.array(predictions, dtype=object)[test], sorted(set(y[test]) | set(classes)),
+        )
         st["items"] = features.num_rows
         info = {
             "parameters": {**config.to_dict(), "root": root, "k_effective": k,
