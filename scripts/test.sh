@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# maturin finds zig (the ziglang wheel) through the python on PATH
+export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python -m pip install -q --upgrade pip "maturin>=1.8,<2" ziglang
 rm -rf dist
 .venv/bin/maturin build --release --zig --compatibility manylinux_2_28 --out dist
