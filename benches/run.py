@@ -119,6 +119,9 @@ def main(argv=None) -> int:
                 f"| {_fmt(r.get('speedup'), 3)} | {r.get('notes', '')} |"
             )
         lines += ["", f"_{name}: {secs:.0f} s in all._", ""]
+    full = HERE / "full_runs.md"
+    if full.exists():
+        lines += [full.read_text().strip(), ""]
     for name, tb in failures:
         lines += [f"## {name}: FAILED", "", "```", tb.strip()[-2000:], "```", ""]
     Path(args.out).write_text("\n".join(lines) + "\n")
