@@ -23,44 +23,17 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / "bench-out"
+from functools import partial
+
+from common import CACHE, best_of as _best, fruits_root as _fruits_root, row
+
+_row = partial(row, "bow")
 
 
-def _fruits_root() -> Path:
-    env = os.environ.get("BOVW_FRUITS360")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "fruits-360", REPO / "shared" / "fruits-360"]:
-        if (c / "Test").is_dir():
-            return c
-    import bovw
 
-    return bovw.sample_data_path()
-
-
-def _best(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _row(case, reference, ours_s, ref_s, notes):
-    return {
-        "stage": "bow",
-        "case": case,
-        "reference": reference,
-        "ours_s": ours_s,
-        "ref_s": ref_s,
-        "speedup": ref_s / ours_s if ours_s else None,
-        "notes": notes,
-    }
 
 
 def sift_descriptors(n_images: int) -> list[np.ndarray]:

@@ -27,18 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from common import best_of as _best, fruits_root as _fruits_root, row as _row
 SMALL = dict(n_features=100, edge_threshold=15, patch_size=15)
 
-
-def _fruits_root() -> Path:
-    env = os.environ.get("BOVW_FRUITS360")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "fruits-360", REPO / "shared" / "fruits-360"]:
-        if (c / "Test").is_dir():
-            return c
-    import bovw
-
-    return bovw.sample_data_path()
 
 
 def _files(split: str, n_classes: int | None = None, per_class: int | None = None, limit: int | None = None) -> list[tuple[Path, int]]:
@@ -59,25 +50,6 @@ def _files(split: str, n_classes: int | None = None, per_class: int | None = Non
     return out
 
 
-def _best(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _row(stage, case, reference, ours_s, ref_s, notes=""):
-    return {
-        "stage": stage,
-        "case": case,
-        "reference": reference,
-        "ours_s": ours_s,
-        "ref_s": ref_s,
-        "speedup": (ref_s / ours_s) if ours_s and ref_s else None,
-        "notes": notes,
-    }
 
 
 def _cv2_orb(cv2, params):
