@@ -23,6 +23,7 @@ def spark_local():
     from pyspark.sql import SparkSession
 
     # Python workers: this interpreter, and this checkout's bovw importable.
+    saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH")}
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     pkg_parent = str(Path(bovw.__file__).resolve().parents[1])
@@ -41,4 +42,11 @@ def spark_local():
     except Exception as exc:  # no Java, blocked ports...
         pytest.skip(f"cannot start local Spark {pyspark.__version__}: {exc}")
     spark.sparkContext.setLogLevel("ERROR")
-    yield spark
+    try:
+        yield spark
+    finally:
+        for k, v in saved.items():  # leave the environment as found
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -59,8 +59,11 @@ def venv(tmp_path_factory, wheel) -> Path:
     d = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=300)
     py = d / "bin" / "python"
+    # A clean environment: Spark tests point PYTHONPATH at this checkout for
+    # their workers, and pip would then take bovw as already installed.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=900, env=env)
     if r.returncode != 0 and ("Could not find a version" in r.stderr or "NewConnectionError" in r.stderr):
         pytest.skip("no package index reachable to install the wheel's dependencies")
     assert r.returncode == 0, r.stderr[-4000:]
