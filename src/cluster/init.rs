@@ -117,17 +117,7 @@ pub fn kmeans_plusplus<T: Real>(
         return Err(BovwError::input("X must be a non-empty (n_samples, n_features) array"));
     }
     let n = x.len() / d;
-    if k == 0 {
-        return Err(BovwError::param("n_clusters", "must be at least 1"));
-    }
-    if k > n {
-        return Err(BovwError::param("n_clusters", format!("n_samples={n} should be >= n_clusters={k}")));
-    }
-    if let Some(w) = w {
-        if w.len() != n {
-            return Err(BovwError::Shape { what: "sample_weight".into(), expected: format!("({n},)"), got: format!("({},)", w.len()) });
-        }
-    }
+    crate::cluster::kmeans::check_clusters_and_weights(n, k, w)?;
     let trials = n_local_trials.unwrap_or(2 + (k as f64).ln() as usize).max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let zero = vec![T::zero(); d];

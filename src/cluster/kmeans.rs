@@ -776,6 +776,16 @@ fn check_run<T: Real>(x: &[T], d: usize, w: Option<&[f64]>, init: &[T]) -> Resul
         });
     }
     let k = init.len() / d;
+    check_clusters_and_weights(n, k, w)?;
+    Ok((n, k))
+}
+
+/// Check `1 <= k <= n` and that `w`, if given, has one weight per sample.
+///
+/// # Errors
+/// [`BovwError::InvalidParameter`] naming `n_clusters`, or [`BovwError::Shape`]
+/// naming `sample_weight`.
+pub(crate) fn check_clusters_and_weights(n: usize, k: usize, w: Option<&[f64]>) -> Result<()> {
     if k == 0 {
         return Err(BovwError::param("n_clusters", "must be at least 1"));
     }
@@ -787,7 +797,7 @@ fn check_run<T: Real>(x: &[T], d: usize, w: Option<&[f64]>, init: &[T]) -> Resul
             return Err(BovwError::Shape { what: "sample_weight".into(), expected: format!("({n},)"), got: format!("({},)", w.len()) });
         }
     }
-    Ok((n, k))
+    Ok(())
 }
 
 /// One K-Means run from the given initial centers (k x d row-major).
