@@ -350,7 +350,7 @@ def run(config: RunConfig) -> RunResult:
                                        n_threads=config.n_threads)
         else:
             quantizer = bovw.KMeans(n_clusters=k, n_init=config.n_init, max_iter=config.max_iter,
-                                    random_state=config.seed, n_threads=config.n_threads)
+                                    algorithm="elkan", random_state=config.seed, n_threads=config.n_threads)
         quantizer.fit(_as_quantizer_input(X, binary_words))
         st["items"] = len(X)
     say(f"bovw: vocabulary of {k} visual words fitted on {len(X):,} descriptors "

@@ -1,4 +1,4 @@
-//! K-Means: Lloyd's algorithm and Hamerly's triangle-inequality variant
+//! K-Means: Lloyd's algorithm and its exact triangle-inequality variant (Yinyang
 //! ("elkan"), with the building blocks that a distributed Lloyd iteration needs.
 //!
 //! # The maths
@@ -28,14 +28,21 @@
 //! label is the exact nearest center (ties to the lowest index) and the
 //! returned squared distance is the direct one.
 //!
-//! Hamerly's algorithm [Hamerly 2010], a one-lower-bound simplification of
-//! Elkan's [Elkan 2003], keeps for each point an upper bound `u_i >= ||x_i -
-//! c_{a_i}||` and a lower bound `l_i <= min_{j != a_i} ||x_i - c_j||`. With
-//! `s_j = min_{j' != j} ||c_j - c_j'|| / 2`, a point whose `u_i <= max(l_i,
-//! s_{a_i})` keeps its label without computing any distance. After the M-step
-//! moves center `j` by `p_j`, `u_i += p_{a_i}` and `l_i -= max_{j != a_i} p_j`.
-//! It stores two numbers per point instead of Elkan's `k`, and gives the same
-//! labels as Lloyd's algorithm.
+//! The "elkan" algorithm (scikit-learn's name for the triangle-inequality
+//! variant) runs Yinyang K-means [Ding et al. 2015], which keeps for each
+//! point an upper bound `u_i >= ||x_i - c_{a_i}||` and a lower bound per
+//! group of about ten centers (grouped once by K-Means on the initial
+//! centers), plus Hamerly's test on `s_j = min_{j' != j} ||c_j - c_j'|| / 2`
+//! [Hamerly 2010]. After the M-step moves center `j` by `p_j`, `u_i` grows by
+//! `p_{a_i}` and the bound of group `q` shrinks by the largest drift in `q`
+//! (applied lazily, see `Yinyang`). A point whose `u_i < max(min_q l_q,
+//! s_{a_i})` keeps its label without any distance; otherwise `u_i` is
+//! tightened and only the groups whose bound is below it are computed (the
+//! group filter). The distances are computed by the direct formula in the
+//! input precision with a known error bound, and candidates within it are
+//! re-checked in `f64`: the labels are exactly Lloyd's. Memory: `8 (G + 2) + 4`
+//! bytes per point for `G <= 32` groups. When few labels change (late
+//! iterations) the M-step sums are updated by the moved points only.
 //!
 //! Empty clusters are handled as scikit-learn does: each empty cluster takes
 //! one of the points farthest from their current center (the farthest first),
@@ -52,6 +59,8 @@
 //! - S. Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory 28(2), 1982.
 //! - C. Elkan, "Using the triangle inequality to accelerate k-means", ICML 2003.
 //! - G. Hamerly, "Making k-means even faster", SDM 2010.
+//! - Y. Ding, Y. Zhao, X. Shen, M. Musuvathi, T. Mytkowicz, "Yinyang K-Means: a
+//!   drop-in replacement of the classic K-Means with consistent speedup", ICML 2015.
 //! - scikit-learn, `sklearn/cluster/_kmeans.py` and `_k_means_lloyd.pyx`.
 
 use rayon::prelude::*;
@@ -83,6 +92,129 @@ pub trait Real:
     fn zero() -> Self;
     fn one() -> Self;
     fn is_finite(self) -> bool;
+    /// Squared distances from `x` to the rows `idx` of `centers` (`k x d`)
+    /// by the direct formula `sum_t (x_t - c_t)^2` in the type's own
+    /// precision, appended to `out`. Each value is within a relative
+    /// `(d + 16) EPS` of the exact one (used as a filter, re-checked in
+    /// `f64` where it decides a label).
+    fn sqdists(x: &[Self], centers: &[Self], d: usize, idx: &[u32], out: &mut Vec<f64>) {
+        out.extend(idx.iter().map(|&j| sqdist_lanes(x, &centers[j as usize * d..(j as usize + 1) * d]).to_f64()));
+    }
+}
+
+/// Direct squared distance in the input precision with 8 lane-wise partial
+/// sums (vectorises on any target).
+#[inline(always)]
+fn sqdist_lanes<T: Real>(a: &[T], b: &[T]) -> T {
+    const L: usize = 8;
+    let mut acc = [T::zero(); L];
+    let mut ca = a.chunks_exact(L);
+    let mut cb = b.chunks_exact(L);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..L {
+            let t = x[l] - y[l];
+            acc[l] = acc[l] + t * t;
+        }
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        let t = *x - *y;
+        s = s + t * t;
+    }
+    s
+}
+
+/// [`Real::sqdists`] for `f32` with AVX2 and FMA: four centers at a time,
+/// each with its own 8-lane accumulator (the row's values are loaded once
+/// for the four).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` must hold `d` values and
+/// `centers` every row in `idx`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sqdists_f32_avx2(x: &[f32], centers: &[f32], d: usize, idx: &[u32], out: &mut Vec<f64>) {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn hsum(s: __m256) -> f64 {
+        let s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+        let mut lanes = [0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), s);
+        (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    }
+    let main = d / 8 * 8;
+    let xp = x.as_ptr();
+    let row = |j: u32| centers.as_ptr().add(j as usize * d);
+    let mut quads = idx.chunks_exact(4);
+    for q in &mut quads {
+        let cp = [row(q[0]), row(q[1]), row(q[2]), row(q[3])];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut t = 0;
+        while t < main {
+            // SAFETY: t + 8 <= main <= d, within x and each center row.
+            let xv = _mm256_loadu_ps(xp.add(t));
+            for l in 0..4 {
+                let e = _mm256_sub_ps(xv, _mm256_loadu_ps(cp[l].add(t)));
+                acc[l] = _mm256_fmadd_ps(e, e, acc[l]);
+            }
+            t += 8;
+        }
+        for l in 0..4 {
+            let mut v = hsum(acc[l]);
+            for t in main..d {
+                let e = (*xp.add(t) - *cp[l].add(t)) as f64;
+                v += e * e;
+            }
+            out.push(v);
+        }
+    }
+    let rest = quads.remainder();
+    if rest.len() == 1 {
+        // One center: four accumulators along the row.
+        let cp = row(rest[0]);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut t = 0;
+        while t + 32 <= main {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let e = _mm256_sub_ps(_mm256_loadu_ps(xp.add(t + 8 * l)), _mm256_loadu_ps(cp.add(t + 8 * l)));
+                *a = _mm256_fmadd_ps(e, e, *a);
+            }
+            t += 32;
+        }
+        while t < main {
+            let e = _mm256_sub_ps(_mm256_loadu_ps(xp.add(t)), _mm256_loadu_ps(cp.add(t)));
+            acc[0] = _mm256_fmadd_ps(e, e, acc[0]);
+            t += 8;
+        }
+        let mut v = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for t in main..d {
+            let e = (*xp.add(t) - *cp.add(t)) as f64;
+            v += e * e;
+        }
+        out.push(v);
+    } else if !rest.is_empty() {
+        // The last 1-3 centers as one quad, the last repeated.
+        let pick = |l: usize| rest[l.min(rest.len() - 1)];
+        let cp = [row(pick(0)), row(pick(1)), row(pick(2)), row(pick(3))];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut t = 0;
+        while t < main {
+            let xv = _mm256_loadu_ps(xp.add(t));
+            for l in 0..4 {
+                let e = _mm256_sub_ps(xv, _mm256_loadu_ps(cp[l].add(t)));
+                acc[l] = _mm256_fmadd_ps(e, e, acc[l]);
+            }
+            t += 8;
+        }
+        for l in 0..rest.len() {
+            let mut v = hsum(acc[l]);
+            for t in main..d {
+                let e = (*xp.add(t) - *cp[l].add(t)) as f64;
+                v += e * e;
+            }
+            out.push(v);
+        }
+    }
 }
 
 impl Real for f32 {
@@ -104,6 +236,16 @@ impl Real for f32 {
     }
     fn is_finite(self) -> bool {
         f32::is_finite(self)
+    }
+    fn sqdists(x: &[Self], centers: &[Self], d: usize, idx: &[u32], out: &mut Vec<f64>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            assert!(x.len() >= d && idx.iter().all(|&j| (j as usize + 1) * d <= centers.len()));
+            // SAFETY: the features are present and the rows are in bounds.
+            unsafe { sqdists_f32_avx2(x, centers, d, idx, out) };
+            return;
+        }
+        out.extend(idx.iter().map(|&j| sqdist_lanes(x, &centers[j as usize * d..(j as usize + 1) * d]) as f64));
     }
 }
 
@@ -134,7 +276,7 @@ impl Real for f64 {
 pub enum Algorithm {
     /// Lloyd's algorithm, the assignment by blocked matrix products.
     Lloyd,
-    /// Hamerly's bounds (accepted under scikit-learn's name "elkan").
+    /// Yinyang K-means bounds (accepted under scikit-learn's name "elkan").
     Elkan,
 }
 
@@ -826,15 +968,13 @@ pub fn kmeans_single<T: Real>(
     let mut strict = false;
     let mut n_iter = 0;
     let xn: Vec<f64> = x.par_chunks(d).map(sqnorm).collect();
-    // Bounds state (distances, not squared): an upper bound per point and a
-    // lower bound per point and group of centers.
-    let mut upper = Vec::new();
-    let mut lower = Vec::new();
-    let groups = if algorithm == Algorithm::Elkan { center_groups(&centers, d) } else { Groups { of: vec![0; k], g: 1 } };
+    // Yinyang's bounds, from a first full assignment.
+    let groups = if algorithm == Algorithm::Elkan { center_groups(&centers, d) } else { Groups::from_labels(vec![0; k], 1) };
     let g = groups.g;
+    let mut bounds: Option<Yinyang> = None;
     if algorithm == Algorithm::Elkan && max_iter > 0 {
-        upper = vec![0f64; n];
-        lower = vec![0f64; n * g];
+        let mut upper = vec![0f64; n];
+        let mut lower = vec![0f64; n * g];
         let pc = PreparedCenters::new(&centers, d);
         x.par_chunks(CHUNK * d)
             .zip(xn.par_chunks(CHUNK))
@@ -850,10 +990,12 @@ pub fn kmeans_single<T: Real>(
                     l,
                     BlockOut { dists: Some(&mut *u), exact: false, second: Some((&groups.of, g, &mut *lo)) },
                 );
-                u.iter_mut().for_each(|v| *v = v.sqrt());
-                lo.iter_mut().for_each(|v| *v = v.sqrt());
             });
+        bounds = Some(Yinyang::new(upper, lower, k, g));
     }
+    // M-step sums of the rows by `labels_old` (kept up to date by the rows
+    // whose label changed when few did, see [`MStep`]).
+    let mut mstep = MStep::new(k, d);
     for it in 0..max_iter {
         n_iter = it + 1;
         match algorithm {
@@ -863,21 +1005,24 @@ pub fn kmeans_single<T: Real>(
             }
             Algorithm::Elkan => {
                 if it > 0 {
-                    hamerly_assign(x, &xn, d, &centers, &groups, &mut labels, &mut upper, &mut lower);
+                    if let Some(yy) = bounds.as_mut() {
+                        yy.assign(x, d, &centers, &groups, &mut labels);
+                    }
                 }
             }
         }
-        let (mut sums, mut weights, _) = cluster_sums(x, d, w, &labels, k);
+        let unchanged = mstep.update(x, d, w, &labels, &labels_old);
+        let (mut sums, mut weights) = (mstep.sums.clone(), mstep.weights.clone());
         relocate_empty(x, d, w, &centers, &labels, &mut sums, &mut weights);
         let new_centers = average(&sums, &weights, &centers, d);
         let shifts: Vec<f64> =
             (0..k).map(|j| sqdist_exact(&new_centers[j * d..(j + 1) * d], &centers[j * d..(j + 1) * d])).collect();
         let shift_tot: f64 = shifts.iter().sum();
         centers = new_centers;
-        if algorithm == Algorithm::Elkan {
-            hamerly_shift(&shifts, &groups, &labels, &mut upper, &mut lower);
+        if let Some(yy) = bounds.as_mut() {
+            yy.log_drift(&shifts, &groups);
         }
-        if labels == labels_old {
+        if unchanged {
             strict = true;
             break;
         }
@@ -887,11 +1032,69 @@ pub fn kmeans_single<T: Real>(
         labels_old.copy_from_slice(&labels);
     }
     if !strict {
-        let pc = PreparedCenters::new(&centers, d);
-        lloyd_assign(x, &xn, &pc, &mut labels);
+        if let Some(yy) = bounds.as_mut() {
+            yy.assign(x, d, &centers, &groups, &mut labels);
+        } else {
+            let pc = PreparedCenters::new(&centers, d);
+            lloyd_assign(x, &xn, &pc, &mut labels);
+        }
     }
     let inertia = inertia_of(x, d, w, &centers, &labels);
     Ok(KMeansResult { centers, labels, inertia, n_iter })
+}
+
+/// The M-step sums (`k x d`, `f64`), weights and counts of the rows by their
+/// labels. After the first iteration, when fewer than `n / 8` rows changed
+/// label and there are no sample weights, the sums are updated by those rows
+/// only, in row order (so the result does not depend on the threads);
+/// otherwise they are recomputed by [`cluster_sums`].
+struct MStep {
+    sums: Vec<f64>,
+    weights: Vec<f64>,
+    counts: Vec<i64>,
+    valid: bool,
+}
+
+impl MStep {
+    fn new(k: usize, d: usize) -> Self {
+        MStep { sums: vec![0.0; k * d], weights: vec![0.0; k], counts: vec![0; k], valid: false }
+    }
+
+    /// Bring the sums from `old` labels to `labels`; returns whether no
+    /// label changed.
+    fn update<T: Real>(&mut self, x: &[T], d: usize, w: Option<&[f64]>, labels: &[u32], old: &[u32]) -> bool {
+        let n = labels.len();
+        let changed: Vec<usize> = (0..n).into_par_iter().filter(|&i| labels[i] != old[i]).collect();
+        if changed.is_empty() && self.valid {
+            return true;
+        }
+        if !self.valid || w.is_some() || changed.len() >= n / 8 {
+            let k = self.weights.len();
+            let (s, ws, cs) = cluster_sums(x, d, w, labels, k);
+            (self.sums, self.weights, self.counts) = (s, ws, cs);
+            self.valid = true;
+            return changed.is_empty();
+        }
+        for &i in &changed {
+            let (a, b) = (old[i] as usize, labels[i] as usize);
+            let row = &x[i * d..(i + 1) * d];
+            for (t, v) in row.iter().enumerate() {
+                let v = v.to_f64();
+                self.sums[a * d + t] -= v;
+                self.sums[b * d + t] += v;
+            }
+            self.counts[a] -= 1;
+            self.counts[b] += 1;
+        }
+        for (j, &c) in self.counts.iter().enumerate() {
+            self.weights[j] = c as f64;
+            if c == 0 {
+                // Exactly empty, whatever the rounding of the updates.
+                self.sums[j * d..(j + 1) * d].iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+        false
+    }
 }
 
 /// Labels only, by the GEMM path.
@@ -903,157 +1106,293 @@ fn lloyd_assign<T: Real>(x: &[T], xn: &[f64], pc: &PreparedCenters<'_, T>, label
     );
 }
 
-/// Number of groups of lower bounds (see [`center_groups`]).
-const GROUPS_PER_RUN: usize = 1;
+/// Number of groups of lower bounds for `k` centers: about 10 centers per
+/// group (Ding et al. 2015 use `k / 10`), at most [`MAX_GROUPS`].
+fn n_groups(k: usize) -> usize {
+    (k / 10).clamp(1, MAX_GROUPS)
+}
 
-/// Groups of centers for the lower bounds: `of[j]` is the group of center `j`.
+/// Cap on the groups of lower bounds (memory: `8 * G` bytes per sample).
+const MAX_GROUPS: usize = 32;
+
+/// Groups of centers for the lower bounds: `of[j]` is the group of center
+/// `j`, `members[q]` the centers of group `q` in increasing order.
 struct Groups {
     of: Vec<u32>,
+    members: Vec<Vec<u32>>,
     g: usize,
 }
 
+impl Groups {
+    fn from_labels(of: Vec<u32>, g: usize) -> Self {
+        let mut members = vec![Vec::new(); g];
+        for (j, &q) in of.iter().enumerate() {
+            members[q as usize].push(j as u32);
+        }
+        Groups { of, members, g }
+    }
+}
+
 /// Group the initial centers by a few Lloyd iterations on the centers
-/// themselves (Ding et al. 2015, "Yinyang K-means"), about 10 centers per
-/// group, at most 32 groups; one group below 20 centers.
+/// themselves (Ding et al. 2015, "Yinyang K-means"), see [`n_groups`].
 fn center_groups<T: Real>(centers: &[T], d: usize) -> Groups {
     let k = centers.len() / d;
-    // Measured on SIFT (K = 100): the global filter with grouped bounds
-    // pruned no more than Hamerly's single bound and cost a scalar pass per
-    // recomputed row, so one group is used; the grouping is kept for a
-    // future group filter (recomputing only the groups whose bound fails).
-    let g = GROUPS_PER_RUN.min(k / 10).max(1);
+    let g = n_groups(k);
     if g == 1 {
-        return Groups { of: vec![0; k], g: 1 };
+        return Groups::from_labels(vec![0; k], 1);
     }
     let c64: Vec<f64> = centers.iter().map(|v| v.to_f64()).collect();
     // Evenly spaced initial group centers; deterministic.
     let init: Vec<f64> = (0..g).flat_map(|q| c64[(q * k / g) * d..(q * k / g + 1) * d].to_vec()).collect();
     match kmeans_single(&c64, d, None, &init, 10, 0.0, Algorithm::Lloyd) {
-        Ok(r) => Groups { of: r.labels, g },
-        Err(_) => Groups { of: vec![0; k], g: 1 },
+        Ok(r) => Groups::from_labels(r.labels, g),
+        Err(_) => Groups::from_labels(vec![0; k], 1),
     }
 }
 
-/// Move the bounds after the centers moved by `sqrt(shifts)`: the upper
-/// bound grows by the own center's drift, each group's lower bound shrinks by
-/// the largest drift in the group (the own center excluded).
-fn hamerly_shift(shifts: &[f64], groups: &Groups, labels: &[u32], upper: &mut [f64], lower: &mut [f64]) {
-    let p: Vec<f64> = shifts.iter().map(|s| s.sqrt()).collect();
-    let g = groups.g;
-    // Per group: largest drift, its center, second largest.
-    let mut m1 = vec![0.0f64; g];
-    let mut m1j = vec![usize::MAX; g];
-    let mut m2 = vec![0.0f64; g];
-    for (j, &v) in p.iter().enumerate() {
-        let q = groups.of[j] as usize;
-        if v > m1[q] {
-            m2[q] = m1[q];
-            m1[q] = v;
-            m1j[q] = j;
-        } else if v > m2[q] {
-            m2[q] = v;
-        }
+/// The bounds of Yinyang K-means, moved lazily.
+///
+/// Each point stores, as of the last step that looked at it (`stamp`): an
+/// upper bound `u` on the distance to its own center, lower bounds `l_q` on
+/// the distance to the centers of each group `q` (its own center left out)
+/// and their minimum `l`. The drifts of the centers are logged as running
+/// sums over the steps (`cum_p` per center, `cum_m` per group of the largest
+/// drift in the group, `cum_g` of the largest drift overall), so a point's
+/// bounds now are `u + (cum_p[now][a] - cum_p[stamp][a])` and `l - (cum_g[now]
+/// - cum_g[stamp])`: the global test reads four numbers per point and writes
+/// nothing when it passes, which is most points once the centers settle.
+struct Yinyang {
+    g: usize,
+    k: usize,
+    upper: Vec<f64>,
+    glb: Vec<f64>,
+    stamp: Vec<u32>,
+    lower: Vec<f64>,
+    cum_p: Vec<f64>,
+    cum_m: Vec<f64>,
+    cum_g: Vec<f64>,
+}
+
+impl Yinyang {
+    /// Bounds from a full assignment: `upper` (squared distances to the
+    /// nearest center, upper bounds) and `lower` (`n x g` squared lower
+    /// bounds per group).
+    fn new(mut upper: Vec<f64>, mut lower: Vec<f64>, k: usize, g: usize) -> Self {
+        upper.par_iter_mut().for_each(|v| *v = v.sqrt());
+        lower.par_iter_mut().for_each(|v| *v = v.sqrt());
+        let glb: Vec<f64> = lower.par_chunks(g).map(|l| l.iter().cloned().fold(f64::INFINITY, f64::min)).collect();
+        let n = upper.len();
+        Yinyang { g, k, upper, glb, stamp: vec![0; n], lower, cum_p: vec![0.0; k], cum_m: vec![0.0; g], cum_g: vec![0.0] }
     }
-    upper.par_iter_mut().zip(lower.par_chunks_mut(g)).zip(labels.par_iter()).for_each(|((u, lb), &a)| {
-        let a = a as usize;
-        *u += p[a];
+
+    /// Log the drifts of one M-step (squared center shifts).
+    fn log_drift(&mut self, shifts: &[f64], groups: &Groups) {
+        let (k, g) = (self.k, self.g);
+        let t = self.cum_g.len() - 1;
+        // Rounded up a little so that the moved bounds stay bounds.
+        let p: Vec<f64> = shifts.iter().map(|s| s.sqrt() * (1.0 + 1e-12)).collect();
+        let mut m = vec![0.0f64; g];
+        for (j, &v) in p.iter().enumerate() {
+            let q = groups.of[j] as usize;
+            m[q] = m[q].max(v);
+        }
+        let mg = m.iter().cloned().fold(0.0, f64::max);
+        for j in 0..k {
+            let v = self.cum_p[t * k + j] + p[j];
+            self.cum_p.push(v);
+        }
         for q in 0..g {
-            let drift = if m1j[q] == a { m2[q] } else { m1[q] };
-            lb[q] = (lb[q] - drift).max(0.0);
+            let v = self.cum_m[t * g + q] + m[q];
+            self.cum_m.push(v);
         }
-    });
+        let v = self.cum_g[t] + mg;
+        self.cum_g.push(v);
+    }
+
+    /// One assignment step of Yinyang K-means (Ding et al. 2015) with Hamerly's
+    /// extra test on `s_j`, exact: every label is the nearest center (ties to
+    /// the lowest index), as Lloyd's step gives.
+    ///
+    /// Per point: move the bounds by the drifts since the point was last looked
+    /// at; skip the point if `u < max(min_q l_q, s_a)`; else tighten `u` to the
+    /// distance to its center and test again; else compute the distances to the
+    /// centers of each group `q` with `l_q` below the best distance found so far
+    /// (the group filter), by the direct formula in the input precision
+    /// (relative error below `gamma`). Centers within that error of the best
+    /// are re-checked in `f64`; the groups computed get fresh lower bounds and
+    /// the others keep theirs (plus the old center, if it lost its point). Tests
+    /// are strict, so a tie is never skipped.
+    fn assign<T: Real>(&mut self, x: &[T], d: usize, centers: &[T], groups: &Groups, labels: &mut [u32]) {
+        let (g, k) = (self.g, self.k);
+        let now = self.cum_g.len() - 1;
+        let half = half_gaps(centers, d);
+        let gamma = (d as f64 + 16.0) * T::EPS;
+        let (lo_f, hi_f) = (1.0 - gamma, 1.0 + gamma);
+        // Slack for the rounding of the running sums.
+        let slack = |cum_now: f64| 1e-12 * cum_now.abs();
+        let (cum_p, cum_m, cum_g) = (&self.cum_p, &self.cum_m, &self.cum_g);
+        let p_now = &cum_p[now * k..(now + 1) * k];
+        let m_now = &cum_m[now * g..(now + 1) * g];
+        let g_now = cum_g[now];
+        x.par_chunks(CHUNK * d)
+            .zip(labels.par_chunks_mut(CHUNK))
+            .zip(self.upper.par_chunks_mut(CHUNK))
+            .zip(self.glb.par_chunks_mut(CHUNK))
+            .zip(self.stamp.par_chunks_mut(CHUNK))
+            .zip(self.lower.par_chunks_mut(CHUNK * g))
+            .for_each_init(
+                || (Vec::<f64>::new(), Vec::<u32>::new(), vec![GroupMin::EMPTY; g], Vec::<usize>::new()),
+                |(vals, idx, gmin, done), (((((rows, l), u), gl), st), lo)| {
+                    for r in 0..l.len() {
+                        let a = l[r] as usize;
+                        let t = st[r] as usize;
+                        let du = p_now[a] - cum_p[t * k + a] + slack(p_now[a]);
+                        let dg = g_now - cum_g[t] + slack(g_now);
+                        let ub = u[r] + du;
+                        let thr = half[a].max(gl[r] - dg);
+                        if ub < thr {
+                            continue;
+                        }
+                        // Tighten the upper bound (filter precision) and test
+                        // again before touching the group bounds.
+                        let row = &rows[r * d..(r + 1) * d];
+                        vals.clear();
+                        idx.clear();
+                        done.clear();
+                        idx.push(a as u32);
+                        T::sqdists(row, centers, d, &idx[..1], vals);
+                        let va = vals[0];
+                        let ua = (va * hi_f).sqrt();
+                        if ua < thr {
+                            // Stored relative to the stamp, so that the lazy
+                            // formula above gives back `ua` now.
+                            u[r] = ua - du;
+                            continue;
+                        }
+                        // Bring the group bounds up to date.
+                        let lb = &mut lo[r * g..(r + 1) * g];
+                        let m_then = &cum_m[t * g..(t + 1) * g];
+                        let mut glb = f64::INFINITY;
+                        for q in 0..g {
+                            let v = (lb[q] - (m_now[q] - m_then[q] + slack(m_now[q]))).max(0.0);
+                            lb[q] = v;
+                            glb = glb.min(v);
+                        }
+                        st[r] = now as u32;
+                        gl[r] = glb;
+                        u[r] = ua;
+                        let thr = half[a].max(glb);
+                        if ua < thr {
+                            continue;
+                        }
+                        // Group filter, on squared values: `best2` bounds the
+                        // squared distance of the nearest center from above.
+                        let mut best2 = va * hi_f;
+                        for q in 0..g {
+                            if lb[q] * lb[q] > best2 {
+                                continue;
+                            }
+                            let start = idx.len();
+                            idx.extend(groups.members[q].iter().filter(|&&j| j as usize != a));
+                            T::sqdists(row, centers, d, &idx[start..], vals);
+                            let mut gm = GroupMin::EMPTY;
+                            for (&j, &v) in idx[start..].iter().zip(&vals[start..]) {
+                                gm.push(j, v);
+                            }
+                            best2 = best2.min(gm.v1 * hi_f);
+                            gmin[q] = gm;
+                            done.push(q);
+                        }
+                        // The candidates: every center that may be the nearest
+                        // (`a` first). One candidate is the nearest; several
+                        // are decided by the exact distance, ties to the
+                        // lowest index.
+                        let n_cand = vals.iter().filter(|&&v| v * lo_f <= best2).count();
+                        let (b, bd_up) = if n_cand == 1 {
+                            let pos = vals.iter().position(|&v| v * lo_f <= best2).expect("one candidate");
+                            (idx[pos] as usize, vals[pos] * hi_f)
+                        } else {
+                            let (mut b, mut bd) = (usize::MAX, f64::INFINITY);
+                            for (&j, &v) in idx.iter().zip(vals.iter()) {
+                                if v * lo_f <= best2 {
+                                    let j = j as usize;
+                                    let e = sqdist_exact(row, &centers[j * d..(j + 1) * d]);
+                                    if e < bd || (e == bd && j < b) {
+                                        b = j;
+                                        bd = e;
+                                    }
+                                }
+                            }
+                            (b, bd)
+                        };
+                        // New bounds for the groups computed (the nearest
+                        // center of its group left out).
+                        for &q in done.iter() {
+                            let gm = &gmin[q];
+                            let v = if gm.j1 as usize == b { gm.v2 } else { gm.v1 };
+                            lb[q] = (v * lo_f).max(0.0).sqrt();
+                        }
+                        if b != a {
+                            // The old center is now one of the others.
+                            let qa = groups.of[a] as usize;
+                            lb[qa] = lb[qa].min((va * lo_f).max(0.0).sqrt());
+                            l[r] = b as u32;
+                        }
+                        u[r] = bd_up.sqrt();
+                        gl[r] = lb.iter().cloned().fold(f64::INFINITY, f64::min);
+                    }
+                },
+            );
+    }
 }
 
-/// Hamerly's assignment: skip the points whose bounds prove their label,
-/// tighten the upper bound of the others, and reassign the rest of each block
-/// by the GEMM path.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn hamerly_assign<T: Real>(
-    x: &[T],
-    xn: &[f64],
-    d: usize,
-    centers: &[T],
-    groups: &Groups,
-    labels: &mut [u32],
-    upper: &mut [f64],
-    lower: &mut [f64],
-) {
+/// Half the distance from each center to its closest other center (`s_j` of
+/// Hamerly's algorithm), rounded down so that it stays a bound.
+fn half_gaps<T: Real>(centers: &[T], d: usize) -> Vec<f64> {
     let k = centers.len() / d;
+    if k == 1 {
+        return vec![f64::INFINITY];
+    }
     let pc = PreparedCenters::new(centers, d);
-    let g = groups.g;
-    // s_j: half the distance to the closest other center.
-    let half: Vec<f64> = if k == 1 {
-        vec![f64::INFINITY]
-    } else {
-        let cc = distances_as(centers, centers, d, |v| v).expect("shapes");
-        // The f64 expansion is within `delta` of the exact squared distance:
-        // stay below it so that the bound holds.
-        let delta = (d as f64 + 4.0) * f64::EPSILON * 2.0 * pc.norm_max * 4.0;
-        (0..k)
-            .into_par_iter()
-            .map(|j| {
-                let mut m = f64::INFINITY;
-                for j2 in 0..k {
-                    if j2 != j {
-                        m = m.min(cc[j * k + j2]);
-                    }
+    let cc = distances_as(centers, centers, d, |v| v).expect("shapes");
+    // The f64 expansion is within `delta` of the exact squared distance.
+    let delta = (d as f64 + 4.0) * f64::EPSILON * 2.0 * pc.norm_max * 4.0;
+    (0..k)
+        .into_par_iter()
+        .map(|j| {
+            let mut m = f64::INFINITY;
+            for j2 in 0..k {
+                if j2 != j {
+                    m = m.min(cc[j * k + j2]);
                 }
-                0.5 * (m * m - delta).max(0.0).sqrt()
-            })
-            .collect()
-    };
-    x.par_chunks(CHUNK * d)
-        .zip(xn.par_chunks(CHUNK))
-        .zip(labels.par_chunks_mut(CHUNK))
-        .zip(upper.par_chunks_mut(CHUNK))
-        .zip(lower.par_chunks_mut(CHUNK * g))
-        .for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            |(buf, idx, gath, gxn, lab, ds, sec): &mut (Vec<T>, Vec<usize>, Vec<T>, Vec<f64>, Vec<u32>, Vec<f64>, Vec<f64>),
-             ((((rows, xb), l), u), lo)| {
-                idx.clear();
-                gath.clear();
-                gxn.clear();
-                for r in 0..l.len() {
-                    let a = l[r] as usize;
-                    let lmin = lo[r * g..(r + 1) * g].iter().cloned().fold(f64::INFINITY, f64::min);
-                    let m = half[a].max(lmin);
-                    if u[r] <= m {
-                        continue;
-                    }
-                    let row = &rows[r * d..(r + 1) * d];
-                    u[r] = sqdist_exact(row, pc.row(a)).sqrt();
-                    if u[r] <= m {
-                        continue;
-                    }
-                    idx.push(r);
-                    gath.extend_from_slice(row);
-                    gxn.push(xb[r]);
-                }
-                if idx.is_empty() {
-                    return;
-                }
-                let m = idx.len();
-                lab.resize(m, 0);
-                ds.resize(m, 0.0);
-                sec.resize(m * g, 0.0);
-                assign_block(
-                    gath,
-                    Some(gxn),
-                    &pc,
-                    buf,
-                    lab,
-                    BlockOut { dists: Some(&mut ds[..]), exact: false, second: Some((&groups.of, g, &mut sec[..])) },
-                );
-                for (q, &r) in idx.iter().enumerate() {
-                    l[r] = lab[q];
-                    u[r] = ds[q].sqrt();
-                    for t in 0..g {
-                        lo[r * g + t] = sec[q * g + t].sqrt();
-                    }
-                }
-            },
-        );
+            }
+            0.5 * (m * m - delta).max(0.0).sqrt() * (1.0 - 1e-12)
+        })
+        .collect()
+}
+
+/// The two smallest values of a group's distances and the center of the
+/// smallest.
+#[derive(Clone, Copy)]
+struct GroupMin {
+    v1: f64,
+    j1: u32,
+    v2: f64,
+}
+
+impl GroupMin {
+    const EMPTY: GroupMin = GroupMin { v1: f64::INFINITY, j1: u32::MAX, v2: f64::INFINITY };
+
+    #[inline]
+    fn push(&mut self, j: u32, v: f64) {
+        if v < self.v1 {
+            self.v2 = self.v1;
+            self.v1 = v;
+            self.j1 = j;
+        } else if v < self.v2 {
+            self.v2 = v;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1183,6 +1522,73 @@ mod tests {
         assert_eq!(a.labels, b.labels);
         assert_eq!(a.n_iter, b.n_iter);
         assert_relative_eq!(a.inertia, b.inertia, max_relative = 1e-9);
+    }
+
+    #[test]
+    fn yinyang_is_exact_with_ties_and_many_groups() {
+        // Integer data on a coarse grid: many exact ties between centers,
+        // which must go to the lowest index as in Lloyd's step. 330 centers:
+        // 32 groups (the cap); d = 35 exercises the kernel's tail.
+        let d = 35;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let x: Vec<f32> = (0..8000 * d).map(|_| rng.random_range(0..4) as f32).collect();
+        let k = 330;
+        let init: Vec<f32> = x[..k * d].to_vec();
+        for max_iter in [1, 3, 30] {
+            let a = kmeans_single(&x, d, None, &init, max_iter, 0.0, Algorithm::Lloyd).unwrap();
+            let b = kmeans_single(&x, d, None, &init, max_iter, 0.0, Algorithm::Elkan).unwrap();
+            assert_eq!(a.labels, b.labels, "max_iter {max_iter}");
+            assert_eq!(a.n_iter, b.n_iter);
+            assert_eq!(b.labels, brute(&x, &b.centers, d));
+        }
+        // f64 input too.
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64 + 0.25).collect();
+        let i64_: Vec<f64> = x64[..k * d].to_vec();
+        let a = kmeans_single(&x64, d, None, &i64_, 20, 0.0, Algorithm::Lloyd).unwrap();
+        let b = kmeans_single(&x64, d, None, &i64_, 20, 0.0, Algorithm::Elkan).unwrap();
+        assert_eq!(a.labels, b.labels);
+    }
+
+    #[test]
+    fn sqdists_kernel_matches_exact() {
+        // Every width from 1 to 70 and 1..=9 centers per call (the AVX2
+        // kernel's quads, padded quads and single path).
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for d in 1..=70 {
+            let c: Vec<f32> = (0..9 * d).map(|_| rng.random::<f32>() * 200.0 - 100.0).collect();
+            let x: Vec<f32> = (0..d).map(|_| rng.random::<f32>() * 200.0 - 100.0).collect();
+            for m in 1..=9u32 {
+                let idx: Vec<u32> = (0..m).rev().collect();
+                let mut out = Vec::new();
+                f32::sqdists(&x, &c, d, &idx, &mut out);
+                assert_eq!(out.len(), m as usize);
+                for (&j, &v) in idx.iter().zip(&out) {
+                    let e = sqdist_exact(&x, &c[j as usize * d..(j as usize + 1) * d]);
+                    let gamma = (d as f64 + 16.0) * f32::EPSILON as f64;
+                    assert!((v - e).abs() <= gamma * e, "d {d} m {m}: {v} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn elkan_same_result_whatever_the_threads() {
+        let d = 16;
+        let x = blobs(20000, d, 30, 3);
+        let init: Vec<f32> = x[..60 * d].to_vec();
+        let run = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| kmeans_single(&x, d, None, &init, 100, 1e-3, Algorithm::Elkan).unwrap())
+        };
+        let a = run(1);
+        let b = run(3);
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.centers, b.centers);
+        assert_eq!(a.n_iter, b.n_iter);
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
     }
 
     #[test]
