@@ -209,25 +209,50 @@ impl Level {
         ((y + self.border as isize) * self.stride as isize + x + self.border as isize) as usize
     }
 
-    /// An all-zero level of `w x h` pixels with a `border`-pixel frame.
-    fn zeroed(w: usize, h: usize, border: usize) -> Level {
+    /// A level of `w x h` pixels with a `border`-pixel frame, whose buffer
+    /// comes from this thread's pool when one is free. Its contents are
+    /// unspecified: the caller writes the interior, then [`Level::fill_border`].
+    fn uninit(w: usize, h: usize, border: usize) -> Level {
         let stride = w + 2 * border;
-        Level { data: vec![0u8; stride * (h + 2 * border)], stride, border, w, h }
+        let len = stride * (h + 2 * border);
+        let mut data = LEVEL_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if data.len() >= len {
+            data.truncate(len);
+        } else {
+            data.resize(len, 0);
+        }
+        Level { data, stride, border, w, h }
     }
 
     /// Fill the frame around the interior by reflect-101 (OpenCV
     /// `copyMakeBorder(..., BORDER_REFLECT_101)`).
     fn fill_border(&mut self) {
         let (stride, b, w, h) = (self.stride, self.border, self.w, self.h);
-        let cols: Vec<usize> = (0..b).map(|x| reflect101(x as isize - b as isize, w)).collect();
-        let cols_r: Vec<usize> = (b + w..stride).map(|x| reflect101(x as isize - b as isize, w)).collect();
-        for y in b..b + h {
-            let row = &mut self.data[y * stride..(y + 1) * stride];
-            for x in 0..b {
-                row[x] = row[b + cols[x]];
+        if b < w {
+            // one reflection: the frame mirrors the pixels next to the edge
+            // (left: x <- 2b - x; right: x <- 2(b + w - 1) - x)
+            for y in b..b + h {
+                let row = &mut self.data[y * stride..(y + 1) * stride];
+                let (left, rest) = row.split_at_mut(b);
+                for (d, s) in left.iter_mut().zip(rest[1..=b].iter().rev()) {
+                    *d = *s;
+                }
+                let (body, right) = row.split_at_mut(b + w);
+                for (d, s) in right.iter_mut().zip(body[b + w - 1 - b..b + w - 1].iter().rev()) {
+                    *d = *s;
+                }
             }
-            for (x, &c) in (b + w..stride).zip(&cols_r) {
-                row[x] = row[b + c];
+        } else {
+            let cols: Vec<usize> = (0..b).map(|x| reflect101(x as isize - b as isize, w)).collect();
+            let cols_r: Vec<usize> = (b + w..stride).map(|x| reflect101(x as isize - b as isize, w)).collect();
+            for y in b..b + h {
+                let row = &mut self.data[y * stride..(y + 1) * stride];
+                for x in 0..b {
+                    row[x] = row[b + cols[x]];
+                }
+                for (x, &c) in (b + w..stride).zip(&cols_r) {
+                    row[x] = row[b + c];
+                }
             }
         }
         for yy in (0..b).chain(b + h..h + 2 * b) {
@@ -235,6 +260,28 @@ impl Level {
             self.data.copy_within(sy * stride..(sy + 1) * stride, yy * stride);
         }
     }
+}
+
+thread_local! {
+    /// Level buffers of finished images, reused by the next image on this
+    /// thread (no allocation, page faults or zeroing per level).
+    static LEVEL_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Give the buffers of a pyramid back to this thread's pool (at most 16
+/// buffers of at most 4 MiB are kept; the largest is first in line for the
+/// next pyramid's largest level).
+fn recycle(levels: Vec<Option<Level>>) {
+    LEVEL_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        // levels go from large to small; pushing them in reverse makes the
+        // next pyramid pop the largest buffer for its first level
+        for l in levels.into_iter().rev().flatten() {
+            if p.len() < 16 && l.data.capacity() <= 4 << 20 {
+                p.push(l.data);
+            }
+        }
+    });
 }
 
 /// Coefficients of OpenCV's bit-exact linear interpolation along one axis:
@@ -599,6 +646,64 @@ unsafe fn blur_v_row_avx2(rows: &[&[f32]; 7], k: &[f32; 7], dst: &mut [u8]) {
         let tail = [&rows[0][x..w], &rows[1][x..w], &rows[2][x..w], &rows[3][x..w], &rows[4][x..w], &rows[5][x..w], &rows[6][x..w]];
         blur_v_row(&tail, k, &mut dst[x..]);
     }
+}
+
+/// The 256 tests of a `wta_k = 2` descriptor around `data[center]` (row
+/// stride `step`): the pattern rotated by (cos, sin) = (a, b) with the same
+/// float operations as the portable path (no FMA), rounded half to even,
+/// sampled, and compared 32 pairs per vector. Returns false, writing
+/// nothing, when a rotated point lies farther than `reach` from the centre
+/// on either axis.
+///
+/// # Safety
+/// AVX2 must be available, `pat_x.len() == pat_y.len() == 512`,
+/// `desc.len() == 32`, and `data` must hold every pixel within `reach` rows
+/// and columns of `center`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn brief_wta2_avx2(data: &[u8], center: usize, step: i32, reach: i32, pat_x: &[f32], pat_y: &[f32], a: f32, b: f32, desc: &mut [u8]) -> bool {
+    use std::arch::x86_64::*;
+    assert!(pat_x.len() == 512 && pat_y.len() == 512 && desc.len() == DESCRIPTOR_BYTES);
+    const MAGIC: f32 = 12_582_912.0;
+    let magic = _mm256_set1_ps(MAGIC);
+    let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
+    let (va, vb, vstep) = (_mm256_set1_ps(a), _mm256_set1_ps(b), _mm256_set1_epi32(step));
+    let mut ofs = [0i32; 512];
+    let mut far = _mm256_setzero_si256();
+    let lim = _mm256_set1_epi32(reach);
+    for i in (0..512).step_by(8) {
+        let px = _mm256_loadu_ps(pat_x.as_ptr().add(i));
+        let py = _mm256_loadu_ps(pat_y.as_ptr().add(i));
+        let x = _mm256_sub_ps(_mm256_mul_ps(px, va), _mm256_mul_ps(py, vb));
+        let y = _mm256_add_ps(_mm256_mul_ps(px, vb), _mm256_mul_ps(py, va));
+        let rx = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(x, magic)), magic_bits);
+        let ry = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(y, magic)), magic_bits);
+        far = _mm256_or_si256(far, _mm256_cmpgt_epi32(_mm256_abs_epi32(rx), lim));
+        far = _mm256_or_si256(far, _mm256_cmpgt_epi32(_mm256_abs_epi32(ry), lim));
+        let o = _mm256_add_epi32(_mm256_mullo_epi32(ry, vstep), rx);
+        _mm256_storeu_si256(ofs.as_mut_ptr().add(i) as *mut __m256i, o);
+    }
+    if _mm256_testz_si256(far, far) == 0 {
+        return false;
+    }
+    let c = data.as_ptr().add(center);
+    let mut s0 = [0u8; 256];
+    let mut s1 = [0u8; 256];
+    for k in 0..256 {
+        // in bounds: |rx|, |ry| <= reach (checked above)
+        s0[k] = *c.offset(ofs[2 * k] as isize);
+        s1[k] = *c.offset(ofs[2 * k + 1] as isize);
+    }
+    let sign = _mm256_set1_epi8(i8::MIN);
+    for q in 0..8 {
+        let x0 = _mm256_xor_si256(_mm256_loadu_si256(s0.as_ptr().add(32 * q) as *const __m256i), sign);
+        let x1 = _mm256_xor_si256(_mm256_loadu_si256(s1.as_ptr().add(32 * q) as *const __m256i), sign);
+        // bit k of the descriptor: sample 2k < sample 2k + 1 (unsigned)
+        let bits = _mm256_movemask_epi8(_mm256_cmpgt_epi8(x1, x0)) as u32;
+        desc[4 * q..4 * q + 4].copy_from_slice(&bits.to_le_bytes());
+    }
+    true
 }
 
 /// Taps of `getGaussianKernel(7, 2, CV_32F)`.
@@ -1017,7 +1122,7 @@ impl Orb {
                 },
                 None => (image.data, image.width, 0, image.width, image.height),
             };
-            let mut lvl = Level::zeroed(w, h, border);
+            let mut lvl = Level::uninit(w, h, border);
             let o = lvl.idx(0, 0);
             if level == first {
                 for y in 0..h {
@@ -1149,6 +1254,8 @@ impl Orb {
         // cvRound) held in the low mantissa bits: a vectorisable cvRound
         const MAGIC: f32 = 12_582_912.0;
         let magic_bits = MAGIC.to_bits() as i32;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
         for (k, desc) in kps.iter().zip(out.chunks_exact_mut(DESCRIPTOR_BYTES)) {
             let Some(level) = levels[k.octave as usize].as_ref() else { continue };
             let scale = 1.0f32 / self.level_scale(k.octave as usize);
@@ -1159,6 +1266,17 @@ impl Orb {
             let (pw, ph) = (level.stride as isize, (level.data.len() / level.stride) as isize);
             let bx = cx + level.border as isize;
             let by = cy + level.border as isize;
+            #[cfg(target_arch = "x86_64")]
+            {
+                if self.params.wta_k == 2 && npts == 512 && avx2 && bx >= reach && by >= reach && bx + reach < pw && by + reach < ph {
+                    // SAFETY: AVX2 is available; the samples are checked to
+                    // lie within `reach` of the centre, which is at least
+                    // `reach` from every edge of the buffer.
+                    if unsafe { brief_wta2_avx2(&level.data, (by * pw + bx) as usize, pw as i32, reach as i32, &pat_x, &pat_y, a, b, desc) } {
+                        continue;
+                    }
+                }
+            }
             for i in 0..npts {
                 let x = pat_x[i] * a - pat_y[i] * b;
                 let y = pat_x[i] * b + pat_y[i] * a;
@@ -1262,7 +1380,9 @@ impl Orb {
             return Ok(Vec::new());
         }
         let (levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
-        Ok(self.detect_on(&levels, &masks))
+        let kps = self.detect_on(&levels, &masks);
+        recycle(levels);
+        Ok(kps)
     }
 
     /// Compute descriptors at the given keypoints (level-0 coordinates;
@@ -1302,9 +1422,11 @@ impl Orb {
             sorted.extend(kept.iter().filter(|k| k.octave as usize == l && level.is_some()));
         }
         if sorted.is_empty() {
+            recycle(levels);
             return Ok((Vec::new(), empty));
         }
         let data = self.describe(&mut levels, &sorted);
+        recycle(levels);
         Ok((sorted, Descriptors::U8 { data, width: DESCRIPTOR_BYTES }))
     }
 }
@@ -1325,9 +1447,11 @@ impl FeatureExtractor for Orb {
         let (mut levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
         let kps = self.detect_on(&levels, &masks);
         if kps.is_empty() {
+            recycle(levels);
             return Ok((kps, empty));
         }
         let data = self.describe(&mut levels, &kps);
+        recycle(levels);
         Ok((kps, Descriptors::U8 { data, width: DESCRIPTOR_BYTES }))
     }
 }
