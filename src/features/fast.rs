@@ -152,7 +152,7 @@ pub fn fast9_window(
     let mut done = false;
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::features::use_avx2() {
             // SAFETY: the CPU supports AVX2; every vector load is bounds-checked
             // against `img` before it is made (see `detect_avx2`).
             unsafe { detect_avx2(img, origin, stride, area, threshold, nonmax, &mut scores, &mut corners) };
@@ -498,6 +498,34 @@ mod tests {
         let win = (10, 50, 8, 30);
         let want: Vec<_> = full.iter().copied().filter(|c| c.x >= 10 && c.x < 50 && c.y >= 8 && c.y < 30).collect();
         assert_eq!(fast9_window(&img, 0, w, w, h, 15, true, win), want);
+    }
+
+    #[test]
+    fn vector_and_portable_search_agree() {
+        if !crate::features::use_avx2() {
+            return;
+        }
+        let mut state = 99u32;
+        let mut found = 0;
+        for &(w, h, stride, origin) in &[(64usize, 48usize, 64usize, 0usize), (77, 41, 90, 95), (200, 150, 200, 0), (35, 35, 35, 0)] {
+            let mut img = vec![0u8; origin + stride * h];
+            for (i, v) in img.iter_mut().enumerate() {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let block = if (i % stride / 5 + i / stride / 7) % 2 == 0 { 150 } else { 30 };
+                *v = (block + (state >> 16) % 70) as u8;
+            }
+            for t in [0u8, 1, 20, 90, 254, 255] {
+                for nonmax in [true, false] {
+                    for win in [(0, w, 0, h), (5, w - 9, 4, h - 6)] {
+                        let a = fast9_window(&img, origin, stride, w, h, t, nonmax, win);
+                        let b = crate::features::portable_only(|| fast9_window(&img, origin, stride, w, h, t, nonmax, win));
+                        assert_eq!(a, b, "{w}x{h} t={t} nonmax={nonmax} {win:?}");
+                        found += a.len();
+                    }
+                }
+            }
+        }
+        assert!(found > 1000, "{found}");
     }
 
     #[test]

@@ -401,7 +401,7 @@ fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh
 fn resize_linear_exact_into(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, out: &mut [u8], dstride: usize, dorigin: usize, dw: usize, dh: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::features::use_avx2() {
             // SAFETY: the CPU supports AVX2. Integer arithmetic: same result.
             return unsafe { resize_linear_exact_avx2(src, sstride, sorigin, sw, sh, out, dstride, dorigin, dw, dh) };
         }
@@ -424,7 +424,7 @@ fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usiz
     let last_x = ax.ofs[dw - 1];
     let (xmin, xmax) = (ax.min.min(dw), ax.max.max(ax.min.min(dw)));
     #[cfg(target_arch = "x86_64")]
-    let plan = if std::arch::is_x86_feature_detected!("avx2") { shuffle_plan(&ax, xmin, xmax) } else { ShufflePlan::default() };
+    let plan = if crate::features::use_avx2() { shuffle_plan(&ax, xmin, xmax) } else { ShufflePlan::default() };
     let hline = |row: usize, out: &mut [u32]| {
         let s = &src[sorigin + row * sstride..sorigin + row * sstride + sw];
         let first = (s[0] as u32) << 8;
@@ -494,7 +494,7 @@ fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usiz
 /// The border itself is left unsmoothed, as in OpenCV.
 fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
     #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    let avx2 = crate::features::use_avx2();
     #[cfg(not(target_arch = "x86_64"))]
     let avx2 = false;
     let (stride, b) = (level.stride, level.border);
@@ -750,7 +750,7 @@ fn harris_response(level: &Level, x: i32, y: i32) -> f32 {
         // the vector path reads columns x - 4 .. x + 5 of rows y - 4 .. y + 4
         let lo = level.idx(x as isize - 4, y as isize - 4) as isize;
         let hi = level.idx(x as isize + 5, y as isize + 4) as isize;
-        if lo >= 0 && (hi as usize) < level.data.len() && std::arch::is_x86_feature_detected!("avx2") {
+        if lo >= 0 && (hi as usize) < level.data.len() && crate::features::use_avx2() {
             // SAFETY: AVX2 is available and every byte read lies in
             // level.data[lo..=hi] (checked above). Integer sums: same result.
             let (a, b, c) = unsafe { harris_sums_avx2(level, x, y) };
@@ -868,7 +868,7 @@ fn ic_angle(level: &Level, x: i32, y: i32, half_k: i32, umax: &[i32], masks: &[[
         if !masks.is_empty() {
             let c = level.idx(x as isize, y as isize) as isize;
             let reach = half_k as isize * level.stride as isize + 16;
-            if c >= reach && ((c + reach) as usize) <= level.data.len() && std::arch::is_x86_feature_detected!("avx2") {
+            if c >= reach && ((c + reach) as usize) <= level.data.len() && crate::features::use_avx2() {
                 // SAFETY: AVX2 is available; the loads cover
                 // c - reach .. c + reach, inside level.data (checked above).
                 // Integer sums: same result as the portable loop.
@@ -1255,7 +1255,7 @@ impl Orb {
         const MAGIC: f32 = 12_582_912.0;
         let magic_bits = MAGIC.to_bits() as i32;
         #[cfg(target_arch = "x86_64")]
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let avx2 = crate::features::use_avx2();
         for (k, desc) in kps.iter().zip(out.chunks_exact_mut(DESCRIPTOR_BYTES)) {
             let Some(level) = levels[k.octave as usize].as_ref() else { continue };
             let scale = 1.0f32 / self.level_scale(k.octave as usize);
@@ -1605,6 +1605,51 @@ mod tests {
                 assert!(!k.is_empty());
             }
         }
+    }
+
+    /// Noise, blocks and gradients: many corners of every strength.
+    fn textured(w: usize, h: usize, seed: u32) -> Vec<u8> {
+        let mut state = seed;
+        (0..w * h)
+            .map(|i| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let (x, y) = (i % w, i / w);
+                let block = if (x / 7 + y / 11) % 3 == 0 { 140 } else { 20 };
+                (block + (x + 2 * y) % 60 + ((state >> 16) % 50) as usize).min(255) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vector_and_portable_paths_agree() {
+        // every AVX2 kernel (FAST, Harris, orientation, resize, blur, rBRIEF)
+        // against the portable code, on sizes that leave vector tails
+        if !crate::features::use_avx2() {
+            return;
+        }
+        let cases = [(160usize, 120usize), (97, 83), (333, 251), (64, 64)];
+        let params = [
+            OrbParams::default(),
+            OrbParams { n_features: 100, edge_threshold: 15, patch_size: 15, ..Default::default() },
+            OrbParams { wta_k: 3, ..Default::default() },
+            OrbParams { fast_threshold: 0, n_features: 2000, ..Default::default() },
+            OrbParams { fast_threshold: 60, score_type: ScoreType::Fast, ..Default::default() },
+            OrbParams { patch_size: 45, edge_threshold: 10, n_levels: 3, ..Default::default() },
+        ];
+        let mut compared = 0;
+        for (ci, &(w, h)) in cases.iter().enumerate() {
+            for img in [textured(w, h, ci as u32 + 1), checker(w, h)] {
+                let view = GrayView::new(&img, w, h);
+                for p in params {
+                    let orb = Orb::new(p).unwrap();
+                    let fast = orb.detect_and_compute(view, None).unwrap();
+                    let slow = crate::features::portable_only(|| orb.detect_and_compute(view, None).unwrap());
+                    assert_eq!(fast, slow, "{w}x{h} {p:?}");
+                    compared += fast.0.len();
+                }
+            }
+        }
+        assert!(compared > 5000, "{compared}");
     }
 
     #[test]
