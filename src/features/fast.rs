@@ -147,7 +147,8 @@ pub fn fast9_window(
     };
     // scores with one row / column of margin on each side (0 = no corner)
     let sw = area.x1 - area.x0 + 2;
-    let mut scores = vec![0u8; sw * (area.y1 - area.y0 + 2)];
+    // (plus 64 bytes of padding for whole-vector reads in `nms_avx2`)
+    let mut scores = vec![0u8; sw * (area.y1 - area.y0 + 2) + 64];
     let mut corners: Vec<(usize, usize)> = Vec::new();
     let mut done = false;
     #[cfg(target_arch = "x86_64")]
@@ -156,6 +157,12 @@ pub fn fast9_window(
             // SAFETY: the CPU supports AVX2; every vector load is bounds-checked
             // against `img` before it is made (see `detect_avx2`).
             unsafe { detect_avx2(img, origin, stride, area, threshold, nonmax, &mut scores, &mut corners) };
+            if nonmax {
+                // SAFETY: AVX2 is available; `scores` has the padding
+                // `nms_avx2` needs (see there).
+                unsafe { nms_avx2(&scores, sw, area, (wx0, wx1, wy0, wy1), &mut out) };
+                return out;
+            }
             done = true;
         }
     }
@@ -186,6 +193,56 @@ pub fn fast9_window(
         }
     }
     out
+}
+
+/// Non-maximum suppression over the whole score map, 32 pixels per step:
+/// a pixel of the window is kept when its score is greater than each of its
+/// 8 neighbours' (non-corners score 0, so they are never kept, and neither
+/// is a corner of score 0, as in the scalar loop). Same order as the scalar
+/// loop: row by row, left to right.
+///
+/// # Safety
+/// AVX2 must be available; `scores` holds `(area.y1 - area.y0 + 2)` rows of
+/// `sw` bytes plus at least 64 bytes of padding.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nms_avx2(scores: &[u8], sw: usize, area: Area, window: (usize, usize, usize, usize), out: &mut Vec<FastCorner>) {
+    use std::arch::x86_64::*;
+    let (wx0, wx1, wy0, wy1) = window;
+    let rows = area.y1 - area.y0 + 2;
+    assert!(scores.len() >= rows * sw + 64);
+    let zero = _mm256_setzero_si256();
+    let p = scores.as_ptr();
+    for y in wy0..wy1 {
+        // score-map row of y (>= 1: the window lies inside the search area)
+        let cy = y - area.y0 + 1;
+        let mut x = wx0;
+        while x < wx1 {
+            let cx = x - area.x0 + 1;
+            // SAFETY: cx >= 1 and cy >= 1, so every read starts at or after
+            // (cy - 1) * sw + cx - 1 >= 0; it ends before
+            // (cy + 1) * sw + cx + 33 <= rows * sw + 64 (cy + 1 < rows,
+            // cx <= sw), inside `scores`.
+            let at = |dy: isize, dx: isize| _mm256_loadu_si256(p.offset(((cy as isize + dy) * sw as isize) + cx as isize + dx) as *const __m256i);
+            let s = at(0, 0);
+            let n = _mm256_max_epu8(
+                _mm256_max_epu8(_mm256_max_epu8(at(0, -1), at(0, 1)), _mm256_max_epu8(at(-1, -1), at(-1, 0))),
+                _mm256_max_epu8(_mm256_max_epu8(at(-1, 1), at(1, -1)), _mm256_max_epu8(at(1, 0), at(1, 1))),
+            );
+            // s > n  <=>  s -sat n != 0
+            let not_max = _mm256_cmpeq_epi8(_mm256_subs_epu8(s, n), zero);
+            let lanes = (wx1 - x).min(32);
+            let lane_mask = if lanes == 32 { u32::MAX } else { (1u32 << lanes) - 1 };
+            let mut m = !(_mm256_movemask_epi8(not_max) as u32) & lane_mask;
+            while m != 0 {
+                let l = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let xx = x + l;
+                out.push(FastCorner { x: xx, y, score: scores[cy * sw + xx - area.x0 + 1] });
+            }
+            x += 32;
+        }
+    }
 }
 
 /// The searched pixels: `x0 <= x < x1`, `y0 <= y < y1` (at least 3 pixels
@@ -394,6 +451,23 @@ unsafe fn detect_avx2(
                 i += 32;
                 continue;
             }
+            // the same with circle pixels 2, 6, 10, 14 (same polarity)
+            let (p2, p6, p10, p14) = (ld(2), ld(6), ld(10), ld(14));
+            let pre2 = _mm256_or_si256(
+                _mm256_and_si256(
+                    adj(bright(p0), bright(p4), bright(p8), bright(p12)),
+                    adj(bright(p2), bright(p6), bright(p10), bright(p14)),
+                ),
+                _mm256_and_si256(
+                    adj(dark(p0), dark(p4), dark(p8), dark(p12)),
+                    adj(dark(p2), dark(p6), dark(p10), dark(p14)),
+                ),
+            );
+            m &= _mm256_movemask_epi8(pre2) as u32;
+            if m == 0 {
+                i += 32;
+                continue;
+            }
             // exact test and score together (see `corner_score`): with
             // saturating differences dk = (v - p_k)+ and bk = (p_k - v)+, let
             // A (B) be the best over the 16 arcs of 9 of the smallest dk (bk).
@@ -442,7 +516,9 @@ unsafe fn detect_avx2(
                 m &= m - 1;
                 let x = sx0 + i + l;
                 scores[srow + x - sx0] = lane_scores[l];
-                corners.push((x, y));
+                if !nonmax {
+                    corners.push((x, y));
+                }
             }
             i += 32;
         }
