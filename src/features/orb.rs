@@ -376,8 +376,10 @@ fn shuffle_plan(ax: &LinearAxis, xmin: usize, xmax: usize) -> ShufflePlan {
 #[target_feature(enable = "avx2")]
 unsafe fn hline_shuffle_avx2(s: &[u8], plan: &ShufflePlan, out: &mut [u32]) {
     use std::arch::x86_64::*;
-    debug_assert!(plan.last_load + 16 <= s.len() && out.len() == 8 * plan.base.len());
+    assert!(plan.last_load + 16 <= s.len() && out.len() == 8 * plan.base.len());
     for j in 0..plan.base.len() {
+        // SAFETY: base[j] <= last_load, so the 16-byte load ends inside `s`;
+        // the 8 results go to out[8 j..8 j + 8], inside `out` (asserted above).
         let v = _mm_loadu_si128(s.as_ptr().add(plan.base[j]) as *const __m128i);
         let pairs = _mm_shuffle_epi8(v, _mm_loadu_si128(plan.shuf[j].as_ptr() as *const __m128i));
         let w = _mm256_loadu_si256(plan.wts[j].as_ptr() as *const __m256i);
@@ -589,6 +591,30 @@ unsafe fn blur_h_row_avx2(src: &[u8], k: &[f32; 7], t: &mut [f32]) {
     let (k0, k1, k2, k3) = (_mm256_set1_ps(k[0]), _mm256_set1_ps(k[1]), _mm256_set1_ps(k[2]), _mm256_set1_ps(k[3]));
     let p = src.as_ptr();
     let mut x = 0;
+    // 16 pixels per step: the symmetric pairs are summed as 16-bit integers
+    // (exact, and so equal to the float sums of the portable path), then
+    // converted and weighted as there
+    let widen = |v: __m256i, hi: bool| {
+        let h = if hi { _mm256_extracti128_si256(v, 1) } else { _mm256_castsi256_si128(v) };
+        _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(h))
+    };
+    while x + 16 <= w {
+        // SAFETY: x + 16 <= w, so the 16 bytes at x + j (j <= 6) end by
+        // x + 22 <= w + 6 <= src.len(); the stores end at x + 16 <= t.len().
+        let s = |j: usize| _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(x + j) as *const __m128i));
+        let (s06, s15, s24, s3) = (_mm256_add_epi16(s(0), s(6)), _mm256_add_epi16(s(1), s(5)), _mm256_add_epi16(s(2), s(4)), s(3));
+        for (half, off) in [(false, 0), (true, 8)] {
+            let v = _mm256_add_ps(
+                _mm256_add_ps(
+                    _mm256_add_ps(_mm256_mul_ps(k3, widen(s3, half)), _mm256_mul_ps(k2, widen(s24, half))),
+                    _mm256_mul_ps(k1, widen(s15, half)),
+                ),
+                _mm256_mul_ps(k0, widen(s06, half)),
+            );
+            _mm256_storeu_ps(t.as_mut_ptr().add(x + off), v);
+        }
+        x += 16;
+    }
     while x + 8 <= w {
         // SAFETY: x + 8 <= w, so the 8 bytes at x + j (j <= 6) end by
         // x + 14 <= w + 6 <= src.len(); the store ends at x + 8 <= t.len().
@@ -691,7 +717,8 @@ unsafe fn brief_wta2_avx2(data: &[u8], center: usize, step: i32, reach: i32, pat
     let mut s0 = [0u8; 256];
     let mut s1 = [0u8; 256];
     for k in 0..256 {
-        // in bounds: |rx|, |ry| <= reach (checked above)
+        // SAFETY: |rx|, |ry| <= reach (checked above) and the caller
+        // guarantees every pixel within `reach` of the centre is in `data`
         s0[k] = *c.offset(ofs[2 * k] as isize);
         s1[k] = *c.offset(ofs[2 * k + 1] as isize);
     }
