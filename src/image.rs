@@ -78,8 +78,90 @@ pub fn interleaved_to_gray(pixels: &[u8], channels: usize) -> Vec<u8> {
     match channels {
         1 => pixels.to_vec(),
         2 => pixels.chunks_exact(2).map(|p| p[0]).collect(),
+        3 => rgb_to_gray_slice(pixels),
         _ => pixels.chunks_exact(channels).map(|p| rgb_to_gray(p[0], p[1], p[2])).collect(),
     }
+}
+
+/// [`rgb_to_gray`] of packed RGB pixels.
+fn rgb_to_gray_slice(pixels: &[u8]) -> Vec<u8> {
+    let n = pixels.len() / 3;
+    let mut out = vec![0u8; n];
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            // SAFETY: SSSE3 and SSE4.1 are available (SSE4.1 implies SSSE3 on
+            // every CPU that has it; the intrinsics used are from both).
+            done = unsafe { rgb_to_gray_sse41(pixels, &mut out) };
+        }
+    }
+    for (o, p) in out[done..].iter_mut().zip(pixels[3 * done..].chunks_exact(3)) {
+        *o = rgb_to_gray(p[0], p[1], p[2]);
+    }
+    out
+}
+
+/// 16 pixels per step: deinterleave R, G, B with byte shuffles, then the
+/// same fixed-point sum with `madd` (exact integers, same result as
+/// [`rgb_to_gray`]). Returns the number of pixels converted.
+///
+/// # Safety
+/// SSSE3 and SSE4.1 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3,sse4.1")]
+unsafe fn rgb_to_gray_sse41(pixels: &[u8], out: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    // masks[ch][chunk]: byte j takes channel ch of pixel j from 16-byte chunk
+    // `chunk` of the 48 bytes of 16 pixels (0x80: none)
+    let mut masks = [[[0x80u8; 16]; 3]; 3];
+    for (ch, m) in masks.iter_mut().enumerate() {
+        for j in 0..16 {
+            let s = 3 * j + ch;
+            m[s / 16][j] = (s % 16) as u8;
+        }
+    }
+    let ld = |m: &[u8; 16]| _mm_loadu_si128(m.as_ptr() as *const __m128i);
+    let mk: [[__m128i; 3]; 3] = [
+        [ld(&masks[0][0]), ld(&masks[0][1]), ld(&masks[0][2])],
+        [ld(&masks[1][0]), ld(&masks[1][1]), ld(&masks[1][2])],
+        [ld(&masks[2][0]), ld(&masks[2][1]), ld(&masks[2][2])],
+    ];
+    let w_rg = _mm_set1_epi32(((G2Y as i32) << 16) | R2Y as i32);
+    let w_b1 = _mm_set1_epi32((1 << 30) | B2Y as i32); // (B * 3735 + 1 * 16384)
+    let one = _mm_set1_epi16(1);
+    let n = out.len().min(pixels.len() / 3);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n, so bytes 3 i .. 3 i + 48 <= pixels.len() and
+        // out[i..i + 16] are in bounds.
+        let p = pixels.as_ptr().add(3 * i);
+        let (a, b, c) = (
+            _mm_loadu_si128(p as *const __m128i),
+            _mm_loadu_si128(p.add(16) as *const __m128i),
+            _mm_loadu_si128(p.add(32) as *const __m128i),
+        );
+        let chan = |m: &[__m128i; 3]| {
+            _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m[0]), _mm_shuffle_epi8(b, m[1])), _mm_shuffle_epi8(c, m[2]))
+        };
+        let (r, g, bl) = (chan(&mk[0]), chan(&mk[1]), chan(&mk[2]));
+        let zero = _mm_setzero_si128();
+        // 8 pixels of 16-bit R, G, B -> 8 gray values as i32 (two halves)
+        let half = |r16: __m128i, g16: __m128i, b16: __m128i| {
+            let rg_lo = _mm_unpacklo_epi16(r16, g16);
+            let rg_hi = _mm_unpackhi_epi16(r16, g16);
+            let b1_lo = _mm_unpacklo_epi16(b16, one);
+            let b1_hi = _mm_unpackhi_epi16(b16, one);
+            let lo = _mm_srli_epi32(_mm_add_epi32(_mm_madd_epi16(rg_lo, w_rg), _mm_madd_epi16(b1_lo, w_b1)), YUV_SHIFT as i32);
+            let hi = _mm_srli_epi32(_mm_add_epi32(_mm_madd_epi16(rg_hi, w_rg), _mm_madd_epi16(b1_hi, w_b1)), YUV_SHIFT as i32);
+            _mm_packs_epi32(lo, hi)
+        };
+        let g_lo = half(_mm_unpacklo_epi8(r, zero), _mm_unpacklo_epi8(g, zero), _mm_unpacklo_epi8(bl, zero));
+        let g_hi = half(_mm_unpackhi_epi8(r, zero), _mm_unpackhi_epi8(g, zero), _mm_unpackhi_epi8(bl, zero));
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm_packus_epi16(g_lo, g_hi));
+        i += 16;
+    }
+    i
 }
 
 /// Decode JPEG or PNG bytes into an 8-bit grayscale image.
@@ -153,6 +235,19 @@ mod tests {
         assert_eq!(rgb_to_gray(0, 255, 0), 150);
         assert_eq!(rgb_to_gray(0, 0, 255), 29);
         assert_eq!(rgb_to_gray(10, 200, 30), 124);
+    }
+
+    #[test]
+    fn vector_gray_matches_the_formula() {
+        // every (r, g, b) corner case plus pseudo-random pixels, odd length
+        let mut px: Vec<u8> = vec![255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255];
+        let mut state = 7u32;
+        for _ in 0..3 * 1001 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            px.push((state >> 16) as u8);
+        }
+        let want: Vec<u8> = px.chunks_exact(3).map(|p| rgb_to_gray(p[0], p[1], p[2])).collect();
+        assert_eq!(interleaved_to_gray(&px, 3), want);
     }
 
     #[test]

@@ -129,44 +129,6 @@ pub fn fast9_window(
     nonmax: bool,
     window: (usize, usize, usize, usize),
 ) -> Vec<FastCorner> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2; integer code, same result.
-            return unsafe { fast9_window_avx2(img, origin, stride, width, height, threshold, nonmax, window) };
-        }
-    }
-    fast9_window_impl(img, origin, stride, width, height, threshold, nonmax, window)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fast9_window_avx2(
-    img: &[u8],
-    origin: usize,
-    stride: usize,
-    width: usize,
-    height: usize,
-    threshold: u8,
-    nonmax: bool,
-    window: (usize, usize, usize, usize),
-) -> Vec<FastCorner> {
-    fast9_window_impl(img, origin, stride, width, height, threshold, nonmax, window)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn fast9_window_impl(
-    img: &[u8],
-    origin: usize,
-    stride: usize,
-    width: usize,
-    height: usize,
-    threshold: u8,
-    nonmax: bool,
-    window: (usize, usize, usize, usize),
-) -> Vec<FastCorner> {
     let mut out = Vec::new();
     if width < 7 || height < 7 {
         return out;
@@ -177,14 +139,165 @@ fn fast9_window_impl(
         return out;
     }
     // search area: the window plus a ring for non-maximum suppression
-    let (sx0, sx1, sy0, sy1) = ((wx0 - 1).max(3), (wx1 + 1).min(width - 3), (wy0 - 1).max(3), (wy1 + 1).min(height - 3));
+    let area = Area {
+        x0: (wx0 - 1).max(3),
+        x1: (wx1 + 1).min(width - 3),
+        y0: (wy0 - 1).max(3),
+        y1: (wy1 + 1).min(height - 3),
+    };
+    // scores with one row / column of margin on each side (0 = no corner)
+    let sw = area.x1 - area.x0 + 2;
+    // (plus 64 bytes of padding for whole-vector reads in `nms_avx2`)
+    let mut scores = vec![0u8; sw * (area.y1 - area.y0 + 2) + 64];
+    let mut corners: Vec<(usize, usize)> = Vec::new();
+    let mut done = false;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::features::use_avx2() {
+            // SAFETY: the CPU supports AVX2; every vector load is bounds-checked
+            // against `img` before it is made (see `detect_avx2`).
+            unsafe { detect_avx2(img, origin, stride, area, threshold, nonmax, &mut scores, &mut corners) };
+            if nonmax {
+                // SAFETY: AVX2 is available; `scores` has the padding
+                // `nms_avx2` needs (see there).
+                unsafe { nms_avx2(&scores, sw, area, (wx0, wx1, wy0, wy1), &mut out) };
+                return out;
+            }
+            done = true;
+        }
+    }
+    if !done {
+        detect_portable(img, origin, stride, area, threshold, nonmax, &mut scores, &mut corners);
+    }
+    for (x, y) in corners {
+        if x < wx0 || x >= wx1 || y < wy0 || y >= wy1 {
+            continue;
+        }
+        if !nonmax {
+            out.push(FastCorner { x, y, score: 0 });
+            continue;
+        }
+        let (cx, cy) = (x - area.x0 + 1, y - area.y0 + 1);
+        let at = |xx: usize, yy: usize| scores[yy * sw + xx];
+        let s = at(cx, cy);
+        if s > at(cx - 1, cy)
+            && s > at(cx + 1, cy)
+            && s > at(cx - 1, cy - 1)
+            && s > at(cx, cy - 1)
+            && s > at(cx + 1, cy - 1)
+            && s > at(cx - 1, cy + 1)
+            && s > at(cx, cy + 1)
+            && s > at(cx + 1, cy + 1)
+        {
+            out.push(FastCorner { x, y, score: s });
+        }
+    }
+    out
+}
+
+/// Non-maximum suppression over the whole score map, 32 pixels per step:
+/// a pixel of the window is kept when its score is greater than each of its
+/// 8 neighbours' (non-corners score 0, so they are never kept, and neither
+/// is a corner of score 0, as in the scalar loop). Same order as the scalar
+/// loop: row by row, left to right.
+///
+/// # Safety
+/// AVX2 must be available; `scores` holds `(area.y1 - area.y0 + 2)` rows of
+/// `sw` bytes plus at least 64 bytes of padding.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nms_avx2(scores: &[u8], sw: usize, area: Area, window: (usize, usize, usize, usize), out: &mut Vec<FastCorner>) {
+    use std::arch::x86_64::*;
+    let (wx0, wx1, wy0, wy1) = window;
+    let rows = area.y1 - area.y0 + 2;
+    assert!(scores.len() >= rows * sw + 64);
+    let zero = _mm256_setzero_si256();
+    let p = scores.as_ptr();
+    for y in wy0..wy1 {
+        // score-map row of y (>= 1: the window lies inside the search area)
+        let cy = y - area.y0 + 1;
+        let mut x = wx0;
+        while x < wx1 {
+            let cx = x - area.x0 + 1;
+            // SAFETY: cx >= 1 and cy >= 1, so every read starts at or after
+            // (cy - 1) * sw + cx - 1 >= 0; it ends before
+            // (cy + 1) * sw + cx + 33 <= rows * sw + 64 (cy + 1 < rows,
+            // cx <= sw), inside `scores`.
+            let at = |dy: isize, dx: isize| _mm256_loadu_si256(p.offset(((cy as isize + dy) * sw as isize) + cx as isize + dx) as *const __m256i);
+            let s = at(0, 0);
+            let n = _mm256_max_epu8(
+                _mm256_max_epu8(_mm256_max_epu8(at(0, -1), at(0, 1)), _mm256_max_epu8(at(-1, -1), at(-1, 0))),
+                _mm256_max_epu8(_mm256_max_epu8(at(-1, 1), at(1, -1)), _mm256_max_epu8(at(1, 0), at(1, 1))),
+            );
+            // s > n  <=>  s -sat n != 0
+            let not_max = _mm256_cmpeq_epi8(_mm256_subs_epu8(s, n), zero);
+            let lanes = (wx1 - x).min(32);
+            let lane_mask = if lanes == 32 { u32::MAX } else { (1u32 << lanes) - 1 };
+            let mut m = !(_mm256_movemask_epi8(not_max) as u32) & lane_mask;
+            while m != 0 {
+                let l = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let xx = x + l;
+                out.push(FastCorner { x: xx, y, score: scores[cy * sw + xx - area.x0 + 1] });
+            }
+            x += 32;
+        }
+    }
+}
+
+/// The searched pixels: `x0 <= x < x1`, `y0 <= y < y1` (at least 3 pixels
+/// from every image edge).
+#[derive(Clone, Copy)]
+struct Area {
+    x0: usize,
+    x1: usize,
+    y0: usize,
+    y1: usize,
+}
+
+/// Full segment test of the pixel at `img[c]`: its score (or 0 when
+/// `nonmax` is off) when it is a corner.
+#[inline(always)]
+fn test_pixel(img: &[u8], c: usize, off: &[isize; 16], ti: i32, nonmax: bool) -> Option<u8> {
+    let v = img[c] as i32;
+    let hi = v + ti;
+    let lo = v - ti;
+    let mut bmask = 0u32;
+    let mut dmask = 0u32;
+    let mut d = [0i16; 16];
+    for k in 0..16 {
+        let p = img[(c as isize + off[k]) as usize] as i32;
+        d[k] = (v - p) as i16;
+        bmask |= ((p > hi) as u32) << k;
+        dmask |= ((p < lo) as u32) << k;
+    }
+    if has_arc9(bmask) || has_arc9(dmask) {
+        Some(if nonmax { corner_score(&d, ti) as u8 } else { 0 })
+    } else {
+        None
+    }
+}
+
+/// Portable search: a vectorisable pre-test per row, then the full test on
+/// the candidates. Corners go to `corners` (row by row, left to right) and
+/// their scores to `scores`.
+#[allow(clippy::too_many_arguments)]
+fn detect_portable(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    area: Area,
+    threshold: u8,
+    nonmax: bool,
+    scores: &mut [u8],
+    corners: &mut Vec<(usize, usize)>,
+) {
+    let Area { x0: sx0, x1: sx1, y0: sy0, y1: sy1 } = area;
     let n = sx1 - sx0;
     let t = threshold;
     let ti = threshold as i32;
     let off = circle_offsets(stride);
-    let sw = n + 2; // score rows with one column of margin each side
-    let mut scores = vec![0u8; sw * (sy1 - sy0 + 2)];
-    let mut corners: Vec<(usize, usize)> = Vec::new();
+    let sw = n + 2;
     // the pre-test runs on whole 32-pixel vectors when the buffer extends far
     // enough (flags past n are ignored)
     let n_vec = n.div_ceil(32) * 32;
@@ -249,51 +362,167 @@ fn fast9_window_impl(
         }
         for &i in &cand[..ncand] {
             let x = sx0 + i as usize;
-            let c = row + x;
-            let v = img[c] as i32;
-            let hi = v + ti;
-            let lo = v - ti;
-            let mut bmask = 0u32;
-            let mut dmask = 0u32;
-            let mut d = [0i16; 16];
-            for k in 0..16 {
-                let p = img[(c as isize + off[k]) as usize] as i32;
-                d[k] = (v - p) as i16;
-                bmask |= ((p > hi) as u32) << k;
-                dmask |= ((p < lo) as u32) << k;
-            }
-            if has_arc9(bmask) || has_arc9(dmask) {
-                if nonmax {
-                    scores[(y - sy0 + 1) * sw + (x - sx0 + 1)] = corner_score(&d, ti) as u8;
-                }
+            if let Some(s) = test_pixel(img, row + x, &off, ti, nonmax) {
+                scores[(y - sy0 + 1) * sw + (x - sx0 + 1)] = s;
                 corners.push((x, y));
             }
         }
     }
-    for (x, y) in corners {
-        if x < wx0 || x >= wx1 || y < wy0 || y >= wy1 {
-            continue;
-        }
-        if !nonmax {
-            out.push(FastCorner { x, y, score: 0 });
-            continue;
-        }
-        let (cx, cy) = (x - sx0 + 1, y - sy0 + 1);
-        let at = |xx: usize, yy: usize| scores[yy * sw + xx];
-        let s = at(cx, cy);
-        if s > at(cx - 1, cy)
-            && s > at(cx + 1, cy)
-            && s > at(cx - 1, cy - 1)
-            && s > at(cx, cy - 1)
-            && s > at(cx + 1, cy - 1)
-            && s > at(cx - 1, cy + 1)
-            && s > at(cx, cy + 1)
-            && s > at(cx + 1, cy + 1)
-        {
-            out.push(FastCorner { x, y, score: s });
+}
+
+/// AVX2 search, 32 pixels at a time: a pre-test on circle pixels 0, 4, 8, 12
+/// (a 9-arc holds two cyclically neighbouring ones), then the exact
+/// segment test and the scores of all 32 pixels at once, from the minima of
+/// the saturated differences over the 16 arcs.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn detect_avx2(
+    img: &[u8],
+    origin: usize,
+    stride: usize,
+    area: Area,
+    threshold: u8,
+    nonmax: bool,
+    scores: &mut [u8],
+    corners: &mut Vec<(usize, usize)>,
+) {
+    use std::arch::x86_64::*;
+    let Area { x0: sx0, x1: sx1, y0: sy0, y1: sy1 } = area;
+    let n = sx1 - sx0;
+    let ti = threshold as i32;
+    let off = circle_offsets(stride);
+    let sw = n + 2;
+    // reach of the circle before / after the centre (offsets (0, -3), (1, 3))
+    let (back, ahead) = (3 * stride, 3 * stride + 1);
+    let sign = _mm256_set1_epi8(i8::MIN);
+    let tv = _mm256_set1_epi8(threshold as i8);
+    let zero = _mm256_setzero_si256();
+    let ptr = img.as_ptr();
+    for y in sy0..sy1 {
+        let row = origin + y * stride;
+        // scores index of pixel x: srow + x - sx0
+        let srow = (y - sy0 + 1) * sw + 1;
+        let mut i = 0usize;
+        while i < n {
+            let lanes = (n - i).min(32);
+            let base = row + sx0 + i;
+            // y >= 3 and x >= 3, so base >= back; the last byte read is
+            // base + 31 + ahead
+            debug_assert!(base >= back);
+            if base + 31 + ahead >= img.len() {
+                // too close to the end of the buffer for whole vectors
+                for l in 0..lanes {
+                    let x = sx0 + i + l;
+                    if let Some(s) = test_pixel(img, row + x, &off, ti, nonmax) {
+                        scores[srow + x - sx0] = s;
+                        corners.push((x, y));
+                    }
+                }
+                i += 32;
+                continue;
+            }
+            // SAFETY: base - back >= 0 and base + 31 + ahead < img.len(), so
+            // every 32-byte load at base + off[k] (-back <= off[k] <= ahead)
+            // stays inside `img`.
+            let ld = |k: usize| _mm256_xor_si256(_mm256_loadu_si256(ptr.offset(base as isize + off[k]) as *const __m256i), sign);
+            let c = _mm256_loadu_si256(ptr.add(base) as *const __m256i);
+            let hi = _mm256_xor_si256(_mm256_adds_epu8(c, tv), sign);
+            let lo = _mm256_xor_si256(_mm256_subs_epu8(c, tv), sign);
+            let (p0, p4, p8, p12) = (ld(0), ld(4), ld(8), ld(12));
+            let adj = |a: __m256i, b: __m256i, c: __m256i, d: __m256i| {
+                _mm256_or_si256(
+                    _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(b, c)),
+                    _mm256_or_si256(_mm256_and_si256(c, d), _mm256_and_si256(d, a)),
+                )
+            };
+            let bright = |p: __m256i| _mm256_cmpgt_epi8(p, hi);
+            let dark = |p: __m256i| _mm256_cmpgt_epi8(lo, p);
+            let pre = _mm256_or_si256(
+                adj(bright(p0), bright(p4), bright(p8), bright(p12)),
+                adj(dark(p0), dark(p4), dark(p8), dark(p12)),
+            );
+            let lane_mask = if lanes == 32 { u32::MAX } else { (1u32 << lanes) - 1 };
+            let mut m = _mm256_movemask_epi8(pre) as u32 & lane_mask;
+            if m == 0 {
+                i += 32;
+                continue;
+            }
+            // the same with circle pixels 2, 6, 10, 14 (same polarity)
+            let (p2, p6, p10, p14) = (ld(2), ld(6), ld(10), ld(14));
+            let pre2 = _mm256_or_si256(
+                _mm256_and_si256(
+                    adj(bright(p0), bright(p4), bright(p8), bright(p12)),
+                    adj(bright(p2), bright(p6), bright(p10), bright(p14)),
+                ),
+                _mm256_and_si256(
+                    adj(dark(p0), dark(p4), dark(p8), dark(p12)),
+                    adj(dark(p2), dark(p6), dark(p10), dark(p14)),
+                ),
+            );
+            m &= _mm256_movemask_epi8(pre2) as u32;
+            if m == 0 {
+                i += 32;
+                continue;
+            }
+            // exact test and score together (see `corner_score`): with
+            // saturating differences dk = (v - p_k)+ and bk = (p_k - v)+, let
+            // A (B) be the best over the 16 arcs of 9 of the smallest dk (bk).
+            // The pixel is a corner iff max(A, B) > t, and its score is
+            // max(t, A, B) - 1 (negative differences saturate to 0 <= t,
+            // which changes neither).
+            let raw = |k: usize| _mm256_loadu_si256(ptr.offset(base as isize + off[k]) as *const __m256i);
+            let arc_best = |x: &[__m256i; 16]| {
+                let mut m2 = [zero; 16];
+                for k in 0..16 {
+                    m2[k] = _mm256_min_epu8(x[k], x[(k + 1) & 15]);
+                }
+                let mut m4 = [zero; 16];
+                for k in 0..16 {
+                    m4[k] = _mm256_min_epu8(m2[k], m2[(k + 2) & 15]);
+                }
+                let mut best = zero;
+                for k in 0..16 {
+                    let m9 = _mm256_min_epu8(_mm256_min_epu8(m4[k], m4[(k + 4) & 15]), x[(k + 8) & 15]);
+                    best = _mm256_max_epu8(best, m9);
+                }
+                best
+            };
+            let mut dk = [zero; 16];
+            let mut bk = [zero; 16];
+            for k in 0..16 {
+                let p = raw(k);
+                dk[k] = _mm256_subs_epu8(c, p);
+                bk[k] = _mm256_subs_epu8(p, c);
+            }
+            let ab = _mm256_max_epu8(arc_best(&dk), arc_best(&bk));
+            // max(A, B) > t  <=>  max(A, B) -sat t != 0
+            let not_corner = _mm256_cmpeq_epi8(_mm256_subs_epu8(ab, tv), zero);
+            m &= !(_mm256_movemask_epi8(not_corner) as u32);
+            if m == 0 {
+                i += 32;
+                continue;
+            }
+            let mut lane_scores = [0u8; 32];
+            if nonmax {
+                let sc = _mm256_sub_epi8(_mm256_max_epu8(ab, tv), _mm256_set1_epi8(1));
+                _mm256_storeu_si256(lane_scores.as_mut_ptr() as *mut __m256i, sc);
+            }
+            while m != 0 {
+                let l = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let x = sx0 + i + l;
+                scores[srow + x - sx0] = lane_scores[l];
+                if !nonmax {
+                    corners.push((x, y));
+                }
+            }
+            i += 32;
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -345,6 +574,34 @@ mod tests {
         let win = (10, 50, 8, 30);
         let want: Vec<_> = full.iter().copied().filter(|c| c.x >= 10 && c.x < 50 && c.y >= 8 && c.y < 30).collect();
         assert_eq!(fast9_window(&img, 0, w, w, h, 15, true, win), want);
+    }
+
+    #[test]
+    fn vector_and_portable_search_agree() {
+        if !crate::features::use_avx2() {
+            return;
+        }
+        let mut state = 99u32;
+        let mut found = 0;
+        for &(w, h, stride, origin) in &[(64usize, 48usize, 64usize, 0usize), (77, 41, 90, 95), (200, 150, 200, 0), (35, 35, 35, 0)] {
+            let mut img = vec![0u8; origin + stride * h];
+            for (i, v) in img.iter_mut().enumerate() {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let block = if (i % stride / 5 + i / stride / 7) % 2 == 0 { 150 } else { 30 };
+                *v = (block + (state >> 16) % 70) as u8;
+            }
+            for t in [0u8, 1, 20, 90, 254, 255] {
+                for nonmax in [true, false] {
+                    for win in [(0, w, 0, h), (5, w - 9, 4, h - 6)] {
+                        let a = fast9_window(&img, origin, stride, w, h, t, nonmax, win);
+                        let b = crate::features::portable_only(|| fast9_window(&img, origin, stride, w, h, t, nonmax, win));
+                        assert_eq!(a, b, "{w}x{h} t={t} nonmax={nonmax} {win:?}");
+                        found += a.len();
+                    }
+                }
+            }
+        }
+        assert!(found > 1000, "{found}");
     }
 
     #[test]

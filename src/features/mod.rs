@@ -80,6 +80,34 @@ pub trait FeatureExtractor: Sync {
     }
 }
 
+thread_local! {
+    /// Set by tests to run the portable code paths on an AVX2 machine.
+    static PORTABLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the AVX2 kernels may run: the CPU has AVX2 (checked at run time)
+/// and this thread is not restricted to the portable paths (tests).
+#[inline]
+pub(crate) fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !PORTABLE_ONLY.with(|c| c.get()) && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Run `f` with the AVX2 kernels off on this thread (tests compare both paths).
+#[cfg(test)]
+pub(crate) fn portable_only<R>(f: impl FnOnce() -> R) -> R {
+    PORTABLE_ONLY.with(|c| c.set(true));
+    let r = f();
+    PORTABLE_ONLY.with(|c| c.set(false));
+    r
+}
+
 /// Run `f` on a rayon pool of `n_threads` threads (`None` or 0: rayon's global
 /// pool, sized by `RAYON_NUM_THREADS` or the core count).
 pub fn with_threads<R: Send>(n_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {

@@ -102,6 +102,8 @@ pub struct Orb {
     pattern: Vec<(i32, i32)>,
     /// End of each row of the circular orientation patch.
     umax: Vec<i32>,
+    /// Lane masks of that patch for the vector orientation path.
+    angle_masks: Vec<[u8; 32]>,
 }
 
 // ---------------------------------------------------------------------------
@@ -207,26 +209,79 @@ impl Level {
         ((y + self.border as isize) * self.stride as isize + x + self.border as isize) as usize
     }
 
-    /// Embed a contiguous `w x h` image with a reflect-101 border.
-    fn with_border(src: &[u8], w: usize, h: usize, border: usize) -> Level {
+    /// A level of `w x h` pixels with a `border`-pixel frame, whose buffer
+    /// comes from this thread's pool when one is free. Its contents are
+    /// unspecified: the caller writes the interior, then [`Level::fill_border`].
+    fn uninit(w: usize, h: usize, border: usize) -> Level {
         let stride = w + 2 * border;
-        let hh = h + 2 * border;
-        let mut data = vec![0u8; stride * hh];
-        let cols: Vec<usize> = (0..stride).map(|x| reflect101(x as isize - border as isize, w)).collect();
-        for yy in 0..hh {
-            let sy = reflect101(yy as isize - border as isize, h);
-            let srow = &src[sy * w..(sy + 1) * w];
-            let drow = &mut data[yy * stride..(yy + 1) * stride];
-            drow[border..border + w].copy_from_slice(srow);
-            for x in 0..border {
-                drow[x] = srow[cols[x]];
-            }
-            for x in border + w..stride {
-                drow[x] = srow[cols[x]];
-            }
+        let len = stride * (h + 2 * border);
+        let mut data = LEVEL_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if data.len() >= len {
+            data.truncate(len);
+        } else {
+            data.resize(len, 0);
         }
         Level { data, stride, border, w, h }
     }
+
+    /// Fill the frame around the interior by reflect-101 (OpenCV
+    /// `copyMakeBorder(..., BORDER_REFLECT_101)`).
+    fn fill_border(&mut self) {
+        let (stride, b, w, h) = (self.stride, self.border, self.w, self.h);
+        if b < w {
+            // one reflection: the frame mirrors the pixels next to the edge
+            // (left: x <- 2b - x; right: x <- 2(b + w - 1) - x)
+            for y in b..b + h {
+                let row = &mut self.data[y * stride..(y + 1) * stride];
+                let (left, rest) = row.split_at_mut(b);
+                for (d, s) in left.iter_mut().zip(rest[1..=b].iter().rev()) {
+                    *d = *s;
+                }
+                let (body, right) = row.split_at_mut(b + w);
+                for (d, s) in right.iter_mut().zip(body[b + w - 1 - b..b + w - 1].iter().rev()) {
+                    *d = *s;
+                }
+            }
+        } else {
+            let cols: Vec<usize> = (0..b).map(|x| reflect101(x as isize - b as isize, w)).collect();
+            let cols_r: Vec<usize> = (b + w..stride).map(|x| reflect101(x as isize - b as isize, w)).collect();
+            for y in b..b + h {
+                let row = &mut self.data[y * stride..(y + 1) * stride];
+                for x in 0..b {
+                    row[x] = row[b + cols[x]];
+                }
+                for (x, &c) in (b + w..stride).zip(&cols_r) {
+                    row[x] = row[b + c];
+                }
+            }
+        }
+        for yy in (0..b).chain(b + h..h + 2 * b) {
+            let sy = b + reflect101(yy as isize - b as isize, h);
+            self.data.copy_within(sy * stride..(sy + 1) * stride, yy * stride);
+        }
+    }
+}
+
+thread_local! {
+    /// Level buffers of finished images, reused by the next image on this
+    /// thread (no allocation, page faults or zeroing per level).
+    static LEVEL_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Give the buffers of a pyramid back to this thread's pool (at most 16
+/// buffers of at most 4 MiB are kept; the largest is first in line for the
+/// next pyramid's largest level).
+fn recycle(levels: Vec<Option<Level>>) {
+    LEVEL_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        // levels go from large to small; pushing them in reverse makes the
+        // next pyramid pop the largest buffer for its first level
+        for l in levels.into_iter().rev().flatten() {
+            if p.len() < 16 && l.data.capacity() <= 4 << 20 {
+                p.push(l.data);
+            }
+        }
+    });
 }
 
 /// Coefficients of OpenCV's bit-exact linear interpolation along one axis:
@@ -268,39 +323,132 @@ fn linear_axis(src: usize, dst: usize) -> LinearAxis {
     LinearAxis { ofs, w0, w1, min, max }
 }
 
+/// Horizontal interpolation of 8 destination pixels per step with a byte
+/// shuffle: block `j` covers destinations `start + 8 j ..`, loads 16 source
+/// bytes at `base[j]` and gathers each destination's two samples with
+/// `shuf[j]`, then `madd` by the weight pairs `wts[j]`.
+#[derive(Default)]
+struct ShufflePlan {
+    base: Vec<usize>,
+    shuf: Vec<[u8; 16]>,
+    wts: Vec<[i16; 16]>,
+    /// First destination not covered by the blocks.
+    end: usize,
+    /// Largest `base`.
+    last_load: usize,
+}
+
+/// Blocks of 8 interior destinations (`xmin..xmax`) whose samples fit in 16
+/// bytes (any downscale by at most 2); stops at the first that does not.
+fn shuffle_plan(ax: &LinearAxis, xmin: usize, xmax: usize) -> ShufflePlan {
+    let mut plan = ShufflePlan { end: xmin, ..Default::default() };
+    let mut d = xmin;
+    while d + 8 <= xmax {
+        let base = ax.ofs[d];
+        if (0..8).any(|j| ax.ofs[d + j] < base || ax.ofs[d + j] + 1 - base > 15) {
+            break;
+        }
+        let mut shuf = [0u8; 16];
+        let mut wts = [0i16; 16];
+        for j in 0..8 {
+            shuf[2 * j] = (ax.ofs[d + j] - base) as u8;
+            shuf[2 * j + 1] = (ax.ofs[d + j] + 1 - base) as u8;
+            wts[2 * j] = ax.w0[d + j] as i16;
+            wts[2 * j + 1] = ax.w1[d + j] as i16;
+        }
+        plan.base.push(base);
+        plan.shuf.push(shuf);
+        plan.wts.push(wts);
+        plan.last_load = plan.last_load.max(base);
+        d += 8;
+        plan.end = d;
+    }
+    plan
+}
+
+/// Run a [`ShufflePlan`] on one source row (`s` starts at the row's first
+/// pixel); `out` holds the plan's destinations.
+///
+/// # Safety
+/// AVX2 must be available; `plan.last_load + 16 <= s.len()` and
+/// `out.len() == 8 * plan.base.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hline_shuffle_avx2(s: &[u8], plan: &ShufflePlan, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(plan.last_load + 16 <= s.len() && out.len() == 8 * plan.base.len());
+    for j in 0..plan.base.len() {
+        // SAFETY: base[j] <= last_load, so the 16-byte load ends inside `s`;
+        // the 8 results go to out[8 j..8 j + 8], inside `out` (asserted above).
+        let v = _mm_loadu_si128(s.as_ptr().add(plan.base[j]) as *const __m128i);
+        let pairs = _mm_shuffle_epi8(v, _mm_loadu_si128(plan.shuf[j].as_ptr() as *const __m128i));
+        let w = _mm256_loadu_si256(plan.wts[j].as_ptr() as *const __m256i);
+        // weights <= 256 and samples <= 255: w0 a + w1 b <= 65280, exact in i32
+        let r = _mm256_madd_epi16(_mm256_cvtepu8_epi16(pairs), w);
+        _mm256_storeu_si256(out.as_mut_ptr().add(8 * j) as *mut __m256i, r);
+    }
+}
+
 /// `cv::resize(src, dst, (dw, dh), INTER_LINEAR_EXACT)` for 8-bit images:
 /// horizontal pass in 8.8 fixed point, vertical pass in 16.16, rounded.
 fn resize_linear_exact(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    let mut out = vec![0u8; dw * dh];
+    resize_linear_exact_into(src, sstride, sorigin, sw, sh, &mut out, dw, 0, dw, dh);
+    out
+}
+
+/// [`resize_linear_exact`] writing row `d` of the result to
+/// `out[dorigin + d * dstride..][..dw]`.
+#[allow(clippy::too_many_arguments)]
+fn resize_linear_exact_into(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, out: &mut [u8], dstride: usize, dorigin: usize, dw: usize, dh: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::features::use_avx2() {
             // SAFETY: the CPU supports AVX2. Integer arithmetic: same result.
-            return unsafe { resize_linear_exact_avx2(src, sstride, sorigin, sw, sh, dw, dh) };
+            return unsafe { resize_linear_exact_avx2(src, sstride, sorigin, sw, sh, out, dstride, dorigin, dw, dh) };
         }
     }
-    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, dw, dh)
+    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, out, dstride, dorigin, dw, dh)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn resize_linear_exact_avx2(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
-    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, dw, dh)
+#[allow(clippy::too_many_arguments)]
+unsafe fn resize_linear_exact_avx2(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, out: &mut [u8], dstride: usize, dorigin: usize, dw: usize, dh: usize) {
+    resize_linear_exact_impl(src, sstride, sorigin, sw, sh, out, dstride, dorigin, dw, dh)
 }
 
 #[inline(always)]
-fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usize, sh: usize, out: &mut [u8], dstride: usize, dorigin: usize, dw: usize, dh: usize) {
     let ax = linear_axis(sw, dw);
     let ay = linear_axis(sh, dh);
     let last_x = ax.ofs[dw - 1];
     let (xmin, xmax) = (ax.min.min(dw), ax.max.max(ax.min.min(dw)));
+    #[cfg(target_arch = "x86_64")]
+    let plan = if crate::features::use_avx2() { shuffle_plan(&ax, xmin, xmax) } else { ShufflePlan::default() };
     let hline = |row: usize, out: &mut [u32]| {
         let s = &src[sorigin + row * sstride..sorigin + row * sstride + sw];
         let first = (s[0] as u32) << 8;
         let last = (s[last_x] as u32) << 8;
         out[..xmin].iter_mut().for_each(|v| *v = first);
         out[xmax..].iter_mut().for_each(|v| *v = last);
-        let (ofs, w0, w1) = (&ax.ofs[xmin..xmax], &ax.w0[xmin..xmax], &ax.w1[xmin..xmax]);
-        for (d, o) in out[xmin..xmax].iter_mut().enumerate() {
+        #[allow(unused_mut)]
+        let mut done = xmin;
+        #[cfg(target_arch = "x86_64")]
+        {
+            // the vector blocks load 16 bytes at each block's first offset
+            let tail = &src[sorigin + row * sstride..];
+            if plan.end > xmin && plan.last_load + 16 <= tail.len() {
+                // SAFETY: a plan is only built when AVX2 is available; every
+                // load ends by plan.last_load + 16 <= tail.len() and every
+                // store is inside out[xmin..plan.end].
+                unsafe { hline_shuffle_avx2(tail, &plan, &mut out[xmin..plan.end]) };
+                done = plan.end;
+            }
+        }
+        let (ofs, w0, w1) = (&ax.ofs[done..xmax], &ax.w0[done..xmax], &ax.w1[done..xmax]);
+        for (d, o) in out[done..xmax].iter_mut().enumerate() {
             let i = ofs[d];
             // interior destinations interpolate between samples i and i + 1 < sw
             debug_assert!(i + 1 < sw);
@@ -309,13 +457,12 @@ fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usiz
             *o = w0[d] * a + w1[d] * b;
         }
     };
-    let mut out = vec![0u8; dw * dh];
     let mut h0 = vec![0u32; dw];
     let mut h1 = vec![0u32; dw];
     let mut cached: (usize, usize) = (usize::MAX, usize::MAX);
     let last_y = ay.ofs[dh - 1];
     for d in 0..dh {
-        let drow = &mut out[d * dw..(d + 1) * dw];
+        let drow = &mut out[dorigin + d * dstride..dorigin + d * dstride + dw];
         if d < ay.min || d >= ay.max {
             let r = if d < ay.min { 0 } else { last_y };
             hline(r, &mut h0);
@@ -341,7 +488,6 @@ fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usiz
             drow[x] = ((v + (1 << 15)) >> 16).min(255) as u8;
         }
     }
-    out
 }
 
 /// 7x7 Gaussian (sigma 2) of a level's interior, in place, reading the border
@@ -350,58 +496,241 @@ fn resize_linear_exact_impl(src: &[u8], sstride: usize, sorigin: usize, sw: usiz
 /// The border itself is left unsmoothed, as in OpenCV.
 fn gaussian_blur_7x7(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2. Wider vectors of the same IEEE
-            // operations in the same order (no FMA): same result.
-            return unsafe { gaussian_blur_7x7_avx2(level, k, region) };
-        }
-    }
-    gaussian_blur_7x7_impl(level, k, region)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn gaussian_blur_7x7_avx2(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
-    gaussian_blur_7x7_impl(level, k, region)
-}
-
-#[inline(always)]
-fn gaussian_blur_7x7_impl(level: &mut Level, k: &[f32; 7], region: (usize, usize, usize, usize)) {
+    let avx2 = crate::features::use_avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
     let (stride, b) = (level.stride, level.border);
     let (x0, x1, y0, y1) = region;
     let w = x1 - x0;
     let h = y1 - y0;
-    // horizontal pass over rows y0-3..y1+3, columns x0..x1
-    let rows = h + 6;
-    let mut tmp = vec![0f32; rows * w];
-    for r in 0..rows {
+    // horizontal pass over rows y0-3..y1+3, columns x0..x1, into a ring of
+    // 7 rows: output row y needs the filtered rows y-3..y+3; row y+3 is
+    // filtered just before row y is written, so the in-place update only
+    // ever reads rows not yet overwritten
+    let mut tmp = vec![0f32; 7 * w];
+    let hrow = |data: &[u8], r: usize, t: &mut [f32]| {
         let base = (b + y0 + r - 3) * stride + b + x0;
-        let src = &level.data[base - 3..base + w + 3];
-        let (s0, s1, s2, s3) = (&src[0..w], &src[1..w + 1], &src[2..w + 2], &src[3..w + 3]);
-        let (s4, s5, s6) = (&src[4..w + 4], &src[5..w + 5], &src[6..w + 6]);
-        let t = &mut tmp[r * w..(r + 1) * w];
-        for x in 0..w {
-            t[x] = k[3] * s3[x] as f32
-                + k[2] * (s2[x] as f32 + s4[x] as f32)
-                + k[1] * (s1[x] as f32 + s5[x] as f32)
-                + k[0] * (s0[x] as f32 + s6[x] as f32);
+        let src = &data[base - 3..base + w + 3];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2 {
+                // SAFETY: AVX2 is available (checked above).
+                return unsafe { blur_h_row_avx2(src, k, t) };
+            }
         }
+        blur_h_row(src, k, t)
+    };
+    for r in 0..6 {
+        hrow(&level.data, r, &mut tmp[r * w..(r + 1) * w]);
     }
     for y in 0..h {
+        let slot = (y + 6) % 7;
+        hrow(&level.data, y + 6, &mut tmp[slot * w..(slot + 1) * w]);
         let start = (b + y0 + y) * stride + b + x0;
         let dst = &mut level.data[start..start + w];
-        let r = |i: usize| &tmp[(y + i) * w..(y + i + 1) * w];
-        let (r0, r1, r2, r3, r4, r5, r6) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6));
-        // round half to even through the float mantissa (see `cv_round`), then saturate
-        const MAGIC: f32 = 12_582_912.0;
-        let magic_bits = MAGIC.to_bits() as i32;
-        for x in 0..w {
-            let v = k[3] * r3[x] + k[2] * (r2[x] + r4[x]) + k[1] * (r1[x] + r5[x]) + k[0] * (r0[x] + r6[x]);
-            let r = (v + MAGIC).to_bits() as i32 - magic_bits;
-            dst[x] = r.clamp(0, 255) as u8;
+        let r = |i: usize| {
+            let s = (y + i) % 7;
+            &tmp[s * w..(s + 1) * w]
+        };
+        let rows = [r(0), r(1), r(2), r(3), r(4), r(5), r(6)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2 {
+                // SAFETY: AVX2 is available (checked above).
+                unsafe { blur_v_row_avx2(&rows, k, dst) };
+                continue;
+            }
         }
+        blur_v_row(&rows, k, dst);
     }
+}
+
+/// Horizontal 7-tap pass of one row: `t[x]` from `src[x..x + 7]`
+/// (`src.len() == t.len() + 6`), in OpenCV's order for symmetric kernels.
+#[inline(always)]
+fn blur_h_row(src: &[u8], k: &[f32; 7], t: &mut [f32]) {
+    let w = t.len();
+    let (s0, s1, s2, s3) = (&src[0..w], &src[1..w + 1], &src[2..w + 2], &src[3..w + 3]);
+    let (s4, s5, s6) = (&src[4..w + 4], &src[5..w + 5], &src[6..w + 6]);
+    for x in 0..w {
+        t[x] = k[3] * s3[x] as f32
+            + k[2] * (s2[x] as f32 + s4[x] as f32)
+            + k[1] * (s1[x] as f32 + s5[x] as f32)
+            + k[0] * (s0[x] as f32 + s6[x] as f32);
+    }
+}
+
+/// Vertical 7-tap pass: `dst[x]` from `rows[0..7][x]`, rounded half to even
+/// and saturated to u8.
+#[inline(always)]
+fn blur_v_row(rows: &[&[f32]; 7], k: &[f32; 7], dst: &mut [u8]) {
+    let w = dst.len();
+    let (r0, r1, r2, r3) = (&rows[0][..w], &rows[1][..w], &rows[2][..w], &rows[3][..w]);
+    let (r4, r5, r6) = (&rows[4][..w], &rows[5][..w], &rows[6][..w]);
+    // round half to even through the float mantissa (see `cv_round`), then saturate
+    const MAGIC: f32 = 12_582_912.0;
+    let magic_bits = MAGIC.to_bits() as i32;
+    for x in 0..w {
+        let v = k[3] * r3[x] + k[2] * (r2[x] + r4[x]) + k[1] * (r1[x] + r5[x]) + k[0] * (r0[x] + r6[x]);
+        let r = (v + MAGIC).to_bits() as i32 - magic_bits;
+        dst[x] = r.clamp(0, 255) as u8;
+    }
+}
+
+/// [`blur_h_row`] 8 pixels at a time: the same IEEE operations in the same
+/// order (no FMA), so the same result.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn blur_h_row_avx2(src: &[u8], k: &[f32; 7], t: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let w = t.len();
+    assert!(src.len() >= w + 6);
+    let (k0, k1, k2, k3) = (_mm256_set1_ps(k[0]), _mm256_set1_ps(k[1]), _mm256_set1_ps(k[2]), _mm256_set1_ps(k[3]));
+    let p = src.as_ptr();
+    let mut x = 0;
+    // 16 pixels per step: the symmetric pairs are summed as 16-bit integers
+    // (exact, and so equal to the float sums of the portable path), then
+    // converted and weighted as there
+    let widen = |v: __m256i, hi: bool| {
+        let h = if hi { _mm256_extracti128_si256(v, 1) } else { _mm256_castsi256_si128(v) };
+        _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(h))
+    };
+    while x + 16 <= w {
+        // SAFETY: x + 16 <= w, so the 16 bytes at x + j (j <= 6) end by
+        // x + 22 <= w + 6 <= src.len(); the stores end at x + 16 <= t.len().
+        let s = |j: usize| _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(x + j) as *const __m128i));
+        let (s06, s15, s24, s3) = (_mm256_add_epi16(s(0), s(6)), _mm256_add_epi16(s(1), s(5)), _mm256_add_epi16(s(2), s(4)), s(3));
+        for (half, off) in [(false, 0), (true, 8)] {
+            let v = _mm256_add_ps(
+                _mm256_add_ps(
+                    _mm256_add_ps(_mm256_mul_ps(k3, widen(s3, half)), _mm256_mul_ps(k2, widen(s24, half))),
+                    _mm256_mul_ps(k1, widen(s15, half)),
+                ),
+                _mm256_mul_ps(k0, widen(s06, half)),
+            );
+            _mm256_storeu_ps(t.as_mut_ptr().add(x + off), v);
+        }
+        x += 16;
+    }
+    while x + 8 <= w {
+        // SAFETY: x + 8 <= w, so the 8 bytes at x + j (j <= 6) end by
+        // x + 14 <= w + 6 <= src.len(); the store ends at x + 8 <= t.len().
+        let s = |j: usize| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(x + j) as *const __m128i)));
+        let v = _mm256_add_ps(
+            _mm256_add_ps(
+                _mm256_add_ps(_mm256_mul_ps(k3, s(3)), _mm256_mul_ps(k2, _mm256_add_ps(s(2), s(4)))),
+                _mm256_mul_ps(k1, _mm256_add_ps(s(1), s(5))),
+            ),
+            _mm256_mul_ps(k0, _mm256_add_ps(s(0), s(6))),
+        );
+        _mm256_storeu_ps(t.as_mut_ptr().add(x), v);
+        x += 8;
+    }
+    if x < w {
+        blur_h_row(&src[x..w + 6], k, &mut t[x..]);
+    }
+}
+
+/// [`blur_v_row`] 8 pixels at a time (same operations, same order).
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn blur_v_row_avx2(rows: &[&[f32]; 7], k: &[f32; 7], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let w = dst.len();
+    for r in rows {
+        assert!(r.len() >= w);
+    }
+    let (k0, k1, k2, k3) = (_mm256_set1_ps(k[0]), _mm256_set1_ps(k[1]), _mm256_set1_ps(k[2]), _mm256_set1_ps(k[3]));
+    const MAGIC: f32 = 12_582_912.0;
+    let magic = _mm256_set1_ps(MAGIC);
+    let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
+    let mut x = 0;
+    while x + 8 <= w {
+        // SAFETY: x + 8 <= w <= every row's length and dst.len().
+        let r = |i: usize| _mm256_loadu_ps(rows[i].as_ptr().add(x));
+        let v = _mm256_add_ps(
+            _mm256_add_ps(
+                _mm256_add_ps(_mm256_mul_ps(k3, r(3)), _mm256_mul_ps(k2, _mm256_add_ps(r(2), r(4)))),
+                _mm256_mul_ps(k1, _mm256_add_ps(r(1), r(5))),
+            ),
+            _mm256_mul_ps(k0, _mm256_add_ps(r(0), r(6))),
+        );
+        let i = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), magic_bits);
+        // saturate to 0..=255 through two unsigned-saturating packs
+        let p16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        let p8 = _mm_packus_epi16(p16, p16);
+        _mm_storel_epi64(dst.as_mut_ptr().add(x) as *mut __m128i, p8);
+        x += 8;
+    }
+    if x < w {
+        let tail = [&rows[0][x..w], &rows[1][x..w], &rows[2][x..w], &rows[3][x..w], &rows[4][x..w], &rows[5][x..w], &rows[6][x..w]];
+        blur_v_row(&tail, k, &mut dst[x..]);
+    }
+}
+
+/// The 256 tests of a `wta_k = 2` descriptor around `data[center]` (row
+/// stride `step`): the pattern rotated by (cos, sin) = (a, b) with the same
+/// float operations as the portable path (no FMA), rounded half to even,
+/// sampled, and compared 32 pairs per vector. Returns false, writing
+/// nothing, when a rotated point lies farther than `reach` from the centre
+/// on either axis.
+///
+/// # Safety
+/// AVX2 must be available, `pat_x.len() == pat_y.len() == 512`,
+/// `desc.len() == 32`, and `data` must hold every pixel within `reach` rows
+/// and columns of `center`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn brief_wta2_avx2(data: &[u8], center: usize, step: i32, reach: i32, pat_x: &[f32], pat_y: &[f32], a: f32, b: f32, desc: &mut [u8]) -> bool {
+    use std::arch::x86_64::*;
+    assert!(pat_x.len() == 512 && pat_y.len() == 512 && desc.len() == DESCRIPTOR_BYTES);
+    const MAGIC: f32 = 12_582_912.0;
+    let magic = _mm256_set1_ps(MAGIC);
+    let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
+    let (va, vb, vstep) = (_mm256_set1_ps(a), _mm256_set1_ps(b), _mm256_set1_epi32(step));
+    let mut ofs = [0i32; 512];
+    let mut far = _mm256_setzero_si256();
+    let lim = _mm256_set1_epi32(reach);
+    for i in (0..512).step_by(8) {
+        let px = _mm256_loadu_ps(pat_x.as_ptr().add(i));
+        let py = _mm256_loadu_ps(pat_y.as_ptr().add(i));
+        let x = _mm256_sub_ps(_mm256_mul_ps(px, va), _mm256_mul_ps(py, vb));
+        let y = _mm256_add_ps(_mm256_mul_ps(px, vb), _mm256_mul_ps(py, va));
+        let rx = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(x, magic)), magic_bits);
+        let ry = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(y, magic)), magic_bits);
+        far = _mm256_or_si256(far, _mm256_cmpgt_epi32(_mm256_abs_epi32(rx), lim));
+        far = _mm256_or_si256(far, _mm256_cmpgt_epi32(_mm256_abs_epi32(ry), lim));
+        let o = _mm256_add_epi32(_mm256_mullo_epi32(ry, vstep), rx);
+        _mm256_storeu_si256(ofs.as_mut_ptr().add(i) as *mut __m256i, o);
+    }
+    if _mm256_testz_si256(far, far) == 0 {
+        return false;
+    }
+    let c = data.as_ptr().add(center);
+    let mut s0 = [0u8; 256];
+    let mut s1 = [0u8; 256];
+    for k in 0..256 {
+        // SAFETY: |rx|, |ry| <= reach (checked above) and the caller
+        // guarantees every pixel within `reach` of the centre is in `data`
+        s0[k] = *c.offset(ofs[2 * k] as isize);
+        s1[k] = *c.offset(ofs[2 * k + 1] as isize);
+    }
+    let sign = _mm256_set1_epi8(i8::MIN);
+    for q in 0..8 {
+        let x0 = _mm256_xor_si256(_mm256_loadu_si256(s0.as_ptr().add(32 * q) as *const __m256i), sign);
+        let x1 = _mm256_xor_si256(_mm256_loadu_si256(s1.as_ptr().add(32 * q) as *const __m256i), sign);
+        // bit k of the descriptor: sample 2k < sample 2k + 1 (unsigned)
+        let bits = _mm256_movemask_epi8(_mm256_cmpgt_epi8(x1, x0)) as u32;
+        desc[4 * q..4 * q + 4].copy_from_slice(&bits.to_le_bytes());
+    }
+    true
 }
 
 /// Taps of `getGaussianKernel(7, 2, CV_32F)`.
@@ -443,6 +772,82 @@ pub fn retain_best(kps: &mut Vec<KeyPoint>, n: usize) {
 /// Harris response of a 7x7 block centred on (x, y) of a level (OpenCV
 /// `HarrisResponses`, float arithmetic in the same order).
 fn harris_response(level: &Level, x: i32, y: i32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // the vector path reads columns x - 4 .. x + 5 of rows y - 4 .. y + 4
+        let lo = level.idx(x as isize - 4, y as isize - 4) as isize;
+        let hi = level.idx(x as isize + 5, y as isize + 4) as isize;
+        if lo >= 0 && (hi as usize) < level.data.len() && crate::features::use_avx2() {
+            // SAFETY: AVX2 is available and every byte read lies in
+            // level.data[lo..=hi] (checked above). Integer sums: same result.
+            let (a, b, c) = unsafe { harris_sums_avx2(level, x, y) };
+            return harris_from_sums(a, b, c);
+        }
+    }
+    let (a, b, c) = harris_sums(level, x, y);
+    harris_from_sums(a, b, c)
+}
+
+/// The Harris response from the sums of Ix^2, Iy^2 and Ix Iy.
+#[inline]
+fn harris_from_sums(a: i32, b: i32, c: i32) -> f32 {
+    let scale = 1.0f32 / ((1 << 2) as f32 * HARRIS_BLOCK as f32 * 255.0);
+    let scale_sq_sq = scale * scale * scale * scale;
+    let (fa, fb, fc) = (a as f32, b as f32, c as f32);
+    (fa * fb - fc * fc - HARRIS_K * (fa + fb) * (fa + fb)) * scale_sq_sq
+}
+
+/// Sums of Ix^2, Iy^2, Ix Iy (3x3 Sobel) over the 7x7 block at (x, y), one
+/// block row per 8-lane vector of i16 (lane 7 masked out).
+///
+/// # Safety
+/// AVX2 must be available and level.data must hold columns x - 4 ..= x + 5
+/// of rows y - 4 ..= y + 4.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn harris_sums_avx2(level: &Level, x: i32, y: i32) -> (i32, i32, i32) {
+    use std::arch::x86_64::*;
+    let ptr = level.data.as_ptr();
+    // 8 pixels from column x + dx of row y + dy, widened to i16
+    let row = |dy: isize, dx: isize| {
+        let p = ptr.add(level.idx(x as isize + dx, y as isize + dy));
+        _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i))
+    };
+    // lanes j = 0..7 are block columns x - 3 + j; left / centre / right samples
+    let load = |dy: isize| (row(dy, -4), row(dy, -3), row(dy, -2));
+    let keep = _mm_setr_epi16(-1, -1, -1, -1, -1, -1, -1, 0);
+    let (mut sa, mut sb, mut sc) = (_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128());
+    let mut up = load(-4);
+    let mut mid = load(-3);
+    for dy in -3..=3isize {
+        let down = load(dy + 1);
+        let two = |v: __m128i| _mm_add_epi16(v, v);
+        let ix = _mm_add_epi16(
+            two(_mm_sub_epi16(mid.2, mid.0)),
+            _mm_add_epi16(_mm_sub_epi16(up.2, up.0), _mm_sub_epi16(down.2, down.0)),
+        );
+        let iy = _mm_add_epi16(
+            two(_mm_sub_epi16(down.1, up.1)),
+            _mm_add_epi16(_mm_sub_epi16(down.0, up.0), _mm_sub_epi16(down.2, up.2)),
+        );
+        let ix = _mm_and_si128(ix, keep);
+        let iy = _mm_and_si128(iy, keep);
+        sa = _mm_add_epi32(sa, _mm_madd_epi16(ix, ix));
+        sb = _mm_add_epi32(sb, _mm_madd_epi16(iy, iy));
+        sc = _mm_add_epi32(sc, _mm_madd_epi16(ix, iy));
+        up = mid;
+        mid = down;
+    }
+    let hsum = |v: __m128i| {
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0b01_00_11_10));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0b10_11_00_01));
+        _mm_cvtsi128_si32(v)
+    };
+    (hsum(sa), hsum(sb), hsum(sc))
+}
+
+/// Portable [`harris_sums_avx2`].
+fn harris_sums(level: &Level, x: i32, y: i32) -> (i32, i32, i32) {
     let r = (HARRIS_BLOCK / 2) as isize;
     let step = level.stride as isize;
     let d = &level.data;
@@ -459,14 +864,99 @@ fn harris_response(level: &Level, x: i32, y: i32) -> f32 {
             c += ix * iy;
         }
     }
-    let scale = 1.0f32 / ((1 << 2) as f32 * HARRIS_BLOCK as f32 * 255.0);
-    let scale_sq_sq = scale * scale * scale * scale;
-    let (fa, fb, fc) = (a as f32, b as f32, c as f32);
-    (fa * fb - fc * fc - HARRIS_K * (fa + fb) * (fa + fb)) * scale_sq_sq
+    (a, b, c)
+}
+
+/// Lane masks of the circular patch for [`ic_angle_avx2`]: for each row
+/// offset `v` in `0..=half_k`, byte `j` is 0xFF when `|j - 16| <= umax[v]`
+/// (`half_k` for `v = 0`). Empty when `half_k > 15` (no vector path).
+fn angle_masks(half_k: i32, umax: &[i32]) -> Vec<[u8; 32]> {
+    if !(0..=15).contains(&half_k) {
+        return Vec::new();
+    }
+    (0..=half_k)
+        .map(|v| {
+            let dd = if v == 0 { half_k } else { umax[v as usize] };
+            let mut m = [0u8; 32];
+            for (j, b) in m.iter_mut().enumerate() {
+                if (j as i32 - 16).abs() <= dd {
+                    *b = 0xFF;
+                }
+            }
+            m
+        })
+        .collect()
 }
 
 /// Intensity-centroid angle (degrees) at (x, y) of a level (OpenCV `ICAngles`).
-fn ic_angle(level: &Level, x: i32, y: i32, half_k: i32, umax: &[i32]) -> f32 {
+fn ic_angle(level: &Level, x: i32, y: i32, half_k: i32, umax: &[i32], masks: &[[u8; 32]]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !masks.is_empty() {
+            let c = level.idx(x as isize, y as isize) as isize;
+            let reach = half_k as isize * level.stride as isize + 16;
+            if c >= reach && ((c + reach) as usize) <= level.data.len() && crate::features::use_avx2() {
+                // SAFETY: AVX2 is available; the loads cover
+                // c - reach .. c + reach, inside level.data (checked above).
+                // Integer sums: same result as the portable loop.
+                let (m01, m10) = unsafe { ic_moments_avx2(level, c as usize, half_k, masks) };
+                return fast_atan2(m01 as f32, m10 as f32);
+            }
+        }
+    }
+    ic_angle_portable(level, x, y, half_k, umax)
+}
+
+/// Moments (m01, m10) of the circular patch around `level.data[c]`, 32
+/// columns (u = -16..15) per row, outside the circle masked to 0.
+///
+/// # Safety
+/// AVX2 must be available and `level.data` must hold
+/// `c - half_k * stride - 16 .. c + half_k * stride + 16`; `half_k <= 15`
+/// and `masks.len() > half_k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn ic_moments_avx2(level: &Level, c: usize, half_k: i32, masks: &[[u8; 32]]) -> (i32, i32) {
+    use std::arch::x86_64::*;
+    let ptr = level.data.as_ptr().add(c - 16);
+    let step = level.stride as isize;
+    let mut u_lo = [0i16; 16];
+    let mut u_hi = [0i16; 16];
+    for j in 0..16 {
+        u_lo[j] = j as i16 - 16;
+        u_hi[j] = j as i16;
+    }
+    let u_lo = _mm256_loadu_si256(u_lo.as_ptr() as *const __m256i);
+    let u_hi = _mm256_loadu_si256(u_hi.as_ptr() as *const __m256i);
+    // 32 masked pixels of row offset dv, widened to i16 (u < 0, u >= 0)
+    let row = |dv: isize, mask: __m256i| {
+        let v = _mm256_and_si256(_mm256_loadu_si256(ptr.offset(dv * step) as *const __m256i), mask);
+        (_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)))
+    };
+    let (c_lo, c_hi) = row(0, _mm256_loadu_si256(masks[0].as_ptr() as *const __m256i));
+    let mut m10 = _mm256_add_epi32(_mm256_madd_epi16(c_lo, u_lo), _mm256_madd_epi16(c_hi, u_hi));
+    let mut m01 = _mm256_setzero_si256();
+    for v in 1..=half_k as isize {
+        let mask = _mm256_loadu_si256(masks[v as usize].as_ptr() as *const __m256i);
+        let (p_lo, p_hi) = row(v, mask);
+        let (n_lo, n_hi) = row(-v, mask);
+        let s_lo = _mm256_add_epi16(p_lo, n_lo);
+        let s_hi = _mm256_add_epi16(p_hi, n_hi);
+        m10 = _mm256_add_epi32(m10, _mm256_add_epi32(_mm256_madd_epi16(s_lo, u_lo), _mm256_madd_epi16(s_hi, u_hi)));
+        let d = _mm256_add_epi16(_mm256_sub_epi16(p_lo, n_lo), _mm256_sub_epi16(p_hi, n_hi));
+        m01 = _mm256_add_epi32(m01, _mm256_madd_epi16(d, _mm256_set1_epi16(v as i16)));
+    }
+    let hsum = |v: __m256i| {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    };
+    (hsum(m01), hsum(m10))
+}
+
+/// Portable [`ic_angle`].
+fn ic_angle_portable(level: &Level, x: i32, y: i32, half_k: i32, umax: &[i32]) -> f32 {
     let step = level.stride as isize;
     let c = level.idx(x as isize, y as isize) as isize;
     let d = &level.data;
@@ -592,7 +1082,8 @@ impl Orb {
         }
         let pattern = make_pattern(params.patch_size, params.wta_k);
         let umax = circular_umax(params.patch_size as i32 / 2);
-        Ok(Orb { params, pattern, umax })
+        let angle_masks = angle_masks(params.patch_size as i32 / 2, &umax);
+        Ok(Orb { params, pattern, umax, angle_masks })
     }
 
     /// OpenCV stores `scaleFactor` as a float (`ORB_create(float scaleFactor)`).
@@ -658,11 +1149,16 @@ impl Orb {
                 },
                 None => (image.data, image.width, 0, image.width, image.height),
             };
-            let lvl_pixels: Vec<u8> = if level == first {
-                image.data.to_vec()
+            let mut lvl = Level::uninit(w, h, border);
+            let o = lvl.idx(0, 0);
+            if level == first {
+                for y in 0..h {
+                    lvl.data[o + y * lvl.stride..o + y * lvl.stride + w].copy_from_slice(&image.data[y * w..(y + 1) * w]);
+                }
             } else {
-                resize_linear_exact(src, sstride, sorigin, sw, sh, w, h)
-            };
+                resize_linear_exact_into(src, sstride, sorigin, sw, sh, &mut lvl.data, lvl.stride, o, w, h);
+            }
+            lvl.fill_border();
             let lvl_mask = mask.map(|m| {
                 if level == first {
                     m.data.to_vec()
@@ -683,7 +1179,7 @@ impl Orb {
                     r
                 }
             });
-            levels.push(Some(Level::with_border(&lvl_pixels, w, h, border)));
+            levels.push(Some(lvl));
             if level > first {
                 prev = Some(level);
                 prev_mask = lvl_mask.clone();
@@ -736,7 +1232,7 @@ impl Orb {
             }
             retain_best(&mut kps, n);
             for k in kps.iter_mut() {
-                k.angle = ic_angle(level, k.x as i32, k.y as i32, half_k, &self.umax);
+                k.angle = ic_angle(level, k.x as i32, k.y as i32, half_k, &self.umax, &self.angle_masks);
                 k.x *= sf;
                 k.y *= sf;
             }
@@ -785,6 +1281,8 @@ impl Orb {
         // cvRound) held in the low mantissa bits: a vectorisable cvRound
         const MAGIC: f32 = 12_582_912.0;
         let magic_bits = MAGIC.to_bits() as i32;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = crate::features::use_avx2();
         for (k, desc) in kps.iter().zip(out.chunks_exact_mut(DESCRIPTOR_BYTES)) {
             let Some(level) = levels[k.octave as usize].as_ref() else { continue };
             let scale = 1.0f32 / self.level_scale(k.octave as usize);
@@ -795,6 +1293,17 @@ impl Orb {
             let (pw, ph) = (level.stride as isize, (level.data.len() / level.stride) as isize);
             let bx = cx + level.border as isize;
             let by = cy + level.border as isize;
+            #[cfg(target_arch = "x86_64")]
+            {
+                if self.params.wta_k == 2 && npts == 512 && avx2 && bx >= reach && by >= reach && bx + reach < pw && by + reach < ph {
+                    // SAFETY: AVX2 is available; the samples are checked to
+                    // lie within `reach` of the centre, which is at least
+                    // `reach` from every edge of the buffer.
+                    if unsafe { brief_wta2_avx2(&level.data, (by * pw + bx) as usize, pw as i32, reach as i32, &pat_x, &pat_y, a, b, desc) } {
+                        continue;
+                    }
+                }
+            }
             for i in 0..npts {
                 let x = pat_x[i] * a - pat_y[i] * b;
                 let y = pat_x[i] * b + pat_y[i] * a;
@@ -898,7 +1407,9 @@ impl Orb {
             return Ok(Vec::new());
         }
         let (levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
-        Ok(self.detect_on(&levels, &masks))
+        let kps = self.detect_on(&levels, &masks);
+        recycle(levels);
+        Ok(kps)
     }
 
     /// Compute descriptors at the given keypoints (level-0 coordinates;
@@ -938,9 +1449,11 @@ impl Orb {
             sorted.extend(kept.iter().filter(|k| k.octave as usize == l && level.is_some()));
         }
         if sorted.is_empty() {
+            recycle(levels);
             return Ok((Vec::new(), empty));
         }
         let data = self.describe(&mut levels, &sorted);
+        recycle(levels);
         Ok((sorted, Descriptors::U8 { data, width: DESCRIPTOR_BYTES }))
     }
 }
@@ -961,9 +1474,11 @@ impl FeatureExtractor for Orb {
         let (mut levels, masks) = self.pyramid(image, mask, self.params.n_levels, true);
         let kps = self.detect_on(&levels, &masks);
         if kps.is_empty() {
+            recycle(levels);
             return Ok((kps, empty));
         }
         let data = self.describe(&mut levels, &kps);
+        recycle(levels);
         Ok((kps, Descriptors::U8 { data, width: DESCRIPTOR_BYTES }))
     }
 }
@@ -1117,6 +1632,51 @@ mod tests {
                 assert!(!k.is_empty());
             }
         }
+    }
+
+    /// Noise, blocks and gradients: many corners of every strength.
+    fn textured(w: usize, h: usize, seed: u32) -> Vec<u8> {
+        let mut state = seed;
+        (0..w * h)
+            .map(|i| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let (x, y) = (i % w, i / w);
+                let block = if (x / 7 + y / 11) % 3 == 0 { 140 } else { 20 };
+                (block + (x + 2 * y) % 60 + ((state >> 16) % 50) as usize).min(255) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vector_and_portable_paths_agree() {
+        // every AVX2 kernel (FAST, Harris, orientation, resize, blur, rBRIEF)
+        // against the portable code, on sizes that leave vector tails
+        if !crate::features::use_avx2() {
+            return;
+        }
+        let cases = [(160usize, 120usize), (97, 83), (333, 251), (64, 64)];
+        let params = [
+            OrbParams::default(),
+            OrbParams { n_features: 100, edge_threshold: 15, patch_size: 15, ..Default::default() },
+            OrbParams { wta_k: 3, ..Default::default() },
+            OrbParams { fast_threshold: 0, n_features: 2000, ..Default::default() },
+            OrbParams { fast_threshold: 60, score_type: ScoreType::Fast, ..Default::default() },
+            OrbParams { patch_size: 45, edge_threshold: 10, n_levels: 3, ..Default::default() },
+        ];
+        let mut compared = 0;
+        for (ci, &(w, h)) in cases.iter().enumerate() {
+            for img in [textured(w, h, ci as u32 + 1), checker(w, h)] {
+                let view = GrayView::new(&img, w, h);
+                for p in params {
+                    let orb = Orb::new(p).unwrap();
+                    let fast = orb.detect_and_compute(view, None).unwrap();
+                    let slow = crate::features::portable_only(|| orb.detect_and_compute(view, None).unwrap());
+                    assert_eq!(fast, slow, "{w}x{h} {p:?}");
+                    compared += fast.0.len();
+                }
+            }
+        }
+        assert!(compared > 5000, "{compared}");
     }
 
     #[test]
