@@ -241,6 +241,12 @@ def test_sample_descriptors_is_partition_independent(images, sift_descriptors):
     assert 0.25 * len(full) < len(a) < 0.35 * len(full)
     capped = bs.sample_descriptors(sift_descriptors, max_descriptors=1000, random_state=1)
     assert capped.shape == (1000, 128)
+    # only the drawn descriptors leave the executors, the same ones as drawn from the full matrix
+    idx = np.sort(np.random.default_rng(1).choice(len(full), 1000, replace=False))
+    np.testing.assert_array_equal(capped, full[idx])
+    np.testing.assert_array_equal(bs.sample_descriptors(sift_descriptors.repartition(3), max_descriptors=1000,
+                                                        random_state=1), capped)
+    assert bs.sample_descriptors(sift_descriptors, max_descriptors=10**9).shape == full.shape
     with pytest.raises(ValueError, match="fraction"):
         bs.sample_descriptors(sift_descriptors, fraction=0)
 

@@ -194,6 +194,16 @@ def _overhead(spark, images, repeat=5):
     return empty, arrow
 
 
+def _reset(spark):
+    """Between pipelines: drop cached data and collect garbage in the JVM and
+    here, so that neither pipeline runs in the other's leftovers."""
+    import gc
+
+    spark.catalog.clearCache()
+    spark.sparkContext._jvm.System.gc()
+    gc.collect()
+
+
 def _emit(rows, r):
     rows.append(r)
     if os.environ.get("BOVW_BENCH_VERBOSE"):
@@ -228,6 +238,8 @@ def run(quick: bool = False) -> list[dict]:
         _emit(rows, row("spark/overhead", case, "none", arrow_s, None,
                         "a mapInArrow pass over the cached images doing nothing (+ count)"))
         seed_t, seed_notes = seed_pipeline(spark, images, K, iters, n_components) if with_seed else ({}, "")
+        _reset(spark)
+        images.cache().count()
         ours_t, ours_notes = bovw_spark_pipeline(spark, images, K, iters, n_components)
         local_t, local_notes = bovw_local_pipeline(files, K, iters, n_components)
         for stage in seed_t:

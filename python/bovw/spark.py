@@ -1323,6 +1323,59 @@ def _collected_descriptors(descriptors: "DataFrame", fraction: float, random_sta
     return X
 
 
+def _pick_fn(picks: Any):
+    """``mapInArrow``: the descriptors at the broadcast local indices of each
+    path (``picks.value``: path -> sorted int array), one blob per image."""
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        chosen = picks.value
+        for rb in batches:
+            X, offsets = _native_descriptors(rb)
+            out_p, out_n, out_b = [], [], []
+            for i, p in enumerate(rb.column(rb.schema.get_field_index("path")).to_pylist()):
+                idx = chosen.get(p)
+                if idx is None or not len(idx):
+                    continue
+                out_p.append(p)
+                out_n.append(len(idx))
+                out_b.append(np.ascontiguousarray(X[offsets[i] + idx]).tobytes())
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(out_p, pa.string()), pa.array(out_n, pa.int32()), pa.array(out_b, pa.binary())],
+                names=["path", "n_keypoints", "descriptors"],
+            )
+
+    return fn
+
+
+def _capped_descriptors(descriptors: "DataFrame", cap: int, random_state: int) -> np.ndarray | None:
+    """``max_descriptors`` of all the descriptors without collecting them all:
+    the per-image counts come to the driver (JVM only), the driver draws the
+    same global indices as :func:`sample_descriptors` does on the full matrix
+    (``default_rng(random_state).choice(n, cap)`` in path order), and the
+    executors send only those descriptors. None when there are at most
+    ``cap`` descriptors (then collect them all)."""
+    df = descriptors.where("error IS NULL AND n_keypoints > 0")
+    counts = _collect_arrow(df.select("path", "n_keypoints")).sort_by("path")
+    paths = counts.column("path").to_pylist()
+    n = np.asarray(counts.column("n_keypoints").to_numpy(zero_copy_only=False), np.int64)
+    if len(set(paths)) != len(paths) or int(n.sum()) <= cap:
+        return None
+    idx = np.sort(np.random.default_rng(random_state).choice(int(n.sum()), cap, replace=False))
+    starts = np.concatenate([[0], np.cumsum(n)])
+    row = np.searchsorted(starts, idx, side="right") - 1
+    bounds = np.searchsorted(row, np.arange(len(paths) + 1))
+    chosen = {paths[r]: (idx[bounds[r]:bounds[r + 1]] - starts[r]) for r in np.unique(row)}
+    bc = descriptors.sparkSession.sparkContext.broadcast(chosen)
+    try:
+        cols = ["path", "n_keypoints", "descriptors"]
+        table = _collect_arrow(df.select(*cols).mapInArrow(
+            _pick_fn(bc), "path string, n_keypoints int, descriptors binary"))
+    finally:
+        bc.unpersist()
+    table = table.sort_by("path")
+    X, _ = blob_matrix(table.column("descriptors"), table.column("n_keypoints"))
+    return X
+
+
 def sample_descriptors(
     descriptors: "DataFrame",
     *,
@@ -1336,9 +1389,12 @@ def sample_descriptors(
     Each image keeps each of its descriptors with probability ``fraction``,
     drawn from a generator seeded by ``(random_state, crc32(path))``, so the
     sample does not depend on the partitioning; rows come in path order. If
-    more than ``max_descriptors`` remain, a seeded uniform subset is kept.
-    With the blob layout and ``fraction=1`` the descriptors go from the
-    JVM to the driver as Arrow without any Python worker.
+    more than ``max_descriptors`` remain, a seeded uniform subset is kept
+    (``default_rng(random_state).choice`` over all of them in path order; with
+    ``fraction=1`` the indices are drawn on the driver from the per-image
+    counts and only those descriptors leave the executors). With the blob
+    layout and ``fraction=1`` and no cap the descriptors go from the JVM to
+    the driver as Arrow without any Python worker.
 
     Parameters
     ----------
@@ -1362,6 +1418,10 @@ def sample_descriptors(
     """
     if not (0.0 < float(fraction) <= 1.0):
         raise ValueError(f"fraction: expected a float in (0, 1], got {fraction!r}")
+    if max_descriptors is not None and float(fraction) >= 1.0 and "n_keypoints" in descriptors.columns:
+        X = _capped_descriptors(descriptors, int(max_descriptors), int(random_state))
+        if X is not None:
+            return X if dtype is None else np.ascontiguousarray(X, dtype=dtype)
     X = _collected_descriptors(descriptors, float(fraction), int(random_state))
     if max_descriptors is not None and X.shape[0] > max_descriptors:
         idx = np.sort(np.random.default_rng(random_state).choice(X.shape[0], int(max_descriptors), replace=False))
@@ -1559,7 +1619,9 @@ def fit_vocabulary(
     Parameters
     ----------
     descriptors : pyspark.sql.DataFrame
-        :func:`extract_descriptors`'s output.
+        :func:`extract_descriptors`'s output; cache it (``.cache()``) unless
+        it is used once: ``"auto"`` and ``"lloyd"`` read it more than once,
+        and every read of an uncached one extracts the descriptors again.
     n_clusters : int, default 100
     algorithm : {"sample", "auto", "lloyd"}, default "sample"
         ``"sample"``: :func:`sample_descriptors` (``sample_fraction``,
