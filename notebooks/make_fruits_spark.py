@@ -89,7 +89,10 @@ def extract_sift(content):
     return des.tolist() if des is not None else []
 descriptors = images.withColumn("descriptors", udf(extract_sift, ArrayType(ArrayType(FloatType())))("content"))
 ```
-bovw (a batch per Rust call; bad images give an `error` row instead of failing the task):
+bovw (a batch per Rust call; bad images give an `error` row instead of failing the task;
+each image's descriptors are one `binary` value, `n_keypoints x 128` float32, which the next
+stages read without copying; `bs.nested_descriptors(descriptors)` gives the seed's
+`array<array<float>>` when you want it):
 ```python
 descriptors = bs.extract_descriptors(images, METHOD)
 ```"""),

@@ -158,7 +158,7 @@ def test_descriptor_schema_and_errors_without_kernels(spark):
     out = bs.extract_descriptors(df, "sift", batch_size=2).collect()
     assert [r.label for r in out] == ["Kiwi"] * 5 and [r.split for r in out] == ["Test"] * 5
     by = {r.path.rsplit("/", 1)[-1]: r for r in out}
-    assert by["broken.jpg"].error and by["broken.jpg"].n_keypoints is None and by["broken.jpg"].descriptors == []
+    assert by["broken.jpg"].error and by["broken.jpg"].n_keypoints is None and by["broken.jpg"].descriptors == b""
     assert by["empty.jpg"].error
     if _sift_works():
         assert all(by[n].error is None and by[n].n_keypoints > 0 for n in by if n.endswith("100.jpg"))
@@ -208,21 +208,27 @@ def test_sift_descriptors_equal_in_process(sift_descriptors, local_table):
     }
     rows = sift_descriptors.collect()
     assert len(rows) == 550 and all(r.error is None for r in rows)
+    assert len(bs.nested_descriptors(sift_descriptors).collect()) == 550
+    nested = {_name(r.path): r for r in bs.nested_descriptors(sift_descriptors.limit(60)).collect()}
     for r in rows[:: 11]:
         n, d = ref_by[_name(r.path)]
-        assert r.n_keypoints == n
-        np.testing.assert_array_equal(np.asarray(r.descriptors, np.float32).reshape(n, 128),
-                                      bs.descriptor_matrix(pa.array([d.as_py()], pa.list_(pa.list_(pa.float32()))))[0])
+        assert r.n_keypoints == n and len(r.descriptors) == n * 512  # blob: n x 128 float32
+        ref = bs.descriptor_matrix(pa.array([d.as_py()], pa.list_(pa.list_(pa.float32()))))[0]
+        np.testing.assert_array_equal(np.frombuffer(r.descriptors, "<f4").reshape(n, 128), ref)
+        if _name(r.path) in nested:
+            np.testing.assert_array_equal(np.asarray(nested[_name(r.path)].descriptors, np.float32), ref)
 
 
 @needs_orb
 def test_orb_descriptors_equal_in_process(images, local_table):
     ref = bovw.extract_descriptors(local_table, "orb", n_threads=1)
     ref_by = {_name(p): n for p, n in zip(ref.column("path").to_pylist(), ref.column("n_keypoints").to_pylist())}
-    rows = bs.extract_descriptors(images, "orb").collect()
+    rows = bs.extract_descriptors(images, "orb", layout="nested").collect()
     assert {_name(r.path): r.n_keypoints for r in rows} == ref_by
     r = next(r for r in rows if r.n_keypoints)
     assert all(isinstance(b, (bytes, bytearray)) and len(b) == 32 for b in r.descriptors)
+    blobs = {_name(x.path): x for x in bs.extract_descriptors(images, "orb").collect()}
+    assert blobs[_name(r.path)].descriptors == b"".join(r.descriptors)
 
 
 @needs_sift
@@ -235,6 +241,12 @@ def test_sample_descriptors_is_partition_independent(images, sift_descriptors):
     assert 0.25 * len(full) < len(a) < 0.35 * len(full)
     capped = bs.sample_descriptors(sift_descriptors, max_descriptors=1000, random_state=1)
     assert capped.shape == (1000, 128)
+    # only the drawn descriptors leave the executors, the same ones as drawn from the full matrix
+    idx = np.sort(np.random.default_rng(1).choice(len(full), 1000, replace=False))
+    np.testing.assert_array_equal(capped, full[idx])
+    np.testing.assert_array_equal(bs.sample_descriptors(sift_descriptors.repartition(3), max_descriptors=1000,
+                                                        random_state=1), capped)
+    assert bs.sample_descriptors(sift_descriptors, max_descriptors=10**9).shape == full.shape
     with pytest.raises(ValueError, match="fraction"):
         bs.sample_descriptors(sift_descriptors, fraction=0)
 
@@ -300,13 +312,104 @@ def test_bow_fused_and_two_step_equal_in_process(images, sift_descriptors, local
 
 
 @needs_sift
+def test_descriptor_blobs_are_zero_copy_views(local_table):
+    """descriptor_blobs / blob_matrix round-trip the kernel's column, sliced or not, SIFT and ORB."""
+    t = pa.table({"content": local_table.column("content").to_pylist()[:6] + [b"broken"]})
+    for method, dtype in (("sift", np.float32), ("orb", np.uint8)):
+        if method == "orb" and not _orb_works():
+            continue
+        res = bovw.extract_descriptors(t, method, n_threads=1)
+        col, n_kp = res.column("descriptors"), res.column("n_keypoints")
+        for a, b in ((0, 7), (2, 5), (3, 2)):
+            ref, counts = bs.descriptor_matrix(col.slice(a, b))
+            blobs = bs.descriptor_blobs(col.slice(a, b))
+            assert blobs.type == pa.binary() and len(blobs) == b
+            X, offsets = bs.blob_matrix(blobs, n_kp.slice(a, b))
+            assert X.dtype == dtype and np.array_equal(np.diff(offsets), counts)
+            np.testing.assert_array_equal(X.astype(np.float32), ref)
+            np.testing.assert_array_equal(bs.descriptor_matrix(blobs, n_keypoints=n_kp.slice(a, b))[0], ref)
+            X2, _ = bs.blob_matrix(blobs.slice(1), n_kp.slice(a + 1, b - 1))
+            np.testing.assert_array_equal(X2.astype(np.float32), ref[counts[0]:])
+        if method == "sift":  # the blob shares the kernel's buffer
+            assert bs.descriptor_blobs(col).buffers()[2].address == col.values.values.buffers()[1].address
+    assert bs.descriptor_blobs(col).to_pylist()[-1] == b""  # the broken image: empty blob
+    with pytest.raises(ValueError, match="bytes per descriptor"):
+        bs.blob_matrix(pa.array([b"x" * 30]), [1])
+
+
+@needs_sift
+@needs_kmeans
+def test_fit_vocabulary_auto_on_the_driver_or_distributed(sift_descriptors):
+    X = bs.sample_descriptors(sift_descriptors)
+    km = bs.fit_vocabulary(sift_descriptors, 10, algorithm="auto", max_iter=15, random_state=3)
+    ref = bovw.KMeans(n_clusters=10, max_iter=15, random_state=3).fit(X)
+    np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+    dist = bs.fit_vocabulary(sift_descriptors, 10, algorithm="auto", max_iter=15, random_state=3,
+                             max_driver_bytes=1000)  # too big for the driver: distributed Lloyd
+    assert dist.cluster_centers_.shape == (10, 128) and dist.n_iter_ <= 15
+    assert dist.inertia_ <= 1.05 * ref.inertia_
+    nested = bs.extract_descriptors(sift_descriptors.sparkSession.createDataFrame([], "path string, content binary"),
+                                    layout="nested")
+    assert nested.schema["descriptors"].dataType.simpleString() == "array<array<float>>"
+    with pytest.raises(ValueError, match="layout"):
+        bs.extract_descriptors(sift_descriptors, layout="columns")
+
+
+@needs_orb
+def test_kmajority_vocabulary_and_histograms(images):
+    """ORB + K-majority on Spark: the driver fit and the Hamming histograms equal in-process."""
+    desc = bs.extract_descriptors(images, "orb").cache()
+    try:
+        km = bs.fit_vocabulary(desc, 12, kind="kmajority", max_iter=10, random_state=0, max_sample=None)
+        X = bs.sample_descriptors(desc, dtype=None)
+        assert X.dtype == np.uint8 and X.shape[1] == 32
+        ref = bovw.KMajority(n_clusters=12, max_iter=10, random_state=0).fit(X)
+        np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+        rows = bs.bow_histograms(desc, km.cluster_centers_).where("error IS NULL").collect()
+        nested = {r.path: r.bow for r in bs.bow_histograms(bs.nested_descriptors(desc), km.cluster_centers_).collect()}
+        d = {r.path: r for r in desc.collect()}
+        for r in rows[::25]:
+            D = np.frombuffer(d[r.path].descriptors, np.uint8).reshape(-1, 32)
+            H = np.bincount(ref.predict(D), minlength=12) if len(D) else np.zeros(12)
+            np.testing.assert_array_equal(r.bow, H)
+            assert nested[r.path] == r.bow
+        with pytest.raises(ValueError, match="kmajority"):
+            bs.fit_vocabulary(desc, 12, kind="kmajority", algorithm="lloyd")
+    finally:
+        desc.unpersist()
+
+
+@needs_orb
+def test_run_job_kmajority_matches_the_local_engine(spark, tmp_path):
+    import pyarrow.parquet as pq
+
+    from bovw.cli import main
+
+    args = ["run", "--method", "orb", "--vocabulary", "kmajority", "--k", "20", "--pca", "5", "--max-iter", "10",
+            "--seed", "0", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "spark"), "--engine", "spark", "--master", "local[2]"]) == 0
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    va, vb = np.load(tmp_path / "spark" / "vocabulary.npy"), np.load(tmp_path / "local" / "vocabulary.npy")
+    assert va.dtype == np.uint8 and np.array_equal(va, vb)
+    a = pq.read_table(tmp_path / "spark" / "features.parquet").sort_by("path")
+    b = pq.read_table(tmp_path / "local" / "features.parquet").sort_by("path")
+    assert a.column("bow").to_pylist() == b.column("bow").to_pylist()
+    assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
+
+
+@needs_sift
 @needs_bow
 @needs_pca
 def test_distributed_pca_equals_bovw_pca(images, sift_descriptors):
     vocab = bs.sample_descriptors(sift_descriptors, max_descriptors=40, random_state=1)
     bow = bs.bow_histograms(sift_descriptors, vocab).cache()
     try:
-        pca = bs.fit_pca(bow, 0.9)
+        pca = bs.fit_pca(bow, 0.9, algorithm="sums")
+        drv = bs.fit_pca(bow, 0.9)  # cached and small: "auto" fits it on the driver
+        np.testing.assert_allclose(drv.explained_variance_, pca.explained_variance_, rtol=1e-9)
+        np.testing.assert_allclose(np.abs(drv.components_), np.abs(pca.components_), atol=1e-9)
+        with pytest.raises(ValueError, match="algorithm"):
+            bs.fit_pca(bow, 0.9, algorithm="svd")
         B = np.array([r.bow for r in bow.where("error IS NULL").collect()])
         ref = bovw.PCA(0.9).fit(B)
         assert pca.n_components_ == ref.n_components_
@@ -378,4 +481,5 @@ def test_run_job_matches_the_local_engine(spark, tmp_path):
     ja = json.loads((tmp_path / "spark" / "run.json").read_text())
     jb = json.loads((tmp_path / "local" / "run.json").read_text())
     assert ja["accuracy"] == jb["accuracy"] and ja["counts"]["descriptors"] == jb["counts"]["descriptors"]
+    assert ja["input"]["sha256"] == jb["input"]["sha256"] and ja["input"]["n_files"] == jb["input"]["n_files"] == 550
     assert ja["parameters"]["spark_master"].startswith("local")

@@ -17,7 +17,16 @@ Each stage is materialised (``cache`` + ``count``) before the next one so the
 per-stage times add up. Rows follow benches/run.py's protocol; ``speedup`` is
 ref_s / ours_s.
 
-Run: ``PYTHONPATH=python python benches/py/bench_spark.py [--quick]``.
+Also: the floor that Spark itself sets (``spark/overhead``: an empty job, a
+``mapInArrow`` pass over the cached images that does nothing), and how bovw
+on Spark scales from 1,000 images to the whole dataset (``spark/scaling``).
+
+Run: ``PYTHONPATH=python python benches/py/bench_spark.py [--quick] [--images N]
+[--iters N] [--no-seed] [--scaling 1000,all|none]`` (or the environment
+variables ``BOVW_SPARK_IMAGES``, ``BOVW_SPARK_ITERS``, ``BOVW_SPARK_SEED=0``,
+``BOVW_SPARK_SCALING``). Defaults: 2,624 Training images, 100 iterations,
+scaling on 1,000 images and all of them; ``--quick``: 150 images, 5
+iterations, no scaling.
 """
 
 from __future__ import annotations
@@ -117,7 +126,10 @@ def bovw_spark_pipeline(spark, images, k, iters, n_components, max_sample=None):
         desc = bs.extract_descriptors(images, "sift").cache()
         desc.count()
     with T("kmeans"):
-        km = bs.fit_vocabulary(desc, k, max_iter=iters, tol=0.0, random_state=SEED, max_sample=max_sample)
+        # all descriptors (as KMeans.train), on the driver when they fit in 1 GiB, else distributed Lloyd;
+        # the scaling runs fit a seeded sample of max_sample descriptors
+        km = bs.fit_vocabulary(desc, k, algorithm="sample" if max_sample else "auto", max_iter=iters, tol=0.0,
+                               random_state=SEED, max_sample=max_sample)
     with T("bag of words"):
         bow = bs.bow_histograms(desc, km.cluster_centers_).cache()
         bow.count()
@@ -166,6 +178,32 @@ def _warm_up(spark, images):
         images.rdd.map(lambda r: __import__("cv2") is not None and __import__("bovw") is not None).count()
 
 
+def _overhead(spark, images, repeat=5):
+    """Spark's own floor: best seconds of an empty job and of a mapInArrow
+    pass over the cached images that returns one row per batch."""
+    import pyarrow as pa
+
+    from common import best_of
+
+    def nothing(batches):
+        for b in batches:
+            yield pa.RecordBatch.from_arrays([pa.array([b.num_rows], pa.int64())], names=["n"])
+
+    empty = best_of(lambda: spark.range(1).count(), repeat)
+    arrow = best_of(lambda: images.select("path", "content").mapInArrow(nothing, "n bigint").count(), repeat)
+    return empty, arrow
+
+
+def _reset(spark):
+    """Between pipelines: drop cached data and collect garbage in the JVM and
+    here, so that neither pipeline runs in the other's leftovers."""
+    import gc
+
+    spark.catalog.clearCache()
+    spark.sparkContext._jvm.System.gc()
+    gc.collect()
+
+
 def _emit(rows, r):
     rows.append(r)
     if os.environ.get("BOVW_BENCH_VERBOSE"):
@@ -176,9 +214,16 @@ def _total(t):
     return sum(t.values())
 
 
+def _env_int(name, default):
+    v = os.environ.get(name)
+    return int(v) if v else default
+
+
 def run(quick: bool = False) -> list[dict]:
-    n_images = 150 if quick else 2624
-    iters = 5 if quick else 100
+    n_images = _env_int("BOVW_SPARK_IMAGES", 150 if quick else 2624)
+    iters = _env_int("BOVW_SPARK_ITERS", 5 if quick else 100)
+    with_seed = os.environ.get("BOVW_SPARK_SEED", "1") != "0"
+    scaling = os.environ.get("BOVW_SPARK_SCALING", "none" if quick else "1000,all")
     n_components = 20
     files = image_files("Training", n_images)
     spark = _spark()
@@ -187,15 +232,22 @@ def run(quick: bool = False) -> list[dict]:
         images = _images_df(spark, files)
         images.count()
         _warm_up(spark, images)
-        seed_t, seed_notes = seed_pipeline(spark, images, K, iters, n_components)
+        empty_s, arrow_s = _overhead(spark, images)
+        case = f"{len(files)} images, K={K}, {iters} iterations, local[2]"
+        _emit(rows, row("spark/overhead", case, "none", empty_s, None, "an empty Spark job (spark.range(1).count())"))
+        _emit(rows, row("spark/overhead", case, "none", arrow_s, None,
+                        "a mapInArrow pass over the cached images doing nothing (+ count)"))
+        seed_t, seed_notes = seed_pipeline(spark, images, K, iters, n_components) if with_seed else ({}, "")
+        _reset(spark)
+        images.cache().count()
         ours_t, ours_notes = bovw_spark_pipeline(spark, images, K, iters, n_components)
         local_t, local_notes = bovw_local_pipeline(files, K, iters, n_components)
-        case = f"{len(files)} images, K={K}, {iters} iterations, local[2]"
         for stage in seed_t:
             _emit(rows, row(f"spark/{stage}", case, "seed (cv2 RDD + MLlib)", ours_t[stage], seed_t[stage],
                             f"bovw on Spark vs seed; {seed_notes}; {ours_notes}"))
-        _emit(rows, row("spark/end-to-end", case, "seed (cv2 RDD + MLlib)", _total(ours_t), _total(seed_t),
-                        f"sum of the stages; {seed_notes}; {ours_notes}"))
+        if seed_t:
+            _emit(rows, row("spark/end-to-end", case, "seed (cv2 RDD + MLlib)", _total(ours_t), _total(seed_t),
+                            f"sum of the stages; {seed_notes}; {ours_notes}"))
         for stage in local_t:
             _emit(rows, row(f"spark/{stage}", case, "bovw in-process", ours_t[stage], local_t[stage],
                             f"bovw on Spark vs in-process (speedup < 1: Spark overhead); {local_notes}"))
@@ -204,7 +256,7 @@ def run(quick: bool = False) -> list[dict]:
         # scaling of bovw on Spark
         import bovw.spark as bs
 
-        sizes = [] if quick else [1000, None]
+        sizes = [] if scaling == "none" else [None if v == "all" else int(v) for v in scaling.split(",")]
         for n in sizes:
             if n is None:
                 t0 = time.perf_counter()
@@ -229,7 +281,22 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--images", type=int, help="Training images (default 2624; quick 150)")
+    ap.add_argument("--iters", type=int, help="K-Means iterations (default 100; quick 5)")
+    ap.add_argument("--no-seed", action="store_true", help="skip the seed pipeline")
+    ap.add_argument("--scaling", help="sizes for the scaling rows, e.g. 1000,all, or none")
+    a = ap.parse_args()
+    for flag, env in ((a.images, "BOVW_SPARK_IMAGES"), (a.iters, "BOVW_SPARK_ITERS"),
+                      (a.scaling, "BOVW_SPARK_SCALING")):
+        if flag is not None:
+            os.environ[env] = str(flag)
+    if a.no_seed:
+        os.environ["BOVW_SPARK_SEED"] = "0"
+    quick = a.quick
     t0 = time.perf_counter()
     out = run(quick=quick)
     for r in out:

@@ -71,8 +71,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BINARY_FILE_SCHEMA",
+    "BLOB_LAYOUTS",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_DRIVER_BYTES",
+    "blob_matrix",
     "bow_histograms",
+    "descriptor_blobs",
     "configure_arrow_batches",
     "descriptor_matrix",
     "vector_matrix",
@@ -84,6 +88,7 @@ __all__ = [
     "kmeans_lloyd",
     "label_from_path",
     "list_s3_images",
+    "nested_descriptors",
     "pca_transform",
     "read_images",
     "run_job",
@@ -199,7 +204,7 @@ def _kmeans_assign(X: np.ndarray, centers: np.ndarray, n_threads: int) -> tuple[
     return np.asarray(labels), np.asarray(dist, np.float64)
 
 
-def _pca_partial(X: np.ndarray, n_threads: int) -> tuple[int, np.ndarray, np.ndarray]:
+def _pca_partial(X: np.ndarray, n_threads: int | None) -> tuple[int, np.ndarray, np.ndarray]:
     """``(count, sum (d,), X^T X (d, d))`` in float64: one Rust call."""
     from bovw.decomposition import pca_partial_sums
 
@@ -207,12 +212,29 @@ def _pca_partial(X: np.ndarray, n_threads: int) -> tuple[int, np.ndarray, np.nda
     return int(n), np.asarray(s, np.float64), np.asarray(xtx, np.float64)
 
 
-def _bow_counts(descriptors: pa.Array, vocabulary: np.ndarray, n_threads: int) -> np.ndarray:
-    """(n_rows, k) word counts of a ``list<fixed_size_list<float32, d>>``
-    column (null rows: zeros) with :class:`bovw.BagOfWords`: one Rust call."""
+def _bow_counts(X: np.ndarray, offsets: np.ndarray, vocabulary: np.ndarray, n_threads: int) -> np.ndarray:
+    """(n_rows, k) word counts of the descriptors ``X`` (row i:
+    ``X[offsets[i]:offsets[i+1]]``): :class:`bovw.BagOfWords` (float
+    vocabulary, Euclidean) or ``kmajority_predict`` + ``bow_histograms``
+    (uint8 vocabulary, Hamming); one or two Rust calls."""
     import bovw
 
-    H = bovw.BagOfWords(vocabulary, n_threads=n_threads).counts(descriptors)
+    k = vocabulary.shape[0]
+    if vocabulary.dtype == np.uint8:
+        if X.dtype != np.uint8:
+            raise TypeError("vocabulary: a binary (uint8, K-majority) vocabulary needs binary (ORB) descriptors")
+        from bovw import _bovw
+
+        if X.shape[0]:
+            words, _ = _bovw.kmajority_predict(np.ascontiguousarray(X), vocabulary, n_threads=n_threads)
+        else:
+            words = np.zeros(0, np.int64)
+        H = bovw.bow_histograms(np.asarray(words, np.int64), offsets, n_words=k)
+    else:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.shape[0] == 0:
+            return np.zeros((len(offsets) - 1, k), np.float64)
+        H = bovw.BagOfWords(vocabulary, n_threads=n_threads).counts(X, offsets)
     return np.asarray(H, np.float64)
 
 
@@ -234,18 +256,23 @@ def _col(rb: pa.RecordBatch, name: str) -> pa.Array | None:
     return rb.column(i) if i >= 0 else None
 
 
-def descriptor_matrix(column: Any, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def descriptor_matrix(column: Any, width: int | None = None, n_keypoints: Any = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Flatten an Arrow descriptors column into one matrix.
 
     Parameters
     ----------
-    column : pyarrow list array, one row per image
-        ``list<list<float>>`` or ``list<fixed_size_list<float32, d>>`` (SIFT),
-        ``list<binary>`` or ``list<fixed_size_binary(32)>`` (ORB: each byte
-        becomes one float feature, 0..255, as cv2's uint8 descriptors do when
-        given to a K-Means). Null rows count as empty.
+    column : pyarrow array, one row per image
+        A blob column (``binary``: :func:`extract_descriptors`'s default
+        layout, see :func:`blob_matrix`), ``list<list<float>>`` or
+        ``list<fixed_size_list<float32, d>>`` (SIFT), ``list<binary>`` or
+        ``list<fixed_size_binary(32)>`` (ORB: each byte becomes one float
+        feature, 0..255, as cv2's uint8 descriptors do when given to a
+        K-Means). Null rows count as empty.
     width : int, optional
         Expected descriptor width; checked when given.
+    n_keypoints : array-like of int, optional
+        The ``n_keypoints`` column: tells a blob column's layout (else ``width``).
 
     Returns
     -------
@@ -260,6 +287,11 @@ def descriptor_matrix(column: Any, width: int | None = None) -> tuple[np.ndarray
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        X, offsets = blob_matrix(column, n_keypoints, width=width)
+        if width is not None and X.shape[1] != width:
+            raise ValueError(f"descriptors: expected width {width}, got {X.shape[1]}")
+        return X.astype(np.float32, copy=False), np.diff(offsets)
     counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     inner = pc.list_flatten(column)
     t = inner.type
@@ -314,11 +346,13 @@ def vector_matrix(column: Any) -> np.ndarray:
     return values.reshape(n, d)
 
 
-def _canonical_descriptors(column: pa.Array) -> pa.Array:
-    """Spark's ``array<array<float>>`` / ``array<binary>`` back to bovw's
+def _canonical_descriptors(column: pa.Array, n_keypoints: Any = None) -> pa.Array:
+    """A blob column or Spark's ``array<array<float>>`` / ``array<binary>`` back to bovw's
     ``list<fixed_size_list<float32, d>>`` / ``list<fixed_size_binary(32)>``."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if pa.types.is_binary(column.type):
+        return _blob_to_list(column, n_keypoints)
     t = column.type.value_type
     if pa.types.is_fixed_size_list(t) or pa.types.is_fixed_size_binary(t):
         return column
@@ -371,14 +405,201 @@ def _keep_columns(rb: pa.RecordBatch) -> tuple[list[pa.Array], list[str]]:
 
 
 # --------------------------------------------------------------------------
+# descriptor blobs: one binary value per image (the default layout on Spark)
+# --------------------------------------------------------------------------
+
+#: Bytes per descriptor in a blob, and how to read them: SIFT is 128 float32
+#: (little-endian, 512 bytes), ORB 32 uint8 bytes.
+BLOB_LAYOUTS = {512: (np.dtype("<f4"), 128), 32: (np.dtype(np.uint8), 32)}
+
+
+def _validity_buffer(column: pa.Array) -> pa.Buffer | None:
+    if not column.null_count:
+        return None
+    return pc.is_valid(column).buffers()[1]
+
+
+def descriptor_blobs(column: pa.Array) -> pa.Array:
+    """bovw's ``list<fixed_size_list<float32, 128>>`` (SIFT) or
+    ``list<fixed_size_binary(32)>`` (ORB) descriptors column as one binary
+    value per image, without copying the descriptors.
+
+    Each value holds the image's descriptors row-major: SIFT ``n x 128``
+    float32 (little-endian, 512 bytes per descriptor), ORB ``n x 32`` bytes.
+    Only the offsets are computed (list offsets x bytes per descriptor); the
+    data buffer is the kernel's. Null rows stay null; an image without
+    keypoints (or with an error) has an empty value.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    if pa.types.is_binary(t):
+        return column
+    if not pa.types.is_list(t):
+        raise TypeError(f"descriptors: expected list<fixed_size_list<float32>> or list<fixed_size_binary>, got {t}")
+    inner = column.values  # ignores column.offset; column.offsets accounts for it
+    vt = inner.type
+    if pa.types.is_fixed_size_list(vt):
+        values = inner.values  # ignores inner.offset
+        if values.type != pa.float32():
+            values = values.cast(pa.float32())
+        width = vt.list_size * 4
+        base = (values.offset + inner.offset * vt.list_size) * 4
+        data = values.buffers()[1]
+    elif pa.types.is_fixed_size_binary(vt):
+        width = vt.byte_width
+        base = inner.offset * width
+        data = inner.buffers()[1]
+    else:
+        return descriptor_blobs(_canonical_descriptors(column))
+    offsets = np.asarray(column.offsets.to_numpy(zero_copy_only=False), np.int64) * width + base
+    if len(offsets) and offsets[-1] >= 2**31:
+        raise ValueError("descriptors: more than 2 GB of descriptors in one batch; lower batch_size")
+    if data is None:
+        data = pa.py_buffer(b"")
+    return pa.Array.from_buffers(
+        pa.binary(), len(column), [_validity_buffer(column), pa.py_buffer(offsets.astype(np.int32)), data],
+        null_count=column.null_count,
+    )
+
+
+def _blob_bytes_per_descriptor(blobs: pa.Array, n_keypoints: Any = None, width: int | None = None) -> int:
+    """Bytes per descriptor of a blob column: from ``n_keypoints`` (length /
+    count of the first row with keypoints), else from ``width`` (128: SIFT
+    float32, 32: ORB bytes)."""
+    if n_keypoints is not None:
+        if isinstance(n_keypoints, (pa.Array, pa.ChunkedArray)):
+            n_keypoints = pc.fill_null(n_keypoints, 0).to_numpy(zero_copy_only=False)
+        n = np.asarray(n_keypoints, np.int64)
+        lens = pc.fill_null(pc.binary_length(blobs), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        has = n > 0
+        if has.any():
+            per = lens[has] // n[has]
+            if (per * n[has] != lens[has]).any() or (per != per[0]).any():
+                raise ValueError("descriptors: blob lengths are not n_keypoints x one descriptor size")
+            if int(per[0]) not in BLOB_LAYOUTS:
+                raise ValueError(f"descriptors: {int(per[0])} bytes per descriptor; expected 512 (SIFT) or 32 (ORB)")
+            return int(per[0])
+    if width is not None:
+        return 512 if int(width) == 128 else int(width)
+    if n_keypoints is not None:
+        return 512
+    raise ValueError("descriptors: a binary descriptors column needs n_keypoints (or width) to be read")
+
+
+def _binary_offsets(blobs: pa.Array) -> np.ndarray:
+    """The n + 1 value offsets of a (large_)binary array, int64, slice-aware."""
+    buf = blobs.buffers()[1]
+    if buf is None or len(blobs) == 0:
+        return np.zeros(1, np.int64)
+    dtype = np.int64 if pa.types.is_large_binary(blobs.type) else np.int32
+    return np.frombuffer(buf, dtype)[blobs.offset : blobs.offset + len(blobs) + 1].astype(np.int64)
+
+
+def blob_matrix(blobs: Any, n_keypoints: Any = None, *, width: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Read a descriptor blob column (:func:`descriptor_blobs`) without copying.
+
+    Parameters
+    ----------
+    blobs : pyarrow binary array (one value per image; nulls count as empty)
+    n_keypoints : array-like of int, optional
+        Descriptors per image (the ``n_keypoints`` column); gives the layout.
+    width : int, optional
+        128 (SIFT, float32) or 32 (ORB, bytes) when ``n_keypoints`` is not given.
+
+    Returns
+    -------
+    X : ndarray of shape (n_descriptors, d)
+        float32 for SIFT, uint8 for ORB; a view of the Arrow buffer (read-only).
+    offsets : ndarray of shape (n_rows + 1,), dtype int64
+        Row i's descriptors are ``X[offsets[i]:offsets[i + 1]]``.
+    """
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks()
+    per = _blob_bytes_per_descriptor(blobs, n_keypoints, width)
+    dtype, d = BLOB_LAYOUTS.get(per, (np.dtype(np.uint8), per))
+    offs = _binary_offsets(blobs)
+    if blobs.null_count:  # null values may still span bytes in a foreign array: count them as empty
+        lens = np.diff(offs)
+        lens[~blobs.is_valid().to_numpy(zero_copy_only=False)] = 0
+        if (np.cumsum(lens) + offs[0] != offs[1:]).any():
+            keep = blobs.is_valid()
+            blobs = pa.array([b if v else b"" for b, v in zip(blobs.to_pylist(), keep.to_pylist())], pa.binary())
+            offs = _binary_offsets(blobs)
+    if (np.diff(offs) % per).any():
+        raise ValueError(f"descriptors: blob lengths are not multiples of {per} bytes")
+    data = blobs.buffers()[2]
+    start, stop = int(offs[0]), int(offs[-1])
+    if data is None or stop == start:
+        X = np.zeros((0, d), dtype)
+    else:
+        X = np.frombuffer(data, dtype, count=(stop - start) // dtype.itemsize, offset=start).reshape(-1, d)
+    return X, (offs - start) // per
+
+
+def nested_descriptors(df: "DataFrame", col: str = "descriptors") -> "DataFrame":
+    """Turn a blob descriptors column into nested lists, for users who want them.
+
+    SIFT blobs become ``array<array<float>>`` (one 128-value array per
+    descriptor), ORB blobs ``array<binary>`` (one 32-byte value per
+    descriptor), as ``extract_descriptors(..., layout="nested")`` gives. Needs
+    the ``n_keypoints`` column (to tell the layouts apart); other columns are
+    kept. Nested lists cost about 10x more to move between the JVM and Python
+    than blobs: keep blobs for bovw's own stages.
+    """
+    from pyspark.sql.types import ArrayType, BinaryType, FloatType, StructField, StructType
+
+    if "n_keypoints" not in df.columns:
+        raise KeyError("nested_descriptors: needs the n_keypoints column")
+    rows = df.where("n_keypoints > 0").select("n_keypoints", col).limit(1).collect()
+    per = (len(rows[0][1]) // rows[0][0]) if rows else 512
+    if per not in BLOB_LAYOUTS:
+        raise ValueError(f"nested_descriptors: {per} bytes per descriptor; expected 512 (SIFT) or 32 (ORB)")
+    new_type = ArrayType(ArrayType(FloatType())) if per == 512 else ArrayType(BinaryType())
+    schema = StructType([StructField(f.name, new_type, True) if f.name == col else f for f in df.schema.fields])
+
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            i = rb.schema.get_field_index(col)
+            cols = list(rb.columns)
+            cols[i] = _spark_descriptors(_blob_to_list(cols[i], _col(rb, "n_keypoints")))
+            yield pa.RecordBatch.from_arrays(cols, names=rb.schema.names)
+
+    return df.mapInArrow(fn, schema)
+
+
+def _blob_to_list(blobs: pa.Array, n_keypoints: Any = None, width: int | None = None) -> pa.Array:
+    """A blob column as bovw's canonical ``list<fixed_size_list<float32, 128>>``
+    (SIFT) or ``list<fixed_size_binary(32)>`` (ORB), sharing the blob buffer."""
+    X, offsets = blob_matrix(blobs, n_keypoints, width=width)
+    d = X.shape[1]
+    if X.dtype == np.uint8:
+        inner = pa.Array.from_buffers(pa.binary(d), X.shape[0], [None, pa.py_buffer(X)])
+    else:
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d)
+    mask = blobs.is_null() if blobs.null_count else None
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), inner, mask=mask)
+
+
+# --------------------------------------------------------------------------
 # mapInArrow functions
 # --------------------------------------------------------------------------
 
 
-def descriptors_schema(method: str = "sift") -> str:
-    """DDL schema of :func:`extract_descriptors`'s output for ``method``."""
-    desc = "array<array<float>>" if str(method).lower() == "sift" else "array<binary>"
+def descriptors_schema(method: str = "sift", layout: str = "blob") -> str:
+    """DDL schema of :func:`extract_descriptors`'s output for ``method`` and ``layout``."""
+    if _check_layout(layout) == "blob":
+        desc = "binary"
+    else:
+        desc = "array<array<float>>" if str(method).lower() == "sift" else "array<binary>"
     return f"path string, label string, split string, n_keypoints int, descriptors {desc}, error string"
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in ("blob", "nested"):
+        raise ValueError(f"layout: expected 'blob' or 'nested', got {layout!r}")
+    return layout
 
 
 #: DDL schema of :func:`bow_histograms`'s output.
@@ -386,15 +607,19 @@ BOW_SCHEMA = "path string, label string, split string, n_keypoints int, bow arra
 
 
 def descriptors_fn(
-    method: str = "sift", *, n_threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, **params: Any
+    method: str = "sift", *, n_threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+    layout: str = "blob", keep: Sequence[str] = (), **params: Any
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function behind :func:`extract_descriptors`.
 
     Takes batches with ``content`` and ``path`` (``label``/``split`` kept or
-    derived from the path) and yields batches of :func:`descriptors_schema`.
+    derived from the path) and yields batches of :func:`descriptors_schema`
+    (then the ``keep`` columns, passed through).
     """
     method = _check_method(method)
     _check_batch_size(batch_size)
+    convert = descriptor_blobs if _check_layout(layout) == "blob" else _spark_descriptors
+    keep = list(keep)
 
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import bovw
@@ -402,16 +627,16 @@ def descriptors_fn(
         threads = _task_threads(n_threads)
         for rb in batches:
             for chunk in _chunks(rb, batch_size):
-                keep, names = _keep_columns(chunk)
+                cols0, names = _keep_columns(chunk)
                 res = bovw.extract_descriptors(
                     chunk.select(["content"]), method, keep_columns=[], n_threads=threads, **params
                 )
-                cols = keep + [
+                cols = cols0 + [
                     res.column("n_keypoints"),
-                    _spark_descriptors(res.column("descriptors")),
+                    convert(res.column("descriptors")),
                     res.column("error"),
-                ]
-                yield pa.RecordBatch.from_arrays(cols, names=names + ["n_keypoints", "descriptors", "error"])
+                ] + [chunk.column(chunk.schema.get_field_index(c)) for c in keep]
+                yield pa.RecordBatch.from_arrays(cols, names=names + ["n_keypoints", "descriptors", "error"] + keep)
 
     return fn
 
@@ -428,17 +653,21 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
 
 
-def _histogram_matrix(descriptors: pa.Array, vocabulary: np.ndarray, n_threads: int) -> np.ndarray:
-    """(n_rows, k) float64 bag-of-words counts of an Arrow descriptors column."""
-    canon = _canonical_descriptors(descriptors)
-    if pa.types.is_fixed_size_binary(canon.type.value_type):  # ORB: bytes as float features
-        X, counts = descriptor_matrix(canon)
+def _histogram_matrix(descriptors: pa.Array, vocabulary: np.ndarray, n_threads: int,
+                      n_keypoints: Any = None) -> np.ndarray:
+    """(n_rows, k) float64 bag-of-words counts of an Arrow descriptors column
+    (blobs or lists; null rows: zeros). A uint8 vocabulary (K-majority, ORB)
+    assigns words by Hamming distance, a float one by Euclidean distance."""
+    if isinstance(descriptors, pa.ChunkedArray):
+        descriptors = descriptors.combine_chunks()
+    if pa.types.is_binary(descriptors.type):
+        X, offsets = blob_matrix(descriptors, n_keypoints, width=vocabulary.shape[1])
+    elif vocabulary.dtype == np.uint8:
+        X, offsets = blob_matrix(descriptor_blobs(_canonical_descriptors(descriptors)), width=vocabulary.shape[1])
+    else:
+        X, counts = descriptor_matrix(_canonical_descriptors(descriptors))
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        canon = pa.ListArray.from_arrays(
-            pa.array(offsets.astype(np.int32)),
-            pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), X.shape[1] if X.size else 32),
-        )
-    return _bow_counts(canon, vocabulary, n_threads)
+    return _bow_counts(X, offsets, vocabulary, n_threads)
 
 
 def bow_fn(
@@ -455,7 +684,8 @@ def bow_fn(
     extracted and turned into histograms in one pass; without it the input
     has a ``descriptors`` column (and ``n_keypoints``/``error`` are kept).
     """
-    vocabulary = np.ascontiguousarray(vocabulary, dtype=np.float32)
+    vocabulary = np.asarray(vocabulary)
+    vocabulary = np.ascontiguousarray(vocabulary, dtype=np.uint8 if vocabulary.dtype == np.uint8 else np.float32)
     if vocabulary.ndim != 2 or vocabulary.shape[0] < 1:
         raise ValueError(f"vocabulary: expected shape (n_clusters, n_features), got {vocabulary.shape}")
     if method is not None:
@@ -477,12 +707,15 @@ def bow_fn(
                 else:
                     desc = chunk.column(chunk.schema.get_field_index("descriptors"))
                     n_kp = _col(chunk, "n_keypoints")
-                    if n_kp is None:
+                    if n_kp is None and pa.types.is_binary(desc.type):
+                        per = _blob_bytes_per_descriptor(desc, None, vocabulary.shape[1])
+                        n_kp = pc.divide(pc.fill_null(pc.binary_length(desc), 0), per).cast(pa.int32())
+                    elif n_kp is None:
                         n_kp = pc.list_value_length(desc).cast(pa.int32())
                     err = _col(chunk, "error")
                     if err is None:
                         err = pa.nulls(chunk.num_rows, pa.string())
-                H = _histogram_matrix(desc, vocabulary, threads)
+                H = _histogram_matrix(desc, vocabulary, threads, n_kp)
                 failed = err.is_valid().to_numpy(zero_copy_only=False)
                 cols = keep + [n_kp.cast(pa.int32()), _float_lists(H, failed), err]
                 yield pa.RecordBatch.from_arrays(cols, names=names + ["n_keypoints", "bow", "error"])
@@ -526,6 +759,8 @@ def extract_descriptors(
     *,
     n_threads: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    layout: str = "blob",
+    keep: Sequence[str] = (),
     **params: Any,
 ) -> "DataFrame":
     """Keypoint descriptors of every image, one row per image.
@@ -545,6 +780,18 @@ def extract_descriptors(
         Kernel threads per task; default the task's CPUs (``spark.task.cpus``).
     batch_size : int, default 256
         Rows per kernel call.
+    layout : {"blob", "nested"}, default "blob"
+        ``"blob"``: ``descriptors`` is one ``binary`` value per image, the
+        image's descriptors row-major (SIFT: ``n_keypoints x 128`` float32,
+        little-endian, 512 bytes each; ORB: ``n_keypoints x 32`` bytes),
+        built on the kernel's Arrow buffer without copying and read back the
+        same way by :func:`fit_vocabulary`, :func:`bow_histograms`,
+        :func:`sample_descriptors` (:func:`blob_matrix` in your own code).
+        ``"nested"``: SIFT ``array<array<float>>``, ORB ``array<binary>``,
+        as the seed notebooks' UDFs give; about 10x slower to move between
+        the JVM and Python (:func:`nested_descriptors` converts blobs later).
+    keep : sequence of str
+        More input columns passed through, after ``error``.
     **params
         Parameters of :class:`bovw.SIFT` / :class:`bovw.ORB` (OpenCV names too).
 
@@ -552,17 +799,29 @@ def extract_descriptors(
     -------
     pyspark.sql.DataFrame
         ``path``, ``label``, ``split`` (strings), ``n_keypoints`` (int, null
-        on error), ``descriptors`` (SIFT: ``array<array<float>>`` of 128
-        values, 0..255; ORB: ``array<binary>`` of 32 bytes), ``error``
-        (string, null when fine).
+        on error), ``descriptors`` (see ``layout``; empty on error), ``error``
+        (string, null when fine), then the ``keep`` columns.
 
     Raises
     ------
     ValueError
-        If ``method`` or ``batch_size`` is invalid.
+        If ``method``, ``batch_size`` or ``layout`` is invalid.
     """
-    return images.mapInArrow(descriptors_fn(method, n_threads=n_threads, batch_size=batch_size, **params),
-                             descriptors_schema(method))
+    schema: Any = descriptors_schema(method, layout)
+    if keep:
+        from pyspark.sql.types import StructType
+
+        schema = StructType.fromDDL(schema) if hasattr(StructType, "fromDDL") else None
+        if schema is None:  # pragma: no cover - Spark < 4
+            from pyspark.sql.types import _parse_datatype_string
+
+            schema = _parse_datatype_string(descriptors_schema(method, layout))
+        for c in keep:
+            schema.add(images.schema[c])
+    return images.mapInArrow(
+        descriptors_fn(method, n_threads=n_threads, batch_size=batch_size, layout=layout, keep=keep, **params),
+        schema,
+    )
 
 
 def bow_histograms(
@@ -990,31 +1249,39 @@ def _row_rng(seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(str(path).encode())])
 
 
-def _sample_fn(fraction: float, seed: int, method_width: int | None):
+def _native_descriptors(rb: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """The descriptors of a batch in their own dtype (SIFT float32, ORB
+    uint8) and the row offsets, from blobs (zero-copy) or nested lists."""
+    desc = _col(rb, "descriptors")
+    if pa.types.is_binary(desc.type):
+        return blob_matrix(desc, _col(rb, "n_keypoints"))
+    return blob_matrix(descriptor_blobs(_canonical_descriptors(desc)))
+
+
+def _sample_fn(fraction: float, seed: int):
+    """``mapInArrow``: per image, its descriptors kept with probability
+    ``fraction`` (a generator seeded by ``(seed, crc32(path))``), as one blob
+    (``n`` descriptors, native dtype)."""
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for rb in batches:
-            desc = rb.column(rb.schema.get_field_index("descriptors"))
-            X, counts = descriptor_matrix(desc, method_width)
+            X, offsets = _native_descriptors(rb)
             paths = rb.column(rb.schema.get_field_index("path")).to_pylist()
-            out_p, out_n, out_d, out_b = [], [], [], []
-            start = 0
-            for p, c in zip(paths, counts):
-                rows = X[start : start + c]
-                start += c
+            out_p, out_n, out_b = [], [], []
+            for p, a, b in zip(paths, offsets[:-1], offsets[1:]):
+                c = int(b - a)
                 if c == 0:
                     continue
+                rows = X[a:b]
                 if fraction < 1.0:
                     rows = rows[_row_rng(seed, p).random(c) < fraction]
                 if len(rows) == 0:
                     continue
                 out_p.append(p)
                 out_n.append(len(rows))
-                out_d.append(rows.shape[1])
-                out_b.append(np.ascontiguousarray(rows, np.float32).tobytes())
+                out_b.append(np.ascontiguousarray(rows).tobytes())
             yield pa.RecordBatch.from_arrays(
-                [pa.array(out_p, pa.string()), pa.array(out_n, pa.int64()), pa.array(out_d, pa.int32()),
-                 pa.array(out_b, pa.binary())],
-                names=["path", "n", "d", "data"],
+                [pa.array(out_p, pa.string()), pa.array(out_n, pa.int32()), pa.array(out_b, pa.binary())],
+                names=["path", "n_keypoints", "descriptors"],
             )
 
     return fn
@@ -1032,10 +1299,81 @@ def _collect_arrow(df: "DataFrame") -> pa.Table:
     return pa.Table.from_batches(batches)
 
 
-def _blob_matrix(n: Sequence[int], d: Sequence[int], data: Sequence[bytes]) -> np.ndarray:
-    if not len(data):
-        return np.zeros((0, 0), np.float32)
-    return np.concatenate([np.frombuffer(b, np.float32).reshape(k, w) for k, w, b in zip(n, d, data)])
+def _is_blob_column(df: "DataFrame", col: str = "descriptors") -> bool:
+    from pyspark.sql.types import BinaryType
+
+    return isinstance(df.schema[col].dataType, BinaryType)
+
+
+def _collected_descriptors(descriptors: "DataFrame", fraction: float, random_state: int) -> np.ndarray:
+    """The (sampled) descriptors of the rows without error, on the driver, in
+    path order, native dtype. Blobs with ``fraction == 1`` go to the driver
+    straight from the JVM (no Python worker); otherwise one ``mapInArrow``."""
+    df = descriptors.where("error IS NULL")
+    if fraction >= 1.0 and _is_blob_column(df) and "n_keypoints" in df.columns:
+        table = _collect_arrow(df.where("n_keypoints > 0").select("path", "n_keypoints", "descriptors"))
+    else:
+        cols = ["path", "descriptors"] + (["n_keypoints"] if "n_keypoints" in df.columns else [])
+        table = _collect_arrow(df.select(*cols).mapInArrow(
+            _sample_fn(float(fraction), int(random_state)), "path string, n_keypoints int, descriptors binary"))
+    if table.num_rows == 0:
+        raise ValueError("sample_descriptors: no descriptor was sampled (no image had keypoints?)")
+    table = table.sort_by("path")
+    X, _ = blob_matrix(table.column("descriptors"), table.column("n_keypoints"))
+    return X
+
+
+def _pick_fn(picks: Any):
+    """``mapInArrow``: the descriptors at the broadcast local indices of each
+    path (``picks.value``: path -> sorted int array), one blob per image."""
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        chosen = picks.value
+        for rb in batches:
+            X, offsets = _native_descriptors(rb)
+            out_p, out_n, out_b = [], [], []
+            for i, p in enumerate(rb.column(rb.schema.get_field_index("path")).to_pylist()):
+                idx = chosen.get(p)
+                if idx is None or not len(idx):
+                    continue
+                out_p.append(p)
+                out_n.append(len(idx))
+                out_b.append(np.ascontiguousarray(X[offsets[i] + idx]).tobytes())
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(out_p, pa.string()), pa.array(out_n, pa.int32()), pa.array(out_b, pa.binary())],
+                names=["path", "n_keypoints", "descriptors"],
+            )
+
+    return fn
+
+
+def _capped_descriptors(descriptors: "DataFrame", cap: int, random_state: int) -> np.ndarray | None:
+    """``max_descriptors`` of all the descriptors without collecting them all:
+    the per-image counts come to the driver (JVM only), the driver draws the
+    same global indices as :func:`sample_descriptors` does on the full matrix
+    (``default_rng(random_state).choice(n, cap)`` in path order), and the
+    executors send only those descriptors. None when there are at most
+    ``cap`` descriptors (then collect them all)."""
+    df = descriptors.where("error IS NULL AND n_keypoints > 0")
+    counts = _collect_arrow(df.select("path", "n_keypoints")).sort_by("path")
+    paths = counts.column("path").to_pylist()
+    n = np.asarray(counts.column("n_keypoints").to_numpy(zero_copy_only=False), np.int64)
+    if len(set(paths)) != len(paths) or int(n.sum()) <= cap:
+        return None
+    idx = np.sort(np.random.default_rng(random_state).choice(int(n.sum()), cap, replace=False))
+    starts = np.concatenate([[0], np.cumsum(n)])
+    row = np.searchsorted(starts, idx, side="right") - 1
+    bounds = np.searchsorted(row, np.arange(len(paths) + 1))
+    chosen = {paths[r]: (idx[bounds[r]:bounds[r + 1]] - starts[r]) for r in np.unique(row)}
+    bc = descriptors.sparkSession.sparkContext.broadcast(chosen)
+    try:
+        cols = ["path", "n_keypoints", "descriptors"]
+        table = _collect_arrow(df.select(*cols).mapInArrow(
+            _pick_fn(bc), "path string, n_keypoints int, descriptors binary"))
+    finally:
+        bc.unpersist()
+    table = table.sort_by("path")
+    X, _ = blob_matrix(table.column("descriptors"), table.column("n_keypoints"))
+    return X
 
 
 def sample_descriptors(
@@ -1044,13 +1382,19 @@ def sample_descriptors(
     fraction: float = 1.0,
     max_descriptors: int | None = None,
     random_state: int = 0,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
     """Collect a seeded sample of the descriptors to the driver.
 
     Each image keeps each of its descriptors with probability ``fraction``,
     drawn from a generator seeded by ``(random_state, crc32(path))``, so the
     sample does not depend on the partitioning; rows come in path order. If
-    more than ``max_descriptors`` remain, a seeded uniform subset is kept.
+    more than ``max_descriptors`` remain, a seeded uniform subset is kept
+    (``default_rng(random_state).choice`` over all of them in path order; with
+    ``fraction=1`` the indices are drawn on the driver from the per-image
+    counts and only those descriptors leave the executors). With the blob
+    layout and ``fraction=1`` and no cap the descriptors go from the JVM to
+    the driver as Arrow without any Python worker.
 
     Parameters
     ----------
@@ -1059,10 +1403,13 @@ def sample_descriptors(
     fraction : float in (0, 1], default 1.0
     max_descriptors : int, optional
     random_state : int, default 0
+    dtype : numpy dtype or None, default float32
+        None keeps the descriptors' own dtype (ORB: uint8, for
+        :class:`bovw.KMajority`).
 
     Returns
     -------
-    ndarray of shape (n_sampled, n_features), dtype float32
+    ndarray of shape (n_sampled, n_features), dtype ``dtype``
 
     Raises
     ------
@@ -1071,18 +1418,31 @@ def sample_descriptors(
     """
     if not (0.0 < float(fraction) <= 1.0):
         raise ValueError(f"fraction: expected a float in (0, 1], got {fraction!r}")
-    df = descriptors.where("error IS NULL").select("path", "descriptors")
-    blobs = df.mapInArrow(_sample_fn(float(fraction), int(random_state), None),
-                          "path string, n bigint, d int, data binary")
-    table = _collect_arrow(blobs)
-    if table.num_rows == 0:
-        raise ValueError("sample_descriptors: no descriptor was sampled (no image had keypoints?)")
-    table = table.sort_by("path")
-    X = _blob_matrix(table.column("n").to_pylist(), table.column("d").to_pylist(), table.column("data").to_pylist())
+    if max_descriptors is not None and float(fraction) >= 1.0 and "n_keypoints" in descriptors.columns:
+        X = _capped_descriptors(descriptors, int(max_descriptors), int(random_state))
+        if X is not None:
+            return X if dtype is None else np.ascontiguousarray(X, dtype=dtype)
+    X = _collected_descriptors(descriptors, float(fraction), int(random_state))
     if max_descriptors is not None and X.shape[0] > max_descriptors:
         idx = np.sort(np.random.default_rng(random_state).choice(X.shape[0], int(max_descriptors), replace=False))
         X = X[idx]
-    return X
+    return X if dtype is None else np.ascontiguousarray(X, dtype=dtype)
+
+
+def _concat_fn():
+    """``mapInArrow``: the descriptors of each batch's rows without error as
+    one blob (a slice of the batch's buffer when it holds blobs)."""
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            X, _ = _native_descriptors(rb)
+            if X.shape[0]:
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([X.shape[0]], pa.int64()), pa.array([X.shape[1]], pa.int32()),
+                     pa.array([str(X.dtype)], pa.string()), pa.array([np.ascontiguousarray(X).tobytes()], pa.binary())],
+                    names=["n", "d", "dtype", "data"],
+                )
+
+    return fn
 
 
 def _partition_matrices(descriptors: "DataFrame") -> Any:
@@ -1090,13 +1450,14 @@ def _partition_matrices(descriptors: "DataFrame") -> Any:
     its images, in order), persisted in memory."""
     from pyspark import StorageLevel
 
-    df = descriptors.where("error IS NULL").select("path", "descriptors")
-    blobs = df.mapInArrow(_sample_fn(1.0, 0, None), "path string, n bigint, d int, data binary")
+    cols = ["descriptors"] + (["n_keypoints"] if "n_keypoints" in descriptors.columns else [])
+    df = descriptors.where("error IS NULL").select(*cols)
+    blobs = df.mapInArrow(_concat_fn(), "n bigint, d int, dtype string, data binary")
 
     def concat(rows: Iterable[Any]) -> Iterator[np.ndarray]:
-        rows = list(rows)
-        if rows:
-            yield _blob_matrix([r.n for r in rows], [r.d for r in rows], [r.data for r in rows])
+        mats = [np.frombuffer(r.data, np.dtype(r.dtype)).reshape(r.n, r.d) for r in rows]
+        if mats:
+            yield np.concatenate(mats).astype(np.float32)
 
     return blobs.rdd.mapPartitions(concat).persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -1233,16 +1594,23 @@ def kmeans_lloyd(
             data.unpersist()
 
 
+#: Most bytes of descriptors that :func:`fit_vocabulary` (``algorithm="auto"``)
+#: collects to the driver (float32: 1 GiB is about 2 million SIFT descriptors).
+DEFAULT_MAX_DRIVER_BYTES = 1 << 30
+
+
 def fit_vocabulary(
     descriptors: "DataFrame",
     n_clusters: int = 100,
     *,
     algorithm: str = "sample",
+    kind: str = "kmeans",
     max_iter: int = 100,
     tol: float = 1e-4,
     random_state: int = 0,
     sample_fraction: float = 1.0,
     max_sample: int | None = 200_000,
+    max_driver_bytes: int = DEFAULT_MAX_DRIVER_BYTES,
     n_threads: int | None = None,
     **kmeans_params: Any,
 ) -> Any:
@@ -1251,32 +1619,69 @@ def fit_vocabulary(
     Parameters
     ----------
     descriptors : pyspark.sql.DataFrame
-        :func:`extract_descriptors`'s output.
+        :func:`extract_descriptors`'s output; cache it (``.cache()``) unless
+        it is used once: ``"auto"`` and ``"lloyd"`` read it more than once,
+        and every read of an uncached one extracts the descriptors again.
     n_clusters : int, default 100
-    algorithm : {"sample", "lloyd"}, default "sample"
+    algorithm : {"sample", "auto", "lloyd"}, default "sample"
         ``"sample"``: :func:`sample_descriptors` (``sample_fraction``,
         ``max_sample``) then :class:`bovw.KMeans` on the driver, which is
         what is usually done in practice (a few hundred thousand descriptors
         fit in memory and K-Means on them takes seconds).
+        ``"auto"``: K-Means on *all* the descriptors (no sampling, what
+        MLlib's ``KMeans.train`` does): collected to the driver and fitted
+        in-process when they take at most ``max_driver_bytes`` as float32
+        (one job to count them, one to collect them), else ``"lloyd"``.
         ``"lloyd"``: initial centers by :class:`bovw.KMeans`'s initialisation
         (k-means++) on the same driver sample, then :func:`kmeans_lloyd` over
-        all the descriptors, one Rust call per partition and iteration.
+        all the descriptors, one Rust call per partition and iteration (one
+        Spark job per iteration).
+    kind : {"kmeans", "kmajority"}, default "kmeans"
+        ``"kmajority"``: :class:`bovw.KMajority` (Hamming distance, binary
+        words) on ORB descriptors, on the driver (``"sample"``/``"auto"``).
     max_iter, tol, random_state
         As in :class:`bovw.KMeans`.
+    max_driver_bytes : int, default 1 GiB
+        See ``algorithm="auto"``. Mind ``spark.driver.maxResultSize`` (1g by
+        default) and the driver's memory.
     n_threads : int, optional
         Threads of the driver-side fit (default all cores).
 
     Returns
     -------
-    bovw.KMeans
+    bovw.KMeans or bovw.KMajority
         Fitted: ``cluster_centers_`` is the vocabulary.
     """
     import bovw
 
-    if algorithm not in ("sample", "lloyd"):
-        raise ValueError(f"algorithm: expected 'sample' or 'lloyd', got {algorithm!r}")
-    X = sample_descriptors(descriptors, fraction=sample_fraction, max_descriptors=max_sample,
-                           random_state=random_state)
+    if algorithm not in ("sample", "lloyd", "auto"):
+        raise ValueError(f"algorithm: expected 'sample', 'auto' or 'lloyd', got {algorithm!r}")
+    if kind not in ("kmeans", "kmajority"):
+        raise ValueError(f"kind: expected 'kmeans' or 'kmajority', got {kind!r}")
+    if kind == "kmajority" and algorithm == "lloyd":
+        raise ValueError("kind='kmajority' is fitted on the driver: use algorithm='sample' or 'auto'")
+    fraction, cap = sample_fraction, max_sample
+    if algorithm == "auto":
+        ok = descriptors.where("error IS NULL AND n_keypoints > 0")
+        if _is_blob_column(descriptors):
+            row = ok.selectExpr("sum(n_keypoints)", "max(length(descriptors) DIV n_keypoints)").first()
+            n_desc, d = row[0] or 0, 128 if (row[1] or 512) == 512 else (row[1] or 32)
+        else:
+            from pyspark.sql.types import ArrayType, BinaryType
+
+            t = descriptors.schema["descriptors"].dataType
+            n_desc = ok.selectExpr("sum(n_keypoints)").first()[0] or 0
+            d = 32 if isinstance(t, ArrayType) and isinstance(t.elementType, BinaryType) else 128
+        if n_desc * d * 4 <= max_driver_bytes:
+            algorithm, fraction, cap = "sample", 1.0, None
+        else:
+            algorithm = "lloyd"
+    X = sample_descriptors(descriptors, fraction=fraction, max_descriptors=cap, random_state=random_state,
+                           dtype=np.uint8 if kind == "kmajority" else np.float32)
+    if kind == "kmajority":
+        km = bovw.KMajority(n_clusters=n_clusters, max_iter=max_iter, random_state=random_state,
+                            **_with_threads(bovw.KMajority, n_threads, kmeans_params))
+        return km.fit(X)
     if algorithm == "sample":
         km = bovw.KMeans(n_clusters=n_clusters, max_iter=max_iter, tol=tol, random_state=random_state,
                          **_with_threads(bovw.KMeans, n_threads, kmeans_params))
@@ -1371,19 +1776,30 @@ def pca_partial_sums(df: "DataFrame", input_col: str = "bow", *, n_threads: int 
 
 
 def fit_pca(df: "DataFrame", n_components: Any = 0.95, *, input_col: str = "bow",
+            algorithm: str = "auto", max_driver_bytes: int = DEFAULT_MAX_DRIVER_BYTES,
             n_threads: int | None = None, **pca_params: Any) -> Any:
-    """Fit :class:`bovw.PCA` on a vector column without collecting it.
+    """Fit :class:`bovw.PCA` on a vector column (null rows skipped).
 
-    Each partition reduces its rows to ``(count, sum, X^T X)`` (one Rust call);
-    the driver adds them and builds the PCA from the covariance
-    ``(X^T X - n mean mean^T) / (n - 1)``. Equal (up to rounding and the sign
-    of each component) to ``bovw.PCA(n_components).fit(collected rows)``.
+    ``algorithm="sums"``: each partition reduces its rows to ``(count, sum,
+    X^T X)`` (one Rust call in one Python pass); the driver adds them and
+    builds the PCA from the covariance ``(X^T X - n mean mean^T) / (n - 1)``.
+    ``algorithm="driver"``: the column goes to the driver as Arrow straight
+    from the JVM (no Python worker: about 10x less time than a Python pass
+    for a few thousand rows) and the same sums are taken there.
+    ``algorithm="auto"`` (default): ``"driver"`` when ``df`` is cached
+    (``.cache()``/``.persist()``: then counting its rows is cheap) and its
+    ``n_rows x n_features`` float64 take at most ``max_driver_bytes``
+    (30,000 histograms of 100 words: 24 MB), else ``"sums"``. Both are equal
+    (up to rounding and the sign of each component) to
+    ``bovw.PCA(n_components).fit(collected rows)``.
 
     Parameters
     ----------
     n_components : int or float in (0, 1), default 0.95
         As in :class:`bovw.PCA` (a float keeps the fewest components that
         explain that fraction of the variance).
+    algorithm : {"auto", "sums", "driver"}, default "auto"
+    max_driver_bytes : int, default 1 GiB
     **pca_params
         More :class:`bovw.PCA` parameters (e.g. its MLlib-compatible mode).
 
@@ -1393,7 +1809,21 @@ def fit_pca(df: "DataFrame", n_components: Any = 0.95, *, input_col: str = "bow"
     """
     import bovw
 
-    n, s, xtx = pca_partial_sums(df, input_col, n_threads=n_threads)
+    if algorithm not in ("auto", "sums", "driver"):
+        raise ValueError(f"algorithm: expected 'auto', 'sums' or 'driver', got {algorithm!r}")
+    if algorithm == "auto":
+        algorithm = "sums"
+        if df.is_cached:
+            row = df.where(f"`{input_col}` IS NOT NULL").selectExpr("count(*)", f"max(size(`{input_col}`))").first()
+            if (row[0] or 0) * (row[1] or 0) * 8 <= max_driver_bytes:
+                algorithm = "driver"
+    if algorithm == "driver":
+        table = _collect_arrow(df.where(f"`{input_col}` IS NOT NULL").select(input_col))
+        if table.num_rows == 0:
+            raise ValueError(f"fit_pca: column {input_col!r} has no non-null row")
+        n, s, xtx = _pca_partial(vector_matrix(table.column(input_col)), n_threads)
+    else:
+        n, s, xtx = pca_partial_sums(df, input_col, n_threads=n_threads)
     return bovw.PCA(n_components=n_components, **pca_params).fit_partial_sums(n, s, xtx)
 
 
@@ -1508,6 +1938,23 @@ def _seeded_splits(paths: list[str], labels: list[str], test_size: float, seed: 
     return out
 
 
+def _input_fingerprint(paths: list[str], sha256: list[str]) -> dict:
+    """:func:`bovw.image.input_fingerprint` from per-file SHA-256 digests
+    computed in the executors: the same value as the local engine's for the
+    same folder (names are the last three path parts, %-encoded as
+    ``Path.as_uri`` does, whatever encoding Spark's path has)."""
+    import hashlib
+    from urllib.parse import quote
+
+    named = sorted(("/".join(quote(unquote(part)) for part in p.rsplit("/", 3)[-3:]), d)
+                   for p, d in zip(paths, sha256))
+    h = hashlib.sha256()
+    for name, d in named:
+        h.update(name.encode())
+        h.update(d.encode())
+    return {"n_files": len(named), "sha256": h.hexdigest()}
+
+
 def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
     """The main job on Spark: ``bovw run --engine spark [--master URL]``.
 
@@ -1517,15 +1964,17 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
 
     1. images: :func:`read_images` (local folder, HDFS or ``s3://``; an
        S3-compatible endpoint from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``);
-    2. descriptors: :func:`extract_descriptors` in the executors, cached;
+    2. descriptors: :func:`extract_descriptors` in the executors (blobs),
+       cached, with each file's SHA-256 (Spark's ``sha2``, in the executors)
+       for ``run.json``'s input fingerprint, the local engine's value;
     3. vocabulary: the Training descriptors (a seeded sample of at most
-       ``max_descriptors``) collected to the driver and :class:`bovw.KMeans`,
+       ``max_descriptors``) collected to the driver and :class:`bovw.KMeans`
+       (or :class:`bovw.KMajority` with ``vocabulary="kmajority"`` and ORB),
        as the local engine does, so both engines fit the same vocabulary;
-    4. bag of words: :func:`bow_histograms` in the executors;
-    5. PCA: :func:`fit_pca` on the Training rows from per-partition partial
-       sums, :func:`pca_transform` in the executors;
-    6. classifier: the features (n_images x n_components) are collected and
-       the same scikit-learn classifier as the local engine is fitted.
+    4. bag of words: :func:`bow_histograms` in the executors; the
+       histograms (n_images x k) are collected;
+    5. PCA and 6. classifier: on the driver, as the local engine (the
+       histograms are small; no more Spark job).
 
     ``out`` may be an ``s3://`` URI: the files are written locally first and
     uploaded with pyarrow's S3 client.
@@ -1535,8 +1984,8 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
     config : bovw.pipeline.RunConfig
         ``root`` (folder or ``s3://`` URI; None: the shipped sample),
         ``out``, ``method``, ``k``, ``seed``, ``pca``, ``max_iter``,
-        ``n_init``, ``max_descriptors``, ``classifier``, ``test_size``,
-        ``extractor_params``, ``master``, ``batch_size``.
+        ``n_init``, ``max_descriptors``, ``vocabulary``, ``classifier``,
+        ``test_size``, ``extractor_params``, ``master``, ``batch_size``.
     spark : SparkSession, optional
         Default: :func:`session` with ``config.master``.
 
@@ -1553,13 +2002,13 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
     import tempfile
 
     import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
 
     import bovw
     from bovw import pipeline as pl
 
     pl._validate(config)
-    if getattr(config, "vocabulary", "kmeans") != "kmeans":
-        raise ValueError("vocabulary: the Spark engine fits K-Means vocabularies only ('kmeans')")
+    binary_words = config.method == "orb" and getattr(config, "vocabulary", "kmeans") == "kmajority"
     root = str(config.root) if config.root else str(bovw.sample_data_path())
     out_uri = str(config.out)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -1590,50 +2039,57 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
     say(f"bovw: {n} images under {root} ({n_train} Training, {n - n_train} Test) on {spark.sparkContext.master}")
 
     with timer.stage(f"decode + {method} descriptors") as st:
-        desc = extract_descriptors(images, method, batch_size=batch, **params).persist()
-        status = _collect_arrow(desc.select("path", "label", "split", "n_keypoints", "error"))
+        # SHA-256 of each file in the executors (JVM), next to its descriptors: one read of the files
+        hashed = images.withColumn("sha256", F.sha2(F.coalesce(F.col("content"), F.unhex(F.lit(""))), 256))
+        desc = extract_descriptors(hashed, method, batch_size=batch, keep=["sha256"], **params).persist()
+        status = _collect_arrow(desc.select("path", "label", "split", "n_keypoints", "error", "sha256"))
         st["items"] = n
 
-    with timer.stage(f"vocabulary (kmeans, k={config.k})", unit="descriptors") as st:
+    with timer.stage(f"vocabulary ({config.vocabulary}, k={config.k})", unit="descriptors") as st:
         train_desc = desc.where("split = 'Training'")
         try:
-            X = sample_descriptors(train_desc, max_descriptors=config.max_descriptors, random_state=config.seed)
+            X = sample_descriptors(train_desc, max_descriptors=config.max_descriptors, random_state=config.seed,
+                                   dtype=np.uint8 if binary_words else np.float32)
         except ValueError:
             raise ValueError("no descriptor in any Training image: cannot fit the vocabulary") from None
         k = min(config.k, len(X))
-        quantizer = bovw.KMeans(n_clusters=k, n_init=config.n_init, max_iter=config.max_iter,
-                                random_state=config.seed).fit(X)
+        if binary_words:
+            quantizer = bovw.KMajority(n_clusters=k, max_iter=config.max_iter, random_state=config.seed)
+        else:
+            quantizer = bovw.KMeans(n_clusters=k, n_init=config.n_init, max_iter=config.max_iter,
+                                    random_state=config.seed)
+        quantizer.fit(X)
         st["items"] = len(X)
-    vocab = np.asarray(quantizer.cluster_centers_, np.float32)
+    vocab = np.asarray(quantizer.cluster_centers_, np.uint8 if binary_words else np.float32)
 
     with timer.stage("bag of visual words") as st:
-        bow = bow_histograms(desc, vocab, batch_size=batch).where("error IS NULL").persist()
-        st["items"] = bow.count()
-
-    pca = None
-    with timer.stage("PCA") as st:
-        if config.pca is not None and config.pca != 0:
-            n_comp = config.pca
-            if isinstance(n_comp, int):
-                n_comp = min(n_comp, k, n_train)
-            pca = fit_pca(bow.where("split = 'Training'"), n_comp)
-            feats = pca_transform(bow, pca)
-        else:
-            feats = bow.withColumn("pca_features", bow["bow"])
-        table = _collect_arrow(feats.select("path", "label", "split", "n_keypoints", "bow", "pca_features"))
-        table = table.sort_by("path")
+        # the histograms (n_images x k) come to the driver: the classifier needs them there anyway
+        bow = bow_histograms(desc, vocab, batch_size=batch).where("error IS NULL")
+        table = _collect_arrow(bow.select("path", "label", "split", "n_keypoints", "bow")).sort_by("path")
         st["items"] = table.num_rows
     desc.unpersist()
-    bow.unpersist()
-
-    from sklearn.metrics import accuracy_score
 
     y = np.array(table.column("label").to_pylist(), dtype=object)
     split_arr = np.array(table.column("split").to_pylist(), dtype=object)
     train = split_arr == "Training"
     test = ~train
-    F_ = vector_matrix(table.column("pca_features")).astype(np.float32)
     H = vector_matrix(table.column("bow")).astype(np.float32)
+
+    pca = None
+    with timer.stage("PCA") as st:
+        # n_images x k on the driver: fitted there as the local engine does (no Spark job)
+        if config.pca is not None and config.pca != 0:
+            n_comp = config.pca
+            if isinstance(n_comp, int):
+                n_comp = min(n_comp, k, n_train)
+            pca = bovw.PCA(n_components=n_comp, random_state=config.seed).fit(H[train])
+            F_ = np.asarray(pca.transform(H), np.float32)
+        else:
+            F_ = H
+        st["items"] = table.num_rows
+
+    from sklearn.metrics import accuracy_score
+
     classes = sorted(set(y[train]))
     predictions: list[Any] = [None] * table.num_rows
     accuracy = None
@@ -1647,7 +2103,7 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
                 accuracy = float(accuracy_score(y[test], np.array(predictions, dtype=object)[test]))
         st["items"] = table.num_rows
 
-    model = pl.BovwModel(method, params, quantizer, pca, clf, k, False)
+    model = pl.BovwModel(method, params, quantizer, pca, clf, k, binary_words)
     err_rows = [
         (p, s, lab, "decode" if ("decode" in e or "JPEG" in e or "PNG" in e) else "descriptors", e)
         for p, s, lab, e in zip(status.column("path").to_pylist(), status.column("split").to_pylist(),
@@ -1683,8 +2139,8 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
                            "default_parallelism": spark.sparkContext.defaultParallelism},
             "extractor_params": params,
             "versions": {**pl._versions(), "pyspark": spark.version},
-            "input": {"n_files": n, "bytes": int(sum(v or 0 for v in meta.column("length").to_pylist())),
-                      "root": root},
+            "input": {**_input_fingerprint(status.column("path").to_pylist(), status.column("sha256").to_pylist()),
+                      "bytes": int(sum(v or 0 for v in meta.column("length").to_pylist())), "root": root},
             "counts": {
                 "images": n,
                 "usable": int(ok_status.sum()),
