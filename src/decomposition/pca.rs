@@ -767,7 +767,8 @@ pub fn fit<T: Sample>(x: &[T], d: usize, k: NComponents, solver: Solver, opts: R
 /// When `scale` is given, column `j` is divided by `scale[j]` (whitening).
 ///
 /// # Errors
-/// As [`check_input`], and [`BovwError::Shape`] when widths differ.
+/// As [`check_input`] (rows with NaN or infinity are found from their
+/// non-finite projections), and [`BovwError::Shape`] when widths differ.
 pub fn transform<T: Sample>(
     x: &[T],
     d: usize,
@@ -775,8 +776,11 @@ pub fn transform<T: Sample>(
     center: Option<&[f64]>,
     scale: Option<&[f64]>,
 ) -> Result<Vec<T>> {
-    let n = check_input(x, d, "X")?;
+    let n = check_shape(x, d, "X")?;
     let k = components.len() / d.max(1);
+    if k == 0 {
+        check_input(x, d, "X")?;
+    }
     let comps_t: Vec<T> = components.iter().map(|&c| T::from_f64(c)).collect();
     let cm = MatRef::from_row_major_slice(&comps_t, k, d);
     // offset_j = center . component_j
@@ -808,6 +812,11 @@ pub fn transform<T: Sample>(
                 }
             }
         });
+    // NaN or infinity in a row makes its projections non-finite: only then
+    // is X scanned (again) to name the row.
+    if out.par_iter().any(|v| !v.to_f64().is_finite()) {
+        check_input(x, d, "X")?;
+    }
     Ok(out)
 }
 
@@ -908,5 +917,29 @@ mod tests {
             let v: f64 = (0..n).map(|i| t[i * 2 + j].powi(2)).sum::<f64>() / (n as f64 - 1.0);
             assert_relative_eq!(v, f.explained_variance[j], max_relative = 1e-9);
         }
+        let mut bad = x.clone();
+        bad[7 * d + 2] = f64::INFINITY;
+        let e = transform(&bad, d, &f.components, Some(&f.mean), None).unwrap_err();
+        assert!(e.to_string().contains("row 7"), "{e}");
+    }
+
+    #[test]
+    fn one_pass_mean_scatter_matches_two_pass() {
+        for (n, d) in [(3000usize, 13usize), (700, 100), (5000, 1)] {
+            let x = data(n, d, 9);
+            let (mean, s) = mean_scatter(&x, d).unwrap();
+            let m2 = column_mean(&x, d);
+            let s2 = scatter(&x, d, &m2);
+            for (a, b) in mean.iter().zip(&m2) {
+                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+            }
+            let scale = s2.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (a, b) in s.iter().zip(&s2) {
+                assert!((a - b).abs() <= 1e-11 * scale, "{a} vs {b}");
+            }
+        }
+        let mut bad = data(3000, 5, 1);
+        bad[2500 * 5 + 4] = f64::NAN;
+        assert!(mean_scatter(&bad, 5).unwrap_err().to_string().contains("row 2500"));
     }
 }
