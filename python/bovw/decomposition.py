@@ -253,7 +253,11 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self : PCA
         """
         kind, value = self._check_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, order="C")
+        # Finiteness is checked in Rust, fused with the pass over X (the error
+        # names the first bad row), so validate_data need not scan X first.
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, order="C", ensure_all_finite=False
+        )
         if kind == "count" and value > min(X.shape):
             raise ValueError(
                 f"n_components={int(value)} must be between 0 and min(n_samples, n_features)={min(X.shape)}"
@@ -352,7 +356,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             If X has another number of features than in ``fit``, or NaN/inf.
         """
         check_is_fitted(self, "components_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False, order="C")
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], reset=False, order="C", ensure_all_finite=False
+        )  # finiteness: checked in Rust
         center = None if self.mllib_compat else self._mean64
         return _bovw.pca_transform(X, self._components64, center, self._scale(), n_threads=self.n_threads)
 

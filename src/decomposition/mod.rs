@@ -1,3 +1,4 @@
 //! Dimensionality reduction.
 
 pub mod pca;
+pub mod syrk;

@@ -8,10 +8,13 @@
 //! $s_i = \sqrt{\lambda_i (n - 1)}$.
 //!
 //! Three solvers, named as in scikit-learn's `PCA`:
-//! - `covariance_eigh`: the scatter matrix is accumulated by blocked GEMMs (rows
-//!   in blocks of [`BLOCK_ROWS`], each block centred and multiplied in the
-//!   input precision, blocks summed in `f64`), then faer's self-adjoint
-//!   eigendecomposition. Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
+//! - `covariance_eigh`: one pass over the data accumulates the column sums
+//!   and the scatter matrix about a provisional centre ([`mean_scatter`],
+//!   with the AVX2 kernels of [`syrk`]: rows in blocks of [`syrk::KC`],
+//!   centred and multiplied in the input precision, blocks summed in `f64`),
+//!   then a self-adjoint eigendecomposition (faer's tridiagonalisation and
+//!   divide and conquer) that back-transforms only the kept eigenvectors.
+//!   Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
 //! - `full`: thin SVD of the centred data in `f64`, $O(n d \min(n, d))$.
 //! - `randomized`: Halko, Martinsson and Tropp (2011), Algorithm 4.4 (randomized
 //!   subspace iteration, each basis orthonormalised by a thin SVD, which
@@ -23,18 +26,18 @@
 //! largest absolute value (first one on ties) is positive.
 //!
 //! Determinism: row blocks and their grouping depend only on `n` and `d`,
-//! and group results are summed in a fixed order, so the output does not
-//! depend on the number of threads.
+//! group results are summed in a fixed order, and faer runs with a fixed
+//! parallel degree, so the output does not depend on the number of threads.
 
-use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::syrk::{self, SyrkElem};
 use crate::error::{BovwError, Result};
 
-/// Rows per block of the scatter-matrix GEMMs.
+/// Rows per block of the column means and of the projection GEMMs.
 pub const BLOCK_ROWS: usize = 2048;
 
 /// faer's parallelism for the dense decompositions. faer splits work by the
@@ -61,6 +64,62 @@ fn sym_eig(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
     Ok((vals, u))
 }
 
+/// Symmetric eigendecomposition of `a` (lower triangle read) with only the
+/// eigenvectors of the `top(eigenvalues)` largest eigenvalues: eigenvalues
+/// ascending (all `d`), eigenvectors as columns (`d x top`, ascending).
+///
+/// The steps of faer's `self_adjoint_evd` (Householder tridiagonalisation,
+/// divide and conquer on the tridiagonal matrix), except that the
+/// Householder reflections are applied to the kept eigenvectors only: that
+/// back-transformation costs $2 d^2 k$ instead of $2 d^3$ flops.
+fn sym_eig_top(a: MatRef<'_, f64>, top: impl FnOnce(&[f64]) -> usize) -> Result<(Vec<f64>, Mat<f64>)> {
+    use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+    use faer::linalg::{evd, householder, qr};
+    let n = a.nrows();
+    if n < 2 {
+        let (s, u) = sym_eig(a)?;
+        let k = top(&s).min(n);
+        return Ok((s, u.subcols(n - k, k).to_owned()));
+    }
+    let par = det_par();
+    let bs = qr::no_pivoting::factor::recommended_block_size::<f64>(n, n);
+    let scratch = StackReq::any_of(&[
+        evd::tridiag::tridiag_in_place_scratch::<f64>(n, par, Default::default()),
+        evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, Default::default()),
+        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(n - 1, bs, n),
+    ]);
+    let mut mem = MemBuffer::new(scratch);
+    let stack = MemStack::new(&mut mem);
+    let mut trid = Mat::<f64>::zeros(n, n);
+    trid.copy_from_triangular_lower(a);
+    let mut hh = Mat::<f64>::zeros(bs, n - 1);
+    evd::tridiag::tridiag_in_place(trid.as_mut(), hh.as_mut(), par, stack, Default::default());
+    let mut diag = faer::diag::Diag::<f64>::zeros(n);
+    let mut sub = faer::diag::Diag::<f64>::zeros(n);
+    for i in 0..n {
+        diag.column_vector_mut()[i] = trid[(i, i)];
+        if i + 1 < n {
+            sub.column_vector_mut()[i] = trid[(i + 1, i)];
+        }
+    }
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let mut u = Mat::<f64>::zeros(n, n);
+    evd::tridiagonal_self_adjoint_evd(diag.as_ref(), sub.as_ref(), s.as_mut(), Some(u.as_mut()), par, stack, Default::default())
+        .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
+    let vals: Vec<f64> = (0..n).map(|i| s.column_vector()[i]).collect();
+    let k = top(&vals).min(n);
+    let mut v = u.subcols(n - k, k).to_owned();
+    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        trid.submatrix(1, 0, n - 1, n - 1),
+        hh.as_ref(),
+        faer::Conj::No,
+        v.as_mut().subrows_mut(1, n - 1),
+        par,
+        stack,
+    );
+    Ok((vals, v))
+}
+
 /// Thin SVD `a = U diag(s) V^T` with a fixed parallel degree; singular values decreasing.
 fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
     use faer::dyn_stack::{MemBuffer, MemStack};
@@ -79,7 +138,7 @@ fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
 }
 
 /// Element types the PCA kernels accept (`f32`, `f64`).
-pub trait Sample: faer::traits::RealField + Copy + Send + Sync + 'static {
+pub trait Sample: faer::traits::RealField + SyrkElem + Copy + Send + Sync + 'static {
     /// Widen to `f64`.
     fn to_f64(self) -> f64;
     /// Narrow from `f64`.
@@ -284,12 +343,11 @@ impl PartialSums {
     }
 }
 
-/// Check shape and finiteness of a row-major `n x d` array.
+/// Check the shape of a row-major `n x d` array; returns `n`.
 ///
 /// # Errors
-/// [`BovwError::Shape`] when `x.len()` is not `n * d` or `d == 0`;
-/// [`BovwError::InvalidInput`] naming the first row with NaN or infinity.
-pub fn check_input<T: Sample>(x: &[T], d: usize, what: &str) -> Result<usize> {
+/// [`BovwError::Shape`] when `x.len()` is not `n * d` or `d == 0`.
+pub fn check_shape<T>(x: &[T], d: usize, what: &str) -> Result<usize> {
     if d == 0 || x.len() % d != 0 {
         return Err(BovwError::Shape {
             what: what.into(),
@@ -297,6 +355,16 @@ pub fn check_input<T: Sample>(x: &[T], d: usize, what: &str) -> Result<usize> {
             got: format!("{} values for {d} features", x.len()),
         });
     }
+    Ok(x.len() / d)
+}
+
+/// Check shape and finiteness of a row-major `n x d` array.
+///
+/// # Errors
+/// [`BovwError::Shape`] when `x.len()` is not `n * d` or `d == 0`;
+/// [`BovwError::InvalidInput`] naming the first row with NaN or infinity.
+pub fn check_input<T: Sample>(x: &[T], d: usize, what: &str) -> Result<usize> {
+    check_shape(x, d, what)?;
     let bad = x
         .par_chunks(d)
         .position_first(|row| row.iter().any(|v| !v.to_f64().is_finite()));
@@ -334,70 +402,54 @@ pub fn column_mean<T: Sample>(x: &[T], d: usize) -> Vec<f64> {
 /// Scatter matrix $\sum_i (x_i - c)(x_i - c)^\top$ about `center`, `d x d`
 /// row-major (full, symmetric), accumulated in `f64`.
 ///
-/// Rows are taken in blocks of [`BLOCK_ROWS`]; each block is centred and
-/// multiplied (lower triangle only) in the input precision `T`, then added
-/// to an `f64` accumulator. Blocks are split into a fixed number of groups
-/// (depending on `n` and `d` only) that run in parallel.
+/// Rows are centred and multiplied in the input precision `T` in blocks of
+/// [`syrk::KC`] rows and the blocks summed in `f64`; see [`syrk`] for the
+/// blocking and the fixed partition that keeps the result independent of
+/// the number of threads.
 pub fn scatter<T: Sample>(x: &[T], d: usize, center: &[f64]) -> Vec<f64> {
-    let n = x.len() / d;
-    let n_blocks = n.div_ceil(BLOCK_ROWS).max(1);
-    // Memory cap of ~32 MB of f64 accumulators; at least one group.
-    let by_mem = ((32usize << 20) / (8 * d * d).max(1)).max(1);
-    let n_groups = n_blocks.min(8).min(by_mem).max(1);
-    let blocks_per_group = n_blocks.div_ceil(n_groups);
-    let inner_par = if n_groups == 1 { det_par() } else { Par::Seq };
     let center_t: Vec<T> = center.iter().map(|&c| T::from_f64(c)).collect();
-    let group_sums: Vec<Vec<f64>> = (0..n_groups)
-        .into_par_iter()
-        .map(|g| {
-            let mut acc = vec![0.0f64; d * d];
-            let mut block_buf: Vec<T> = Vec::with_capacity(BLOCK_ROWS * d);
-            let mut prod = Mat::<T>::zeros(d, d);
-            let first = g * blocks_per_group;
-            let last = ((g + 1) * blocks_per_group).min(n_blocks);
-            for b in first..last {
-                let r0 = b * BLOCK_ROWS;
-                let r1 = ((b + 1) * BLOCK_ROWS).min(n);
-                if r0 >= r1 {
-                    continue;
-                }
-                block_buf.clear();
-                for row in x[r0 * d..r1 * d].chunks_exact(d) {
-                    block_buf.extend(row.iter().zip(&center_t).map(|(&v, &c)| v - c));
-                }
-                let rows = r1 - r0;
-                let xb = MatRef::from_row_major_slice(&block_buf, rows, d);
-                tri_matmul(
-                    prod.as_mut(),
-                    BlockStructure::TriangularLower,
-                    Accum::Replace,
-                    xb.transpose(),
-                    BlockStructure::Rectangular,
-                    xb,
-                    BlockStructure::Rectangular,
-                    T::from_f64(1.0),
-                    inner_par,
-                );
-                for j in 0..d {
-                    let col = prod.col(j);
-                    for i in j..d {
-                        acc[i * d + j] += col[i].to_f64();
-                    }
-                }
-            }
-            acc
-        })
-        .collect();
-    let mut s = vec![0.0f64; d * d];
-    for g in &group_sums {
-        s.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+    syrk::centered_sums_scatter(x, d, &center_t).1
+}
+
+/// Rows whose mean is the provisional centre of [`mean_scatter`].
+const SHIFT_ROWS: usize = 1024;
+
+/// Column means and the scatter matrix about them (`d x d`, row-major),
+/// in one pass over `x`, which must have `n >= 1` rows.
+///
+/// The rows are centred on a provisional centre $s$, the mean of the
+/// first [`SHIFT_ROWS`] rows rounded to `T`, while the column sums and
+/// the scatter about $s$ are accumulated ([`syrk::centered_sums_scatter`]).
+/// Then $\mu = s + \delta$ with $\delta = \sum_i (x_i - s) / n$ and
+/// $S = \sum_i (x_i - s)(x_i - s)^\top - n \delta \delta^\top$. Since $s$ is
+/// already close to $\mu$, the correction is small and cancels no digits
+/// to speak of.
+///
+/// Non-finite input shows up as a non-finite sum or diagonal entry; only
+/// then is `x` scanned again to name the offending row.
+///
+/// # Errors
+/// [`BovwError::InvalidInput`] naming the first row with NaN or infinity.
+pub fn mean_scatter<T: Sample>(x: &[T], d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let n = x.len() / d;
+    let m = n.clamp(1, SHIFT_ROWS);
+    let mut shift = vec![0.0f64; d];
+    for row in x[..m * d].chunks_exact(d) {
+        shift.iter_mut().zip(row).for_each(|(a, v)| *a += v.to_f64());
     }
-    for i in 0..d {
-        for j in 0..i {
-            s[j * d + i] = s[i * d + j];
-        }
+    let shift_t: Vec<T> = shift.iter().map(|s| T::from_f64(s / m as f64)).collect();
+    let (sums, mut s) = syrk::centered_sums_scatter(x, d, &shift_t);
+    if sums.iter().chain((0..d).map(|i| &s[i * d + i])).any(|v| !v.is_finite()) {
+        check_input(x, d, "X")?;
     }
-    s
+    let nf = n as f64;
+    let delta: Vec<f64> = sums.iter().map(|v| v / nf).collect();
+    for (i, row) in s.chunks_exact_mut(d).enumerate() {
+        let di = nf * delta[i];
+        row.iter_mut().zip(&delta).for_each(|(v, dj)| *v -= di * dj);
+    }
+    let mean = shift_t.iter().zip(&delta).map(|(c, dl)| c.to_f64() + dl).collect();
+    Ok((mean, s))
 }
 
 /// Sufficient statistics (count, sums, $X^\top X$) of one batch, computed
@@ -407,12 +459,11 @@ pub fn scatter<T: Sample>(x: &[T], d: usize, center: &[f64]) -> Vec<f64> {
 /// # Errors
 /// As [`check_input`].
 pub fn partial_sums<T: Sample>(x: &[T], d: usize) -> Result<PartialSums> {
-    let n = check_input(x, d, "X")?;
+    let n = check_shape(x, d, "X")?;
     if n == 0 {
         return Ok(PartialSums::zeros(d));
     }
-    let mean = column_mean(x, d);
-    let mut gram = scatter(x, d, &mean);
+    let (mean, mut gram) = mean_scatter(x, d)?;
     let nf = n as f64;
     for i in 0..d {
         for j in 0..d {
@@ -454,8 +505,34 @@ pub fn svd_flip_rows(v: &mut [f64], d: usize) {
     }
 }
 
+/// How many of the `variances` (decreasing) to keep for `k`, out of at
+/// most `lim = min(n, d)`.
+fn kept_count(variances: &[f64], total_variance: f64, lim: usize, k: NComponents) -> usize {
+    let m = variances.len();
+    let kept = match k {
+        NComponents::All => lim,
+        NComponents::Count(c) => c,
+        NComponents::Fraction(f) if f >= 1.0 => lim,
+        NComponents::Fraction(f) => {
+            let mut cum = 0.0;
+            let mut below = 0usize;
+            for v in variances {
+                cum += v / total_variance;
+                if cum <= f {
+                    below += 1;
+                } else {
+                    break;
+                }
+            }
+            (below + 1).min(lim).min(m)
+        }
+    };
+    kept.min(m)
+}
+
 /// Build the fit from the full spectrum: `variances` (decreasing, length
-/// `m`), matching `axes` (`m x d` row-major, not yet sign-flipped),
+/// `m`), matching `axes` (at least the kept rows of `m x d` row-major, not
+/// yet sign-flipped),
 /// the total variance and the component choice.
 #[allow(clippy::too_many_arguments)]
 fn finish(
@@ -473,25 +550,7 @@ fn finish(
     let m = variances.len();
     svd_flip_rows(&mut axes, d);
     let ratio: Vec<f64> = variances.iter().map(|v| v / total_variance).collect();
-    let kept = match k {
-        NComponents::All => lim,
-        NComponents::Count(c) => c,
-        NComponents::Fraction(f) if f >= 1.0 => lim,
-        NComponents::Fraction(f) => {
-            let mut cum = 0.0;
-            let mut below = 0usize;
-            for r in &ratio {
-                cum += r;
-                if cum <= f {
-                    below += 1;
-                } else {
-                    break;
-                }
-            }
-            (below + 1).min(lim).min(m)
-        }
-    };
-    let kept = kept.min(m);
+    let kept = kept_count(&variances, total_variance, lim, k);
     let noise_variance = if kept < lim {
         if truncated {
             (total_variance - variances[..kept].iter().sum::<f64>()) / (lim - kept) as f64
@@ -551,14 +610,17 @@ pub fn fit_covariance(mean: Vec<f64>, cov: &[f64], n: usize, k: NComponents) -> 
     }
     check_n_components(k, n, d)?;
     let c = MatRef::from_row_major_slice(cov, d, d);
-    let (s, u) = sym_eig(c)?;
-    // Decreasing order; clip round-off negatives as scikit-learn does.
-    let mut variances = Vec::with_capacity(d);
-    let mut axes = Vec::with_capacity(d * d);
-    for idx in (0..d).rev() {
-        variances.push(s[idx].max(0.0));
-        let col = u.col(idx);
-        axes.extend((0..d).map(|i| col[i]));
+    let mut kept = 0;
+    let (s, u) = sym_eig_top(c, |s| {
+        // Decreasing order; clip round-off negatives as scikit-learn does.
+        let variances: Vec<f64> = s.iter().rev().map(|v| v.max(0.0)).collect();
+        kept = kept_count(&variances, variances.iter().sum(), n.min(d), k);
+        kept
+    })?;
+    let variances: Vec<f64> = s.iter().rev().map(|v| v.max(0.0)).collect();
+    let mut axes = Vec::with_capacity(kept * d);
+    for idx in (0..u.ncols()).rev() {
+        axes.extend(u.col(idx).iter().copied());
     }
     let total: f64 = variances.iter().sum();
     Ok(finish(variances, axes, total, mean, n, d, k, Solver::CovarianceEigh, false))
@@ -666,15 +728,19 @@ fn fit_randomized<T: Sample>(x: &[T], d: usize, k: usize, opts: RandomizedOption
 ///   exceeds `min(n, d)`, a fraction is outside (0, 1], or a fraction is
 ///   asked of the randomized solver.
 pub fn fit<T: Sample>(x: &[T], d: usize, k: NComponents, solver: Solver, opts: RandomizedOptions) -> Result<PcaFit> {
-    let n = check_input(x, d, "X")?;
+    let n = check_shape(x, d, "X")?;
+    let solver = solver.resolve(n, d, k);
+    if solver != Solver::CovarianceEigh {
+        // The covariance path finds non-finite rows in its single pass.
+        check_input(x, d, "X")?;
+    }
     if n < 2 {
         return Err(BovwError::input(format!("PCA needs at least 2 samples, got n_samples={n}")));
     }
     check_n_components(k, n, d)?;
-    match solver.resolve(n, d, k) {
+    match solver {
         Solver::CovarianceEigh | Solver::Auto => {
-            let mean = column_mean(x, d);
-            let mut cov = scatter(x, d, &mean);
+            let (mean, mut cov) = mean_scatter(x, d)?;
             let denom = n as f64 - 1.0;
             cov.iter_mut().for_each(|v| *v /= denom);
             fit_covariance(mean, &cov, n, k)
@@ -701,7 +767,8 @@ pub fn fit<T: Sample>(x: &[T], d: usize, k: NComponents, solver: Solver, opts: R
 /// When `scale` is given, column `j` is divided by `scale[j]` (whitening).
 ///
 /// # Errors
-/// As [`check_input`], and [`BovwError::Shape`] when widths differ.
+/// As [`check_input`] (rows with NaN or infinity are found from their
+/// non-finite projections), and [`BovwError::Shape`] when widths differ.
 pub fn transform<T: Sample>(
     x: &[T],
     d: usize,
@@ -709,8 +776,11 @@ pub fn transform<T: Sample>(
     center: Option<&[f64]>,
     scale: Option<&[f64]>,
 ) -> Result<Vec<T>> {
-    let n = check_input(x, d, "X")?;
+    let n = check_shape(x, d, "X")?;
     let k = components.len() / d.max(1);
+    if k == 0 {
+        check_input(x, d, "X")?;
+    }
     let comps_t: Vec<T> = components.iter().map(|&c| T::from_f64(c)).collect();
     let cm = MatRef::from_row_major_slice(&comps_t, k, d);
     // offset_j = center . component_j
@@ -722,23 +792,31 @@ pub fn transform<T: Sample>(
     if k == 0 || n == 0 {
         return Ok(out);
     }
+    // Per block of rows, out_b^T (k x rows, column-major = out_b row-major)
+    // = C (k x d) X_b^T (d x rows, column-major = X_b row-major): both
+    // operands and the result in their natural layout, no copies.
     out.par_chunks_mut(BLOCK_ROWS * k)
         .zip(x.par_chunks(BLOCK_ROWS * d))
         .for_each(|(o, xb)| {
             let rows = xb.len() / d;
-            let xm = MatRef::from_row_major_slice(xb, rows, d);
-            let mut res = Mat::<T>::zeros(rows, k);
-            faer::linalg::matmul::matmul(res.as_mut(), Accum::Replace, xm, cm.transpose(), T::from_f64(1.0), Par::Seq);
-            for i in 0..rows {
-                for j in 0..k {
-                    let mut v = res[(i, j)].to_f64() - offset[j];
+            let xt = MatRef::from_column_major_slice(xb, d, rows);
+            let ot = faer::MatMut::from_column_major_slice_mut(o, k, rows);
+            faer::linalg::matmul::matmul(ot, Accum::Replace, cm, xt, T::from_f64(1.0), Par::Seq);
+            for row in o.chunks_exact_mut(k) {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let mut w = v.to_f64() - offset[j];
                     if let Some(s) = scale {
-                        v /= s[j];
+                        w /= s[j];
                     }
-                    o[i * k + j] = T::from_f64(v);
+                    *v = T::from_f64(w);
                 }
             }
         });
+    // NaN or infinity in a row makes its projections non-finite: only then
+    // is X scanned (again) to name the row.
+    if out.par_iter().any(|v| !v.to_f64().is_finite()) {
+        check_input(x, d, "X")?;
+    }
     Ok(out)
 }
 
@@ -839,5 +917,29 @@ mod tests {
             let v: f64 = (0..n).map(|i| t[i * 2 + j].powi(2)).sum::<f64>() / (n as f64 - 1.0);
             assert_relative_eq!(v, f.explained_variance[j], max_relative = 1e-9);
         }
+        let mut bad = x.clone();
+        bad[7 * d + 2] = f64::INFINITY;
+        let e = transform(&bad, d, &f.components, Some(&f.mean), None).unwrap_err();
+        assert!(e.to_string().contains("row 7"), "{e}");
+    }
+
+    #[test]
+    fn one_pass_mean_scatter_matches_two_pass() {
+        for (n, d) in [(3000usize, 13usize), (700, 100), (5000, 1)] {
+            let x = data(n, d, 9);
+            let (mean, s) = mean_scatter(&x, d).unwrap();
+            let m2 = column_mean(&x, d);
+            let s2 = scatter(&x, d, &m2);
+            for (a, b) in mean.iter().zip(&m2) {
+                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+            }
+            let scale = s2.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (a, b) in s.iter().zip(&s2) {
+                assert!((a - b).abs() <= 1e-11 * scale, "{a} vs {b}");
+            }
+        }
+        let mut bad = data(3000, 5, 1);
+        bad[2500 * 5 + 4] = f64::NAN;
+        assert!(mean_scatter(&bad, 5).unwrap_err().to_string().contains("row 2500"));
     }
 }
