@@ -1683,8 +1683,10 @@ def fit_vocabulary(
                             **_with_threads(bovw.KMajority, n_threads, kmeans_params))
         return km.fit(X)
     if algorithm == "sample":
+        # Yinyang bounds by default: the same result as Lloyd's, faster.
+        params = {"algorithm": "elkan", **kmeans_params}
         km = bovw.KMeans(n_clusters=n_clusters, max_iter=max_iter, tol=tol, random_state=random_state,
-                         **_with_threads(bovw.KMeans, n_threads, kmeans_params))
+                         **_with_threads(bovw.KMeans, n_threads, params))
         return km.fit(X)
     init = _kmeans_init(X, n_clusters, random_state, n_threads, kmeans_params)
     centers, inertia, n_iter = kmeans_lloyd(descriptors, init, max_iter=max_iter, tol=tol)
@@ -2057,7 +2059,7 @@ def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
             quantizer = bovw.KMajority(n_clusters=k, max_iter=config.max_iter, random_state=config.seed)
         else:
             quantizer = bovw.KMeans(n_clusters=k, n_init=config.n_init, max_iter=config.max_iter,
-                                    random_state=config.seed)
+                                    algorithm="elkan", random_state=config.seed)
         quantizer.fit(X)
         st["items"] = len(X)
     vocab = np.asarray(quantizer.cluster_centers_, np.uint8 if binary_words else np.float32)
