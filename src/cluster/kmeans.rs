@@ -142,16 +142,14 @@ unsafe fn sqdists_f32_avx2(x: &[f32], centers: &[f32], d: usize, idx: &[u32], ou
         _mm256_storeu_pd(lanes.as_mut_ptr(), s);
         (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
     }
-    let main = d / 8 * 8;
-    let xp = x.as_ptr();
-    let row = |j: u32| centers.as_ptr().add(j as usize * d);
-    let mut quads = idx.chunks_exact(4);
-    for q in &mut quads {
-        let cp = [row(q[0]), row(q[1]), row(q[2]), row(q[3])];
+    /// Four centers against the row; pushes the first `take` distances.
+    #[inline(always)]
+    unsafe fn quad(xp: *const f32, cp: [*const f32; 4], d: usize, take: usize, out: &mut Vec<f64>) {
+        let main = d / 8 * 8;
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut t = 0;
         while t < main {
-            // SAFETY: t + 8 <= main <= d, within x and each center row.
+            // SAFETY: t + 8 <= main <= d, within the row and each center row.
             let xv = _mm256_loadu_ps(xp.add(t));
             for l in 0..4 {
                 let e = _mm256_sub_ps(xv, _mm256_loadu_ps(cp[l].add(t)));
@@ -159,7 +157,7 @@ unsafe fn sqdists_f32_avx2(x: &[f32], centers: &[f32], d: usize, idx: &[u32], ou
             }
             t += 8;
         }
-        for l in 0..4 {
+        for l in 0..take {
             let mut v = hsum(acc[l]);
             for t in main..d {
                 let e = (*xp.add(t) - *cp[l].add(t)) as f64;
@@ -167,6 +165,13 @@ unsafe fn sqdists_f32_avx2(x: &[f32], centers: &[f32], d: usize, idx: &[u32], ou
             }
             out.push(v);
         }
+    }
+    let main = d / 8 * 8;
+    let xp = x.as_ptr();
+    let row = |j: u32| centers.as_ptr().add(j as usize * d);
+    let mut quads = idx.chunks_exact(4);
+    for q in &mut quads {
+        quad(xp, [row(q[0]), row(q[1]), row(q[2]), row(q[3])], d, 4, out);
     }
     let rest = quads.remainder();
     if rest.len() == 1 {
@@ -193,27 +198,9 @@ unsafe fn sqdists_f32_avx2(x: &[f32], centers: &[f32], d: usize, idx: &[u32], ou
         }
         out.push(v);
     } else if !rest.is_empty() {
-        // The last 1-3 centers as one quad, the last repeated.
-        let pick = |l: usize| rest[l.min(rest.len() - 1)];
-        let cp = [row(pick(0)), row(pick(1)), row(pick(2)), row(pick(3))];
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut t = 0;
-        while t < main {
-            let xv = _mm256_loadu_ps(xp.add(t));
-            for l in 0..4 {
-                let e = _mm256_sub_ps(xv, _mm256_loadu_ps(cp[l].add(t)));
-                acc[l] = _mm256_fmadd_ps(e, e, acc[l]);
-            }
-            t += 8;
-        }
-        for l in 0..rest.len() {
-            let mut v = hsum(acc[l]);
-            for t in main..d {
-                let e = (*xp.add(t) - *cp[l].add(t)) as f64;
-                v += e * e;
-            }
-            out.push(v);
-        }
+        // The last 2-3 centers as one quad, the last repeated.
+        let pick = |l: usize| row(rest[l.min(rest.len() - 1)]);
+        quad(xp, [pick(0), pick(1), pick(2), pick(3)], d, rest.len(), out);
     }
 }
 
