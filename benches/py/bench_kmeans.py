@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench-out"
 N_CORES = os.cpu_count() or 1
@@ -62,6 +64,9 @@ def sift_descriptors(quick: bool = False) -> np.ndarray:
 
 
 def _timeit(f, repeat: int = 1):
+    from common import settle
+
+    settle()
     best, res = float("inf"), None
     for _ in range(repeat):
         t = time.perf_counter()

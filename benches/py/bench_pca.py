@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_of as _best  # noqa: E402
 
-def _best(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+
 
 
 def _row(case, reference, ours_s, ref_s, notes):
@@ -72,6 +67,8 @@ def run(quick: bool = False) -> list[dict]:
     for n, d in shapes:
         for dtype in dtypes:
             X = _data(n, d, dtype)
+            # Short fits are noisier: more repeats below d = 1000.
+            reps = repeat if d >= 1000 else 2 * repeat + 1
             for nc in (0.95, 50):
                 ours = bovw.PCA(nc).fit(X)
                 ref = SkPCA(nc).fit(X)
@@ -82,11 +79,11 @@ def run(quick: bool = False) -> list[dict]:
                     f"(sklearn {ref.n_components_}), solver {ours._fit_svd_solver}/{ref._fit_svd_solver}, "
                     f"max rel. diff explained_variance {err:.1e}, {threads} threads"
                 )
-                t_fit = _best(lambda: bovw.PCA(nc).fit(X), repeat)
-                r_fit = _best(lambda: SkPCA(nc).fit(X), repeat)
+                t_fit = _best(lambda: bovw.PCA(nc).fit(X), reps)
+                r_fit = _best(lambda: SkPCA(nc).fit(X), reps)
                 rows.append(_row(f"fit ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit", t_fit, r_fit, notes))
-                t_ft = _best(lambda: bovw.PCA(nc).fit_transform(X), repeat)
-                r_ft = _best(lambda: SkPCA(nc).fit_transform(X), repeat)
+                t_ft = _best(lambda: bovw.PCA(nc).fit_transform(X), reps)
+                r_ft = _best(lambda: SkPCA(nc).fit_transform(X), reps)
                 rows.append(
                     _row(f"fit_transform ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit_transform", t_ft, r_ft, notes)
                 )

@@ -33,8 +33,21 @@ def image_files(split: str = "Training", limit: int | None = None) -> list[Path]
     return files
 
 
+#: Seconds to wait before timing a side: OpenBLAS's worker threads keep
+#: spinning for about 2^28 cycles (~0.1 s) after each BLAS call, and libgomp's
+#: and rayon's for shorter; without a pause the side timed next shares the
+#: cores with the previous side's spinning threads.
+SETTLE_S = 0.3
+
+
+def settle() -> None:
+    """Let the worker threads of the previously timed library go idle."""
+    time.sleep(SETTLE_S)
+
+
 def best_of(fn, repeat: int = 3) -> float:
-    """Best wall time of ``repeat`` calls, in seconds."""
+    """Best wall time of ``repeat`` calls, in seconds, after :func:`settle`."""
+    settle()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
