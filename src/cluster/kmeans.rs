@@ -1212,7 +1212,8 @@ impl Yinyang {
     fn assign<T: Real>(&mut self, x: &[T], d: usize, centers: &[T], groups: &Groups, labels: &mut [u32]) {
         let (g, k) = (self.g, self.k);
         let now = self.cum_g.len() - 1;
-        let half = half_gaps(centers, d);
+        let pc = PreparedCenters::new(centers, d);
+        let half = half_gaps(&pc);
         let gamma = (d as f64 + 16.0) * T::EPS;
         let (lo_f, hi_f) = (1.0 - gamma, 1.0 + gamma);
         // Slack for the rounding of the running sums.
@@ -1221,7 +1222,6 @@ impl Yinyang {
         let p_now = &cum_p[now * k..(now + 1) * k];
         let m_now = &cum_m[now * g..(now + 1) * g];
         let g_now = cum_g[now];
-        let pc = PreparedCenters::new(centers, d);
         let sizes: Vec<usize> = groups.members.iter().map(|m| m.len()).collect();
         x.par_chunks(CHUNK * d)
             .zip(labels.par_chunks_mut(CHUNK))
@@ -1389,13 +1389,12 @@ const DIRECT_COST: usize = 3;
 
 /// Half the distance from each center to its closest other center (`s_j` of
 /// Hamerly's algorithm), rounded down so that it stays a bound.
-fn half_gaps<T: Real>(centers: &[T], d: usize) -> Vec<f64> {
-    let k = centers.len() / d;
+fn half_gaps<T: Real>(pc: &PreparedCenters<'_, T>) -> Vec<f64> {
+    let (k, d) = (pc.k, pc.d);
     if k == 1 {
         return vec![f64::INFINITY];
     }
-    let pc = PreparedCenters::new(centers, d);
-    let cc = distances_as(centers, centers, d, |v| v).expect("shapes");
+    let cc = distances_as(pc.centers, pc.centers, d, |v| v).expect("shapes");
     // The f64 expansion is within `delta` of the exact squared distance.
     let delta = (d as f64 + 4.0) * f64::EPSILON * 2.0 * pc.norm_max * 4.0;
     (0..k)
@@ -1613,42 +1612,26 @@ mod tests {
     }
 
     #[test]
-    fn elkan_same_result_whatever_the_threads() {
-        let d = 16;
-        let x = blobs(20000, d, 30, 3);
-        let init: Vec<f32> = x[..60 * d].to_vec();
-        let run = |t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-                .install(|| kmeans_single(&x, d, None, &init, 100, 1e-3, Algorithm::Elkan).unwrap())
-        };
-        let a = run(1);
-        let b = run(3);
-        assert_eq!(a.labels, b.labels);
-        assert_eq!(a.centers, b.centers);
-        assert_eq!(a.n_iter, b.n_iter);
-        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
-    }
-
-    #[test]
     fn same_result_whatever_the_threads() {
         let d = 16;
         let x = blobs(20000, d, 30, 3);
-        let init: Vec<f32> = x[..30 * d].to_vec();
-        let run = |t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-                .install(|| kmeans_single(&x, d, None, &init, 20, 0.0, Algorithm::Lloyd).unwrap())
-        };
-        let a = run(1);
-        let b = run(3);
-        assert_eq!(a.labels, b.labels);
-        assert_eq!(a.centers, b.centers);
-        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+        // Lloyd for 20 iterations; Yinyang (60 centers: 6 groups) to convergence.
+        for (algorithm, k, max_iter, tol) in [(Algorithm::Lloyd, 30, 20, 0.0), (Algorithm::Elkan, 60, 100, 1e-3)] {
+            let init: Vec<f32> = x[..k * d].to_vec();
+            let run = |t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+                    .install(|| kmeans_single(&x, d, None, &init, max_iter, tol, algorithm).unwrap())
+            };
+            let a = run(1);
+            let b = run(3);
+            assert_eq!(a.labels, b.labels);
+            assert_eq!(a.centers, b.centers);
+            assert_eq!(a.n_iter, b.n_iter);
+            assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+        }
     }
 
     #[test]
