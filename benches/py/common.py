@@ -16,7 +16,7 @@ def fruits_root() -> Path:
     env = os.environ.get("BOVW_FRUITS360")
     for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "fruits-360", REPO / "shared" / "fruits-360"]:
         if (c / "Test").is_dir():
-            return c
+            return c.resolve()
     import bovw
 
     return bovw.sample_data_path()

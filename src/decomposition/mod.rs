@@ -1,4 +1,5 @@
 //! Dimensionality reduction.
 
 pub mod pca;
+pub mod project;
 pub mod syrk;

@@ -776,42 +776,17 @@ pub fn transform<T: Sample>(
     center: Option<&[f64]>,
     scale: Option<&[f64]>,
 ) -> Result<Vec<T>> {
-    let n = check_shape(x, d, "X")?;
+    check_shape(x, d, "X")?;
     let k = components.len() / d.max(1);
     if k == 0 {
         check_input(x, d, "X")?;
     }
-    let comps_t: Vec<T> = components.iter().map(|&c| T::from_f64(c)).collect();
-    let cm = MatRef::from_row_major_slice(&comps_t, k, d);
     // offset_j = center . component_j
     let offset: Vec<f64> = match center {
         Some(c) => components.chunks(d).map(|row| row.iter().zip(c).map(|(a, b)| a * b).sum()).collect(),
         None => vec![0.0; k],
     };
-    let mut out = vec![T::from_f64(0.0); n * k];
-    if k == 0 || n == 0 {
-        return Ok(out);
-    }
-    // Per block of rows, out_b^T (k x rows, column-major = out_b row-major)
-    // = C (k x d) X_b^T (d x rows, column-major = X_b row-major): both
-    // operands and the result in their natural layout, no copies.
-    out.par_chunks_mut(BLOCK_ROWS * k)
-        .zip(x.par_chunks(BLOCK_ROWS * d))
-        .for_each(|(o, xb)| {
-            let rows = xb.len() / d;
-            let xt = MatRef::from_column_major_slice(xb, d, rows);
-            let ot = faer::MatMut::from_column_major_slice_mut(o, k, rows);
-            faer::linalg::matmul::matmul(ot, Accum::Replace, cm, xt, T::from_f64(1.0), Par::Seq);
-            for row in o.chunks_exact_mut(k) {
-                for (j, v) in row.iter_mut().enumerate() {
-                    let mut w = v.to_f64() - offset[j];
-                    if let Some(s) = scale {
-                        w /= s[j];
-                    }
-                    *v = T::from_f64(w);
-                }
-            }
-        });
+    let out = super::project::project(x, d, &components[..k * d], &offset, scale);
     // NaN or infinity in a row makes its projections non-finite: only then
     // is X scanned (again) to name the row.
     if out.par_iter().any(|v| !v.to_f64().is_finite()) {

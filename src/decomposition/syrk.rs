@@ -44,7 +44,7 @@ use rayon::prelude::*;
 /// Rows per packed block (the inner dimension of one kernel call).
 pub const KC: usize = 256;
 /// Broadcast-side height of a register tile.
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Broadcast-side columns per sweep (a multiple of [`MR`]).
 const MC: usize = 96;
 /// Upper bound on the memory of the per-group accumulators.
@@ -54,7 +54,7 @@ const ACC_BUDGET: usize = 32 << 20;
 /// `acc[r * ld + c]` for `r < 6`, `c < W`, where `a` points at a packed
 /// panel (`kc x W`, row stride `W`) and `b` at a broadcast-side
 /// micro-panel (`kc x 6`, row stride 6).
-type TileFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, acc: *mut f64, ld: usize);
+pub(crate) type TileFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, acc: *mut f64, ld: usize);
 
 /// Element types with a packed layout and a register-tile kernel.
 pub trait SyrkElem: Copy + Send + Sync + 'static {
@@ -274,7 +274,7 @@ impl Layout {
 /// panels of a full block would lie a multiple of 4 KiB apart, so packing a
 /// row would store to ~`d / 4` addresses in one L1 set (and alias in the
 /// store buffer); 16 values shift each panel by one or two cache lines.
-const PANEL_PAD: usize = 16;
+pub(crate) const PANEL_PAD: usize = 16;
 
 /// A row block packed twice: `a`, `np` panels of `kc x W` (vector side),
 /// and `b`, `nt` micro-panels of `kc x 6` (broadcast side), both row by
@@ -422,7 +422,7 @@ fn update_rows<T: SyrkElem>(
 
 /// A zeroed buffer of `len` values starting on a 64-byte boundary, so that
 /// packed rows do not straddle cache lines more than they must.
-fn aligned_zeros<T: SyrkElem>(len: usize) -> (Vec<T>, usize) {
+pub(crate) fn aligned_zeros<T: SyrkElem>(len: usize) -> (Vec<T>, usize) {
     let buf = vec![T::ZERO; len + 64];
     let off = buf.as_ptr().align_offset(64).min(64);
     (buf, off)
