@@ -73,7 +73,7 @@ pub fn project<T: SyrkElem>(x: &[T], d: usize, components: &[f64], offset: &[f64
     // a few times per call rather than once per block.
     let blocks_per_task = (n.div_ceil(MB) / (8 * rayon::current_num_threads())).max(1);
     let rows_per_task = blocks_per_task * MB;
-    let zeros = vec![T::ZERO; KC];
+    let zeros = [T::ZERO; KC];
     out.par_chunks_mut(rows_per_task * k).zip(x.par_chunks(rows_per_task * d)).for_each(|(o_task, x_task)| {
         let (mut bbuf, boff) = aligned_zeros::<T>(lb);
         let b = &mut bbuf[boff..boff + lb];
