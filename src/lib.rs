@@ -8,6 +8,7 @@
 //! - [`cluster`]: K-Means visual vocabularies;
 //! - [`histogram`]: bag-of-visual-words histograms;
 //! - [`decomposition`]: PCA;
+//! - [`packed`]: the packed GEMM behind PCA's projection and K-Means' assignment;
 //! - [`arrow`]: Arrow batches in and out.
 
 pub mod arrow;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod features;
 pub mod histogram;
 pub mod image;
+pub mod packed;
 
 #[cfg(feature = "python")]
 pub mod py;

@@ -15,6 +15,10 @@ Data: Gaussian rows with a decaying spectrum (column scales geomspace(10,
 0.1)), n_components = 0.95 (a variance fraction, the pipeline's choice) or 50.
 The notes give the explained variance agreement and n_components_.
 
+Timing: each side's time is the best of 5 calls (11 below d = 1000), the
+two sides called in turn (``common.best_of_pair``) so that a slow spell of
+the machine falls on both.
+
 Run: ``python benches/py/bench_pca.py [--quick]``.
 """
 
@@ -27,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import best_of as _best  # noqa: E402
+from common import best_of_pair  # noqa: E402
 
 
 
@@ -62,7 +67,7 @@ def run(quick: bool = False) -> list[dict]:
     else:
         shapes = [(30_000, 100), (30_000, 300), (30_000, 1000), (100_000, 128), (400_000, 128)]
         dtypes = [np.float64, np.float32]
-        repeat = 3
+        repeat = 5
     rows = []
     for n, d in shapes:
         for dtype in dtypes:
@@ -79,11 +84,9 @@ def run(quick: bool = False) -> list[dict]:
                     f"(sklearn {ref.n_components_}), solver {ours._fit_svd_solver}/{ref._fit_svd_solver}, "
                     f"max rel. diff explained_variance {err:.1e}, {threads} threads"
                 )
-                t_fit = _best(lambda: bovw.PCA(nc).fit(X), reps)
-                r_fit = _best(lambda: SkPCA(nc).fit(X), reps)
+                t_fit, r_fit = best_of_pair(lambda: bovw.PCA(nc).fit(X), lambda: SkPCA(nc).fit(X), reps)
                 rows.append(_row(f"fit ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit", t_fit, r_fit, notes))
-                t_ft = _best(lambda: bovw.PCA(nc).fit_transform(X), reps)
-                r_ft = _best(lambda: SkPCA(nc).fit_transform(X), reps)
+                t_ft, r_ft = best_of_pair(lambda: bovw.PCA(nc).fit_transform(X), lambda: SkPCA(nc).fit_transform(X), reps)
                 rows.append(
                     _row(f"fit_transform ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit_transform", t_ft, r_ft, notes)
                 )

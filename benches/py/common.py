@@ -56,6 +56,20 @@ def best_of(fn, repeat: int = 3) -> float:
     return best
 
 
+def best_of_pair(ours, ref, repeat: int = 3) -> tuple[float, float]:
+    """Best wall times of ``ours`` and ``ref``, called in turn ``repeat``
+    times each (each call after :func:`settle`), so that a slow spell of the
+    machine falls on both sides rather than on one."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        for i, fn in enumerate((ours, ref)):
+            settle()
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
 def row(stage, case, reference, ours_s, ref_s, notes=""):
     return {
         "stage": stage,

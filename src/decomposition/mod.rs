@@ -1,5 +1,4 @@
 //! Dimensionality reduction.
 
 pub mod pca;
-pub mod project;
 pub mod syrk;

@@ -786,7 +786,7 @@ pub fn transform<T: Sample>(
         Some(c) => components.chunks(d).map(|row| row.iter().zip(c).map(|(a, b)| a * b).sum()).collect(),
         None => vec![0.0; k],
     };
-    let out = super::project::project(x, d, &components[..k * d], &offset, scale);
+    let out = crate::packed::project(x, d, &components[..k * d], &offset, scale);
     // NaN or infinity in a row makes its projections non-finite: only then
     // is X scanned (again) to name the row.
     if out.par_iter().any(|v| !v.to_f64().is_finite()) {

@@ -1507,7 +1507,7 @@ mod tests {
         // state' = (u32)state * 4164903690 + (state >> 32))
         let mut r = CvRng::new(1);
         assert_eq!(r.next(), 4_164_903_690u32);
-        let mut r = CvRng::new(0);
+        let r = CvRng::new(0);
         assert_eq!(r.0, 0xffff_ffff);
     }
 
