@@ -1302,8 +1302,13 @@ impl Yinyang {
                         }
                         return;
                     }
-                    // Pass 2: a few rows, by direct distances.
-                    for &r in fail.iter() {
+                    // Pass 2: a few rows, by direct distances. The failing
+                    // rows are scattered, so the hardware prefetcher does not
+                    // fetch them: ask for the row after next.
+                    for (i, &r) in fail.iter().enumerate() {
+                        if let Some(&next) = fail.get(i + PREFETCH_AHEAD) {
+                            prefetch_row(&rows[next * d..(next + 1) * d]);
+                        }
                         let a = l[r] as usize;
                         let lb = &mut lo[r * g..(r + 1) * g];
                         let thr = half[a].max(gl[r]);
@@ -1379,6 +1384,28 @@ impl Yinyang {
                 },
             );
     }
+}
+
+/// How many failing rows ahead pass 2 prefetches.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Ask for the cache lines of `row` (a hint; never faults).
+#[inline(always)]
+fn prefetch_row<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = row.as_ptr() as usize;
+        let end = start + std::mem::size_of_val(row);
+        let mut p = start & !63;
+        while p < end {
+            // SAFETY: a prefetch is only a hint and never faults; the
+            // address lies inside `row`'s cache lines.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+            p += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 /// Relative cost of a distance by the direct formula to one by the blocked
