@@ -12,12 +12,13 @@
 //!   [`KC`] features and, within a chunk, into panels of `W` rows of $C$
 //!   (`kc x W`, row after row, zero-padded past `k`): the vector side of a
 //!   tile.
-//! - **Rows, packed per block.** A block of at most [`MB`] rows of $X$ is
-//!   packed, per depth chunk, into micro-panels of 6 rows (`kc x 6`): the
-//!   broadcast side. With the panel loop outside the micro-panel loop, one
-//!   panel (16 KiB) stays in L1 while the block's micro-panels (at most
-//!   144 KiB) stream from L2. (Reading the six rows in place instead, from
-//!   six streams, measured 3-6 % slower.)
+//! - **Rows, in place.** A block of at most [`MB`] rows of $X$ is the
+//!   broadcast side, read straight from the input six rows at a time. With
+//!   the panel loop outside the row loop, one panel (16 KiB) stays in L1
+//!   while the block's rows (at most 72 KiB per depth chunk) stream from L2.
+//!   Packing the rows into `kc x 6` micro-panels first, as BLIS does, was
+//!   no faster on two threads (a few per cent slower for small `k`, where
+//!   each micro-panel serves few panels).
 //! - **Accumulation.** Each 6 x `W` tile sums its products in the input
 //!   precision over one depth chunk and adds them to an `f64` accumulator
 //!   (`rows x ld`, `ld = W ceil(k / W)`).
@@ -42,8 +43,6 @@ pub struct Panels<T> {
     chunks: usize,
 }
 
-/// Values per micro-panel, padding included.
-const MICRO_STRIDE: usize = KC * MR + PANEL_PAD;
 
 /// Values per panel, padding included.
 const fn panel_stride(w: usize) -> usize {
@@ -102,48 +101,38 @@ impl<T: SyrkElem> Panels<T> {
         let nt = rows.div_ceil(MR);
         let sa = panel_stride(w);
         let a = &self.buf[self.off..self.off + self.chunks * np * sa];
-        let lb = (MB / MR) * MICRO_STRIDE;
-        if s.b.len() < s.boff + lb {
-            (s.b, s.boff) = aligned_zeros::<T>(lb);
-        }
         if s.acc.len() < MB * ld {
             s.acc.resize(MB * ld, 0.0);
         }
-        let b = &mut s.b[s.boff..s.boff + lb];
         let acc = &mut s.acc[..nt * MR * ld];
         acc.fill(0.0);
-        let tile = T::tile_fn();
         let zeros = [T::ZERO; KC];
+        // Six rows of the block from feature `k0` on (zeros past its end).
+        let six = |t: usize, k0: usize, kc: usize| -> [&[T]; MR] {
+            std::array::from_fn(|r| {
+                let i = t * MR + r;
+                if i < rows {
+                    &xb[i * d + k0..i * d + k0 + kc]
+                } else {
+                    &zeros[..kc]
+                }
+            })
+        };
+        let tile = T::tile_rows_fn();
         for q in 0..self.chunks {
             let (k0, kc) = (q * KC, KC.min(d - q * KC));
-            for t in 0..nt {
-                // Six rows (zeros past the block's end), column by column.
-                let src: [&[T]; MR] = std::array::from_fn(|r| {
-                    let i = t * MR + r;
-                    if i < rows {
-                        &xb[i * d + k0..i * d + k0 + kc]
-                    } else {
-                        &zeros[..kc]
-                    }
-                });
-                for (kk, dst) in b[t * MICRO_STRIDE..t * MICRO_STRIDE + kc * MR].chunks_exact_mut(MR).enumerate() {
-                    for (v, row) in dst.iter_mut().zip(&src) {
-                        *v = row[kk];
-                    }
-                }
-            }
             for p in 0..np {
                 let panel = &a[(q * np + p) * sa..(q * np + p) * sa + kc * w];
                 for t in 0..nt {
-                    let micro = &b[t * MICRO_STRIDE..t * MICRO_STRIDE + kc * MR];
+                    let src = six(t, k0, kc).map(|r| r.as_ptr());
                     let tile_out = &mut acc[t * MR * ld + p * w..];
                     assert!(tile_out.len() >= (MR - 1) * ld + w);
-                    // SAFETY: `panel` holds kc * W values and `micro`
-                    // kc * 6; `tile_out` has rows 0..6 (stride ld) of W
-                    // columns (checked just above). The AVX2 kernels are
-                    // only returned by `tile_fn` when the features are
-                    // detected.
-                    unsafe { tile(kc, panel.as_ptr(), micro.as_ptr(), tile_out.as_mut_ptr(), ld) };
+                    // SAFETY: `panel` holds kc * W values and each row
+                    // kc (slices taken by `six`); `tile_out` has rows 0..6
+                    // (stride ld) of W columns (checked just above). The
+                    // AVX2 kernels are only returned by `tile_rows_fn`
+                    // when the features are detected.
+                    unsafe { tile(kc, panel.as_ptr(), &src, tile_out.as_mut_ptr(), ld) };
                 }
             }
         }
@@ -151,17 +140,41 @@ impl<T: SyrkElem> Panels<T> {
     }
 }
 
+/// A zeroed vector of `len` values for a large output. On Linux its
+/// untouched pages are marked for transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`), so that writing it takes one page fault per
+/// 2 MiB instead of one per 4 KiB: for a projection onto a few dozen
+/// components the faults otherwise cost as much as the arithmetic.
+pub fn zeroed_output<T: SyrkElem>(len: usize) -> Vec<T> {
+    let v = vec![T::ZERO; len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = std::mem::size_of_val(v.as_slice());
+        if bytes >= 2 * HUGE {
+            let start = v.as_ptr() as usize;
+            let lo = start.div_ceil(HUGE) * HUGE;
+            let hi = (start + bytes) / HUGE * HUGE;
+            if hi > lo {
+                // SAFETY: advice on whole pages inside the allocation; it
+                // changes how they are backed, never their contents.
+                unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+            }
+        }
+    }
+    v
+}
+
 /// Buffers of [`Panels::products`] (one per thread).
 pub struct Scratch<T> {
-    b: Vec<T>,
-    boff: usize,
     acc: Vec<f64>,
+    _elem: std::marker::PhantomData<T>,
 }
 
 impl<T> Scratch<T> {
     /// Empty buffers; [`Panels::products`] sizes them.
     pub const fn new() -> Self {
-        Scratch { b: Vec::new(), boff: 0, acc: Vec::new() }
+        Scratch { acc: Vec::new(), _elem: std::marker::PhantomData }
     }
 }
 
@@ -174,21 +187,29 @@ impl<T> Default for Scratch<T> {
 /// $Y = (X C^\top - \text{offset}) / \text{scale}$, column-wise: `x` is
 /// `n x d` row-major, `components` `k x d` row-major (`f64`, rounded to
 /// `T` for the products), `offset` has `k` values, `scale` (when given) `k`
-/// values. Returns `n x k` row-major in `T`; products in `T` within a depth
-/// chunk of [`KC`] features, sums across chunks and the shift in `f64`.
+/// values. Returns `n x k` row-major in `T` (products in `T` within a depth
+/// chunk of [`KC`] features, sums across chunks and the shift in `f64`) and
+/// whether every value is finite (found while writing them).
 ///
 /// # Panics
 /// When `d == 0`, `x.len()` or `components.len()` is not a multiple of `d`,
 /// or `offset` / `scale` do not have `k` values.
-pub fn project<T: SyrkElem>(x: &[T], d: usize, components: &[f64], offset: &[f64], scale: Option<&[f64]>) -> Vec<T> {
+pub fn project<T: SyrkElem>(
+    x: &[T],
+    d: usize,
+    components: &[f64],
+    offset: &[f64],
+    scale: Option<&[f64]>,
+) -> (Vec<T>, bool) {
     assert!(d > 0 && x.len() % d == 0 && components.len() % d == 0);
     let (n, k) = (x.len() / d, components.len() / d);
     assert!(offset.len() == k && scale.map_or(true, |s| s.len() == k));
-    let mut out = vec![T::ZERO; n * k];
+    let mut out = zeroed_output::<T>(n * k);
     if n == 0 || k == 0 {
-        return out;
+        return (out, true);
     }
     let panels = Panels::new(components, d, T::narrow);
+    let non_finite = std::sync::atomic::AtomicBool::new(false);
     let ld = panels.ld();
     // Several blocks per task, so that the scratch buffers are allocated a
     // few times per call rather than once per block.
@@ -196,20 +217,26 @@ pub fn project<T: SyrkElem>(x: &[T], d: usize, components: &[f64], offset: &[f64
     let rows_per_task = blocks_per_task * MB;
     out.par_chunks_mut(rows_per_task * k).zip(x.par_chunks(rows_per_task * d)).for_each(|(o_task, x_task)| {
         let mut scratch = Scratch::new();
+        let mut finite = true;
         for (o, xb) in o_task.chunks_mut(MB * k).zip(x_task.chunks(MB * d)) {
             let acc = panels.products(xb, &mut scratch);
             for (orow, arow) in o.chunks_exact_mut(k).zip(acc.chunks_exact(ld)) {
                 for (j, (v, &s)) in orow.iter_mut().zip(arow).enumerate() {
                     let shifted = s - offset[j];
-                    *v = T::narrow(match scale {
+                    let y = match scale {
                         Some(sc) => shifted / sc[j],
                         None => shifted,
-                    });
+                    };
+                    finite &= y.is_finite();
+                    *v = T::narrow(y);
                 }
             }
         }
+        if !finite {
+            non_finite.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     });
-    out
+    (out, !non_finite.into_inner())
 }
 
 #[cfg(test)]
@@ -248,12 +275,13 @@ mod tests {
             let scale: Vec<f64> = (0..k).map(|j| 1.0 + j as f64).collect();
             for sc in [None, Some(scale.as_slice())] {
                 let want = naive(&x, d, &c, &off, sc);
-                let got = project(&x, d, &c, &off, sc);
+                let (got, fin) = project(&x, d, &c, &off, sc);
+                assert!(fin);
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()) * d as f64, "{n}x{d}, k={k}: {g} vs {w}");
                 }
                 let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-                let got32 = project(&x32, d, &c, &off, sc);
+                let (got32, _) = project(&x32, d, &c, &off, sc);
                 for (g, w) in got32.iter().zip(&want) {
                     assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()) * (d as f64).sqrt(), "f32 {n}x{d}: {g} vs {w}");
                 }
@@ -268,7 +296,7 @@ mod tests {
         let c = data(k * d, 5);
         let off = vec![0.25; k];
         let run = |t| {
-            rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| project(&x, d, &c, &off, None))
+            rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| project(&x, d, &c, &off, None).0)
         };
         assert_eq!(run(1), run(3));
     }

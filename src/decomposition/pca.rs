@@ -43,10 +43,19 @@ pub const BLOCK_ROWS: usize = 2048;
 /// faer's parallelism for the dense decompositions. faer splits work by the
 /// *requested* degree, not by the threads that happen to run it, so a fixed
 /// degree keeps results identical whatever the rayon pool size (a pool of
-/// one thread simply runs the pieces in turn).
-fn det_par() -> Par {
-    Par::Rayon(std::num::NonZeroUsize::new(4).expect("4 > 0"))
+/// one thread simply runs the pieces in turn). Matrices of at most
+/// [`SEQ_EIG_DIM`] rows and columns are decomposed on one thread: there the
+/// task overhead exceeds the work.
+fn det_par(dim: usize) -> Par {
+    if dim <= SEQ_EIG_DIM {
+        Par::Seq
+    } else {
+        Par::Rayon(std::num::NonZeroUsize::new(4).expect("4 > 0"))
+    }
 }
+
+/// See [`det_par`].
+const SEQ_EIG_DIM: usize = 200;
 
 /// Symmetric eigendecomposition of `a` (lower triangle read) with a fixed
 /// parallel degree: eigenvalues ascending, eigenvectors as columns.
@@ -54,7 +63,7 @@ fn sym_eig(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
     use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::linalg::evd;
     let n = a.nrows();
-    let par = det_par();
+    let par = det_par(n);
     let mut u = Mat::<f64>::zeros(n, n);
     let mut s = faer::diag::Diag::<f64>::zeros(n);
     let scratch = evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, Default::default());
@@ -81,7 +90,7 @@ fn sym_eig_top(a: MatRef<'_, f64>, top: impl FnOnce(&[f64]) -> usize) -> Result<
         let k = top(&s).min(n);
         return Ok((s, u.subcols(n - k, k).to_owned()));
     }
-    let par = det_par();
+    let par = det_par(n);
     let bs = qr::no_pivoting::factor::recommended_block_size::<f64>(n, n);
     let scratch = StackReq::any_of(&[
         evd::tridiag::tridiag_in_place_scratch::<f64>(n, par, Default::default()),
@@ -126,7 +135,7 @@ fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
     use faer::linalg::svd;
     let (m, n) = a.shape();
     let k = m.min(n);
-    let par = det_par();
+    let par = det_par(k);
     let mut u = Mat::<f64>::zeros(m, k);
     let mut v = Mat::<f64>::zeros(n, k);
     let mut s = faer::diag::Diag::<f64>::zeros(k);
@@ -684,7 +693,7 @@ fn fit_randomized<T: Sample>(x: &[T], d: usize, k: usize, opts: RandomizedOption
     let xc = centered_mat(x, d, &mean);
     let l = (k + opts.n_oversamples).min(m);
     let n_iter = opts.n_iter.unwrap_or(if (k as f64) < 0.1 * m as f64 { 7 } else { 4 });
-    let par = det_par();
+    let par = det_par(d);
     let omega = gaussian(d, l, opts.seed);
     let mut y = Mat::<f64>::zeros(n, l);
     faer::linalg::matmul::matmul(y.as_mut(), Accum::Replace, xc.as_ref(), omega.as_ref(), 1.0, par);
@@ -786,10 +795,10 @@ pub fn transform<T: Sample>(
         Some(c) => components.chunks(d).map(|row| row.iter().zip(c).map(|(a, b)| a * b).sum()).collect(),
         None => vec![0.0; k],
     };
-    let out = crate::packed::project(x, d, &components[..k * d], &offset, scale);
+    let (out, finite) = crate::packed::project(x, d, &components[..k * d], &offset, scale);
     // NaN or infinity in a row makes its projections non-finite: only then
     // is X scanned (again) to name the row.
-    if out.par_iter().any(|v| !v.to_f64().is_finite()) {
+    if !finite {
         check_input(x, d, "X")?;
     }
     Ok(out)

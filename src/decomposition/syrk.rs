@@ -56,12 +56,18 @@ const ACC_BUDGET: usize = 32 << 20;
 /// micro-panel (`kc x 6`, row stride 6).
 pub(crate) type TileFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, acc: *mut f64, ld: usize);
 
+/// [`TileFn`] with the broadcast side read in place: `rows[r]` points at
+/// `kc` values of row `r` of the left operand (no micro-panel).
+pub(crate) type TileRowsFn<T> = unsafe fn(kc: usize, a: *const T, rows: &[*const T; MR], acc: *mut f64, ld: usize);
+
 /// Element types with a packed layout and a register-tile kernel.
 pub trait SyrkElem: Copy + Send + Sync + 'static {
     /// Columns per packed panel (vector side of a tile).
     const W: usize;
     /// The fastest kernel for this machine.
     fn tile_fn() -> TileFn<Self>;
+    /// The fastest in-place-rows kernel for this machine.
+    fn tile_rows_fn() -> TileRowsFn<Self>;
     /// `self - c` in the element precision.
     fn sub(self, c: Self) -> Self;
     /// Widen to `f64`.
@@ -96,6 +102,40 @@ unsafe fn tile_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<
             let br = bk[r];
             for cc in 0..w {
                 c[r][cc] = c[r][cc] + br * ak[cc];
+            }
+        }
+    }
+    for (r, cr) in c.iter().enumerate() {
+        // SAFETY: row r < 6 of the tile, W columns, by the caller's contract.
+        let row = unsafe { std::slice::from_raw_parts_mut(acc.add(r * ld), w) };
+        for cc in 0..w {
+            row[cc] += cr[cc].widen();
+        }
+    }
+}
+
+/// Portable [`TileRowsFn`].
+///
+/// # Safety
+/// As [`TileRowsFn`]: `a` valid for `kc * W` reads, each `rows[r]` for `kc`
+/// reads, and `acc` for `r * ld + c`, `r < 6`, `c < W`.
+unsafe fn tile_rows_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>>(
+    kc: usize,
+    a: *const T,
+    rows: &[*const T; MR],
+    acc: *mut f64,
+    ld: usize,
+) {
+    let w = T::W;
+    let mut c = [[T::ZERO; 16]; MR];
+    for k in 0..kc {
+        // SAFETY: in bounds by the caller's contract (k < kc, cc < W, r < 6).
+        let ak = unsafe { std::slice::from_raw_parts(a.add(k * w), w) };
+        for (r, cr) in c.iter_mut().enumerate() {
+            // SAFETY: k < kc values of row r, by the caller's contract.
+            let br = unsafe { *rows[r].add(k) };
+            for cc in 0..w {
+                cr[cc] = cr[cc] + br * ak[cc];
             }
         }
     }
@@ -196,6 +236,73 @@ mod avx2 {
         }
     }
 
+    /// [`tile_f64`] reading the broadcast side from six rows in place.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available, and the pointers valid as for
+    /// [`super::TileRowsFn`] with `W = 8`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_rows_f64(kc: usize, a: *const f64, rows: &[*const f64; MR], acc: *mut f64, ld: usize) {
+        // SAFETY (whole body): loads at `a + 8k + {0, 4}` and `rows[r] + k`
+        // with k < kc, r < 6; stores at `acc + r ld + {0, 4}`; all inside the
+        // caller's regions.
+        unsafe {
+            prefetch_tile(acc, ld, 8);
+            let mut c = [[_mm256_setzero_pd(); 2]; MR];
+            for k in 0..kc {
+                let ak = a.add(k * 8);
+                let a0 = _mm256_loadu_pd(ak);
+                let a1 = _mm256_loadu_pd(ak.add(4));
+                for (cr, xr) in c.iter_mut().zip(rows) {
+                    let br = _mm256_broadcast_sd(&*xr.add(k));
+                    cr[0] = _mm256_fmadd_pd(br, a0, cr[0]);
+                    cr[1] = _mm256_fmadd_pd(br, a1, cr[1]);
+                }
+            }
+            for (r, cr) in c.iter().enumerate() {
+                let row = acc.add(r * ld);
+                _mm256_storeu_pd(row, _mm256_add_pd(_mm256_loadu_pd(row), cr[0]));
+                _mm256_storeu_pd(row.add(4), _mm256_add_pd(_mm256_loadu_pd(row.add(4)), cr[1]));
+            }
+        }
+    }
+
+    /// [`tile_f32`] reading the broadcast side from six rows in place.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available, and the pointers valid as for
+    /// [`super::TileRowsFn`] with `W = 16`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_rows_f32(kc: usize, a: *const f32, rows: &[*const f32; MR], acc: *mut f64, ld: usize) {
+        // SAFETY (whole body): loads at `a + 16k + {0, 8}` and `rows[r] + k`
+        // with k < kc, r < 6; stores at `acc + r ld + {0, 4, 8, 12}`; all
+        // inside the caller's regions.
+        unsafe {
+            prefetch_tile(acc, ld, 16);
+            let mut c = [[_mm256_setzero_ps(); 2]; MR];
+            for k in 0..kc {
+                let ak = a.add(k * 16);
+                let a0 = _mm256_loadu_ps(ak);
+                let a1 = _mm256_loadu_ps(ak.add(8));
+                for (cr, xr) in c.iter_mut().zip(rows) {
+                    let br = _mm256_broadcast_ss(&*xr.add(k));
+                    cr[0] = _mm256_fmadd_ps(br, a0, cr[0]);
+                    cr[1] = _mm256_fmadd_ps(br, a1, cr[1]);
+                }
+            }
+            for (r, cr) in c.iter().enumerate() {
+                let row = acc.add(r * ld);
+                for (h, v) in cr.iter().enumerate() {
+                    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(*v));
+                    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*v));
+                    let p = row.add(8 * h);
+                    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), lo));
+                    _mm256_storeu_pd(p.add(4), _mm256_add_pd(_mm256_loadu_pd(p.add(4)), hi));
+                }
+            }
+        }
+    }
+
     pub fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
@@ -211,6 +318,13 @@ impl SyrkElem for f64 {
             return avx2::tile_f64;
         }
         tile_portable::<f64>
+    }
+    fn tile_rows_fn() -> TileRowsFn<f64> {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return avx2::tile_rows_f64;
+        }
+        tile_rows_portable::<f64>
     }
     fn sub(self, c: f64) -> f64 {
         self - c
@@ -233,6 +347,13 @@ impl SyrkElem for f32 {
             return avx2::tile_f32;
         }
         tile_portable::<f32>
+    }
+    fn tile_rows_fn() -> TileRowsFn<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return avx2::tile_rows_f32;
+        }
+        tile_rows_portable::<f32>
     }
     fn sub(self, c: f32) -> f32 {
         self - c
@@ -599,6 +720,35 @@ mod tests {
                 assert!((p - q).abs() <= 1e-12 * p.abs().max(1.0), "({i},{j}) {p} vs {q}");
             }
         }
+    }
+
+    #[test]
+    fn portable_rows_kernel_matches_dispatched() {
+        fn check<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>>(tol: f64) {
+            let kc = 37;
+            let w = T::W;
+            let a: Vec<T> = data(kc, w, 3).into_iter().map(T::narrow).collect();
+            let x: Vec<T> = data(MR, kc, 4).into_iter().map(T::narrow).collect();
+            let rows: [*const T; MR] = std::array::from_fn(|r| x[r * kc..].as_ptr());
+            let ld = w + 3;
+            let (mut p, mut q) = (vec![0.5; MR * ld], vec![0.5; MR * ld]);
+            // SAFETY: `a` holds kc * W values, each row kc, and the
+            // accumulators 6 rows of stride ld >= W.
+            unsafe {
+                T::tile_rows_fn()(kc, a.as_ptr(), &rows, p.as_mut_ptr(), ld);
+                tile_rows_portable::<T>(kc, a.as_ptr(), &rows, q.as_mut_ptr(), ld);
+            }
+            for r in 0..MR {
+                for c in 0..w {
+                    let want: f64 = (0..kc).map(|k| x[r * kc + k].widen() * a[k * w + c].widen()).sum::<f64>() + 0.5;
+                    for got in [p[r * ld + c], q[r * ld + c]] {
+                        assert!((got - want).abs() <= tol * (1.0 + want.abs()), "({r},{c}) {got} vs {want}");
+                    }
+                }
+            }
+        }
+        check::<f64>(1e-12);
+        check::<f32>(1e-5);
     }
 
     #[test]
