@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use super::syrk::{self, SyrkElem};
 use crate::error::{BovwError, Result};
 
-/// Rows per block of the column means and of the projection GEMMs.
+/// Rows per block of the column means.
 pub const BLOCK_ROWS: usize = 2048;
 
 /// faer's parallelism for the dense decompositions. faer splits work by the
