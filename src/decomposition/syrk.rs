@@ -80,60 +80,55 @@ pub trait SyrkElem: Copy + Send + Sync + 'static {
     const ONE: Self;
 }
 
-/// Portable kernel (any `T`, plain multiply-add in `T`).
-///
-/// # Safety
-/// As [`TileFn`]: `a` valid for `kc * W` reads, `b` for `kc * 6` reads,
-/// and `acc` for `r * ld + c`, `r < 6`, `c < W`.
-unsafe fn tile_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>>(
-    kc: usize,
-    a: *const T,
-    b: *const T,
-    acc: *mut f64,
-    ld: usize,
-) {
-    let w = T::W;
-    let mut c = [[T::ZERO; 16]; MR];
-    for k in 0..kc {
-        // SAFETY: in bounds by the caller's contract (k < kc, cc < W, r < 6).
-        let ak = unsafe { std::slice::from_raw_parts(a.add(k * w), w) };
-        let bk = unsafe { std::slice::from_raw_parts(b.add(k * MR), MR) };
-        for r in 0..MR {
-            let br = bk[r];
-            for cc in 0..w {
-                c[r][cc] = c[r][cc] + br * ak[cc];
-            }
-        }
-    }
-    for (r, cr) in c.iter().enumerate() {
-        // SAFETY: row r < 6 of the tile, W columns, by the caller's contract.
-        let row = unsafe { std::slice::from_raw_parts_mut(acc.add(r * ld), w) };
-        for cc in 0..w {
-            row[cc] += cr[cc].widen();
-        }
+/// Where a tile reads its broadcast side: value `r` (`< 6`) of step `k`.
+pub(crate) trait Bcast<T>: Copy {
+    /// # Safety
+    /// `k < kc` and `r < 6` for the `kc` the caller of the kernel vouches for.
+    unsafe fn at(self, k: usize, r: usize) -> *const T;
+}
+
+/// A packed micro-panel (`kc x 6`, row after row).
+#[derive(Clone, Copy)]
+pub(crate) struct Micro<T>(pub *const T);
+
+impl<T: Copy> Bcast<T> for Micro<T> {
+    #[inline(always)]
+    unsafe fn at(self, k: usize, r: usize) -> *const T {
+        // SAFETY: inside the `kc x 6` micro-panel by the caller's contract.
+        unsafe { self.0.add(k * MR + r) }
     }
 }
 
-/// Portable [`TileRowsFn`].
+/// Six rows read in place (`kc` values each).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a, T>(pub &'a [*const T; MR]);
+
+impl<T: Copy> Bcast<T> for Rows<'_, T> {
+    #[inline(always)]
+    unsafe fn at(self, k: usize, r: usize) -> *const T {
+        // SAFETY: inside row r's `kc` values by the caller's contract.
+        unsafe { self.0[r].add(k) }
+    }
+}
+
+/// Portable tile (any `T`, plain multiply-add in `T`).
 ///
 /// # Safety
-/// As [`TileRowsFn`]: `a` valid for `kc * W` reads, each `rows[r]` for `kc`
-/// reads, and `acc` for `r * ld + c`, `r < 6`, `c < W`.
-unsafe fn tile_rows_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>>(
-    kc: usize,
-    a: *const T,
-    rows: &[*const T; MR],
-    acc: *mut f64,
-    ld: usize,
-) {
+/// `a` valid for `kc * W` reads, `b` for every `(k, r)` with `k < kc`,
+/// `r < 6`, and `acc` for `r * ld + c`, `r < 6`, `c < W`.
+unsafe fn tile_portable_with<T, B>(kc: usize, a: *const T, b: B, acc: *mut f64, ld: usize)
+where
+    T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>,
+    B: Bcast<T>,
+{
     let w = T::W;
     let mut c = [[T::ZERO; 16]; MR];
     for k in 0..kc {
         // SAFETY: in bounds by the caller's contract (k < kc, cc < W, r < 6).
         let ak = unsafe { std::slice::from_raw_parts(a.add(k * w), w) };
         for (r, cr) in c.iter_mut().enumerate() {
-            // SAFETY: k < kc values of row r, by the caller's contract.
-            let br = unsafe { *rows[r].add(k) };
+            // SAFETY: as above.
+            let br = unsafe { *b.at(k, r) };
             for cc in 0..w {
                 cr[cc] = cr[cc] + br * ak[cc];
             }
@@ -148,9 +143,39 @@ unsafe fn tile_rows_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops:
     }
 }
 
+/// Portable [`TileFn`].
+///
+/// # Safety
+/// As [`TileFn`].
+unsafe fn tile_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>>(
+    kc: usize,
+    a: *const T,
+    b: *const T,
+    acc: *mut f64,
+    ld: usize,
+) {
+    // SAFETY: the caller's contract is the generic kernel's.
+    unsafe { tile_portable_with(kc, a, Micro(b), acc, ld) }
+}
+
+/// Portable [`TileRowsFn`].
+///
+/// # Safety
+/// As [`TileRowsFn`].
+unsafe fn tile_rows_portable<T: SyrkElem + std::ops::Mul<Output = T> + std::ops::Add<Output = T>>(
+    kc: usize,
+    a: *const T,
+    rows: &[*const T; MR],
+    acc: *mut f64,
+    ld: usize,
+) {
+    // SAFETY: the caller's contract is the generic kernel's.
+    unsafe { tile_portable_with(kc, a, Rows(rows), acc, ld) }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::MR;
+    use super::{Bcast, Micro, Rows, MR};
     use std::arch::x86_64::*;
 
     /// Ask for the accumulator rows of a tile (6 x `w` `f64`) now: they are
@@ -168,15 +193,17 @@ mod avx2 {
         }
     }
 
-    /// 6 x 8 `f64` tile: 12 accumulators, per row 2 loads + 6 broadcasts + 12 FMAs.
+    /// 6 x 8 `f64` tile: 12 accumulators, per step 2 loads + 6 broadcasts + 12 FMAs.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available, and the pointers valid as for
-    /// [`super::TileFn`] with `W = 8`.
+    /// AVX2 and FMA must be available; `a` valid for `kc * 8` reads, `b` for
+    /// every `(k, r)` with `k < kc`, `r < 6`, `acc` for `r * ld + c`, `r < 6`,
+    /// `c < 8`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_f64(kc: usize, a: *const f64, b: *const f64, acc: *mut f64, ld: usize) {
+    #[inline]
+    unsafe fn tile_f64_with<B: Bcast<f64>>(kc: usize, a: *const f64, b: B, acc: *mut f64, ld: usize) {
         // SAFETY (whole body): every load is at `a + 8k + {0, 4}` or
-        // `b + 6k + r` with k < kc, r < 6, and every store at `acc + r ld + {0, 4}`
+        // `b.at(k, r)` with k < kc, r < 6, and every store at `acc + r ld + {0, 4}`
         // (4 lanes each), all inside the regions the caller vouches for.
         unsafe {
             prefetch_tile(acc, ld, 8);
@@ -186,7 +213,7 @@ mod avx2 {
                 let a0 = _mm256_loadu_pd(ak);
                 let a1 = _mm256_loadu_pd(ak.add(4));
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let br = _mm256_broadcast_sd(&*b.add(k * MR + r));
+                    let br = _mm256_broadcast_sd(&*b.at(k, r));
                     cr[0] = _mm256_fmadd_pd(br, a0, cr[0]);
                     cr[1] = _mm256_fmadd_pd(br, a1, cr[1]);
                 }
@@ -203,13 +230,13 @@ mod avx2 {
     /// widened and added to the `f64` accumulator.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available, and the pointers valid as for
-    /// [`super::TileFn`] with `W = 16`.
+    /// As [`tile_f64_with`] with 16 columns.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_f32(kc: usize, a: *const f32, b: *const f32, acc: *mut f64, ld: usize) {
-        // SAFETY (whole body): loads at `a + 16k + {0, 8}` and
-        // `b + 6k + r` with k < kc, r < 6; stores at `acc + r ld + {0, 4, 8, 12}`
-        // (4 lanes each); all inside the caller's regions.
+    #[inline]
+    unsafe fn tile_f32_with<B: Bcast<f32>>(kc: usize, a: *const f32, b: B, acc: *mut f64, ld: usize) {
+        // SAFETY (whole body): loads at `a + 16k + {0, 8}` and `b.at(k, r)`
+        // with k < kc, r < 6; stores at `acc + r ld + {0, 4, 8, 12}` (4 lanes
+        // each); all inside the caller's regions.
         unsafe {
             prefetch_tile(acc, ld, 16);
             let mut c = [[_mm256_setzero_ps(); 2]; MR];
@@ -218,7 +245,7 @@ mod avx2 {
                 let a0 = _mm256_loadu_ps(ak);
                 let a1 = _mm256_loadu_ps(ak.add(8));
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let br = _mm256_broadcast_ss(&*b.add(k * MR + r));
+                    let br = _mm256_broadcast_ss(&*b.at(k, r));
                     cr[0] = _mm256_fmadd_ps(br, a0, cr[0]);
                     cr[1] = _mm256_fmadd_ps(br, a1, cr[1]);
                 }
@@ -236,71 +263,44 @@ mod avx2 {
         }
     }
 
-    /// [`tile_f64`] reading the broadcast side from six rows in place.
+    /// [`super::TileFn`] for `f64` (`W = 8`).
     ///
     /// # Safety
-    /// AVX2 and FMA must be available, and the pointers valid as for
-    /// [`super::TileRowsFn`] with `W = 8`.
+    /// AVX2 and FMA must be available, and the pointers valid as for [`super::TileFn`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_f64(kc: usize, a: *const f64, b: *const f64, acc: *mut f64, ld: usize) {
+        // SAFETY: the same contract.
+        unsafe { tile_f64_with(kc, a, Micro(b), acc, ld) }
+    }
+
+    /// [`super::TileFn`] for `f32` (`W = 16`).
+    ///
+    /// # Safety
+    /// As [`tile_f64`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_f32(kc: usize, a: *const f32, b: *const f32, acc: *mut f64, ld: usize) {
+        // SAFETY: the same contract.
+        unsafe { tile_f32_with(kc, a, Micro(b), acc, ld) }
+    }
+
+    /// [`super::TileRowsFn`] for `f64` (`W = 8`).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available, and the pointers valid as for [`super::TileRowsFn`].
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile_rows_f64(kc: usize, a: *const f64, rows: &[*const f64; MR], acc: *mut f64, ld: usize) {
-        // SAFETY (whole body): loads at `a + 8k + {0, 4}` and `rows[r] + k`
-        // with k < kc, r < 6; stores at `acc + r ld + {0, 4}`; all inside the
-        // caller's regions.
-        unsafe {
-            prefetch_tile(acc, ld, 8);
-            let mut c = [[_mm256_setzero_pd(); 2]; MR];
-            for k in 0..kc {
-                let ak = a.add(k * 8);
-                let a0 = _mm256_loadu_pd(ak);
-                let a1 = _mm256_loadu_pd(ak.add(4));
-                for (cr, xr) in c.iter_mut().zip(rows) {
-                    let br = _mm256_broadcast_sd(&*xr.add(k));
-                    cr[0] = _mm256_fmadd_pd(br, a0, cr[0]);
-                    cr[1] = _mm256_fmadd_pd(br, a1, cr[1]);
-                }
-            }
-            for (r, cr) in c.iter().enumerate() {
-                let row = acc.add(r * ld);
-                _mm256_storeu_pd(row, _mm256_add_pd(_mm256_loadu_pd(row), cr[0]));
-                _mm256_storeu_pd(row.add(4), _mm256_add_pd(_mm256_loadu_pd(row.add(4)), cr[1]));
-            }
-        }
+        // SAFETY: the same contract.
+        unsafe { tile_f64_with(kc, a, Rows(rows), acc, ld) }
     }
 
-    /// [`tile_f32`] reading the broadcast side from six rows in place.
+    /// [`super::TileRowsFn`] for `f32` (`W = 16`).
     ///
     /// # Safety
-    /// AVX2 and FMA must be available, and the pointers valid as for
-    /// [`super::TileRowsFn`] with `W = 16`.
+    /// As [`tile_rows_f64`].
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile_rows_f32(kc: usize, a: *const f32, rows: &[*const f32; MR], acc: *mut f64, ld: usize) {
-        // SAFETY (whole body): loads at `a + 16k + {0, 8}` and `rows[r] + k`
-        // with k < kc, r < 6; stores at `acc + r ld + {0, 4, 8, 12}`; all
-        // inside the caller's regions.
-        unsafe {
-            prefetch_tile(acc, ld, 16);
-            let mut c = [[_mm256_setzero_ps(); 2]; MR];
-            for k in 0..kc {
-                let ak = a.add(k * 16);
-                let a0 = _mm256_loadu_ps(ak);
-                let a1 = _mm256_loadu_ps(ak.add(8));
-                for (cr, xr) in c.iter_mut().zip(rows) {
-                    let br = _mm256_broadcast_ss(&*xr.add(k));
-                    cr[0] = _mm256_fmadd_ps(br, a0, cr[0]);
-                    cr[1] = _mm256_fmadd_ps(br, a1, cr[1]);
-                }
-            }
-            for (r, cr) in c.iter().enumerate() {
-                let row = acc.add(r * ld);
-                for (h, v) in cr.iter().enumerate() {
-                    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(*v));
-                    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*v));
-                    let p = row.add(8 * h);
-                    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), lo));
-                    _mm256_storeu_pd(p.add(4), _mm256_add_pd(_mm256_loadu_pd(p.add(4)), hi));
-                }
-            }
-        }
+        // SAFETY: the same contract.
+        unsafe { tile_f32_with(kc, a, Rows(rows), acc, ld) }
     }
 
     pub fn available() -> bool {
