@@ -7,8 +7,8 @@
 //! - [`features`]: SIFT and ORB keypoints and descriptors;
 //! - [`cluster`]: K-Means visual vocabularies;
 //! - [`histogram`]: bag-of-visual-words histograms;
-//! - [`decomposition`]: PCA;
-//! - [`packed`]: the packed GEMM behind PCA's projection and K-Means' assignment;
+//! - [`decomposition`]: principal component analysis (PCA);
+//! - [`packed`]: the register-tile GEMM behind PCA's projection;
 //! - [`arrow`]: Arrow batches in and out.
 
 pub mod arrow;

@@ -38,12 +38,10 @@ pub const MB: usize = 72;
 pub struct Panels<T> {
     buf: Vec<T>,
     off: usize,
-    k: usize,
     d: usize,
     np: usize,
     chunks: usize,
 }
-
 
 /// Values per panel, padding included.
 const fn panel_stride(w: usize) -> usize {
@@ -76,12 +74,7 @@ impl<T: SyrkElem> Panels<T> {
                 }
             }
         }
-        Panels { buf, off, k, d, np, chunks }
-    }
-
-    /// Rows of $C$.
-    pub fn k(&self) -> usize {
-        self.k
+        Panels { buf, off, d, np, chunks }
     }
 
     /// Leading dimension of the accumulator: `k` rounded up to `W`.
@@ -91,22 +84,22 @@ impl<T: SyrkElem> Panels<T> {
 
     /// `acc[r * ld + j] = x_r . c_j` for the rows of `xb` (at most [`MB`],
     /// `d` wide), `j < k` (columns `k..ld` are 0); the accumulator is
-    /// returned (`rows x ld`, `f64`), in `s`, which grows as needed.
+    /// returned (`rows x ld`, `f64`), in `acc`, which grows as needed.
     ///
     /// # Panics
     /// When `xb` has more than [`MB`] rows or its length is not a multiple of `d`.
-    pub fn products<'s>(&self, xb: &[T], s: &'s mut Scratch<T>) -> &'s mut [f64] {
+    pub fn products<'s>(&self, xb: &[T], acc: &'s mut Vec<f64>) -> &'s mut [f64] {
         let (d, w, np, ld) = (self.d, T::W, self.np, self.ld());
         assert!(xb.len() % d == 0 && xb.len() <= MB * d);
         let rows = xb.len() / d;
         let nt = rows.div_ceil(MR);
         let sa = panel_stride(w);
         let a = &self.buf[self.off..self.off + self.chunks * np * sa];
-        if s.acc.len() < MB * ld {
-            s.acc.resize(MB * ld, 0.0);
+        if acc.len() < MB * ld {
+            acc.resize(MB * ld, 0.0);
         }
-        let acc = &mut s.acc[..nt * MR * ld];
-        acc.fill(0.0);
+        let tiles = &mut acc[..nt * MR * ld];
+        tiles.fill(0.0);
         let zeros = [T::ZERO; KC];
         // Six rows of the block from feature `k0` on (zeros past its end).
         let six = |t: usize, k0: usize, kc: usize| -> [&[T]; MR] {
@@ -126,7 +119,7 @@ impl<T: SyrkElem> Panels<T> {
                 let panel = &a[(q * np + p) * sa..(q * np + p) * sa + kc * w];
                 for t in 0..nt {
                     let src = six(t, k0, kc).map(|r| r.as_ptr());
-                    let tile_out = &mut acc[t * MR * ld + p * w..];
+                    let tile_out = &mut tiles[t * MR * ld + p * w..];
                     assert!(tile_out.len() >= (MR - 1) * ld + w);
                     // SAFETY: `panel` holds kc * W values and each row
                     // kc (slices taken by `six`); `tile_out` has rows 0..6
@@ -137,7 +130,7 @@ impl<T: SyrkElem> Panels<T> {
                 }
             }
         }
-        &mut s.acc[..rows * ld]
+        &mut acc[..rows * ld]
     }
 }
 
@@ -146,7 +139,7 @@ impl<T: SyrkElem> Panels<T> {
 /// (`madvise(MADV_HUGEPAGE)`), so that writing it takes one page fault per
 /// 2 MiB instead of one per 4 KiB: for a projection onto a few dozen
 /// components the faults otherwise cost as much as the arithmetic.
-pub fn zeroed_output<T: SyrkElem>(len: usize) -> Vec<T> {
+fn zeroed_output<T: SyrkElem>(len: usize) -> Vec<T> {
     let v = vec![T::ZERO; len];
     #[cfg(target_os = "linux")]
     {
@@ -164,25 +157,6 @@ pub fn zeroed_output<T: SyrkElem>(len: usize) -> Vec<T> {
         }
     }
     v
-}
-
-/// Buffers of [`Panels::products`] (one per thread).
-pub struct Scratch<T> {
-    acc: Vec<f64>,
-    _elem: std::marker::PhantomData<T>,
-}
-
-impl<T> Scratch<T> {
-    /// Empty buffers; [`Panels::products`] sizes them.
-    pub const fn new() -> Self {
-        Scratch { acc: Vec::new(), _elem: std::marker::PhantomData }
-    }
-}
-
-impl<T> Default for Scratch<T> {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// $Y = (X C^\top - \text{offset}) / \text{scale}$, column-wise: `x` is
@@ -212,16 +186,16 @@ pub fn project<T: SyrkElem>(
     let panels = Panels::new(components, d, T::narrow);
     let non_finite = std::sync::atomic::AtomicBool::new(false);
     let ld = panels.ld();
-    // Several blocks per task, so that the scratch buffers are allocated a
-    // few times per call rather than once per block.
+    // Several blocks per task, so that the accumulator is allocated a few
+    // times per call rather than once per block.
     let blocks_per_task = (n.div_ceil(MB) / (8 * rayon::current_num_threads())).max(1);
     let rows_per_task = blocks_per_task * MB;
     out.par_chunks_mut(rows_per_task * k).zip(x.par_chunks(rows_per_task * d)).for_each(|(o_task, x_task)| {
-        let mut scratch = Scratch::new();
+        let mut acc = Vec::new();
         let mut finite = true;
         for (o, xb) in o_task.chunks_mut(MB * k).zip(x_task.chunks(MB * d)) {
-            let acc = panels.products(xb, &mut scratch);
-            for (orow, arow) in o.chunks_exact_mut(k).zip(acc.chunks_exact(ld)) {
+            let dots = panels.products(xb, &mut acc);
+            for (orow, arow) in o.chunks_exact_mut(k).zip(dots.chunks_exact(ld)) {
                 for (j, (v, &s)) in orow.iter_mut().zip(arow).enumerate() {
                     let shifted = s - offset[j];
                     let y = match scale {

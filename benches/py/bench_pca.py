@@ -34,8 +34,6 @@ from common import best_of as _best  # noqa: E402
 from common import best_of_pair  # noqa: E402
 
 
-
-
 def _row(case, reference, ours_s, ref_s, notes):
     return {
         "stage": "pca",
