@@ -2,7 +2,7 @@
 //! on the register tiles of [`crate::decomposition::syrk`]: PCA's projection
 //! ([`project`], built on the block kernel [`Panels::products`]). K-Means'
 //! assignment keeps the `gemm` crate's kernel: at `d = 128` and `k` = 100-1000
-//! these tiles made `predict` slower (0.79-0.95x of scikit-learn's).
+//! these tiles made `predict` slower than it.
 //!
 //! $X$ is `n x d` row-major (read in place), $C$ is `k x d` row-major and
 //! known in advance (components, cluster centers). The blocking is BLIS's
