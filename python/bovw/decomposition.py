@@ -2,9 +2,11 @@
 
 :class:`PCA` follows :class:`sklearn.decomposition.PCA` (same parameters,
 attributes, solver choice and sign convention), so results compare directly.
-The fit runs in Rust: column means and the scatter matrix by blocked GEMMs
-accumulated in float64 and a symmetric eigendecomposition (faer) for tall
-data, a thin SVD or a randomized SVD (Halko et al. 2011) otherwise.
+The fit runs in Rust: for tall data, column means and the scatter matrix by
+blocked GEMMs accumulated in float64, then only the kept eigenpairs of the
+covariance (Householder tridiagonalisation, bisection for the largest
+eigenvalues, inverse iteration for their eigenvectors); otherwise a thin SVD
+or a randomized SVD (Halko et al. 2011).
 
 For Spark, the covariance is a sum over partitions:
 :func:`pca_partial_sums` gives one batch's ``(count, sum, X^T X)`` in one Rust
@@ -179,6 +181,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
        JRSS B 61(3), 1999.
     .. [3] scikit-learn ``sklearn/decomposition/_pca.py``; Spark
        ``mllib/linalg/distributed/RowMatrix.scala``.
+    .. [4] Golub and Van Loan, "Matrix Computations", 4th ed., 2013,
+       chapter 8 (Householder tridiagonalisation, bisection on Sturm
+       sequences, inverse iteration); LAPACK ``dsytrd``, ``dstebz``, ``dstein``.
 
     Examples
     --------

@@ -2,3 +2,4 @@
 
 pub mod pca;
 pub mod syrk;
+pub mod tridiag;

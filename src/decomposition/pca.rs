@@ -12,8 +12,9 @@
 //!   and the scatter matrix about a provisional centre ([`mean_scatter`],
 //!   with the AVX2 kernels of [`syrk`]: rows in blocks of [`syrk::KC`],
 //!   centred and multiplied in the input precision, blocks summed in `f64`),
-//!   then a self-adjoint eigendecomposition (faer's tridiagonalisation and
-//!   divide and conquer) that back-transforms only the kept eigenvectors.
+//!   then the kept eigenpairs only ([`leading_eigenpairs`]): Householder
+//!   tridiagonalisation, the largest eigenvalues by bisection and their
+//!   eigenvectors by inverse iteration ([`tridiag`]), transformed back.
 //!   Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
 //! - `full`: thin SVD of the centred data in `f64`, $O(n d \min(n, d))$.
 //! - `randomized`: Halko, Martinsson and Tropp (2011), Algorithm 4.4 (randomized
@@ -35,6 +36,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::syrk::{self, SyrkElem};
+use super::tridiag;
 use crate::error::{BovwError, Result};
 
 /// Rows per block of the column means.
@@ -57,76 +59,117 @@ fn det_par(dim: usize) -> Par {
 /// See [`det_par`].
 const SEQ_EIG_DIM: usize = 200;
 
-/// Symmetric eigendecomposition of `a` (lower triangle read) with a fixed
-/// parallel degree: eigenvalues ascending, eigenvectors as columns.
-fn sym_eig(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
-    use faer::dyn_stack::{MemBuffer, MemStack};
-    use faer::linalg::evd;
-    let n = a.nrows();
-    let par = det_par(n);
-    let mut u = Mat::<f64>::zeros(n, n);
-    let mut s = faer::diag::Diag::<f64>::zeros(n);
-    let scratch = evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, Default::default());
-    evd::self_adjoint_evd(a, s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut MemBuffer::new(scratch)), Default::default())
-        .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
-    let vals = (0..n).map(|i| s.column_vector()[i]).collect();
-    Ok((vals, u))
+/// Leading eigenpairs of a covariance matrix, as far as a component
+/// choice needs them (see [`leading_eigenpairs`]).
+struct Leading {
+    /// Leading eigenvalues, decreasing, round-off negatives clipped to 0:
+    /// at least the kept ones, all `d` when the rest must be averaged
+    /// explicitly (`rest_len == None`).
+    variances: Vec<f64>,
+    /// Kept eigenvectors as rows (`kept x d`, row-major, signs not yet flipped).
+    axes: Vec<f64>,
+    /// Sum of all eigenvalues (the trace).
+    total: f64,
+    /// `Some(d)`: the eigenvalues not in `variances` are known only through
+    /// `total`; `None`: `variances` holds the whole spectrum.
+    rest_len: Option<usize>,
 }
 
-/// Symmetric eigendecomposition of `a` (lower triangle read) with only the
-/// eigenvectors of the `top(eigenvalues)` largest eigenvalues: eigenvalues
-/// ascending (all `d`), eigenvectors as columns (`d x top`, ascending).
+/// Eigenpairs of the symmetric `a` (`d x d`, lower triangle read) that PCA
+/// keeps for `k` out of at most `min(n, d)` components.
 ///
-/// The steps of faer's `self_adjoint_evd` (Householder tridiagonalisation,
-/// divide and conquer on the tridiagonal matrix), except that the
-/// Householder reflections are applied to the kept eigenvectors only: that
-/// back-transformation costs $2 d^2 k$ instead of $2 d^3$ flops.
-fn sym_eig_top(a: MatRef<'_, f64>, top: impl FnOnce(&[f64]) -> usize) -> Result<(Vec<f64>, Mat<f64>)> {
+/// Householder tridiagonalisation (faer), then the largest eigenvalues by
+/// bisection, as many as `k` needs (for a variance fraction, in growing
+/// batches until the cumulated ratio passes it; the total is the trace), and
+/// only their eigenvectors by inverse iteration ([`tridiag`]), transformed
+/// back by the Householder reflections ($2 d^2 k$ flops). When a cluster of
+/// close eigenvalues is too large for inverse iteration, divide and conquer
+/// (faer) gives the eigenvectors instead. If the discarded variance is below
+/// $10^{-8}$ of the total, the remaining eigenvalues are computed too, so
+/// that their mean (the noise variance) does not come from a difference of
+/// nearly equal sums.
+fn leading_eigenpairs(a: MatRef<'_, f64>, n: usize, k: NComponents) -> Result<Leading> {
     use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
     use faer::linalg::{evd, householder, qr};
-    let n = a.nrows();
-    if n < 2 {
-        let (s, u) = sym_eig(a)?;
-        let k = top(&s).min(n);
-        return Ok((s, u.subcols(n - k, k).to_owned()));
-    }
-    let par = det_par(n);
-    let bs = qr::no_pivoting::factor::recommended_block_size::<f64>(n, n);
+    let d = a.nrows();
+    let lim = n.min(d);
+    let par = det_par(d);
+    let bs = qr::no_pivoting::factor::recommended_block_size::<f64>(d, d);
     let scratch = StackReq::any_of(&[
-        evd::tridiag::tridiag_in_place_scratch::<f64>(n, par, Default::default()),
-        evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, Default::default()),
-        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(n - 1, bs, n),
+        evd::tridiag::tridiag_in_place_scratch::<f64>(d, par, Default::default()),
+        evd::self_adjoint_evd_scratch::<f64>(d, evd::ComputeEigenvectors::Yes, par, Default::default()),
+        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(d.saturating_sub(1), bs, d),
     ]);
     let mut mem = MemBuffer::new(scratch);
     let stack = MemStack::new(&mut mem);
-    let mut trid = Mat::<f64>::zeros(n, n);
+    let mut trid = Mat::<f64>::zeros(d, d);
     trid.copy_from_triangular_lower(a);
-    let mut hh = Mat::<f64>::zeros(bs, n - 1);
-    evd::tridiag::tridiag_in_place(trid.as_mut(), hh.as_mut(), par, stack, Default::default());
-    let mut diag = faer::diag::Diag::<f64>::zeros(n);
-    let mut sub = faer::diag::Diag::<f64>::zeros(n);
-    for i in 0..n {
-        diag.column_vector_mut()[i] = trid[(i, i)];
-        if i + 1 < n {
-            sub.column_vector_mut()[i] = trid[(i + 1, i)];
-        }
+    let mut hh = Mat::<f64>::zeros(bs, d.saturating_sub(1));
+    if d > 1 {
+        evd::tridiag::tridiag_in_place(trid.as_mut(), hh.as_mut(), par, stack, Default::default());
     }
-    let mut s = faer::diag::Diag::<f64>::zeros(n);
-    let mut u = Mat::<f64>::zeros(n, n);
-    evd::tridiagonal_self_adjoint_evd(diag.as_ref(), sub.as_ref(), s.as_mut(), Some(u.as_mut()), par, stack, Default::default())
-        .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
-    let vals: Vec<f64> = (0..n).map(|i| s.column_vector()[i]).collect();
-    let k = top(&vals).min(n);
-    let mut v = u.subcols(n - k, k).to_owned();
-    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
-        trid.submatrix(1, 0, n - 1, n - 1),
-        hh.as_ref(),
-        faer::Conj::No,
-        v.as_mut().subrows_mut(1, n - 1),
-        par,
-        stack,
-    );
-    Ok((vals, v))
+    let diag: Vec<f64> = (0..d).map(|i| trid[(i, i)]).collect();
+    let sub: Vec<f64> = (1..d).map(|i| trid[(i, i - 1)]).collect();
+    let t = tridiag::SymTridiagonal::new(&diag, &sub);
+    let total: f64 = diag.iter().sum();
+
+    let mut vals: Vec<f64> = Vec::new();
+    let grow = |vals: &mut Vec<f64>, upto: usize| {
+        let from = vals.len();
+        if upto > from {
+            vals.extend(t.eigenvalues_desc(from..upto).into_iter().map(|v| v.max(0.0)));
+        }
+    };
+    match k {
+        NComponents::Count(c) => grow(&mut vals, c),
+        NComponents::All => grow(&mut vals, lim),
+        NComponents::Fraction(f) if f >= 1.0 => grow(&mut vals, lim),
+        NComponents::Fraction(f) => loop {
+            let upto = (2 * vals.len()).max(32).min(d);
+            grow(&mut vals, upto);
+            let mut cum = 0.0;
+            if vals.len() == d || vals.iter().any(|v| {
+                cum += v / total;
+                cum > f
+            }) {
+                break;
+            }
+        },
+    }
+    let kept = kept_count(&vals, total, lim, k);
+    let mut rest_len = Some(d);
+    if kept < lim && total - vals[..kept].iter().sum::<f64>() <= 1e-8 * total {
+        grow(&mut vals, d);
+        rest_len = None;
+    }
+
+    let mut v = match tridiag::eigenvectors(&t, &vals[..kept], 0) {
+        Some(cols) => Mat::<f64>::from_fn(d, kept, |i, j| cols[j * d + i]),
+        None => {
+            let mut s = faer::diag::Diag::<f64>::zeros(d);
+            let mut u = Mat::<f64>::zeros(d, d);
+            let sub_n: Vec<f64> = sub.iter().copied().chain([0.0]).collect();
+            let (dd, ee) = (faer::ColRef::from_slice(&diag), faer::ColRef::from_slice(&sub_n));
+            evd::tridiagonal_self_adjoint_evd(dd.as_diagonal(), ee.as_diagonal(), s.as_mut(), Some(u.as_mut()), par, stack, Default::default())
+                .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
+            Mat::<f64>::from_fn(d, kept, |i, j| u[(i, d - 1 - j)])
+        }
+    };
+    if d > 1 {
+        householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+            trid.submatrix(1, 0, d - 1, d - 1),
+            hh.as_ref(),
+            faer::Conj::No,
+            v.as_mut().subrows_mut(1, d - 1),
+            par,
+            stack,
+        );
+    }
+    let mut axes = Vec::with_capacity(kept * d);
+    for j in 0..kept {
+        axes.extend(v.col(j).iter().copied());
+    }
+    Ok(Leading { variances: vals, axes, total, rest_len })
 }
 
 /// Thin SVD `a = U diag(s) V^T` with a fixed parallel degree; singular values decreasing.
@@ -539,10 +582,12 @@ fn kept_count(variances: &[f64], total_variance: f64, lim: usize, k: NComponents
     kept.min(m)
 }
 
-/// Build the fit from the full spectrum: `variances` (decreasing, length
-/// `m`), matching `axes` (at least the kept rows of `m x d` row-major, not
-/// yet sign-flipped),
-/// the total variance and the component choice.
+/// Build the fit from the leading spectrum: `variances` (decreasing, length
+/// `m`, at least the kept ones), matching `axes` (at least the kept rows of
+/// `m x d` row-major, not yet sign-flipped), the total variance and the
+/// component choice. `rest_len`: `None` if `variances` is the whole
+/// spectrum, else the length of the whole spectrum, whose values after the
+/// kept ones are then known only through `total_variance`.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     mut variances: Vec<f64>,
@@ -553,7 +598,7 @@ fn finish(
     d: usize,
     k: NComponents,
     solver: Solver,
-    truncated: bool,
+    rest_len: Option<usize>,
 ) -> PcaFit {
     let lim = n.min(d);
     let m = variances.len();
@@ -561,8 +606,8 @@ fn finish(
     let ratio: Vec<f64> = variances.iter().map(|v| v / total_variance).collect();
     let kept = kept_count(&variances, total_variance, lim, k);
     let noise_variance = if kept < lim {
-        if truncated {
-            (total_variance - variances[..kept].iter().sum::<f64>()) / (lim - kept) as f64
+        if let Some(len) = rest_len {
+            (total_variance - variances[..kept].iter().sum::<f64>()) / (len - kept) as f64
         } else {
             // scikit-learn averages over the whole spectrum it computed:
             // min(n, d) values for `full`, d eigenvalues for `covariance_eigh`.
@@ -619,20 +664,8 @@ pub fn fit_covariance(mean: Vec<f64>, cov: &[f64], n: usize, k: NComponents) -> 
     }
     check_n_components(k, n, d)?;
     let c = MatRef::from_row_major_slice(cov, d, d);
-    let mut kept = 0;
-    let (s, u) = sym_eig_top(c, |s| {
-        // Decreasing order; clip round-off negatives as scikit-learn does.
-        let variances: Vec<f64> = s.iter().rev().map(|v| v.max(0.0)).collect();
-        kept = kept_count(&variances, variances.iter().sum(), n.min(d), k);
-        kept
-    })?;
-    let variances: Vec<f64> = s.iter().rev().map(|v| v.max(0.0)).collect();
-    let mut axes = Vec::with_capacity(kept * d);
-    for idx in (0..u.ncols()).rev() {
-        axes.extend(u.col(idx).iter().copied());
-    }
-    let total: f64 = variances.iter().sum();
-    Ok(finish(variances, axes, total, mean, n, d, k, Solver::CovarianceEigh, false))
+    let lead = leading_eigenpairs(c, n, k)?;
+    Ok(finish(lead.variances, lead.axes, lead.total, mean, n, d, k, Solver::CovarianceEigh, lead.rest_len))
 }
 
 /// Fit from reduced [`PartialSums`].
@@ -664,7 +697,7 @@ fn fit_full<T: Sample>(x: &[T], d: usize, k: NComponents) -> Result<PcaFit> {
         axes.extend((0..d).map(|j| col[j]));
     }
     let total = variances.iter().sum();
-    Ok(finish(variances, axes, total, mean, n, d, k, Solver::Full, false))
+    Ok(finish(variances, axes, total, mean, n, d, k, Solver::Full, None))
 }
 
 /// Standard normal samples (Box-Muller on ChaCha8).
@@ -725,7 +758,7 @@ fn fit_randomized<T: Sample>(x: &[T], d: usize, k: usize, opts: RandomizedOption
         .iter()
         .sum::<f64>()
         / denom;
-    Ok(finish(variances, axes, total, mean, n, d, NComponents::Count(kk), Solver::Randomized, true))
+    Ok(finish(variances, axes, total, mean, n, d, NComponents::Count(kk), Solver::Randomized, Some(n.min(d))))
 }
 
 /// Fit PCA on `x` (`n x d`, row-major).
@@ -830,6 +863,62 @@ mod tests {
         // Largest variance is along the last (most scaled) column.
         assert!(a.components[d - 1].abs() > 0.99);
         assert!(a.components[d - 1] > 0.0);
+    }
+
+    /// Covariance `Q diag(spectrum) Q^T` with a random orthogonal `Q`.
+    fn covariance_with_spectrum(spectrum: &[f64], seed: u64) -> (Vec<f64>, Mat<f64>) {
+        let d = spectrum.len();
+        let q = thin_svd(gaussian(d, d, seed).as_ref()).unwrap().0;
+        let cov = (0..d * d)
+            .map(|idx| (0..d).map(|t| q[(idx / d, t)] * spectrum[t] * q[(idx % d, t)]).sum())
+            .collect();
+        (cov, q)
+    }
+
+    #[test]
+    fn leading_eigenpairs_against_a_known_spectrum() {
+        // Distinct values, an exactly repeated block larger than inverse
+        // iteration takes (divide and conquer then gives the vectors) and a
+        // rank deficiency (the discarded variance is round-off: the rest of
+        // the spectrum is computed explicitly).
+        let d = 150;
+        let distinct: Vec<f64> = (0..d).map(|i| 50.0 * 0.95f64.powi(i as i32)).collect();
+        let mut plateau: Vec<f64> = (0..d).map(|i| if i < 10 { 100.0 - i as f64 } else { 1.0 }).collect();
+        plateau[d - 1] = 0.5;
+        let low_rank: Vec<f64> = (0..d).map(|i| if i < 20 { 20.0 - i as f64 } else { 0.0 }).collect();
+        for (spectrum, k) in [
+            (&distinct, NComponents::Count(40)),
+            (&distinct, NComponents::Fraction(0.9)),
+            (&plateau, NComponents::Count(100)),
+            (&low_rank, NComponents::Count(20)),
+        ] {
+            let (cov, q) = covariance_with_spectrum(spectrum, 17);
+            let mean = vec![0.0; d];
+            let f = fit_covariance(mean, &cov, 10_000, k).unwrap();
+            let kept = f.n_components;
+            if let NComponents::Count(c) = k {
+                assert_eq!(kept, c);
+            }
+            let total: f64 = spectrum.iter().sum();
+            for i in 0..kept {
+                assert!((f.explained_variance[i] - spectrum[i]).abs() <= 1e-11 * spectrum[0], "{i}");
+                assert!((f.explained_variance_ratio[i] - spectrum[i] / total).abs() <= 1e-12, "{i}");
+                let row = &f.components[i * d..(i + 1) * d];
+                for j in 0..=i {
+                    let p: f64 = row.iter().zip(&f.components[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum();
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((p - want).abs() <= 1e-10, "components {i},{j}: {p}");
+                }
+                // Away from repeated values the axis is the known one.
+                if spectrum[i] != spectrum[(i + 1).min(d - 1)] && (i == 0 || spectrum[i] != spectrum[i - 1]) {
+                    let cos: f64 = (0..d).map(|r| row[r] * q[(r, i)]).sum();
+                    assert!((cos.abs() - 1.0).abs() <= 1e-9, "axis {i}: |cos| {cos}");
+                }
+            }
+            let rest = &spectrum[kept..];
+            let noise = rest.iter().sum::<f64>() / rest.len() as f64;
+            assert!((f.noise_variance - noise).abs() <= 1e-11 * spectrum[0], "noise {} vs {noise}", f.noise_variance);
+        }
     }
 
     #[test]
