@@ -134,13 +134,19 @@ impl<T: SyrkElem> Panels<T> {
     }
 }
 
-/// A zeroed vector of `len` values for a large output. On Linux its
-/// untouched pages are marked for transparent huge pages
-/// (`madvise(MADV_HUGEPAGE)`), so that writing it takes one page fault per
-/// 2 MiB instead of one per 4 KiB: for a projection onto a few dozen
-/// components the faults otherwise cost as much as the arithmetic.
-fn zeroed_output<T: SyrkElem>(len: usize) -> Vec<T> {
-    let v = vec![T::ZERO; len];
+/// An uninitialised vector of `len` values for a large output, to be
+/// written in full before use. Not zeroed: the allocator may hand back
+/// memory a previous call freed (glibc serves blocks up to 32 MiB from its
+/// heap once one such block was freed), which then costs neither page
+/// faults nor a memset. On Linux, pages of a fresh mapping are marked for
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`), so that writing them
+/// takes one page fault per 2 MiB instead of one per 4 KiB: for a
+/// projection onto a few dozen components the faults otherwise cost as much
+/// as the arithmetic.
+fn output_buffer<T: SyrkElem>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation; capacity is `len`.
+    unsafe { v.set_len(len) };
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
@@ -179,10 +185,10 @@ pub fn project<T: SyrkElem>(
     assert!(d > 0 && x.len() % d == 0 && components.len() % d == 0);
     let (n, k) = (x.len() / d, components.len() / d);
     assert!(offset.len() == k && scale.map_or(true, |s| s.len() == k));
-    let mut out = zeroed_output::<T>(n * k);
     if n == 0 || k == 0 {
-        return (out, true);
+        return (vec![T::ZERO; n * k], true);
     }
+    let mut out = output_buffer::<T>(n * k);
     let panels = Panels::new(components, d, T::narrow);
     let non_finite = std::sync::atomic::AtomicBool::new(false);
     let ld = panels.ld();
@@ -192,25 +198,41 @@ pub fn project<T: SyrkElem>(
     let rows_per_task = blocks_per_task * MB;
     out.par_chunks_mut(rows_per_task * k).zip(x.par_chunks(rows_per_task * d)).for_each(|(o_task, x_task)| {
         let mut acc = Vec::new();
-        let mut finite = true;
+        // Lane-wise flags (no early exit, no float reduction), so that the
+        // loops below vectorise.
+        let mut bad = 0u32;
         for (o, xb) in o_task.chunks_mut(MB * k).zip(x_task.chunks(MB * d)) {
             let dots = panels.products(xb, &mut acc);
             for (orow, arow) in o.chunks_exact_mut(k).zip(dots.chunks_exact(ld)) {
-                for (j, (v, &s)) in orow.iter_mut().zip(arow).enumerate() {
-                    let shifted = s - offset[j];
-                    let y = match scale {
-                        Some(sc) => shifted / sc[j],
-                        None => shifted,
-                    };
-                    finite &= y.is_finite();
-                    *v = T::narrow(y);
+                let arow = &arow[..k];
+                match scale {
+                    None => {
+                        for ((v, &s), &off) in orow.iter_mut().zip(arow).zip(offset) {
+                            let y = s - off;
+                            bad |= u32::from(!(y.abs() < f64::INFINITY));
+                            v.write(T::narrow(y));
+                        }
+                    }
+                    Some(sc) => {
+                        for (((v, &s), &off), &c) in orow.iter_mut().zip(arow).zip(offset).zip(sc) {
+                            let y = (s - off) / c;
+                            bad |= u32::from(!(y.abs() < f64::INFINITY));
+                            v.write(T::narrow(y));
+                        }
+                    }
                 }
             }
         }
-        if !finite {
+        if bad != 0 {
             non_finite.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
+    // Every value was written: the chunks above cover all n rows and each
+    // row's k columns.
+    let mut out = std::mem::ManuallyDrop::new(out);
+    let (ptr, len, cap) = (out.as_mut_ptr(), out.len(), out.capacity());
+    // SAFETY: MaybeUninit<T> has T's layout, and all `len` values are initialised.
+    let out = unsafe { Vec::from_raw_parts(ptr.cast::<T>(), len, cap) };
     (out, !non_finite.into_inner())
 }
 
