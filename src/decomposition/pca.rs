@@ -127,11 +127,8 @@ fn leading_eigenpairs(a: MatRef<'_, f64>, n: usize, k: NComponents) -> Result<Le
         NComponents::Fraction(f) => loop {
             let upto = (2 * vals.len()).max(32).min(d);
             grow(&mut vals, upto);
-            let mut cum = 0.0;
-            if vals.len() == d || vals.iter().any(|v| {
-                cum += v / total;
-                cum > f
-            }) {
+            // Done once the cumulated ratio passes f inside what is computed.
+            if vals.len() == d || fraction_below(&vals, total, f) < vals.len() {
                 break;
             }
         },
@@ -557,6 +554,19 @@ pub fn svd_flip_rows(v: &mut [f64], d: usize) {
     }
 }
 
+/// How many leading `variances` (decreasing) have a cumulated ratio to
+/// `total_variance` of at most `f` (scikit-learn's `searchsorted(side="right")`).
+fn fraction_below(variances: &[f64], total_variance: f64, f: f64) -> usize {
+    let mut cum = 0.0;
+    variances
+        .iter()
+        .take_while(|v| {
+            cum += *v / total_variance;
+            cum <= f
+        })
+        .count()
+}
+
 /// How many of the `variances` (decreasing) to keep for `k`, out of at
 /// most `lim = min(n, d)`.
 fn kept_count(variances: &[f64], total_variance: f64, lim: usize, k: NComponents) -> usize {
@@ -565,19 +575,7 @@ fn kept_count(variances: &[f64], total_variance: f64, lim: usize, k: NComponents
         NComponents::All => lim,
         NComponents::Count(c) => c,
         NComponents::Fraction(f) if f >= 1.0 => lim,
-        NComponents::Fraction(f) => {
-            let mut cum = 0.0;
-            let mut below = 0usize;
-            for v in variances {
-                cum += v / total_variance;
-                if cum <= f {
-                    below += 1;
-                } else {
-                    break;
-                }
-            }
-            (below + 1).min(lim).min(m)
-        }
+        NComponents::Fraction(f) => (fraction_below(variances, total_variance, f) + 1).min(lim).min(m),
     };
     kept.min(m)
 }
