@@ -167,6 +167,12 @@ def test_thread_count_does_not_change_result(bow_histograms):
     b = bovw.PCA(10, n_threads=2).fit(X)
     np.testing.assert_array_equal(a.components_, b.components_)
     np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    # d = 300 takes the parallel tridiagonalisation and back-transformation.
+    W = low_rank(3000, 300, rank=40, noise=0.05, seed=3)
+    fits = [bovw.PCA(0.9, n_threads=t).fit(W) for t in (1, 2, 3)]
+    for f in fits[1:]:
+        np.testing.assert_array_equal(fits[0].explained_variance_, f.explained_variance_)
+        np.testing.assert_array_equal(fits[0].components_, f.components_)
 
 
 # -- scikit-learn estimator checks --------------------------------------------------

@@ -2,4 +2,5 @@
 
 pub mod pca;
 pub mod syrk;
+pub mod sytrd;
 pub mod tridiag;

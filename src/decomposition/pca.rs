@@ -12,8 +12,8 @@
 //!   and the scatter matrix about a provisional centre ([`mean_scatter`],
 //!   with the AVX2 kernels of [`syrk`]: rows in blocks of [`syrk::KC`],
 //!   centred and multiplied in the input precision, blocks summed in `f64`),
-//!   then the kept eigenpairs only ([`leading_eigenpairs`]): Householder
-//!   tridiagonalisation, the largest eigenvalues by bisection and their
+//!   then the kept eigenpairs only ([`leading_eigenpairs`]): blocked Householder
+//!   tridiagonalisation ([`sytrd`]), the largest eigenvalues by bisection and their
 //!   eigenvectors by inverse iteration ([`tridiag`]), transformed back.
 //!   Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
 //! - `full`: thin SVD of the centred data in `f64`, $O(n d \min(n, d))$.
@@ -36,7 +36,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::syrk::{self, SyrkElem};
-use super::tridiag;
+use super::{sytrd, tridiag};
 use crate::error::{BovwError, Result};
 
 /// Rows per block of the column means.
@@ -75,10 +75,10 @@ struct Leading {
     rest_len: Option<usize>,
 }
 
-/// Eigenpairs of the symmetric `a` (`d x d`, lower triangle read) that PCA
-/// keeps for `k` out of at most `min(n, d)` components.
+/// Eigenpairs of the symmetric `cov` (`d x d` row-major, lower triangle
+/// read) that PCA keeps for `k` out of at most `min(n, d)` components.
 ///
-/// Householder tridiagonalisation (faer), then the largest eigenvalues by
+/// Blocked Householder tridiagonalisation ([`sytrd`]), then the largest eigenvalues by
 /// bisection, as many as `k` needs (for a variance fraction, in growing
 /// batches until the cumulated ratio passes it; the total is the trace), and
 /// only their eigenvectors by inverse iteration ([`tridiag`]), transformed
@@ -88,29 +88,11 @@ struct Leading {
 /// $10^{-8}$ of the total, the remaining eigenvalues are computed too, so
 /// that their mean (the noise variance) does not come from a difference of
 /// nearly equal sums.
-fn leading_eigenpairs(a: MatRef<'_, f64>, n: usize, k: NComponents) -> Result<Leading> {
-    use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
-    use faer::linalg::{evd, householder, qr};
-    let d = a.nrows();
+fn leading_eigenpairs(cov: &[f64], d: usize, n: usize, k: NComponents) -> Result<Leading> {
     let lim = n.min(d);
-    let par = det_par(d);
-    let bs = qr::no_pivoting::factor::recommended_block_size::<f64>(d, d);
-    let scratch = StackReq::any_of(&[
-        evd::tridiag::tridiag_in_place_scratch::<f64>(d, par, Default::default()),
-        evd::self_adjoint_evd_scratch::<f64>(d, evd::ComputeEigenvectors::Yes, par, Default::default()),
-        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(d.saturating_sub(1), bs, d),
-    ]);
-    let mut mem = MemBuffer::new(scratch);
-    let stack = MemStack::new(&mut mem);
-    let mut trid = Mat::<f64>::zeros(d, d);
-    trid.copy_from_triangular_lower(a);
-    let mut hh = Mat::<f64>::zeros(bs, d.saturating_sub(1));
-    if d > 1 {
-        evd::tridiag::tridiag_in_place(trid.as_mut(), hh.as_mut(), par, stack, Default::default());
-    }
-    let diag: Vec<f64> = (0..d).map(|i| trid[(i, i)]).collect();
-    let sub: Vec<f64> = (1..d).map(|i| trid[(i, i - 1)]).collect();
-    let t = tridiag::SymTridiagonal::new(&diag, &sub);
+    let tr = sytrd::tridiagonalize(cov, d);
+    let (diag, sub) = (tr.diagonal(), tr.off_diagonal());
+    let t = tridiag::SymTridiagonal::new(diag, sub);
     let total: f64 = diag.iter().sum();
 
     let mut vals: Vec<f64> = Vec::new();
@@ -140,33 +122,35 @@ fn leading_eigenpairs(a: MatRef<'_, f64>, n: usize, k: NComponents) -> Result<Le
         rest_len = None;
     }
 
-    let mut v = match tridiag::eigenvectors(&t, &vals[..kept], 0) {
-        Some(cols) => Mat::<f64>::from_fn(d, kept, |i, j| cols[j * d + i]),
-        None => {
-            let mut s = faer::diag::Diag::<f64>::zeros(d);
-            let mut u = Mat::<f64>::zeros(d, d);
-            let sub_n: Vec<f64> = sub.iter().copied().chain([0.0]).collect();
-            let (dd, ee) = (faer::ColRef::from_slice(&diag), faer::ColRef::from_slice(&sub_n));
-            evd::tridiagonal_self_adjoint_evd(dd.as_diagonal(), ee.as_diagonal(), s.as_mut(), Some(u.as_mut()), par, stack, Default::default())
-                .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
-            Mat::<f64>::from_fn(d, kept, |i, j| u[(i, d - 1 - j)])
-        }
+    // Eigenvectors of T as columns (column-major d x kept), then Q times them.
+    let mut axes = match tridiag::eigenvectors(&t, &vals[..kept], 0) {
+        Some(cols) => cols,
+        None => tridiagonal_evd_leading(diag, sub, kept)?,
     };
-    if d > 1 {
-        householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
-            trid.submatrix(1, 0, d - 1, d - 1),
-            hh.as_ref(),
-            faer::Conj::No,
-            v.as_mut().subrows_mut(1, d - 1),
-            par,
-            stack,
-        );
-    }
-    let mut axes = Vec::with_capacity(kept * d);
-    for j in 0..kept {
-        axes.extend(v.col(j).iter().copied());
-    }
+    tr.apply_q(&mut axes, kept);
+    // Column-major d x kept is row-major kept x d: one axis per row.
     Ok(Leading { variances: vals, axes, total, rest_len })
+}
+
+/// The `kept` leading eigenvectors of the symmetric tridiagonal matrix with
+/// diagonal `diag` and off-diagonal `sub`, by faer's divide and conquer (all
+/// `d` of them are computed): the fallback of [`leading_eigenpairs`] for
+/// clusters too large for inverse iteration. Column-major `d x kept`.
+fn tridiagonal_evd_leading(diag: &[f64], sub: &[f64], kept: usize) -> Result<Vec<f64>> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd;
+    let d = diag.len();
+    let par = det_par(d);
+    let scratch = evd::self_adjoint_evd_scratch::<f64>(d, evd::ComputeEigenvectors::Yes, par, Default::default());
+    let mut mem = MemBuffer::new(scratch);
+    let mut s = faer::diag::Diag::<f64>::zeros(d);
+    let mut u = Mat::<f64>::zeros(d, d);
+    let sub_n: Vec<f64> = sub.iter().copied().chain([0.0]).collect();
+    let (dd, ee) = (faer::ColRef::from_slice(diag), faer::ColRef::from_slice(&sub_n));
+    evd::tridiagonal_self_adjoint_evd(dd.as_diagonal(), ee.as_diagonal(), s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut mem), Default::default())
+        .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
+    // Eigenvalues come out increasing: the leading ones are the last columns.
+    Ok((0..kept).flat_map(|j| u.col(d - 1 - j).iter().copied().collect::<Vec<_>>()).collect())
 }
 
 /// Thin SVD `a = U diag(s) V^T` with a fixed parallel degree; singular values decreasing.
@@ -661,8 +645,7 @@ pub fn fit_covariance(mean: Vec<f64>, cov: &[f64], n: usize, k: NComponents) -> 
         return Err(BovwError::input("covariance contains NaN or infinity"));
     }
     check_n_components(k, n, d)?;
-    let c = MatRef::from_row_major_slice(cov, d, d);
-    let lead = leading_eigenpairs(c, n, k)?;
+    let lead = leading_eigenpairs(cov, d, n, k)?;
     Ok(finish(lead.variances, lead.axes, lead.total, mean, n, d, k, Solver::CovarianceEigh, lead.rest_len))
 }
 
