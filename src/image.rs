@@ -255,7 +255,7 @@ mod tests {
         let rgb = image::RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 60, 7]));
         let g = decode_gray(&png_bytes(DynamicImage::ImageRgb8(rgb.clone()))).unwrap();
         assert_eq!((g.width, g.height), (5, 3));
-        assert_eq!(g.data[1 * 5 + 2], rgb_to_gray(80, 60, 7));
+        assert_eq!(g.data[5 + 2], rgb_to_gray(80, 60, 7)); // row 1, column 2 of 5
         let rgba = image::RgbaImage::from_fn(2, 2, |_, _| image::Rgba([255, 0, 0, 3]));
         let g = decode_gray(&png_bytes(DynamicImage::ImageRgba8(rgba))).unwrap();
         assert_eq!(g.data, vec![76; 4]);

@@ -175,6 +175,8 @@ fn output_buffer<T: SyrkElem>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
 /// # Panics
 /// When `d == 0`, `x.len()` or `components.len()` is not a multiple of `d`,
 /// or `offset` / `scale` do not have `k` values.
+// `!(|y| < inf)` is meant: it is true for NaN as well as for infinities.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn project<T: SyrkElem>(
     x: &[T],
     d: usize,

@@ -1145,9 +1145,10 @@ fn center_groups<T: Real>(centers: &[T], d: usize) -> Groups {
 /// and their minimum `l`. The drifts of the centers are logged as running
 /// sums over the steps (`cum_p` per center, `cum_m` per group of the largest
 /// drift in the group, `cum_g` of the largest drift overall), so a point's
-/// bounds now are `u + (cum_p[now][a] - cum_p[stamp][a])` and `l - (cum_g[now]
-/// - cum_g[stamp])`: the global test reads four numbers per point and writes
-/// nothing when it passes, which is most points once the centers settle.
+/// bounds now are `u + (cum_p[now][a] - cum_p[stamp][a])` and
+/// `l - (cum_g[now] - cum_g[stamp])`: the global test reads four numbers per
+/// point and writes nothing when it passes, which is most points once the
+/// centers settle.
 struct Yinyang {
     g: usize,
     k: usize,

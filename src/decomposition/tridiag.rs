@@ -513,9 +513,9 @@ mod tests {
         // Tridiagonal form of a covariance with a geometric spectrum: build it
         // from a diagonal plus small couplings.
         let n = 300;
-        let d: Vec<f64> = (0..n).map(|i| 100.0 * 0.97f64.powi(i as i32)).collect();
+        let d: Vec<f64> = (0..n).map(|i| 100.0 * 0.97f64.powi(i)).collect();
         let mut seed = 3u64;
-        let e: Vec<f64> = (0..n - 1).map(|i| lcg(&mut seed) * 0.05 * 0.97f64.powi(i as i32)).collect();
+        let e: Vec<f64> = (0..n - 1).map(|i| lcg(&mut seed) * 0.05 * 0.97f64.powi(i)).collect();
         check(&d, &e, 60);
     }
 
