@@ -123,7 +123,7 @@ fn leading_eigenpairs(cov: &[f64], d: usize, n: usize, k: NComponents) -> Result
     }
 
     // Eigenvectors of T as columns (column-major d x kept), then Q times them.
-    let mut axes = match tridiag::eigenvectors(&t, &vals[..kept], 0) {
+    let mut axes = match tridiag::eigenvectors(&t, &vals[..kept]) {
         Some(cols) => cols,
         None => tridiagonal_evd_leading(diag, sub, kept)?,
     };
@@ -150,7 +150,7 @@ fn tridiagonal_evd_leading(diag: &[f64], sub: &[f64], kept: usize) -> Result<Vec
     evd::tridiagonal_self_adjoint_evd(dd.as_diagonal(), ee.as_diagonal(), s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut mem), Default::default())
         .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
     // Eigenvalues come out increasing: the leading ones are the last columns.
-    Ok((0..kept).flat_map(|j| u.col(d - 1 - j).iter().copied().collect::<Vec<_>>()).collect())
+    Ok((0..kept).flat_map(|j| u.col(d - 1 - j).iter().copied()).collect())
 }
 
 /// Thin SVD `a = U diag(s) V^T` with a fixed parallel degree; singular values decreasing.

@@ -337,12 +337,11 @@ fn start_vector(x: &mut [f64], index: usize) {
 }
 
 /// Eigenvectors of `t` for `values` (decreasing, as from
-/// [`SymTridiagonal::eigenvalues_desc`], numbered from `first` for the start
-/// vectors), by inverse iteration. Returns them column after column (`n x
+/// [`SymTridiagonal::eigenvalues_desc`]), by inverse iteration. Returns them column after column (`n x
 /// k`, column `j` in `out[j * n..(j + 1) * n]`, unit 2-norm), or `None` when a
 /// cluster of close eigenvalues is larger than [`MAX_CLUSTER`] or a solve
 /// overflows.
-pub fn eigenvectors(t: &SymTridiagonal<'_>, values: &[f64], first: usize) -> Option<Vec<f64>> {
+pub fn eigenvectors(t: &SymTridiagonal<'_>, values: &[f64]) -> Option<Vec<f64>> {
     let n = t.n();
     let k = values.len();
     if k == 0 || n == 0 {
@@ -390,7 +389,7 @@ pub fn eigenvectors(t: &SymTridiagonal<'_>, values: &[f64], first: usize) -> Opt
             }
             shift_prev = shift;
             lu.factor(t, shift, pivtol);
-            start_vector(&mut x, first + j);
+            start_vector(&mut x, j);
             let mut passed = false;
             let mut done = false;
             for _ in 0..MAX_SOLVES {
@@ -468,7 +467,7 @@ mod tests {
             let want = vals[n - 1 - i];
             assert!((v - want).abs() <= 1e-13 * tnorm, "n={n} eigenvalue {i}: {v} vs {want}");
         }
-        let vecs = eigenvectors(&t, &ours, 0).expect("no oversized cluster here");
+        let vecs = eigenvectors(&t, &ours).expect("no oversized cluster here");
         for i in 0..k {
             let z = &vecs[i * n..(i + 1) * n];
             // Residual ||T z - lambda z|| and agreement with faer up to sign.
@@ -531,7 +530,7 @@ mod tests {
         let t = SymTridiagonal::new(&zeros, &zeros[1..]);
         let vals = t.eigenvalues_desc(0..5);
         assert!(vals.iter().all(|v| v.abs() < 1e-300));
-        let v = eigenvectors(&t, &vals, 0).unwrap();
+        let v = eigenvectors(&t, &vals).unwrap();
         for i in 0..5 {
             for j in 0..=i {
                 let p = dot(&v[i * n..(i + 1) * n], &v[j * n..(j + 1) * n]);
@@ -548,8 +547,8 @@ mod tests {
         let e = vec![0.0; n - 1];
         let t = SymTridiagonal::new(&d, &e);
         let vals = t.eigenvalues_desc(0..MAX_CLUSTER + 1);
-        assert!(eigenvectors(&t, &vals, 0).is_none());
-        assert!(eigenvectors(&t, &vals[..MAX_CLUSTER], 0).is_some());
+        assert!(eigenvectors(&t, &vals).is_none());
+        assert!(eigenvectors(&t, &vals[..MAX_CLUSTER]).is_some());
     }
 
     #[test]
@@ -579,7 +578,7 @@ mod tests {
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
                 let t = SymTridiagonal::new(&d, &e);
                 let vals = t.eigenvalues_desc(0..70);
-                let vecs = eigenvectors(&t, &vals, 0).unwrap();
+                let vecs = eigenvectors(&t, &vals).unwrap();
                 (vals, vecs)
             })
         };
