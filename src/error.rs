@@ -4,12 +4,60 @@
 //! map each variant to the matching Python exception class (see `src/py/mod.rs`):
 //! [`BovwError::Dtype`] becomes `TypeError`, everything else `ValueError`.
 
+/// The pipeline stage at which one image of a batch failed.
+///
+/// Batch kernels never fail the whole batch for one bad image: each row gets
+/// its features or an [`ImageError`] naming the stage, which Python writes to
+/// the `error_stage` column and the job to `errors.csv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Reading the file (done in Python; listed here so the names are one set).
+    Read,
+    /// Bytes to pixels: empty, not a JPEG/PNG, corrupt, truncated, 16-bit,
+    /// over the size limits.
+    Decode,
+    /// Pixels to descriptors: the extractor refused the image (too small...).
+    Descriptors,
+}
+
+impl Stage {
+    /// The stage's name as written to `error_stage` and `errors.csv`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Read => "read",
+            Stage::Decode => "decode",
+            Stage::Descriptors => "descriptors",
+        }
+    }
+}
+
+/// Why one image could not be used, and at which [`Stage`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ImageError {
+    /// Where it failed.
+    pub stage: Stage,
+    /// A human-readable reason ("truncated JPEG: ...").
+    pub reason: String,
+}
+
+impl ImageError {
+    /// A decode-stage error.
+    pub fn decode(reason: impl Into<String>) -> Self {
+        ImageError { stage: Stage::Decode, reason: reason.into() }
+    }
+    /// A descriptor-stage error.
+    pub fn descriptors(reason: impl Into<String>) -> Self {
+        ImageError { stage: Stage::Descriptors, reason: reason.into() }
+    }
+}
+
 /// Errors raised by bovw's kernels.
 #[derive(Debug, thiserror::Error)]
 pub enum BovwError {
-    /// An encoded image (row `index` of a batch) could not be decoded.
-    #[error("image {index}: cannot decode ({reason})")]
-    Decode { index: usize, reason: String },
+    /// One image could not be used (a single-image call such as `decode_gray`).
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// An array has the wrong shape; `what` names the argument.
     #[error("{what}: expected shape {expected}, got {got}")]
     Shape { what: String, expected: String, got: String },

@@ -16,6 +16,8 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageReader};
 
+use crate::error::{BovwError, ImageError};
+
 /// An owned 8-bit grayscale image, row-major, `data.len() == width * height`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrayImage {
@@ -164,43 +166,194 @@ unsafe fn rgb_to_gray_sse41(pixels: &[u8], out: &mut [u8]) -> usize {
     i
 }
 
-/// Decode JPEG or PNG bytes into an 8-bit grayscale image.
+/// An owned 8-bit RGB image, row-major, interleaved R, G, B,
+/// `data.len() == 3 * width * height`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// A borrowed, contiguous, row-major, interleaved 8-bit RGB image.
+#[derive(Debug, Clone, Copy)]
+pub struct RgbView<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub data: &'a [u8],
+}
+
+impl RgbImage {
+    /// Borrow as an [`RgbView`].
+    pub fn view(&self) -> RgbView<'_> {
+        RgbView { width: self.width, height: self.height, data: &self.data }
+    }
+}
+
+impl<'a> RgbView<'a> {
+    /// Wrap a row-major interleaved RGB buffer.
+    ///
+    /// # Panics
+    /// If `data.len() != 3 * width * height`.
+    pub fn new(data: &'a [u8], width: usize, height: usize) -> Self {
+        assert_eq!(data.len(), 3 * width * height, "buffer length must be 3 * width * height");
+        RgbView { width, height, data }
+    }
+
+    /// The (r, g, b) pixel at column `x`, row `y`.
+    #[inline]
+    pub fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = 3 * (y * self.width + x);
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+
+    /// The gray image OpenCV's `cvtColor(..., COLOR_RGB2GRAY)` gives.
+    pub fn to_gray(&self) -> GrayImage {
+        GrayImage { width: self.width, height: self.height, data: rgb_to_gray_slice(self.data) }
+    }
+}
+
+/// Which pixel layouts a consumer of a decoded image needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ColorNeeds {
+    /// The OpenCV-compatible gray image (SIFT, ORB, dense SIFT on gray).
+    pub gray: bool,
+    /// The RGB image (colour descriptors, CNN embeddings).
+    pub rgb: bool,
+}
+
+impl ColorNeeds {
+    /// Gray only.
+    pub const GRAY: ColorNeeds = ColorNeeds { gray: true, rgb: false };
+    /// RGB only.
+    pub const RGB: ColorNeeds = ColorNeeds { gray: false, rgb: true };
+    /// Both layouts.
+    pub fn union(self, other: ColorNeeds) -> ColorNeeds {
+        ColorNeeds { gray: self.gray || other.gray, rgb: self.rgb || other.rgb }
+    }
+}
+
+/// One decoded image in the layouts its consumers asked for.
+///
+/// A gray source asked for RGB has its gray level replicated in R, G and B
+/// (as `cv2.imread(..., IMREAD_COLOR)` does); a colour source asked for gray
+/// is reduced with [`rgb_to_gray`]. `is_color` tells which the file held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedImage {
+    pub width: usize,
+    pub height: usize,
+    /// The file held colour (RGB or RGBA) samples, not gray ones.
+    pub is_color: bool,
+    gray: Option<Vec<u8>>,
+    rgb: Option<Vec<u8>>,
+}
+
+impl DecodedImage {
+    /// The gray image, when it was asked for ([`ColorNeeds::gray`]).
+    pub fn gray(&self) -> Option<GrayView<'_>> {
+        self.gray.as_deref().map(|d| GrayView::new(d, self.width, self.height))
+    }
+    /// The gray image.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidInput`] when it was not asked for (a caller bug:
+    /// the extractor's [`ColorNeeds`] did not name it).
+    pub fn require_gray(&self) -> Result<GrayView<'_>, BovwError> {
+        self.gray().ok_or_else(|| BovwError::input("the gray image was not decoded (ColorNeeds::gray unset)"))
+    }
+    /// The RGB image.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidInput`] when it was not asked for.
+    pub fn require_rgb(&self) -> Result<RgbView<'_>, BovwError> {
+        self.rgb().ok_or_else(|| BovwError::input("the RGB image was not decoded (ColorNeeds::rgb unset)"))
+    }
+    /// The RGB image, when it was asked for ([`ColorNeeds::rgb`]).
+    pub fn rgb(&self) -> Option<RgbView<'_>> {
+        self.rgb.as_deref().map(|d| RgbView::new(d, self.width, self.height))
+    }
+    /// Wrap a gray buffer (tests and single-image calls); RGB replicated when `needs.rgb`.
+    ///
+    /// # Panics
+    /// If `data.len() != width * height`.
+    pub fn from_gray(data: Vec<u8>, width: usize, height: usize, needs: ColorNeeds) -> Self {
+        assert_eq!(data.len(), width * height);
+        let rgb = needs.rgb.then(|| data.iter().flat_map(|&g| [g, g, g]).collect());
+        DecodedImage { width, height, is_color: false, gray: Some(data), rgb }
+    }
+    /// Wrap an interleaved RGB buffer; gray computed when `needs.gray`.
+    ///
+    /// # Panics
+    /// If `data.len() != 3 * width * height`.
+    pub fn from_rgb(data: Vec<u8>, width: usize, height: usize, needs: ColorNeeds) -> Self {
+        assert_eq!(data.len(), 3 * width * height);
+        let gray = needs.gray.then(|| rgb_to_gray_slice(&data));
+        DecodedImage { width, height, is_color: true, gray, rgb: needs.rgb.then_some(data) }
+    }
+}
+
+/// Decode JPEG or PNG bytes into the layouts `needs` asks for.
 ///
 /// # Errors
-/// A human-readable reason when the bytes are empty, are not a JPEG or PNG,
-/// are truncated or corrupt, or hold 16-bit or floating-point samples.
-pub fn decode_gray(bytes: &[u8]) -> Result<GrayImage, String> {
+/// An [`ImageError`] at stage `decode` when the bytes are empty, are not a
+/// JPEG or PNG, are truncated or corrupt, or hold 16-bit or floating-point
+/// samples.
+pub fn decode_image(bytes: &[u8], needs: ColorNeeds) -> Result<DecodedImage, ImageError> {
     if bytes.is_empty() {
-        return Err("empty file (0 bytes)".to_string());
+        return Err(ImageError::decode("empty file (0 bytes)"));
     }
     let format = image::guess_format(bytes)
-        .map_err(|_| "not a JPEG or PNG image (unrecognised file signature)".to_string())?;
+        .map_err(|_| ImageError::decode("not a JPEG or PNG image (unrecognised file signature)"))?;
     if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Png) {
-        return Err(format!("unsupported image format {format:?}: only JPEG and PNG are decoded"));
+        return Err(ImageError::decode(format!("unsupported image format {format:?}: only JPEG and PNG are decoded")));
     }
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err("truncated JPEG: no end-of-image marker after the last scan".to_string());
+        return Err(ImageError::decode("truncated JPEG: no end-of-image marker after the last scan"));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.no_limits();
-    let img = reader.decode().map_err(|e| format!("corrupt or truncated {format:?}: {e}"))?;
+    let img = reader.decode().map_err(|e| ImageError::decode(format!("corrupt or truncated {format:?}: {e}")))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
-        return Err(format!("image has no pixels ({width}x{height})"));
+        return Err(ImageError::decode(format!("image has no pixels ({width}x{height})")));
     }
-    let data = match img {
-        DynamicImage::ImageLuma8(b) => b.into_raw(),
-        DynamicImage::ImageLumaA8(b) => interleaved_to_gray(b.as_raw(), 2),
-        DynamicImage::ImageRgb8(b) => interleaved_to_gray(b.as_raw(), 3),
-        DynamicImage::ImageRgba8(b) => interleaved_to_gray(b.as_raw(), 4),
+    Ok(match img {
+        DynamicImage::ImageLuma8(b) => DecodedImage::from_gray(b.into_raw(), width, height, needs),
+        DynamicImage::ImageLumaA8(b) => DecodedImage::from_gray(interleaved_to_gray(b.as_raw(), 2), width, height, needs),
+        DynamicImage::ImageRgb8(b) => DecodedImage::from_rgb(b.into_raw(), width, height, needs),
+        DynamicImage::ImageRgba8(b) => {
+            let rgb: Vec<u8> = b.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            DecodedImage::from_rgb(rgb, width, height, needs)
+        }
         other => {
-            return Err(format!(
+            return Err(ImageError::decode(format!(
                 "unsupported sample type {:?}: only 8-bit images are supported (convert 16-bit or float images to 8-bit first)",
                 other.color()
-            ))
+            )))
         }
-    };
-    Ok(GrayImage { width, height, data })
+    })
+}
+
+/// Decode JPEG or PNG bytes into an 8-bit grayscale image (OpenCV's
+/// `imread` + `cvtColor(..., COLOR_BGR2GRAY)` levels for the same pixels).
+///
+/// # Errors
+/// As [`decode_image`].
+pub fn decode_gray(bytes: &[u8]) -> Result<GrayImage, ImageError> {
+    let d = decode_image(bytes, ColorNeeds::GRAY)?;
+    let data = d.gray.expect("asked for gray");
+    Ok(GrayImage { width: d.width, height: d.height, data })
+}
+
+/// Decode JPEG or PNG bytes into an 8-bit RGB image (R, G, B order; gray
+/// files replicated, alpha dropped).
+///
+/// # Errors
+/// As [`decode_image`].
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    let d = decode_image(bytes, ColorNeeds::RGB)?;
+    let data = d.rgb.expect("asked for rgb");
+    Ok(RgbImage { width: d.width, height: d.height, data })
 }
 
 /// True when a JPEG stream has an end-of-image marker (`FF D9`) after its
@@ -262,12 +415,32 @@ mod tests {
     }
 
     #[test]
+    fn rgb_decode_keeps_channels_and_replicates_gray() {
+        let rgb = image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 50, y as u8 * 90, 200]));
+        let d = decode_rgb(&png_bytes(DynamicImage::ImageRgb8(rgb.clone()))).unwrap();
+        assert_eq!((d.width, d.height), (4, 2));
+        assert_eq!(d.data, rgb.into_raw());
+        let rgba = image::RgbaImage::from_fn(2, 1, |x, _| image::Rgba([10, 20 + x as u8, 30, 0]));
+        assert_eq!(decode_rgb(&png_bytes(DynamicImage::ImageRgba8(rgba))).unwrap().data, vec![10, 20, 30, 10, 21, 30]);
+        let gray = image::GrayImage::from_fn(3, 1, |x, _| image::Luma([x as u8 * 7]));
+        let d = decode_rgb(&png_bytes(DynamicImage::ImageLuma8(gray))).unwrap();
+        assert_eq!(d.data, vec![0, 0, 0, 7, 7, 7, 14, 14, 14]);
+        // both layouts from one decode agree with the single-layout decoders
+        let both = decode_image(&png_bytes(DynamicImage::ImageRgb8(image::RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 0])))),
+            ColorNeeds { gray: true, rgb: true }).unwrap();
+        assert!(both.is_color);
+        assert_eq!(both.gray().unwrap().data, &[76; 4]);
+        assert_eq!(both.rgb().unwrap().at(1, 1), [255, 0, 0]);
+    }
+
+    #[test]
     fn bad_inputs_have_reasons() {
-        assert!(decode_gray(b"").unwrap_err().contains("empty"));
-        assert!(decode_gray(b"hello, I am text").unwrap_err().contains("not a JPEG or PNG"));
+        assert!(decode_gray(b"").unwrap_err().reason.contains("empty"));
+        assert!(decode_gray(b"hello, I am text").unwrap_err().reason.contains("not a JPEG or PNG"));
         let img16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(4, 4, image::Luma([1000]));
         let err = decode_gray(&png_bytes(DynamicImage::ImageLuma16(img16))).unwrap_err();
-        assert!(err.contains("8-bit"), "{err}");
+        assert!(err.reason.contains("8-bit"), "{err}");
+        assert_eq!(err.stage, crate::error::Stage::Decode);
         let full = png_bytes(DynamicImage::ImageRgb8(image::RgbImage::new(16, 16)));
         assert!(decode_gray(&full[..full.len() / 2]).is_err());
     }

@@ -13,12 +13,16 @@ from bovw._bovw import __version__
 from bovw.cluster import KMeans, MiniBatchKMeans
 from bovw.decomposition import PCA, pca_partial_sums
 from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
-from bovw.features import KEYPOINT_DTYPE, ORB, SIFT, extract_descriptors, keypoints_from_cv2
+from bovw.features import FEATURE_COLUMNS, KEYPOINT_DTYPE, ORB, SIFT, Extractor, keypoints_from_cv2
+from bovw.extractors import EXTRACTORS, extract_descriptors, get_extractor
 from bovw.kmajority import KMajority, orb_descriptors_as_float
-from bovw.image import decode_gray, decode_gray_batch, list_images, read_images, sample_data_path
+from bovw.image import decode_gray, decode_gray_batch, decode_rgb, list_images, read_images, sample_data_path
 
 __all__ = [
     "__version__",
+    "EXTRACTORS",
+    "Extractor",
+    "FEATURE_COLUMNS",
     "KEYPOINT_DTYPE",
     "KMeans",
     "MiniBatchKMeans",
@@ -32,7 +36,9 @@ __all__ = [
     "SIFT",
     "decode_gray",
     "decode_gray_batch",
+    "decode_rgb",
     "extract_descriptors",
+    "get_extractor",
     "keypoints_from_cv2",
     "list_images",
     "orb_descriptors_as_float",

@@ -11,7 +11,7 @@ Keypoints are returned as a NumPy structured array of dtype
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,7 @@ import pyarrow as pa
 from bovw import _bovw
 from bovw.image import _iter_batches
 
-__all__ = ["KEYPOINT_DTYPE", "SIFT", "ORB", "extract_descriptors", "keypoints_from_cv2"]
+__all__ = ["FEATURE_COLUMNS", "KEYPOINT_DTYPE", "Extractor", "SIFT", "ORB", "keypoints_from_cv2"]
 
 #: Keypoint record: position ``x``, ``y`` (pixels, origin at the centre of the
 #: top-left pixel), ``size`` (diameter in pixels), ``angle`` (degrees, in
@@ -38,6 +38,10 @@ KEYPOINT_DTYPE = np.dtype(
         ("class_id", "<i4"),
     ]
 )
+
+
+#: The per-image columns every extractor's batch output has, in order.
+FEATURE_COLUMNS = ("n_keypoints", "image_width", "image_height", "keypoints", "descriptors", "error", "error_stage")
 
 
 def _to_records(table: np.ndarray) -> np.ndarray:
@@ -92,24 +96,161 @@ def _check_image(image: Any, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class _Feature2D:
-    """Shared plumbing of SIFT and ORB."""
+class Extractor:
+    """Base of every bovw extractor (SIFT, ORB, dense and colour descriptors, ...).
 
-    _prefix = ""
-    _aliases: dict[str, str] = {}
+    Subclasses are scikit-learn-style parameter holders: ``__init__`` stores
+    the parameters, :meth:`get_params`/:meth:`set_params` read and change
+    them, and the Rust extractor (a ``bovw._bovw`` class) is built from them
+    on first use and rebuilt when they change. Each subclass states its facts,
+    so that no caller branches on a method name:
 
-    def _params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names}
+    ``name`` (class attribute)
+        The ``method`` string of :func:`extract_descriptors` and ``bovw run``.
+    ``vocabularies`` (class attribute)
+        Vocabulary kinds its descriptors can be quantised with (``"kmeans"``,
+        ``"kmajority"``, ...); empty for global descriptors.
+    :attr:`descriptor_width`, :attr:`descriptor_dtype`, :attr:`kind`, :attr:`needs_color`
+        From the Rust extractor.
 
-    _param_names: tuple[str, ...] = ()
+    Instances pickle as their parameters (Spark ships them to executors).
+    """
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
-        return f"{type(self).__name__}({args})"
+    name: ClassVar[str] = ""
+    vocabularies: ClassVar[tuple[str, ...]] = ()
+    _rust_class: ClassVar[Any] = None
+    _param_names: ClassVar[tuple[str, ...]] = ()
+    _aliases: ClassVar[dict[str, str]] = {}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters as a dict (scikit-learn convention)."""
-        return self._params()
+        return {name: getattr(self, name) for name in self._param_names}
+
+    def set_params(self, **params: Any) -> "Extractor":
+        """Set parameters (OpenCV's names accepted); returns ``self``."""
+        for k, v in _resolve_aliases(type(self), params).items():
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.get_params()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _rust_params(self) -> dict[str, Any]:
+        return self.get_params()
+
+    @property
+    def _rust(self) -> Any:
+        params = self._rust_params()
+        key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+        cached = self.__dict__.get("_rust_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, type(self)._rust_class(**params))
+            self.__dict__["_rust_cache"] = cached
+        return cached[1]
+
+    @property
+    def descriptor_width(self) -> int:
+        """Values (float32) or bytes (uint8) per descriptor."""
+        return int(self._rust.descriptor_width)
+
+    @property
+    def descriptor_dtype(self) -> np.dtype:
+        """``float32`` or ``uint8``."""
+        return np.dtype(self._rust.descriptor_dtype)
+
+    @property
+    def kind(self) -> str:
+        """``"local"`` (many descriptors per image, at keypoints) or ``"global"`` (one per image)."""
+        return str(self._rust.kind)
+
+    @property
+    def needs_color(self) -> bool:
+        """True when the extractor reads the image's colours (RGB)."""
+        return bool(self._rust.needs_color)
+
+    def extract(
+        self,
+        batch: Any,
+        *,
+        content_column: str = "content",
+        keep_columns: Any = None,
+        n_threads: int | None = None,
+    ) -> pa.RecordBatch:
+        """Decode encoded images and describe them, one row per image.
+
+        Parameters
+        ----------
+        batch : pyarrow.RecordBatch or pyarrow.Table
+            Must have a binary column ``content_column`` of JPEG/PNG bytes (as
+            Spark's ``binaryFile`` source or :func:`bovw.read_images` gives);
+            any object with ``__arrow_c_array__`` or ``__arrow_c_stream__`` works.
+        content_column : str, default "content"
+        keep_columns : list of str, optional
+            Input columns copied to the output (zero-copy); default every column
+            except ``content_column`` and ``modificationTime``/``length``.
+        n_threads : int, optional
+            Threads for this call; default all cores (or ``RAYON_NUM_THREADS``).
+            On Spark executors pass 1 per task.
+
+        Returns
+        -------
+        pyarrow.RecordBatch with one row per input row
+            The kept columns, then (:data:`FEATURE_COLUMNS`) ``n_keypoints``
+            (int32), ``image_width``, ``image_height`` (int32, pixels),
+            ``keypoints`` (``list<fixed_size_list<float32, 4>>``: x, y, size,
+            angle of each descriptor, pixels and degrees), ``descriptors``
+            (``list<fixed_size_list<float32, w>>``, or
+            ``list<fixed_size_binary(w)>`` for uint8 descriptors), ``error``
+            (string: null when fine, else why the image could not be used) and
+            ``error_stage`` (``"decode"``: the bytes are not a usable image;
+            ``"descriptors"``: the extractor refused the pixels). A failed row
+            has null counts and sizes and empty lists.
+
+        Raises
+        ------
+        KeyError
+            If the content column is missing.
+        TypeError
+            If the content column is not binary.
+        ValueError
+            If a parameter is invalid.
+        """
+        rust = self._rust
+        outs = []
+        for rb in _iter_batches(batch):
+            if content_column not in rb.schema.names:
+                raise KeyError(f"no column {content_column!r} in the batch (columns: {rb.schema.names})")
+            res = rust.extract(rb.column(content_column), n_threads=n_threads)
+            if keep_columns is None:
+                keep = [n for n in rb.schema.names if n not in (content_column, "modificationTime", "length")]
+            else:
+                keep = list(keep_columns)
+            cols = [rb.column(n) for n in keep] + [res.column(i) for i in range(res.num_columns)]
+            outs.append(pa.RecordBatch.from_arrays(cols, names=keep + res.schema.names))
+        if not outs:
+            return self._empty_batch(batch, content_column, keep_columns)
+        if len(outs) == 1:
+            return outs[0]
+        return pa.Table.from_batches(outs).combine_chunks().to_batches()[0]
+
+    def _empty_batch(self, batch: Any, content_column: str, keep_columns: Any) -> pa.RecordBatch:
+        schema = batch.schema if hasattr(batch, "schema") else pa.schema([(content_column, pa.binary())])
+        res = self._rust.extract(pa.array([], pa.binary()))
+        keep = [n for n in schema.names if n not in (content_column, "modificationTime", "length")] \
+            if keep_columns is None else list(keep_columns)
+        cols = [pa.array([], schema.field(n).type) for n in keep] + list(res.columns)
+        return pa.RecordBatch.from_arrays(cols, names=keep + res.schema.names)
+
+
+class _Feature2D(Extractor):
+    """OpenCV's ``Feature2D`` API on one gray image (SIFT, ORB)."""
 
     def detect(self, image: Any, mask: Any = None) -> np.ndarray:
         """Detect keypoints.
@@ -134,8 +275,7 @@ class _Feature2D:
         """
         img = _check_image(image)
         m = None if mask is None else _check_image(mask, "mask")
-        fn = getattr(_bovw, f"{self._prefix}_detect")
-        return _to_records(fn(img, m, **self._params()))
+        return _to_records(self._rust.detect(img, m))
 
     def compute(self, image: Any, keypoints: Any) -> tuple[np.ndarray, np.ndarray]:
         """Compute descriptors at given keypoints.
@@ -149,11 +289,10 @@ class _Feature2D:
         -------
         keypoints : ndarray of dtype KEYPOINT_DTYPE
             The keypoints that have a descriptor (some may be dropped, as OpenCV does).
-        descriptors : ndarray of shape (n_keypoints, descriptor_size)
+        descriptors : ndarray of shape (n_keypoints, descriptor_width)
         """
         img = _check_image(image)
-        fn = getattr(_bovw, f"{self._prefix}_compute")
-        kp, desc = fn(img, _from_records(keypoints), **self._params())
+        kp, desc = self._rust.compute(img, _from_records(keypoints))
         return _to_records(kp), desc
 
     def detect_and_compute(self, image: Any, mask: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +307,8 @@ class _Feature2D:
         Returns
         -------
         keypoints : ndarray of shape (n_keypoints,), dtype KEYPOINT_DTYPE
-        descriptors : ndarray of shape (n_keypoints, descriptor_size)
-            Never None: an image without keypoints gives shape (0, descriptor_size).
+        descriptors : ndarray of shape (n_keypoints, descriptor_width)
+            Never None: an image without keypoints gives shape (0, descriptor_width).
 
         Raises
         ------
@@ -181,18 +320,13 @@ class _Feature2D:
         """
         img = _check_image(image)
         m = None if mask is None else _check_image(mask, "mask")
-        fn = getattr(_bovw, f"{self._prefix}_detect_and_compute")
-        kp, desc = fn(img, m, **self._params())
+        kp, desc = self._rust.detect_and_compute(img, m)
         return _to_records(kp), desc
 
     # OpenCV spelling, so cv2 code ports by renaming the object.
     def detectAndCompute(self, image: Any, mask: Any = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802
         """Alias of :meth:`detect_and_compute` (OpenCV's name)."""
         return self.detect_and_compute(image, mask)
-
-    def extract(self, batch: Any, n_threads: int | None = None) -> pa.RecordBatch:
-        """:func:`extract_descriptors` with this object's parameters."""
-        return extract_descriptors(batch, method=self._prefix, n_threads=n_threads, **self._params())
 
 
 def _resolve_aliases(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +401,9 @@ class SIFT(_Feature2D):
     (0, 128)
     """
 
-    _prefix = "sift"
+    name = "sift"
+    vocabularies = ("kmeans",)
+    _rust_class = _bovw.Sift
     _param_names = ("n_features", "n_octave_layers", "contrast_threshold", "edge_threshold", "sigma")
     _aliases = {
         "nfeatures": "n_features",
@@ -275,7 +411,6 @@ class SIFT(_Feature2D):
         "contrastThreshold": "contrast_threshold",
         "edgeThreshold": "edge_threshold",
     }
-    descriptor_size = 128
 
     def __init__(
         self,
@@ -291,8 +426,7 @@ class SIFT(_Feature2D):
         self.contrast_threshold = contrast_threshold
         self.edge_threshold = edge_threshold
         self.sigma = sigma
-        for k, v in _resolve_aliases(SIFT, opencv_names).items():
-            setattr(self, k, v)
+        self.set_params(**opencv_names)
 
 
 class ORB(_Feature2D):
@@ -334,7 +468,9 @@ class ORB(_Feature2D):
     .. [2] OpenCV, ``modules/features2d/src/orb.cpp`` and ``fast.cpp`` (4.x).
     """
 
-    _prefix = "orb"
+    name = "orb"
+    vocabularies = ("kmeans", "kmajority")
+    _rust_class = _bovw.Orb
     _param_names = (
         "n_features",
         "scale_factor",
@@ -357,7 +493,6 @@ class ORB(_Feature2D):
         "patchSize": "patch_size",
         "fastThreshold": "fast_threshold",
     }
-    descriptor_size = 32
 
     def __init__(
         self,
@@ -381,80 +516,10 @@ class ORB(_Feature2D):
         self.score_type = score_type
         self.patch_size = patch_size
         self.fast_threshold = fast_threshold
-        for k, v in _resolve_aliases(ORB, opencv_names).items():
-            setattr(self, k, v)
-        if isinstance(self.score_type, int):  # cv2.ORB_HARRIS_SCORE == 0, cv2.ORB_FAST_SCORE == 1
-            self.score_type = "fast" if self.score_type == 1 else "harris"
+        self.set_params(**opencv_names)
 
-
-_METHODS = {"sift": SIFT, "orb": ORB}
-
-
-def extract_descriptors(
-    batch: Any,
-    method: str = "sift",
-    *,
-    content_column: str = "content",
-    keep_columns: Any = None,
-    n_threads: int | None = None,
-    **params: Any,
-) -> pa.RecordBatch:
-    """Decode encoded images and extract their descriptors, one row per image.
-
-    Parameters
-    ----------
-    batch : pyarrow.RecordBatch or pyarrow.Table
-        Must have a binary column ``content_column`` of JPEG/PNG bytes (as
-        Spark's ``binaryFile`` source or :func:`bovw.read_images` gives);
-        any object with ``__arrow_c_array__`` or ``__arrow_c_stream__`` works.
-    method : {"sift", "orb"}, default "sift"
-    content_column : str, default "content"
-    keep_columns : list of str, optional
-        Input columns copied to the output (zero-copy); default every column
-        except ``content_column`` and ``modificationTime``/``length``.
-    n_threads : int, optional
-        Threads for this call; default all cores (or ``RAYON_NUM_THREADS``).
-        On Spark executors pass 1 per task.
-    **params
-        Parameters of :class:`SIFT` or :class:`ORB`.
-
-    Returns
-    -------
-    pyarrow.RecordBatch with one row per input row
-        The kept columns, then ``n_keypoints`` (int32, null on error),
-        ``descriptors`` (SIFT: ``list<fixed_size_list<float32, 128>>``; ORB:
-        ``list<fixed_size_binary(32)>``; empty on error) and ``error``
-        (string: null when fine, else why the image could not be used, e.g.
-        ``"cannot decode: corrupt or truncated Jpeg ..."``).
-
-    Raises
-    ------
-    ValueError
-        If ``method`` is unknown or a parameter is invalid.
-    KeyError
-        If the content column is missing.
-    TypeError
-        If the content column is not binary.
-    """
-    cls = _METHODS.get(str(method).lower())
-    if cls is None:
-        raise ValueError(f"method: expected 'sift' or 'orb', got {method!r}")
-    extractor = cls(**params)
-    fn = getattr(_bovw, f"{cls._prefix}_extract")
-    outs = []
-    for rb in _iter_batches(batch):
-        if content_column not in rb.schema.names:
-            raise KeyError(f"no column {content_column!r} in the batch (columns: {rb.schema.names})")
-        res = fn(rb.column(content_column), n_threads=n_threads, **extractor._params())
-        if keep_columns is None:
-            keep = [n for n in rb.schema.names if n not in (content_column, "modificationTime", "length")]
-        else:
-            keep = list(keep_columns)
-        cols = [rb.column(n) for n in keep] + [res.column(i) for i in range(res.num_columns)]
-        names = keep + res.schema.names
-        outs.append(pa.RecordBatch.from_arrays(cols, names=names))
-    if not outs:
-        raise ValueError("extract_descriptors: the input has no record batch")
-    if len(outs) == 1:
-        return outs[0]
-    return pa.Table.from_batches(outs).combine_chunks().to_batches()[0]
+    def _rust_params(self) -> dict[str, Any]:
+        params = self.get_params()
+        if isinstance(params["score_type"], int):  # cv2.ORB_HARRIS_SCORE == 0, cv2.ORB_FAST_SCORE == 1
+            params["score_type"] = "fast" if params["score_type"] == 1 else "harris"
+        return params

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections import defaultdict
@@ -25,15 +24,28 @@ __all__ = [
     "read_images",
     "decode_gray",
     "decode_gray_batch",
-    "input_fingerprint",
+    "decode_rgb",
+    "label_split_rows",
+    "read_file",
+    "seeded_splits",
+    "split_name",
     "sample_data_path",
 ]
 
 #: File extensions (lower case) picked up when listing a folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
-#: The split names recognised in a ``<root>/<split>/<class>/`` layout.
-SPLIT_NAMES = {"training": "Training", "train": "Training", "test": "Test", "validation": "Validation"}
+#: Split folder names (lower case) and the split they stand for. Model choices
+#: use ``Validation`` when there is one; accuracy is reported on ``Test``.
+SPLIT_NAMES = {
+    "training": "Training",
+    "train": "Training",
+    "test": "Test",
+    "testing": "Test",
+    "validation": "Validation",
+    "val": "Validation",
+    "valid": "Validation",
+}
 
 
 def sample_data_path() -> Path:
@@ -43,6 +55,60 @@ def sample_data_path() -> Path:
     (Fruits-360, Muresan & Oltean 2018, CC BY-SA 4.0; see its README.md).
     """
     return Path(__file__).parent / "data" / "fruits-360-sample"
+
+
+def split_name(folder: str) -> str | None:
+    """The split a folder name stands for (:data:`SPLIT_NAMES`, case-insensitive), or None."""
+    return SPLIT_NAMES.get(folder.lower())
+
+
+def seeded_splits(paths: Sequence[str], labels: Sequence[str], test_size: float, seed: int) -> list[str]:
+    """The split of a flat ``<root>/<class>/`` layout: per class, in path
+    order, a seeded shuffle (``random.Random(seed)``, classes in sorted order)
+    puts ``round(test_size * n)`` images in ``Test`` (at least 1 and at most
+    ``n - 1`` when the class has two or more images), the rest in ``Training``.
+
+    Both engines call this on the same listing, so they split alike.
+    """
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i in sorted(range(len(paths)), key=lambda i: paths[i]):
+        by_class[labels[i]].append(i)
+    rng = random.Random(seed)
+    out = ["Training"] * len(paths)
+    for label in sorted(by_class):
+        idx = by_class[label]
+        order = list(range(len(idx)))
+        rng.shuffle(order)
+        n_test = int(round(test_size * len(idx)))
+        n_test = min(max(n_test, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        for j in order[:n_test]:
+            out[idx[j]] = "Test"
+    return out
+
+
+def label_split_rows(relative: Sequence[Sequence[str]], names: Sequence[str], *, test_size: float = 0.25,
+                     random_state: int = 0) -> list[tuple[str, str, str]]:
+    """(name, label, split) rows of a layout from each image's path parts below the root.
+
+    ``relative[i]`` lists the folders and file name of image ``names[i]``
+    below the root. When some image is at ``<split>/<class>/<file>`` with a
+    split name (:data:`SPLIT_NAMES`), the layout is a split one: those images
+    are the rows, with their folder's split (others, e.g. in a ``docs/``
+    folder, are not images of the layout). Otherwise the rows are the
+    ``<class>/<file>`` images, split by :func:`seeded_splits`. The label is
+    the class folder's name. Rows come sorted by name. Local folders
+    (:func:`list_images`) and S3 prefixes are listed by these same rules.
+    """
+    split_rows = [i for i, p in enumerate(relative) if len(p) == 3 and split_name(p[0])]
+    if split_rows:
+        rows = [(names[i], relative[i][1], split_name(relative[i][0]) or "") for i in split_rows]
+    else:
+        flat = [i for i, p in enumerate(relative) if len(p) == 2]
+        labels = [relative[i][0] for i in flat]
+        splits = seeded_splits([names[i] for i in flat], labels, test_size, random_state)
+        rows = [(names[i], lab, sp) for i, lab, sp in zip(flat, labels, splits)]
+    rows.sort(key=lambda r: r[0])
+    return rows
 
 
 def list_images(
@@ -56,15 +122,18 @@ def list_images(
 
     Two layouts are recognised:
 
-    - ``<root>/<split>/<class>/<file>`` where ``<split>`` is ``Training``/``Test``
-      (Fruits-360; case-insensitive, ``train``/``test`` too): the split is the
-      folder name;
-    - ``<root>/<class>/<file>``: a seeded stratified split puts ``test_size``
-      of each class (at least one image when the class has two or more) in
-      ``Test`` and the rest in ``Training``.
+    - ``<root>/<split>/<class>/<file>`` where ``<split>`` is a split name
+      (:data:`SPLIT_NAMES`: ``Training``/``Test`` as in Fruits-360,
+      ``train``/``val``/``test``, ``training``/``testing``, ``validation``;
+      case-insensitive): the split is the folder's;
+    - ``<root>/<class>/<file>``: :func:`seeded_splits` puts ``test_size`` of
+      each class in ``Test`` and the rest in ``Training``.
 
-    The label is the name of the image's parent folder. Files whose extension
-    is not in ``extensions`` are ignored; hidden files and folders are skipped.
+    The label is the name of the image's parent folder. Every entry whose
+    name has an image extension is listed, whatever it is: a regular file, a
+    symbolic link (also a broken one or a loop), a FIFO or a device. Reading
+    it (:func:`read_file`) then either gives its bytes or says why not, so no
+    entry is dropped silently. Hidden files and folders (``.name``) are skipped.
 
     Parameters
     ----------
@@ -80,58 +149,83 @@ def list_images(
     Returns
     -------
     list of (path, label, split) tuples, sorted by path
-        ``path`` is absolute.
+        ``path`` is absolute, symbolic links not resolved (an image is named
+        by the link that lists it).
 
     Raises
     ------
     FileNotFoundError
         If ``root`` does not exist or is not a folder.
+    PermissionError
+        If ``root`` or a class folder cannot be listed (the message names it).
     ValueError
         If no image is found under ``root``.
     """
-    base = Path(root)
+    base = Path(os.path.abspath(os.fspath(root)))
     if not base.is_dir():
         raise FileNotFoundError(f"image folder not found: {os.fspath(root)!r}")
     exts = tuple(e.lower() for e in extensions)
-    subdirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    split_dirs = [p for p in subdirs if p.name.lower() in SPLIT_NAMES]
-    rows: list[tuple[str, str, str]] = []
 
-    def files_of(folder: Path) -> list[Path]:
-        return sorted(
-            f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in exts
-        )
+    def entries(folder: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as it:
+                return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except PermissionError as e:
+            raise PermissionError(f"cannot list folder {str(folder)!r}: {e.strerror}") from None
 
-    if split_dirs:
-        for sdir in split_dirs:
-            split = SPLIT_NAMES[sdir.name.lower()]
-            for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                rows.extend((str(f.resolve()), cdir.name, split) for f in files_of(cdir))
-    else:
-        by_class: dict[str, list[Path]] = defaultdict(list)
-        for cdir in subdirs:
-            by_class[cdir.name].extend(files_of(cdir))
-        rng = random.Random(random_state)
-        for label in sorted(by_class):
-            files = by_class[label]
-            order = list(range(len(files)))
-            rng.shuffle(order)
-            n_test = int(round(test_size * len(files)))
-            if len(files) >= 2:
-                n_test = min(max(n_test, 1), len(files) - 1)
-            else:
-                n_test = 0
-            test_idx = set(order[:n_test])
-            rows.extend(
-                (str(f.resolve()), label, "Test" if i in test_idx else "Training") for i, f in enumerate(files)
-            )
+    def is_dir(e: os.DirEntry) -> bool:
+        try:
+            return e.is_dir()  # follows symbolic links
+        except OSError:
+            return False
+
+    relative: list[list[str]] = []
+    names: list[str] = []
+
+    def visit(folder: Path, parts: list[str], depth: int) -> None:
+        for e in entries(folder):
+            if is_dir(e):
+                if depth < 2:
+                    visit(Path(e.path), parts + [e.name], depth + 1)
+            elif os.path.splitext(e.name)[1].lower() in exts and depth >= 1:
+                relative.append(parts + [e.name])
+                names.append(e.path)
+
+    visit(base, [], 0)
+    rows = label_split_rows(relative, names, test_size=test_size, random_state=random_state)
     if not rows:
         raise ValueError(
             f"no images ({', '.join(exts)}) found under {os.fspath(root)!r}: expected "
             "<root>/<split>/<class>/<file> or <root>/<class>/<file>"
         )
-    rows.sort()
     return rows
+
+
+def read_file(path: str) -> tuple[bytes | None, str | None]:
+    """Read one listed image file: ``(bytes, None)`` or ``(None, reason)``.
+
+    Never raises for a bad entry: a broken symbolic link, a loop of links, a
+    FIFO or device (refused without opening, so a FIFO cannot block the
+    job), a folder, a file that cannot be opened or read each give a reason.
+    """
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return None, "broken symbolic link (its target does not exist)"
+        return None, "file not found (removed after listing?)"
+    except OSError as e:
+        return None, f"cannot read file: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        return None, f"not a regular file ({kind})"
+    try:
+        with open(path, "rb") as f:
+            return f.read(), None
+    except OSError as e:
+        return None, f"cannot read file: {e.strerror or e}"
 
 
 def read_images(
@@ -186,26 +280,6 @@ def read_images(
     )
 
 
-def input_fingerprint(table: pa.Table) -> dict[str, object]:
-    """Count and SHA-256 of the ``content`` column, in path order.
-
-    Returns
-    -------
-    dict with ``n_files`` (int) and ``sha256`` (hex str): the hash of each
-    file's SHA-256 digest in sorted-path order, so it does not depend on
-    where the folder lives.
-    """
-    digests = []
-    names = [p.rsplit("/", 3)[-3:] for p in table.column("path").to_pylist()]
-    for name, content in zip(names, table.column("content").to_pylist()):
-        digests.append(("/".join(name), hashlib.sha256(content or b"").hexdigest()))
-    h = hashlib.sha256()
-    for name, d in sorted(digests):
-        h.update(name.encode())
-        h.update(d.encode())
-    return {"n_files": len(digests), "sha256": h.hexdigest()}
-
-
 def decode_gray(data: bytes) -> np.ndarray:
     """Decode JPEG or PNG bytes to an 8-bit grayscale image.
 
@@ -223,6 +297,26 @@ def decode_gray(data: bytes) -> np.ndarray:
         image is not 8-bit; the message says which.
     """
     return _bovw.decode_gray_image(bytes(data))
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Decode JPEG or PNG bytes to an 8-bit RGB image.
+
+    Channels are in R, G, B order (``cv2.imread`` gives B, G, R: reverse the
+    last axis to compare). Gray files have their level replicated in the three
+    channels, as ``cv2.imread(..., IMREAD_COLOR)`` does; alpha is dropped.
+
+    Returns
+    -------
+    ndarray of shape (height, width, 3), dtype uint8
+
+    Raises
+    ------
+    ValueError
+        If the bytes are empty, not a JPEG/PNG, truncated or corrupt, or the
+        image is not 8-bit; the message says which.
+    """
+    return _bovw.decode_rgb_image(bytes(data))
 
 
 def decode_gray_batch(content: object, n_threads: int | None = None) -> tuple[list, list]:

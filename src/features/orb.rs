@@ -35,8 +35,10 @@
 use crate::error::{BovwError, Result};
 use crate::features::fast::fast9_window;
 use crate::features::orb_pattern::BIT_PATTERN_31;
-use crate::features::{Descriptors, FeatureExtractor, Features, KeyPoint};
-use crate::image::GrayView;
+use crate::features::{
+    DescriptorDtype, DescriptorInfo, DescriptorKind, Descriptors, Extractor, FeatureExtractor, Features, KeyPoint,
+};
+use crate::image::{ColorNeeds, DecodedImage, GrayView};
 
 /// Descriptor length in bytes.
 pub const DESCRIPTOR_BYTES: usize = 32;
@@ -1458,12 +1460,21 @@ impl Orb {
     }
 }
 
-impl FeatureExtractor for Orb {
-    fn descriptor_width(&self) -> usize {
-        DESCRIPTOR_BYTES
+impl Extractor for Orb {
+    fn info(&self) -> DescriptorInfo {
+        DescriptorInfo { width: DESCRIPTOR_BYTES, dtype: DescriptorDtype::Uint8, kind: DescriptorKind::Local, needs: ColorNeeds::GRAY }
     }
-    fn is_binary(&self) -> bool {
-        true
+    fn extract(&self, image: &DecodedImage) -> Result<Features> {
+        self.detect_and_compute(image.require_gray()?, None)
+    }
+}
+
+impl FeatureExtractor for Orb {
+    fn detect(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<Vec<KeyPoint>> {
+        Orb::detect(self, image, mask)
+    }
+    fn compute(&self, image: GrayView<'_>, keypoints: &[KeyPoint]) -> Result<Features> {
+        Orb::compute(self, image, keypoints)
     }
     fn detect_and_compute(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<Features> {
         Self::check_inputs(image, mask)?;

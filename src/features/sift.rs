@@ -44,8 +44,10 @@ use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use crate::error::{BovwError, Result};
-use crate::features::{Descriptors, FeatureExtractor, Features, KeyPoint};
-use crate::image::GrayView;
+use crate::features::{
+    DescriptorDtype, DescriptorInfo, DescriptorKind, Descriptors, Extractor, FeatureExtractor, Features, KeyPoint,
+};
+use crate::image::{ColorNeeds, DecodedImage, GrayView};
 
 use blur::{BlurScratch, Plane};
 pub use descriptor::DESCR_LEN;
@@ -486,12 +488,21 @@ impl Sift {
     }
 }
 
-impl FeatureExtractor for Sift {
-    fn descriptor_width(&self) -> usize {
-        DESCR_LEN
+impl Extractor for Sift {
+    fn info(&self) -> DescriptorInfo {
+        DescriptorInfo { width: DESCR_LEN, dtype: DescriptorDtype::Float32, kind: DescriptorKind::Local, needs: ColorNeeds::GRAY }
     }
-    fn is_binary(&self) -> bool {
-        false
+    fn extract(&self, image: &DecodedImage) -> Result<Features> {
+        self.detect_and_compute(image.require_gray()?, None)
+    }
+}
+
+impl FeatureExtractor for Sift {
+    fn detect(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<Vec<KeyPoint>> {
+        Sift::detect(self, image, mask)
+    }
+    fn compute(&self, image: GrayView<'_>, keypoints: &[KeyPoint]) -> Result<Features> {
+        Sift::compute(self, image, keypoints)
     }
     fn detect_and_compute(&self, image: GrayView<'_>, mask: Option<GrayView<'_>>) -> Result<Features> {
         let (kps, data) = self.run_detect(image, mask, true)?;

@@ -1,15 +1,16 @@
-//! Shared helpers for the feature-extractor bindings (`sift.rs`, `orb.rs`):
-//! NumPy image borrowing, keypoint tables and the Arrow batch path.
+//! Shared helpers for the extractor bindings (`sift.rs`, `orb.rs`, ...):
+//! NumPy image borrowing, keypoint tables, the Arrow batch path and the
+//! [`extractor_methods`] every extractor class gets.
 
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3_arrow::{PyArray, PyRecordBatch};
 
 use crate::arrow::{binary_values, features_to_batch};
 use crate::error::BovwError;
-use crate::features::{extract_batch, with_threads, Descriptors, FeatureExtractor, KeyPoint};
-use crate::image::GrayView;
+use crate::features::{extract_batch, with_threads, Descriptors, Extractor, FeatureExtractor, KeyPoint};
+use crate::image::{ColorNeeds, DecodedImage, GrayView};
 
 /// Number of columns of a keypoint table: x, y, size, angle, response, octave, class_id.
 pub const KEYPOINT_COLUMNS: usize = 7;
@@ -100,6 +101,41 @@ pub fn detect_and_compute_py<'py, E: FeatureExtractor>(
     Ok((keypoints_to_array(&kps).into_pyarray(py), descriptors_to_py(py, desc)?))
 }
 
+/// A NumPy image as a [`DecodedImage`] in the layouts `needs` names:
+/// (H, W) uint8 is gray, (H, W, 3) uint8 is RGB (R, G, B order).
+///
+/// # Errors
+/// `ValueError` for another shape or an empty image, `TypeError` for another dtype.
+pub fn decoded_from_numpy(image: &Bound<'_, PyAny>, needs: ColorNeeds) -> PyResult<DecodedImage> {
+    if let Ok(gray) = image.extract::<PyReadonlyArray2<'_, u8>>() {
+        let (data, w, h) = image_buffer(&gray, "image")?;
+        return Ok(DecodedImage::from_gray(data, w, h, needs));
+    }
+    if let Ok(rgb) = image.extract::<PyReadonlyArray3<'_, u8>>() {
+        let shape = rgb.shape().to_vec();
+        if shape[2] != 3 || shape[0] == 0 || shape[1] == 0 {
+            return Err(BovwError::Shape {
+                what: "image".into(),
+                expected: "(height, width) gray or (height, width, 3) RGB, non-empty".into(),
+                got: format!("{shape:?}"),
+            }
+            .into());
+        }
+        let data: Vec<u8> = match rgb.as_slice() {
+            Ok(s) => s.to_vec(),
+            Err(_) => rgb.as_array().iter().copied().collect(),
+        };
+        return Ok(DecodedImage::from_rgb(data, shape[1], shape[0], needs));
+    }
+    let got = image.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| "not an array".into());
+    Err(BovwError::Dtype {
+        what: "image".into(),
+        expected: "a uint8 array of shape (height, width) or (height, width, 3)".into(),
+        got,
+    }
+    .into())
+}
+
 /// Descriptors as an (N, width) float32 or uint8 NumPy array.
 pub fn descriptors_to_py(py: Python<'_>, desc: Descriptors) -> PyResult<Bound<'_, PyAny>> {
     Ok(match desc {
@@ -115,8 +151,8 @@ pub fn descriptors_to_py(py: Python<'_>, desc: Descriptors) -> PyResult<Bound<'_
 }
 
 /// The Arrow batch path: decode + extract every row of a binary array.
-/// Returns a pyarrow RecordBatch (n_keypoints, descriptors, error).
-pub fn extract_py<'py, E: FeatureExtractor>(
+/// Returns a pyarrow RecordBatch with the columns of [`crate::arrow::FEATURE_COLUMNS`].
+pub fn extract_py<'py, E: Extractor + ?Sized>(
     py: Python<'py>,
     extractor: &E,
     content: PyArray,
@@ -126,11 +162,144 @@ pub fn extract_py<'py, E: FeatureExtractor>(
     let batch = py.detach(|| -> Result<_, BovwError> {
         let values = binary_values(array.as_ref())?;
         let results = with_threads(n_threads, || extract_batch(&values, extractor));
-        features_to_batch(&results, extractor.descriptor_width(), extractor.is_binary())
+        features_to_batch(&results, &extractor.info())
     })?;
     PyRecordBatch::new(batch).into_pyarrow(py)
 }
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
+/// One image (NumPy, gray or RGB) through an extractor: (keypoints (N, 7) float64, descriptors).
+pub fn extract_image_py<'py, E: Extractor + ?Sized>(
+    py: Python<'py>,
+    extractor: &E,
+    image: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyAny>)> {
+    let decoded = decoded_from_numpy(image, extractor.info().needs)?;
+    let (kps, desc) = py.detach(|| extractor.extract(&decoded))?;
+    Ok((keypoints_to_array(&kps).into_pyarray(py), descriptors_to_py(py, desc)?))
 }
+
+/// The methods every extractor class shares: its facts as read-only
+/// properties, `extract` (an Arrow binary column of encoded images in, one
+/// row per image out) and `extract_image` (one NumPy image). `$ty` is a
+/// `#[pyclass]` tuple struct whose field 0 implements [`Extractor`].
+macro_rules! extractor_methods {
+    ($ty:ty) => {
+        #[pyo3::pymethods]
+        impl $ty {
+            /// Values per descriptor row.
+            #[getter]
+            fn descriptor_width(&self) -> usize {
+                $crate::features::Extractor::info(&self.0).width
+            }
+            /// NumPy dtype name of a descriptor row: "float32" or "uint8".
+            #[getter]
+            fn descriptor_dtype(&self) -> &'static str {
+                $crate::features::Extractor::info(&self.0).dtype.as_str()
+            }
+            /// "local" (many descriptors per image) or "global" (one).
+            #[getter]
+            fn kind(&self) -> &'static str {
+                $crate::features::Extractor::info(&self.0).kind.as_str()
+            }
+            /// True when the extractor reads colour (RGB) pixels.
+            #[getter]
+            fn needs_color(&self) -> bool {
+                $crate::features::Extractor::info(&self.0).needs.rgb
+            }
+            /// Decode and describe every row of a binary Arrow array (JPEG/PNG
+            /// bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
+            /// image_height, keypoints, descriptors, error, error_stage.
+            #[pyo3(signature = (content, *, n_threads=None))]
+            fn extract<'py>(
+                &self,
+                py: pyo3::Python<'py>,
+                content: pyo3_arrow::PyArray,
+                n_threads: Option<usize>,
+            ) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::PyAny>> {
+                $crate::py::features::extract_py(py, &self.0, content, n_threads)
+            }
+            /// Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
+            /// Returns (keypoints (N, 7) float64, descriptors (N, width)).
+            fn extract_image<'py>(
+                &self,
+                py: pyo3::Python<'py>,
+                image: &pyo3::Bound<'py, pyo3::PyAny>,
+            ) -> pyo3::PyResult<(pyo3::Bound<'py, numpy::PyArray2<f64>>, pyo3::Bound<'py, pyo3::PyAny>)> {
+                $crate::py::features::extract_image_py(py, &self.0, image)
+            }
+        }
+    };
+}
+pub(crate) use extractor_methods;
+
+/// Detect keypoints on one NumPy image: (N, 7) float64.
+pub fn detect_py<'py, E: FeatureExtractor>(
+    py: Python<'py>,
+    extractor: &E,
+    image: PyReadonlyArray2<'py, u8>,
+    mask: Option<PyReadonlyArray2<'py, u8>>,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let (data, w, h) = image_buffer(&image, "image")?;
+    let mask = mask.map(|m| image_buffer(&m, "mask")).transpose()?;
+    check_mask(mask.as_ref(), w, h)?;
+    let kps = py.detach(|| {
+        let mview = mask.as_ref().map(|(m, mw, mh)| GrayView::new(m, *mw, *mh));
+        extractor.detect(GrayView::new(&data, w, h), mview)
+    })?;
+    Ok(keypoints_to_array(&kps).into_pyarray(py))
+}
+
+/// Describe given keypoints (N, 7) float64 on one NumPy image: (keypoints kept, descriptors).
+pub fn compute_py<'py, E: FeatureExtractor>(
+    py: Python<'py>,
+    extractor: &E,
+    image: PyReadonlyArray2<'py, u8>,
+    keypoints: PyReadonlyArray2<'py, f64>,
+) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyAny>)> {
+    let (data, w, h) = image_buffer(&image, "image")?;
+    let kps = keypoints_from_array(&keypoints)?;
+    let (kps, desc) = py.detach(|| extractor.compute(GrayView::new(&data, w, h), &kps))?;
+    Ok((keypoints_to_array(&kps).into_pyarray(py), descriptors_to_py(py, desc)?))
+}
+
+/// OpenCV's `Feature2D` methods (`detect`, `compute`, `detect_and_compute`)
+/// for a `#[pyclass]` tuple struct whose field 0 implements [`FeatureExtractor`].
+macro_rules! feature2d_methods {
+    ($ty:ty) => {
+        #[pyo3::pymethods]
+        impl $ty {
+            /// Detect keypoints and compute descriptors on one (H, W) uint8 image.
+            /// Returns (keypoints (N, 7) float64, descriptors (N, width)).
+            #[pyo3(signature = (image, mask=None))]
+            fn detect_and_compute<'py>(
+                &self,
+                py: pyo3::Python<'py>,
+                image: numpy::PyReadonlyArray2<'py, u8>,
+                mask: Option<numpy::PyReadonlyArray2<'py, u8>>,
+            ) -> pyo3::PyResult<(pyo3::Bound<'py, numpy::PyArray2<f64>>, pyo3::Bound<'py, pyo3::PyAny>)> {
+                $crate::py::features::detect_and_compute_py(py, &self.0, image, mask)
+            }
+            /// Detect keypoints on one (H, W) uint8 image. Returns keypoints (N, 7) float64.
+            #[pyo3(signature = (image, mask=None))]
+            fn detect<'py>(
+                &self,
+                py: pyo3::Python<'py>,
+                image: numpy::PyReadonlyArray2<'py, u8>,
+                mask: Option<numpy::PyReadonlyArray2<'py, u8>>,
+            ) -> pyo3::PyResult<pyo3::Bound<'py, numpy::PyArray2<f64>>> {
+                $crate::py::features::detect_py(py, &self.0, image, mask)
+            }
+            /// Compute descriptors at given keypoints (N, 7) float64 on one
+            /// (H, W) uint8 image. Returns (keypoints kept, descriptors).
+            fn compute<'py>(
+                &self,
+                py: pyo3::Python<'py>,
+                image: numpy::PyReadonlyArray2<'py, u8>,
+                keypoints: numpy::PyReadonlyArray2<'py, f64>,
+            ) -> pyo3::PyResult<(pyo3::Bound<'py, numpy::PyArray2<f64>>, pyo3::Bound<'py, pyo3::PyAny>)> {
+                $crate::py::features::compute_py(py, &self.0, image, keypoints)
+            }
+        }
+    };
+}
+pub(crate) use feature2d_methods;

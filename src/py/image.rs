@@ -1,24 +1,33 @@
-//! Bindings for `crate::image`.
+//! Bindings for `crate::image`: single-image and batch decoding.
 
-use numpy::{IntoPyArray, PyArray2};
-use pyo3::exceptions::PyValueError;
+use numpy::{IntoPyArray, PyArray2, PyArray3};
 use pyo3::prelude::*;
 use pyo3_arrow::PyArray;
 
 use crate::arrow::binary_values;
-use crate::image::decode_gray;
+use crate::error::ImageError;
+use crate::image::{decode_gray, decode_rgb};
 
 /// Decode JPEG/PNG bytes to an (H, W) uint8 grayscale array (OpenCV BGR2GRAY weights).
 #[pyfunction]
 pub fn decode_gray_image<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyArray2<u8>>> {
-    let img = py.detach(|| decode_gray(data)).map_err(PyValueError::new_err)?;
+    let img = py.detach(|| decode_gray(data))?;
     let arr = ndarray::Array2::from_shape_vec((img.height, img.width), img.data)
         .expect("decoded buffer has height * width pixels");
     Ok(arr.into_pyarray(py))
 }
 
-/// Decode a binary Arrow array; returns (images, errors): one entry per row,
-/// an (H, W) uint8 array or None, and None or the reason.
+/// Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (gray files replicated, alpha dropped).
+#[pyfunction]
+pub fn decode_rgb_image<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyArray3<u8>>> {
+    let img = py.detach(|| decode_rgb(data))?;
+    let arr = ndarray::Array3::from_shape_vec((img.height, img.width, 3), img.data)
+        .expect("decoded buffer has height * width * 3 samples");
+    Ok(arr.into_pyarray(py))
+}
+
+/// Decode a binary Arrow array to gray; returns (images, errors): one entry
+/// per row, an (H, W) uint8 array or None, and None or the reason.
 #[pyfunction]
 #[pyo3(signature = (content, n_threads=None))]
 pub fn decode_gray_batch<'py>(
@@ -28,11 +37,11 @@ pub fn decode_gray_batch<'py>(
 ) -> PyResult<(Vec<Option<Bound<'py, PyArray2<u8>>>>, Vec<Option<String>>)> {
     use rayon::prelude::*;
     let values = binary_values(content.array().as_ref())?;
-    let decoded: Vec<Result<crate::image::GrayImage, String>> = py.detach(|| {
+    let decoded: Vec<Result<crate::image::GrayImage, ImageError>> = py.detach(|| {
         crate::features::with_threads(n_threads, || {
             values
                 .par_iter()
-                .map(|v| v.ok_or_else(|| "null content".to_string()).and_then(decode_gray))
+                .map(|v| v.ok_or_else(|| ImageError::decode("null content")).and_then(decode_gray))
                 .collect()
         })
     });
@@ -48,7 +57,7 @@ pub fn decode_gray_batch<'py>(
             }
             Err(e) => {
                 images.push(None);
-                errors.push(Some(e));
+                errors.push(Some(e.reason));
             }
         }
     }
@@ -57,6 +66,7 @@ pub fn decode_gray_batch<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_gray_image, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_rgb_image, m)?)?;
     m.add_function(wrap_pyfunction!(decode_gray_batch, m)?)?;
     Ok(())
 }

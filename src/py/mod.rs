@@ -13,7 +13,7 @@ pub mod sift;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::error::BovwError;
+use crate::error::{BovwError, ImageError};
 
 impl From<BovwError> for PyErr {
     fn from(err: BovwError) -> PyErr {
@@ -24,10 +24,15 @@ impl From<BovwError> for PyErr {
     }
 }
 
+impl From<ImageError> for PyErr {
+    fn from(err: ImageError) -> PyErr {
+        PyValueError::new_err(err.reason)
+    }
+}
+
 /// Register every stage's functions on the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     image::register(m)?;
-    features::register(m)?;
     sift::register(m)?;
     orb::register(m)?;
     cluster::register(m)?;

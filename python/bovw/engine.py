@@ -1,0 +1,188 @@
+"""The in-process engine of the main job (``bovw run --engine local``).
+
+:class:`LocalEngine` reads files in batches, runs the Rust kernels on all
+cores and hands :func:`bovw.job.run` plain arrays; see :class:`bovw.job.Engine`
+for the contract it shares with :class:`bovw.spark.SparkEngine`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from bovw.job import Extraction, Listing
+
+__all__ = ["LocalEngine", "ExtractedBatch", "extracted_batch"]
+
+#: The most bytes of descriptors kept between the vocabulary sample and the
+#: encoding pass (beyond it, sampled images are described again).
+CACHE_BYTES = 512 * 1024 * 1024
+
+
+def _progress(iterable: Iterable[Any], *, total: Optional[int] = None, desc: str = "", enabled: bool = True) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+class ExtractedBatch:
+    """An extractor's output batch as arrays: descriptors, offsets, keypoints,
+    image sizes, errors and stages (one entry per image)."""
+
+    def __init__(self, X: np.ndarray, offsets: np.ndarray, keypoints: np.ndarray, sizes: np.ndarray,
+                 errors: list[Optional[str]], stages: list[Optional[str]]) -> None:
+        self.X, self.offsets, self.keypoints, self.sizes = X, offsets, keypoints, sizes
+        self.errors, self.stages = errors, stages
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.X[a:b], self.keypoints[a:b]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.X.nbytes + self.keypoints.nbytes)
+
+
+def extracted_batch(batch: pa.RecordBatch, extractor: Any) -> ExtractedBatch:
+    """Read an extractor's output batch (:data:`bovw.FEATURE_COLUMNS`) into arrays."""
+    from bovw.columns import descriptor_matrix
+
+    w, dt = extractor.descriptor_width, extractor.descriptor_dtype
+    X, offsets = descriptor_matrix(batch.column("descriptors"), width=w, dtype=dt)
+    kps, _ = descriptor_matrix(batch.column("keypoints"), width=4, dtype=np.float32)
+    sizes = np.stack([batch.column("image_width").fill_null(0).to_numpy(zero_copy_only=False),
+                      batch.column("image_height").fill_null(0).to_numpy(zero_copy_only=False)], axis=1)
+    return ExtractedBatch(X, offsets, kps, sizes.astype(np.int64), batch.column("error").to_pylist(),
+                          batch.column("error_stage").to_pylist())
+
+
+def gather(parts: Sequence[tuple[np.ndarray, np.ndarray]], width: int, dtype: Any) -> tuple[np.ndarray, ...]:
+    """Per-image (descriptors, keypoints) pairs as one matrix, offsets and keypoints."""
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p[0]) for p in parts], out=offsets[1:])
+    X = np.concatenate([p[0] for p in parts]) if offsets[-1] else np.zeros((0, width), dtype)
+    K = np.concatenate([p[1] for p in parts]) if offsets[-1] else np.zeros((0, 4), np.float32)
+    return X, offsets, K
+
+
+class LocalEngine:
+    """Run the job's per-image stages in this process.
+
+    Parameters
+    ----------
+    n_threads : int, optional
+        Kernel threads (default all cores).
+    batch_size : int, default 512
+        Images read and described per kernel call (bounds memory).
+    progress : bool, default True
+        tqdm progress bars.
+    """
+
+    name = "local"
+
+    def __init__(self, n_threads: Optional[int] = None, batch_size: int = 512, progress: bool = True) -> None:
+        self.n_threads = n_threads
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self._cache: dict[int, dict[int, tuple]] = {}
+        self._cache_bytes = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "n_threads": self.n_threads, "batch_size": self.batch_size}
+
+    # -- listing and reading ---------------------------------------------------------------
+
+    def list_images(self, root: str, *, test_size: float, seed: int) -> Listing:
+        from bovw.image import list_images
+        from bovw.spark.io import is_s3, list_s3_images, split_and_label_rows
+
+        if is_s3(root):
+            uris = [u for u, _, _ in list_s3_images(root)]
+            rows = split_and_label_rows(uris, test_size=test_size, seed=seed)
+        else:
+            rows = list_images(root, test_size=test_size, random_state=seed)
+        return Listing([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], root)
+
+    def _read(self, paths: Sequence[str]) -> tuple[list[Optional[bytes]], list[Optional[str]], list[str]]:
+        from bovw.image import read_file
+
+        contents, errors, digests = [], [], []
+        for p in paths:
+            data, err = read_file(p)
+            contents.append(data)
+            errors.append(err)
+            digests.append(hashlib.sha256(data).hexdigest() if data is not None else "")
+        return contents, errors, digests
+
+    def _describe(self, extractor: Any, contents: list[Optional[bytes]]) -> ExtractedBatch:
+        batch = pa.record_batch({"content": pa.array(contents, pa.binary())})
+        return extracted_batch(extractor.extract(batch, n_threads=self.n_threads), extractor)
+
+    # -- the two passes -----------------------------------------------------------------------
+
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        cache = self._cache.setdefault(id(extractor), {})
+        starts = range(0, len(rows), self.batch_size)
+        for start in _progress(starts, total=len(starts), desc=f"{extractor.name} (vocabulary)",
+                               enabled=self.progress):
+            idx = rows[start:start + self.batch_size]
+            contents, read_errors, digests = self._read([listing.paths[i] for i in idx])
+            eb = self._describe(extractor, contents)
+            for j, i in enumerate(idx):
+                X, K = eb.rows(j)
+                out.append(X)
+                if self._cache_bytes + X.nbytes + K.nbytes <= CACHE_BYTES:
+                    err = read_errors[j] or eb.errors[j]
+                    stage = "read" if read_errors[j] else eb.stages[j]
+                    cache[int(i)] = (X, K, eb.sizes[j], err, stage, digests[j], len(contents[j] or b""))
+                    self._cache_bytes += X.nbytes + K.nbytes
+        return out
+
+    def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
+        n = len(listing)
+        feats = [np.zeros((n, ch.encoding.n_features_out_), np.float32) for ch in channels]
+        n_kp = np.zeros(n, np.int32)
+        errors: list[Optional[str]] = [None] * n
+        stages: list[Optional[str]] = [None] * n
+        sha: list[str] = [""] * n
+        n_bytes = 0
+        starts = range(0, n, self.batch_size)
+        for start in _progress(starts, total=len(starts), desc="describe + encode", enabled=self.progress):
+            idx = np.arange(start, min(start + self.batch_size, n))
+            todo = [i for i in idx if not all(int(i) in self._cache.get(id(ch.extractor), {}) for ch in channels)]
+            contents, read_errors, digests = self._read([listing.paths[i] for i in todo])
+            fresh = {int(i): j for j, i in enumerate(todo)}
+            for c, ch in enumerate(channels):
+                eb = self._describe(ch.extractor, contents) if todo else None
+                cache = self._cache.get(id(ch.extractor), {})
+                parts, sizes = [], []
+                for i in idx:
+                    i = int(i)
+                    if i in fresh:
+                        j = fresh[i]
+                        X, K = eb.rows(j)
+                        err = read_errors[j] or eb.errors[j]
+                        stage = "read" if read_errors[j] else eb.stages[j]
+                        size, digest, nb = eb.sizes[j], digests[j], len(contents[j] or b"")
+                    else:
+                        X, K, size, err, stage, digest, nb = cache[i]
+                    parts.append((X, K))
+                    sizes.append(size)
+                    if err is not None and errors[i] is None:
+                        errors[i], stages[i] = err, stage
+                    if c == 0:
+                        n_kp[i] = len(X) if err is None else 0
+                        sha[i] = digest
+                        n_bytes += nb
+                X, offsets, K = gather(parts, ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
+                feats[c][idx] = ch.encoding.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
+                                                   n_threads=self.n_threads)
+        for f in feats:
+            f[np.array([e is not None for e in errors])] = 0.0
+        self._cache.clear()
+        self._cache_bytes = 0
+        return Extraction(feats, n_kp, errors, stages, sha, n_bytes)

@@ -1,0 +1,533 @@
+"""The main job, one module for both engines.
+
+``bovw run`` lists a folder of images, describes every image, fits a
+vocabulary on training descriptors, encodes each image as one vector, reduces
+with PCA, trains a classifier and writes the results. :func:`run` owns all of
+that; an *engine* only reads the images and runs the per-image stages:
+
+- :class:`bovw.engine.LocalEngine` (``--engine local``): in this process,
+  Rust kernels over all cores;
+- :class:`bovw.spark.SparkEngine` (``--engine spark``): ``mapInArrow`` stages
+  on a Spark cluster.
+
+Both get the same listing (:func:`bovw.image.list_images`, or the S3 listing),
+the same vocabulary sample, the same encodings, so their outputs are equal.
+
+The flow (see ``docs/architecture.md``)::
+
+    engine.list_images        -> Listing: path, label, split (+ read errors)
+    engine.sample_descriptors -> training descriptors (a seeded sample)
+    channel.encoding.fit      -> the vocabulary              (driver)
+    engine.encode             -> one vector per image, status (decode + describe + encode, fused)
+    PCA, classifier           -> on the driver
+    write_outputs             -> features.parquet, errors.csv, model.joblib, run.json, ...
+
+Outputs (``<out>/``):
+
+``features.parquet``
+    One row per usable image: ``path``, ``label``, ``split``,
+    ``n_keypoints`` (int32), ``bow`` (list<float32>: the encoded vector),
+    ``pca_features`` (list<float32>), ``prediction`` (string, every split).
+``vocabulary.npy``
+    The visual vocabulary, (k, descriptor width): float32 (K-Means) or uint8 (k-majority).
+``model.joblib``
+    The fitted :class:`bovw.model.BovwModel` (:func:`bovw.model.load_model`).
+``pca.npz``
+    ``components``, ``mean``, ``explained_variance``, ``explained_variance_ratio``.
+``errors.csv``
+    ``path, split, label, stage, reason`` for every image that could not be used.
+``confusion_matrix.csv``
+    Test-split confusion matrix, rows = true label, columns = predicted.
+``run.json``
+    Parameters, software versions, input fingerprint, per-stage wall times, counts and accuracy.
+
+Every listed image is either a row of ``features.parquet`` or a row of
+``errors.csv``: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Protocol, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "Engine",
+    "Extraction",
+    "Listing",
+    "RunConfig",
+    "RunResult",
+    "StageTimer",
+    "build_channels",
+    "format_stage_table",
+    "run",
+    "validate_config",
+]
+
+TRAINING = "Training"
+
+
+@dataclass
+class RunConfig:
+    """Parameters of the main job (the ``bovw run`` flags)."""
+
+    root: Optional[str] = None
+    """Image folder or ``s3://`` URI: ``<root>/<split>/<class>/*`` or ``<root>/<class>/*``; None = the shipped sample."""
+    out: str = "bovw-out"
+    method: str = "sift"
+    """Extractor name (:data:`bovw.EXTRACTORS`: ``sift``, ``orb``, ...)."""
+    k: int = 100
+    """Vocabulary size (number of visual words)."""
+    seed: int = 0
+    pca: Union[int, float, None] = 0.95
+    """PCA components: an int count, a float variance fraction in (0, 1], or None for no PCA."""
+    max_iter: int = 100
+    """K-Means iterations at most."""
+    n_init: int = 1
+    max_descriptors: Optional[int] = None
+    """Fit the vocabulary on at most this many training descriptors (seeded sample); None = all."""
+    vocabulary: str = "kmeans"
+    """``kmeans`` (float K-Means) or ``kmajority`` (Hamming; binary descriptors such as ORB's)."""
+    classifier: str = "logreg"
+    """``logreg``, ``svm`` or ``rf`` (:func:`bovw.model.make_classifier`)."""
+    test_size: float = 0.25
+    """Test fraction for a flat ``<root>/<class>/`` layout."""
+    n_threads: Optional[int] = None
+    batch_size: int = 512
+    """Images per kernel call."""
+    extractor_params: Optional[dict] = None
+    """Keyword arguments of the extractor class (OpenCV's defaults for SIFT/ORB when empty)."""
+    progress: bool = True
+    engine: str = "local"
+    master: Optional[str] = None
+    """Spark master URL for ``engine='spark'``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class StageTimer:
+    """Collects (stage, wall seconds, item count, item unit) rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    @contextmanager
+    def stage(self, name: str, unit: str = "images") -> Iterator[dict[str, Any]]:
+        row: dict[str, Any] = {"stage": name, "seconds": 0.0, "items": 0, "unit": unit}
+        t0 = time.perf_counter()
+        try:
+            yield row
+        finally:
+            row["seconds"] = time.perf_counter() - t0
+            self.rows.append(row)
+
+
+def format_stage_table(rows: list[dict[str, Any]]) -> str:
+    """The stage timing table ("Durée des opérations"): stage, seconds, throughput."""
+    lines = [f"{'stage':<30}{'wall s':>10}{'items':>12}  {'per second':<24}", "-" * 78]
+    total = 0.0
+    for r in rows:
+        total += r["seconds"]
+        rate = f"{r['items'] / r['seconds']:,.0f} {r['unit']}/s" if r["items"] and r["seconds"] > 0 else ""
+        lines.append(f"{r['stage']:<30}{r['seconds']:>10.2f}{r['items']:>12,}  {rate:<24}")
+    lines.append("-" * 78)
+    lines.append(f"{'total':<30}{total:>10.2f}")
+    return "\n".join(lines)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns (and writes to ``run.json``)."""
+
+    out: Any
+    accuracy: Optional[float]
+    n_images: int
+    n_errors: int
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Listing:
+    """The images of a run, in path order (the order of every output).
+
+    ``paths`` are what the outputs show: absolute local paths (symbolic links
+    not resolved) or ``s3://`` URIs.
+    """
+
+    paths: list[str]
+    labels: list[str]
+    splits: list[str]
+    root: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Extraction:
+    """Per-image results of the fused decode + describe + encode pass, in listing order."""
+
+    features: list[np.ndarray]
+    """One (n_images, d_c) float32 matrix per channel; zeros on failed rows."""
+    n_keypoints: np.ndarray
+    """(n_images,) int32: descriptors of the first channel (0 on failed rows)."""
+    errors: list[Optional[str]]
+    stages: list[Optional[str]]
+    sha256: list[str]
+    """Hex SHA-256 of each file's bytes ("" when it could not be read)."""
+    n_bytes: int
+
+
+class Engine(Protocol):
+    """How a run reads images and runs the per-image stages (local or Spark)."""
+
+    name: str
+
+    def list_images(self, root: str, *, test_size: float, seed: int) -> Listing:
+        """Every image under ``root`` with its label and split (:func:`bovw.image.list_images`'s rules)."""
+
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
+        """The descriptors of images ``rows`` (sorted listing indices), one matrix per image in ``rows``
+        order (empty for an image that fails)."""
+
+    def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
+        """Decode, describe and encode every image with each channel."""
+
+    def info(self) -> dict[str, Any]:
+        """What run.json records about the engine."""
+
+
+def validate_config(config: RunConfig) -> None:
+    """Check the parameters before any work.
+
+    Raises
+    ------
+    ValueError
+        With the parameter's name and what it accepts.
+    """
+    from bovw.extractors import EXTRACTORS, get_extractor
+    from bovw.model import CLASSIFIERS
+
+    if str(config.method).lower() not in EXTRACTORS:
+        raise ValueError(f"method: expected one of {sorted(EXTRACTORS)}, got {config.method!r}")
+    extractor = get_extractor(config.method, **(config.extractor_params or {}))
+    if config.k < 1:
+        raise ValueError(f"k: the vocabulary needs at least 1 visual word, got {config.k}")
+    if extractor.kind == "local" and config.vocabulary not in extractor.vocabularies:
+        raise ValueError(
+            f"vocabulary: {config.method} descriptors support {list(extractor.vocabularies)}, got {config.vocabulary!r}"
+        )
+    if config.classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {config.classifier!r}")
+    if isinstance(config.pca, float) and not (0.0 < config.pca <= 1.0):
+        raise ValueError(f"pca: a variance fraction must be in (0, 1], got {config.pca}")
+    if isinstance(config.pca, int) and config.pca < 0:
+        raise ValueError(f"pca: a component count must be positive, got {config.pca}")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size: must be at least 1, got {config.batch_size}")
+    if not 0.0 < config.test_size < 1.0:
+        raise ValueError(f"test_size: must be in (0, 1), got {config.test_size}")
+    if config.max_descriptors is not None and config.max_descriptors < 1:
+        raise ValueError(f"max_descriptors: must be at least 1, got {config.max_descriptors}")
+    if config.engine not in ("local", "spark"):
+        raise ValueError(f"engine: expected 'local' or 'spark', got {config.engine!r}")
+
+
+def build_channels(config: RunConfig) -> list[Any]:
+    """The job's channels, unfitted: the extractor and its encoding."""
+    from bovw.extractors import get_extractor
+    from bovw.model import BagOfWordsEncoding, Channel, GlobalDescriptor
+
+    extractor = get_extractor(config.method, **(config.extractor_params or {}))
+    if extractor.kind == "global":
+        encoding: Any = GlobalDescriptor(extractor.descriptor_width)
+    else:
+        encoding = BagOfWordsEncoding(config.k, config.vocabulary, max_iter=config.max_iter, n_init=config.n_init,
+                                      random_state=config.seed, n_threads=config.n_threads)
+    return [Channel(extractor, encoding)]
+
+
+def vocabulary_sample(per_image: list[np.ndarray], max_descriptors: Optional[int], seed: int,
+                      width: int, dtype: Any) -> np.ndarray:
+    """The training descriptors of the vocabulary: every image's, concatenated
+    in listing order, then a seeded uniform subset of ``max_descriptors``
+    (``default_rng(seed).choice``, kept in order) when there are more."""
+    X = np.concatenate(per_image) if per_image else np.zeros((0, width), dtype)
+    if max_descriptors is not None and len(X) > max_descriptors:
+        idx = np.sort(np.random.default_rng(seed).choice(len(X), int(max_descriptors), replace=False))
+        X = X[idx]
+    return X
+
+
+def input_fingerprint(paths: Sequence[str], sha256: Sequence[str]) -> dict[str, Any]:
+    """Count and SHA-256 of the inputs: the hash of each file's SHA-256 digest
+    in sorted order of its last three path parts, so it does not depend on
+    where the folder lives, nor on the engine."""
+    named = sorted(("/".join(p.replace("\\", "/").rsplit("/", 3)[-3:]), d) for p, d in zip(paths, sha256))
+    h = hashlib.sha256()
+    for name, d in named:
+        h.update(name.encode("utf-8", "surrogateescape"))
+        h.update(d.encode())
+    return {"n_files": len(named), "sha256": h.hexdigest()}
+
+
+def make_engine(config: RunConfig) -> Any:
+    """The engine ``config.engine`` names."""
+    if config.engine == "spark":
+        from bovw.spark import SparkEngine
+
+        return SparkEngine(master=config.master, n_threads=None, batch_size=config.batch_size,
+                           progress=config.progress)
+    from bovw.engine import LocalEngine
+
+    return LocalEngine(n_threads=config.n_threads, batch_size=config.batch_size, progress=config.progress)
+
+
+def run(config: RunConfig, engine: Any = None) -> RunResult:
+    """Run the main job.
+
+    Parameters
+    ----------
+    config : RunConfig
+    engine : Engine, optional
+        Default: the one ``config.engine`` names.
+
+    Returns
+    -------
+    RunResult
+        Accuracy on the Test split (None when there is no Test image), counts,
+        stage timings; the files listed in the module docstring are written to
+        ``config.out``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the image folder does not exist.
+    ValueError
+        If it holds no image, a parameter is invalid, or no training image
+        yields a descriptor.
+    """
+    import bovw
+
+    validate_config(config)
+    engine = engine if engine is not None else make_engine(config)
+    root = str(config.root) if config.root else str(bovw.sample_data_path())
+    timer = StageTimer()
+    say = print if config.progress else (lambda *a, **k: None)
+    channels = build_channels(config)
+
+    with timer.stage("list files") as st:
+        listing = engine.list_images(root, test_size=config.test_size, seed=config.seed)
+        st["items"] = len(listing)
+    splits = np.array(listing.splits, dtype=object)
+    n = len(listing)
+    say(f"bovw: {n} images under {root} ({int((splits == TRAINING).sum())} Training, "
+        f"{int((splits != TRAINING).sum())} other) on the {engine.name} engine")
+
+    train_rows = np.flatnonzero(splits == TRAINING)
+    if len(train_rows) == 0:
+        raise ValueError("no Training image: cannot fit the vocabulary")
+    vocab_info: dict[str, Any] = {}
+    for ch in channels:
+        if ch.extractor.kind != "local":
+            continue
+        with timer.stage(f"vocabulary sample ({ch.name})") as st:
+            per_image = engine.sample_descriptors(listing, train_rows, ch.extractor)
+            X = vocabulary_sample(per_image, config.max_descriptors, config.seed,
+                                  ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
+            st["items"] = len(train_rows)
+        if len(X) == 0:
+            raise ValueError("no descriptor in any Training image: cannot fit the vocabulary")
+        with timer.stage(f"vocabulary ({config.vocabulary}, k={min(config.k, len(X))})", unit="descriptors") as st:
+            ch.encoding.fit(X)
+            st["items"] = len(X)
+        vocab_info = {**ch.encoding.summary(), "descriptors": int(len(X))}
+        say(f"bovw: vocabulary of {ch.encoding.n_features_out_} visual words fitted on {len(X):,} descriptors")
+
+    with timer.stage(f"decode + {'/'.join(c.name for c in channels)} + encode") as st:
+        ex = engine.encode(listing, channels)
+        st["items"] = n
+    ok = np.array([e is None for e in ex.errors], dtype=bool)
+    say(f"bovw: {int(ok.sum())} images usable, {int((~ok).sum())} errors, "
+        f"{int(ex.n_keypoints[ok].sum()):,} descriptors")
+    H = np.concatenate(ex.features, axis=1) if len(ex.features) > 1 else ex.features[0]
+    train = ok & (splits == TRAINING)
+    test = ok & (splits == "Test")
+    if not train.any():
+        raise ValueError("no usable Training image")
+
+    pca = None
+    with timer.stage("PCA") as st:
+        if config.pca is not None and config.pca != 0:
+            n_comp = config.pca
+            if isinstance(n_comp, int):
+                n_comp = min(n_comp, H.shape[1], int(train.sum()))
+            pca = bovw.PCA(n_components=n_comp, random_state=config.seed).fit(H[train])
+            F = np.zeros((n, pca.n_components_), np.float32)
+            F[ok] = np.asarray(pca.transform(H[ok]), np.float32)
+        else:
+            F = H
+        st["items"] = int(ok.sum())
+    if pca is not None:
+        say(f"bovw: PCA keeps {pca.n_components_} components "
+            f"({float(np.sum(pca.explained_variance_ratio_)):.1%} of the variance)")
+
+    from sklearn.metrics import accuracy_score
+
+    from bovw.model import BovwModel, make_classifier
+
+    y = np.array(listing.labels, dtype=object)
+    predictions = np.full(n, None, dtype=object)
+    accuracy: Optional[float] = None
+    classes = sorted(set(y[train]))
+    clf = None
+    with timer.stage(f"classifier ({config.classifier})") as st:
+        if len(classes) >= 2:
+            clf = make_classifier(config.classifier, config.seed)
+            clf.fit(F[train], y[train])
+            predictions[ok] = [str(p) for p in clf.predict(F[ok])]
+            if test.any():
+                accuracy = float(accuracy_score(y[test], predictions[test]))
+        st["items"] = int(ok.sum())
+    model = BovwModel(channels, pca, clf)
+
+    counts = {
+        "images": n,
+        "usable": int(ok.sum()),
+        "errors": int((~ok).sum()),
+        "training": int(train.sum()),
+        "test": int(test.sum()),
+        "descriptors": int(ex.n_keypoints[ok].sum()),
+        "vocabulary_descriptors": int(vocab_info.get("descriptors", 0)),
+        "images_without_keypoints": int(((ex.n_keypoints == 0) & ok).sum()),
+    }
+    info = {
+        "parameters": {**config.to_dict(), "root": root},
+        "extractor_params": channels[0].extractor.get_params(),
+        "engine": engine.info(),
+        "versions": versions(),
+        "input": {**input_fingerprint(listing.paths, ex.sha256), "bytes": int(ex.n_bytes), "root": root},
+        "counts": counts,
+        "vocabulary": vocab_info or None,
+        "pca": None if pca is None else {
+            "n_components": int(pca.n_components_),
+            "explained_variance": float(np.sum(pca.explained_variance_ratio_)),
+        },
+        "accuracy": accuracy,
+        "stages": timer.rows,
+    }
+    with timer.stage("write outputs") as st:
+        out = write_outputs(config.out, listing, ex, ok, H, F, predictions, model, test, info)
+        st["items"] = int(ok.sum())
+    info["stages"] = timer.rows
+    return RunResult(out=out, accuracy=accuracy, n_images=int(ok.sum()), n_errors=int((~ok).sum()),
+                     stages=timer.rows, info=info)
+
+
+def versions() -> dict[str, str]:
+    """Versions of bovw, Python and the libraries that decide the results."""
+    import sklearn
+
+    import bovw
+
+    return {
+        "bovw": bovw.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _list_column(a: np.ndarray) -> pa.Array:
+    from bovw.columns import float_lists
+
+    return float_lists(a, dtype=np.float32)
+
+
+def write_outputs(out_uri: str, listing: Listing, ex: Extraction, ok: np.ndarray, H: np.ndarray, F: np.ndarray,
+                  predictions: np.ndarray, model: Any, test: np.ndarray, info: dict[str, Any]) -> Any:
+    """Write every output file of a run to ``out_uri`` (a folder, or ``s3://``
+    through a local temporary folder); returns the output location."""
+    import tempfile
+
+    from bovw.spark_io import is_s3, upload_folder
+
+    if is_s3(out_uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_files(Path(tmp), listing, ex, ok, H, F, predictions, model, test, info)
+            upload_folder(Path(tmp), out_uri)
+        from bovw.spark_io import S3Path
+
+        return S3Path(out_uri)
+    out = Path(out_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_files(out, listing, ex, ok, H, F, predictions, model, test, info)
+    return out
+
+
+def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H: np.ndarray, F: np.ndarray,
+                 predictions: np.ndarray, model: Any, test: np.ndarray, info: dict[str, Any]) -> None:
+    import joblib
+    import pyarrow.parquet as pq
+    from sklearn.metrics import confusion_matrix
+
+    idx = np.flatnonzero(ok)
+    table = pa.table({
+        "path": pa.array([listing.paths[i] for i in idx], pa.string()),
+        "label": pa.array([listing.labels[i] for i in idx], pa.string()),
+        "split": pa.array([listing.splits[i] for i in idx], pa.string()),
+        "n_keypoints": pa.array(ex.n_keypoints[idx], pa.int32()),
+        "bow": _list_column(H[idx]),
+        "pca_features": _list_column(F[idx]),
+        "prediction": pa.array(list(predictions[idx]), pa.string()),
+    })
+    pq.write_table(table, out / "features.parquet")
+    vocab = model.vocabulary
+    if vocab is not None:
+        np.save(out / "vocabulary.npy", vocab)
+    if model.pca is not None:
+        np.savez(out / "pca.npz", components=model.pca.components_, mean=model.pca.mean_,
+                 explained_variance=model.pca.explained_variance_,
+                 explained_variance_ratio=model.pca.explained_variance_ratio_)
+    joblib.dump(model, out / "model.joblib")
+    with open(out / "errors.csv", "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "split", "label", "stage", "reason"])
+        for i in np.flatnonzero(~ok):
+            w.writerow([listing.paths[i], listing.splits[i], listing.labels[i], ex.stages[i], ex.errors[i]])
+    y = np.array(listing.labels, dtype=object)
+    if test.any() and model.classifier is not None:
+        labels = sorted(set(y[test]) | set(y[ok & (np.array(listing.splits) == TRAINING)]))
+        cm = confusion_matrix(y[test], predictions[test], labels=labels)
+        with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["true \\ predicted"] + list(labels))
+            for lab, r in zip(labels, cm):
+                w.writerow([lab] + [int(v) for v in r])
+    with open(out / "run.json", "w") as f:
+        json.dump(info, f, indent=2, default=_json_default)

@@ -1,0 +1,292 @@
+"""The fitted recipe: extractors, their encodings, PCA and a classifier.
+
+A :class:`Channel` is one extractor and, for local descriptors, the encoding
+that turns an image's many descriptors into one vector (a visual vocabulary
+and its bag-of-words histogram, ...). Global descriptors (one per image) are
+their own encoding. A :class:`BovwModel` is the channels (their vectors
+concatenated), an optional PCA and a scikit-learn classifier: what ``bovw
+run`` fits and saves as ``model.joblib`` (:func:`load_model`), and what
+``predict`` applies to new encoded images or decoded arrays.
+
+Encodings share one interface, so the job has one code path for all of them:
+
+``fit(X)``
+    Fit on training descriptors ``X`` of shape (n_descriptors, width), in
+    the extractor's dtype.
+``encode(X, offsets, keypoints=None, image_sizes=None)``
+    One float32 vector per image: image ``i`` owns rows
+    ``X[offsets[i]:offsets[i + 1]]`` (``keypoints``: their (x, y, size,
+    angle) frames, ``image_sizes``: (n_images, 2) width, height in pixels,
+    for encodings with a spatial layout). Images without descriptors get a
+    defined vector (zeros for histograms).
+``n_features_out_``
+    Length of that vector.
+``summary()``
+    What ``run.json`` records about the fit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from bovw.features import Extractor
+
+__all__ = ["BagOfWordsEncoding", "Channel", "BovwModel", "GlobalDescriptor", "load_model", "make_classifier",
+           "CLASSIFIERS"]
+
+
+class BagOfWordsEncoding:
+    """A visual vocabulary and the bag-of-visual-words histogram it gives.
+
+    Parameters
+    ----------
+    n_clusters : int, default 100
+        Visual words.
+    vocabulary : {"kmeans", "kmajority"}, default "kmeans"
+        ``"kmeans"``: :class:`bovw.KMeans` (Euclidean; uint8 descriptors such as
+        ORB's are cast to float32, as the seed notebooks do); ``"kmajority"``:
+        :class:`bovw.KMajority` (Hamming distance, binary descriptors only).
+    max_iter, n_init, random_state, n_threads
+        As in :class:`bovw.KMeans`; K-Means uses the exact Yinyang path
+        (``algorithm="elkan"``), the same result as Lloyd's, faster.
+
+    Attributes
+    ----------
+    quantizer_ : bovw.KMeans or bovw.KMajority
+        The fitted vocabulary estimator.
+    n_features_out_ : int
+        The number of visual words (``n_clusters``, or fewer when fitted on
+        fewer descriptors).
+    """
+
+    def __init__(self, n_clusters: int = 100, vocabulary: str = "kmeans", *, max_iter: int = 100, n_init: int = 1,
+                 random_state: int = 0, n_threads: Optional[int] = None) -> None:
+        self.n_clusters = n_clusters
+        self.vocabulary = vocabulary
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    def _input(self, X: np.ndarray) -> np.ndarray:
+        if self.vocabulary == "kmajority":
+            if X.dtype != np.uint8:
+                raise TypeError(f"vocabulary 'kmajority' needs binary (uint8) descriptors, got {X.dtype}")
+            return np.ascontiguousarray(X)
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def fit(self, X: np.ndarray) -> "BagOfWordsEncoding":
+        """Fit the vocabulary on descriptors ``X`` (n, width).
+
+        Raises
+        ------
+        ValueError
+            If ``X`` has no rows or ``vocabulary`` is unknown.
+        """
+        import bovw
+
+        if len(X) == 0:
+            raise ValueError("no training descriptor: cannot fit the vocabulary")
+        k = min(int(self.n_clusters), len(X))
+        if self.vocabulary == "kmajority":
+            q = bovw.KMajority(n_clusters=k, max_iter=self.max_iter, random_state=self.random_state,
+                               n_threads=self.n_threads)
+        elif self.vocabulary == "kmeans":
+            q = bovw.KMeans(n_clusters=k, n_init=self.n_init, max_iter=self.max_iter, algorithm="elkan",
+                            random_state=self.random_state, n_threads=self.n_threads)
+        else:
+            raise ValueError(f"vocabulary: expected 'kmeans' or 'kmajority', got {self.vocabulary!r}")
+        self.quantizer_ = q.fit(self._input(X))
+        self.n_features_out_ = k
+        return self
+
+    @property
+    def vocabulary_(self) -> np.ndarray:
+        """The visual words, (n_features_out_, width): float32 or uint8 (k-majority)."""
+        return np.asarray(self.quantizer_.cluster_centers_)
+
+    def encode(self, X: np.ndarray, offsets: np.ndarray, keypoints: Any = None, image_sizes: Any = None,
+               n_threads: Optional[int] = None) -> np.ndarray:
+        """Word counts per image, float32 (n_images, n_features_out_); images
+        without descriptors get zeros."""
+        import bovw
+
+        offsets = np.asarray(offsets, np.int64)
+        k = self.n_features_out_
+        if offsets[-1] == 0:
+            return np.zeros((len(offsets) - 1, k), np.float32)
+        if self.vocabulary == "kmajority":
+            from bovw import _bovw
+
+            words, _ = _bovw.kmajority_predict(self._input(X), self.vocabulary_, n_threads=n_threads)
+            return bovw.bow_histograms(np.asarray(words, np.int64), offsets, n_words=k, n_threads=n_threads)
+        return bovw.BagOfWords(self.vocabulary_, n_threads=n_threads).counts(self._input(X), offsets)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "encoding": "bow",
+            "vocabulary": self.vocabulary,
+            "k": int(self.n_features_out_),
+            "n_iter": int(getattr(self.quantizer_, "n_iter_", 0)),
+            "inertia": float(getattr(self.quantizer_, "inertia_", float("nan"))),
+        }
+
+
+class GlobalDescriptor:
+    """The encoding of a global descriptor (one row per image): the row itself."""
+
+    def __init__(self, width: int) -> None:
+        self.n_features_out_ = int(width)
+
+    def fit(self, X: np.ndarray) -> "GlobalDescriptor":
+        return self
+
+    def encode(self, X: np.ndarray, offsets: np.ndarray, keypoints: Any = None, image_sizes: Any = None,
+               n_threads: Optional[int] = None) -> np.ndarray:
+        offsets = np.asarray(offsets, np.int64)
+        out = np.zeros((len(offsets) - 1, self.n_features_out_), np.float32)
+        has = np.diff(offsets) > 0
+        out[has] = X[offsets[:-1][has]]
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"encoding": "global", "width": self.n_features_out_}
+
+
+@dataclass
+class Channel:
+    """One extractor and the encoding of its descriptors into one vector per image."""
+
+    extractor: Extractor
+    encoding: Any
+
+    @property
+    def name(self) -> str:
+        return self.extractor.name
+
+
+#: ``bovw run --classifier`` names.
+CLASSIFIERS = ("logreg", "svm", "rf")
+
+
+def make_classifier(name: str, seed: int) -> Any:
+    """The scikit-learn classifier behind ``--classifier``.
+
+    ``logreg``: standardisation + multinomial logistic regression (C=1);
+    ``svm``: standardisation + RBF SVC (C=10); ``rf``: a 300-tree random forest.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of :data:`CLASSIFIERS`.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+    if name == "svm":
+        from sklearn.svm import SVC
+
+        return make_pipeline(StandardScaler(), SVC(kernel="rbf", C=10.0, gamma="scale", random_state=seed))
+    if name == "rf":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=-1)
+    raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {name!r}")
+
+
+class BovwModel:
+    """A fitted pipeline: images -> descriptors -> encodings -> PCA -> label.
+
+    Attributes
+    ----------
+    channels : list of Channel
+        Extractors and fitted encodings; their vectors are concatenated in order.
+    pca : bovw.PCA or None
+    classifier : scikit-learn estimator or None (fewer than two classes)
+    """
+
+    def __init__(self, channels: Sequence[Channel], pca: Any = None, classifier: Any = None) -> None:
+        self.channels = list(channels)
+        self.pca = pca
+        self.classifier = classifier
+
+    @property
+    def vocabulary(self) -> Optional[np.ndarray]:
+        """The first channel's visual vocabulary, when it has one."""
+        for c in self.channels:
+            if hasattr(c.encoding, "vocabulary_"):
+                return c.encoding.vocabulary_
+        return None
+
+    def encode(self, images: Sequence[Union[bytes, np.ndarray]], n_threads: Optional[int] = None) -> np.ndarray:
+        """The concatenated channel vectors (before PCA), float32 (n_images, d).
+
+        ``images``: encoded JPEG/PNG bytes, or decoded uint8 arrays ((H, W)
+        gray or (H, W, 3) RGB). An image an extractor cannot use raises
+        ``ValueError`` naming its index.
+        """
+        from bovw.columns import descriptor_matrix
+
+        parts = []
+        for ch in self.channels:
+            if all(isinstance(im, (bytes, bytearray)) for im in images):
+                batch = ch.extractor.extract(pa.record_batch({"content": pa.array(list(images), pa.binary())}),
+                                             n_threads=n_threads)
+                bad = [i for i, e in enumerate(batch.column("error").to_pylist()) if e is not None]
+                if bad:
+                    raise ValueError(f"image {bad[0]}: {batch.column('error')[bad[0]].as_py()}")
+                X, offsets = descriptor_matrix(batch.column("descriptors"))
+                kps, _ = descriptor_matrix(batch.column("keypoints"))
+                sizes = np.stack([batch.column("image_width").to_numpy(zero_copy_only=False),
+                                  batch.column("image_height").to_numpy(zero_copy_only=False)], axis=1)
+            else:
+                descs, frames, sizes_l = [], [], []
+                for i, im in enumerate(images):
+                    arr = np.asarray(im)
+                    try:
+                        kp, d = ch.extractor._rust.extract_image(np.ascontiguousarray(arr))
+                    except ValueError as e:
+                        raise ValueError(f"image {i}: {e}") from None
+                    descs.append(d)
+                    frames.append(kp[:, [0, 1, 2, 3]].astype(np.float32))
+                    sizes_l.append((arr.shape[1], arr.shape[0]))
+                offsets = np.concatenate([[0], np.cumsum([len(d) for d in descs])]).astype(np.int64)
+                w = ch.extractor.descriptor_width
+                X = np.concatenate(descs) if descs else np.zeros((0, w), ch.extractor.descriptor_dtype)
+                kps = np.concatenate(frames) if frames else np.zeros((0, 4), np.float32)
+                sizes = np.asarray(sizes_l, np.int64).reshape(-1, 2)
+            parts.append(ch.encoding.encode(X, offsets, kps, sizes, n_threads=n_threads))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def features(self, encoded: np.ndarray) -> np.ndarray:
+        """PCA projection of :meth:`encode`'s vectors (identity without PCA)."""
+        return np.asarray(self.pca.transform(encoded), np.float32) if self.pca is not None else encoded
+
+    def predict(self, images: Sequence[Union[bytes, np.ndarray]], n_threads: Optional[int] = None) -> np.ndarray:
+        """Labels of images (encoded bytes or decoded uint8 arrays).
+
+        Raises
+        ------
+        ValueError
+            If the model has no classifier (fewer than two training classes)
+            or an image cannot be used.
+        """
+        if self.classifier is None:
+            raise ValueError("this model has no classifier (its training split had fewer than two classes)")
+        return self.classifier.predict(self.features(self.encode(images, n_threads=n_threads)))
+
+
+def load_model(out: Union[str, "os.PathLike[str]"]) -> BovwModel:
+    """Reload the fitted pipeline that ``bovw run`` wrote to ``out/model.joblib``."""
+    import joblib
+
+    return joblib.load(Path(out) / "model.joblib")
