@@ -17,7 +17,7 @@ import pytest
 
 import bovw
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 SMALL = dict(n_features=100, edge_threshold=15, patch_size=15)  # peers' settings for 100x100 fruits
 

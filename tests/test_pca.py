@@ -13,9 +13,8 @@ from sklearn.decomposition import PCA as SkPCA
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import bovw
-from conftest_spark import spark_local  # noqa: F401  (fixture)
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -231,12 +230,12 @@ def _align_signs(a, ref):
 
 @pytest.mark.spark
 @pytest.mark.parametrize("k", [5, 20])
-def test_mllib_compat_matches_spark_pca(spark_local, bow_histograms, k):
+def test_mllib_compat_matches_spark_pca(spark, bow_histograms, k):
     from pyspark.ml.feature import PCA as SparkPCA
     from pyspark.ml.linalg import Vectors
 
     X = bow_histograms
-    df = spark_local.createDataFrame([(i, Vectors.dense(r)) for i, r in enumerate(X)], ["id", "features"])
+    df = spark.createDataFrame([(i, Vectors.dense(r)) for i, r in enumerate(X)], ["id", "features"])
     model = SparkPCA(k=k, inputCol="features", outputCol="pca").fit(df)
     out = model.transform(df).orderBy("id").collect()
     spark_t = np.array([r["pca"].toArray() for r in out])
@@ -254,10 +253,10 @@ def test_mllib_compat_matches_spark_pca(spark_local, bow_histograms, k):
 
 
 @pytest.mark.spark
-def test_distributed_partial_sums_on_spark(spark_local, bow_histograms):
+def test_distributed_partial_sums_on_spark(spark, bow_histograms):
     """One Rust call per partition, sums reduced on the driver, one fit."""
     X = bow_histograms
-    rdd = spark_local.sparkContext.parallelize(list(X), 3)
+    rdd = spark.sparkContext.parallelize(list(X), 3)
 
     def stats(rows):
         import numpy as np

@@ -289,8 +289,7 @@ def make_engine(config: RunConfig) -> Any:
     if config.engine == "spark":
         from bovw.spark import SparkEngine
 
-        return SparkEngine(master=config.master, n_threads=None, batch_size=config.batch_size,
-                           progress=config.progress)
+        return SparkEngine(master=config.master, batch_size=config.batch_size, progress=config.progress)
     from bovw.engine import LocalEngine
 
     return LocalEngine(n_threads=config.n_threads, batch_size=config.batch_size, progress=config.progress)
@@ -475,13 +474,13 @@ def write_outputs(out_uri: str, listing: Listing, ex: Extraction, ok: np.ndarray
     through a local temporary folder); returns the output location."""
     import tempfile
 
-    from bovw.spark_io import is_s3, upload_folder
+    from bovw.spark.io import is_s3, upload_folder
 
     if is_s3(out_uri):
         with tempfile.TemporaryDirectory() as tmp:
             _write_files(Path(tmp), listing, ex, ok, H, F, predictions, model, test, info)
             upload_folder(Path(tmp), out_uri)
-        from bovw.spark_io import S3Path
+        from bovw.spark.io import S3Path
 
         return S3Path(out_uri)
     out = Path(out_uri)
