@@ -429,6 +429,13 @@ class SIFT(_Feature2D):
         self.set_params(**opencv_names)
 
 
+def _score_name(score_type: Any) -> Any:
+    """OpenCV's score constants (``cv2.ORB_HARRIS_SCORE == 0``, ``cv2.ORB_FAST_SCORE == 1``) as names."""
+    if isinstance(score_type, int) and not isinstance(score_type, bool):
+        return "fast" if score_type == 1 else "harris"
+    return score_type
+
+
 class ORB(_Feature2D):
     """Oriented FAST and rotated BRIEF: keypoints and 256-bit binary descriptors.
 
@@ -517,9 +524,7 @@ class ORB(_Feature2D):
         self.patch_size = patch_size
         self.fast_threshold = fast_threshold
         self.set_params(**opencv_names)
+        self.score_type = _score_name(self.score_type)
 
     def _rust_params(self) -> dict[str, Any]:
-        params = self.get_params()
-        if isinstance(params["score_type"], int):  # cv2.ORB_HARRIS_SCORE == 0, cv2.ORB_FAST_SCORE == 1
-            params["score_type"] = "fast" if params["score_type"] == 1 else "harris"
-        return params
+        return {**self.get_params(), "score_type": _score_name(self.score_type)}
