@@ -49,7 +49,8 @@ BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length bigint, co
 DEFAULT_TARGET_BATCH_BYTES = 64 * 1024 * 1024
 
 
-_GLOB = "*.{jpg,jpeg,png,JPG,JPEG,PNG}"
+#: ``binaryFile``'s ``pathGlobFilter`` for :data:`bovw.image.IMAGE_EXTENSIONS` (case-sensitive: both cases).
+_GLOB = "*.{" + ",".join([e[1:] for e in IMAGE_EXTENSIONS] + [e[1:].upper() for e in IMAGE_EXTENSIONS]) + "}"
 
 def is_s3(path: Any) -> bool:
     """True for ``s3://``, ``s3a://`` and ``s3n://`` URIs."""
