@@ -437,7 +437,9 @@ def run(config: RunConfig, engine: Any = None) -> RunResult:
     from bovw.report import evaluate_splits
 
     counts["training_classes"] = len(classes)
-    info["evaluation"] = evaluate_splits(y[ok], predictions[ok], splits[ok], labels=classes)
+    with timer.stage("evaluation") as st:
+        info["evaluation"] = evaluate_splits(y[ok], predictions[ok], splits[ok], labels=classes)
+        st["items"] = int(ok.sum())
     with timer.stage("write outputs") as st:
         out = write_outputs(config.out, listing, ex, ok, H, F, predictions, model, test, info)
         st["items"] = int(ok.sum())
