@@ -132,10 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(format_stage_table(result.stages))
         print()
     print(f"images: {result.n_images} used, {result.n_errors} in {result.out / 'errors.csv'}")
-    if result.accuracy is not None:
-        print(f"accuracy (Test split): {result.accuracy:.4f}")
-    else:
-        print("accuracy: no Test image")
+    from bovw.report import format_summary
+
+    print(format_summary(result.info.get("evaluation") or {}, info=result.info))
+    print(f"report: {result.out / 'report.html'}")
     print(f"outputs: {result.out}")
     return 0
 

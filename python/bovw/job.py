@@ -20,7 +20,8 @@ The flow (see ``docs/architecture.md``)::
     channel.encoding.fit      -> the vocabulary              (driver)
     engine.encode             -> one vector per image, status (decode + describe + encode, fused)
     PCA, classifier           -> on the driver
-    write_outputs             -> features.parquet, errors.csv, model.joblib, run.json, ...
+    bovw.report.evaluate      -> accuracy, macro-F1, confused pairs per split (run.json)
+    write_outputs             -> features.parquet, errors.csv, model.joblib, run.json, report.html, ...
 
 Outputs (``<out>/``):
 
@@ -39,7 +40,11 @@ Outputs (``<out>/``):
 ``confusion_matrix.csv``
     Test-split confusion matrix, rows = true label, columns = predicted.
 ``run.json``
-    Parameters, software versions, input fingerprint, per-stage wall times, counts and accuracy.
+    Parameters, software versions, input fingerprint, per-stage wall times, counts, accuracy and
+    ``evaluation`` (per split: accuracy, macro-F1, per-class scores, most confused pairs;
+    :func:`bovw.report.evaluate`).
+``report.html``
+    The evaluation as one self-contained page (:func:`bovw.report.write_report`).
 
 Every listed image is either a row of ``features.parquet`` or a row of
 ``errors.csv``: nothing is dropped silently.
@@ -428,6 +433,13 @@ def run(config: RunConfig, engine: Any = None) -> RunResult:
         "accuracy": accuracy,
         "stages": timer.rows,
     }
+    # -- evaluation (bovw.report): per-split metrics in run.json, read by report.html and the CLI summary --
+    from bovw.report import evaluate_splits
+
+    counts["training_classes"] = len(classes)
+    with timer.stage("evaluation") as st:
+        info["evaluation"] = evaluate_splits(y[ok], predictions[ok], splits[ok], labels=classes)
+        st["items"] = int(ok.sum())
     with timer.stage("write outputs") as st:
         out = write_outputs(config.out, listing, ex, ok, H, F, predictions, model, test, info)
         st["items"] = int(ok.sum())
@@ -530,3 +542,8 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
                 w.writerow([lab] + [int(v) for v in r])
     with open(out / "run.json", "w") as f:
         json.dump(info, f, indent=2, default=_json_default)
+    # -- report.html (bovw.report): metrics, charts and thumbnails of the most confused pairs --
+    from bovw.report import write_run_report
+
+    write_run_report(out, [listing.paths[i] for i in idx], [listing.labels[i] for i in idx], list(predictions[idx]),
+                     [listing.splits[i] for i in idx], info, seed=int(info["parameters"]["seed"]))
