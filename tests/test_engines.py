@@ -5,7 +5,8 @@ The folder is a flat ``<root>/<class>/<file>`` layout (so the seeded split is
 used) of real Fruits-360 images plus bad entries of every kind the job must
 report rather than drop: an empty file, a truncated JPEG, a text file named
 ``.jpg``, a 16-bit PNG, a 1 x 1 PNG (too small for SIFT), a broken symbolic
-link, a FIFO named ``.jpg`` and a name with a literal ``%20``.
+link, a FIFO named ``.jpg``, a name with a literal ``%20`` and a name that is
+not UTF-8.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def flat_folder(tmp_path_factory, sample_root):
             n_good += 1
     jpeg = next((sample_root / "Test" / "Kiwi").glob("*.jpg")).read_bytes()
     (root / "Kiwi" / "bad%20pct.jpg").write_bytes(jpeg)  # a literal %20, not a space
-    n_good += 1
+    (root / "Kiwi" / os.fsdecode(b"caf\xe9.jpg")).write_bytes(jpeg)  # a file name that is not UTF-8
+    n_good += 2
     bad = root / "Banana"
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
@@ -92,7 +94,9 @@ def test_every_entry_is_a_row_or_an_error(both_runs, flat_folder):
         assert set(got) == set(BAD), (engine, got)
         for name, (stage, word) in BAD.items():
             assert got[name][0] == stage and word in got[name][1], (engine, name, got[name])
-        assert any(p.endswith("bad%20pct.jpg") for p in t.column("path").to_pylist())
+        paths = t.column("path").to_pylist()
+        assert any(p.endswith("bad%20pct.jpg") for p in paths)
+        assert any(p.endswith("caf\\xe9.jpg") for p in paths)  # named as escaped text
         info = json.loads((out / "run.json").read_text())
         assert info["counts"]["images"] == n_good + len(BAD) and info["counts"]["errors"] == len(BAD)
 

@@ -507,9 +507,11 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
     import pyarrow.parquet as pq
     from sklearn.metrics import confusion_matrix
 
+    from bovw.image import display_path
+
     idx = np.flatnonzero(ok)
     table = pa.table({
-        "path": pa.array([listing.paths[i] for i in idx], pa.string()),
+        "path": pa.array([display_path(listing.paths[i]) for i in idx], pa.string()),
         "label": pa.array([listing.labels[i] for i in idx], pa.string()),
         "split": pa.array([listing.splits[i] for i in idx], pa.string()),
         "n_keypoints": pa.array(ex.n_keypoints[idx], pa.int32()),
@@ -530,7 +532,8 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
         w = csv.writer(f)
         w.writerow(["path", "split", "label", "stage", "reason"])
         for i in np.flatnonzero(~ok):
-            w.writerow([listing.paths[i], listing.splits[i], listing.labels[i], ex.stages[i], ex.errors[i]])
+            w.writerow([display_path(listing.paths[i]), listing.splits[i], listing.labels[i], ex.stages[i],
+                        ex.errors[i]])
     y = np.array(listing.labels, dtype=object)
     if test.any() and model.classifier is not None:
         labels = sorted(set(y[test]) | set(y[ok & (np.array(listing.splits) == TRAINING)]))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from bovw.image import display_path
 from bovw.job import Extraction, Listing
 from bovw.spark.io import collect_arrow, is_s3, list_s3_images, s3_bucket_key, s3_filesystem, session, \
     split_and_label_rows
@@ -26,11 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["SparkEngine", "run_job"]
-
-
-def _display(path: str) -> str:
-    """A path as valid UTF-8 text (undecodable bytes of a file name as ``\\xNN``)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_fn(endpoint_url: Optional[str], s3_options: Optional[dict]):
@@ -122,7 +118,7 @@ class SparkEngine:
 
     def _images(self, listing: Listing, rows: Sequence[int]) -> "DataFrame":
         """(row, path, content, read_error) of the listed images ``rows``, read in the executors."""
-        data = [(int(i), _display(listing.paths[i]), os.fsencode(listing.paths[i])) for i in rows]
+        data = [(int(i), display_path(listing.paths[i]), os.fsencode(listing.paths[i])) for i in rows]
         n = max(1, min(len(data), self.num_partitions))
         df = self.spark.createDataFrame(self.spark.sparkContext.parallelize(data, n),
                                         "row bigint, path string, path_bytes binary")
