@@ -30,16 +30,19 @@ References
 
 from __future__ import annotations
 
-import numbers
 import warnings
+from numbers import Integral, Real
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from bovw import _bovw
+from bovw._params import Constraints, NonBoolInterval, fit_context, validate_params
 
 __all__ = [
     "KMeans",
@@ -229,6 +232,20 @@ def kmeans_parallel_round(
     )
 
 
+_POSITIVE_INT = NonBoolInterval(Integral, 1, None, closed="left")
+
+
+@validate_params(
+    {
+        "X": ["array-like"],
+        "n_clusters": [_POSITIVE_INT],
+        "sample_weight": ["array-like", None],
+        "x_squared_norms": ["array-like", None],
+        "random_state": ["random_state"],
+        "n_local_trials": [_POSITIVE_INT, None],
+        "n_threads": [_POSITIVE_INT, None],
+    }
+)
 def kmeans_plusplus(
     X: Any,
     n_clusters: int,
@@ -259,13 +276,21 @@ def kmeans_plusplus(
     indices : ndarray of shape (n_clusters,), dtype int64
         The rows of X chosen.
 
+    Raises
+    ------
+    ValueError
+        If X has NaN or infinity, or fewer rows than ``n_clusters``.
+    sklearn.utils._param_validation.InvalidParameterError
+        (a ValueError and a TypeError) If a parameter has the wrong type or
+        range, e.g. ``n_clusters < 1``; the message names it.
+
     References
     ----------
     .. [1] Arthur and Vassilvitskii, "k-means++: the advantages of careful
        seeding", SODA 2007.
     """
     X = _as_float_2d(X)
-    _check_n_clusters(n_clusters, X.shape[0])
+    _check_n_samples(X.shape[0], n_clusters)
     return _bovw.kmeans_plusplus_init(
         X,
         int(n_clusters),
@@ -276,9 +301,9 @@ def kmeans_plusplus(
     )
 
 
-def _check_n_clusters(n_clusters: Any, n_samples: int) -> None:
-    if not isinstance(n_clusters, numbers.Integral) or isinstance(n_clusters, bool) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
+def _check_n_samples(n_samples: int, n_clusters: int) -> None:
+    """The one data-dependent check on ``n_clusters`` (its type and range are
+    in the constraints)."""
     if n_samples < n_clusters:
         raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
 
@@ -290,8 +315,42 @@ def _check_n_clusters(n_clusters: Any, n_samples: int) -> None:
 InitType = Union[str, np.ndarray, Callable[..., Any]]
 
 
-class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
-    """Shared parameter checks, init and prediction."""
+class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
+    """Shared parameter constraints, init and prediction.
+
+    ``get_feature_names_out`` (from ``ClassNamePrefixFeaturesOutMixin``)
+    names the columns of :meth:`transform` ``"kmeans0"``, ``"kmeans1"``...
+    (``"minibatchkmeans0"``... for :class:`MiniBatchKMeans`).
+    """
+
+    # Checked in fit (fit_context); a violation raises scikit-learn's
+    # InvalidParameterError, a ValueError and a TypeError naming the parameter.
+    _parameter_constraints: Constraints = {
+        "n_clusters": [_POSITIVE_INT],
+        "init": [StrOptions({"k-means++", "random", "k-means||"}), callable, "array-like"],
+        "n_init": [StrOptions({"auto"}), _POSITIVE_INT],
+        "max_iter": [_POSITIVE_INT],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+        "n_threads": [_POSITIVE_INT, None],
+    }
+
+    # Parameters, set by the subclasses' __init__.
+    n_clusters: int
+    init: InitType
+    n_init: Union[str, int]
+    max_iter: int
+    tol: float
+    verbose: int
+    random_state: Any
+    n_threads: Optional[int]
+    cluster_centers_: np.ndarray
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``: one distance per center."""
+        return int(self.cluster_centers_.shape[0])
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -301,21 +360,10 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
         return tags
 
     def _check_common(self, X: np.ndarray, default_n_init: int) -> None:
-        _check_n_clusters(self.n_clusters, X.shape[0])
-        if not isinstance(self.max_iter, numbers.Integral) or isinstance(self.max_iter, bool) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if not isinstance(self.tol, numbers.Real) or self.tol < 0:
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if self.n_threads is not None and (
-            not isinstance(self.n_threads, numbers.Integral) or self.n_threads < 1
-        ):
-            raise ValueError(f"n_threads must be None or an integer >= 1, got {self.n_threads!r}")
+        """Data-dependent checks and the resolved ``n_init`` (the parameters'
+        types and ranges were checked by ``_parameter_constraints``)."""
+        _check_n_samples(X.shape[0], self.n_clusters)
         init = self.init
-        if isinstance(init, str):
-            if init not in ("k-means++", "random", "k-means||"):
-                raise ValueError(f"init must be 'k-means++', 'random', 'k-means||', an array or a callable, got {init!r}")
-        elif not callable(init) and not hasattr(init, "__array__") and not isinstance(init, (list, tuple)):
-            raise TypeError(f"init must be a string, an array or a callable, got {type(init).__name__}")
         if self.n_init == "auto":
             if isinstance(init, str) and init in ("k-means++", "k-means||"):
                 self._n_init = 1
@@ -324,8 +372,6 @@ class _KMeansBase(ClusterMixin, TransformerMixin, BaseEstimator):
             else:
                 self._n_init = 1
         else:
-            if not isinstance(self.n_init, numbers.Integral) or isinstance(self.n_init, bool) or self.n_init < 1:
-                raise ValueError(f"n_init must be 'auto' or an integer >= 1, got {self.n_init!r}")
             self._n_init = int(self.n_init)
         if not isinstance(init, str) and not callable(init) and self._n_init != 1:
             warnings.warn(
@@ -528,14 +574,20 @@ shape (n_clusters, n_features), default='k-means++'
         Seeds the initialisation.
     copy_x : bool, default=True
         Accepted for compatibility; X is never modified nor copied.
-    algorithm : {'lloyd', 'elkan'}, default='lloyd'
-        'lloyd': blocked GEMM assignment [1]_. 'elkan': triangle-inequality
+    algorithm : {'elkan', 'lloyd'}, default='elkan'
+        'elkan' (the default): Lloyd's iterations with triangle-inequality
         pruning [3]_ (Yinyang K-means: an upper bound and one lower bound per
         group of about ten centers, at most 32 groups, instead of Elkan's
-        ``n_clusters`` bounds); the same labels and centers as 'lloyd', and
-        several times faster when the run goes to convergence (most points
-        keep their label without any distance computed). Use it for
-        vocabularies fitted with the default ``tol``.
+        ``n_clusters`` bounds). It is exact: the same labels and centers as
+        'lloyd', several times faster when the run goes to convergence (most
+        points keep their label without any distance computed); on 72k SIFT
+        descriptors, K=200, to convergence it takes about a third of the
+        time of 'lloyd'. 'lloyd': every distance computed at every iteration,
+        by blocked GEMM [1]_; it can be faster for a few iterations
+        (``max_iter`` of 10 to 20 with ``tol=0``), where the bounds do not
+        pay for their upkeep. scikit-learn's default is 'lloyd'; bovw's is
+        its fastest exact path. With ``n_clusters=1`` both are the same
+        computation and 'lloyd' runs.
     n_threads : int or None, default=None
         Threads to use (all cores by default). Results do not depend on it.
 
@@ -601,7 +653,7 @@ shape (n_clusters, n_features), default='k-means++'
         verbose: int = 0,
         random_state: Any = None,
         copy_x: bool = True,
-        algorithm: str = "lloyd",
+        algorithm: str = "elkan",
         n_threads: Optional[int] = None,
     ) -> None:
         self.n_clusters = n_clusters
@@ -615,6 +667,13 @@ shape (n_clusters, n_features), default='k-means++'
         self.algorithm = algorithm
         self.n_threads = n_threads
 
+    _parameter_constraints: Constraints = {
+        **_KMeansBase._parameter_constraints,
+        "copy_x": ["boolean"],
+        "algorithm": [StrOptions({"lloyd", "elkan"})],
+    }
+
+    @fit_context
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Compute the K-Means clustering.
 
@@ -636,15 +695,15 @@ shape (n_clusters, n_features), default='k-means++'
         ------
         ValueError
             If X has NaN or infinity, no samples, fewer samples than
-            ``n_clusters``; if a parameter is out of range (the message names
-            it); if ``init`` has the wrong shape.
+            ``n_clusters``; if ``init`` has the wrong shape.
         TypeError
             If X or ``init`` is not numeric, or X is sparse.
+        sklearn.utils._param_validation.InvalidParameterError
+            (a ValueError and a TypeError) If a parameter has the wrong type
+            or range (``_parameter_constraints``); the message names it.
         """
         X = self._validate_fit_data(X)
         self._check_common(X, default_n_init=10)
-        if self.algorithm not in ("lloyd", "elkan"):
-            raise ValueError(f"algorithm must be 'lloyd' or 'elkan', got {self.algorithm!r}")
         algorithm = self.algorithm
         if algorithm == "elkan" and self.n_clusters == 1:
             algorithm = "lloyd"
@@ -681,7 +740,6 @@ shape (n_clusters, n_features), default='k-means++'
                 stacklevel=2,
             )
         self.cluster_centers_ = centers
-        self._n_features_out = centers.shape[0]
         self.labels_ = labels
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
@@ -772,10 +830,17 @@ shape (n_clusters, n_features), default='k-means++'
         self.reassignment_ratio = reassignment_ratio
         self.n_threads = n_threads
 
+    _parameter_constraints: Constraints = {
+        **_KMeansBase._parameter_constraints,
+        "batch_size": [_POSITIVE_INT],
+        "compute_labels": ["boolean"],
+        "max_no_improvement": [NonBoolInterval(Integral, 0, None, closed="left"), None],
+        "init_size": [_POSITIVE_INT, None],
+        "reassignment_ratio": [Interval(Real, 0, None, closed="left")],
+    }
+
     def _check_mb(self, X: np.ndarray) -> None:
         self._check_common(X, default_n_init=3)
-        if not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         self._batch_size = min(int(self.batch_size), X.shape[0])
         init_size = self.init_size
         if init_size is None:
@@ -791,10 +856,6 @@ shape (n_clusters, n_features), default='k-means++'
             )
             init_size = 3 * self.n_clusters
         self._init_size = min(init_size, X.shape[0])
-        if self.reassignment_ratio < 0:
-            raise ValueError(f"reassignment_ratio must be >= 0, got {self.reassignment_ratio!r}")
-        if self.max_no_improvement is not None and self.max_no_improvement < 0:
-            raise ValueError(f"max_no_improvement must be None or >= 0, got {self.max_no_improvement!r}")
 
     def _step(
         self,
@@ -868,6 +929,7 @@ shape (n_clusters, n_features), default='k-means++'
         assert best is not None
         return np.array(best, dtype=X.dtype, order="C", copy=True)
 
+    @fit_context
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MiniBatchKMeans":
         """Compute the centers by mini-batch updates.
 
@@ -910,7 +972,6 @@ shape (n_clusters, n_features), default='k-means++'
             if self._converged(i, n_steps, n, diff, inertia):
                 break
         self.cluster_centers_ = centers
-        self._n_features_out = centers.shape[0]
         self.n_steps_ = i + 1
         self.n_iter_ = int(np.ceil(((i + 1) * self._batch_size) / n))
         if self.compute_labels:
@@ -942,6 +1003,7 @@ shape (n_clusters, n_features), default='k-means++'
             self._no_improvement += 1
         return self.max_no_improvement is not None and self._no_improvement >= self.max_no_improvement
 
+    @fit_context
     def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MiniBatchKMeans":
         """Update the centers with one mini-batch.
 
@@ -976,7 +1038,6 @@ shape (n_clusters, n_features), default='k-means++'
             centers = centers.copy()
         self._step(X, w, centers, self._random_state, self._random_reassign())
         self.cluster_centers_ = centers
-        self._n_features_out = centers.shape[0]
         if self.compute_labels:
             labels, d2 = _bovw.kmeans_assign(X, centers, check_finite=False, n_threads=self.n_threads)
             self.labels_ = labels
@@ -984,14 +1045,3 @@ shape (n_clusters, n_features), default='k-means++'
         self.n_steps_ += 1
         return self
 
-
-class ConvergenceWarning(UserWarning):
-    """Fewer distinct clusters than requested (re-exported from scikit-learn when available)."""
-
-
-try:  # use scikit-learn's class so that filters on it apply
-    from sklearn.exceptions import ConvergenceWarning as _CW
-
-    ConvergenceWarning = _CW  # type: ignore[misc]  # noqa: F811
-except ImportError:  # pragma: no cover
-    pass

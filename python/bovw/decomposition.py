@@ -17,40 +17,29 @@ Spark's ``pyspark.ml.feature.PCA`` (no centring in ``transform``).
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, Optional, Union
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bovw import _bovw
+from bovw._params import Constraints, NonBoolInterval, fit_context
 
 __all__ = ["PCA", "pca_partial_sums"]
 
-_SOLVERS = ("auto", "full", "covariance_eigh", "randomized")
 
-
-def _n_components_spec(n_components: Any) -> tuple[str, float]:
-    """Translate ``n_components`` into the Rust (kind, value) pair."""
+def _n_components_spec(n_components: Union[int, float, None]) -> tuple[str, float]:
+    """Translate a valid ``n_components`` (see ``PCA._parameter_constraints``)
+    into the Rust (kind, value) pair."""
     if n_components is None:
         return "all", 0.0
-    if isinstance(n_components, (bool, np.bool_)):
-        raise TypeError(f"n_components: expected None, an int or a float in (0, 1], got {n_components!r}")
-    if isinstance(n_components, numbers.Integral):
-        if n_components < 0:
-            raise ValueError(f"n_components={n_components} must be >= 0")
+    if isinstance(n_components, Integral):
         return "count", float(n_components)
-    if isinstance(n_components, numbers.Real):
-        value = float(n_components)
-        if not (0.0 < value <= 1.0):
-            raise ValueError(
-                f"n_components={n_components!r}: a variance fraction must be in (0, 1]; "
-                "pass an int for a number of components"
-            )
-        return "fraction", value
-    raise TypeError(f"n_components: expected None, an int or a float in (0, 1], got {type(n_components).__name__}")
+    return "fraction", float(n_components)
 
 
 def pca_partial_sums(X: Any, *, n_threads: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
@@ -183,9 +172,13 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ------
     ValueError
         From ``fit``: NaN or infinity in X, fewer than 2 samples,
-        ``n_components`` above ``min(n_samples, n_features)`` or a fraction
-        outside (0, 1], an unknown ``svd_solver``, a fraction with the
-        randomized solver. From ``transform``: a different number of features.
+        ``n_components`` above ``min(n_samples, n_features)``, a fraction
+        with the randomized solver, ``mllib_compat`` with ``whiten``. From
+        ``transform``: a different number of features.
+    sklearn.utils._param_validation.InvalidParameterError
+        (a ValueError and a TypeError) From ``fit``: a parameter of the wrong
+        type or range (``_parameter_constraints``: e.g. a fraction outside
+        (0, 1], an unknown ``svd_solver``); the message names it.
 
     References
     ----------
@@ -208,6 +201,22 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     >>> pca.n_components_, pca.transform(X).shape
     (3, (200, 3))
     """
+
+    # Checked in fit and fit_partial_sums (fit_context).
+    _parameter_constraints: Constraints = {
+        "n_components": [
+            NonBoolInterval(Integral, 0, None, closed="left"),
+            NonBoolInterval(Real, 0, 1, closed="right"),
+            None,
+        ],
+        "whiten": ["boolean"],
+        "svd_solver": [StrOptions({"auto", "full", "covariance_eigh", "randomized"})],
+        "n_oversamples": [NonBoolInterval(Integral, 0, None, closed="left")],
+        "iterated_power": [StrOptions({"auto"}), NonBoolInterval(Integral, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "mllib_compat": ["boolean"],
+        "n_threads": [NonBoolInterval(Integral, 1, None, closed="left"), None],
+    }
 
     def __init__(
         self,
@@ -232,16 +241,10 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     # -- fitting -------------------------------------------------------------
     def _check_params(self) -> tuple[str, float]:
-        if self.svd_solver not in _SOLVERS:
-            raise ValueError(f"svd_solver: expected one of {_SOLVERS}, got {self.svd_solver!r}")
+        """The check that spans two parameters (each one's type and range
+        are in ``_parameter_constraints``), and the Rust ``n_components``."""
         if self.mllib_compat and self.whiten:
             raise ValueError("mllib_compat=True cannot be combined with whiten=True (MLlib does not whiten)")
-        if not isinstance(self.n_oversamples, numbers.Integral) or self.n_oversamples < 0:
-            raise ValueError(f"n_oversamples: expected an int >= 0, got {self.n_oversamples!r}")
-        if self.iterated_power != "auto" and (
-            not isinstance(self.iterated_power, numbers.Integral) or self.iterated_power < 0
-        ):
-            raise ValueError(f"iterated_power: expected 'auto' or an int >= 0, got {self.iterated_power!r}")
         return _n_components_spec(self.n_components)
 
     def _set_fit(self, res: dict, dtype: np.dtype) -> None:
@@ -258,6 +261,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_samples_ = int(res["n_samples"])
         self._fit_svd_solver = res["solver"]
 
+    @fit_context
     def fit(self, X: Any, y: Any = None) -> PCA:
         """Fit the model on X.
 
@@ -313,6 +317,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         return self.fit(X).transform(X)
 
+    @fit_context
     def fit_partial_sums(self, count: int, sum: Any, gram: Any) -> PCA:
         """Fit from reduced :func:`pca_partial_sums` (the distributed path).
 
