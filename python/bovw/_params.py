@@ -30,7 +30,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 Constraints = dict[str, list[Any]]
 
 
-class NonBoolInterval(Interval):  # type: ignore[misc]  # scikit-learn is untyped
+class NonBoolInterval(Interval):
     """``Interval`` that refuses booleans.
 
     scikit-learn's ``Interval(Integral, ...)`` accepts ``True`` and ``False``

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import Tags, check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
@@ -71,7 +71,7 @@ def _arrow_column(x: Any) -> Any:
 def _as_float_2d(X: Any, name: str = "X", dtype: Any = None) -> np.ndarray:
     """A C-contiguous 2-D float32/float64 array (no copy when it already is)."""
     _reject_text(X, name)
-    arr = check_array(
+    arr: np.ndarray = check_array(
         X,
         dtype=[np.float32, np.float64] if dtype is None else dtype,
         order="C",
@@ -86,6 +86,12 @@ def _reject_text(X: Any, name: str) -> None:
     arrays of numbers are converted; complex ones get scikit-learn's ValueError)."""
     if isinstance(X, np.ndarray) and X.dtype.kind in "USVMm":
         raise TypeError(f"{name}: expected a numeric array, got dtype {X.dtype}")
+
+
+def _validated(estimator: BaseEstimator, X: Any, **kwargs: Any) -> np.ndarray:
+    """``validate_data(estimator, X, **kwargs)``, typed."""
+    arr: np.ndarray = validate_data(estimator, X, **kwargs)
+    return arr
 
 
 def _seed(random_state: Any) -> int:
@@ -346,13 +352,11 @@ class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
     random_state: Any
     n_threads: Optional[int]
     cluster_centers_: np.ndarray
+    # Columns of transform (one distance per center), for get_feature_names_out;
+    # set with cluster_centers_ (bovw.spark sets both on a distributed fit).
+    _n_features_out: int
 
-    @property
-    def _n_features_out(self) -> int:
-        """Columns of ``transform``: one distance per center."""
-        return int(self.cluster_centers_.shape[0])
-
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
         if tags.transformer_tags is not None:
@@ -392,7 +396,7 @@ class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             raise TypeError(f"init: cannot convert to an array ({e})") from e
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"init: expected a numeric array, got dtype {arr.dtype}")
-        arr = check_array(arr, dtype=X.dtype, copy=True, order="C", input_name="init")
+        arr = np.asarray(check_array(arr, dtype=X.dtype, copy=True, order="C", input_name="init"))
         if arr.shape[0] != self.n_clusters:
             raise ValueError(
                 f"init: the shape of the initial centers {arr.shape} does not match the "
@@ -430,15 +434,18 @@ class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             p = None if sample_weight is None else sample_weight / sample_weight.sum()
             seeds = random_state.choice(X.shape[0], size=k, replace=False, p=p)
             return np.ascontiguousarray(X[seeds])
-        centers = init(X, k, random_state=random_state)
-        centers = check_array(centers, dtype=X.dtype, copy=False, order="C", input_name="init")
+        if not callable(init):  # (the constraints admit no other kind)
+            raise TypeError(f"init must be a string, an array or a callable, got {type(init).__name__}")
+        centers = np.asarray(
+            check_array(init(X, k, random_state=random_state), dtype=X.dtype, copy=False, order="C", input_name="init")
+        )
         if centers.shape != (k, X.shape[1]):
             raise ValueError(f"init: the callable returned shape {centers.shape}, expected {(k, X.shape[1])}")
         return np.ascontiguousarray(centers)
 
     def _check_test_data(self, X: Any) -> np.ndarray:
         _reject_text(X, "X")
-        return validate_data(
+        return _validated(
             self,
             X,
             accept_sparse=False,
@@ -501,7 +508,8 @@ class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         -------
         labels : ndarray of shape (n_samples,), dtype int32
         """
-        return self.fit(X, sample_weight=sample_weight).labels_
+        labels: np.ndarray = self.fit(X, sample_weight=sample_weight).labels_
+        return labels
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit and return the distances of X to the centers; see :meth:`fit`.
@@ -510,7 +518,8 @@ class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         -------
         X_new : ndarray of shape (n_samples, n_clusters), dtype of X
         """
-        return self.fit(X, sample_weight=sample_weight).transform(X)
+        distances: np.ndarray = self.fit(X, sample_weight=sample_weight).transform(X)
+        return distances
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Opposite of the (weighted) inertia of X with the fitted centers.
@@ -534,7 +543,7 @@ class _KMeansBase(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
 
     def _validate_fit_data(self, X: Any, reset: bool = True) -> np.ndarray:
         _reject_text(X, "X")
-        return validate_data(
+        return _validated(
             self,
             X,
             accept_sparse=False,
@@ -740,6 +749,7 @@ shape (n_clusters, n_features), default='k-means++'
                 stacklevel=2,
             )
         self.cluster_centers_ = centers
+        self._n_features_out = centers.shape[0]
         self.labels_ = labels
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
@@ -839,6 +849,14 @@ shape (n_clusters, n_features), default='k-means++'
         "reassignment_ratio": [Interval(Real, 0, None, closed="left")],
     }
 
+    # State of a fit, kept between partial_fit calls.
+    _batch_size: int
+    _init_size: int
+    _tol: float
+    _counts: np.ndarray
+    _n_since_last_reassign: int
+    _random_state: np.random.RandomState
+
     def _check_mb(self, X: np.ndarray) -> None:
         self._check_common(X, default_n_init=3)
         self._batch_size = min(int(self.batch_size), X.shape[0])
@@ -875,7 +893,7 @@ shape (n_clusters, n_features), default='k-means++'
             labels, d2 = _bovw.kmeans_assign(Xb, centers, check_finite=False, n_threads=self.n_threads)
             sums = np.zeros((k, Xb.shape[1]), dtype=np.float64)
             np.add.at(sums, labels, Xb * wb[:, None])
-            bw = np.bincount(labels, weights=wb, minlength=k)
+            bw = np.bincount(labels, weights=wb, minlength=k).astype(np.float64)
             inertia = float(d2 @ wb)
         old = centers.copy()
         hit = bw > 0
@@ -972,6 +990,7 @@ shape (n_clusters, n_features), default='k-means++'
             if self._converged(i, n_steps, n, diff, inertia):
                 break
         self.cluster_centers_ = centers
+        self._n_features_out = centers.shape[0]
         self.n_steps_ = i + 1
         self.n_iter_ = int(np.ceil(((i + 1) * self._batch_size) / n))
         if self.compute_labels:
@@ -1038,6 +1057,7 @@ shape (n_clusters, n_features), default='k-means++'
             centers = centers.copy()
         self._step(X, w, centers, self._random_state, self._random_reassign())
         self.cluster_centers_ = centers
+        self._n_features_out = centers.shape[0]
         if self.compute_labels:
             labels, d2 = _bovw.kmeans_assign(X, centers, check_finite=False, n_threads=self.n_threads)
             self.labels_ = labels

@@ -18,7 +18,7 @@ Spark's ``pyspark.ml.feature.PCA`` (no centring in ``transform``).
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -29,10 +29,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from bovw import _bovw
 from bovw._params import Constraints, NonBoolInterval, fit_context
 
+if TYPE_CHECKING:
+    from sklearn.utils import Tags
+
+    from bovw._bovw import _PcaFit
+
 __all__ = ["PCA", "pca_partial_sums"]
 
 
-def _n_components_spec(n_components: Union[int, float, None]) -> tuple[str, float]:
+def _n_components_spec(n_components: Any) -> tuple[str, float]:
     """Translate a valid ``n_components`` (see ``PCA._parameter_constraints``)
     into the Rust (kind, value) pair."""
     if n_components is None:
@@ -218,6 +223,20 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "n_threads": [NonBoolInterval(Integral, 1, None, closed="left"), None],
     }
 
+    # Fitted attributes (see the class docstring) and their float64 copies.
+    components_: np.ndarray
+    explained_variance_: np.ndarray
+    explained_variance_ratio_: np.ndarray
+    singular_values_: np.ndarray
+    mean_: np.ndarray
+    noise_variance_: np.floating
+    n_components_: int
+    n_samples_: int
+    n_features_in_: int
+    _components64: np.ndarray
+    _mean64: np.ndarray
+    _explained_variance64: np.ndarray
+
     def __init__(
         self,
         n_components: int | float | None = None,
@@ -247,7 +266,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError("mllib_compat=True cannot be combined with whiten=True (MLlib does not whiten)")
         return _n_components_spec(self.n_components)
 
-    def _set_fit(self, res: dict, dtype: np.dtype) -> None:
+    def _set_fit(self, res: _PcaFit, dtype: np.dtype) -> None:
         self._components64 = np.ascontiguousarray(res["components"])
         self._mean64 = np.ascontiguousarray(res["mean"])
         self._explained_variance64 = res["explained_variance"]
@@ -363,8 +382,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _scale(self) -> np.ndarray | None:
         if not self.whiten:
             return None
-        scale = np.sqrt(self._explained_variance64)
-        return np.maximum(scale, np.finfo(self.components_.dtype).eps)
+        scale: np.ndarray = np.maximum(np.sqrt(self._explained_variance64), np.finfo(self.components_.dtype).eps)
+        return scale
 
     def transform(self, X: Any) -> np.ndarray:
         """Project X on the principal axes.
@@ -420,7 +439,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         comps = self.components_
         if self.whiten:
             comps = np.sqrt(self.explained_variance_[:, None]) * comps
-        out = Y @ comps
+        out: np.ndarray = Y @ comps
         if not self.mllib_compat:
             out = out + self.mean_
         return out
@@ -438,7 +457,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if self.whiten:
             comps = comps * np.sqrt(ev[:, None])
         diff = np.where(ev > self.noise_variance_, ev - self.noise_variance_, 0.0)
-        cov = (comps.T * diff) @ comps
+        cov: np.ndarray = (comps.T * diff) @ comps
         cov.flat[:: cov.shape[0] + 1] += self.noise_variance_
         return cov
 
@@ -453,9 +472,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     @property
     def _n_features_out(self) -> int:
-        return self.components_.shape[0]
+        return int(self.components_.shape[0])
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self) -> Tags:  # noqa: D105
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
