@@ -196,12 +196,22 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"n_components=9 must be between 0 and min\(n_samples, n_features\)=8"):
         bovw.PCA(9).fit(X)
     for f in (0.0, -0.5, 1.5):
-        with pytest.raises(ValueError, match=r"n_components.*\(0, 1\]"):
+        with pytest.raises(ValueError, match=r"'n_components' parameter of PCA must be .*a float in the range \(0\.0, 1\.0\]"):
             bovw.PCA(f).fit(X)
-    with pytest.raises(TypeError, match="n_components"):
+    with pytest.raises(TypeError, match=r"'n_components' parameter of PCA .* Got 'mle'"):
         bovw.PCA("mle").fit(X)
-    with pytest.raises(ValueError, match="svd_solver"):
+    with pytest.raises(TypeError, match=r"'n_components' parameter of PCA .* Got True"):
+        bovw.PCA(True).fit(X)
+    with pytest.raises(ValueError, match=r"'svd_solver' parameter of PCA must be a str among .*Got 'arpack'"):
         bovw.PCA(2, svd_solver="arpack").fit(X)
+    with pytest.raises(ValueError, match=r"'iterated_power' parameter of PCA must be a str among \{'auto'\} or an int in the range \[0, inf\)"):
+        bovw.PCA(2, iterated_power=-1).fit(X)
+    with pytest.raises(ValueError, match=r"'n_oversamples' parameter of PCA must be an int in the range \[0, inf\)"):
+        bovw.PCA(2, n_oversamples=-1).fit(X)
+    with pytest.raises(ValueError, match=r"'n_threads' parameter of PCA must be an int in the range \[1, inf\) or None"):
+        bovw.PCA(2, n_threads=0).fit(X)
+    with pytest.raises(ValueError, match=r"'svd_solver' parameter of PCA"):  # fit_partial_sums validates too
+        bovw.PCA(2, svd_solver="arpack").fit_partial_sums(10, X[0], np.outer(X[0], X[0]))
     with pytest.raises(ValueError, match="randomized"):
         bovw.PCA(0.5, svd_solver="randomized").fit(X)
     with pytest.raises(ValueError, match="mllib_compat"):
