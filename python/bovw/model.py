@@ -244,7 +244,7 @@ class BovwModel:
         """The first channel's visual vocabulary, when it has one."""
         for c in self.channels:
             if hasattr(c.encoding, "vocabulary_"):
-                return c.encoding.vocabulary_
+                return np.asarray(c.encoding.vocabulary_)
         return None
 
     def encode(self, images: Sequence[Union[bytes, np.ndarray]], n_threads: Optional[int] = None) -> np.ndarray:
@@ -302,11 +302,14 @@ class BovwModel:
         """
         if self.classifier is None:
             raise ValueError("this model has no classifier (its training split had fewer than two classes)")
-        return self.classifier.predict(self.features(self.encode(images, n_threads=n_threads)))
+        return np.asarray(self.classifier.predict(self.features(self.encode(images, n_threads=n_threads))))
 
 
 def load_model(out: Union[str, "os.PathLike[str]"]) -> BovwModel:
     """Reload the fitted pipeline that ``bovw run`` wrote to ``out/model.joblib``."""
     import joblib
 
-    return joblib.load(Path(out) / "model.joblib")
+    model = joblib.load(Path(out) / "model.joblib")
+    if not isinstance(model, BovwModel):
+        raise TypeError(f"{Path(out) / 'model.joblib'} holds a {type(model).__name__}, not a bovw model")
+    return model

@@ -150,7 +150,7 @@ def evaluate(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Optional[Sequ
     >>> ev["confused_pairs"]
     [{'true': 'a', 'predicted': 'b', 'count': 1, 'share': 0.5}]
     """
-    from sklearn import metrics  # type: ignore[import-untyped]
+    from sklearn import metrics
 
     yt = _strict_labels(y_true, "y_true")
     yp = _strict_labels(y_pred, "y_pred")
@@ -434,7 +434,7 @@ def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     lo, hi = edges[:-1, None], edges[1:, None]
     j = np.arange(n_in)[None, :]
     overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None)
-    return overlap / scale
+    return np.asarray(overlap / scale, np.float64)
 
 
 def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -479,7 +479,7 @@ def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
         out = wh @ f @ ww.T
     else:
         out = np.einsum("ih,hwc,jw->ijc", wh, f, ww, optimize=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(np.rint(out), 0, 255), np.uint8)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -838,7 +838,7 @@ def _block_classes(pairs: Sequence[Mapping[str, Any]], max_classes: int = 16) ->
 
 
 def _stage_chart(stages: Sequence[Mapping[str, Any]]) -> str:
-    rows = [s for s in stages if isinstance(s, Mapping) and "seconds" in s]
+    rows = [s for s in stages if "seconds" in s]
     if not rows:
         return '<p class="note">No stage time recorded.</p>'
     total = sum(float(s["seconds"]) for s in rows)
@@ -1206,7 +1206,7 @@ def write_report(out_dir: Union[str, Path], evaluation: Mapping[str, Any], *,
             body.append(_confusion_section(ev, main_split))
             body.append(_pairs_section(ev, examples, n_pairs, thumb_size))
     body.append('<h2 id="stages">Stage times</h2>')
-    total = sum(float(s["seconds"]) for s in stages if isinstance(s, Mapping) and "seconds" in s)
+    total = sum(float(s["seconds"]) for s in stages if "seconds" in s)
     body.append(f'<p class="note">Wall-clock seconds per stage and share of the {total:.2f} s total '
                 '(writing the outputs, this page included, is not counted).</p>')
     body.append(f'<div class="wide">{_stage_chart(stages)}</div>')

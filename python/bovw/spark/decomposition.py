@@ -3,7 +3,7 @@ the driver, or the column collected as Arrow straight from the JVM."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,7 @@ def _pca_partial(X: np.ndarray, n_threads: int | None) -> tuple[int, np.ndarray,
     return int(n), np.asarray(s, np.float64), np.asarray(xtx, np.float64)
 
 
-def _pca_sums_fn(input_col: str, n_threads: int | None):
+def _pca_sums_fn(input_col: str, n_threads: int | None) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         mats = []
         for rb in batches:
@@ -114,7 +114,7 @@ def fit_pca(df: "DataFrame", n_components: Any = 0.95, *, input_col: str = "bow"
         algorithm = "sums"
         if df.is_cached:
             row = df.where(f"`{input_col}` IS NOT NULL").selectExpr("count(*)", f"max(size(`{input_col}`))").first()
-            if (row[0] or 0) * (row[1] or 0) * 8 <= max_driver_bytes:
+            if row is not None and (row[0] or 0) * (row[1] or 0) * 8 <= max_driver_bytes:
                 algorithm = "driver"
     if algorithm == "driver":
         table = collect_arrow(df.where(f"`{input_col}` IS NOT NULL").select(input_col))

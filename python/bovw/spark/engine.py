@@ -12,7 +12,7 @@ features and the same error rows.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SparkEngine", "run_job"]
 
 
-def _read_fn(endpoint_url: Optional[str], s3_options: Optional[dict]):
+def _read_fn(endpoint_url: Optional[str], s3_options: Optional[dict]
+             ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: (row, path, raw path bytes) -> + content, read_error.
     Local paths are read with :func:`bovw.image.read_file`, ``s3://`` keys
     with pyarrow's S3 client; a failure is a ``read_error``, never a task failure."""
@@ -116,7 +117,7 @@ class SparkEngine:
                                test_size=test_size, random_state=seed)
         return Listing([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], root)
 
-    def _images(self, listing: Listing, rows: Sequence[int]) -> "DataFrame":
+    def _images(self, listing: Listing, rows: Iterable[int]) -> "DataFrame":
         """(row, path, content, read_error) of the listed images ``rows``, read in the executors."""
         data = [(int(i), display_path(listing.paths[i]), os.fsencode(listing.paths[i])) for i in rows]
         n = max(1, min(len(data), self.num_partitions))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -80,7 +80,7 @@ def task_threads(n_threads: int | None) -> int:
     return 1
 
 
-def label_from_path(path: str) -> str | None:
+def label_from_path(path: str | None) -> str | None:
     """The image's class: its parent folder's name, URL-decoded.
 
     Does what ``element_at(split(path, '/'), -2)`` does in the seed
@@ -105,7 +105,7 @@ def label_from_path(path: str) -> str | None:
     return unquote(parts[-2])
 
 
-def split_from_path(path: str) -> str | None:
+def split_from_path(path: str | None) -> str | None:
     """``"Training"``/``"Test"``/``"Validation"`` when the grandparent folder is
     a split name (:data:`bovw.image.SPLIT_NAMES`, case-insensitive), else None."""
     if path is None:
@@ -312,7 +312,8 @@ def driver_s3_options(s3_options: dict | None) -> dict:
     return out
 
 
-def _fetch_fn(endpoint_url: str | None, region: str | None, s3_options: dict | None, n_io_threads: int = 8):
+def _fetch_fn(endpoint_url: str | None, region: str | None, s3_options: dict | None, n_io_threads: int = 8
+              ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -321,7 +322,7 @@ def _fetch_fn(endpoint_url: str | None, region: str | None, s3_options: dict | N
         def get(uri: str) -> bytes | None:
             try:
                 with filesystem.open_input_stream(s3_bucket_key(uri)) as f:
-                    return f.read()
+                    return bytes(f.read())
             except OSError:
                 return None
 
@@ -356,9 +357,10 @@ def _with_label_columns(df: "DataFrame") -> "DataFrame":
 
     label = decoded(-2)
     grand = F.lower(decoded(-3))
-    split = None
-    for folder, name in SPLIT_NAMES.items():
-        split = F.when(grand == folder, name) if split is None else split.when(grand == folder, name)
+    names = list(SPLIT_NAMES.items())
+    split = F.when(grand == names[0][0], names[0][1])
+    for folder, name in names[1:]:
+        split = split.when(grand == folder, name)
     return df.withColumn("label", label).withColumn("split", split)
 
 
@@ -471,7 +473,7 @@ def collect_arrow(df: "DataFrame") -> pa.Table:
     return pa.Table.from_batches(batches)
 
 
-def _write_fn(uri: str, endpoint_url: str | None, region: str | None, s3_options: dict | None):
+def _write_fn(uri: str, endpoint_url: str | None, region: str | None, s3_options: dict | None) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
         from pyspark import TaskContext

@@ -75,7 +75,7 @@ def _check_layout(layout: str) -> str:
     return layout
 
 
-def _check_batch_size(batch_size: int) -> None:
+def _check_batch_size(batch_size: Any) -> None:
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
 
@@ -483,10 +483,11 @@ def to_ml_vectors(df: "DataFrame", cols: Sequence[str] = ("bow", "pca_features")
     """Turn ``array<double>`` columns into Spark ML ``Vector`` columns (in the
     JVM, with ``pyspark.ml.functions.array_to_vector``: no Python UDF)."""
     from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
 
     for c in cols:
         if c in df.columns:
-            df = df.withColumn(c, array_to_vector(c))
+            df = df.withColumn(c, array_to_vector(F.col(c)))
     return df
 
 
@@ -494,9 +495,10 @@ def from_ml_vectors(df: "DataFrame", cols: Sequence[str] = ("features",)) -> "Da
     """Turn Spark ML ``Vector`` columns into ``array<double>`` (``vector_to_array``),
     e.g. before writing Parquet that pandas reads as plain arrays."""
     from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
 
     for c in cols:
         if c in df.columns:
-            df = df.withColumn(c, vector_to_array(c))
+            df = df.withColumn(c, vector_to_array(F.col(c)))
     return df
 

@@ -4,7 +4,7 @@ distributed Lloyd where each iteration is one Rust call per partition."""
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +45,7 @@ def _native_descriptors(rb: pa.RecordBatch, layout: tuple[int, Any]) -> tuple[np
     return descriptor_matrix(rb.column(rb.schema.get_field_index("descriptors")), width=width, dtype=dtype)
 
 
-def _sample_fn(fraction: float, seed: int, layout: tuple[int, Any]):
+def _sample_fn(fraction: float, seed: int, layout: tuple[int, Any]) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: per image, its descriptors kept with probability
     ``fraction`` (a generator seeded by ``(seed, crc32(path))``), as one blob
     (``n`` descriptors, native dtype)."""
@@ -99,7 +99,7 @@ def _collected_descriptors(descriptors: "DataFrame", fraction: float, random_sta
     return X
 
 
-def _pick_fn(picks: Any, layout: tuple[int, Any]):
+def _pick_fn(picks: Any, layout: tuple[int, Any]) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: the descriptors at the broadcast local indices of each
     path (``picks.value``: path -> sorted int array), one blob per image."""
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -206,7 +206,7 @@ def sample_descriptors(
     return X if dtype is None else np.ascontiguousarray(X, dtype=dtype)
 
 
-def _concat_fn(layout: tuple[int, Any]):
+def _concat_fn(layout: tuple[int, Any]) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: the descriptors of each batch's rows without error as
     one blob (a slice of the batch's buffer when it holds blobs)."""
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -325,7 +325,8 @@ def kmeans_lloyd(
                 return _kmeans_partial(X, bc.value, task_threads(threads))
 
             try:
-                return data.map(part).reduce(_add3)
+                sums, counts, inertia = data.map(part).reduce(_add3)
+                return sums, counts, float(inertia)
             finally:
                 bc.unpersist()
 
@@ -440,7 +441,8 @@ def fit_vocabulary(
     fraction, cap = sample_fraction, max_sample
     if algorithm == "auto":
         d, _ = descriptor_layout(descriptors)
-        n_desc = descriptors.where("error IS NULL AND n_keypoints > 0").selectExpr("sum(n_keypoints)").first()[0] or 0
+        row = descriptors.where("error IS NULL AND n_keypoints > 0").selectExpr("sum(n_keypoints)").first()
+        n_desc = (row[0] if row is not None else 0) or 0
         if n_desc * d * 4 <= max_driver_bytes:
             algorithm, fraction, cap = "sample", 1.0, None
         else:
