@@ -4,6 +4,7 @@
 //! expansion `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2` (see the parent
 //! module for the error bounds).
 
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{check_shape, CHUNK};
@@ -39,6 +40,8 @@ pub trait Real:
     fn sqdists(x: &[Self], centers: &[Self], d: usize, idx: &[u32], out: &mut Vec<f64>) {
         out.extend(idx.iter().map(|&j| sqdist_lanes(x, &centers[j as usize * d..(j as usize + 1) * d]).to_f64()));
     }
+    /// `out (m x n) = a (m x d) . b (n x d)^T` (exact lengths), one thread: see [`gemm_abt`].
+    fn matmul_abt(a: &[Self], b: &[Self], m: usize, n: usize, d: usize, out: &mut [Self]);
 }
 
 /// Direct squared distance in the input precision with 8 lane-wise partial
@@ -145,6 +148,9 @@ unsafe fn sqdists_f32_avx2(x: &[f32], centers: &[f32], d: usize, idx: &[u32], ou
 
 impl Real for f32 {
     const EPS: f64 = f32::EPSILON as f64;
+    fn matmul_abt(a: &[Self], b: &[Self], m: usize, n: usize, d: usize, out: &mut [Self]) {
+        faer_abt(a, b, m, n, d, out)
+    }
     const NAME: &'static str = "float32";
     #[inline(always)]
     fn to_f64(self) -> f64 {
@@ -177,6 +183,9 @@ impl Real for f32 {
 
 impl Real for f64 {
     const EPS: f64 = f64::EPSILON;
+    fn matmul_abt(a: &[Self], b: &[Self], m: usize, n: usize, d: usize, out: &mut [Self]) {
+        faer_abt(a, b, m, n, d, out)
+    }
     const NAME: &'static str = "float64";
     #[inline(always)]
     fn to_f64(self) -> f64 {
@@ -264,40 +273,26 @@ pub(super) fn count_le<T: Real>(v: &[T], thr: T) -> usize {
     v.iter().map(|&x| (x <= thr) as usize).sum()
 }
 
-/// `out (m x n) = a (m x d) . b (n x d)^T`, all row-major, one thread.
+/// `out (m x n) = a (m x d) . b (n x d)^T`, all row-major, on one thread
+/// (faer's matmul; blocks run in parallel on rayon).
+///
+/// # Panics
+/// When `a`, `b` or `out` are shorter than `m x d`, `n x d`, `m x n`.
 pub fn gemm_abt<T: Real>(a: &[T], b: &[T], m: usize, n: usize, d: usize, out: &mut [T]) {
     assert!(a.len() >= m * d && b.len() >= n * d && out.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if d == 0 {
-        out[..m * n].iter_mut().for_each(|v| *v = T::zero());
-        return;
-    }
-    // SAFETY: the asserts above bound every access the strides describe.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            d,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            d as isize,
-            b.as_ptr(),
-            d as isize,
-            1,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    T::matmul_abt(&a[..m * d], &b[..n * d], m, n, d, &mut out[..m * n]);
+}
+
+/// [`gemm_abt`] for a faer element type.
+fn faer_abt<T: faer::traits::RealField>(a: &[T], b: &[T], m: usize, n: usize, d: usize, out: &mut [T]) {
+    faer::linalg::matmul::matmul(
+        MatMut::from_row_major_slice_mut(out, m, n),
+        Accum::Replace,
+        MatRef::from_row_major_slice(a, m, d),
+        MatRef::from_row_major_slice(b, n, d).transpose(),
+        T::one_impl(),
+        Par::Seq,
+    );
 }
 
 /// Euclidean distances (not squared) from every row to every center,

@@ -18,7 +18,7 @@
 //!
 //! The E-step uses the expansion `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`,
 //! so that the bulk of the work is one matrix product `X C^T` per block of
-//! `CHUNK` rows (the `gemm` crate, single-threaded per block; blocks run on
+//! `CHUNK` rows (faer's matmul, single-threaded per block; blocks run on
 //! rayon). The expansion loses precision when `x` and `c` are far from the
 //! origin: in floating point with unit roundoff `eps`, each value is within
 //! `delta = (d + 4) eps (||x||^2 + max_j ||c_j||^2)` of the exact distance
