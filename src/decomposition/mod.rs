@@ -1,6 +1,5 @@
 //! Dimensionality reduction.
 
 pub mod pca;
+pub mod products;
 pub mod syrk;
-pub mod sytrd;
-pub mod tridiag;

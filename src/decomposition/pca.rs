@@ -12,9 +12,9 @@
 //!   and the scatter matrix about a provisional centre ([`mean_scatter`],
 //!   with the AVX2 kernels of [`syrk`]: rows in blocks of [`syrk::KC`],
 //!   centred and multiplied in the input precision, blocks summed in `f64`),
-//!   then the kept eigenpairs only ([`leading_eigenpairs`]): blocked Householder
-//!   tridiagonalisation ([`sytrd`]), the largest eigenvalues by bisection and their
-//!   eigenvectors by inverse iteration ([`tridiag`]), transformed back.
+//!   then faer's self-adjoint eigendecomposition of the covariance
+//!   ([`eigh_desc`]), of which the leading eigenpairs are kept, as
+//!   scikit-learn keeps them from LAPACK's `syevd`.
 //!   Cost $O(n d^2 + d^3)$: the choice for $n \gg d$.
 //! - `full`: thin SVD of the centred data in `f64`, $O(n d \min(n, d))$.
 //! - `randomized`: Halko, Martinsson and Tropp (2011), Algorithm 4.4 (randomized
@@ -35,8 +35,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::syrk::{self, SyrkElem};
-use super::{sytrd, tridiag};
+use super::products;
+use super::syrk::SyrkElem;
 use crate::error::{BovwError, Result};
 
 /// Rows per block of the column means.
@@ -48,7 +48,7 @@ pub const BLOCK_ROWS: usize = 2048;
 /// one thread simply runs the pieces in turn). Matrices of at most
 /// [`SEQ_EIG_DIM`] rows and columns are decomposed on one thread: there the
 /// task overhead exceeds the work.
-fn det_par(dim: usize) -> Par {
+pub(super) fn det_par(dim: usize) -> Par {
     if dim <= SEQ_EIG_DIM {
         Par::Seq
     } else {
@@ -59,98 +59,38 @@ fn det_par(dim: usize) -> Par {
 /// See [`det_par`].
 const SEQ_EIG_DIM: usize = 200;
 
-/// Leading eigenpairs of a covariance matrix, as far as a component
-/// choice needs them (see [`leading_eigenpairs`]).
-struct Leading {
-    /// Leading eigenvalues, decreasing, round-off negatives clipped to 0:
-    /// at least the kept ones, all `d` when the rest must be averaged
-    /// explicitly (`rest_len == None`).
-    variances: Vec<f64>,
-    /// Kept eigenvectors as rows (`kept x d`, row-major, signs not yet flipped).
-    axes: Vec<f64>,
-    /// Sum of all eigenvalues (the trace).
-    total: f64,
-    /// `Some(d)`: the eigenvalues not in `variances` are known only through
-    /// `total`; `None`: `variances` holds the whole spectrum.
-    rest_len: Option<usize>,
-}
-
-/// Eigenpairs of the symmetric `cov` (`d x d` row-major, lower triangle
-/// read) that PCA keeps for `k` out of at most `min(n, d)` components.
+/// Eigendecomposition of the symmetric `cov` (`d x d` row-major, lower
+/// triangle read) by faer's self-adjoint solver (Householder
+/// tridiagonalisation, then divide and conquer, or the QR algorithm below
+/// 64 rows), with a fixed parallel degree ([`det_par`]).
 ///
-/// Blocked Householder tridiagonalisation ([`sytrd`]), then the largest eigenvalues by
-/// bisection, as many as `k` needs (for a variance fraction, in growing
-/// batches until the cumulated ratio passes it; the total is the trace), and
-/// only their eigenvectors by inverse iteration ([`tridiag`]), transformed
-/// back by the Householder reflections ($2 d^2 k$ flops). When a cluster of
-/// close eigenvalues is too large for inverse iteration, divide and conquer
-/// (faer) gives the eigenvectors instead. If the discarded variance is below
-/// $10^{-8}$ of the total, the remaining eigenvalues are computed too, so
-/// that their mean (the noise variance) does not come from a difference of
-/// nearly equal sums.
-fn leading_eigenpairs(cov: &[f64], d: usize, n: usize, k: NComponents) -> Result<Leading> {
-    let lim = n.min(d);
-    let tr = sytrd::tridiagonalize(cov, d);
-    let (diag, sub) = (tr.diagonal(), tr.off_diagonal());
-    let t = tridiag::SymTridiagonal::new(diag, sub);
-    let total: f64 = diag.iter().sum();
-
-    let mut vals: Vec<f64> = Vec::new();
-    let grow = |vals: &mut Vec<f64>, upto: usize| {
-        let from = vals.len();
-        if upto > from {
-            vals.extend(t.eigenvalues_desc(from..upto).into_iter().map(|v| v.max(0.0)));
-        }
-    };
-    match k {
-        NComponents::Count(c) => grow(&mut vals, c),
-        NComponents::All => grow(&mut vals, lim),
-        NComponents::Fraction(f) if f >= 1.0 => grow(&mut vals, lim),
-        NComponents::Fraction(f) => loop {
-            let upto = (2 * vals.len()).max(32).min(d);
-            grow(&mut vals, upto);
-            // Done once the cumulated ratio passes f inside what is computed.
-            if vals.len() == d || fraction_below(&vals, total, f) < vals.len() {
-                break;
-            }
-        },
-    }
-    let kept = kept_count(&vals, total, lim, k);
-    let mut rest_len = Some(d);
-    if kept < lim && total - vals[..kept].iter().sum::<f64>() <= 1e-8 * total {
-        grow(&mut vals, d);
-        rest_len = None;
-    }
-
-    // Eigenvectors of T as columns (column-major d x kept), then Q times them.
-    let mut axes = match tridiag::eigenvectors(&t, &vals[..kept]) {
-        Some(cols) => cols,
-        None => tridiagonal_evd_leading(diag, sub, kept)?,
-    };
-    tr.apply_q(&mut axes, kept);
-    // Column-major d x kept is row-major kept x d: one axis per row.
-    Ok(Leading { variances: vals, axes, total, rest_len })
-}
-
-/// The `kept` leading eigenvectors of the symmetric tridiagonal matrix with
-/// diagonal `diag` and off-diagonal `sub`, by faer's divide and conquer (all
-/// `d` of them are computed): the fallback of [`leading_eigenpairs`] for
-/// clusters too large for inverse iteration. Column-major `d x kept`.
-fn tridiagonal_evd_leading(diag: &[f64], sub: &[f64], kept: usize) -> Result<Vec<f64>> {
+/// Returns the eigenvalues in decreasing order, round-off negatives clipped
+/// to 0 as scikit-learn clips them, and the eigenvectors as the rows of a
+/// `d x d` row-major matrix (signs not yet flipped).
+///
+/// # Errors
+/// [`BovwError::InvalidInput`] if the eigensolver does not converge.
+fn eigh_desc(cov: &[f64], d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::linalg::evd;
-    let d = diag.len();
     let par = det_par(d);
+    // Row-major `cov` read as column-major is its transpose: the same
+    // symmetric matrix, lower triangle for upper.
+    let a = MatRef::from_column_major_slice(cov, d, d);
     let scratch = evd::self_adjoint_evd_scratch::<f64>(d, evd::ComputeEigenvectors::Yes, par, Default::default());
     let mut mem = MemBuffer::new(scratch);
     let mut s = faer::diag::Diag::<f64>::zeros(d);
     let mut u = Mat::<f64>::zeros(d, d);
-    let sub_n: Vec<f64> = sub.iter().copied().chain([0.0]).collect();
-    let (dd, ee) = (faer::ColRef::from_slice(diag), faer::ColRef::from_slice(&sub_n));
-    evd::tridiagonal_self_adjoint_evd(dd.as_diagonal(), ee.as_diagonal(), s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut mem), Default::default())
+    evd::self_adjoint_evd(a, s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut mem), Default::default())
         .map_err(|e| BovwError::input(format!("eigendecomposition did not converge: {e:?}")))?;
     // Eigenvalues come out increasing: the leading ones are the last columns.
-    Ok((0..kept).flat_map(|j| u.col(d - 1 - j).iter().copied()).collect())
+    let s = s.column_vector();
+    let values = (0..d).rev().map(|j| s[j].max(0.0)).collect();
+    let mut vectors = Vec::with_capacity(d * d);
+    for j in (0..d).rev() {
+        vectors.extend(u.col(j).iter().copied());
+    }
+    Ok((values, vectors))
 }
 
 /// Thin SVD `a = U diag(s) V^T` with a fixed parallel degree; singular values decreasing.
@@ -171,7 +111,7 @@ fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
 }
 
 /// Element types the PCA kernels accept (`f32`, `f64`).
-pub trait Sample: faer::traits::RealField + SyrkElem + Copy + Send + Sync + 'static {
+pub trait Sample: faer::traits::RealField + SyrkElem + Copy + Send + Sync + std::ops::Sub<Output = Self> + 'static {
     /// Widen to `f64`.
     fn to_f64(self) -> f64;
     /// Narrow from `f64`.
@@ -441,7 +381,7 @@ pub fn column_mean<T: Sample>(x: &[T], d: usize) -> Vec<f64> {
 /// the number of threads.
 pub fn scatter<T: Sample>(x: &[T], d: usize, center: &[f64]) -> Vec<f64> {
     let center_t: Vec<T> = center.iter().map(|&c| T::from_f64(c)).collect();
-    syrk::centered_sums_scatter(x, d, &center_t).1
+    products::centered_sums_scatter(x, d, &center_t).1
 }
 
 /// Rows whose mean is the provisional centre of [`mean_scatter`].
@@ -471,7 +411,7 @@ pub fn mean_scatter<T: Sample>(x: &[T], d: usize) -> Result<(Vec<f64>, Vec<f64>)
         shift.iter_mut().zip(row).for_each(|(a, v)| *a += v.to_f64());
     }
     let shift_t: Vec<T> = shift.iter().map(|s| T::from_f64(s / m as f64)).collect();
-    let (sums, mut s) = syrk::centered_sums_scatter(x, d, &shift_t);
+    let (sums, mut s) = products::centered_sums_scatter(x, d, &shift_t);
     if sums.iter().chain((0..d).map(|i| &s[i * d + i])).any(|v| !v.is_finite()) {
         check_input(x, d, "X")?;
     }
@@ -645,8 +585,10 @@ pub fn fit_covariance(mean: Vec<f64>, cov: &[f64], n: usize, k: NComponents) -> 
         return Err(BovwError::input("covariance contains NaN or infinity"));
     }
     check_n_components(k, n, d)?;
-    let lead = leading_eigenpairs(cov, d, n, k)?;
-    Ok(finish(lead.variances, lead.axes, lead.total, mean, n, d, k, Solver::CovarianceEigh, lead.rest_len))
+    let (variances, axes) = eigh_desc(cov, d)?;
+    // As scikit-learn: the total is the sum of the (clipped) eigenvalues.
+    let total = variances.iter().sum();
+    Ok(finish(variances, axes, total, mean, n, d, k, Solver::CovarianceEigh, None))
 }
 
 /// Fit from reduced [`PartialSums`].
@@ -809,7 +751,7 @@ pub fn transform<T: Sample>(
         Some(c) => components.chunks(d).map(|row| row.iter().zip(c).map(|(a, b)| a * b).sum()).collect(),
         None => vec![0.0; k],
     };
-    let (out, finite) = crate::packed::project(x, d, &components[..k * d], &offset, scale);
+    let (out, finite) = products::project(x, d, &components[..k * d], &offset, scale);
     // NaN or infinity in a row makes its projections non-finite: only then
     // is X scanned (again) to name the row.
     if !finite {
@@ -857,11 +799,9 @@ mod tests {
     }
 
     #[test]
-    fn leading_eigenpairs_against_a_known_spectrum() {
-        // Distinct values, an exactly repeated block larger than inverse
-        // iteration takes (divide and conquer then gives the vectors) and a
-        // rank deficiency (the discarded variance is round-off: the rest of
-        // the spectrum is computed explicitly).
+    fn covariance_eigh_against_a_known_spectrum() {
+        // Distinct values, an exactly repeated block of eigenvalues and a
+        // rank deficiency (the discarded variance is round-off).
         let d = 150;
         let distinct: Vec<f64> = (0..d).map(|i| 50.0 * 0.95f64.powi(i as i32)).collect();
         let mut plateau: Vec<f64> = (0..d).map(|i| if i < 10 { 100.0 - i as f64 } else { 1.0 }).collect();

@@ -7,11 +7,13 @@
 //! [`extract_batch`] decodes a batch of encoded images in the layouts the
 //! extractor needs and runs it over them in parallel with rayon. The gray
 //! keypoint detectors also implement [`FeatureExtractor`] (OpenCV's
-//! `detectAndCompute` with a mask).
+//! `detectAndCompute` with a mask). [`cv`] holds the OpenCV numerics they
+//! share (border reflection, `fastAtan2`, `cvRound`, Gaussian kernels), and
+//! [`fast`] the FAST-9 corner detector.
 
+pub mod cv;
 pub mod fast;
 pub mod orb;
-pub mod orb_pattern;
 pub mod sift;
 
 use rayon::prelude::*;

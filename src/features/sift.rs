@@ -44,6 +44,7 @@ use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use crate::error::{BovwError, Result};
+use crate::features::cv::gaussian_blur_kernel;
 use crate::features::{
     DescriptorDtype, DescriptorInfo, DescriptorKind, Descriptors, Extractor, FeatureExtractor, Features, KeyPoint,
 };
@@ -284,7 +285,7 @@ impl Sift {
             blur::to_plane(image.data, image.width, image.height, &mut s.tmp);
             (sigma * sigma - INIT_SIGMA * INIT_SIGMA).max(0.01).sqrt()
         };
-        let kernel = blur::gaussian_kernel(sig_diff as f64);
+        let kernel = gaussian_blur_kernel(sig_diff as f64);
         let oct = octave_planes(&mut s.octaves, 0, 0);
         blur::gaussian_blur(&s.tmp, &kernel, &mut s.blur, &mut oct.gauss[0]);
     }
@@ -323,7 +324,7 @@ impl Sift {
         Self::check_mask(&image, mask.as_ref())?;
         let n_layers = self.params.n_octave_layers;
         let sigmas = self.layer_sigmas();
-        let kernels: Vec<Vec<f32>> = sigmas.iter().map(|&s| blur::gaussian_kernel(s)).collect();
+        let kernels: Vec<Vec<f32>> = sigmas.iter().map(|&s| gaussian_blur_kernel(s)).collect();
         let dp = self.detect_params();
         let (base_w, base_h) = (2 * image.width, 2 * image.height);
         let n_octaves = ((base_w.min(base_h) as f64).ln() / 2f64.ln() - 2.0).round_ties_even() as i64 + 1;
@@ -459,7 +460,7 @@ impl Sift {
             )));
         }
         let n_octaves = (max_octave - first_octave + 1) as usize;
-        let kernels: Vec<Vec<f32>> = self.layer_sigmas().iter().map(|&s| blur::gaussian_kernel(s)).collect();
+        let kernels: Vec<Vec<f32>> = self.layer_sigmas().iter().map(|&s| gaussian_blur_kernel(s)).collect();
         let mut by_octave: Vec<Vec<usize>> = vec![Vec::new(); n_octaves];
         for (i, k) in keypoints.iter().enumerate() {
             by_octave[(unpack_octave(k).0 - first_octave) as usize].push(i);

@@ -1,15 +1,15 @@
-//! Float image planes, OpenCV's Gaussian kernel, separable Gaussian blur with
-//! `BORDER_REFLECT_101`, and the two resizes SIFT uses (2x `INTER_LINEAR`
-//! upsampling, `INTER_NEAREST` halving).
+//! Float image planes, separable Gaussian blur with `BORDER_REFLECT_101`, and
+//! the two resizes SIFT uses (2x `INTER_LINEAR` upsampling, `INTER_NEAREST`
+//! halving).
 //!
-//! The kernel follows `cv::getGaussianKernel` for `CV_32F`: size
-//! $n = \mathrm{round}(8\sigma + 1) | 1$ (4 sigma each side for float images),
-//! weights $e^{-x^2 / 2\sigma^2}$ for $x = i - \lfloor n/2 \rfloor$, normalised
-//! in double precision and rounded to `f32`. The blur filters rows, then
+//! The kernel is OpenCV's ([`gaussian_blur_kernel`](crate::features::cv::gaussian_blur_kernel): `getGaussianKernel` of
+//! the size `GaussianBlur` picks for float images). The blur filters rows, then
 //! columns, in `f32`, accumulating the symmetric taps from the centre outwards
 //! as OpenCV's `SymmRowSmallFilter`/`SymmColumnFilter` do; exact equality with
 //! OpenCV is not possible (it may use IPP or FMA instructions), the difference
 //! is a few units in the last place.
+
+use crate::features::cv::reflect101;
 
 /// A row-major `f32` image with `stride == w`.
 #[derive(Debug, Clone, Default)]
@@ -38,52 +38,6 @@ impl Plane {
     pub fn at(&self, x: usize, y: usize) -> f32 {
         self.data[y * self.w + x]
     }
-}
-
-/// OpenCV's `borderInterpolate` for `BORDER_REFLECT_101` (`gfedcb|abcdefgh|gfedcba`),
-/// reflecting as many times as needed.
-#[inline]
-pub fn reflect101(mut p: isize, len: usize) -> usize {
-    let len = len as isize;
-    if len == 1 {
-        return 0;
-    }
-    while p < 0 || p >= len {
-        if p < 0 {
-            p = -p;
-        } else {
-            p = 2 * len - 2 - p;
-        }
-    }
-    p as usize
-}
-
-/// Kernel size OpenCV's `GaussianBlur(..., Size(), sigma)` picks for float images.
-pub fn kernel_size(sigma: f64) -> usize {
-    ((sigma * 4.0 * 2.0 + 1.0).round_ties_even() as i64 | 1).max(1) as usize
-}
-
-/// OpenCV's `getGaussianKernel(kernel_size(sigma), sigma, CV_32F)`.
-pub fn gaussian_kernel(sigma: f64) -> Vec<f32> {
-    let n = kernel_size(sigma);
-    let half = n / 2;
-    let scale2x = -0.5 / (sigma * sigma);
-    let values: Vec<f64> = (0..half)
-        .map(|i| {
-            let x = i as f64 - half as f64;
-            (x * x * scale2x).exp()
-        })
-        .collect();
-    let sum = 2.0 * values.iter().sum::<f64>() + 1.0;
-    let mul = 1.0 / sum;
-    let mut k = vec![0f32; n];
-    for (i, v) in values.iter().enumerate() {
-        let t = (v * mul) as f32;
-        k[i] = t;
-        k[n - 1 - i] = t;
-    }
-    k[half] = mul as f32;
-    k
 }
 
 /// Work buffers of [`gaussian_blur`].
@@ -403,40 +357,15 @@ pub fn subtract(a: &Plane, b: &Plane, dst: &mut Plane) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::cv::gaussian_blur_kernel;
     use approx::assert_relative_eq;
-
-    #[test]
-    fn kernel_sums_to_one_and_matches_opencv() {
-        for &s in &[0.5, 1.0, 1.2489996, 1.2262735, 1.5450850, 1.9465878, 2.4525469, 3.0899693] {
-            let k = gaussian_kernel(s);
-            let sum: f64 = k.iter().map(|&v| v as f64).sum();
-            assert_relative_eq!(sum, 1.0, epsilon = 1e-6);
-            assert_eq!(k.len() % 2, 1);
-            for i in 0..k.len() / 2 {
-                assert_eq!(k[i], k[k.len() - 1 - i]);
-                assert!(k[i] < k[i + 1]);
-            }
-        }
-        // cv2.getGaussianKernel(11, 1.2489996, cv2.CV_32F).ravel()[:6]
-        let k = gaussian_kernel(1.2489996);
-        assert_eq!(k.len(), 11);
-        #[allow(clippy::excessive_precision)]
-        let cv = [1.0578566e-04f32, 1.8932123e-03, 1.7847523e-02, 8.8626318e-02, 2.3182142e-01, 3.1941149e-01];
-        for (a, b) in k.iter().zip(cv.iter()) {
-            assert_relative_eq!(*a, *b, max_relative = 1e-5);
-        }
-        // Sizes OpenCV picks: round(8 sigma + 1) | 1.
-        assert_eq!(kernel_size(1.6), 15);
-        assert_eq!(kernel_size(3.0899693), 27);
-        assert_eq!(kernel_size(1.2262735), 11);
-    }
 
     #[test]
     fn simd_and_scalar_paths_agree_bit_for_bit() {
         for &(w, h) in &[(1usize, 1usize), (5, 3), (37, 23), (64, 40), (203, 17)] {
             let src = Plane { w, h, data: (0..w * h).map(|i| ((i * 37 % 101) as f32).sqrt() * 7.3).collect() };
             for &sigma in &[0.7, 1.6, 3.09] {
-                let k = gaussian_kernel(sigma);
+                let k = gaussian_blur_kernel(sigma);
                 let (mut a, mut b) = (Plane::default(), Plane::default());
                 let mut s = BlurScratch::default();
                 let (mut da, mut db) = (Plane::default(), Plane::default());
@@ -464,29 +393,18 @@ mod tests {
     }
 
     #[test]
-    fn reflect101_matches_opencv() {
-        // gfedcb|abcdefgh|gfedcba
-        assert_eq!(reflect101(-1, 8), 1);
-        assert_eq!(reflect101(-6, 8), 6);
-        assert_eq!(reflect101(8, 8), 6);
-        assert_eq!(reflect101(13, 8), 1);
-        assert_eq!(reflect101(-3, 3), 1); // reflects twice
-        assert_eq!(reflect101(5, 1), 0);
-    }
-
-    #[test]
     fn blur_preserves_constant_and_mass() {
         let src = Plane { w: 7, h: 5, data: vec![3.0; 35] };
         let mut dst = Plane::default();
         let mut s = BlurScratch::default();
-        gaussian_blur(&src, &gaussian_kernel(3.09), &mut s, &mut dst);
+        gaussian_blur(&src, &gaussian_blur_kernel(3.09), &mut s, &mut dst);
         for v in &dst.data {
             assert_relative_eq!(*v, 3.0, max_relative = 1e-5);
         }
         // An impulse in the middle of a large image spreads as the outer product.
         let mut src = Plane { w: 31, h: 31, data: vec![0.0; 31 * 31] };
         src.data[15 * 31 + 15] = 1.0;
-        let k = gaussian_kernel(1.6);
+        let k = gaussian_blur_kernel(1.6);
         gaussian_blur(&src, &k, &mut s, &mut dst);
         let r = k.len() / 2;
         assert_relative_eq!(dst.at(15, 15), k[r] * k[r], max_relative = 1e-6);

@@ -1,10 +1,9 @@
 //! The float functions SIFT applies to every gradient sample, written so that
 //! the loops auto-vectorize.
 //!
-//! - [`fast_atan2`]: OpenCV's `cv::fastAtan2` (`core/src/mathfuncs_core.simd.hpp`),
-//!   a degree-7 odd polynomial in $c = \min(|x|,|y|) / \max(|x|,|y|)$, in degrees
-//!   in [0, 360), accurate to about 0.01 degrees. SIFT's orientation bins
-//!   depend on it, so we use the same polynomial rather than `atan2`.
+//! - [`fast_atan2`]: OpenCV's `cv::fastAtan2` (shared with ORB in
+//!   [`crate::features::cv`]); SIFT's orientation bins depend on it, so it
+//!   replaces `atan2`.
 //! - [`exp`]: a Cephes-style `expf` (range reduction by $\ln 2$ and a degree-6
 //!   polynomial), within 2 ulp of the exact value on [-87, 88]; OpenCV's
 //!   `cv::hal::exp32f` is also within about 1 ulp, so the two differ in the
@@ -14,34 +13,7 @@
 //! functions. Rust never fuses multiplies and adds, so both copies give
 //! identical results.
 
-#[allow(clippy::excessive_precision)]
-const ATAN2_P1: f32 = 0.999_787_841_279_480_7_f32 * (180.0 / std::f64::consts::PI) as f32;
-#[allow(clippy::excessive_precision)]
-const ATAN2_P3: f32 = -0.325_808_397_464_097_5_f32 * (180.0 / std::f64::consts::PI) as f32;
-#[allow(clippy::excessive_precision)]
-const ATAN2_P5: f32 = 0.155_578_651_846_328_1_f32 * (180.0 / std::f64::consts::PI) as f32;
-#[allow(clippy::excessive_precision)]
-const ATAN2_P7: f32 = -0.044_326_555_547_921_28_f32 * (180.0 / std::f64::consts::PI) as f32;
-
-/// OpenCV's `fastAtan2(y, x)`: the angle of `(x, y)` in degrees, in [0, 360).
-#[inline(always)]
-pub fn fast_atan2(y: f32, x: f32) -> f32 {
-    let ax = x.abs();
-    let ay = y.abs();
-    let x_major = ax >= ay;
-    let (num, den) = if x_major { (ay, ax) } else { (ax, ay) };
-    let c = num / (den + f64::EPSILON as f32);
-    let c2 = c * c;
-    let p = (((ATAN2_P7 * c2 + ATAN2_P5) * c2 + ATAN2_P3) * c2 + ATAN2_P1) * c;
-    let mut a = if x_major { p } else { 90.0 - p };
-    if x < 0.0 {
-        a = 180.0 - a;
-    }
-    if y < 0.0 {
-        a = 360.0 - a;
-    }
-    a
-}
+use crate::features::cv::fast_atan2;
 
 /// $e^x$ for `f32`, branch-free (see the module docs for the accuracy).
 #[inline(always)]
@@ -81,28 +53,6 @@ pub fn polar_and_exp(dx: &[f32], dy: &[f32], ori: &mut [f32], mag: &mut [f32], w
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fast_atan2_known_values() {
-        // cv2.fastAtan2 on these points.
-        assert_eq!(fast_atan2(0.0, 1.0), 0.0);
-        assert!((fast_atan2(1.0, 1.0) - 45.0).abs() < 0.01);
-        assert!((fast_atan2(1.0, 0.0) - 90.0).abs() < 1e-4);
-        assert!((fast_atan2(0.0, -1.0) - 180.0).abs() < 1e-4);
-        assert!((fast_atan2(-1.0, 0.0) - 270.0).abs() < 1e-4);
-        assert_eq!(fast_atan2(0.0, 0.0), 0.0);
-        for i in 0..3600 {
-            let t = (i as f64 / 10.0).to_radians();
-            let (y, x) = (t.sin() as f32 * 37.0, t.cos() as f32 * 37.0);
-            let a = fast_atan2(y, x) as f64;
-            let mut d = (a - i as f64 / 10.0).abs();
-            if d > 180.0 {
-                d = 360.0 - d;
-            }
-            assert!(d < 0.012, "{i}: {a}");
-            assert!((0.0..360.0).contains(&a));
-        }
-    }
 
     #[test]
     fn exp_is_accurate() {
