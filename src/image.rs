@@ -14,7 +14,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageReader};
+pub mod jpeg_check;
 
 use crate::error::{BovwError, ImageError};
 
@@ -292,86 +292,350 @@ impl DecodedImage {
     }
 }
 
+/// Size limits checked from an image's header, before any pixel buffer is
+/// allocated: an image over a limit is refused with a decode-stage
+/// [`ImageError`] that gives its size and the limit.
+///
+/// Decoding takes about 3 bytes per pixel (RGB; 4 while the decoder holds
+/// its own rows), so [`DecodeLimits::default`] (50 megapixels, 16384 pixels a
+/// side) bounds one decode to about 150-200 MB. What the extractors then
+/// need per pixel is bounded separately ([`crate::features::MemoryPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest `width * height` decoded.
+    pub max_pixels: u64,
+    /// Largest width or height decoded.
+    pub max_side: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_pixels: DecodeLimits::DEFAULT_MAX_PIXELS, max_side: DecodeLimits::DEFAULT_MAX_SIDE }
+    }
+}
+
+impl DecodeLimits {
+    /// Default `max_pixels`: 50 megapixels (an 8660 x 5773 photo).
+    pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+    /// Default `max_side`: 16384 pixels.
+    pub const DEFAULT_MAX_SIDE: u64 = 16_384;
+    /// Upper bound of both limits: 2^32 - 1 (PNG's largest side is 2^31 - 1,
+    /// JPEG's 65535; a pixel count above 2^32 cannot be decoded in memory anyway).
+    pub const MAX: u64 = u32::MAX as u64;
+
+    /// Validated limits.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] naming `max_pixels` or `max_side` when
+    /// it is outside 1..=[`DecodeLimits::MAX`].
+    pub fn new(max_pixels: i64, max_side: i64) -> Result<Self, BovwError> {
+        let check = |name: &str, v: i64| -> Result<u64, BovwError> {
+            if v < 1 || v as u64 > Self::MAX {
+                return Err(BovwError::param(name, format!("must be between 1 and {}, got {v}", Self::MAX)));
+            }
+            Ok(v as u64)
+        };
+        Ok(DecodeLimits { max_pixels: check("max_pixels", max_pixels)?, max_side: check("max_side", max_side)? })
+    }
+
+    /// Refuse a `width` x `height` image over a limit.
+    ///
+    /// # Errors
+    /// A decode-stage [`ImageError`] giving the size and the limit.
+    pub fn check(&self, width: u64, height: u64) -> Result<(), ImageError> {
+        if width > self.max_side || height > self.max_side {
+            return Err(ImageError::decode(format!(
+                "image too large: {width}x{height} pixels, a side over max_side={} (raise max_side to decode it)",
+                self.max_side
+            )));
+        }
+        let pixels = width as u128 * height as u128;
+        if pixels > self.max_pixels as u128 {
+            return Err(ImageError::decode(format!(
+                "image too large: {width}x{height} = {:.1} megapixels, over max_pixels={} ({:.1} megapixels; raise \
+                 max_pixels to decode it)",
+                pixels as f64 / 1e6,
+                self.max_pixels,
+                self.max_pixels as f64 / 1e6
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decode JPEG or PNG bytes into the layouts `needs` asks for, within the
+/// default [`DecodeLimits`].
+///
+/// # Errors
+/// As [`decode_image_limited`].
+pub fn decode_image(bytes: &[u8], needs: ColorNeeds) -> Result<DecodedImage, ImageError> {
+    decode_image_limited(bytes, needs, &DecodeLimits::default())
+}
+
 /// Decode JPEG or PNG bytes into the layouts `needs` asks for.
+///
+/// The header's size is checked against `limits` before anything is
+/// allocated for the pixels, and every buffer the size of the image is
+/// allocated fallibly. Decoding is strict: a JPEG is first checked by
+/// [`jpeg_check::check_jpeg`] (every scan Huffman-decoded to its end, so that
+/// cut-off, corrupted or resynchronised scan data is an error rather than a
+/// gray- or garbage-filled image), then decoded by zune-jpeg in its strict
+/// mode; a PNG is decoded by the `png` crate with its CRC and Adler-32
+/// checksums verified. Bytes after a JPEG's end-of-image marker are ignored.
 ///
 /// # Errors
 /// An [`ImageError`] at stage `decode` when the bytes are empty, are not a
-/// JPEG or PNG, are truncated or corrupt, or hold 16-bit or floating-point
-/// samples.
-pub fn decode_image(bytes: &[u8], needs: ColorNeeds) -> Result<DecodedImage, ImageError> {
+/// JPEG or PNG, are truncated or corrupt, hold 16-bit samples, are over a
+/// limit of `limits` (the reason gives the size and the limit), or the
+/// pixel buffer cannot be allocated.
+pub fn decode_image_limited(bytes: &[u8], needs: ColorNeeds, limits: &DecodeLimits) -> Result<DecodedImage, ImageError> {
+    decode_image_checked(bytes, needs, limits, |_, _| Ok(()))
+}
+
+/// [`decode_image_limited`] with one more check of the header's
+/// `(width, height)`, made after `limits` and before anything is allocated
+/// for the pixels (the extractors' memory budget).
+///
+/// # Errors
+/// As [`decode_image_limited`], and `check`'s error as is.
+pub fn decode_image_checked(
+    bytes: &[u8],
+    needs: ColorNeeds,
+    limits: &DecodeLimits,
+    mut check: impl FnMut(usize, usize) -> Result<(), ImageError>,
+) -> Result<DecodedImage, ImageError> {
+    let mut header = |w: usize, h: usize| -> Result<(), ImageError> {
+        limits.check(w as u64, h as u64)?;
+        check(w, h)
+    };
     if bytes.is_empty() {
         return Err(ImageError::decode("empty file (0 bytes)"));
     }
     let format = image::guess_format(bytes)
         .map_err(|_| ImageError::decode("not a JPEG or PNG image (unrecognised file signature)"))?;
-    if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Png) {
-        return Err(ImageError::decode(format!("unsupported image format {format:?}: only JPEG and PNG are decoded")));
-    }
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(ImageError::decode("truncated JPEG: no end-of-image marker after the last scan"));
-    }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits();
-    let img = reader.decode().map_err(|e| ImageError::decode(format!("corrupt or truncated {format:?}: {e}")))?;
-    let (width, height) = (img.width() as usize, img.height() as usize);
+    let (width, height, channels, data) = match format {
+        image::ImageFormat::Jpeg => decode_jpeg(bytes, limits, &mut header)?,
+        image::ImageFormat::Png => decode_png(bytes, limits, &mut header)?,
+        other => {
+            return Err(ImageError::decode(format!("unsupported image format {other:?}: only JPEG and PNG are decoded")))
+        }
+    };
     if width == 0 || height == 0 {
         return Err(ImageError::decode(format!("image has no pixels ({width}x{height})")));
     }
-    Ok(match img {
-        DynamicImage::ImageLuma8(b) => DecodedImage::from_gray(b.into_raw(), width, height, needs),
-        DynamicImage::ImageLumaA8(b) => DecodedImage::from_gray(interleaved_to_gray(b.as_raw(), 2), width, height, needs),
-        DynamicImage::ImageRgb8(b) => DecodedImage::from_rgb(b.into_raw(), width, height, needs),
-        DynamicImage::ImageRgba8(b) => {
-            let rgb: Vec<u8> = b.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    Ok(match channels {
+        1 => DecodedImage::from_gray(data, width, height, needs),
+        2 => DecodedImage::from_gray(interleaved_to_gray(&data, 2), width, height, needs),
+        3 => DecodedImage::from_rgb(data, width, height, needs),
+        _ => {
+            let rgb: Vec<u8> = data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
             DecodedImage::from_rgb(rgb, width, height, needs)
-        }
-        other => {
-            return Err(ImageError::decode(format!(
-                "unsupported sample type {:?}: only 8-bit images are supported (convert 16-bit or float images to 8-bit first)",
-                other.color()
-            )))
         }
     })
 }
 
+type Pixels = (usize, usize, usize, Vec<u8>);
+
+fn alloc_pixels(len: usize, width: usize, height: usize) -> Result<Vec<u8>, ImageError> {
+    crate::error::try_zeroed_vec::<u8>(len, &format!("the pixels of a {width}x{height} image"))
+        .map_err(|e| ImageError::decode(e.to_string()))
+}
+
+/// Strict JPEG decode: (width, height, channels 1-4, interleaved samples).
+fn decode_jpeg(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    header: &mut dyn FnMut(usize, usize) -> Result<(), ImageError>,
+) -> Result<Pixels, ImageError> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let mut refused = None;
+    let checked = jpeg_check::check_jpeg::<String>(bytes, |f| {
+        header(f.width, f.height).map_err(|e| {
+            refused = Some(e.clone());
+            e.reason
+        })
+    });
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    checked.map_err(ImageError::decode)?;
+    let side = usize::try_from(limits.max_side).unwrap_or(usize::MAX);
+    let options = DecoderOptions::default().set_strict_mode(true).set_max_width(side).set_max_height(side);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| ImageError::decode(format!("corrupt JPEG: {e}"));
+    dec.decode_headers().map_err(corrupt)?;
+    let input = dec.input_colorspace().expect("headers decoded");
+    // as the `image` crate: gray, RGB and their alpha variants as they are,
+    // YCbCr, CMYK and YCCK converted to RGB by the decoder
+    let out = match input {
+        ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::Luma | ColorSpace::LumaA => input,
+        _ => ColorSpace::RGB,
+    };
+    dec.set_options(dec.options().jpeg_set_out_colorspace(out));
+    let (width, height) = dec.dimensions().expect("headers decoded");
+    let len = dec.output_buffer_size().ok_or_else(|| ImageError::decode("image too large: its size overflows"))?;
+    let mut data = alloc_pixels(len, width, height)?;
+    dec.decode_into(&mut data).map_err(corrupt)?;
+    Ok((width, height, out.num_components(), data))
+}
+
+/// PNG decode with checksums verified: (width, height, channels 1-4, samples).
+fn decode_png(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    header: &mut dyn FnMut(usize, usize) -> Result<(), ImageError>,
+) -> Result<Pixels, ImageError> {
+    let corrupt = |e: png::DecodingError| match e {
+        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageError::decode("truncated PNG: the file ends before the image data does")
+        }
+        other => ImageError::decode(format!("corrupt or truncated PNG: {other}")),
+    };
+    // the png crate's own cap on what it allocates (rows, palette, text)
+    let cap = (limits.max_pixels.saturating_mul(8)).saturating_add(64 << 20);
+    let mut dec = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits { bytes: usize::try_from(cap).unwrap_or(usize::MAX) },
+    );
+    dec.ignore_checksums(false);
+    let info = dec.read_header_info().map_err(corrupt)?;
+    header(info.width as usize, info.height as usize)?;
+    dec.set_transformations(png::Transformations::EXPAND);
+    let mut reader = dec.read_info().map_err(corrupt)?;
+    let (color, depth) = reader.output_color_type();
+    if depth != png::BitDepth::Eight {
+        return Err(ImageError::decode(format!(
+            "unsupported sample type: {depth:?}-bit {color:?} PNG; only 8-bit images are supported (convert \
+             16-bit images to 8-bit first)"
+        )));
+    }
+    let channels = color.samples();
+    let (w, h) = reader.info().size();
+    let (width, height) = (w as usize, h as usize);
+    let len = reader.output_buffer_size().ok_or_else(|| ImageError::decode("image too large: its size overflows"))?;
+    let mut data = alloc_pixels(len, width, height)?;
+    let frame = reader.next_frame(&mut data).map_err(corrupt)?;
+    data.truncate(frame.buffer_size());
+    if data.len() != width * height * channels {
+        return Err(ImageError::decode("corrupt PNG: the decoded size does not match the header"));
+    }
+    Ok((width, height, channels, data))
+}
+
 /// Decode JPEG or PNG bytes into an 8-bit grayscale image (OpenCV's
-/// `imread` + `cvtColor(..., COLOR_BGR2GRAY)` levels for the same pixels).
+/// `imread` + `cvtColor(..., COLOR_BGR2GRAY)` levels for the same pixels),
+/// within the default [`DecodeLimits`].
 ///
 /// # Errors
-/// As [`decode_image`].
+/// As [`decode_image_limited`].
 pub fn decode_gray(bytes: &[u8]) -> Result<GrayImage, ImageError> {
-    let d = decode_image(bytes, ColorNeeds::GRAY)?;
+    decode_gray_limited(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_gray`] within `limits`.
+///
+/// # Errors
+/// As [`decode_image_limited`].
+pub fn decode_gray_limited(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage, ImageError> {
+    let d = decode_image_limited(bytes, ColorNeeds::GRAY, limits)?;
     let data = d.gray.expect("asked for gray");
     Ok(GrayImage { width: d.width, height: d.height, data })
 }
 
 /// Decode JPEG or PNG bytes into an 8-bit RGB image (R, G, B order; gray
-/// files replicated, alpha dropped).
+/// files replicated, alpha dropped), within the default [`DecodeLimits`].
 ///
 /// # Errors
-/// As [`decode_image`].
+/// As [`decode_image_limited`].
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    let d = decode_image(bytes, ColorNeeds::RGB)?;
+    decode_rgb_limited(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_rgb`] within `limits`.
+///
+/// # Errors
+/// As [`decode_image_limited`].
+pub fn decode_rgb_limited(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    let d = decode_image_limited(bytes, ColorNeeds::RGB, limits)?;
     let data = d.rgb.expect("asked for rgb");
     Ok(RgbImage { width: d.width, height: d.height, data })
 }
 
-/// True when a JPEG stream has an end-of-image marker (`FF D9`) after its
-/// last start-of-scan marker (`FF DA`). Entropy-coded data stuffs every `FF`
-/// byte as `FF 00`, so neither marker can appear inside scan data. The decoder
-/// itself fills a truncated scan with gray without an error (libjpeg only
-/// warns), so this check is what reports a truncated file.
-pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
+/// Area-average `src` (`channels` interleaved 8-bit samples per pixel,
+/// `sw` x `sh`) down to `dw` x `dh` (each no larger than the source side):
+/// every output pixel is the mean of the source area it covers, source
+/// pixels cut by its border weighted by the part inside, as OpenCV's
+/// `resize(..., INTER_AREA)` does when shrinking; rounded to nearest.
+///
+/// # Errors
+/// [`BovwError::Memory`] when the intermediate rows cannot be allocated.
+///
+/// # Panics
+/// If a target side is 0 or larger than the source's, or `src` is not
+/// `sw * sh * channels` long.
+pub fn resize_area(src: &[u8], sw: usize, sh: usize, channels: usize, dw: usize, dh: usize) -> Result<Vec<u8>, BovwError> {
+    assert!(dw >= 1 && dh >= 1 && dw <= sw && dh <= sh && src.len() == sw * sh * channels);
+    // (first source index, weights) of each output index along one axis
+    fn taps(n_src: usize, n_dst: usize) -> Vec<(usize, Vec<f32>)> {
+        let scale = n_src as f64 / n_dst as f64;
+        (0..n_dst)
+            .map(|d| {
+                let (a, b) = (d as f64 * scale, ((d + 1) as f64 * scale).min(n_src as f64));
+                let first = a.floor() as usize;
+                let last = (b.ceil() as usize).min(n_src).max(first + 1);
+                let w = (first..last)
+                    .map(|s| (((s + 1) as f64).min(b) - (s as f64).max(a)).max(0.0) / scale)
+                    .map(|w| w as f32)
+                    .collect();
+                (first, w)
+            })
+            .collect()
+    }
+    let (tx, ty) = (taps(sw, dw), taps(sh, dh));
+    let mut rows = crate::error::try_zeroed_vec::<f32>(dw * sh * channels, "the rows of a downscaled image")?;
+    for y in 0..sh {
+        let srow = &src[y * sw * channels..(y + 1) * sw * channels];
+        let drow = &mut rows[y * dw * channels..(y + 1) * dw * channels];
+        for (x, (first, w)) in tx.iter().enumerate() {
+            for c in 0..channels {
+                drow[x * channels + c] =
+                    w.iter().enumerate().map(|(i, &wi)| wi * srow[(first + i) * channels + c] as f32).sum();
+            }
+        }
+    }
+    let mut out = crate::error::try_zeroed_vec::<u8>(dw * dh * channels, "a downscaled image")?;
+    let stride = dw * channels;
+    for (y, (first, w)) in ty.iter().enumerate() {
+        let orow = &mut out[y * stride..(y + 1) * stride];
+        for (i, o) in orow.iter_mut().enumerate() {
+            let v: f32 = w.iter().enumerate().map(|(j, &wj)| wj * rows[(first + j) * stride + i]).sum();
+            *o = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    Ok(out)
+}
+
+impl DecodedImage {
+    /// This image area-averaged ([`resize_area`]) to `width` x `height`, in
+    /// the same layouts. The gray layout is resized from the gray pixels
+    /// (not recomputed from resized RGB), so it stays what a gray consumer
+    /// would see of the smaller image.
+    ///
+    /// # Errors
+    /// [`BovwError::Memory`] when a buffer cannot be allocated.
+    pub fn resized(&self, width: usize, height: usize) -> Result<DecodedImage, BovwError> {
+        let gray = self.gray.as_deref().map(|g| resize_area(g, self.width, self.height, 1, width, height)).transpose()?;
+        let rgb = self.rgb.as_deref().map(|c| resize_area(c, self.width, self.height, 3, width, height)).transpose()?;
+        Ok(DecodedImage { width, height, is_color: self.is_color, gray, rgb })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::DynamicImage;
 
     fn png_bytes(img: DynamicImage) -> Vec<u8> {
         let mut out = Vec::new();
