@@ -11,6 +11,7 @@ Arrow/NumPy functions with scikit-learn and Spark conventions.
 
 from bovw._bovw import __version__
 from bovw.cluster import KMeans, MiniBatchKMeans
+from bovw.columns import descriptor_matrix
 from bovw.decomposition import PCA, pca_partial_sums
 from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
 from bovw.features import FEATURE_COLUMNS, KEYPOINT_DTYPE, ORB, RESOURCE_LIMITS, SIFT, Extractor, keypoints_from_cv2
@@ -36,6 +37,7 @@ __all__ = [
     "ORB",
     "SIFT",
     "decode_gray",
+    "descriptor_matrix",
     "decode_gray_batch",
     "decode_rgb",
     "extract_descriptors",

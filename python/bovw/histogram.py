@@ -55,9 +55,14 @@ def _int64_1d(a: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _is_count(value: object) -> bool:
+    """An int >= 0 (a NumPy integer too; not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and int(value) >= 0
+
+
 def _check_norm(norm: Any) -> str | None:
     if norm is None or norm in ("l1", "l2"):
-        return norm
+        return None if norm is None else str(norm)
     raise ValueError(f"norm: expected None, 'l1' or 'l2', got {norm!r}")
 
 
@@ -131,7 +136,7 @@ def bow_histograms(
         or out of range, both or neither of ``offsets``/``image_index``, an
         unknown ``norm`` or ``idf``.
     """
-    if isinstance(n_words, (bool, np.bool_)) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
+    if not _is_count(n_words):
         raise ValueError(f"n_words: expected an int >= 0, got {n_words!r}")
     norm = _check_norm(norm)
     if offsets is not None and image_index is not None:
