@@ -138,6 +138,11 @@ PARAMS: dict[str, str] = {
     "score_type": "str",
     "patch_size": "int",
     "fast_threshold": "int",
+    # resource limits (None: the default limit; docs/reliability.md)
+    "max_pixels": "int",
+    "max_side": "int",
+    "max_image_memory": "int",
+    "oversize": "str",
 }
 
 # Where a parameter name means another type.

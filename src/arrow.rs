@@ -69,8 +69,8 @@ pub fn keypoint_field(name: &str) -> Field {
 pub const KEYPOINT_VALUES: usize = 4;
 
 /// The names of the columns [`features_to_batch`] writes, in order.
-pub const FEATURE_COLUMNS: [&str; 7] =
-    ["n_keypoints", "image_width", "image_height", "keypoints", "descriptors", "error", "error_stage"];
+pub const FEATURE_COLUMNS: [&str; 8] =
+    ["n_keypoints", "image_width", "image_height", "keypoints", "descriptors", "error", "error_stage", "image_scale"];
 
 /// Build the per-image batch that `extract_descriptors` returns.
 ///
@@ -78,8 +78,11 @@ pub const FEATURE_COLUMNS: [&str; 7] =
 /// `image_height` (int32, pixels), `keypoints` ([`keypoint_field`]),
 /// `descriptors` (`list<fixed_size_list<float32, w>>` or
 /// `list<fixed_size_binary(w)>` by `info.dtype`), `error` and `error_stage`
-/// (utf8). A failed row has the reason and the stage, null counts and sizes
-/// and empty lists; a good row has null `error` and `error_stage`.
+/// (utf8), `image_scale` (float32: 1 when the image was described at full
+/// size, < 1 when the memory policy downscaled it; keypoints are in the
+/// file's pixels either way). A failed row has the reason and the stage,
+/// null counts, sizes and scale and empty lists; a good row has null `error`
+/// and `error_stage`.
 ///
 /// # Errors
 /// [`BovwError::InvalidInput`] when a row's descriptors do not have the
@@ -95,6 +98,7 @@ pub fn features_to_batch(
     let mut n_kp: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut img_w: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut img_h: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut scales: Vec<Option<f32>> = Vec::with_capacity(n);
     let mut errors = StringBuilder::with_capacity(n, 0);
     let mut stages = StringBuilder::with_capacity(n, 0);
     let total: usize = results.iter().map(|r| r.as_ref().map(|f| f.descriptors.len()).unwrap_or(0)).sum();
@@ -121,6 +125,7 @@ pub fn features_to_batch(
                 n_kp.push(Some(d.len() as i32));
                 img_w.push(Some(f.width as i32));
                 img_h.push(Some(f.height as i32));
+                scales.push(Some(f.scale as f32));
                 errors.append_null();
                 stages.append_null();
             }
@@ -128,6 +133,7 @@ pub fn features_to_batch(
                 n_kp.push(None);
                 img_w.push(None);
                 img_h.push(None);
+                scales.push(None);
                 errors.append_value(&e.reason);
                 stages.append_value(e.stage.as_str());
             }
@@ -156,6 +162,7 @@ pub fn features_to_batch(
         field,
         Field::new(FEATURE_COLUMNS[5], DataType::Utf8, true),
         Field::new(FEATURE_COLUMNS[6], DataType::Utf8, true),
+        Field::new(FEATURE_COLUMNS[7], DataType::Float32, true),
     ]);
     Ok(RecordBatch::try_new(
         Arc::new(schema),
@@ -167,6 +174,7 @@ pub fn features_to_batch(
             Arc::new(list),
             Arc::new(errors.finish()),
             Arc::new(stages.finish()),
+            Arc::new(Float32Array::from(scales)),
         ],
     )?)
 }
@@ -227,12 +235,14 @@ mod tests {
             height: 7,
             keypoints: vec![kp(1.0), kp(3.0)],
             descriptors: Descriptors::F32 { data: (0..6).map(|v| v as f32).collect(), width: 3 },
+            scale: 1.0,
         });
         let empty: std::result::Result<ImageFeatures, ImageError> = Ok(ImageFeatures {
             width: 4,
             height: 4,
             keypoints: vec![],
             descriptors: Descriptors::F32 { data: vec![], width: 3 },
+            scale: 0.5,
         });
         let bad: std::result::Result<ImageFeatures, ImageError> = Err(ImageError::decode("cannot decode"));
         let info = DescriptorInfo { width: 3, dtype: DescriptorDtype::Float32, kind: DescriptorKind::Local, needs: ColorNeeds::GRAY };
@@ -253,6 +263,8 @@ mod tests {
         let stage = batch.column(6).as_string::<i32>();
         assert_eq!(stage.value(1), "decode");
         assert!(stage.is_null(2));
+        let scale = batch.column(7).as_primitive::<arrow_array::types::Float32Type>();
+        assert_eq!((scale.value(0), scale.is_null(1), scale.value(2)), (1.0, true, 0.5));
         let rows = float_descriptor_rows(batch.column(4).as_ref()).unwrap();
         assert_eq!(rows.width, 3);
         assert_eq!(rows.offsets, vec![0, 2, 2, 2]);

@@ -2,7 +2,8 @@
 //!
 //! Every fallible stage function returns [`BovwError`]. The Python bindings
 //! map each variant to the matching Python exception class (see `src/py/mod.rs`):
-//! [`BovwError::Dtype`] becomes `TypeError`, everything else `ValueError`.
+//! [`BovwError::Dtype`] becomes `TypeError`, [`BovwError::Memory`]
+//! `MemoryError`, everything else `ValueError`.
 
 /// The pipeline stage at which one image of a batch failed.
 ///
@@ -73,6 +74,10 @@ pub enum BovwError {
     /// An Arrow array or batch is not of the expected layout.
     #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// A buffer could not be allocated (the allocator refused, or its size
+    /// does not fit in memory at all); `what` names the buffer.
+    #[error("cannot allocate {what}: {bytes} bytes ({})", human_bytes(*bytes))]
+    Memory { what: String, bytes: u128 },
 }
 
 impl BovwError {
@@ -84,6 +89,67 @@ impl BovwError {
     pub fn input(reason: impl Into<String>) -> Self {
         BovwError::InvalidInput(reason.into())
     }
+    /// Shorthand for [`BovwError::Memory`].
+    pub fn memory(what: impl Into<String>, bytes: u128) -> Self {
+        BovwError::Memory { what: what.into(), bytes }
+    }
+}
+
+/// A byte count for people: `"4.0 TiB"`, `"512 MiB"`, `"812 B"`.
+pub fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// A zeroed `Vec<T>` of `len` elements, allocated fallibly: a length whose
+/// byte size overflows, or an allocation the allocator refuses, is a
+/// [`BovwError::Memory`] naming `what` instead of a process abort.
+///
+/// # Errors
+/// [`BovwError::Memory`] as above.
+pub fn try_zeroed_vec<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    let bytes = (len as u128) * (std::mem::size_of::<T>() as u128);
+    v.try_reserve_exact(len).map_err(|_| BovwError::memory(what, bytes))?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// An empty `Vec<T>` with room for `len` elements, allocated fallibly.
+///
+/// # Errors
+/// [`BovwError::Memory`] naming `what` when the allocation fails.
+pub fn try_with_capacity<T>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    let bytes = (len as u128) * (std::mem::size_of::<T>() as u128);
+    v.try_reserve_exact(len).map_err(|_| BovwError::memory(what, bytes))?;
+    Ok(v)
+}
+
+/// Check that `bytes` can be allocated now: reserve them and free them at
+/// once. Kernels whose many buffers are sized up front (the SIFT and ORB
+/// pyramids) call this with their peak estimate before any work, so that an
+/// image that cannot fit gives [`BovwError::Memory`] rather than an abort
+/// half-way. Large allocations are fresh `mmap`s that are never touched
+/// here, so the probe costs a system call, not the memory.
+///
+/// # Errors
+/// [`BovwError::Memory`] naming `what` when the allocator refuses.
+pub fn probe_allocation(bytes: u128, what: &str) -> Result<()> {
+    let n = usize::try_from(bytes).map_err(|_| BovwError::memory(what, bytes))?;
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| BovwError::memory(what, bytes))?;
+    drop(v);
+    Ok(())
 }
 
 /// The crate's result type.

@@ -97,6 +97,19 @@ pub fn check_words(words: &[i64], n_words: usize) -> Result<()> {
     Ok(())
 }
 
+/// A zeroed `n_images x n_words` histogram block, allocated fallibly.
+///
+/// # Errors
+/// [`BovwError::Memory`] when the product overflows or cannot be allocated
+/// (`n_words = 10**12` asks for terabytes).
+pub fn histogram_block(n_images: usize, n_words: usize) -> Result<Vec<f32>> {
+    let what = format!("the ({n_images}, {n_words}) float32 histograms");
+    let len = n_images
+        .checked_mul(n_words)
+        .ok_or_else(|| BovwError::memory(what.clone(), n_images as u128 * n_words as u128 * 4))?;
+    crate::error::try_zeroed_vec::<f32>(len, &what)
+}
+
 /// Count words per image: dense `n_images x n_words` row-major `f32`.
 /// Words must be valid (see [`check_words`]).
 pub fn count_by_offsets<W: Copy + Into<u64> + Sync>(words: &[W], offsets: &[usize], n_words: usize) -> Vec<f32> {
@@ -121,7 +134,7 @@ pub fn counts_from_words(words: &[i64], offsets: &[usize], n_words: usize) -> Re
     check_offsets(offsets, words.len())?;
     check_words(words, n_words)?;
     let n_images = offsets.len() - 1;
-    let mut out = vec![0f32; n_images * n_words];
+    let mut out = histogram_block(n_images, n_words)?;
     if n_words == 0 {
         return Ok(out);
     }
@@ -152,7 +165,7 @@ pub fn counts_from_image_index(words: &[i64], image_index: &[i64], n_images: usi
             format!("image index {} at position {pos} is outside [0, n_images={n_images})", image_index[pos]),
         ));
     }
-    let mut out = vec![0f32; n_images * n_words];
+    let mut out = histogram_block(n_images, n_words)?;
     for (&w, &i) in words.iter().zip(image_index) {
         out[i as usize * n_words + w as usize] += 1.0;
     }
@@ -275,7 +288,7 @@ pub fn descriptor_histograms(values: &[f32], offsets: &[usize], d: usize, vocabu
         return Err(BovwError::input("vocabulary contains NaN or infinity"));
     }
     let n_images = offsets.len() - 1;
-    let mut out = vec![0f32; n_images * n_words];
+    let mut out = histogram_block(n_images, n_words)?;
     let mut img = 0usize;
     while img < n_images {
         // Whole images, about ASSIGN_CHUNK descriptors.

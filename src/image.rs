@@ -14,7 +14,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageReader};
+pub mod jpeg_check;
 
 use crate::error::{BovwError, ImageError};
 
@@ -292,86 +292,350 @@ impl DecodedImage {
     }
 }
 
+/// Size limits checked from an image's header, before any pixel buffer is
+/// allocated: an image over a limit is refused with a decode-stage
+/// [`ImageError`] that gives its size and the limit.
+///
+/// Decoding takes about 3 bytes per pixel (RGB; 4 while the decoder holds
+/// its own rows), so [`DecodeLimits::default`] (50 megapixels, 16384 pixels a
+/// side) bounds one decode to about 150-200 MB. What the extractors then
+/// need per pixel is bounded separately ([`crate::features::MemoryPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest `width * height` decoded.
+    pub max_pixels: u64,
+    /// Largest width or height decoded.
+    pub max_side: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_pixels: DecodeLimits::DEFAULT_MAX_PIXELS, max_side: DecodeLimits::DEFAULT_MAX_SIDE }
+    }
+}
+
+impl DecodeLimits {
+    /// Default `max_pixels`: 50 megapixels (an 8660 x 5773 photo).
+    pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+    /// Default `max_side`: 16384 pixels.
+    pub const DEFAULT_MAX_SIDE: u64 = 16_384;
+    /// Upper bound of both limits: 2^32 - 1 (PNG's largest side is 2^31 - 1,
+    /// JPEG's 65535; a pixel count above 2^32 cannot be decoded in memory anyway).
+    pub const MAX: u64 = u32::MAX as u64;
+
+    /// Validated limits.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] naming `max_pixels` or `max_side` when
+    /// it is outside 1..=[`DecodeLimits::MAX`].
+    pub fn new(max_pixels: i64, max_side: i64) -> Result<Self, BovwError> {
+        let check = |name: &str, v: i64| -> Result<u64, BovwError> {
+            if v < 1 || v as u64 > Self::MAX {
+                return Err(BovwError::param(name, format!("must be between 1 and {}, got {v}", Self::MAX)));
+            }
+            Ok(v as u64)
+        };
+        Ok(DecodeLimits { max_pixels: check("max_pixels", max_pixels)?, max_side: check("max_side", max_side)? })
+    }
+
+    /// Refuse a `width` x `height` image over a limit.
+    ///
+    /// # Errors
+    /// A decode-stage [`ImageError`] giving the size and the limit.
+    pub fn check(&self, width: u64, height: u64) -> Result<(), ImageError> {
+        if width > self.max_side || height > self.max_side {
+            return Err(ImageError::decode(format!(
+                "image too large: {width}x{height} pixels, a side over max_side={} (raise max_side to decode it)",
+                self.max_side
+            )));
+        }
+        let pixels = width as u128 * height as u128;
+        if pixels > self.max_pixels as u128 {
+            return Err(ImageError::decode(format!(
+                "image too large: {width}x{height} = {:.1} megapixels, over max_pixels={} ({:.1} megapixels; raise \
+                 max_pixels to decode it)",
+                pixels as f64 / 1e6,
+                self.max_pixels,
+                self.max_pixels as f64 / 1e6
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decode JPEG or PNG bytes into the layouts `needs` asks for, within the
+/// default [`DecodeLimits`].
+///
+/// # Errors
+/// As [`decode_image_limited`].
+pub fn decode_image(bytes: &[u8], needs: ColorNeeds) -> Result<DecodedImage, ImageError> {
+    decode_image_limited(bytes, needs, &DecodeLimits::default())
+}
+
 /// Decode JPEG or PNG bytes into the layouts `needs` asks for.
+///
+/// The header's size is checked against `limits` before anything is
+/// allocated for the pixels, and every buffer the size of the image is
+/// allocated fallibly. Decoding is strict: a JPEG is first checked by
+/// [`jpeg_check::check_jpeg`] (every scan Huffman-decoded to its end, so that
+/// cut-off, corrupted or resynchronised scan data is an error rather than a
+/// gray- or garbage-filled image), then decoded by zune-jpeg in its strict
+/// mode; a PNG is decoded by the `png` crate with its CRC and Adler-32
+/// checksums verified. Bytes after a JPEG's end-of-image marker are ignored.
 ///
 /// # Errors
 /// An [`ImageError`] at stage `decode` when the bytes are empty, are not a
-/// JPEG or PNG, are truncated or corrupt, or hold 16-bit or floating-point
-/// samples.
-pub fn decode_image(bytes: &[u8], needs: ColorNeeds) -> Result<DecodedImage, ImageError> {
+/// JPEG or PNG, are truncated or corrupt, hold 16-bit samples, are over a
+/// limit of `limits` (the reason gives the size and the limit), or the
+/// pixel buffer cannot be allocated.
+pub fn decode_image_limited(bytes: &[u8], needs: ColorNeeds, limits: &DecodeLimits) -> Result<DecodedImage, ImageError> {
+    decode_image_checked(bytes, needs, limits, |_, _| Ok(()))
+}
+
+/// [`decode_image_limited`] with one more check of the header's
+/// `(width, height)`, made after `limits` and before anything is allocated
+/// for the pixels (the extractors' memory budget).
+///
+/// # Errors
+/// As [`decode_image_limited`], and `check`'s error as is.
+pub fn decode_image_checked(
+    bytes: &[u8],
+    needs: ColorNeeds,
+    limits: &DecodeLimits,
+    mut check: impl FnMut(usize, usize) -> Result<(), ImageError>,
+) -> Result<DecodedImage, ImageError> {
+    let mut header = |w: usize, h: usize| -> Result<(), ImageError> {
+        limits.check(w as u64, h as u64)?;
+        check(w, h)
+    };
     if bytes.is_empty() {
         return Err(ImageError::decode("empty file (0 bytes)"));
     }
     let format = image::guess_format(bytes)
         .map_err(|_| ImageError::decode("not a JPEG or PNG image (unrecognised file signature)"))?;
-    if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Png) {
-        return Err(ImageError::decode(format!("unsupported image format {format:?}: only JPEG and PNG are decoded")));
-    }
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(ImageError::decode("truncated JPEG: no end-of-image marker after the last scan"));
-    }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits();
-    let img = reader.decode().map_err(|e| ImageError::decode(format!("corrupt or truncated {format:?}: {e}")))?;
-    let (width, height) = (img.width() as usize, img.height() as usize);
+    let (width, height, channels, data) = match format {
+        image::ImageFormat::Jpeg => decode_jpeg(bytes, limits, &mut header)?,
+        image::ImageFormat::Png => decode_png(bytes, limits, &mut header)?,
+        other => {
+            return Err(ImageError::decode(format!("unsupported image format {other:?}: only JPEG and PNG are decoded")))
+        }
+    };
     if width == 0 || height == 0 {
         return Err(ImageError::decode(format!("image has no pixels ({width}x{height})")));
     }
-    Ok(match img {
-        DynamicImage::ImageLuma8(b) => DecodedImage::from_gray(b.into_raw(), width, height, needs),
-        DynamicImage::ImageLumaA8(b) => DecodedImage::from_gray(interleaved_to_gray(b.as_raw(), 2), width, height, needs),
-        DynamicImage::ImageRgb8(b) => DecodedImage::from_rgb(b.into_raw(), width, height, needs),
-        DynamicImage::ImageRgba8(b) => {
-            let rgb: Vec<u8> = b.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    Ok(match channels {
+        1 => DecodedImage::from_gray(data, width, height, needs),
+        2 => DecodedImage::from_gray(interleaved_to_gray(&data, 2), width, height, needs),
+        3 => DecodedImage::from_rgb(data, width, height, needs),
+        _ => {
+            let rgb: Vec<u8> = data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
             DecodedImage::from_rgb(rgb, width, height, needs)
-        }
-        other => {
-            return Err(ImageError::decode(format!(
-                "unsupported sample type {:?}: only 8-bit images are supported (convert 16-bit or float images to 8-bit first)",
-                other.color()
-            )))
         }
     })
 }
 
+type Pixels = (usize, usize, usize, Vec<u8>);
+
+fn alloc_pixels(len: usize, width: usize, height: usize) -> Result<Vec<u8>, ImageError> {
+    crate::error::try_zeroed_vec::<u8>(len, &format!("the pixels of a {width}x{height} image"))
+        .map_err(|e| ImageError::decode(e.to_string()))
+}
+
+/// Strict JPEG decode: (width, height, channels 1-4, interleaved samples).
+fn decode_jpeg(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    header: &mut dyn FnMut(usize, usize) -> Result<(), ImageError>,
+) -> Result<Pixels, ImageError> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let mut refused = None;
+    let checked = jpeg_check::check_jpeg::<String>(bytes, |f| {
+        header(f.width, f.height).map_err(|e| {
+            refused = Some(e.clone());
+            e.reason
+        })
+    });
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    checked.map_err(ImageError::decode)?;
+    let side = usize::try_from(limits.max_side).unwrap_or(usize::MAX);
+    let options = DecoderOptions::default().set_strict_mode(true).set_max_width(side).set_max_height(side);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| ImageError::decode(format!("corrupt JPEG: {e}"));
+    dec.decode_headers().map_err(corrupt)?;
+    let input = dec.input_colorspace().expect("headers decoded");
+    // as the `image` crate: gray, RGB and their alpha variants as they are,
+    // YCbCr, CMYK and YCCK converted to RGB by the decoder
+    let out = match input {
+        ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::Luma | ColorSpace::LumaA => input,
+        _ => ColorSpace::RGB,
+    };
+    dec.set_options(dec.options().jpeg_set_out_colorspace(out));
+    let (width, height) = dec.dimensions().expect("headers decoded");
+    let len = dec.output_buffer_size().ok_or_else(|| ImageError::decode("image too large: its size overflows"))?;
+    let mut data = alloc_pixels(len, width, height)?;
+    dec.decode_into(&mut data).map_err(corrupt)?;
+    Ok((width, height, out.num_components(), data))
+}
+
+/// PNG decode with checksums verified: (width, height, channels 1-4, samples).
+fn decode_png(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    header: &mut dyn FnMut(usize, usize) -> Result<(), ImageError>,
+) -> Result<Pixels, ImageError> {
+    let corrupt = |e: png::DecodingError| match e {
+        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageError::decode("truncated PNG: the file ends before the image data does")
+        }
+        other => ImageError::decode(format!("corrupt or truncated PNG: {other}")),
+    };
+    // the png crate's own cap on what it allocates (rows, palette, text)
+    let cap = (limits.max_pixels.saturating_mul(8)).saturating_add(64 << 20);
+    let mut dec = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits { bytes: usize::try_from(cap).unwrap_or(usize::MAX) },
+    );
+    dec.ignore_checksums(false);
+    let info = dec.read_header_info().map_err(corrupt)?;
+    header(info.width as usize, info.height as usize)?;
+    dec.set_transformations(png::Transformations::EXPAND);
+    let mut reader = dec.read_info().map_err(corrupt)?;
+    let (color, depth) = reader.output_color_type();
+    if depth != png::BitDepth::Eight {
+        return Err(ImageError::decode(format!(
+            "unsupported sample type: {depth:?}-bit {color:?} PNG; only 8-bit images are supported (convert \
+             16-bit images to 8-bit first)"
+        )));
+    }
+    let channels = color.samples();
+    let (w, h) = reader.info().size();
+    let (width, height) = (w as usize, h as usize);
+    let len = reader.output_buffer_size().ok_or_else(|| ImageError::decode("image too large: its size overflows"))?;
+    let mut data = alloc_pixels(len, width, height)?;
+    let frame = reader.next_frame(&mut data).map_err(corrupt)?;
+    data.truncate(frame.buffer_size());
+    if data.len() != width * height * channels {
+        return Err(ImageError::decode("corrupt PNG: the decoded size does not match the header"));
+    }
+    Ok((width, height, channels, data))
+}
+
 /// Decode JPEG or PNG bytes into an 8-bit grayscale image (OpenCV's
-/// `imread` + `cvtColor(..., COLOR_BGR2GRAY)` levels for the same pixels).
+/// `imread` + `cvtColor(..., COLOR_BGR2GRAY)` levels for the same pixels),
+/// within the default [`DecodeLimits`].
 ///
 /// # Errors
-/// As [`decode_image`].
+/// As [`decode_image_limited`].
 pub fn decode_gray(bytes: &[u8]) -> Result<GrayImage, ImageError> {
-    let d = decode_image(bytes, ColorNeeds::GRAY)?;
+    decode_gray_limited(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_gray`] within `limits`.
+///
+/// # Errors
+/// As [`decode_image_limited`].
+pub fn decode_gray_limited(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage, ImageError> {
+    let d = decode_image_limited(bytes, ColorNeeds::GRAY, limits)?;
     let data = d.gray.expect("asked for gray");
     Ok(GrayImage { width: d.width, height: d.height, data })
 }
 
 /// Decode JPEG or PNG bytes into an 8-bit RGB image (R, G, B order; gray
-/// files replicated, alpha dropped).
+/// files replicated, alpha dropped), within the default [`DecodeLimits`].
 ///
 /// # Errors
-/// As [`decode_image`].
+/// As [`decode_image_limited`].
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    let d = decode_image(bytes, ColorNeeds::RGB)?;
+    decode_rgb_limited(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_rgb`] within `limits`.
+///
+/// # Errors
+/// As [`decode_image_limited`].
+pub fn decode_rgb_limited(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    let d = decode_image_limited(bytes, ColorNeeds::RGB, limits)?;
     let data = d.rgb.expect("asked for rgb");
     Ok(RgbImage { width: d.width, height: d.height, data })
 }
 
-/// True when a JPEG stream has an end-of-image marker (`FF D9`) after its
-/// last start-of-scan marker (`FF DA`). Entropy-coded data stuffs every `FF`
-/// byte as `FF 00`, so neither marker can appear inside scan data. The decoder
-/// itself fills a truncated scan with gray without an error (libjpeg only
-/// warns), so this check is what reports a truncated file.
-pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
+/// Area-average `src` (`channels` interleaved 8-bit samples per pixel,
+/// `sw` x `sh`) down to `dw` x `dh` (each no larger than the source side):
+/// every output pixel is the mean of the source area it covers, source
+/// pixels cut by its border weighted by the part inside, as OpenCV's
+/// `resize(..., INTER_AREA)` does when shrinking; rounded to nearest.
+///
+/// # Errors
+/// [`BovwError::Memory`] when the intermediate rows cannot be allocated.
+///
+/// # Panics
+/// If a target side is 0 or larger than the source's, or `src` is not
+/// `sw * sh * channels` long.
+pub fn resize_area(src: &[u8], sw: usize, sh: usize, channels: usize, dw: usize, dh: usize) -> Result<Vec<u8>, BovwError> {
+    assert!(dw >= 1 && dh >= 1 && dw <= sw && dh <= sh && src.len() == sw * sh * channels);
+    // (first source index, weights) of each output index along one axis
+    fn taps(n_src: usize, n_dst: usize) -> Vec<(usize, Vec<f32>)> {
+        let scale = n_src as f64 / n_dst as f64;
+        (0..n_dst)
+            .map(|d| {
+                let (a, b) = (d as f64 * scale, ((d + 1) as f64 * scale).min(n_src as f64));
+                let first = a.floor() as usize;
+                let last = (b.ceil() as usize).min(n_src).max(first + 1);
+                let w = (first..last)
+                    .map(|s| (((s + 1) as f64).min(b) - (s as f64).max(a)).max(0.0) / scale)
+                    .map(|w| w as f32)
+                    .collect();
+                (first, w)
+            })
+            .collect()
+    }
+    let (tx, ty) = (taps(sw, dw), taps(sh, dh));
+    let mut rows = crate::error::try_zeroed_vec::<f32>(dw * sh * channels, "the rows of a downscaled image")?;
+    for y in 0..sh {
+        let srow = &src[y * sw * channels..(y + 1) * sw * channels];
+        let drow = &mut rows[y * dw * channels..(y + 1) * dw * channels];
+        for (x, (first, w)) in tx.iter().enumerate() {
+            for c in 0..channels {
+                drow[x * channels + c] =
+                    w.iter().enumerate().map(|(i, &wi)| wi * srow[(first + i) * channels + c] as f32).sum();
+            }
+        }
+    }
+    let mut out = crate::error::try_zeroed_vec::<u8>(dw * dh * channels, "a downscaled image")?;
+    let stride = dw * channels;
+    for (y, (first, w)) in ty.iter().enumerate() {
+        let orow = &mut out[y * stride..(y + 1) * stride];
+        for (i, o) in orow.iter_mut().enumerate() {
+            let v: f32 = w.iter().enumerate().map(|(j, &wj)| wj * rows[(first + j) * stride + i]).sum();
+            *o = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    Ok(out)
+}
+
+impl DecodedImage {
+    /// This image area-averaged ([`resize_area`]) to `width` x `height`, in
+    /// the same layouts. The gray layout is resized from the gray pixels
+    /// (not recomputed from resized RGB), so it stays what a gray consumer
+    /// would see of the smaller image.
+    ///
+    /// # Errors
+    /// [`BovwError::Memory`] when a buffer cannot be allocated.
+    pub fn resized(&self, width: usize, height: usize) -> Result<DecodedImage, BovwError> {
+        let gray = self.gray.as_deref().map(|g| resize_area(g, self.width, self.height, 1, width, height)).transpose()?;
+        let rgb = self.rgb.as_deref().map(|c| resize_area(c, self.width, self.height, 3, width, height)).transpose()?;
+        Ok(DecodedImage { width, height, is_color: self.is_color, gray, rgb })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::DynamicImage;
 
     fn png_bytes(img: DynamicImage) -> Vec<u8> {
         let mut out = Vec::new();
@@ -443,5 +707,223 @@ mod tests {
         assert_eq!(err.stage, crate::error::Stage::Decode);
         let full = png_bytes(DynamicImage::ImageRgb8(image::RgbImage::new(16, 16)));
         assert!(decode_gray(&full[..full.len() / 2]).is_err());
+    }
+
+    /// The seed corpus (fuzz/corpus, written by fuzz/make_corpus.py from a
+    /// committed Fruits-360 image): (name, bytes).
+    fn corpus() -> Vec<(String, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("corpus");
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("fuzz/corpus")
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        out.sort();
+        assert!(out.len() >= 10);
+        out
+    }
+
+    fn jpegs() -> Vec<(String, Vec<u8>)> {
+        corpus().into_iter().filter(|(n, _)| n.ends_with(".jpg")).collect()
+    }
+
+    /// Offset just after the first scan header (SOS segment).
+    fn first_scan_data(b: &[u8]) -> usize {
+        let sos = b.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        sos + 2 + ((b[sos + 2] as usize) << 8 | b[sos + 3] as usize)
+    }
+
+    #[test]
+    fn corpus_files_decode_and_16_bit_is_refused() {
+        for (name, b) in corpus() {
+            let r = decode_image(&b, ColorNeeds { gray: true, rgb: true });
+            if name.contains("gray16") {
+                assert!(r.unwrap_err().reason.contains("8-bit"), "{name}");
+                continue;
+            }
+            let d = r.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let want = if name.contains("odd_size") { (37, 23) } else { (64, 48) };
+            assert_eq!((d.width, d.height), want, "{name}");
+            assert_eq!(d.is_color, !name.contains("gray") && !name.contains("1bit"), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_cut_of_a_jpeg_is_refused_with_or_without_an_end_marker() {
+        // every cut position inside the entropy-coded data, of every layout
+        // (baseline, progressive, restart markers, gray, CMYK, odd size)
+        for (name, b) in jpegs() {
+            let eoi = b.len() - 2;
+            assert_eq!(&b[eoi..], &[0xFF, 0xD9], "{name}");
+            let mut cut_eoi = Vec::new();
+            for p in first_scan_data(&b)..eoi {
+                let e = decode_gray(&b[..p]).expect_err(&format!("{name} cut at {p}"));
+                assert!(e.reason.contains("truncated") || e.reason.contains("corrupt"), "{name} {p}: {e}");
+                cut_eoi.clear();
+                cut_eoi.extend_from_slice(&b[..p]);
+                cut_eoi.extend_from_slice(&[0xFF, 0xD9]);
+                let e = decode_gray(&cut_eoi).expect_err(&format!("{name} cut at {p} + EOI"));
+                assert_eq!(e.stage, crate::error::Stage::Decode);
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_end_marker_are_ignored() {
+        for (name, b) in jpegs() {
+            let want = decode_gray(&b).unwrap();
+            for tail in [&b"\xFF\xDA\x00\x0cgarbage after"[..], &[0xFF, 0xD8, 0xFF, 0xDA, 0x00], &[0x00; 100]] {
+                let mut t = b.clone();
+                t.extend_from_slice(tail);
+                assert_eq!(decode_gray(&t).unwrap_or_else(|e| panic!("{name}: {e}")), want, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn restart_marker_missing_or_out_of_order_is_refused() {
+        let (_, b) = corpus().into_iter().find(|(n, _)| n == "jpeg_restart.jpg").unwrap();
+        let rst: Vec<usize> = b.windows(2).enumerate().filter(|(_, w)| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])).map(|(i, _)| i).collect();
+        assert!(rst.len() >= 3);
+        // removing one marker: the interval runs into the next one
+        let mut cut = b.clone();
+        cut.drain(rst[1]..rst[1] + 2);
+        assert!(decode_gray(&cut).unwrap_err().reason.contains("corrupt JPEG"));
+        // renumbering one
+        let mut bad = b.clone();
+        bad[rst[1] + 1] = 0xD0 + ((bad[rst[1] + 1] - 0xD0 + 3) & 7);
+        assert!(decode_gray(&bad).unwrap_err().reason.contains("restart marker"), "{:?}", decode_gray(&bad));
+    }
+
+    #[test]
+    fn damaged_scan_data_is_mostly_refused() {
+        // 64 bytes overwritten with pseudo-random values at 40 places of each
+        // file: Huffman data that loses synchronisation ends in the wrong
+        // place or codes out-of-range coefficients
+        let mut state = 12345u32;
+        let mut rnd = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 16) as usize
+        };
+        let (mut tried, mut refused) = (0, 0);
+        for (_, b) in jpegs() {
+            let (start, end) = (first_scan_data(&b), b.len() - 2);
+            for _ in 0..40 {
+                let mut d = b.clone();
+                let p = start + rnd() % (end - start).saturating_sub(64).max(1);
+                for i in p..(p + 64).min(end) {
+                    if d[i - 1] != 0xFF {
+                        d[i] = (rnd() % 255) as u8; // never FF
+                    }
+                }
+                tried += 1;
+                refused += decode_gray(&d).is_err() as usize;
+            }
+        }
+        // measured 97 % on real 348 x 348 photos; these 64 x 48 files have
+        // little data after a damaged run to expose the desynchronisation
+        assert!(refused * 100 >= 85 * tried, "refused {refused} of {tried}");
+    }
+
+    #[test]
+    fn png_checksums_and_truncation_are_checked() {
+        let (_, b) = corpus().into_iter().find(|(n, _)| n == "png_rgb.png").unwrap();
+        let idat = b.windows(4).position(|w| w == b"IDAT").unwrap();
+        let iend0 = b.windows(4).position(|w| w == b"IEND").unwrap();
+        // a flipped bit is caught by the deflate stream or, at the chunk's
+        // end, by its CRC (the last data byte before the CRC: only the CRC)
+        for at in [idat + 10, iend0 - 9] {
+            let mut flip = b.clone();
+            flip[at] ^= 0x10;
+            let e = decode_gray(&flip).unwrap_err();
+            assert!(e.reason.contains("corrupt"), "{e}");
+        }
+        let iend = b.windows(4).position(|w| w == b"IEND").unwrap() - 4;
+        for cut in [idat + 20, iend - 5] {
+            let mut t = b[..cut].to_vec();
+            t.extend_from_slice(&b[iend..]); // the IEND chunk appended
+            assert!(decode_gray(&t).is_err(), "cut at {cut}");
+            assert!(decode_gray(&b[..cut]).unwrap_err().reason.contains("PNG"));
+        }
+        // no IEND chunk: refused, as libpng does ("PNG input buffer is incomplete")
+        assert!(decode_gray(&b[..iend]).unwrap_err().reason.contains("truncated PNG"));
+        let mut t = b.clone();
+        t.extend_from_slice(b"trailing\xFF\xDA");
+        assert_eq!(decode_gray(&t).unwrap(), decode_gray(&b).unwrap());
+    }
+
+    fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+        // a PNG whose header claims w x h, with a few rows of data
+        let mut enc = Vec::new();
+        {
+            let mut e = png::Encoder::new(&mut enc, 4, 4);
+            e.set_color(png::ColorType::Grayscale);
+            e.write_header().unwrap().write_image_data(&[0; 16]).unwrap();
+        }
+        let ihdr = enc.windows(4).position(|v| v == b"IHDR").unwrap();
+        enc[ihdr + 4..ihdr + 8].copy_from_slice(&w.to_be_bytes());
+        enc[ihdr + 8..ihdr + 12].copy_from_slice(&h.to_be_bytes());
+        let crc = crc32(&enc[ihdr..ihdr + 17]);
+        enc[ihdr + 17..ihdr + 21].copy_from_slice(&crc.to_be_bytes());
+        enc
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn limits_are_checked_from_the_header_before_allocating() {
+        // 60000 x 60000 would be 3.6 GB of gray pixels: refused from the header
+        let e = decode_gray(&png_header_only(60_000, 60_000)).unwrap_err();
+        assert_eq!(e.stage, crate::error::Stage::Decode);
+        assert!(e.reason.contains("60000x60000") && e.reason.contains("max_side=16384"), "{e}");
+        let e = decode_gray(&png_header_only(10_000, 10_000)).unwrap_err();
+        assert!(e.reason.contains("100.0 megapixels") && e.reason.contains("max_pixels=50000000"), "{e}");
+        let e = decode_gray(&png_header_only(100, 41_060)).unwrap_err();
+        assert!(e.reason.contains("100x41060"), "{e}");
+        // a JPEG whose frame header claims 30000 x 30000
+        let (_, mut j) = jpegs().into_iter().find(|(n, _)| n == "jpeg_baseline_420.jpg").unwrap();
+        let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        j[sof + 5..sof + 9].copy_from_slice(&[0x75, 0x30, 0x75, 0x30]);
+        assert!(decode_gray(&j).unwrap_err().reason.contains("30000x30000"));
+        // within raised limits the check passes and the file's own damage shows
+        let big = DecodeLimits { max_pixels: 1 << 31, max_side: 60_000 };
+        assert!(decode_gray_limited(&j, &big).unwrap_err().reason.contains("JPEG"));
+        // small limits refuse a small image; the extra check sees the header size
+        let (_, b) = corpus().into_iter().find(|(n, _)| n == "png_rgb.png").unwrap();
+        let tiny = DecodeLimits { max_pixels: 1000, max_side: 100 };
+        assert!(decode_gray_limited(&b, &tiny).unwrap_err().reason.contains("max_pixels=1000"));
+        let mut seen = None;
+        let e = decode_image_checked(&b, ColorNeeds::GRAY, &DecodeLimits::default(), |w, h| {
+            seen = Some((w, h));
+            Err(ImageError::decode("refused by the caller"))
+        })
+        .unwrap_err();
+        assert_eq!((seen, e.reason.as_str()), (Some((64, 48)), "refused by the caller"));
+        assert!(DecodeLimits::new(0, 10).unwrap_err().to_string().starts_with("max_pixels"));
+        assert!(DecodeLimits::new(10, -1).unwrap_err().to_string().starts_with("max_side"));
+    }
+
+    #[test]
+    fn area_resize_known_answers() {
+        // 2x2 blocks averaged; a 3 -> 2 shrink weights the middle pixel half to each side
+        let src = [0u8, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150];
+        assert_eq!(resize_area(&src, 4, 4, 1, 2, 2).unwrap(), vec![25, 45, 105, 125]);
+        assert_eq!(resize_area(&[0, 30, 90], 3, 1, 1, 2, 1).unwrap(), vec![10, 70]);
+        // channels stay separate; a constant image stays constant; same size is the identity
+        let rgb: Vec<u8> = (0..7 * 5).flat_map(|_| [200u8, 7, 99]).collect();
+        assert_eq!(resize_area(&rgb, 7, 5, 3, 3, 2).unwrap(), [200u8, 7, 99].repeat(6));
+        let g: Vec<u8> = (0..35).map(|v| (v * 7) as u8).collect();
+        assert_eq!(resize_area(&g, 7, 5, 1, 7, 5).unwrap(), g);
+        let d = DecodedImage::from_rgb(rgb, 7, 5, ColorNeeds { gray: true, rgb: true }).resized(3, 2).unwrap();
+        assert_eq!((d.width, d.height, d.gray().unwrap().data.len(), d.rgb().unwrap().data.len()), (3, 2, 6, 18));
     }
 }

@@ -57,10 +57,13 @@ class Orb:
         Returns (keypoints (N, 7) float64, descriptors (N, width)).
         """
 
-    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None) -> pa.RecordBatch:
+    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
         """Decode and describe every row of a binary Arrow array (JPEG/PNG
         bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
-        image_height, keypoints, descriptors, error, error_stage.
+        image_height, keypoints, descriptors, error, error_stage,
+        image_scale. Limits (None: the default): max_pixels,
+        max_side (decode), max_image_memory (bytes per image),
+        oversize ("refuse" or "downscale").
         """
 
     def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
@@ -104,10 +107,13 @@ class Sift:
         Returns (keypoints (N, 7) float64, descriptors (N, width)).
         """
 
-    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None) -> pa.RecordBatch:
+    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
         """Decode and describe every row of a binary Arrow array (JPEG/PNG
         bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
-        image_height, keypoints, descriptors, error, error_stage.
+        image_height, keypoints, descriptors, error, error_stage,
+        image_scale. Limits (None: the default): max_pixels,
+        max_side (decode), max_image_memory (bytes per image),
+        oversize ("refuse" or "downscale").
         """
 
     def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
@@ -154,17 +160,17 @@ def bow_weight(hist: NDArray[np.float32], idf: Optional[NDArray[np.float64]] = N
     """Multiply (n_images, n_words) float32 histograms by idf and normalise rows; returns a new array."""
 
 
-def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
+def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
     """Decode a binary Arrow array to gray; returns (images, errors): one entry
     per row, an (H, W) uint8 array or None, and None or the reason.
     """
 
 
-def decode_gray_image(data: bytes) -> NDArray[np.uint8]:
+def decode_gray_image(data: bytes, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> NDArray[np.uint8]:
     """Decode JPEG/PNG bytes to an (H, W) uint8 grayscale array (OpenCV BGR2GRAY weights)."""
 
 
-def decode_rgb_image(data: bytes) -> NDArray[np.uint8]:
+def decode_rgb_image(data: bytes, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> NDArray[np.uint8]:
     """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (gray files replicated, alpha dropped)."""
 
 

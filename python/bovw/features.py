@@ -19,7 +19,7 @@ import pyarrow as pa
 from bovw import _bovw
 from bovw.image import _iter_batches
 
-__all__ = ["FEATURE_COLUMNS", "KEYPOINT_DTYPE", "Extractor", "SIFT", "ORB", "keypoints_from_cv2"]
+__all__ = ["FEATURE_COLUMNS", "KEYPOINT_DTYPE", "RESOURCE_LIMITS", "Extractor", "SIFT", "ORB", "keypoints_from_cv2"]
 
 #: Keypoint record: position ``x``, ``y`` (pixels, origin at the centre of the
 #: top-left pixel), ``size`` (diameter in pixels), ``angle`` (degrees, in
@@ -43,7 +43,27 @@ KEYPOINT_DTYPE = np.dtype(
 _KEYPOINT_FIELDS: tuple[str, ...] = ("x", "y", "size", "angle", "response", "octave", "class_id")
 
 #: The per-image columns every extractor's batch output has, in order.
-FEATURE_COLUMNS = ("n_keypoints", "image_width", "image_height", "keypoints", "descriptors", "error", "error_stage")
+FEATURE_COLUMNS = (
+    "n_keypoints",
+    "image_width",
+    "image_height",
+    "keypoints",
+    "descriptors",
+    "error",
+    "error_stage",
+    "image_scale",
+)
+
+#: Default resource limits of every extractor's batch path (see
+#: ``docs/reliability.md``): decode at most 50 megapixels and 16384 pixels a
+#: side, describe an image only when its estimated peak memory is at most
+#: 1 GiB, else refuse it (an error row).
+RESOURCE_LIMITS = {
+    "max_pixels": 50_000_000,
+    "max_side": 16_384,
+    "max_image_memory": 1 << 30,
+    "oversize": "refuse",
+}
 
 
 def _to_records(table: np.ndarray) -> np.ndarray:
@@ -115,6 +135,27 @@ class Extractor:
     :attr:`descriptor_width`, :attr:`descriptor_dtype`, :attr:`kind`, :attr:`needs_color`
         From the Rust extractor.
 
+    Every extractor also takes the resource limits of its batch path
+    (:meth:`extract`), as keyword parameters with the defaults of
+    :data:`RESOURCE_LIMITS`:
+
+    ``max_pixels`` : int, default 50_000_000
+        Largest ``width * height`` decoded; checked from the file's header
+        before any pixel is allocated. A larger image is an error row with
+        stage ``"decode"`` giving its size and the limit.
+    ``max_side`` : int, default 16384
+        Largest width or height decoded (same check).
+    ``max_image_memory`` : int, default 1 GiB (``2**30``)
+        Largest estimated peak memory, in bytes, of describing one image
+        (SIFT about 280 bytes per pixel at OpenCV's defaults, ORB about 10);
+        also checked from the header. Each thread describes one image at a
+        time, so a batch needs up to ``n_threads`` times this.
+    ``oversize`` : {"refuse", "downscale"}, default "refuse"
+        Above ``max_image_memory``: ``"refuse"`` gives an error row (stage
+        ``"decode"``); ``"downscale"`` area-averages the image down to the
+        largest size that fits and describes that, with keypoints given in the
+        file's pixels and the factor in the row's ``image_scale`` column.
+
     Instances pickle as their parameters (Spark ships them to executors).
     """
 
@@ -125,8 +166,13 @@ class Extractor:
     _aliases: ClassVar[dict[str, str]] = {}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Parameters as a dict (scikit-learn convention)."""
-        return {name: getattr(self, name) for name in self._param_names}
+        """Parameters as a dict (scikit-learn convention), resource limits included."""
+        out = {name: getattr(self, name) for name in self._param_names}
+        out.update(self._limits())
+        return out
+
+    def _limits(self) -> dict[str, Any]:
+        return {name: self.__dict__.get(name, default) for name, default in RESOURCE_LIMITS.items()}
 
     def set_params(self, **params: Any) -> "Extractor":
         """Set parameters (OpenCV's names accepted); returns ``self``."""
@@ -145,7 +191,7 @@ class Extractor:
         self.__dict__.update(state)
 
     def _rust_params(self) -> dict[str, Any]:
-        return self.get_params()
+        return {name: getattr(self, name) for name in self._param_names}
 
     @property
     def _rust(self) -> Any:
@@ -198,8 +244,8 @@ class Extractor:
             Input columns copied to the output (zero-copy); default every column
             except ``content_column`` and ``modificationTime``/``length``.
         n_threads : int, optional
-            Threads for this call; default all cores (or ``RAYON_NUM_THREADS``).
-            On Spark executors pass 1 per task.
+            Threads for this call, 1 to 256; default all cores (or
+            ``RAYON_NUM_THREADS``). On Spark executors pass 1 per task.
 
         Returns
         -------
@@ -212,8 +258,10 @@ class Extractor:
             ``list<fixed_size_binary(w)>`` for uint8 descriptors), ``error``
             (string: null when fine, else why the image could not be used) and
             ``error_stage`` (``"decode"``: the bytes are not a usable image;
-            ``"descriptors"``: the extractor refused the pixels). A failed row
-            has null counts and sizes and empty lists.
+            ``"descriptors"``: the extractor refused the pixels) and
+            ``image_scale`` (float32: 1, or the factor of a downscaled image,
+            see ``oversize``). A failed row has null counts, sizes and scale
+            and empty lists.
 
         Raises
         ------
@@ -222,14 +270,16 @@ class Extractor:
         TypeError
             If the content column is not binary.
         ValueError
-            If a parameter is invalid.
+            If a parameter (or a resource limit) is invalid; the message names it
+            and its range.
         """
         rust = self._rust
+        limits = self._limits()
         outs = []
         for rb in _iter_batches(batch):
             if content_column not in rb.schema.names:
                 raise KeyError(f"no column {content_column!r} in the batch (columns: {rb.schema.names})")
-            res = rust.extract(rb.column(content_column), n_threads=n_threads)
+            res = rust.extract(rb.column(content_column), n_threads=n_threads, **limits)
             if keep_columns is None:
                 keep = [n for n in rb.schema.names if n not in (content_column, "modificationTime", "length")]
             else:
@@ -244,7 +294,7 @@ class Extractor:
 
     def _empty_batch(self, batch: Any, content_column: str, keep_columns: Any) -> pa.RecordBatch:
         schema = batch.schema if hasattr(batch, "schema") else pa.schema([(content_column, pa.binary())])
-        res = self._rust.extract(pa.array([], pa.binary()))
+        res = self._rust.extract(pa.array([], pa.binary()), **self._limits())
         keep = [n for n in schema.names if n not in (content_column, "modificationTime", "length")] \
             if keep_columns is None else list(keep_columns)
         cols = [pa.array([], schema.field(n).type) for n in keep] + list(res.columns)
@@ -335,7 +385,7 @@ def _resolve_aliases(cls: type[Extractor], kwargs: dict[str, Any]) -> dict[str, 
     out = {}
     for k, v in kwargs.items():
         name = cls._aliases.get(k, k)
-        if name not in cls._param_names:
+        if name not in cls._param_names and name not in RESOURCE_LIMITS:
             raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {k!r}")
         out[name] = v
     return out
@@ -369,8 +419,16 @@ class SIFT(_Feature2D):
     sigma : float, default 1.6
         Gaussian sigma of the octave-0 base image (``sigma``).
 
+    max_pixels, max_side, max_image_memory, oversize
+        Resource limits of :meth:`extract` (see :class:`Extractor`). SIFT
+        needs about 280 bytes per pixel at the defaults (``64 (2 L + 5) / 3 +
+        64`` with ``L = n_octave_layers`` is the estimate held against
+        ``max_image_memory``), so the default 1 GiB describes images up to
+        about 3.5 megapixels.
+
     OpenCV's camelCase names (``nfeatures``, ``nOctaveLayers``, ...) are
-    accepted as keyword aliases.
+    accepted as keyword aliases. ``n_octave_layers`` must be in 1..32 and
+    ``sigma`` in (0, 16]: time and memory grow with both.
 
     Notes
     -----
@@ -466,8 +524,13 @@ class ORB(_Feature2D):
     patch_size : int, default 31
         Size of the patch used by the oriented BRIEF (``patchSize``).
     fast_threshold : int, default 20
-        FAST threshold (``fastThreshold``).
+        FAST threshold (``fastThreshold``), 0 to 255.
+    max_pixels, max_side, max_image_memory, oversize
+        Resource limits of :meth:`extract` (see :class:`Extractor`). ORB
+        needs 5-10 bytes per pixel at the defaults (the estimate: 6 bytes per
+        pyramid pixel plus 96 per kept keypoint).
 
+    ``n_levels`` must be in 1..64 and ``first_level`` in 0..n_levels - 1.
     Descriptors are uint8 arrays of shape (n_keypoints, 32).
 
     References
@@ -529,4 +592,4 @@ class ORB(_Feature2D):
         self.score_type = _score_name(self.score_type)
 
     def _rust_params(self) -> dict[str, Any]:
-        return {**self.get_params(), "score_type": _score_name(self.score_type)}
+        return {**super()._rust_params(), "score_type": _score_name(self.score_type)}

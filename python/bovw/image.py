@@ -288,11 +288,30 @@ def read_images(
     )
 
 
-def decode_gray(data: bytes) -> np.ndarray:
+#: Default decode limits: 50 megapixels, 16384 pixels a side.
+MAX_PIXELS = 50_000_000
+MAX_SIDE = 16_384
+
+
+def decode_gray(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> np.ndarray:
     """Decode JPEG or PNG bytes to an 8-bit grayscale image.
 
     Color images are reduced with OpenCV's ``cvtColor(BGR2GRAY)`` fixed-point
     weights (0.299 R + 0.587 G + 0.114 B, 14-bit); alpha is dropped.
+
+    Decoding is strict (corrupt, cut-off or resynchronised scan data is an
+    error; bytes after a JPEG's end marker are ignored; PNG checksums are
+    verified), and the size in the header is checked against the limits
+    before any pixel buffer is allocated. See ``docs/reliability.md``.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded file.
+    max_pixels : int, default 50_000_000
+        Largest ``width * height`` decoded, 1 to 2**32 - 1.
+    max_side : int, default 16384
+        Largest width or height decoded, 1 to 2**32 - 1.
 
     Returns
     -------
@@ -301,18 +320,26 @@ def decode_gray(data: bytes) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the bytes are empty, not a JPEG/PNG, truncated or corrupt, or the
-        image is not 8-bit; the message says which.
+        If the bytes are empty, not a JPEG/PNG, truncated or corrupt, the
+        image is not 8-bit or is over a limit (the message gives its size and
+        the limit), or a limit is out of range.
     """
-    return _bovw.decode_gray_image(bytes(data))
+    return _bovw.decode_gray_image(bytes(data), max_pixels=max_pixels, max_side=max_side)
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
+def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> np.ndarray:
     """Decode JPEG or PNG bytes to an 8-bit RGB image.
 
     Channels are in R, G, B order (``cv2.imread`` gives B, G, R: reverse the
     last axis to compare). Gray files have their level replicated in the three
     channels, as ``cv2.imread(..., IMREAD_COLOR)`` does; alpha is dropped.
+    Strict, and limited, as :func:`decode_gray`.
+
+    Parameters
+    ----------
+    data : bytes
+    max_pixels, max_side : int
+        As :func:`decode_gray`.
 
     Returns
     -------
@@ -321,20 +348,27 @@ def decode_rgb(data: bytes) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the bytes are empty, not a JPEG/PNG, truncated or corrupt, or the
-        image is not 8-bit; the message says which.
+        As :func:`decode_gray`.
     """
-    return _bovw.decode_rgb_image(bytes(data))
+    return _bovw.decode_rgb_image(bytes(data), max_pixels=max_pixels, max_side=max_side)
 
 
-def decode_gray_batch(content: object, n_threads: int | None = None) -> tuple[list, list]:
+def decode_gray_batch(
+    content: object,
+    n_threads: int | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
+) -> tuple[list, list]:
     """Decode a binary Arrow array of encoded images in parallel.
 
     Parameters
     ----------
     content : pyarrow binary Array (or any ``__arrow_c_array__`` object)
     n_threads : int, optional
-        Threads to use; default all cores (``RAYON_NUM_THREADS``).
+        Threads to use, 1 to 256; default all cores (``RAYON_NUM_THREADS``).
+    max_pixels, max_side : int
+        As :func:`decode_gray`; an image over a limit gets an error entry.
 
     Returns
     -------
@@ -344,7 +378,7 @@ def decode_gray_batch(content: object, n_threads: int | None = None) -> tuple[li
     """
     if isinstance(content, pa.ChunkedArray):
         content = content.combine_chunks()
-    return _bovw.decode_gray_batch(content, n_threads=n_threads)
+    return _bovw.decode_gray_batch(content, n_threads=n_threads, max_pixels=max_pixels, max_side=max_side)
 
 
 def _iter_batches(data: object) -> Iterable[pa.RecordBatch]:

@@ -18,8 +18,11 @@ pub mod sift;
 
 use rayon::prelude::*;
 
-use crate::error::{BovwError, ImageError, Result};
-use crate::image::{decode_image, ColorNeeds, DecodedImage, GrayView};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{human_bytes, probe_allocation, BovwError, ImageError, Result};
+use crate::image::{decode_image_checked, ColorNeeds, DecodeLimits, DecodedImage, GrayView};
 
 /// A detected keypoint, in OpenCV's conventions: `(x, y)` in pixels of the
 /// input image with the origin at the centre of the top-left pixel, `size` the
@@ -143,6 +146,18 @@ pub trait Extractor: Sync {
     /// [`BovwError::InvalidInput`] when the image cannot be described (too
     /// small for a detector...).
     fn extract(&self, image: &DecodedImage) -> Result<Features>;
+    /// An upper bound of the bytes [`Extractor::extract`] allocates at its
+    /// peak for one `width` x `height` image (beyond the decoded image
+    /// itself), or `None` when the extractor cannot tell. [`extract_batch_limited`]
+    /// holds it against the per-image [`MemoryPolicy`] before decoding, and
+    /// the single-image bindings check that it can be allocated (so that an
+    /// image too large gives `MemoryError`, not an abort). Extractors whose
+    /// memory grows with the image should implement it (SIFT about 280
+    /// bytes per pixel, ORB about 10): `None` leaves the image unbounded.
+    fn memory_bytes(&self, width: usize, height: usize) -> Option<u128> {
+        let _ = (width, height);
+        None
+    }
 }
 
 /// A keypoint detector + descriptor on gray images, with OpenCV's
@@ -176,6 +191,10 @@ pub struct ImageFeatures {
     pub height: usize,
     pub keypoints: Vec<KeyPoint>,
     pub descriptors: Descriptors,
+    /// The factor the image was resized by before description: 1 at full
+    /// size, < 1 when [`Oversize::Downscale`] shrank it to fit the memory
+    /// budget (keypoints are still in the file's pixels).
+    pub scale: f64,
 }
 
 thread_local! {
@@ -206,39 +225,262 @@ pub(crate) fn portable_only<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The largest `n_threads` a kernel accepts. Fixed rather than a multiple
+/// of the core count, so that a setting valid on a driver is valid on every
+/// executor; far above any core count bovw runs on.
+pub const MAX_THREADS: usize = 256;
+
+/// Validate an `n_threads` argument: `None` or 0 mean "all cores" (rayon's
+/// global pool, sized by `RAYON_NUM_THREADS` or the core count), else
+/// 1..=[`MAX_THREADS`].
+///
+/// # Errors
+/// [`BovwError::InvalidParameter`] naming `n_threads` and the range.
+pub fn check_threads(n_threads: Option<i64>) -> Result<Option<usize>> {
+    match n_threads {
+        None | Some(0) => Ok(None),
+        Some(n) if (1..=MAX_THREADS as i64).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(BovwError::param(
+            "n_threads",
+            format!("must be None (all cores) or between 1 and {MAX_THREADS}, got {n}"),
+        )),
+    }
+}
+
+/// Pools kept for reuse, by size: building a rayon pool starts its threads,
+/// so a pool per call costs a thread start per thread per call.
+fn pools() -> &'static Mutex<(HashMap<usize, Arc<rayon::ThreadPool>>, Vec<usize>)> {
+    static POOLS: OnceLock<Mutex<(HashMap<usize, Arc<rayon::ThreadPool>>, Vec<usize>)>> = OnceLock::new();
+    POOLS.get_or_init(|| Mutex::new((HashMap::new(), Vec::new())))
+}
+
+/// Pools of at most this many distinct sizes are kept (least recently used
+/// dropped first: its threads end once no call is using it).
+const KEPT_POOLS: usize = 4;
+
+/// The shared pool of `n` threads, built on first use.
+fn pool(n: usize) -> Option<Arc<rayon::ThreadPool>> {
+    let mut guard = pools().lock().unwrap_or_else(|e| e.into_inner());
+    let (map, order) = &mut *guard;
+    if let Some(p) = map.get(&n) {
+        let p = Arc::clone(p);
+        order.retain(|&k| k != n);
+        order.push(n);
+        return Some(p);
+    }
+    let p = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()?);
+    map.insert(n, Arc::clone(&p));
+    order.push(n);
+    while order.len() > KEPT_POOLS {
+        let old = order.remove(0);
+        map.remove(&old);
+    }
+    Some(p)
+}
+
 /// Run `f` on a rayon pool of `n_threads` threads (`None` or 0: rayon's global
-/// pool, sized by `RAYON_NUM_THREADS` or the core count).
+/// pool, sized by `RAYON_NUM_THREADS` or the core count). Pools are cached
+/// by size (the last [`KEPT_POOLS`] sizes used), so repeated calls with the
+/// same count reuse their threads. Counts above [`MAX_THREADS`] are clamped
+/// (the bindings refuse them earlier with [`check_threads`]).
 pub fn with_threads<R: Send>(n_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
     match n_threads {
-        Some(n) if n > 0 => match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
-            Ok(pool) => pool.install(f),
-            Err(_) => f(),
+        Some(n) if n > 0 => match pool(n.min(MAX_THREADS)) {
+            Some(p) => p.install(f),
+            None => f(),
         },
         _ => f(),
     }
 }
 
-/// Decode each encoded image (`None` = null row) and extract its features.
+/// What to do with an image whose description would need more memory than
+/// [`MemoryPolicy::max_image_memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// An error row (stage `decode`) giving the estimate and the limit.
+    Refuse,
+    /// Area-average the image down until the estimate fits, describe that,
+    /// and map the keypoints back to the file's pixels (the row's
+    /// `image_scale` records the factor).
+    Downscale,
+}
+
+impl Oversize {
+    /// `"refuse"` or `"downscale"`.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] naming `oversize`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "refuse" => Ok(Oversize::Refuse),
+            "downscale" => Ok(Oversize::Downscale),
+            other => Err(BovwError::param("oversize", format!("expected 'refuse' or 'downscale', got {other:?}"))),
+        }
+    }
+    /// The name [`Oversize::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Oversize::Refuse => "refuse",
+            Oversize::Downscale => "downscale",
+        }
+    }
+}
+
+/// The per-image memory budget of description ([`Extractor::memory_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// Largest estimated peak, in bytes, of describing one image.
+    pub max_image_memory: u64,
+    /// What happens above it.
+    pub oversize: Oversize,
+}
+
+impl MemoryPolicy {
+    /// Default budget: 1 GiB per image (SIFT at OpenCV's defaults: about
+    /// 3.5 megapixels, e.g. 2160 x 1620; ORB: about 170 megapixels, so the
+    /// decode limit applies first). Each thread describes one image at a time.
+    pub const DEFAULT_MAX_IMAGE_MEMORY: u64 = 1 << 30;
+    /// Smallest budget accepted: 1 MiB.
+    pub const MIN_MAX_IMAGE_MEMORY: u64 = 1 << 20;
+
+    /// A validated policy.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] naming `max_image_memory` (below
+    /// 1 MiB) or `oversize`.
+    pub fn new(max_image_memory: i64, oversize: &str) -> Result<Self> {
+        if max_image_memory < Self::MIN_MAX_IMAGE_MEMORY as i64 {
+            return Err(BovwError::param(
+                "max_image_memory",
+                format!("must be at least {} bytes (1 MiB), got {max_image_memory}", Self::MIN_MAX_IMAGE_MEMORY),
+            ));
+        }
+        Ok(MemoryPolicy { max_image_memory: max_image_memory as u64, oversize: Oversize::parse(oversize)? })
+    }
+}
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        MemoryPolicy { max_image_memory: Self::DEFAULT_MAX_IMAGE_MEMORY, oversize: Oversize::Refuse }
+    }
+}
+
+/// Everything that bounds the work on one image of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceLimits {
+    /// Checked from the file's header, before decoding.
+    pub decode: DecodeLimits,
+    /// Checked from the header too, against the extractor's estimate.
+    pub memory: MemoryPolicy,
+}
+
+/// The largest size with the aspect ratio of `width` x `height` whose
+/// estimate fits `max` bytes (None: not even 1 pixel a side fits).
+fn fit_size<E: Extractor + ?Sized>(extractor: &E, width: usize, height: usize, max: u128) -> Option<(usize, usize)> {
+    let size_at = |w: usize| -> (usize, usize) {
+        let h = ((height as f64 * w as f64 / width as f64).round() as usize).clamp(1, height);
+        (w, h)
+    };
+    let fits = |w: usize| {
+        let (w, h) = size_at(w);
+        extractor.memory_bytes(w, h).map_or(true, |b| b <= max)
+    };
+    if !fits(1) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1usize, width); // fits(lo), !fits(hi)
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(size_at(lo))
+}
+
+/// Decode each encoded image (`None` = null row) and extract its features,
+/// within the default [`ResourceLimits`].
 ///
 /// Returns one entry per input row, in input order: the features, or an
 /// [`ImageError`] naming the stage that failed (`decode` for unreadable
-/// bytes, `descriptors` when the extractor refused the image). Work is
-/// spread over images with rayon; the result does not depend on the number
-/// of threads.
+/// bytes or an image over a limit, `descriptors` when the extractor refused
+/// the image). Work is spread over images with rayon; the result does not
+/// depend on the number of threads.
 pub fn extract_batch<E: Extractor + ?Sized>(
     contents: &[Option<&[u8]>],
     extractor: &E,
 ) -> Vec<std::result::Result<ImageFeatures, ImageError>> {
+    extract_batch_limited(contents, extractor, &ResourceLimits::default())
+}
+
+/// [`extract_batch`] within `limits`.
+///
+/// Before any pixel is decoded, each image's header size is checked against
+/// `limits.decode` and the extractor's [`Extractor::memory_bytes`] estimate
+/// against `limits.memory`: over the memory budget, the image is refused
+/// (an error row at stage `decode` giving the estimate and the limit) or,
+/// with [`Oversize::Downscale`], decoded, area-averaged down to the largest
+/// size whose estimate fits, and described; its keypoints are then given in
+/// the file's pixels (`x' = (x + 0.5) / s - 0.5`, `size' = size / s`) and
+/// [`ImageFeatures::scale`] is `s` < 1. The estimate is also reserved and
+/// freed before describing, so that memory the system cannot give is an
+/// error row at stage `descriptors`, not an abort.
+pub fn extract_batch_limited<E: Extractor + ?Sized>(
+    contents: &[Option<&[u8]>],
+    extractor: &E,
+    limits: &ResourceLimits,
+) -> Vec<std::result::Result<ImageFeatures, ImageError>> {
+    contents.par_iter().with_max_len(1).map(|content| extract_one(*content, extractor, limits)).collect()
+}
+
+fn extract_one<E: Extractor + ?Sized>(
+    content: Option<&[u8]>,
+    extractor: &E,
+    limits: &ResourceLimits,
+) -> std::result::Result<ImageFeatures, ImageError> {
+    let bytes = content.ok_or_else(|| ImageError::decode("null content (the file could not be read)"))?;
     let needs = extractor.info().needs;
-    contents
-        .par_iter()
-        .with_max_len(1)
-        .map(|content| {
-            let bytes = content.ok_or_else(|| ImageError::decode("null content (the file could not be read)"))?;
-            let image = decode_image(bytes, needs)?;
-            let (keypoints, descriptors) =
-                extractor.extract(&image).map_err(|e: BovwError| ImageError::descriptors(e.to_string()))?;
-            Ok(ImageFeatures { width: image.width, height: image.height, keypoints, descriptors })
-        })
-        .collect()
+    let max = limits.memory.max_image_memory as u128;
+    let refuse = limits.memory.oversize == Oversize::Refuse;
+    let image = decode_image_checked(bytes, needs, &limits.decode, |w, h| {
+        match extractor.memory_bytes(w, h) {
+            Some(b) if b > max && refuse => Err(ImageError::decode(format!(
+                "image too large to describe: {w}x{h} pixels need about {} ({b} bytes), over max_image_memory={max} \
+                 ({}); raise max_image_memory or pass oversize='downscale'",
+                human_bytes(b),
+                human_bytes(max)
+            ))),
+            _ => Ok(()),
+        }
+    })?;
+    let (width, height) = (image.width, image.height);
+    let descriptors_err = |e: BovwError| ImageError::descriptors(e.to_string());
+    let (image, scale) = match extractor.memory_bytes(width, height) {
+        Some(b) if b > max => {
+            let (w, h) = fit_size(extractor, width, height, max).ok_or_else(|| {
+                ImageError::decode(format!(
+                    "image too large to describe: even 1 pixel wide it needs more than max_image_memory={max}"
+                ))
+            })?;
+            (std::borrow::Cow::Owned(image.resized(w, h).map_err(descriptors_err)?), (w as f64 / width as f64, h as f64 / height as f64))
+        }
+        _ => (std::borrow::Cow::Borrowed(&image), (1.0, 1.0)),
+    };
+    if let Some(b) = extractor.memory_bytes(image.width, image.height) {
+        probe_allocation(b, &format!("the descriptors' work buffers of a {}x{} image", image.width, image.height))
+            .map_err(descriptors_err)?;
+    }
+    let (mut keypoints, descriptors) = extractor.extract(&image).map_err(descriptors_err)?;
+    if scale != (1.0, 1.0) {
+        let (sx, sy) = scale;
+        let ss = (sx * sy).sqrt();
+        for k in &mut keypoints {
+            k.x = ((k.x as f64 + 0.5) / sx - 0.5) as f32;
+            k.y = ((k.y as f64 + 0.5) / sy - 0.5) as f32;
+            k.size = (k.size as f64 / ss) as f32;
+        }
+    }
+    Ok(ImageFeatures { width, height, keypoints, descriptors, scale: (scale.0 * scale.1).sqrt() })
 }

@@ -14,8 +14,15 @@ use pyo3_arrow::PyArray;
 use crate::arrow::float_descriptor_rows;
 use crate::cluster::init::{kmeans_parallel, kmeans_parallel_sample, kmeans_plusplus};
 use crate::cluster::kmeans::{self, check_finite, Algorithm, Real};
-use crate::error::BovwError;
+use crate::error::{probe_allocation, BovwError};
 use crate::features::with_threads;
+use crate::py::args::{self, float_in, Int, INT_MAX};
+
+/// Largest `n_local_trials` of k-means++ (time grows linearly with it;
+/// scikit-learn's default is 2 + log(k)).
+const MAX_LOCAL_TRIALS: i64 = 1024;
+/// Largest `n_rounds` of k-means|| (Spark's default is 2, bovw's 5).
+const MAX_ROUNDS: i64 = 1000;
 
 fn rows<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
     match a.as_slice() {
@@ -110,18 +117,22 @@ fn fit_single_t<'py, T: Real + Element>(
 /// One K-Means run from given initial centers (no validation of finiteness:
 /// the Python layer checks). Returns (centers, labels int32, inertia, n_iter).
 #[pyfunction]
-#[pyo3(signature = (x, init, sample_weight=None, *, max_iter=300, tol=0.0, algorithm="lloyd", n_threads=None))]
+#[pyo3(signature = (x, init, sample_weight=None, *, max_iter=Int::Fits(300), tol=0.0, algorithm="lloyd", n_threads=None))]
+#[pyo3(text_signature = "(x, init, sample_weight=None, *, max_iter=300, tol=0.0, algorithm='lloyd', n_threads=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn kmeans_fit_single<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     init: &Bound<'py, PyAny>,
     sample_weight: Option<PyReadonlyArray1<'py, f64>>,
-    max_iter: usize,
+    max_iter: Int,
     tol: f64,
     algorithm: &str,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<FitOut<'py>> {
+    let n_threads = args::threads(n_threads)?;
+    let max_iter = max_iter.index("max_iter", 1, INT_MAX)?;
+    let tol = float_in("tol", tol, 0.0, false, f64::INFINITY)?;
     let algorithm = Algorithm::parse(algorithm)?;
     match Floats::extract(x, "X")? {
         Floats::F32(a) => fit_single_t(py, a, init, sample_weight, max_iter, tol, algorithm, n_threads),
@@ -132,7 +143,9 @@ pub fn kmeans_fit_single<'py>(
 /// scikit-learn's absolute tolerance: `tol * mean(var(X, axis=0))`.
 #[pyfunction]
 #[pyo3(signature = (x, tol, *, n_threads=None))]
-pub fn kmeans_tolerance(py: Python<'_>, x: &Bound<'_, PyAny>, tol: f64, n_threads: Option<usize>) -> PyResult<f64> {
+pub fn kmeans_tolerance(py: Python<'_>, x: &Bound<'_, PyAny>, tol: f64, n_threads: Option<Int>) -> PyResult<f64> {
+    let n_threads = args::threads(n_threads)?;
+    let tol = float_in("tol", tol, 0.0, false, f64::INFINITY)?;
     Ok(match Floats::extract(x, "X")? {
         Floats::F32(a) => {
             let (d, s) = (ncols(&a), rows(&a));
@@ -147,16 +160,21 @@ pub fn kmeans_tolerance(py: Python<'_>, x: &Bound<'_, PyAny>, tol: f64, n_thread
 
 /// Greedy k-means++. Returns (centers (k, d) of X's dtype, indices int64).
 #[pyfunction]
-#[pyo3(signature = (x, n_clusters, sample_weight=None, *, seed=0, n_local_trials=None, n_threads=None))]
+#[pyo3(signature = (x, n_clusters, sample_weight=None, *, seed=Int::Fits(0), n_local_trials=None, n_threads=None))]
+#[pyo3(text_signature = "(x, n_clusters, sample_weight=None, *, seed=0, n_local_trials=None, n_threads=None)")]
 pub fn kmeans_plusplus_init<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    n_clusters: usize,
+    n_clusters: Int,
     sample_weight: Option<PyReadonlyArray1<'py, f64>>,
-    seed: u64,
-    n_local_trials: Option<usize>,
-    n_threads: Option<usize>,
+    seed: Int,
+    n_local_trials: Option<Int>,
+    n_threads: Option<Int>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray1<i64>>)> {
+    let n_threads = args::threads(n_threads)?;
+    let n_clusters = n_clusters.index("n_clusters", 1, INT_MAX)?;
+    let seed = seed.seed("seed")?;
+    let n_local_trials = n_local_trials.map(|t| t.index("n_local_trials", 1, MAX_LOCAL_TRIALS)).transpose()?;
     let ws = weights(&sample_weight);
     macro_rules! go {
         ($a:expr) => {{
@@ -173,18 +191,26 @@ pub fn kmeans_plusplus_init<'py>(
 
 /// k-means|| initialisation. Returns centers (k, d) of X's dtype.
 #[pyfunction]
-#[pyo3(signature = (x, n_clusters, sample_weight=None, *, seed=0, oversampling_factor=None, n_rounds=5, n_threads=None))]
+#[pyo3(signature = (x, n_clusters, sample_weight=None, *, seed=Int::Fits(0), oversampling_factor=None, n_rounds=Int::Fits(5), n_threads=None))]
+#[pyo3(text_signature = "(x, n_clusters, sample_weight=None, *, seed=0, oversampling_factor=None, n_rounds=5, n_threads=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn kmeans_parallel_init<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    n_clusters: usize,
+    n_clusters: Int,
     sample_weight: Option<PyReadonlyArray1<'py, f64>>,
-    seed: u64,
+    seed: Int,
     oversampling_factor: Option<f64>,
-    n_rounds: usize,
-    n_threads: Option<usize>,
+    n_rounds: Int,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let n_threads = args::threads(n_threads)?;
+    let n_clusters = n_clusters.index("n_clusters", 1, INT_MAX)?;
+    let seed = seed.seed("seed")?;
+    let n_rounds = n_rounds.index("n_rounds", 1, MAX_ROUNDS)?;
+    let oversampling_factor = oversampling_factor
+        .map(|l| float_in("oversampling_factor", l, 0.0, true, f64::MAX))
+        .transpose()?;
     let ws = weights(&sample_weight);
     let l = oversampling_factor.unwrap_or(2.0 * n_clusters as f64);
     macro_rules! go {
@@ -202,7 +228,8 @@ pub fn kmeans_parallel_init<'py>(
 
 /// One k-means|| round on a batch. Returns (kept row indices int64, cost).
 #[pyfunction]
-#[pyo3(signature = (x, centers, oversampling_factor, phi, *, seed=0, sample_weight=None, n_threads=None))]
+#[pyo3(signature = (x, centers, oversampling_factor, phi, *, seed=Int::Fits(0), sample_weight=None, n_threads=None))]
+#[pyo3(text_signature = "(x, centers, oversampling_factor, phi, *, seed=0, sample_weight=None, n_threads=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn kmeans_parallel_round<'py>(
     py: Python<'py>,
@@ -210,10 +237,14 @@ pub fn kmeans_parallel_round<'py>(
     centers: &Bound<'py, PyAny>,
     oversampling_factor: f64,
     phi: f64,
-    seed: u64,
+    seed: Int,
     sample_weight: Option<PyReadonlyArray1<'py, f64>>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<(Bound<'py, PyArray1<i64>>, f64)> {
+    let n_threads = args::threads(n_threads)?;
+    let seed = seed.seed("seed")?;
+    let oversampling_factor = float_in("oversampling_factor", oversampling_factor, 0.0, true, f64::MAX)?;
+    let phi = float_in("phi", phi, 0.0, false, f64::MAX)?;
     let ws = weights(&sample_weight);
     macro_rules! go {
         ($a:expr, $t:ty) => {{
@@ -244,8 +275,9 @@ pub fn kmeans_assign<'py>(
     x: &Bound<'py, PyAny>,
     centers: &Bound<'py, PyAny>,
     check_finite: bool,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<(Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>)> {
+    let n_threads = args::threads(n_threads)?;
     let finite = check_finite;
     macro_rules! go {
         ($a:expr, $t:ty) => {{
@@ -277,8 +309,9 @@ pub fn kmeans_predict<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     centers: &Bound<'py, PyAny>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    let n_threads = args::threads(n_threads)?;
     macro_rules! go {
         ($a:expr, $t:ty) => {{
             let c = same_dtype::<$t>(centers, "centers")?;
@@ -302,14 +335,17 @@ pub fn kmeans_distances<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     centers: &Bound<'py, PyAny>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let n_threads = args::threads(n_threads)?;
     macro_rules! go {
         ($a:expr, $t:ty) => {{
             let c = same_dtype::<$t>(centers, "centers")?;
             let d = ncols(&$a);
             check_width(d, ncols(&c), "centers")?;
             let k = c.shape()[0];
+            let n = $a.shape()[0];
+            probe_allocation(n as u128 * k as u128 * std::mem::size_of::<$t>() as u128, "the (n_samples, n_clusters) distance matrix")?;
             let (s, cs) = (rows(&$a), rows(&c));
             let out = py.detach(|| with_threads(n_threads, || kmeans::distances(&s, &cs, d)))?;
             to_2d(py, out, k).into_any()
@@ -330,8 +366,9 @@ pub fn kmeans_partial_sums<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     centers: &Bound<'py, PyAny>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<SumsOut<'py>> {
+    let n_threads = args::threads(n_threads)?;
     macro_rules! go {
         ($a:expr, $t:ty) => {{
             let c = same_dtype::<$t>(centers, "centers")?;
@@ -362,8 +399,9 @@ pub fn kmeans_assign_arrow<'py>(
     py: Python<'py>,
     descriptors: PyArray,
     centers: PyReadonlyArray2<'py, f32>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<(Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i64>>)> {
+    let n_threads = args::threads(n_threads)?;
     let array = descriptors.array().clone();
     let cs = rows(&centers);
     let dc = ncols(&centers);
@@ -386,8 +424,9 @@ pub fn kmeans_partial_sums_arrow<'py>(
     py: Python<'py>,
     descriptors: PyArray,
     centers: PyReadonlyArray2<'py, f32>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<SumsOut<'py>> {
+    let n_threads = args::threads(n_threads)?;
     let array = descriptors.array().clone();
     let cs = rows(&centers);
     let dc = ncols(&centers);

@@ -10,15 +10,25 @@ use crate::decomposition::pca::{
 };
 use crate::error::BovwError;
 use crate::features::with_threads;
+use crate::py::args::{self, Int, INT_MAX};
 
 fn n_components(kind: &str, value: f64) -> Result<NComponents, BovwError> {
     Ok(match kind {
         "all" => NComponents::All,
-        "count" => NComponents::Count(value as usize),
-        "fraction" => NComponents::Fraction(value),
+        "count" => {
+            if !(value >= 0.0 && value <= INT_MAX as f64 && value.fract() == 0.0) {
+                return Err(BovwError::param("n_components", format!("must be an integer between 0 and {INT_MAX}, got {value}")));
+            }
+            NComponents::Count(value as usize)
+        }
+        "fraction" => NComponents::Fraction(args::float_in("n_components", value, 0.0, true, 1.0)?),
         other => return Err(BovwError::param("n_components", format!("unknown kind {other:?}"))),
     })
 }
+
+/// Largest `n_iter` (power iterations of the randomized solver; scikit-learn
+/// uses 4 to 7).
+const MAX_POWER_ITERATIONS: i64 = 1000;
 
 fn fit_to_dict<'py>(py: Python<'py>, f: PcaFit) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -48,7 +58,8 @@ fn slice2<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>) -> Result<&'a [
 /// Fit PCA on X (n, d) float32 or float64 (C-contiguous). Returns a dict of
 /// fitted arrays (float64).
 #[pyfunction]
-#[pyo3(signature = (x, kind="all", value=0.0, svd_solver="auto", n_oversamples=10, n_iter=None, seed=0, n_threads=None))]
+#[pyo3(signature = (x, kind="all", value=0.0, svd_solver="auto", n_oversamples=Int::Fits(10), n_iter=None, seed=Int::Fits(0), n_threads=None))]
+#[pyo3(text_signature = "(x, kind='all', value=0.0, svd_solver='auto', n_oversamples=10, n_iter=None, seed=0, n_threads=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn pca_fit<'py>(
     py: Python<'py>,
@@ -56,11 +67,15 @@ pub fn pca_fit<'py>(
     kind: &str,
     value: f64,
     svd_solver: &str,
-    n_oversamples: usize,
-    n_iter: Option<usize>,
-    seed: u64,
-    n_threads: Option<usize>,
+    n_oversamples: Int,
+    n_iter: Option<Int>,
+    seed: Int,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let n_threads = args::threads(n_threads)?;
+    let n_oversamples = n_oversamples.index("n_oversamples", 0, INT_MAX)?;
+    let n_iter = n_iter.map(|v| v.index("n_iter", 0, MAX_POWER_ITERATIONS)).transpose()?;
+    let seed = seed.seed("seed")?;
     let k = n_components(kind, value)?;
     let solver = Solver::parse(svd_solver)?;
     let opts = RandomizedOptions { n_oversamples, n_iter, seed };
@@ -93,8 +108,9 @@ pub fn pca_fit<'py>(
 pub fn pca_partial_sums<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<(u64, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let n_threads = args::threads(n_threads)?;
     fn run<T: Sample + numpy::Element>(py: Python<'_>, a: PyReadonlyArray2<'_, T>, n_threads: Option<usize>) -> Result<PartialSums, BovwError> {
         let d = a.shape()[1];
         let s = slice2(&a)?;
@@ -120,12 +136,13 @@ pub fn pca_partial_sums<'py>(
 #[pyo3(signature = (count, sum, gram, kind="all", value=0.0))]
 pub fn pca_fit_partial_sums<'py>(
     py: Python<'py>,
-    count: u64,
+    count: Int,
     sum: PyReadonlyArray1<'py, f64>,
     gram: PyReadonlyArray2<'py, f64>,
     kind: &str,
     value: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let count = count.range("count", 0, i64::MAX)? as u64;
     let k = n_components(kind, value)?;
     let d = sum.len();
     if gram.shape() != [d, d] {
@@ -150,8 +167,9 @@ pub fn pca_transform<'py>(
     components: PyReadonlyArray2<'py, f64>,
     center: Option<PyReadonlyArray1<'py, f64>>,
     scale: Option<PyReadonlyArray1<'py, f64>>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let n_threads = args::threads(n_threads)?;
     let (k, d) = (components.shape()[0], components.shape()[1]);
     let c = components.as_slice().map_err(|_| BovwError::input("components must be C-contiguous"))?;
     let center = center.as_ref().map(|a| a.as_slice().map_err(|_| BovwError::input("mean must be contiguous"))).transpose()?;

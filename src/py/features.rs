@@ -8,9 +8,47 @@ use pyo3::prelude::*;
 use pyo3_arrow::{PyArray, PyRecordBatch};
 
 use crate::arrow::{binary_values, features_to_batch};
-use crate::error::BovwError;
-use crate::features::{extract_batch, with_threads, Descriptors, Extractor, FeatureExtractor, KeyPoint};
+use crate::error::{probe_allocation, BovwError};
+use crate::features::{
+    extract_batch_limited, with_threads, Descriptors, Extractor, FeatureExtractor, KeyPoint, MemoryPolicy, Oversize,
+    ResourceLimits,
+};
 use crate::image::{ColorNeeds, DecodedImage, GrayView};
+use crate::py::args::Int;
+
+/// The batch limits from the Python arguments (None: the default).
+///
+/// # Errors
+/// [`BovwError::InvalidParameter`] naming `max_pixels`, `max_side`,
+/// `max_image_memory` (below 1 MiB) or `oversize`.
+pub fn resource_limits(
+    max_pixels: Option<Int>,
+    max_side: Option<Int>,
+    max_image_memory: Option<Int>,
+    oversize: Option<&str>,
+) -> Result<ResourceLimits, BovwError> {
+    let decode = crate::py::image::decode_limits(max_pixels, max_side)?;
+    let d = MemoryPolicy::default();
+    let max_image_memory = match max_image_memory {
+        None => d.max_image_memory,
+        Some(v) => v.range("max_image_memory", MemoryPolicy::MIN_MAX_IMAGE_MEMORY as i64, i64::MAX)? as u64,
+    };
+    let oversize = oversize.map(Oversize::parse).transpose()?.unwrap_or(d.oversize);
+    Ok(ResourceLimits { decode, memory: MemoryPolicy { max_image_memory, oversize } })
+}
+
+/// Check that the extractor's work buffers for a `w` x `h` image can be
+/// allocated, so that an image too large raises `MemoryError` instead of
+/// aborting the process half-way.
+///
+/// # Errors
+/// [`BovwError::Memory`] when they cannot.
+pub fn check_memory<E: Extractor + ?Sized>(extractor: &E, w: usize, h: usize) -> Result<(), BovwError> {
+    match extractor.memory_bytes(w, h) {
+        Some(b) => probe_allocation(b, &format!("the work buffers for a {w}x{h} image")),
+        None => Ok(()),
+    }
+}
 
 /// Number of columns of a keypoint table: x, y, size, angle, response, octave, class_id.
 pub const KEYPOINT_COLUMNS: usize = 7;
@@ -93,6 +131,7 @@ pub fn detect_and_compute_py<'py, E: FeatureExtractor>(
     let (data, w, h) = image_buffer(&image, "image")?;
     let mask = mask.map(|m| image_buffer(&m, "mask")).transpose()?;
     check_mask(mask.as_ref(), w, h)?;
+    check_memory(extractor, w, h)?;
     let (kps, desc) = py.detach(|| {
         let view = GrayView::new(&data, w, h);
         let mview = mask.as_ref().map(|(m, mw, mh)| GrayView::new(m, *mw, *mh));
@@ -157,11 +196,12 @@ pub fn extract_py<'py, E: Extractor + ?Sized>(
     extractor: &E,
     content: PyArray,
     n_threads: Option<usize>,
+    limits: &ResourceLimits,
 ) -> PyResult<Bound<'py, PyAny>> {
     let array = content.array().clone();
     let batch = py.detach(|| -> Result<_, BovwError> {
         let values = binary_values(array.as_ref())?;
-        let results = with_threads(n_threads, || extract_batch(&values, extractor));
+        let results = with_threads(n_threads, || extract_batch_limited(&values, extractor, limits));
         features_to_batch(&results, &extractor.info())
     })?;
     PyRecordBatch::new(batch).into_pyarrow(py)
@@ -174,6 +214,7 @@ pub fn extract_image_py<'py, E: Extractor + ?Sized>(
     image: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyAny>)> {
     let decoded = decoded_from_numpy(image, extractor.info().needs)?;
+    check_memory(extractor, decoded.width, decoded.height)?;
     let (kps, desc) = py.detach(|| extractor.extract(&decoded))?;
     Ok((keypoints_to_array(&kps).into_pyarray(py), descriptors_to_py(py, desc)?))
 }
@@ -208,15 +249,25 @@ macro_rules! extractor_methods {
             }
             /// Decode and describe every row of a binary Arrow array (JPEG/PNG
             /// bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
-            /// image_height, keypoints, descriptors, error, error_stage.
-            #[pyo3(signature = (content, *, n_threads=None))]
+            /// image_height, keypoints, descriptors, error, error_stage,
+            /// image_scale. Limits (None: the default): max_pixels,
+            /// max_side (decode), max_image_memory (bytes per image),
+            /// oversize ("refuse" or "downscale").
+            #[pyo3(signature = (content, *, n_threads=None, max_pixels=None, max_side=None, max_image_memory=None, oversize=None))]
+            #[allow(clippy::too_many_arguments)]
             fn extract<'py>(
                 &self,
                 py: pyo3::Python<'py>,
                 content: pyo3_arrow::PyArray,
-                n_threads: Option<usize>,
+                n_threads: Option<$crate::py::args::Int>,
+                max_pixels: Option<$crate::py::args::Int>,
+                max_side: Option<$crate::py::args::Int>,
+                max_image_memory: Option<$crate::py::args::Int>,
+                oversize: Option<&str>,
             ) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::PyAny>> {
-                $crate::py::features::extract_py(py, &self.0, content, n_threads)
+                let n_threads = $crate::py::args::threads(n_threads)?;
+                let limits = $crate::py::features::resource_limits(max_pixels, max_side, max_image_memory, oversize)?;
+                $crate::py::features::extract_py(py, &self.0, content, n_threads, &limits)
             }
             /// Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
             /// Returns (keypoints (N, 7) float64, descriptors (N, width)).
@@ -242,6 +293,7 @@ pub fn detect_py<'py, E: FeatureExtractor>(
     let (data, w, h) = image_buffer(&image, "image")?;
     let mask = mask.map(|m| image_buffer(&m, "mask")).transpose()?;
     check_mask(mask.as_ref(), w, h)?;
+    check_memory(extractor, w, h)?;
     let kps = py.detach(|| {
         let mview = mask.as_ref().map(|(m, mw, mh)| GrayView::new(m, *mw, *mh));
         extractor.detect(GrayView::new(&data, w, h), mview)
@@ -258,6 +310,7 @@ pub fn compute_py<'py, E: FeatureExtractor>(
 ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyAny>)> {
     let (data, w, h) = image_buffer(&image, "image")?;
     let kps = keypoints_from_array(&keypoints)?;
+    check_memory(extractor, w, h)?;
     let (kps, desc) = py.detach(|| extractor.compute(GrayView::new(&data, w, h), &kps))?;
     Ok((keypoints_to_array(&kps).into_pyarray(py), descriptors_to_py(py, desc)?))
 }

@@ -8,6 +8,7 @@ use pyo3_arrow::PyArray;
 use crate::arrow::float_descriptor_rows;
 use crate::error::BovwError;
 use crate::features::with_threads;
+use crate::py::args::{self, Int, INT_MAX};
 use crate::histogram::{
     counts_from_image_index, counts_from_words, descriptor_histograms, document_frequency, idf, weight_and_normalize,
     IdfKind, Norm,
@@ -36,9 +37,11 @@ pub fn bow_counts<'py>(
     py: Python<'py>,
     words: PyReadonlyArray1<'py, i64>,
     offsets: PyReadonlyArray1<'py, i64>,
-    n_words: usize,
-    n_threads: Option<usize>,
+    n_words: Int,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let n_threads = args::threads(n_threads)?;
+    let n_words = n_words.index("n_words", 0, INT_MAX)?;
     let w = slice1(&words, "words")?;
     let o = offsets_vec(&offsets)?;
     let n_images = o.len().saturating_sub(1);
@@ -52,9 +55,11 @@ pub fn bow_counts_by_image<'py>(
     py: Python<'py>,
     words: PyReadonlyArray1<'py, i64>,
     image_index: PyReadonlyArray1<'py, i64>,
-    n_images: usize,
-    n_words: usize,
+    n_images: Int,
+    n_words: Int,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let n_images = n_images.index("n_images", 0, i64::MAX)?;
+    let n_words = n_words.index("n_words", 0, INT_MAX)?;
     let w = slice1(&words, "words")?;
     let ix = slice1(&image_index, "image_index")?;
     let h = py.detach(|| counts_from_image_index(w, ix, n_images, n_words))?;
@@ -70,8 +75,9 @@ pub fn bow_descriptor_counts<'py>(
     descriptors: PyReadonlyArray2<'py, f32>,
     offsets: PyReadonlyArray1<'py, i64>,
     vocabulary: PyReadonlyArray2<'py, f32>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let n_threads = args::threads(n_threads)?;
     let d = vocabulary.shape()[1];
     if descriptors.shape()[1] != d && descriptors.shape()[0] > 0 {
         return Err(BovwError::Shape {
@@ -98,8 +104,9 @@ pub fn bow_arrow_counts<'py>(
     py: Python<'py>,
     descriptors: PyArray,
     vocabulary: PyReadonlyArray2<'py, f32>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let n_threads = args::threads(n_threads)?;
     let array = descriptors.array().clone();
     let d = vocabulary.shape()[1];
     let n_words = vocabulary.shape()[0];
@@ -123,13 +130,15 @@ pub fn bow_arrow_counts<'py>(
 /// Inverse document frequency from counts (n_images, n_words):
 /// kind "sklearn_smooth", "sklearn" or "spark" (with min_doc_freq).
 #[pyfunction]
-#[pyo3(signature = (counts, kind="sklearn_smooth", min_doc_freq=0))]
+#[pyo3(signature = (counts, kind="sklearn_smooth", min_doc_freq=Int::Fits(0)))]
+#[pyo3(text_signature = "(counts, kind='sklearn_smooth', min_doc_freq=0)")]
 pub fn bow_idf<'py>(
     py: Python<'py>,
     counts: PyReadonlyArray2<'py, f32>,
     kind: &str,
-    min_doc_freq: u64,
+    min_doc_freq: Int,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let min_doc_freq = min_doc_freq.range("min_doc_freq", 0, i64::MAX)? as u64;
     let kind = match kind {
         "sklearn_smooth" => IdfKind::SklearnSmooth,
         "sklearn" => IdfKind::Sklearn,

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use crate::cluster::kmajority::{assign_labels, kmajority};
 use crate::error::BovwError;
 use crate::features::with_threads;
+use crate::py::args::{self, Int, INT_MAX};
 
 /// A (n, d) uint8 array as an owned contiguous buffer: (bytes, n, d).
 fn rows(a: &PyReadonlyArray2<'_, u8>) -> (Vec<u8>, usize, usize) {
@@ -22,17 +23,22 @@ fn rows(a: &PyReadonlyArray2<'_, u8>) -> (Vec<u8>, usize, usize) {
 /// Fit k-majority on (n, d) uint8 descriptors.
 /// Returns (centers (k, d) uint8, labels (n,) int64, inertia, n_iter).
 #[pyfunction]
-#[pyo3(signature = (x, n_clusters, *, max_iter=100, seed=0, init=None, n_threads=None))]
+#[pyo3(signature = (x, n_clusters, *, max_iter=Int::Fits(100), seed=Int::Fits(0), init=None, n_threads=None))]
+#[pyo3(text_signature = "(x, n_clusters, *, max_iter=100, seed=0, init=None, n_threads=None)")]
 #[allow(clippy::type_complexity)]
 pub fn kmajority_fit<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, u8>,
-    n_clusters: usize,
-    max_iter: usize,
-    seed: u64,
+    n_clusters: Int,
+    max_iter: Int,
+    seed: Int,
     init: Option<PyReadonlyArray2<'py, u8>>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<(Bound<'py, PyArray2<u8>>, Bound<'py, PyArray1<i64>>, u64, usize)> {
+    let n_threads = args::threads(n_threads)?;
+    let n_clusters = n_clusters.index("n_clusters", 1, INT_MAX)?;
+    let max_iter = max_iter.index("max_iter", 1, INT_MAX)?;
+    let seed = seed.seed("seed")?;
     let (data, _n, d) = rows(&x);
     let init = match init {
         Some(c) => {
@@ -64,8 +70,9 @@ pub fn kmajority_predict<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, u8>,
     centers: PyReadonlyArray2<'py, u8>,
-    n_threads: Option<usize>,
+    n_threads: Option<Int>,
 ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+    let n_threads = args::threads(n_threads)?;
     let (data, n, d) = rows(&x);
     let (cd, k, cw) = rows(&centers);
     if cw != d {

@@ -1,6 +1,7 @@
 //! Python bindings: thin wrappers that convert types, release the GIL and call
 //! one stage function. One file per stage.
 
+pub mod args;
 pub mod cluster;
 pub mod decomposition;
 pub mod features;
@@ -10,7 +11,7 @@ pub mod kmajority;
 pub mod orb;
 pub mod sift;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::{BovwError, ImageError};
@@ -19,6 +20,7 @@ impl From<BovwError> for PyErr {
     fn from(err: BovwError) -> PyErr {
         match err {
             BovwError::Dtype { .. } => PyTypeError::new_err(err.to_string()),
+            BovwError::Memory { .. } => PyMemoryError::new_err(err.to_string()),
             _ => PyValueError::new_err(err.to_string()),
         }
     }
