@@ -9,9 +9,12 @@
 //! keypoint detectors also implement [`FeatureExtractor`] (OpenCV's
 //! `detectAndCompute` with a mask).
 
+pub mod color;
+pub mod dsift;
 pub mod fast;
 pub mod orb;
 pub mod orb_pattern;
+pub mod phow;
 pub mod sift;
 
 use rayon::prelude::*;

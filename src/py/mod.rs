@@ -2,6 +2,8 @@
 //! one stage function. One file per stage.
 
 pub mod cluster;
+pub mod color;
+pub mod dense;
 pub mod decomposition;
 pub mod features;
 pub mod histogram;
@@ -35,6 +37,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     image::register(m)?;
     sift::register(m)?;
     orb::register(m)?;
+    dense::register(m)?;
+    color::register(m)?;
     cluster::register(m)?;
     kmajority::register(m)?;
     histogram::register(m)?;
