@@ -85,6 +85,9 @@ class DenseSIFT(Extractor):
     float_descriptors : bool, default False
         Return float32 descriptors instead of uint8 (``FloatDescriptors``).
 
+    VLFeat's option names in lower case (``windowsize``, ``floatdescriptors``)
+    are accepted as keyword aliases.
+
     Notes
     -----
     The frames start with the top-left bin centre at ``(x_min, y_min)``, so
@@ -137,6 +140,7 @@ class DenseSIFT(Extractor):
         fast: bool = False,
         window_size: float = 2.0,
         float_descriptors: bool = False,
+        **vlfeat_names: Any,
     ) -> None:
         self.step = step
         self.size = size
@@ -144,6 +148,7 @@ class DenseSIFT(Extractor):
         self.fast = fast
         self.window_size = window_size
         self.float_descriptors = float_descriptors
+        self.set_params(**vlfeat_names)
 
     def _rust_params(self) -> dict[str, Any]:
         p = self.get_params()
@@ -218,6 +223,9 @@ class PHOW(Extractor):
     float_descriptors : bool, default False
         float32 instead of uint8 descriptors (``FloatDescriptors``).
 
+    VLFeat's option names in lower case (``magnif``, ``windowsize``,
+    ``contrastthreshold``, ``floatdescriptors``) are accepted as keyword aliases.
+
     Notes
     -----
     For each size ``s`` the grid bounds are ``[o, o, W - 1, H - 1]`` with
@@ -282,6 +290,7 @@ class PHOW(Extractor):
         window_size: float = 1.5,
         contrast_threshold: float = 0.005,
         float_descriptors: bool = False,
+        **vlfeat_names: Any,
     ) -> None:
         self.sizes = sizes
         self.step = step
@@ -291,6 +300,7 @@ class PHOW(Extractor):
         self.window_size = window_size
         self.contrast_threshold = contrast_threshold
         self.float_descriptors = float_descriptors
+        self.set_params(**vlfeat_names)
 
     def _rust_params(self) -> dict[str, Any]:
         p = self.get_params()
