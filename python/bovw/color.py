@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bovw import _bovw
-from bovw.dense import _check_color_image, _int_param
+from bovw.dense import _CachedRust, _check_color_image, _int_param
 from bovw.features import Extractor
 
 __all__ = ["ColorHistogram", "rgb_to_hsv"]
@@ -64,7 +64,7 @@ def _channel_triple(name: str, value: Any) -> list[int]:
     return [_int_param(name, v) for v in vals]
 
 
-class ColorHistogram(Extractor):
+class ColorHistogram(_CachedRust, Extractor):
     """Joint colour histogram of an image: one global descriptor.
 
     Pixels are converted to the colour ``space`` with OpenCV's 8-bit
@@ -157,6 +157,12 @@ class ColorHistogram(Extractor):
         self.normalize = normalize
         self.sqrt = sqrt
 
+    def _param_key(self) -> tuple:
+        key = super()._param_key()
+        if type(self.mask) is np.ndarray:  # arrays compare by identity
+            key = key[:2] + (id(self.mask),) + key[3:]
+        return key
+
     def _mask_array(self) -> np.ndarray | None:
         return self.mask if isinstance(self.mask, np.ndarray) else None
 
@@ -203,6 +209,8 @@ class ColorHistogram(Extractor):
             If a shape does not match, or a parameter is invalid (the message names it).
         """
         img = _check_color_image(image)
+        if mask is None and not isinstance(self.mask, np.ndarray):
+            return self._rust.compute(img, None)
         masks = [m for m in (self._mask_array(), mask) if m is not None]
         m = None
         for mm in masks:

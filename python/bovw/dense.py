@@ -30,6 +30,14 @@ __all__ = ["DenseSIFT", "PHOW"]
 
 def _check_color_image(image: Any, what: str = "image") -> np.ndarray:
     """A (H, W) or (H, W, 3) uint8 C-contiguous array, or a clear error."""
+    if (
+        type(image) is np.ndarray
+        and image.dtype == np.uint8
+        and image.flags.c_contiguous
+        and image.size
+        and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))
+    ):
+        return image
     if image is None:
         raise TypeError(f"{what}: expected a uint8 array of shape (height, width) or (height, width, 3), got None")
     arr = np.asarray(image)
@@ -51,13 +59,34 @@ def _check_color_image(image: Any, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+class _CachedRust:
+    """Rebuild the Rust extractor only when a parameter changed, comparing
+    the parameter values themselves (arrays by identity): cheaper per call
+    than the base class's ``repr`` key, which matters for 100 x 100 images."""
+
+    def _param_key(self) -> tuple:
+        return tuple(map(self.__dict__.get, self._param_names))
+
+    @property
+    def _rust(self) -> Any:
+        key = self._param_key()
+        cached = self.__dict__.get("_rust_fast")
+        if cached is None or cached[0] != key:
+            cached = (key, type(self)._rust_class(**self._rust_params()))
+            self.__dict__["_rust_fast"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.get_params()
+
+
 def _int_param(name: str, value: Any) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name}: expected an integer number of pixels, got {value!r}")
     return int(value)
 
 
-class DenseSIFT(Extractor):
+class DenseSIFT(_CachedRust, Extractor):
     """Dense SIFT with VLFeat's semantics (``vl_dsift``).
 
     SIFT descriptors (4 x 4 spatial bins x 8 orientations) on a regular grid
@@ -190,7 +219,7 @@ class DenseSIFT(Extractor):
         return self._rust.compute(_check_color_image(image))
 
 
-class PHOW(Extractor):
+class PHOW(_CachedRust, Extractor):
     """Pyramid histogram of visual words features: VLFeat's ``vl_phow``.
 
     Dense SIFT (:class:`DenseSIFT`, flat window by default) at several bin

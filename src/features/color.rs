@@ -48,22 +48,31 @@ use crate::image::{ColorNeeds, DecodedImage, RgbView};
 
 /// Fixed-point shift of OpenCV's 8-bit HSV conversion.
 const HSV_SHIFT: u32 = 12;
+/// `255 << 12` and `(180 << 12) / 6`, the numerators of the division tables.
+const SDIV_NUM: f32 = (255 << HSV_SHIFT) as f32;
+const HDIV_NUM: f32 = ((180 << HSV_SHIFT) / 6) as f32;
 
 /// OpenCV's division tables for the 8-bit HSV conversion (`RGB2HSV_b`):
 /// `sdiv[v] = round(255 * 2^12 / v)`, `hdiv[d] = round(180 * 2^12 / (6 d))`.
 struct HsvTables {
     sdiv: [i32; 256],
     hdiv: [i32; 256],
+    /// The f32 quotients `255 * 2^12 / v` and `180 * 2^12 / 6 / d`, rounded
+    /// half to even, equal the tables for every v, d >= 1 (checked), so the
+    /// SIMD path may divide instead of gathering.
+    div_exact: bool,
 }
 
 fn hsv_tables() -> &'static HsvTables {
     static T: OnceLock<HsvTables> = OnceLock::new();
     T.get_or_init(|| {
-        let mut t = HsvTables { sdiv: [0; 256], hdiv: [0; 256] };
+        let mut t = HsvTables { sdiv: [0; 256], hdiv: [0; 256], div_exact: true };
         for i in 1..256 {
             // saturate_cast<int>(double) rounds half to even (cvRound).
             t.sdiv[i] = (((255i64 << HSV_SHIFT) as f64) / i as f64).round_ties_even() as i32;
             t.hdiv[i] = (((180i64 << HSV_SHIFT) as f64) / (6.0 * i as f64)).round_ties_even() as i32;
+            t.div_exact &= (SDIV_NUM / i as f32).round_ties_even() as i32 == t.sdiv[i]
+                && (HDIV_NUM / i as f32).round_ties_even() as i32 == t.hdiv[i];
         }
         t
     })
@@ -234,16 +243,12 @@ impl Default for ColorHistogramParams {
     }
 }
 
-/// Value that marks a channel value outside its range in a bin table; any
-/// sum of three table entries that includes it is at least this large.
-const OUT: u32 = 1 << 30;
-
 /// A joint colour histogram extractor (one global descriptor per image).
 #[derive(Debug, Clone)]
 pub struct ColorHistogram {
     params: ColorHistogramParams,
     /// Per channel: `table[c][v - lo_c]` = bin of value `v` times the channel's
-    /// stride in the joint histogram, or [`OUT`].
+    /// stride in the joint histogram (the tables span every value a channel takes).
     tables: [Vec<u32>; 3],
     n_bins: usize,
 }
@@ -338,70 +343,84 @@ impl ColorHistogram {
     }
 
     /// Counts per (row segment, column segment, bin) of the grids' common refinement.
+    ///
+    /// Each row is done in two passes: the joint bin of every pixel (offset
+    /// by its cell, or a dump slot when the mask leaves it out) into a
+    /// buffer, branch-free (AVX2, 16 pixels a step, when the CPU has it),
+    /// then the counts, in four interleaved copies so that runs of one
+    /// colour do not serialise on one counter.
     fn refined_counts(&self, image: RgbView<'_>, mask: Option<&[u8]>) -> RefinedCounts {
         let (w, h) = (image.width, image.height);
         let (row_seg, n_rs) = refinement(h, &self.params.grid);
         let (col_seg, n_cs) = refinement(w, &self.params.grid);
         let nb = self.n_bins;
-        let single = n_rs == 1 && n_cs == 1;
-        // Four interleaved copies when small, so that runs of one colour do
-        // not serialise on one counter.
-        let copies = if single { 4 } else { 1 };
-        let mut counts = vec![0u32; copies * n_rs * n_cs * nb];
-        let t = hsv_tables();
-        let [t0, t1, t2] = [&self.tables[0][..], &self.tables[1][..], &self.tables[2][..]];
-        let (lo0, lo1, lo2) = {
-            let r = self.params.space.ranges();
-            (r[0].0, r[1].0, r[2].0)
-        };
-        let rule = self.params.mask;
-        let space = self.params.space;
+        let slots = n_rs * n_cs * nb + 1; // + the dump slot
+        let dump = (slots - 1) as u32;
+        let mut counts = vec![0u32; 4 * slots];
+        let col_off: Vec<u32> = col_seg.iter().map(|&c| (c as usize * nb) as u32).collect();
+        let mut idx = vec![0u32; w];
+        let k = self.kernel();
         for y in 0..h {
             let row = &image.data[3 * y * w..3 * (y + 1) * w];
             let mrow = mask.map(|m| &m[y * w..(y + 1) * w]);
-            let seg_base = row_seg[y] as usize * n_cs;
-            for (x, p) in row.chunks_exact(3).enumerate() {
-                if let Some(m) = mrow {
-                    if m[x] == 0 {
-                        continue;
-                    }
-                }
-                let (r, g, b) = (p[0] as i32, p[1] as i32, p[2] as i32);
-                let (c0, c1, c2, hsv_sv) = match space {
-                    ColorSpace::Hsv => {
-                        let (hh, s, v) = hsv_pixel(t, r, g, b);
-                        (hh, s, v, (s, v))
-                    }
-                    ColorSpace::Rgb => (r, g, b, (0, 0)),
-                    ColorSpace::Opponent => (r - g, r + g - 2 * b, r + g + b, (0, 0)),
-                };
-                if let MaskRule::NearWhite { v_above, s_below } = rule {
-                    let (s, v) = if space == ColorSpace::Hsv { hsv_sv } else { sv_pixel(t, r, g, b) };
-                    if v > v_above as i32 && s < s_below as i32 {
-                        continue;
-                    }
-                }
-                // SAFETY-free indexing: c - lo is within the table by the
-                // channel definitions (tables span the whole value range).
-                let bin = t0[(c0 - lo0) as usize] + t1[(c1 - lo1) as usize] + t2[(c2 - lo2) as usize];
-                if bin >= OUT {
-                    continue;
-                }
-                let cell = seg_base + col_seg[x] as usize;
-                let copy = if single { x & 3 } else { 0 };
-                counts[(copy * n_rs * n_cs + cell) * nb + bin as usize] += 1;
+            let base = (row_seg[y] as usize * n_cs * nb) as u32;
+            k.row_bins(row, mrow, &col_off, base, dump, &mut idx);
+            let (c0, rest) = counts.split_at_mut(slots);
+            let (c1, rest) = rest.split_at_mut(slots);
+            let (c2, c3) = rest.split_at_mut(slots);
+            let mut quads = idx.chunks_exact(4);
+            for q in &mut quads {
+                c0[q[0] as usize] += 1;
+                c1[q[1] as usize] += 1;
+                c2[q[2] as usize] += 1;
+                c3[q[3] as usize] += 1;
+            }
+            for &i in quads.remainder() {
+                c0[i as usize] += 1;
             }
         }
-        if copies > 1 {
-            let (first, rest) = counts.split_at_mut(n_rs * n_cs * nb);
-            for c in rest.chunks_exact(n_rs * n_cs * nb) {
-                for (a, b) in first.iter_mut().zip(c) {
-                    *a += b;
-                }
+        let (first, rest) = counts.split_at_mut(slots);
+        for c in rest.chunks_exact(slots) {
+            for (a, b) in first.iter_mut().zip(c) {
+                *a += b;
             }
-            counts.truncate(n_rs * n_cs * nb);
         }
+        counts.truncate(slots - 1);
         RefinedCounts { counts, row_seg, col_seg, n_cs }
+    }
+
+    /// The per-pixel binning of this histogram.
+    fn kernel(&self) -> BinKernel<'_> {
+        let ranges = self.params.space.ranges();
+        let strides = [self.params.bins[1] * self.params.bins[2], self.params.bins[2], 1];
+        // floor((x - lo) * scale) in f32 where it gives calcHist's bin for
+        // every channel value (checked here), for the SIMD path.
+        let scales: Option<[f32; 3]> = (0..3)
+            .map(|c| {
+                let (lo, hi) = ranges[c];
+                let n = self.params.bins[c];
+                let mut scale = n as f32 / (hi - lo) as f32;
+                for _ in 0..4 {
+                    let ok = (lo..hi).all(|x| {
+                        ((x - lo) as f32 * scale).floor() as usize * strides[c] == self.tables[c][(x - lo) as usize] as usize
+                    });
+                    if ok {
+                        return Some(scale);
+                    }
+                    scale = f32::from_bits(scale.to_bits() + 1);
+                }
+                None
+            })
+            .collect::<Option<Vec<f32>>>()
+            .map(|v| [v[0], v[1], v[2]]);
+        BinKernel {
+            space: self.params.space,
+            rule: self.params.mask,
+            tables: [&self.tables[0], &self.tables[1], &self.tables[2]],
+            lo: [ranges[0].0, ranges[1].0, ranges[2].0],
+            scales,
+            strides: [strides[0] as f32, strides[1] as f32],
+        }
     }
 
     /// Sum the refined counts into each grid's cells, normalise, square-root.
@@ -451,6 +470,193 @@ impl ColorHistogram {
             }
         }
         out
+    }
+}
+
+/// How one histogram bins pixels: the colour space, the mask rule, the
+/// per-channel bin tables and, when exact, their f32 form.
+struct BinKernel<'a> {
+    space: ColorSpace,
+    rule: MaskRule,
+    tables: [&'a [u32]; 3],
+    lo: [i32; 3],
+    /// `bin_c(x) = floor((x - lo_c) * scales[c])` for every channel value, or None.
+    scales: Option<[f32; 3]>,
+    /// Strides of channels 0 and 1 in the joint histogram.
+    strides: [f32; 2],
+}
+
+impl BinKernel<'_> {
+    /// `out[x]` = the slot of pixel `x` of an RGB row: `base + col_off[x] +`
+    /// its joint bin, or `dump` when the mask (array or rule) leaves it out.
+    fn row_bins(&self, row: &[u8], mask: Option<&[u8]>, col_off: &[u32], base: u32, dump: u32, out: &mut [u32]) {
+        let n = out.len();
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(scales) = self.scales {
+                if crate::features::use_avx2() {
+                    // SAFETY: the CPU supports AVX2 and SSE4.1 (checked by use_avx2:
+                    // every AVX2 CPU has SSE4.1); lengths are checked inside.
+                    done = unsafe { self.row_bins_avx2(row, mask, col_off, base, dump, out, scales) };
+                }
+            }
+        }
+        let t = hsv_tables();
+        for x in done..n {
+            let (r, g, b) = (row[3 * x] as i32, row[3 * x + 1] as i32, row[3 * x + 2] as i32);
+            let (c0, c1, c2) = match self.space {
+                ColorSpace::Hsv => hsv_pixel(t, r, g, b),
+                ColorSpace::Rgb => (r, g, b),
+                ColorSpace::Opponent => (r - g, r + g - 2 * b, r + g + b),
+            };
+            let mut keep = mask.map_or(true, |m| m[x] != 0);
+            if let MaskRule::NearWhite { v_above, s_below } = self.rule {
+                let (s, v) = sv_pixel(t, r, g, b);
+                keep &= !(v > v_above as i32 && s < s_below as i32);
+            }
+            let bin = self.tables[0][(c0 - self.lo[0]) as usize]
+                + self.tables[1][(c1 - self.lo[1]) as usize]
+                + self.tables[2][(c2 - self.lo[2]) as usize];
+            out[x] = if keep { base + col_off[x] + bin } else { dump };
+        }
+    }
+
+    /// [`Self::row_bins`] for the first pixels of the row, 16 at a time, in
+    /// AVX2 (the same integer operations; bins by the exact f32 form).
+    /// Returns the number of pixels done.
+    ///
+    /// # Safety
+    /// AVX2 and SSE4.1 must be available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,sse4.1,ssse3")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_bins_avx2(
+        &self,
+        row: &[u8],
+        mask: Option<&[u8]>,
+        col_off: &[u32],
+        base: u32,
+        dump: u32,
+        out: &mut [u32],
+        scales: [f32; 3],
+    ) -> usize {
+        use std::arch::x86_64::*;
+        let n = out.len().min(row.len() / 3).min(col_off.len());
+        let t = hsv_tables();
+        // byte shuffles gathering channel ch of 16 pixels from 48 bytes
+        let mut masks = [[[0x80u8; 16]; 3]; 3];
+        for (ch, m) in masks.iter_mut().enumerate() {
+            for j in 0..16 {
+                let s = 3 * j + ch;
+                m[s / 16][j] = (s % 16) as u8;
+            }
+        }
+        let ld = |m: &[u8; 16]| _mm_loadu_si128(m.as_ptr() as *const __m128i);
+        let mk = [
+            [ld(&masks[0][0]), ld(&masks[0][1]), ld(&masks[0][2])],
+            [ld(&masks[1][0]), ld(&masks[1][1]), ld(&masks[1][2])],
+            [ld(&masks[2][0]), ld(&masks[2][1]), ld(&masks[2][2])],
+        ];
+        let half = _mm256_set1_epi32(1 << (HSV_SHIFT - 1));
+        let zero = _mm256_setzero_si256();
+        let (lo0, lo1, lo2) = (_mm256_set1_epi32(self.lo[0]), _mm256_set1_epi32(self.lo[1]), _mm256_set1_epi32(self.lo[2]));
+        let (sc0, sc1, sc2) = (_mm256_set1_ps(scales[0]), _mm256_set1_ps(scales[1]), _mm256_set1_ps(scales[2]));
+        let (st0, st1) = (_mm256_set1_ps(self.strides[0]), _mm256_set1_ps(self.strides[1]));
+        let basev = _mm256_set1_epi32(base as i32);
+        let dumpv = _mm256_set1_epi32(dump as i32);
+        let h180 = _mm256_set1_epi32(180);
+        let (rule_v, rule_s) = match self.rule {
+            MaskRule::NearWhite { v_above, s_below } => (Some(_mm256_set1_epi32(v_above as i32)), _mm256_set1_epi32(s_below as i32)),
+            MaskRule::None => (None, zero),
+        };
+        let sdiv = t.sdiv.as_ptr();
+        let hdiv = t.hdiv.as_ptr();
+        // cvtps rounds half to even (the default MXCSR mode), as the tables
+        let (sdiv_num, hdiv_num, one) = (_mm256_set1_ps(SDIV_NUM), _mm256_set1_ps(HDIV_NUM), _mm256_set1_epi32(1));
+        let mut x = 0;
+        while x + 16 <= n {
+            // SAFETY: x + 16 <= n, so bytes 3x..3x + 48 of the row, 16 mask
+            // bytes, 16 col_off and 16 out entries are in bounds.
+            let p = row.as_ptr().add(3 * x);
+            let (a, b, c) = (
+                _mm_loadu_si128(p as *const __m128i),
+                _mm_loadu_si128(p.add(16) as *const __m128i),
+                _mm_loadu_si128(p.add(32) as *const __m128i),
+            );
+            let chan = |m: &[__m128i; 3]| {
+                _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m[0]), _mm_shuffle_epi8(b, m[1])), _mm_shuffle_epi8(c, m[2]))
+            };
+            let (r16, g16, b16) = (chan(&mk[0]), chan(&mk[1]), chan(&mk[2]));
+            let m16 = mask.map(|m| _mm_loadu_si128(m.as_ptr().add(x) as *const __m128i));
+            for part in 0..2 {
+                let pick = |v: __m128i| if part == 0 { v } else { _mm_srli_si128(v, 8) };
+                let r = _mm256_cvtepu8_epi32(pick(r16));
+                let g = _mm256_cvtepu8_epi32(pick(g16));
+                let bl = _mm256_cvtepu8_epi32(pick(b16));
+                let v = _mm256_max_epi32(r, _mm256_max_epi32(g, bl));
+                let vmin = _mm256_min_epi32(r, _mm256_min_epi32(g, bl));
+                let diff = _mm256_sub_epi32(v, vmin);
+                let need_s = self.space == ColorSpace::Hsv || rule_v.is_some();
+                let s = if need_s {
+                    let sd = if t.div_exact {
+                        _mm256_cvtps_epi32(_mm256_div_ps(sdiv_num, _mm256_cvtepi32_ps(_mm256_max_epi32(v, one))))
+                    } else {
+                        _mm256_i32gather_epi32::<4>(sdiv, v)
+                    };
+                    _mm256_srai_epi32::<12>(_mm256_add_epi32(_mm256_mullo_epi32(diff, sd), half))
+                } else {
+                    zero
+                };
+                let (c0, c1, c2) = match self.space {
+                    ColorSpace::Hsv => {
+                        let vr = _mm256_cmpeq_epi32(v, r);
+                        let vg = _mm256_andnot_si256(vr, _mm256_cmpeq_epi32(v, g));
+                        let d2 = _mm256_add_epi32(diff, diff);
+                        let h_r = _mm256_sub_epi32(g, bl);
+                        let h_g = _mm256_add_epi32(_mm256_sub_epi32(bl, r), d2);
+                        let h_b = _mm256_add_epi32(_mm256_sub_epi32(r, g), _mm256_add_epi32(d2, d2));
+                        let hh = _mm256_blendv_epi8(_mm256_blendv_epi8(h_b, h_g, vg), h_r, vr);
+                        let hd = if t.div_exact {
+                            _mm256_cvtps_epi32(_mm256_div_ps(hdiv_num, _mm256_cvtepi32_ps(_mm256_max_epi32(diff, one))))
+                        } else {
+                            _mm256_i32gather_epi32::<4>(hdiv, diff)
+                        };
+                        let hh = _mm256_srai_epi32::<12>(_mm256_add_epi32(_mm256_mullo_epi32(hh, hd), half));
+                        let hh = _mm256_add_epi32(hh, _mm256_and_si256(_mm256_cmpgt_epi32(zero, hh), h180));
+                        (hh, s, v)
+                    }
+                    ColorSpace::Rgb => (r, g, bl),
+                    ColorSpace::Opponent => (
+                        _mm256_sub_epi32(r, g),
+                        _mm256_sub_epi32(_mm256_add_epi32(r, g), _mm256_add_epi32(bl, bl)),
+                        _mm256_add_epi32(_mm256_add_epi32(r, g), bl),
+                    ),
+                };
+                let bin_of = |c: __m256i, lo: __m256i, sc: __m256| {
+                    _mm256_floor_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, lo)), sc))
+                };
+                // joint bin in f32 (exact small integers), then to int
+                let jb = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_mul_ps(bin_of(c0, lo0, sc0), st0), _mm256_mul_ps(bin_of(c1, lo1, sc1), st1)),
+                    bin_of(c2, lo2, sc2),
+                );
+                let off = _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i);
+                let slot = _mm256_add_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(jb), off), basev);
+                let mut drop = zero;
+                if let Some(va) = rule_v {
+                    drop = _mm256_and_si256(_mm256_cmpgt_epi32(v, va), _mm256_cmpgt_epi32(rule_s, s));
+                }
+                if let Some(m) = m16 {
+                    let mm = _mm256_cvtepu8_epi32(pick(m));
+                    drop = _mm256_or_si256(drop, _mm256_cmpeq_epi32(mm, zero));
+                }
+                let slot = _mm256_blendv_epi8(slot, dumpv, drop);
+                _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
+            }
+            x += 16;
+        }
+        x
     }
 }
 
@@ -514,6 +720,11 @@ mod tests {
     }
 
     #[test]
+    fn division_reproduces_the_tables() {
+        assert!(hsv_tables().div_exact);
+    }
+
+    #[test]
     fn bin_tables_follow_calc_hist() {
         let h = ColorHistogram::new(ColorHistogramParams { mask: MaskRule::None, ..Default::default() }).unwrap();
         // 18 hue bins over [0, 180): 10 values per bin; strides 16, 4, 1.
@@ -557,6 +768,36 @@ mod tests {
         let white = vec![255u8; 3 * 6];
         let hist = ColorHistogram::new(ColorHistogramParams::default()).unwrap().histogram(RgbView::new(&white, 3, 2), None).unwrap();
         assert!(hist.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn simd_and_portable_bins_agree() {
+        // every colour channel value appears; odd width leaves a tail
+        let (w, h) = (257, 23);
+        let mut state = 12345u32;
+        let data: Vec<u8> = (0..3 * w * h)
+            .map(|i| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                if i % 7 == 0 { 255 } else { (state >> 16) as u8 }
+            })
+            .collect();
+        let mask: Vec<u8> = (0..w * h).map(|i| (i % 5 != 0) as u8).collect();
+        for space in [ColorSpace::Hsv, ColorSpace::Rgb, ColorSpace::Opponent] {
+            for bins in [[18, 4, 4], [7, 5, 3], [180, 1, 1], [1, 1, 1]] {
+                let bins = if space == ColorSpace::Opponent { [bins[0].min(511), bins[1], bins[2]] } else { bins };
+                for rule in [MaskRule::None, MaskRule::WHITE] {
+                    let p = ColorHistogramParams { space, bins, mask: rule, grid: vec![1, 2], normalize: HistNorm::None, sqrt: false };
+                    let hist = ColorHistogram::new(p).unwrap();
+                    assert!(hist.kernel().scales.is_some(), "{space:?} {bins:?}");
+                    let img = RgbView::new(&data, w, h);
+                    for m in [None, Some(&mask[..])] {
+                        let a = hist.histogram(img, m).unwrap();
+                        let b = crate::features::portable_only(|| hist.histogram(img, m).unwrap());
+                        assert_eq!(a, b, "{space:?} {bins:?} {rule:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

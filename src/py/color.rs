@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use crate::error::BovwError;
 use crate::features::color::{rgb_to_hsv, ColorHistogram, ColorHistogramParams, ColorSpace, HistNorm, MaskRule};
-use crate::image::ColorNeeds;
+use crate::image::{ColorNeeds, RgbView};
 use crate::py::dense::non_negative;
 use crate::py::features::{decoded_from_numpy, extractor_methods};
 
@@ -45,25 +45,45 @@ impl PyColorHistogram {
         image: &Bound<'py, PyAny>,
         mask: Option<PyReadonlyArray2<'py, u8>>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let decoded = decoded_from_numpy(image, ColorNeeds::RGB)?;
-        let mask: Option<Vec<u8>> = match mask {
+        // A C-contiguous (H, W, 3) array is read in place; anything else
+        // (gray, strided) goes through a copy.
+        let borrowed = image.extract::<PyReadonlyArray3<'py, u8>>().ok().filter(|a| a.is_c_contiguous() && a.shape()[2] == 3);
+        let decoded = match borrowed {
+            Some(_) => None,
+            None => Some(decoded_from_numpy(image, ColorNeeds::RGB)?),
+        };
+        let (height, width) = match (&borrowed, &decoded) {
+            (Some(a), _) => (a.shape()[0], a.shape()[1]),
+            (None, Some(d)) => (d.height, d.width),
+            _ => unreachable!(),
+        };
+        if height == 0 || width == 0 {
+            return Err(BovwError::input(format!("image is empty (shape ({height}, {width}, 3))")).into());
+        }
+        let mask_arr = match &mask {
             None => None,
             Some(m) => {
                 let shape = m.shape();
-                if (shape[0], shape[1]) != (decoded.height, decoded.width) {
+                if (shape[0], shape[1]) != (height, width) {
                     return Err(BovwError::Shape {
                         what: "mask".into(),
-                        expected: format!("({}, {}) like the image", decoded.height, decoded.width),
+                        expected: format!("({height}, {width}) like the image"),
                         got: format!("({}, {})", shape[0], shape[1]),
                     }
                     .into());
                 }
-                Some(m.as_array().iter().copied().collect())
+                Some(match m.as_slice() {
+                    Ok(s) => std::borrow::Cow::Borrowed(s),
+                    Err(_) => std::borrow::Cow::Owned(m.as_array().iter().copied().collect::<Vec<u8>>()),
+                })
             }
         };
-        let hist = py.detach(|| -> Result<Vec<f32>, BovwError> {
-            self.0.histogram(decoded.require_rgb()?, mask.as_deref())
-        })?;
+        let pixels: &[u8] = match (&borrowed, &decoded) {
+            (Some(a), _) => a.as_slice().map_err(|e| BovwError::input(e.to_string()))?,
+            (None, Some(d)) => d.require_rgb()?.data,
+            _ => unreachable!(),
+        };
+        let hist = py.detach(|| self.0.histogram(RgbView::new(pixels, width, height), mask_arr.as_deref()))?;
         Ok(hist.into_pyarray(py))
     }
 }
