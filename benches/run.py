@@ -7,6 +7,10 @@ e.g. ``pip install -e '.[bench]'``)::
     python benches/run.py --quick    # < 5 minutes, small inputs
     python benches/run.py --only sift kmeans
 
+``bench_dense`` compares with cyvlfeat 0.7.1 (install it as ``scripts/test.sh``
+does: Debian's ``libvlfeat-dev``, then ``pip install cython`` and
+``pip install --no-build-isolation cyvlfeat==0.7.1``).
+
 Each ``benches/py/bench_<stage>.py`` exposes ``run(quick: bool) -> list[dict]``
 with rows ``stage, case, reference, ours_s, ref_s, speedup, notes``: both
 sides measured in the same process, on the same inputs, in the same run.

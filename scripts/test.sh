@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the bovw wheel (abi3, manylinux_2_28, as shipped), install it with its
-# test dependencies into ./.venv, then run the Rust unit tests and the Python
-# test suite (parity against OpenCV, scikit-learn and Spark on real Fruits-360
-# images; Spark local and standalone cluster, S3 on a local server, the
-# notebooks, the wheel in a fresh virtualenv). This is the README's test
+# test dependencies into ./.venv (and cyvlfeat on Debian's VLFeat), then run
+# the Rust unit tests and the Python test suite (parity against OpenCV,
+# VLFeat, scikit-learn and Spark on real Fruits-360 images; Spark local and
+# standalone cluster, S3 on a local server, the notebooks, the wheel in a
+# fresh virtualenv). This is the README's test
 # command and what .ci/run calls. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,23 @@ rm -rf dist
 WHEEL=$(ls dist/bovw-*.whl)
 .venv/bin/python -m pip install -q "${WHEEL}[test]"
 .venv/bin/python -m pip install -q --force-reinstall --no-deps "$WHEEL"
+# VLFeat 0.9.21 through cyvlfeat 0.7.1: the reference of the dense SIFT and
+# PHOW parity tests (tests/test_dense.py imports it and fails when absent).
+# cyvlfeat builds against Debian's libvlfeat-dev, without build isolation
+# (it needs numpy and Cython at build time). Its phow(color="hsv") fails on
+# NumPy 2 (ndarray.ptp); the tests rebuild that colour path from its dsift
+# instead, so no patch is applied.
+if ! .venv/bin/python -c "import cyvlfeat.sift" 2>/dev/null; then
+    if [ ! -e /usr/include/vl/dsift.h ]; then
+        if [ "$(id -u)" = 0 ]; then
+            apt-get update && apt-get install -y libvlfeat-dev
+        else
+            echo "libvlfeat-dev is missing: run 'apt-get install -y libvlfeat-dev' as root" >&2
+        fi
+    fi
+    .venv/bin/python -m pip install -q cython setuptools wheel numpy
+    .venv/bin/python -m pip install -q --no-build-isolation "cyvlfeat==0.7.1"
+fi
 cargo test --release --quiet  # release: reuses the dependencies maturin just built
 .venv/bin/python scripts/gen_stubs.py --check
 .venv/bin/python -m mypy.stubtest bovw._bovw --mypy-config-file pyproject.toml

@@ -15,6 +15,8 @@ from bovw.columns import descriptor_matrix
 from bovw.decomposition import PCA, pca_partial_sums
 from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
 from bovw.features import FEATURE_COLUMNS, KEYPOINT_DTYPE, ORB, RESOURCE_LIMITS, SIFT, Extractor, keypoints_from_cv2
+from bovw.dense import PHOW, DenseSIFT
+from bovw.color import ColorHistogram, rgb_to_hsv
 from bovw.extractors import EXTRACTORS, extract_descriptors, get_extractor
 from bovw.kmajority import KMajority, orb_descriptors_as_float
 from bovw.image import decode_gray, decode_gray_batch, decode_rgb, list_images, read_images, sample_data_path
@@ -30,6 +32,9 @@ __all__ = [
     "MiniBatchKMeans",
     "PCA",
     "BagOfWords",
+    "ColorHistogram",
+    "DenseSIFT",
+    "PHOW",
     "bow_histograms",
     "histograms_to_arrow",
     "pca_partial_sums",
@@ -46,5 +51,6 @@ __all__ = [
     "list_images",
     "orb_descriptors_as_float",
     "read_images",
+    "rgb_to_hsv",
     "sample_data_path",
 ]

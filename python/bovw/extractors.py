@@ -13,12 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from bovw.color import ColorHistogram
+from bovw.dense import PHOW, DenseSIFT
 from bovw.features import ORB, SIFT, Extractor
 
 __all__ = ["EXTRACTORS", "extract_descriptors", "get_extractor"]
 
 #: The extractors :func:`extract_descriptors` and ``bovw run --method`` know, by name.
-EXTRACTORS: dict[str, type[Extractor]] = {cls.name: cls for cls in (SIFT, ORB)}
+EXTRACTORS: dict[str, type[Extractor]] = {cls.name: cls for cls in (SIFT, ORB, DenseSIFT, PHOW, ColorHistogram)}
 
 
 def get_extractor(method: str | Extractor, **params: Any) -> Extractor:
@@ -62,7 +64,8 @@ def extract_descriptors(
     batch : pyarrow.RecordBatch or pyarrow.Table
         With a binary column ``content_column`` of JPEG/PNG bytes.
     method : str or Extractor, default "sift"
-        A name of :data:`EXTRACTORS` (``"sift"``, ``"orb"``, ...) or an extractor.
+        A name of :data:`EXTRACTORS` (``"sift"``, ``"orb"``, ``"dsift"``,
+        ``"phow"``, ``"color"``) or an extractor.
     content_column, keep_columns, n_threads
         As in :meth:`Extractor.extract`.
     **params

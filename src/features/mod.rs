@@ -11,9 +11,12 @@
 //! share (border reflection, `fastAtan2`, `cvRound`, Gaussian kernels), and
 //! [`fast`] the FAST-9 corner detector.
 
+pub mod color;
 pub mod cv;
+pub mod dsift;
 pub mod fast;
 pub mod orb;
+pub mod phow;
 pub mod sift;
 
 use rayon::prelude::*;

@@ -52,7 +52,7 @@ use crate::image::{ColorNeeds, DecodedImage, GrayView};
 
 use blur::{BlurScratch, Plane};
 pub use descriptor::DESCR_LEN;
-use descriptor::Samples;
+use descriptor::{Gradients, OrientPlanes, QuadWindow, Samples};
 use detect::{DetectParams, IMG_BORDER};
 
 /// Assumed blur of the input image (OpenCV `SIFT_INIT_SIGMA`).
@@ -99,6 +99,10 @@ struct Scratch {
     blur: BlurScratch,
     samples: Samples,
     raw: Vec<(KeyPoint, usize)>,
+    /// Gradients of one layer and their orientation split, for `compute`
+    /// on many keypoints.
+    grads: Gradients,
+    orient: OrientPlanes,
 }
 
 #[derive(Default)]
@@ -116,7 +120,8 @@ impl Scratch {
             .flat_map(|o| o.gauss.iter().chain(&o.dog))
             .map(|p| p.data.capacity())
             .sum();
-        4 * (planes + self.tmp.data.capacity() + self.up.capacity()) + self.blur.bytes()
+        4 * (planes + self.tmp.data.capacity() + self.up.capacity() + self.grads.ori.capacity() + self.grads.mag.capacity())
+            + self.blur.bytes()
     }
 
 }
@@ -301,15 +306,15 @@ impl Sift {
         blur::gaussian_blur(&s.tmp, &kernel, &mut s.blur, &mut oct.gauss[0]);
     }
 
-    /// Blur layers 1..L+2 of an octave from its layer 0, and optionally the
-    /// DoG layers.
-    fn build_octave(&self, kernels: &[Vec<f32>], with_dog: bool, oct: &mut OctavePlanes, bs: &mut BlurScratch) {
+    /// Blur layers 1..`n_built` of an octave (at most L+2) from its layer 0,
+    /// and optionally the DoG layers.
+    fn build_octave(&self, kernels: &[Vec<f32>], with_dog: bool, n_built: usize, oct: &mut OctavePlanes, bs: &mut BlurScratch) {
         let n = self.params.n_octave_layers + 3;
         oct.gauss.resize_with(n, Plane::default);
         if with_dog {
             oct.dog.resize_with(n - 1, Plane::default);
         }
-        for i in 1..n {
+        for i in 1..n_built.min(n) {
             let (done, rest) = oct.gauss.split_at_mut(i);
             let dog = if with_dog { Some(&mut oct.dog[i - 1]) } else { None };
             blur::gaussian_blur_dog(&done[i - 1], &kernels[i], bs, &mut rest[0], dog);
@@ -327,6 +332,60 @@ impl Sift {
             angle = 0.0;
         }
         descriptor::compute_descriptor(&gauss[layer as usize], pt, angle, size * 0.5, samples, out);
+    }
+
+    /// Descriptors of keypoints `members` of one octave, into rows `i` of
+    /// `desc`. Keypoints that share a layer, a size and an angle (a dense
+    /// grid) are described from the layer's gradients split by orientation
+    /// once and one window table (see `descriptor`) when that saves work.
+    fn describe_group(
+        &self,
+        oct: &OctavePlanes,
+        keypoints: &[KeyPoint],
+        members: &[usize],
+        parts: (&mut Samples, &mut Gradients, &mut OrientPlanes),
+        desc: &mut [f32],
+    ) {
+        let (samples, grads, orient) = parts;
+        let key = |i: usize| {
+            let k = &keypoints[i];
+            let (_, layer, scale) = unpack_octave(k);
+            let mut angle = 360.0 - k.angle;
+            if (angle - 360.0).abs() < f32::EPSILON {
+                angle = 0.0;
+            }
+            (layer as usize, angle.to_bits(), (k.size * scale * 0.5).to_bits(), i)
+        };
+        let mut order: Vec<(usize, u32, u32, usize)> = members.iter().map(|&i| key(i)).collect();
+        order.sort_unstable();
+        let mut grads_layer: Option<usize> = None;
+        for run in order.chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2)) {
+            let (layer, angle, scl) = (run[0].0, f32::from_bits(run[0].1), f32::from_bits(run[0].2));
+            let plane = &oct.gauss[layer];
+            let pixels = (plane.w * plane.h) as f64;
+            // A pass over the layer against about (15 scl)^2 samples per keypoint.
+            let per_kp = (15.0 * scl as f64).powi(2).min(pixels);
+            let mut done = vec![false; run.len()];
+            if run.len() >= 4 && run.len() as f64 * per_kp >= pixels && (0.0..405.0).contains(&angle) {
+                if grads_layer != Some(layer) {
+                    grads.compute(plane);
+                    grads_layer = Some(layer);
+                }
+                orient.compute(grads, angle);
+                let win = QuadWindow::new(plane.w, plane.h, angle, scl);
+                for (d, &(.., i)) in done.iter_mut().zip(run) {
+                    let (_, _, scale) = unpack_octave(&keypoints[i]);
+                    let pt = (keypoints[i].x * scale, keypoints[i].y * scale);
+                    descriptor::compute_descriptor_quads(orient, &win, pt, &mut desc[i * DESCR_LEN..(i + 1) * DESCR_LEN]);
+                    *d = true;
+                }
+            }
+            for (&d, &(.., i)) in done.iter().zip(run) {
+                if !d {
+                    Self::describe(&oct.gauss, &keypoints[i], samples, &mut desc[i * DESCR_LEN..(i + 1) * DESCR_LEN]);
+                }
+            }
+        }
     }
 
     /// Detection (and optionally descriptors, row `i` for keypoint `i`).
@@ -351,7 +410,7 @@ impl Sift {
                 if w <= 2 * IMG_BORDER || h <= 2 * IMG_BORDER {
                     break; // no pixel of this or any smaller octave can be an extremum
                 }
-                self.build_octave(&kernels, true, oct, &mut s.blur);
+                self.build_octave(&kernels, true, n_layers + 3, oct, &mut s.blur);
                 s.raw.clear();
                 detect::find_octave_extrema(&oct.gauss, &oct.dog, o, &dp, &mut s.samples, &mut s.raw);
                 for &(k, _layer) in &s.raw {
@@ -436,7 +495,12 @@ impl Sift {
     ///
     /// Each keypoint is described in the Gaussian layer its packed `octave`
     /// names (octave -1 = doubled image), at its position, size and angle.
-    /// No keypoint is dropped; one outside the image gets a zero descriptor.
+    /// As in OpenCV 4.12, no keypoint is dropped: one outside the image or of
+    /// size <= 0 gets a zero descriptor. The pyramid is built only up to the
+    /// layers the keypoints name, and keypoints sharing a layer, size and
+    /// angle (a dense grid) are described from per-pixel gradients split by
+    /// orientation and one sample table, computed once (see `descriptor`):
+    /// the same descriptors up to float rounding.
     ///
     /// # Errors
     /// [`BovwError::InvalidInput`] when the image is too small, a keypoint's
@@ -489,10 +553,12 @@ impl Sift {
                         image.height
                     )));
                 }
-                self.build_octave(&kernels, false, oct, &mut s.blur);
-                for &i in members {
-                    Self::describe(&oct.gauss, &keypoints[i], &mut s.samples, &mut desc[i * DESCR_LEN..(i + 1) * DESCR_LEN]);
-                }
+                // Only the layers described here (and layer L, the base of
+                // the next octave) are blurred.
+                let top = members.iter().map(|&i| unpack_octave(&keypoints[i]).1 as usize).max().unwrap_or(0);
+                let top = if o + 1 < n_octaves { top.max(n_layers as usize) } else { top };
+                self.build_octave(&kernels, false, top + 1, oct, &mut s.blur);
+                self.describe_group(oct, keypoints, members, (&mut s.samples, &mut s.grads, &mut s.orient), &mut desc);
             }
             Ok(())
         })?;

@@ -3,6 +3,8 @@
 
 pub mod args;
 pub mod cluster;
+pub mod color;
+pub mod dense;
 pub mod decomposition;
 pub mod features;
 pub mod histogram;
@@ -37,6 +39,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     image::register(m)?;
     sift::register(m)?;
     orb::register(m)?;
+    dense::register(m)?;
+    color::register(m)?;
     cluster::register(m)?;
     kmajority::register(m)?;
     histogram::register(m)?;
