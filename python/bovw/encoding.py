@@ -258,9 +258,13 @@ class _Encoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
             Non-float descriptors or an unsupported container.
         """
         check_is_fitted(self, "_n_features_out")
-        parts = [self._encode_batch(b) for b in iter_batches(X, self.n_features_in_, offsets, keypoints, image_sizes)]
+        w = self._n_features_out
+        parts = [
+            self._encode_batch(b).reshape(-1, w)
+            for b in iter_batches(X, self.n_features_in_, offsets, keypoints, image_sizes)
+        ]
         if not parts:
-            return np.zeros((0, self._n_features_out), np.float32)
+            return np.zeros((0, w), np.float32)
         return parts[0] if len(parts) == 1 else np.vstack(parts)
 
     def encode(self, X: Any, offsets: Any, keypoints_xy: Any = None, image_sizes: Any = None) -> np.ndarray:
@@ -553,6 +557,8 @@ an unfitted one, a tuple (weights, means, covariances), or None
         from bovw.mixture import GaussianMixture, _mixture_arrays
 
         g = self.gmm
+        if getattr(g, "covariance_type", "diag") != "diag":
+            raise ValueError(f"gmm: Fisher vectors need diagonal covariances, got covariance_type={g.covariance_type!r}")
         if g is None:
             g = GaussianMixture(n_components=self.n_components, random_state=self.random_state, n_threads=self.n_threads).fit(flat)
         elif not isinstance(g, (tuple, list)) and hasattr(g, "fit") and not hasattr(g, "weights_"):

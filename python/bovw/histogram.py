@@ -484,7 +484,7 @@ class BagOfWords(TransformerMixin, BaseEstimator):
                 kw = {"keypoints": b.keypoints, "image_sizes": b.image_sizes, "spatial_pyramid": grids,
                       "pyramid_weights": self.pyramid_weights}
             parts.append(_bovw.encode_bow(b.descriptors, vocab, b.offsets, n_neighbors=int(self.n_neighbors),
-                                          sigma=self.sigma, n_threads=self.n_threads, **kw))
+                                          sigma=self.sigma, n_threads=self.n_threads, **kw).reshape(-1, self._width(vocab)))
         if not parts:
             return np.zeros((0, self._width(vocab)), np.float32)
         return parts[0] if len(parts) == 1 else np.vstack(parts)

@@ -159,7 +159,9 @@ class AdditiveChi2Sampler(_StatelessMap):
     -----
     Dense arrays are mapped in one parallel pass in Rust (float64
     arithmetic; float32 input gives float32 output). Sparse CSR input is
-    handed to scikit-learn's implementation. The output layout is
+    handed to scikit-learn's implementation. Integer input is mapped in
+    float64 (scikit-learn writes the map of a dense integer array into an
+    integer array, truncating it). The output layout is
     scikit-learn's: the ``sqrt`` block of all features, then the ``cos 1``,
     ``sin 1``, ``cos 2``, ... blocks.
 
