@@ -79,6 +79,24 @@ def test_pyramid_histograms_equal_numpy_bincount(batch, data, vocab, words, pyra
     np.testing.assert_array_equal(ours[:, :K] / weights[0], plain)
 
 
+def test_pyramid_from_word_ids_equals_numpy_bincount(batch, data, words):
+    d, offsets, xy, sizes = data
+    ref = _np_pyramid(words, offsets, xy, sizes, K, (1, 2, 4), (0.25, 0.25, 0.5))
+    h = bovw.bow_histograms(words, offsets, n_words=K, spatial_pyramid=(1, 2, 4), pyramid_weights="lazebnik",
+                            keypoints=xy, image_sizes=sizes)
+    np.testing.assert_array_equal(h, ref.astype(np.float32))
+    # the Arrow keypoints column (x, y, size, angle) is read in place
+    h2 = bovw.bow_histograms(words, offsets, n_words=K, spatial_pyramid=(1, 2, 4), pyramid_weights="lazebnik",
+                             keypoints=batch.column("keypoints"), image_sizes=sizes)
+    np.testing.assert_array_equal(h2, h)
+    l2 = bovw.bow_histograms(words, offsets, n_words=K, spatial_pyramid=(1, 2), keypoints=xy, image_sizes=sizes, norm="l2")
+    np.testing.assert_allclose(np.linalg.norm(l2[np.diff(offsets) > 0], axis=1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="position 3"):
+        bad = words.copy()
+        bad[3] = K
+        bovw.bow_histograms(bad, offsets, n_words=K, spatial_pyramid=(2,), keypoints=xy, image_sizes=sizes)
+
+
 def test_pyramid_boundaries_and_outside_points(vocab):
     # keypoints on the 2x2 boundaries (x + 0.5 = 50 on a 100 px image) go
     # right / down; points outside the image go to the border cells

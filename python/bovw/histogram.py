@@ -86,6 +86,10 @@ def bow_histograms(
     norm: str | None = None,
     idf: Any = None,
     n_threads: int | None = None,
+    spatial_pyramid: Sequence[int] | None = None,
+    pyramid_weights: str = "uniform",
+    keypoints: Any = None,
+    image_sizes: Any = None,
 ) -> np.ndarray:
     """Visual-word histograms per image from word ids.
 
@@ -117,10 +121,19 @@ def bow_histograms(
         ``ln((n + 1) / (df + 1))``.
     n_threads : int, optional
         Threads (``None``: all cores).
+    spatial_pyramid : sequence of int, optional
+        Grids of a spatial pyramid (e.g. ``(1, 2, 4)``): one histogram per
+        cell, concatenated (see :class:`BagOfWords`); needs ``offsets`` (or a
+        list of per-image word arrays), ``keypoints`` and ``image_sizes``.
+    pyramid_weights : {"uniform", "lazebnik"}, default="uniform"
+    keypoints : array-like of shape (n_descriptors, >= 2), optional
+        Keypoint x, y (pixels) of each word, with ``spatial_pyramid``.
+    image_sizes : array-like of shape (n_images, 2), optional
+        Width and height of each image (pixels), with ``spatial_pyramid``.
 
     Returns
     -------
-    histograms : ndarray of shape (n_images, n_words), float32
+    histograms : ndarray of shape (n_images, n_cells * n_words), float32
         Counts (Spark ``CountVectorizer``'s, in word-id order) or weighted rows.
 
     Raises
@@ -147,6 +160,30 @@ def bow_histograms(
         else:
             raise ValueError("offsets or image_index is required when words is a flat array")
     w = _int64_1d(words, "words")
+    if spatial_pyramid is not None:
+        from bovw._batch import _kp_xy, _sizes
+        from bovw.encoding import _check_pyramid
+
+        grids = _check_pyramid(spatial_pyramid, pyramid_weights)
+        if image_index is not None or offsets is None:
+            raise ValueError("spatial_pyramid: needs offsets (or per-image word arrays), not image_index")
+        if keypoints is None or image_sizes is None:
+            raise ValueError("spatial_pyramid: needs keypoints and image_sizes")
+        o = _int64_1d(offsets, "offsets")
+        if o.size == 0:
+            raise ValueError("offsets: must have n_images + 1 >= 1 entries")
+        if isinstance(keypoints, (list, tuple)) and keypoints and not np.isscalar(keypoints[0]) and np.ndim(keypoints[0]) != 1:
+            keypoints = np.concatenate([_kp_xy(k, f"keypoints[{i}]") for i, k in enumerate(keypoints)])
+        kp = keypoints if isinstance(keypoints, pa.Array) else np.ascontiguousarray(_kp_xy(keypoints, "keypoints"))
+        counts = _bovw.bow_pyramid_counts(
+            w, o, int(n_words), kp, _sizes(image_sizes, o.size - 1), grids,
+            pyramid_weights=pyramid_weights, n_threads=n_threads,
+        )
+        counts = counts.reshape(o.size - 1, sum(g * g for g in grids) * int(n_words))
+        weights = _idf_weights(counts, idf, counts.shape[1])
+        if weights is None and norm is None:
+            return counts
+        return _bovw.bow_weight(counts, weights, norm)
     if image_index is not None:
         if n_images is None:
             raise ValueError("n_images is required with image_index")

@@ -120,6 +120,12 @@ class _StatelessMap(TransformerMixin, BaseEstimator):
     def _validate(self, X: Any, reset: bool) -> np.ndarray:
         return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], order="C")
 
+    def _validate_light(self, X: Any) -> np.ndarray:
+        """For transform: shape and dtype only; the Rust kernel checks the
+        values (finite, and for the chi2 map >= 0) in the same pass, naming
+        the row and column."""
+        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32], order="C", ensure_all_finite=False)
+
     def fit(self, X: Any, y: Any = None) -> Any:
         """Check X and the parameters (nothing is learnt).
 
@@ -221,11 +227,16 @@ class AdditiveChi2Sampler(_StatelessMap):
             ``sample_interval``.
         """
         self._validate_params()
-        X = self._validate(X, reset=False)
         if sp.issparse(X):
+            X = self._validate(X, reset=False)
             from sklearn.kernel_approximation import AdditiveChi2Sampler as _Sk
 
             return _Sk(sample_steps=self.sample_steps, sample_interval=self.sample_interval).fit(X).transform(X)
+        if self.sample_interval is None and self.sample_steps not in (1, 2, 3):
+            raise ValueError("If sample_steps is not in [1, 2, 3], you need to provide sample_interval")
+        X = validate_data(self, X, reset=False, accept_sparse="csr", order="C", ensure_all_finite=False)
+        if not sp.issparse(X) and X.dtype.kind not in "fiub":
+            raise ValueError(f"X: expected numbers, got dtype {X.dtype}")
         return chi2_map(X, self.sample_steps, self.sample_interval, n_threads=self.n_threads)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -300,7 +311,7 @@ class PowerNormalizer(_StatelessMap):
             NaN or infinity (the row is named).
         """
         self._validate_params()
-        X = self._validate(X, reset=False)
+        X = self._validate_light(X)
         return power_normalize(X, self.alpha, norm=self.norm, n_threads=self.n_threads)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -360,7 +371,7 @@ class Hellinger(_StatelessMap):
             NaN or infinity (the row is named).
         """
         self._validate_params()
-        X = self._validate(X, reset=False)
+        X = self._validate_light(X)
         return power_normalize(X, 0.5, pre_norm=self.pre_norm, norm=None, n_threads=self.n_threads)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

@@ -144,6 +144,46 @@ pub fn l2_normalize(v: &mut [f64]) {
     v.iter_mut().for_each(|z| *z /= n);
 }
 
+/// An uninitialised `len`-value output buffer, to be written in full and
+/// then turned into a `Vec<T>` by [`assume_init`]. Neither zeroed nor
+/// written twice; on Linux its pages are marked for transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`), so that the first writes to a large fresh
+/// mapping cost one page fault per 2 MiB instead of one per 4 KiB (the
+/// same as `crate::packed`'s private buffer: one helper could serve both).
+pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation; the capacity is `len`.
+    unsafe { v.set_len(len) };
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = len * std::mem::size_of::<T>();
+        if bytes >= 2 * HUGE {
+            let start = v.as_ptr() as usize;
+            let lo = start.div_ceil(HUGE) * HUGE;
+            let hi = (start + bytes) / HUGE * HUGE;
+            if hi > lo {
+                // SAFETY: advice on whole pages inside the allocation; it
+                // changes how they are backed, never their contents.
+                unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+            }
+        }
+    }
+    v
+}
+
+/// The buffer of [`output_buffer`] as values.
+///
+/// # Safety
+/// Every element must have been written.
+pub(crate) unsafe fn assume_init<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<T> has T's layout; the caller guarantees every
+    // element is initialised; pointer, length and capacity come from `v`,
+    // which is not dropped.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
+}
+
 /// Whole images of about `rows` descriptors each, as `(first, end)` image
 /// ranges.
 pub(crate) fn image_chunks(offsets: &[usize], rows: usize) -> Vec<(usize, usize)> {

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use super::assign::{assign, Assignment, Assignments};
 use super::{check_batch, image_chunks, Frames};
 use crate::error::{BovwError, Result};
-use crate::histogram::{descriptor_histograms, ASSIGN_CHUNK};
+use crate::histogram::{check_offsets, check_words, descriptor_histograms, ASSIGN_CHUNK};
 
 /// How pyramid levels are weighted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,6 +314,46 @@ pub fn bow_histograms(
     Ok(out)
 }
 
+/// Spatial pyramid histograms from visual-word ids (e.g. words of binary
+/// descriptors assigned elsewhere): `n_images x (n_cells * n_words)` `f32`,
+/// laid out as [`bow_histograms`]'s.
+///
+/// # Errors
+/// As [`check_words`], [`check_offsets`] and [`Frames::check`].
+pub fn pyramid_counts_from_words(words: &[i64], offsets: &[usize], n_words: usize, pyramid: &Pyramid, frames: &Frames<'_>) -> Result<Vec<f32>> {
+    check_offsets(offsets, words.len())?;
+    check_words(words, n_words)?;
+    frames.check(offsets)?;
+    let n_images = offsets.len() - 1;
+    let width = pyramid.n_cells * n_words;
+    let levels = pyramid.grids.len();
+    let cw = pyramid.cell_weights();
+    let mut out = vec![0f32; n_images * width];
+    if width == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(width).enumerate().for_each_init(
+        || vec![0usize; levels],
+        |cells, (i, row)| {
+            let (w, h) = frames.size(i);
+            for r in offsets[i]..offsets[i + 1] {
+                let (x, y) = frames.xy(r);
+                pyramid.cells(x, y, w, h, cells);
+                let word = words[r] as usize;
+                for &c in cells.iter() {
+                    row[c * n_words + word] += 1.0;
+                }
+            }
+            for (c, cell) in row.chunks_mut(n_words).enumerate() {
+                if cw[c] != 1.0 {
+                    cell.iter_mut().for_each(|v| *v = (*v as f64 * cw[c]) as f32);
+                }
+            }
+        },
+    );
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +397,8 @@ mod tests {
         want[21] = 1.0; // image 2: word 1 in cell 0 and cell (0,0)
         want[22 + 1] = 1.0;
         assert_eq!(h, want);
+        let from_words = pyramid_counts_from_words(&[0, 1, 0, 1], &offsets, 2, &p, &frames).unwrap();
+        assert_eq!(from_words, want);
         let bad = [100i64, 100, 0, 0, 0, 20];
         let frames = Frames { xy: &xy, stride: 2, sizes: &bad };
         let e = bow_histograms(&desc, &offsets, 1, &vocab, &Assignment::Hard, &Layout::Pyramid(&p, frames)).unwrap_err();

@@ -19,7 +19,7 @@ use crate::arrow::float_descriptor_rows;
 use crate::encode::assign::{assign, Assignment};
 use crate::encode::fisher::{fisher, FisherOptions};
 use crate::encode::maps::{additive_chi2, power_normalize as power_map};
-use crate::encode::pyramid::{bow_histograms, Layout, LevelWeights, Pyramid};
+use crate::encode::pyramid::{bow_histograms, pyramid_counts_from_words, Layout, LevelWeights, Pyramid};
 use crate::encode::vlad::{vlad, VladOptions};
 use crate::encode::{width_error, Frames};
 use crate::error::BovwError;
@@ -215,6 +215,38 @@ pub fn encode_bow<'py>(
     Ok(out_2d(py, h, n_images))
 }
 
+/// Spatial pyramid word counts from word ids (int64) and image offsets:
+/// (n_images, n_cells * n_words) float32.
+#[pyfunction]
+#[pyo3(signature = (words, offsets, n_words, keypoints, image_sizes, spatial_pyramid, *, pyramid_weights="uniform", n_threads=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn bow_pyramid_counts<'py>(
+    py: Python<'py>,
+    words: PyReadonlyArray1<'py, i64>,
+    offsets: PyReadonlyArray1<'py, i64>,
+    n_words: usize,
+    keypoints: &Bound<'py, PyAny>,
+    image_sizes: PyReadonlyArray2<'py, i64>,
+    spatial_pyramid: Vec<usize>,
+    pyramid_weights: &str,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let p = Pyramid::new(&spatial_pyramid, LevelWeights::parse(pyramid_weights)?)?;
+    let o = offsets_vec(&offsets)?;
+    let w = words.as_slice().map_err(|_| BovwError::input("words must be C-contiguous"))?;
+    let frames = frame_input(Some(keypoints), Some(image_sizes))?.expect("both given");
+    let kv = frames.kp.view("keypoints")?;
+    if let Rows::Arrow(_) = frames.kp {
+        if kv.offsets != o {
+            return Err(BovwError::input("keypoints: the column's keypoint counts differ from the offsets").into());
+        }
+    }
+    let n_images = o.len().saturating_sub(1);
+    let f = Frames { xy: kv.values, stride: kv.width, sizes: &frames.sizes };
+    let h = py.detach(|| with_threads(n_threads, || pyramid_counts_from_words(w, &o, n_words, &p, &f)))?;
+    Ok(out_2d(py, h, n_images))
+}
+
 /// VLAD of each image: (n_images, n_cells * n_words * d) float32.
 #[pyfunction]
 #[pyo3(signature = (descriptors, vocabulary, offsets=None, *, keypoints=None, image_sizes=None, spatial_pyramid=None, pyramid_weights="uniform", n_neighbors=1, sigma=None, normalize_mass=false, square_root=false, normalize_components=true, normalize=true, n_threads=None))]
@@ -371,6 +403,7 @@ pub fn power_normalize<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_bow, m)?)?;
+    m.add_function(wrap_pyfunction!(bow_pyramid_counts, m)?)?;
     m.add_function(wrap_pyfunction!(encode_vlad, m)?)?;
     m.add_function(wrap_pyfunction!(encode_fisher, m)?)?;
     m.add_function(wrap_pyfunction!(soft_assign, m)?)?;
