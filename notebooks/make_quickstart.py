@@ -63,9 +63,7 @@ n_kp = np.array(feats.column("n_keypoints").to_pylist(), dtype=float)
 errors = [e for e in feats.column("error").to_pylist() if e]
 print(f"{np.nansum(n_kp):.0f} descriptors, {np.nanmean(n_kp):.1f} per image, {len(errors)} errors")"""),
     ("md", "## 3. Visual vocabulary (K-Means on the training descriptors)"),
-    ("code", """col = feats.column("descriptors")
-offsets = col.offsets.to_numpy().astype(np.int64)
-X = col.flatten().flatten().to_numpy().reshape(-1, 128)
+    ("code", """X, offsets = bovw.descriptor_matrix(feats.column("descriptors"))  # (n_descriptors, 128), per-image offsets
 split = np.array(feats.column("split").to_pylist())
 train_rows = np.flatnonzero(split == "Training")
 X_train = np.concatenate([X[offsets[i]:offsets[i + 1]] for i in train_rows])

@@ -19,7 +19,8 @@ WHEEL=$(ls dist/bovw-*.whl)
 .venv/bin/python -m pip install -q --force-reinstall --no-deps "$WHEEL"
 cargo test --release --quiet  # release: reuses the dependencies maturin just built
 .venv/bin/python scripts/gen_stubs.py --check
-.venv/bin/python -m mypy.stubtest bovw._bovw
+.venv/bin/python -m mypy.stubtest bovw._bovw --mypy-config-file pyproject.toml
+.venv/bin/python -m mypy  # python/bovw, with pyproject.toml's [tool.mypy]
 # tests/test_wheel.py installs this same wheel into a fresh virtualenv
 export BOVW_WHEEL="$PWD/$WHEEL"
 .venv/bin/python -m pytest "$@"

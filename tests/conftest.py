@@ -56,6 +56,25 @@ def pick_images(root: Path, split: str, n: int) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def spark():
+    """The suite's one local Spark session (``local[2]``), shared by every Spark test."""
+    import bovw.spark as bs
+
+    s = bs.session(
+        "local[2]",
+        "bovw-tests",
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "4",
+            "spark.driver.memory": "1g",
+        },
+    )
+    s.sparkContext.setLogLevel("ERROR")
+    yield s
+
+
+@pytest.fixture(scope="session")
 def real_gray_images(fruits_root: Path) -> list[tuple[str, np.ndarray]]:
     """500 real Test images (all classes represented when shared/ is present) as
     (path, (100, 100) uint8 gray) decoded by OpenCV-compatible bovw.decode_gray."""

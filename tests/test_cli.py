@@ -48,7 +48,7 @@ def test_run_on_sample_writes_every_output(sample_run):
     assert info["counts"]["images"] == 550 and info["counts"]["errors"] == 0
     assert info["input"]["n_files"] == 550 and len(info["input"]["sha256"]) == 64
     assert {"bovw", "numpy", "pyarrow", "scikit-learn"} <= set(info["versions"])
-    assert [s["stage"] for s in info["stages"]][0] == "list + read files"
+    assert [s["stage"] for s in info["stages"]][0] == "list files"
     pca = np.load(out / "pca.npz")
     assert info["pca"]["explained_variance"] >= 0.95
     assert pca["components"].shape == (info["pca"]["n_components"], 50)
@@ -62,7 +62,7 @@ def test_run_on_sample_writes_every_output(sample_run):
 
 
 def test_saved_model_reloads_and_predicts(sample_run, sample_root):
-    from bovw.pipeline import load_model
+    from bovw.model import load_model
 
     model = load_model(sample_run)
     t = pq.read_table(sample_run / "features.parquet")
@@ -111,16 +111,16 @@ def test_bad_inputs_are_reported_not_lost(bad_folder, tmp_path):
     out = tmp_path / "out"
     assert main(["run", str(root), "--out", str(out), "--k", "8", "--pca", "3", "--no-progress"]) == 0
     errors = _read_errors(out)
-    expected = {
-        "zero.jpg": "empty",
-        "truncated.jpg": "truncated",
-        "text.jpg": "not a JPEG or PNG",
-        "one_pixel.png": "small",
-        "sixteen_bit.png": "8-bit",
+    expected = {  # file: (stage, a word of the reason)
+        "zero.jpg": ("decode", "empty"),
+        "truncated.jpg": ("decode", "truncated"),
+        "text.jpg": ("decode", "not a JPEG or PNG"),
+        "one_pixel.png": ("descriptors", "small"),
+        "sixteen_bit.png": ("decode", "8-bit"),
     }
     assert set(errors) == set(expected), errors
-    for name, word in expected.items():
-        assert word in errors[name][1], (name, errors[name])
+    for name, (stage, word) in expected.items():
+        assert errors[name][0] == stage and word in errors[name][1], (name, errors[name])
     t = pq.read_table(out / "features.parquet")
     assert t.num_rows + len(errors) == n_files
     rows = {Path(p).name: i for i, p in enumerate(t.column("path").to_pylist())}

@@ -18,7 +18,7 @@ import pytest
 import bovw
 from conftest import pick_images, shared_fruits_root
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import pyarrow as pa
 import pytest
 
 import bovw
-from conftest_spark import spark_local  # noqa: F401  (fixture)
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 N_WORDS = 40
 
@@ -143,14 +142,9 @@ def test_descriptor_inputs_agree(sift_descriptors, kmeans):
 
 def test_extract_descriptors_column_to_histograms(sample_root, kmeans):
     """The Arrow batch from bovw.extract_descriptors goes straight in."""
-    if not hasattr(bovw, "extract_descriptors"):
-        pytest.skip("no extract_descriptors")
     files = sorted(sample_root.glob("Test/*/*.jpg"))[:12]
     table = pa.table({"content": pa.array([f.read_bytes() for f in files], pa.binary())})
-    try:
-        batch = bovw.extract_descriptors(table, "sift")
-    except Exception as exc:  # the SIFT stage may not be merged yet
-        pytest.skip(f"extract_descriptors unavailable: {exc}")
+    batch = bovw.extract_descriptors(table, "sift")
     col = batch.column("descriptors")
     h = bovw.BagOfWords(kmeans).transform(col)
     assert h.shape == (12, N_WORDS)
@@ -257,12 +251,12 @@ def test_bad_descriptors():
 
 # -- Spark ---------------------------------------------------------------------------
 @pytest.mark.spark
-def test_counts_equal_spark_countvectorizer(spark_local, sift_descriptors, kmeans):
+def test_counts_equal_spark_countvectorizer(spark, sift_descriptors, kmeans):
     from pyspark.ml.feature import IDF, CountVectorizer
 
     words = [kmeans.predict(d) if len(d) else np.zeros(0, np.int64) for d in sift_descriptors]
     rows = [(i, [f"w{int(x)}" for x in w]) for i, w in enumerate(words)]
-    df = spark_local.createDataFrame(rows, "image long, words array<string>")
+    df = spark.createDataFrame(rows, "image long, words array<string>")
     cv = CountVectorizer(inputCol="words", outputCol="tf", vocabSize=N_WORDS, minDF=1.0).fit(df)
     tf = cv.transform(df)
     idf_model = IDF(inputCol="tf", outputCol="tfidf").fit(tf)
@@ -283,14 +277,14 @@ def test_counts_equal_spark_countvectorizer(spark_local, sift_descriptors, kmean
 
 
 @pytest.mark.spark
-def test_histograms_become_spark_vectors_without_udf(spark_local, sift_descriptors, kmeans):
+def test_histograms_become_spark_vectors_without_udf(spark, sift_descriptors, kmeans):
     """mapInArrow yields list<float64> histograms; array_to_vector makes ML vectors."""
     from pyspark.ml.functions import array_to_vector
 
     vocab = kmeans.cluster_centers_.astype(np.float32)
     descs = sift_descriptors[:20]
     rows = [(i, d.astype(np.float64).tolist()) for i, d in enumerate(descs)]
-    sdf = spark_local.createDataFrame(rows, "image long, descriptors array<array<float>>").repartition(2)
+    sdf = spark.createDataFrame(rows, "image long, descriptors array<array<float>>").repartition(2)
 
     def to_histograms(batches):
         bow = bovw.BagOfWords(vocab, n_threads=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
 import bovw
 
 
@@ -147,3 +149,166 @@ def test_bad_inputs():
     # identical descriptors: centers collapse, inertia 0
     same = bovw.KMajority(n_clusters=3, random_state=0).fit(np.full((20, 32), 7, np.uint8))
     assert same.inertia_ == 0
+
+
+# -- scikit-learn conventions -------------------------------------------------------
+
+def test_is_a_scikit_learn_estimator(orb_descriptors):
+    """get_params/set_params/clone, Pipeline, get_feature_names_out and
+    set_output on real ORB descriptors."""
+    import pandas as pd
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+
+    X = orb_descriptors[:1500]
+    km = bovw.KMajority(n_clusters=6, random_state=0, max_iter=10)
+    assert km.get_params() == {"n_clusters": 6, "max_iter": 10, "random_state": 0, "init": "k-means++", "n_threads": None}
+    assert repr(km) == "KMajority(max_iter=10, n_clusters=6, random_state=0)"
+    twin = clone(km).set_params(n_threads=1)
+    a, b = km.fit(X), twin.fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert km.get_feature_names_out().tolist() == [f"kmajority{i}" for i in range(6)]
+    # fit_transform (TransformerMixin) is fit then transform
+    np.testing.assert_array_equal(clone(km).fit_transform(X), km.transform(X))
+    # In a Pipeline, with pandas output named after the centers.
+    pipe = make_pipeline(bovw.KMajority(n_clusters=6, random_state=0, max_iter=10)).set_output(transform="pandas")
+    out = pipe.fit_transform(X)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == [f"kmajority{i}" for i in range(6)]
+    np.testing.assert_array_equal(out.to_numpy(), km.transform(X))
+    # Feature names from a DataFrame of bytes are kept and checked.
+    df = pd.DataFrame(X, columns=[f"byte{i}" for i in range(32)])
+    kd = bovw.KMajority(n_clusters=6, random_state=0, max_iter=10).fit(df)
+    assert kd.feature_names_in_.tolist() == list(df.columns) and kd.n_features_in_ == 32
+    np.testing.assert_array_equal(kd.predict(df), km.predict(X))
+    with pytest.raises(ValueError, match="Unexpected input features|feature names"):
+        kd.transform(df.rename(columns={"byte0": "b0"}))
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        km.set_params(k=3)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_clusters": True}, r"'n_clusters' parameter of KMajority must be an int in the range \[1, inf\)\. Got True"),
+        ({"n_clusters": 2.0}, r"'n_clusters' parameter of KMajority must be an int"),
+        ({"max_iter": -1}, r"'max_iter' parameter of KMajority must be an int in the range \[1, inf\)"),
+        ({"n_threads": 0}, r"'n_threads' parameter of KMajority must be an int in the range \[1, inf\) or None"),
+        ({"random_state": -1}, r"'random_state' parameter of KMajority"),
+        ({"random_state": "seed"}, r"'random_state' parameter of KMajority"),
+        ({"init": "random"}, r"'init' parameter of KMajority must be a str among \{'k-means\+\+'\} or an array-like"),
+    ],
+)
+def test_parameter_constraints(params, match):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = np.random.default_rng(0).integers(0, 256, (20, 32), dtype=np.uint8)
+    with pytest.raises(InvalidParameterError, match=match) as info:
+        bovw.KMajority(**{"n_clusters": 2, **params}).fit(X)
+    # scikit-learn's error is both: callers catching either keep working.
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+
+
+def test_random_state_kinds_give_reproducible_fits(orb_descriptors):
+    X = orb_descriptors[:1000]
+    kw = dict(n_clusters=5, max_iter=5)
+    for make in (lambda: 7, lambda: np.random.RandomState(7), lambda: np.random.default_rng(7)):
+        a = bovw.KMajority(random_state=make(), **kw).fit(X)
+        b = bovw.KMajority(random_state=make(), **kw).fit(X)
+        np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+# scikit-learn's checks generate float (and object, complex, NaN) data, which
+# KMajority refuses by design: its input is packed binary descriptors, uint8
+# only, and floats raise a TypeError rather than being rounded. Each check below
+# fails for that reason alone; xfail_strict makes a check that starts passing
+# fail the test, so the list cannot go stale. The same checks run on uint8 data
+# in test_sklearn_checks_on_bytes.
+_FLOAT_DATA = "scikit-learn's check feeds float data; KMajority takes uint8 descriptors only (TypeError)"
+_KMAJORITY_FLOAT_CHECKS = [
+    "check_fit_score_takes_y",
+    "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters",
+    "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input",
+    "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit",
+    "check_estimators_dtypes",
+    "check_complex_data",
+    "check_dtype_object",
+    "check_estimators_empty_data_messages",
+    "check_pipeline_consistency",
+    "check_estimators_nan_inf",
+    "check_estimators_pickle",
+    "check_f_contiguous_array_estimator",
+    "check_transformer_data_not_an_array",
+    "check_transformer_general",
+    "check_transformer_n_iter",
+    "check_clustering",
+    "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance",
+    "check_fit2d_1sample",
+    "check_fit2d_1feature",
+    "check_dict_unchanged",
+    "check_fit_idempotent",
+    "check_fit_check_is_fitted",
+    "check_n_features_in",
+    "check_fit1d",
+    "check_fit2d_predict1d",
+]
+
+
+@parametrize_with_checks(
+    [bovw.KMajority(n_clusters=3, random_state=0)],
+    expected_failed_checks=lambda est: {c: _FLOAT_DATA for c in _KMAJORITY_FLOAT_CHECKS},
+    xfail_strict=True,
+)
+def test_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+def _gray_bytes(X):
+    """Each number of a scikit-learn check's data as one byte: quantised to
+    256 levels over [-8, 8) then Gray-coded, so that neighbouring values
+    differ in one bit. Elementwise, so shapes, row order and subsets are kept;
+    data that is not a real numeric array (NaN, complex, object, sparse) is
+    passed on unchanged for KMajority to refuse."""
+    import scipy.sparse as sp
+
+    if X is None or sp.issparse(X):
+        return X
+    a = np.asarray(X)
+    if a.dtype.kind not in "fiu" or a.dtype == np.uint8 or not np.isfinite(a).all():
+        return X
+    q = np.clip(np.floor((a.astype(np.float64) + 8.0) * 16.0), 0, 255).astype(np.uint8)
+    g = q ^ (q >> 1)
+    if hasattr(X, "columns"):  # a DataFrame keeps its column names
+        return type(X)(g, columns=X.columns, index=X.index)
+    return g
+
+
+class KMajorityOnBytes(bovw.KMajority):
+    """KMajority with an elementwise float -> byte map in front of it (see
+    ``_gray_bytes``), so that scikit-learn's checks, which generate float data,
+    run on uint8 data. Nothing else is overridden: parameters, fit, predict,
+    transform, score, tags, pickling and errors are KMajority's."""
+
+    def _validate_X(self, X, *, reset):
+        return super()._validate_X(_gray_bytes(X), reset=reset)
+
+
+# On uint8 data every check passes but these, which test what uint8 cannot hold
+# or what the byte map does not keep.
+_ON_BYTES_EXPECTED = {
+    "check_estimators_nan_inf": "NaN and infinity have no uint8 value: KMajority refuses float input (TypeError)",
+    "check_complex_data": "complex input is refused with a TypeError (uint8 only), not the ValueError the check wants",
+    "check_dtype_object": "object arrays are refused with a TypeError (uint8 only), not converted",
+}
+
+
+@parametrize_with_checks(
+    [KMajorityOnBytes(n_clusters=3, random_state=0)],
+    expected_failed_checks=lambda est: _ON_BYTES_EXPECTED,
+    xfail_strict=True,
+)
+def test_sklearn_checks_on_bytes(estimator, check):
+    check(estimator)

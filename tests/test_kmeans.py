@@ -11,13 +11,14 @@ import pytest
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.cluster import MiniBatchKMeans as SKMiniBatchKMeans
 from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import bovw
 from bovw import cluster
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 
 def _sift(images: list[np.ndarray]) -> np.ndarray:
@@ -140,7 +141,7 @@ def test_transform_and_score_match_sklearn(sift_split):
 def test_same_result_whatever_the_threads(sift_train):
     a = bovw.KMeans(48, random_state=3, n_threads=1).fit(sift_train)
     b = bovw.KMeans(48, random_state=3, n_threads=2).fit(sift_train)
-    c = bovw.KMeans(48, random_state=3, n_threads=2, algorithm="elkan").fit(sift_train)
+    c = bovw.KMeans(48, random_state=3, n_threads=2, algorithm="lloyd").fit(sift_train)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
@@ -237,8 +238,8 @@ def test_kmeans_parallel_round(sift_train):
 
 def test_duplicates_and_one_cluster():
     X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 50, axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # scikit-learn's own ConvergenceWarning, so that filters on it apply.
+    with pytest.warns(ConvergenceWarning, match=r"Number of distinct clusters \(2\) found smaller than n_clusters \(3\)"):
         km = bovw.KMeans(3, random_state=0).fit(X)
     assert km.inertia_ == pytest.approx(0.0, abs=1e-9)
     one = bovw.KMeans(1).fit(X)
@@ -274,13 +275,13 @@ def test_bad_parameters_and_init():
         bovw.KMeans(3, init=np.zeros((2, 4))).fit(X)
     with pytest.raises(TypeError, match="init"):
         bovw.KMeans(3, init=np.array([["a"] * 4] * 3)).fit(X)
-    with pytest.raises(ValueError, match="n_clusters"):
+    with pytest.raises(ValueError, match=r"'n_clusters' parameter of KMeans must be an int in the range \[1, inf\)\. Got 0"):
         bovw.KMeans(0).fit(X)
-    with pytest.raises(ValueError, match="algorithm"):
+    with pytest.raises(ValueError, match=r"'algorithm' parameter of KMeans must be a str among .*'lloyd'.*Got 'fast'"):
         bovw.KMeans(2, algorithm="fast").fit(X)
-    with pytest.raises(ValueError, match="max_iter"):
+    with pytest.raises(ValueError, match=r"'max_iter' parameter of KMeans must be an int in the range \[1, inf\)\. Got 0"):
         bovw.KMeans(2, max_iter=0).fit(X)
-    with pytest.raises(ValueError, match="init"):
+    with pytest.raises(ValueError, match=r"'init' parameter of KMeans must be a str among .*Got 'kmeans'"):
         bovw.KMeans(2, init="kmeans").fit(X)
     km = bovw.KMeans(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match="features"):
@@ -313,3 +314,78 @@ _EXPECTED_FAILED = {
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize(
+    "cls, params, match",
+    [
+        (bovw.KMeans, {"n_clusters": True}, r"'n_clusters' parameter of KMeans must be an int in the range \[1, inf\)\. Got True"),
+        (bovw.KMeans, {"n_init": 0}, r"'n_init' parameter of KMeans must be a str among \{'auto'\} or an int in the range \[1, inf\)"),
+        (bovw.KMeans, {"n_init": False}, r"'n_init' parameter of KMeans"),
+        (bovw.KMeans, {"tol": -1e-4}, r"'tol' parameter of KMeans must be a float in the range \[0\.0, inf\)"),
+        (bovw.KMeans, {"n_threads": 0}, r"'n_threads' parameter of KMeans must be an int in the range \[1, inf\) or None"),
+        (bovw.KMeans, {"copy_x": "yes"}, r"'copy_x' parameter of KMeans must be an instance of 'bool'"),
+        (bovw.KMeans, {"random_state": -1}, r"'random_state' parameter of KMeans"),
+        (bovw.KMeans, {"init": 3}, r"'init' parameter of KMeans must be a str among .*, a callable or an array-like\. Got 3"),
+        (bovw.MiniBatchKMeans, {"batch_size": 0}, r"'batch_size' parameter of MiniBatchKMeans must be an int in the range \[1, inf\)"),
+        (bovw.MiniBatchKMeans, {"reassignment_ratio": -0.1}, r"'reassignment_ratio' parameter of MiniBatchKMeans"),
+        (bovw.MiniBatchKMeans, {"max_no_improvement": -1}, r"'max_no_improvement' parameter of MiniBatchKMeans must be an int in the range \[0, inf\) or None"),
+        (bovw.MiniBatchKMeans, {"init_size": 0}, r"'init_size' parameter of MiniBatchKMeans"),
+        (bovw.MiniBatchKMeans, {"compute_labels": None}, r"'compute_labels' parameter of MiniBatchKMeans"),
+    ],
+)
+def test_parameter_constraints(cls, params, match):
+    """scikit-learn's InvalidParameterError, a ValueError and a TypeError whose
+    message names the parameter, from fit and partial_fit."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = np.random.default_rng(0).random((30, 4))
+    with pytest.raises(InvalidParameterError, match=match) as info:
+        cls(**{"n_clusters": 2, **params}).fit(X)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+    if cls is bovw.MiniBatchKMeans:
+        with pytest.raises(InvalidParameterError, match=match):
+            cls(**{"n_clusters": 2, **params}).partial_fit(X)
+
+
+def test_kmeans_plusplus_function_validates_its_parameters():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = np.random.default_rng(0).random((30, 4))
+    with pytest.raises(InvalidParameterError, match=r"'n_clusters' parameter of kmeans_plusplus must be an int"):
+        cluster.kmeans_plusplus(X, 0)
+    with pytest.raises(InvalidParameterError, match=r"'n_local_trials' parameter of kmeans_plusplus"):
+        cluster.kmeans_plusplus(X, 3, n_local_trials=0)
+    with pytest.raises(ValueError, match="n_samples=30 should be >= n_clusters=31"):
+        cluster.kmeans_plusplus(X, 31)
+
+
+def test_default_algorithm_is_the_exact_fast_path(sift_split):
+    """KMeans() runs the Yinyang ('elkan') path by default, and it gives
+    Lloyd's result: same labels, iterations and (up to summation order)
+    centers and inertia, on real SIFT descriptors to convergence."""
+    train, test = sift_split
+    assert bovw.KMeans().algorithm == "elkan" and bovw.KMeans().get_params()["algorithm"] == "elkan"
+    init, _ = sk_kmeans_plusplus(train, 30, random_state=1)
+    default = bovw.KMeans(30, init=init, n_init=1).fit(train)
+    lloyd = bovw.KMeans(30, init=init, n_init=1, algorithm="lloyd").fit(train)
+    assert default.n_iter_ == lloyd.n_iter_ > 5
+    np.testing.assert_array_equal(default.labels_, lloyd.labels_)
+    np.testing.assert_allclose(default.cluster_centers_, lloyd.cluster_centers_, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(default.inertia_, lloyd.inertia_, rtol=1e-9)
+    np.testing.assert_array_equal(default.predict(test), lloyd.predict(test))
+
+
+@pytest.mark.parametrize("cls, prefix", [(bovw.KMeans, "kmeans"), (bovw.MiniBatchKMeans, "minibatchkmeans")])
+def test_feature_names_out_and_pandas_output(sift_split, cls, prefix):
+    """get_feature_names_out (ClassNamePrefixFeaturesOutMixin) names one column
+    per center, and set_output(transform="pandas") uses the names."""
+    import pandas as pd
+
+    train, test = sift_split
+    km = cls(n_clusters=5, random_state=0).fit(train[:3000])
+    names = km.get_feature_names_out()
+    assert names.tolist() == [f"{prefix}{i}" for i in range(5)]
+    out = km.set_output(transform="pandas").transform(test[:100])
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == names.tolist()
+    np.testing.assert_allclose(out.to_numpy(), euclidean_distances(test[:100], km.cluster_centers_), rtol=1e-4, atol=1e-2)

@@ -7,26 +7,16 @@ from pathlib import Path
 
 import pytest
 
-import bovw
+import nbclient
+import nbformat
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("pyspark")
+import bovw
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "fruits_spark.ipynb"
 
 
-def _kernels_ready() -> bool:
-    t = bovw.read_images(bovw.sample_data_path()).slice(0, 1)
-    ok = bovw.extract_descriptors(t, "sift", n_threads=1).column("error")[0].as_py() is None
-    import bovw._bovw as core
-
-    return ok and hasattr(bovw, "KMeans") and hasattr(bovw, "PCA") and hasattr(core, "bow_arrow_counts")
-
-
-@pytest.mark.skipif(not _kernels_ready(), reason="SIFT / KMeans / BoW / PCA kernels not merged yet")
 def test_fruits_spark_notebook_runs(tmp_path, monkeypatch):
     import pandas as pd
 

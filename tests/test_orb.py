@@ -6,7 +6,7 @@ pyramid level, their positions differ by at most one pixel of that level
 degrees. Recall = matched / OpenCV's keypoints, precision = matched / ours;
 for matched pairs we report the Hamming distance of the descriptors. The
 figures are printed (``pytest -s``) and asserted: recall and precision
->= 0.95, Hamming distance <= 16 bits for >= 95 % of the matches.
+>= 0.999 (what the README claims), Hamming distance <= 16 bits for >= 99.9 % of the matches.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 import bovw
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 SMALL = dict(n_features=100, edge_threshold=15, patch_size=15)  # peers' settings for 100x100 fruits
 
@@ -90,8 +90,8 @@ def _parity(images, label, **params):
         f"hamming<=16 {close:.4f}, identical descriptors {exact:.4f}, mean hamming {h.mean() if len(h) else 0:.3f}"
     )
     assert n_cv > 0
-    assert recall >= 0.95 and precision >= 0.95
-    assert close >= 0.95
+    assert recall >= 0.999 and precision >= 0.999
+    assert close >= 0.999
     return recall, precision, close
 
 
@@ -207,7 +207,7 @@ def test_mask_parity(large_images):
     kc, dc = _cv2_orb().detectAndCompute(img, mask)
     ko, do = bovw.ORB().detect_and_compute(img, mask)
     a, b, h = _match(kc, dc, ko, do)
-    assert len(h) >= 0.95 * a and len(h) >= 0.95 * b
+    assert len(h) >= 0.999 * a and len(h) >= 0.999 * b
     assert np.all((ko["x"] >= 50) & (ko["x"] < 550))
 
 

@@ -13,9 +13,8 @@ from sklearn.decomposition import PCA as SkPCA
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import bovw
-from conftest_spark import spark_local  # noqa: F401  (fixture)
 
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -197,12 +196,22 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"n_components=9 must be between 0 and min\(n_samples, n_features\)=8"):
         bovw.PCA(9).fit(X)
     for f in (0.0, -0.5, 1.5):
-        with pytest.raises(ValueError, match=r"n_components.*\(0, 1\]"):
+        with pytest.raises(ValueError, match=r"'n_components' parameter of PCA must be .*a float in the range \(0\.0, 1\.0\]"):
             bovw.PCA(f).fit(X)
-    with pytest.raises(TypeError, match="n_components"):
+    with pytest.raises(TypeError, match=r"'n_components' parameter of PCA .* Got 'mle'"):
         bovw.PCA("mle").fit(X)
-    with pytest.raises(ValueError, match="svd_solver"):
+    with pytest.raises(TypeError, match=r"'n_components' parameter of PCA .* Got True"):
+        bovw.PCA(True).fit(X)
+    with pytest.raises(ValueError, match=r"'svd_solver' parameter of PCA must be a str among .*Got 'arpack'"):
         bovw.PCA(2, svd_solver="arpack").fit(X)
+    with pytest.raises(ValueError, match=r"'iterated_power' parameter of PCA must be a str among \{'auto'\} or an int in the range \[0, inf\)"):
+        bovw.PCA(2, iterated_power=-1).fit(X)
+    with pytest.raises(ValueError, match=r"'n_oversamples' parameter of PCA must be an int in the range \[0, inf\)"):
+        bovw.PCA(2, n_oversamples=-1).fit(X)
+    with pytest.raises(ValueError, match=r"'n_threads' parameter of PCA must be an int in the range \[1, inf\) or None"):
+        bovw.PCA(2, n_threads=0).fit(X)
+    with pytest.raises(ValueError, match=r"'svd_solver' parameter of PCA"):  # fit_partial_sums validates too
+        bovw.PCA(2, svd_solver="arpack").fit_partial_sums(10, X[0], np.outer(X[0], X[0]))
     with pytest.raises(ValueError, match="randomized"):
         bovw.PCA(0.5, svd_solver="randomized").fit(X)
     with pytest.raises(ValueError, match="mllib_compat"):
@@ -231,12 +240,12 @@ def _align_signs(a, ref):
 
 @pytest.mark.spark
 @pytest.mark.parametrize("k", [5, 20])
-def test_mllib_compat_matches_spark_pca(spark_local, bow_histograms, k):
+def test_mllib_compat_matches_spark_pca(spark, bow_histograms, k):
     from pyspark.ml.feature import PCA as SparkPCA
     from pyspark.ml.linalg import Vectors
 
     X = bow_histograms
-    df = spark_local.createDataFrame([(i, Vectors.dense(r)) for i, r in enumerate(X)], ["id", "features"])
+    df = spark.createDataFrame([(i, Vectors.dense(r)) for i, r in enumerate(X)], ["id", "features"])
     model = SparkPCA(k=k, inputCol="features", outputCol="pca").fit(df)
     out = model.transform(df).orderBy("id").collect()
     spark_t = np.array([r["pca"].toArray() for r in out])
@@ -254,10 +263,10 @@ def test_mllib_compat_matches_spark_pca(spark_local, bow_histograms, k):
 
 
 @pytest.mark.spark
-def test_distributed_partial_sums_on_spark(spark_local, bow_histograms):
+def test_distributed_partial_sums_on_spark(spark, bow_histograms):
     """One Rust call per partition, sums reduced on the driver, one fit."""
     X = bow_histograms
-    rdd = spark_local.sparkContext.parallelize(list(X), 3)
+    rdd = spark.sparkContext.parallelize(list(X), 3)
 
     def stats(rows):
         import numpy as np

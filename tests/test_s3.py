@@ -17,8 +17,7 @@ import pytest
 
 import bovw
 
-pytest.importorskip("pyspark")
-moto_server = pytest.importorskip("moto.server")
+import moto.server as moto_server  # noqa: E402
 import bovw.spark as bs  # noqa: E402
 
 pytestmark = [pytest.mark.spark]
@@ -112,14 +111,8 @@ def test_credentials_from_driver_environment(spark, s3_endpoint, monkeypatch):
     assert df.where("content IS NOT NULL").count() == 15
 
 
-def _sift_works() -> bool:
-    t = bovw.read_images(bovw.sample_data_path()).slice(0, 1)
-    return bovw.extract_descriptors(t, "sift", n_threads=1).column("error")[0].as_py() is None
-
-
-@pytest.mark.skipif(not _sift_works(), reason="SIFT kernel not merged yet")
 def test_run_job_on_s3(spark, s3_endpoint, monkeypatch):
-    from bovw.pipeline import RunConfig
+    from bovw.job import RunConfig
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

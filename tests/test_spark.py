@@ -16,49 +16,10 @@ import pytest
 
 import bovw
 
-pyspark = pytest.importorskip("pyspark")
 import bovw.spark as bs  # noqa: E402
+from bovw.columns import descriptor_matrix, to_blobs  # noqa: E402
 
 pytestmark = pytest.mark.spark
-
-
-def _sift_works() -> bool:
-    t = bovw.read_images(bovw.sample_data_path()).slice(0, 1)
-    return bovw.extract_descriptors(t, "sift", n_threads=1).column("error")[0].as_py() is None
-
-
-def _orb_works() -> bool:
-    t = bovw.read_images(bovw.sample_data_path()).slice(0, 1)
-    return bovw.extract_descriptors(t, "orb", n_threads=1).column("error")[0].as_py() is None
-
-
-def _has(*names: str) -> bool:
-    import bovw._bovw as core
-
-    return all(hasattr(bovw, n) or hasattr(core, n) for n in names)
-
-
-needs_sift = pytest.mark.skipif(not _sift_works(), reason="SIFT kernel not merged yet")
-needs_orb = pytest.mark.skipif(not _orb_works(), reason="ORB kernel not merged yet")
-needs_kmeans = pytest.mark.skipif(not _has("KMeans", "kmeans_partial_sums"), reason="KMeans kernel not merged yet")
-needs_bow = pytest.mark.skipif(not _has("bow_arrow_counts"), reason="BoW kernel not merged yet")
-needs_pca = pytest.mark.skipif(not _has("PCA", "pca_partial_sums"), reason="PCA kernel not merged yet")
-
-
-@pytest.fixture(scope="session")
-def spark():
-    s = bs.session(
-        "local[2]",
-        "bovw-tests",
-        conf={
-            "spark.ui.enabled": "false",
-            "spark.sql.shuffle.partitions": "4",
-            "spark.default.parallelism": "4",
-            "spark.driver.memory": "1g",
-        },
-    )
-    s.sparkContext.setLogLevel("ERROR")
-    yield s
 
 
 @pytest.fixture(scope="session")
@@ -159,9 +120,11 @@ def test_descriptor_schema_and_errors_without_kernels(spark):
     assert [r.label for r in out] == ["Kiwi"] * 5 and [r.split for r in out] == ["Test"] * 5
     by = {r.path.rsplit("/", 1)[-1]: r for r in out}
     assert by["broken.jpg"].error and by["broken.jpg"].n_keypoints is None and by["broken.jpg"].descriptors == b""
+    assert by["broken.jpg"].error_stage == "decode" and by["empty.jpg"].error_stage == "decode"
     assert by["empty.jpg"].error
-    if _sift_works():
-        assert all(by[n].error is None and by[n].n_keypoints > 0 for n in by if n.endswith("100.jpg"))
+    assert all(by[n].error is None and by[n].n_keypoints > 0 for n in by if n.endswith("100.jpg"))
+    assert all(by[n].image_width == 100 and len(by[n].keypoints) == 16 * by[n].n_keypoints
+               for n in by if n.endswith("100.jpg"))
 
 
 def test_bad_parameters(spark, images):
@@ -171,33 +134,13 @@ def test_bad_parameters(spark, images):
         bs.extract_descriptors(images, "sift", batch_size=0)
     with pytest.raises(ValueError, match="vocabulary"):
         bs.bow_histograms(images, np.zeros(5), method="sift")
-
-
-def test_descriptor_matrix_layouts():
-    X = np.arange(2 * 3 * 4, dtype=np.float32).reshape(6, 4)
-    fixed = pa.ListArray.from_arrays(
-        pa.array([0, 2, 2, 6], pa.int32()), pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 4)
-    )
-    nested = fixed.cast(pa.list_(pa.list_(pa.float32())))
-    for col in (fixed, nested, nested.slice(1)):
-        M, counts = bs.descriptor_matrix(col)
-        start = 0 if len(col) == 3 else 2
-        np.testing.assert_array_equal(M, X[start:])
-    np.testing.assert_array_equal(bs.descriptor_matrix(fixed)[1], [2, 0, 4])
-    b = pa.array([[bytes(range(32)), bytes(range(1, 33))], None], pa.list_(pa.binary()))
-    M, counts = bs.descriptor_matrix(b)
-    assert M.shape == (2, 32) and M[1, 0] == 1 and list(counts) == [2, 0]
-    canon = bs._canonical_descriptors(nested.slice(1))
-    assert canon.type == pa.list_(pa.list_(pa.float32(), 4)) or pa.types.is_fixed_size_list(canon.type.value_type)
-    np.testing.assert_array_equal(bs.descriptor_matrix(canon)[0], X[2:])
-    with pytest.raises(ValueError, match="different lengths"):
-        bs.descriptor_matrix(pa.array([[[1.0, 2.0], [1.0]]], pa.list_(pa.list_(pa.float32()))))
+    with pytest.raises(ValueError, match="bovw.width"):  # not made by extract_descriptors: no layout
+        bs.bow_histograms(images.withColumn("descriptors", images.content), np.zeros((5, 128)))
 
 
 # ---------------------------------------------------------------- kernels on Spark
 
 
-@needs_sift
 def test_sift_descriptors_equal_in_process(sift_descriptors, local_table):
     ref = bovw.extract_descriptors(local_table, "sift", n_threads=1)
     ref_by = {
@@ -213,13 +156,12 @@ def test_sift_descriptors_equal_in_process(sift_descriptors, local_table):
     for r in rows[:: 11]:
         n, d = ref_by[_name(r.path)]
         assert r.n_keypoints == n and len(r.descriptors) == n * 512  # blob: n x 128 float32
-        ref = bs.descriptor_matrix(pa.array([d.as_py()], pa.list_(pa.list_(pa.float32()))))[0]
+        ref = descriptor_matrix(pa.array([d.as_py()], pa.list_(pa.list_(pa.float32()))))[0]
         np.testing.assert_array_equal(np.frombuffer(r.descriptors, "<f4").reshape(n, 128), ref)
         if _name(r.path) in nested:
             np.testing.assert_array_equal(np.asarray(nested[_name(r.path)].descriptors, np.float32), ref)
 
 
-@needs_orb
 def test_orb_descriptors_equal_in_process(images, local_table):
     ref = bovw.extract_descriptors(local_table, "orb", n_threads=1)
     ref_by = {_name(p): n for p, n in zip(ref.column("path").to_pylist(), ref.column("n_keypoints").to_pylist())}
@@ -231,7 +173,6 @@ def test_orb_descriptors_equal_in_process(images, local_table):
     assert blobs[_name(r.path)].descriptors == b"".join(r.descriptors)
 
 
-@needs_sift
 def test_sample_descriptors_is_partition_independent(images, sift_descriptors):
     a = bs.sample_descriptors(sift_descriptors, fraction=0.3, random_state=7)
     b = bs.sample_descriptors(sift_descriptors.repartition(1), fraction=0.3, random_state=7)
@@ -251,10 +192,10 @@ def test_sample_descriptors_is_partition_independent(images, sift_descriptors):
         bs.sample_descriptors(sift_descriptors, fraction=0)
 
 
-@needs_sift
-@needs_kmeans
 def test_distributed_lloyd_equals_bovw_kmeans(sift_descriptors):
-    rdd = bs._partition_matrices(sift_descriptors)
+    from bovw.spark.vocabulary import _partition_matrices
+
+    rdd = _partition_matrices(sift_descriptors)
     try:
         parts = rdd.collect()
         assert len(parts) >= 2
@@ -272,8 +213,6 @@ def test_distributed_lloyd_equals_bovw_kmeans(sift_descriptors):
     np.testing.assert_allclose(inertia, ref.inertia_, rtol=1e-6)
 
 
-@needs_sift
-@needs_kmeans
 def test_fit_vocabulary_sample_and_lloyd(sift_descriptors):
     X = bs.sample_descriptors(sift_descriptors, fraction=0.5, random_state=3)
     km = bs.fit_vocabulary(sift_descriptors, 10, algorithm="sample", sample_fraction=0.5, random_state=3,
@@ -289,15 +228,14 @@ def test_fit_vocabulary_sample_and_lloyd(sift_descriptors):
         bs.fit_vocabulary(sift_descriptors, 10, algorithm="spectral")
 
 
-@needs_sift
-@needs_bow
 def test_bow_fused_and_two_step_equal_in_process(images, sift_descriptors, local_table):
     vocab = bs.sample_descriptors(sift_descriptors, max_descriptors=50, random_state=0)
     assert vocab.shape == (50, 128)
     fused = {_name(r.path): r for r in bs.bow_histograms(images, vocab, method="sift").collect()}
     two = {_name(r.path): r for r in bs.bow_histograms(sift_descriptors, vocab).collect()}
     ref_desc = bovw.extract_descriptors(local_table, "sift", n_threads=1)
-    X, counts = bs.descriptor_matrix(ref_desc.column("descriptors"))
+    X, offsets = descriptor_matrix(ref_desc.column("descriptors"))
+    counts = np.diff(offsets)
     # brute-force nearest word (NumPy) as the reference
     d2 = (X**2).sum(1)[:, None] - 2 * X @ vocab.T + (vocab**2).sum(1)[None]
     words = d2.argmin(1)
@@ -311,34 +249,6 @@ def test_bow_fused_and_two_step_equal_in_process(images, sift_descriptors, local
         assert sum(fused[n].bow) == fused[n].n_keypoints
 
 
-@needs_sift
-def test_descriptor_blobs_are_zero_copy_views(local_table):
-    """descriptor_blobs / blob_matrix round-trip the kernel's column, sliced or not, SIFT and ORB."""
-    t = pa.table({"content": local_table.column("content").to_pylist()[:6] + [b"broken"]})
-    for method, dtype in (("sift", np.float32), ("orb", np.uint8)):
-        if method == "orb" and not _orb_works():
-            continue
-        res = bovw.extract_descriptors(t, method, n_threads=1)
-        col, n_kp = res.column("descriptors"), res.column("n_keypoints")
-        for a, b in ((0, 7), (2, 5), (3, 2)):
-            ref, counts = bs.descriptor_matrix(col.slice(a, b))
-            blobs = bs.descriptor_blobs(col.slice(a, b))
-            assert blobs.type == pa.binary() and len(blobs) == b
-            X, offsets = bs.blob_matrix(blobs, n_kp.slice(a, b))
-            assert X.dtype == dtype and np.array_equal(np.diff(offsets), counts)
-            np.testing.assert_array_equal(X.astype(np.float32), ref)
-            np.testing.assert_array_equal(bs.descriptor_matrix(blobs, n_keypoints=n_kp.slice(a, b))[0], ref)
-            X2, _ = bs.blob_matrix(blobs.slice(1), n_kp.slice(a + 1, b - 1))
-            np.testing.assert_array_equal(X2.astype(np.float32), ref[counts[0]:])
-        if method == "sift":  # the blob shares the kernel's buffer
-            assert bs.descriptor_blobs(col).buffers()[2].address == col.values.values.buffers()[1].address
-    assert bs.descriptor_blobs(col).to_pylist()[-1] == b""  # the broken image: empty blob
-    with pytest.raises(ValueError, match="bytes per descriptor"):
-        bs.blob_matrix(pa.array([b"x" * 30]), [1])
-
-
-@needs_sift
-@needs_kmeans
 def test_fit_vocabulary_auto_on_the_driver_or_distributed(sift_descriptors):
     X = bs.sample_descriptors(sift_descriptors)
     km = bs.fit_vocabulary(sift_descriptors, 10, algorithm="auto", max_iter=15, random_state=3)
@@ -355,7 +265,6 @@ def test_fit_vocabulary_auto_on_the_driver_or_distributed(sift_descriptors):
         bs.extract_descriptors(sift_descriptors, layout="columns")
 
 
-@needs_orb
 def test_kmajority_vocabulary_and_histograms(images):
     """ORB + K-majority on Spark: the driver fit and the Hamming histograms equal in-process."""
     desc = bs.extract_descriptors(images, "orb").cache()
@@ -379,27 +288,29 @@ def test_kmajority_vocabulary_and_histograms(images):
         desc.unpersist()
 
 
-@needs_orb
-def test_run_job_kmajority_matches_the_local_engine(spark, tmp_path):
+@pytest.mark.parametrize("vocabulary", ["kmeans", "kmajority"])
+def test_run_orb_matches_the_local_engine(spark, tmp_path, vocabulary):
+    """``bovw run --method orb`` with each vocabulary kind gives the same outputs on both engines."""
     import pyarrow.parquet as pq
 
     from bovw.cli import main
 
-    args = ["run", "--method", "orb", "--vocabulary", "kmajority", "--k", "20", "--pca", "5", "--max-iter", "10",
+    args = ["run", "--method", "orb", "--vocabulary", vocabulary, "--k", "20", "--pca", "5", "--max-iter", "10",
             "--seed", "0", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "spark"), "--engine", "spark", "--master", "local[2]"]) == 0
     assert main(args + ["--out", str(tmp_path / "local")]) == 0
     va, vb = np.load(tmp_path / "spark" / "vocabulary.npy"), np.load(tmp_path / "local" / "vocabulary.npy")
-    assert va.dtype == np.uint8 and np.array_equal(va, vb)
-    a = pq.read_table(tmp_path / "spark" / "features.parquet").sort_by("path")
-    b = pq.read_table(tmp_path / "local" / "features.parquet").sort_by("path")
+    assert va.dtype == (np.uint8 if vocabulary == "kmajority" else np.float32) and va.shape == (20, 32)
+    assert np.array_equal(va, vb)
+    a = pq.read_table(tmp_path / "spark" / "features.parquet")
+    b = pq.read_table(tmp_path / "local" / "features.parquet")
+    assert a.column("path").to_pylist() == b.column("path").to_pylist()
     assert a.column("bow").to_pylist() == b.column("bow").to_pylist()
     assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
+    # every descriptor counted once (images without ORB keypoints have empty histograms)
+    np.testing.assert_array_equal(np.array(a.column("bow").to_pylist()).sum(1), a.column("n_keypoints").to_numpy())
 
 
-@needs_sift
-@needs_bow
-@needs_pca
 def test_distributed_pca_equals_bovw_pca(images, sift_descriptors):
     vocab = bs.sample_descriptors(sift_descriptors, max_descriptors=40, random_state=1)
     bow = bs.bow_histograms(sift_descriptors, vocab).cache()
@@ -425,9 +336,6 @@ def test_distributed_pca_equals_bovw_pca(images, sift_descriptors):
         bow.unpersist()
 
 
-@needs_sift
-@needs_bow
-@needs_pca
 def test_spark_ml_interop_and_parquet(spark, images, sift_descriptors, tmp_path):
     import pandas as pd
     from pyspark.ml.classification import LogisticRegression
@@ -450,10 +358,6 @@ def test_spark_ml_interop_and_parquet(spark, images, sift_descriptors, tmp_path)
     assert isinstance(df["pca_features"].iloc[0], np.ndarray)
 
 
-@needs_sift
-@needs_kmeans
-@needs_bow
-@needs_pca
 def test_run_job_matches_the_local_engine(spark, tmp_path):
     """``bovw run --engine spark`` writes the local engine's outputs with the same values."""
     import json
@@ -482,4 +386,4 @@ def test_run_job_matches_the_local_engine(spark, tmp_path):
     jb = json.loads((tmp_path / "local" / "run.json").read_text())
     assert ja["accuracy"] == jb["accuracy"] and ja["counts"]["descriptors"] == jb["counts"]["descriptors"]
     assert ja["input"]["sha256"] == jb["input"]["sha256"] and ja["input"]["n_files"] == jb["input"]["n_files"] == 550
-    assert ja["parameters"]["spark_master"].startswith("local")
+    assert ja["engine"]["master"].startswith("local") and jb["engine"]["name"] == "local"

@@ -25,7 +25,7 @@ import pytest
 
 import bovw
 
-pyspark = pytest.importorskip("pyspark")
+import pyspark  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow]
 
@@ -152,11 +152,6 @@ def _by_name(table):
     return [names[i] for i in order], table.take(order)
 
 
-def _sift_works() -> bool:
-    t = bovw.read_images(bovw.sample_data_path()).slice(0, 1)
-    return bovw.extract_descriptors(t, "sift", n_threads=1).column("error")[0].as_py() is None
-
-
 def test_cluster_runs_bovw_in_its_executors(standalone_cluster, tmp_path):
     info = _run_pipeline(standalone_cluster, "none", tmp_path / "desc.parquet")
     assert info["master"] == standalone_cluster and info["rows"] == 550
@@ -168,13 +163,10 @@ def test_cluster_runs_bovw_in_its_executors(standalone_cluster, tmp_path):
     assert sorted(t.column("split").to_pylist()) == sorted(local.column("split").to_pylist())
 
 
-@pytest.mark.skipif(not _sift_works(), reason="SIFT kernel not merged yet")
 def test_cluster_and_local_give_equal_histograms_and_pca(standalone_cluster, tmp_path):
     table = bovw.read_images(bovw.sample_data_path())
     ref = bovw.extract_descriptors(table, "sift")
-    from bovw.spark import descriptor_matrix
-
-    X, counts = descriptor_matrix(ref.column("descriptors"))
+    X, _ = bovw.descriptor_matrix(ref.column("descriptors"))
     vocab = bovw.KMeans(n_clusters=30, random_state=0, max_iter=20).fit(X).cluster_centers_.astype(np.float32)
     np.save(tmp_path / "vocab.npy", vocab)
 
@@ -199,11 +191,10 @@ def test_cluster_and_local_give_equal_histograms_and_pca(standalone_cluster, tmp
     from urllib.parse import unquote
 
     names = [unquote(n) for n in names]
-    H = bovw.BagOfWords(vocab).transform(ref.column("descriptors")) if hasattr(bovw, "BagOfWords") else None
-    if H is not None:
-        order = np.argsort(names)
-        np.testing.assert_array_equal(np.asarray(H, np.float64)[order], Hc)
-        pca = bovw.PCA(10).fit(np.asarray(H, np.float64))
-        Z = pca.transform(np.asarray(H, np.float64))[order]
-        Zc = np.array(c.column("pca_features").to_pylist())
-        np.testing.assert_allclose(np.abs(Zc), np.abs(Z), atol=1e-5, rtol=1e-5)
+    H = bovw.BagOfWords(vocab).transform(ref.column("descriptors"))
+    order = np.argsort(names)
+    np.testing.assert_array_equal(np.asarray(H, np.float64)[order], Hc)
+    pca = bovw.PCA(10).fit(np.asarray(H, np.float64))
+    Z = pca.transform(np.asarray(H, np.float64))[order]
+    Zc = np.array(c.column("pca_features").to_pylist())
+    np.testing.assert_allclose(np.abs(Zc), np.abs(Z), atol=1e-5, rtol=1e-5)

@@ -153,7 +153,7 @@ def bovw_local_pipeline(files, k, iters, n_components):
         d = bovw.extract_descriptors(table, "sift")
     with T("kmeans"):
         X, _ = descriptor_matrix(d.column("descriptors"))
-        km = bovw.KMeans(n_clusters=k, n_init=1, max_iter=iters, tol=0.0, random_state=SEED, algorithm="elkan").fit(X)
+        km = bovw.KMeans(n_clusters=k, n_init=1, max_iter=iters, tol=0.0, random_state=SEED).fit(X)  # Yinyang (default)
     with T("bag of words"):
         H = bovw.BagOfWords(km.cluster_centers_).counts(d.column("descriptors"))
     with T("pca"):

@@ -13,6 +13,7 @@ conventions.
 
 from bovw._bovw import __version__
 from bovw.cluster import KMeans, MiniBatchKMeans
+from bovw.columns import descriptor_matrix
 from bovw.decomposition import PCA, pca_partial_sums
 from bovw.encoding import VLAD, FisherVector
 from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
@@ -46,6 +47,7 @@ __all__ = [
     "ORB",
     "SIFT",
     "decode_gray",
+    "descriptor_matrix",
     "decode_gray_batch",
     "decode_rgb",
     "extract_descriptors",

@@ -53,6 +53,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``bovw`` argument parser."""
     from bovw import __version__
+    from bovw.extractors import EXTRACTORS
+    from bovw.model import CLASSIFIERS
 
     parser = argparse.ArgumentParser(prog="bovw", description="Fast bag-of-visual-words pipelines on images.")
     parser.add_argument("--version", action="version", version=f"bovw {__version__}")
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("root", nargs="?", default=None, help="image folder (default: the shipped sample)")
     r.add_argument("--out", default="bovw-out", help="output folder")
-    r.add_argument("--method", choices=["sift", "orb"], default="sift", help="local descriptor")
+    r.add_argument("--method", choices=sorted(EXTRACTORS), default="sift", help="descriptor (extractor)")
     r.add_argument("--k", type=_positive_int, default=100, help="vocabulary size (visual words)")
     r.add_argument("--seed", type=int, default=0, help="random seed (K-Means init, splits, classifier)")
     r.add_argument(
@@ -82,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-descriptors", type=_positive_int, default=None,
                    help="fit the vocabulary on a seeded sample of at most this many descriptors")
     r.add_argument("--vocabulary", choices=["kmeans", "kmajority"], default="kmeans",
-                   help="kmeans (float K-Means) or kmajority (Hamming; ORB only)")
-    r.add_argument("--classifier", choices=["logreg", "svm", "rf"], default="logreg", help="scikit-learn classifier")
+                   help="kmeans (float K-Means) or kmajority (Hamming; binary descriptors such as ORB's)")
+    r.add_argument("--classifier", choices=list(CLASSIFIERS), default="logreg", help="scikit-learn classifier")
     r.add_argument("--n-features", type=_positive_int, default=None,
                    help="keep at most this many keypoints per image (SIFT/ORB nfeatures)")
     r.add_argument("--test-size", type=float, default=0.25, help="test fraction for a <root>/<class>/ layout")
@@ -107,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2 if args.command is None else 0
 
-    from bovw.pipeline import RunConfig, format_stage_table
+    from bovw.job import RunConfig, format_stage_table, run
 
     params = {}
     if args.n_features is not None:
@@ -120,15 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress=not args.no_progress, engine=args.engine, master=args.master,
     )
     try:
-        if args.engine == "spark":
-            from bovw import spark as bovw_spark
-
-            result = bovw_spark.run_job(config)
-        else:
-            from bovw.pipeline import run
-
-            result = run(config)
-    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, ImportError) as e:
+        result = run(config)
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError, ImportError) as e:
         print(f"bovw: error: {e}", file=sys.stderr)
         return 2
     if not args.no_progress:
@@ -137,10 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(format_stage_table(result.stages))
         print()
     print(f"images: {result.n_images} used, {result.n_errors} in {result.out / 'errors.csv'}")
-    if result.accuracy is not None:
-        print(f"accuracy (Test split): {result.accuracy:.4f}")
-    else:
-        print("accuracy: no Test image")
+    from bovw.report import format_summary
+
+    print(format_summary(result.info.get("evaluation") or {}, info=result.info))
+    print(f"report: {result.out / 'report.html'}")
     print(f"outputs: {result.out}")
     return 0
 

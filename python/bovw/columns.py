@@ -268,7 +268,7 @@ def vector_matrix(column: Any, dtype: Any = np.float64) -> np.ndarray:
         d = int(lens[0]) if n else 0
         if n and (lens != d).any():
             raise ValueError(f"vectors of different lengths ({sorted(set(lens.tolist()))[:5]})")
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    values = np.asarray(pc.list_flatten(column).to_numpy(zero_copy_only=False), dtype=dtype)
     return values.reshape(n, d)
 
 

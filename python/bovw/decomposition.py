@@ -17,40 +17,34 @@ Spark's ``pyspark.ml.feature.PCA`` (no centring in ``transform``).
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bovw import _bovw
+from bovw._params import Constraints, NonBoolInterval, fit_context
+
+if TYPE_CHECKING:
+    from sklearn.utils import Tags
+
+    from bovw._bovw import _PcaFit
 
 __all__ = ["PCA", "pca_partial_sums"]
 
-_SOLVERS = ("auto", "full", "covariance_eigh", "randomized")
-
 
 def _n_components_spec(n_components: Any) -> tuple[str, float]:
-    """Translate ``n_components`` into the Rust (kind, value) pair."""
+    """Translate a valid ``n_components`` (see ``PCA._parameter_constraints``)
+    into the Rust (kind, value) pair."""
     if n_components is None:
         return "all", 0.0
-    if isinstance(n_components, (bool, np.bool_)):
-        raise TypeError(f"n_components: expected None, an int or a float in (0, 1], got {n_components!r}")
-    if isinstance(n_components, numbers.Integral):
-        if n_components < 0:
-            raise ValueError(f"n_components={n_components} must be >= 0")
+    if isinstance(n_components, Integral):
         return "count", float(n_components)
-    if isinstance(n_components, numbers.Real):
-        value = float(n_components)
-        if not (0.0 < value <= 1.0):
-            raise ValueError(
-                f"n_components={n_components!r}: a variance fraction must be in (0, 1]; "
-                "pass an int for a number of components"
-            )
-        return "fraction", value
-    raise TypeError(f"n_components: expected None, an int or a float in (0, 1], got {type(n_components).__name__}")
+    return "fraction", float(n_components)
 
 
 def pca_partial_sums(X: Any, *, n_threads: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
@@ -183,9 +177,13 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ------
     ValueError
         From ``fit``: NaN or infinity in X, fewer than 2 samples,
-        ``n_components`` above ``min(n_samples, n_features)`` or a fraction
-        outside (0, 1], an unknown ``svd_solver``, a fraction with the
-        randomized solver. From ``transform``: a different number of features.
+        ``n_components`` above ``min(n_samples, n_features)``, a fraction
+        with the randomized solver, ``mllib_compat`` with ``whiten``. From
+        ``transform``: a different number of features.
+    sklearn.utils._param_validation.InvalidParameterError
+        (a ValueError and a TypeError) From ``fit``: a parameter of the wrong
+        type or range (``_parameter_constraints``: e.g. a fraction outside
+        (0, 1], an unknown ``svd_solver``); the message names it.
 
     References
     ----------
@@ -208,6 +206,36 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     >>> pca.n_components_, pca.transform(X).shape
     (3, (200, 3))
     """
+
+    # Checked in fit and fit_partial_sums (fit_context).
+    _parameter_constraints: Constraints = {
+        "n_components": [
+            NonBoolInterval(Integral, 0, None, closed="left"),
+            NonBoolInterval(Real, 0, 1, closed="right"),
+            None,
+        ],
+        "whiten": ["boolean"],
+        "svd_solver": [StrOptions({"auto", "full", "covariance_eigh", "randomized"})],
+        "n_oversamples": [NonBoolInterval(Integral, 0, None, closed="left")],
+        "iterated_power": [StrOptions({"auto"}), NonBoolInterval(Integral, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "mllib_compat": ["boolean"],
+        "n_threads": [NonBoolInterval(Integral, 1, None, closed="left"), None],
+    }
+
+    # Fitted attributes (see the class docstring) and their float64 copies.
+    components_: np.ndarray
+    explained_variance_: np.ndarray
+    explained_variance_ratio_: np.ndarray
+    singular_values_: np.ndarray
+    mean_: np.ndarray
+    noise_variance_: np.floating
+    n_components_: int
+    n_samples_: int
+    n_features_in_: int
+    _components64: np.ndarray
+    _mean64: np.ndarray
+    _explained_variance64: np.ndarray
 
     def __init__(
         self,
@@ -232,19 +260,13 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     # -- fitting -------------------------------------------------------------
     def _check_params(self) -> tuple[str, float]:
-        if self.svd_solver not in _SOLVERS:
-            raise ValueError(f"svd_solver: expected one of {_SOLVERS}, got {self.svd_solver!r}")
+        """The check that spans two parameters (each one's type and range
+        are in ``_parameter_constraints``), and the Rust ``n_components``."""
         if self.mllib_compat and self.whiten:
             raise ValueError("mllib_compat=True cannot be combined with whiten=True (MLlib does not whiten)")
-        if not isinstance(self.n_oversamples, numbers.Integral) or self.n_oversamples < 0:
-            raise ValueError(f"n_oversamples: expected an int >= 0, got {self.n_oversamples!r}")
-        if self.iterated_power != "auto" and (
-            not isinstance(self.iterated_power, numbers.Integral) or self.iterated_power < 0
-        ):
-            raise ValueError(f"iterated_power: expected 'auto' or an int >= 0, got {self.iterated_power!r}")
         return _n_components_spec(self.n_components)
 
-    def _set_fit(self, res: dict, dtype: np.dtype) -> None:
+    def _set_fit(self, res: _PcaFit, dtype: np.dtype) -> None:
         self._components64 = np.ascontiguousarray(res["components"])
         self._mean64 = np.ascontiguousarray(res["mean"])
         self._explained_variance64 = res["explained_variance"]
@@ -258,6 +280,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_samples_ = int(res["n_samples"])
         self._fit_svd_solver = res["solver"]
 
+    @fit_context
     def fit(self, X: Any, y: Any = None) -> PCA:
         """Fit the model on X.
 
@@ -313,6 +336,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         return self.fit(X).transform(X)
 
+    @fit_context
     def fit_partial_sums(self, count: int, sum: Any, gram: Any) -> PCA:
         """Fit from reduced :func:`pca_partial_sums` (the distributed path).
 
@@ -358,8 +382,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _scale(self) -> np.ndarray | None:
         if not self.whiten:
             return None
-        scale = np.sqrt(self._explained_variance64)
-        return np.maximum(scale, np.finfo(self.components_.dtype).eps)
+        scale: np.ndarray = np.maximum(np.sqrt(self._explained_variance64), np.finfo(self.components_.dtype).eps)
+        return scale
 
     def transform(self, X: Any) -> np.ndarray:
         """Project X on the principal axes.
@@ -415,7 +439,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         comps = self.components_
         if self.whiten:
             comps = np.sqrt(self.explained_variance_[:, None]) * comps
-        out = Y @ comps
+        out: np.ndarray = Y @ comps
         if not self.mllib_compat:
             out = out + self.mean_
         return out
@@ -433,7 +457,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if self.whiten:
             comps = comps * np.sqrt(ev[:, None])
         diff = np.where(ev > self.noise_variance_, ev - self.noise_variance_, 0.0)
-        cov = (comps.T * diff) @ comps
+        cov: np.ndarray = (comps.T * diff) @ comps
         cov.flat[:: cov.shape[0] + 1] += self.noise_variance_
         return cov
 
@@ -448,9 +472,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     @property
     def _n_features_out(self) -> int:
-        return self.components_.shape[0]
+        return int(self.components_.shape[0])
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self) -> Tags:  # noqa: D105
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags

@@ -66,6 +66,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
+from sklearn.utils import Tags
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -118,7 +119,8 @@ def pyramid_cells(x: Any, y: Any, width: Any, height: Any, grid: int) -> np.ndar
     y = np.asarray(y, dtype=np.float64)
     cx = np.clip(np.floor((x + 0.5) * grid / np.asarray(width, dtype=np.float64)), 0, grid - 1)
     cy = np.clip(np.floor((y + 0.5) * grid / np.asarray(height, dtype=np.float64)), 0, grid - 1)
-    return (cy * grid + cx).astype(np.int64)
+    cells: np.ndarray = (cy * grid + cx).astype(np.int64)
+    return cells
 
 
 def soft_assign(
@@ -277,9 +279,12 @@ class _Encoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         """
         return self.transform(X, offsets, keypoints_xy, image_sizes)
 
-    def fit_transform(self, X: Any, y: Any = None, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None) -> np.ndarray:  # type: ignore[override]
+    def fit_transform(
+        self, X: Any, y: Any = None, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None
+    ) -> np.ndarray:
         """Fit on the batch's descriptors, then encode it."""
-        return self.fit(X, y, offsets).transform(X, offsets, keypoints, image_sizes)
+        out: np.ndarray = self.fit(X, y, offsets).transform(X, offsets, keypoints, image_sizes)
+        return out
 
     def transform_arrow(
         self, X: Any, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None, kind: str = "fixed_size_list"
@@ -289,7 +294,7 @@ class _Encoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
 
         return histograms_to_arrow(self.transform(X, offsets, keypoints, image_sizes), kind)
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True

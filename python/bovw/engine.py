@@ -101,7 +101,7 @@ class LocalEngine:
 
         if is_s3(root):
             uris = [u for u, _, _ in list_s3_images(root)]
-            rows = split_and_label_rows(uris, test_size=test_size, seed=seed)
+            rows = split_and_label_rows(uris, root=root, test_size=test_size, seed=seed)
         else:
             rows = list_images(root, test_size=test_size, random_state=seed)
         return Listing([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], root)
@@ -157,7 +157,7 @@ class LocalEngine:
             contents, read_errors, digests = self._read([listing.paths[i] for i in todo])
             fresh = {int(i): j for j, i in enumerate(todo)}
             for c, ch in enumerate(channels):
-                eb = self._describe(ch.extractor, contents) if todo else None
+                eb = self._describe(ch.extractor, contents)
                 cache = self._cache.get(id(ch.extractor), {})
                 parts, sizes = [], []
                 for i in idx:

@@ -40,13 +40,15 @@ KEYPOINT_DTYPE = np.dtype(
 )
 
 
+_KEYPOINT_FIELDS: tuple[str, ...] = ("x", "y", "size", "angle", "response", "octave", "class_id")
+
 #: The per-image columns every extractor's batch output has, in order.
 FEATURE_COLUMNS = ("n_keypoints", "image_width", "image_height", "keypoints", "descriptors", "error", "error_stage")
 
 
 def _to_records(table: np.ndarray) -> np.ndarray:
     out = np.empty(table.shape[0], dtype=KEYPOINT_DTYPE)
-    for i, name in enumerate(KEYPOINT_DTYPE.names):
+    for i, name in enumerate(_KEYPOINT_FIELDS):
         out[name] = table[:, i]
     return out
 
@@ -63,7 +65,7 @@ def _from_records(keypoints: Any) -> np.ndarray:
         if arr.ndim != 2 or arr.shape[1] != 7:
             raise ValueError(f"keypoints: expected a KEYPOINT_DTYPE array or shape (n, 7), got shape {arr.shape}")
         return np.ascontiguousarray(arr)
-    return np.stack([kp[name].astype(np.float64) for name in KEYPOINT_DTYPE.names], axis=1).reshape(-1, 7)
+    return np.stack([kp[name].astype(np.float64) for name in _KEYPOINT_FIELDS], axis=1).reshape(-1, 7)
 
 
 def keypoints_from_cv2(keypoints: Any) -> np.ndarray:
@@ -163,7 +165,7 @@ class Extractor:
     @property
     def descriptor_dtype(self) -> np.dtype:
         """``float32`` or ``uint8``."""
-        return np.dtype(self._rust.descriptor_dtype)
+        return np.dtype(str(self._rust.descriptor_dtype))
 
     @property
     def kind(self) -> str:
@@ -329,7 +331,7 @@ class _Feature2D(Extractor):
         return self.detect_and_compute(image, mask)
 
 
-def _resolve_aliases(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _resolve_aliases(cls: type[Extractor], kwargs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in kwargs.items():
         name = cls._aliases.get(k, k)
@@ -429,6 +431,13 @@ class SIFT(_Feature2D):
         self.set_params(**opencv_names)
 
 
+def _score_name(score_type: Any) -> Any:
+    """OpenCV's score constants (``cv2.ORB_HARRIS_SCORE == 0``, ``cv2.ORB_FAST_SCORE == 1``) as names."""
+    if isinstance(score_type, int) and not isinstance(score_type, bool):
+        return "fast" if score_type == 1 else "harris"
+    return score_type
+
+
 class ORB(_Feature2D):
     """Oriented FAST and rotated BRIEF: keypoints and 256-bit binary descriptors.
 
@@ -517,9 +526,7 @@ class ORB(_Feature2D):
         self.patch_size = patch_size
         self.fast_threshold = fast_threshold
         self.set_params(**opencv_names)
+        self.score_type = _score_name(self.score_type)
 
     def _rust_params(self) -> dict[str, Any]:
-        params = self.get_params()
-        if isinstance(params["score_type"], int):  # cv2.ORB_HARRIS_SCORE == 0, cv2.ORB_FAST_SCORE == 1
-            params["score_type"] = "fast" if params["score_type"] == 1 else "harris"
-        return params
+        return {**self.get_params(), "score_type": _score_name(self.score_type)}

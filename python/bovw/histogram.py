@@ -55,9 +55,14 @@ def _int64_1d(a: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _is_count(value: object) -> bool:
+    """An int >= 0 (a NumPy integer too; not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and int(value) >= 0
+
+
 def _check_norm(norm: Any) -> str | None:
     if norm is None or norm in ("l1", "l2"):
-        return norm
+        return None if norm is None else str(norm)
     raise ValueError(f"norm: expected None, 'l1' or 'l2', got {norm!r}")
 
 
@@ -144,7 +149,7 @@ def bow_histograms(
         or out of range, both or neither of ``offsets``/``image_index``, an
         unknown ``norm`` or ``idf``.
     """
-    if isinstance(n_words, (bool, np.bool_)) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
+    if not _is_count(n_words):
         raise ValueError(f"n_words: expected an int >= 0, got {n_words!r}")
     norm = _check_norm(norm)
     if offsets is not None and image_index is not None:
@@ -165,6 +170,7 @@ def bow_histograms(
         from bovw.encoding import _check_pyramid
 
         grids = _check_pyramid(spatial_pyramid, pyramid_weights)
+        assert grids is not None
         if image_index is not None or offsets is None:
             raise ValueError("spatial_pyramid: needs offsets (or per-image word arrays), not image_index")
         if keypoints is None or image_sizes is None:
@@ -175,8 +181,10 @@ def bow_histograms(
         if isinstance(keypoints, (list, tuple)) and keypoints and not np.isscalar(keypoints[0]) and np.ndim(keypoints[0]) != 1:
             keypoints = np.concatenate([_kp_xy(k, f"keypoints[{i}]") for i, k in enumerate(keypoints)])
         kp = keypoints if isinstance(keypoints, pa.Array) else np.ascontiguousarray(_kp_xy(keypoints, "keypoints"))
+        sizes = _sizes(image_sizes, o.size - 1)
+        assert sizes is not None
         counts = _bovw.bow_pyramid_counts(
-            w, o, int(n_words), kp, _sizes(image_sizes, o.size - 1), grids,
+            w, o, int(n_words), kp, sizes, grids,
             pyramid_weights=pyramid_weights, n_threads=n_threads,
         )
         counts = counts.reshape(o.size - 1, sum(g * g for g in grids) * int(n_words))
@@ -475,7 +483,7 @@ class BagOfWords(TransformerMixin, BaseEstimator):
         if self.pyramid_weights not in ("uniform", "lazebnik"):
             raise ValueError(f"pyramid_weights: expected 'uniform' or 'lazebnik', got {self.pyramid_weights!r}")
         self._grids = _check_pyramid(self.spatial_pyramid, self.pyramid_weights)
-        nn = self.n_neighbors
+        nn: Any = self.n_neighbors
         if isinstance(nn, bool) or not isinstance(nn, (int, np.integer)) or nn < 1:
             raise ValueError(f"n_neighbors: expected an int >= 1, got {nn!r}")
         if self.sigma is not None and not (np.isfinite(self.sigma) and self.sigma > 0):
@@ -529,7 +537,7 @@ class BagOfWords(TransformerMixin, BaseEstimator):
     def _width(self, vocab: np.ndarray) -> int:
         from bovw.encoding import n_cells
 
-        return n_cells(self.spatial_pyramid) * vocab.shape[0]
+        return int(n_cells(self.spatial_pyramid) * vocab.shape[0])
 
     @property
     def n_features_out_(self) -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "decode_gray",
     "decode_gray_batch",
     "decode_rgb",
+    "display_path",
     "label_split_rows",
     "read_file",
     "seeded_splits",
@@ -101,10 +102,10 @@ def label_split_rows(relative: Sequence[Sequence[str]], names: Sequence[str], *,
     """
     split_rows = [i for i, p in enumerate(relative) if len(p) == 3 and split_name(p[0])]
     if split_rows:
-        rows = [(names[i], relative[i][1], split_name(relative[i][0]) or "") for i in split_rows]
+        rows = [(names[i], display_path(relative[i][1]), split_name(relative[i][0]) or "") for i in split_rows]
     else:
         flat = [i for i, p in enumerate(relative) if len(p) == 2]
-        labels = [relative[i][0] for i in flat]
+        labels = [display_path(relative[i][0]) for i in flat]
         splits = seeded_splits([names[i] for i in flat], labels, test_size, random_state)
         rows = [(names[i], lab, sp) for i, lab, sp in zip(flat, labels, splits)]
     rows.sort(key=lambda r: r[0])
@@ -199,6 +200,13 @@ def list_images(
             "<root>/<split>/<class>/<file> or <root>/<class>/<file>"
         )
     return rows
+
+
+def display_path(path: str) -> str:
+    """A path as valid UTF-8 text: bytes of a file name that are not UTF-8
+    (kept by Python as surrogate escapes) are written ``\\xNN``. Outputs
+    (``features.parquet``, ``errors.csv``, the report) name files this way."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_file(path: str) -> tuple[bytes | None, str | None]:

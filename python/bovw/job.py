@@ -20,7 +20,8 @@ The flow (see ``docs/architecture.md``)::
     channel.encoding.fit      -> the vocabulary              (driver)
     engine.encode             -> one vector per image, status (decode + describe + encode, fused)
     PCA, classifier           -> on the driver
-    write_outputs             -> features.parquet, errors.csv, model.joblib, run.json, ...
+    bovw.report.evaluate      -> accuracy, macro-F1, confused pairs per split (run.json)
+    write_outputs             -> features.parquet, errors.csv, model.joblib, run.json, report.html, ...
 
 Outputs (``<out>/``):
 
@@ -39,7 +40,11 @@ Outputs (``<out>/``):
 ``confusion_matrix.csv``
     Test-split confusion matrix, rows = true label, columns = predicted.
 ``run.json``
-    Parameters, software versions, input fingerprint, per-stage wall times, counts and accuracy.
+    Parameters, software versions, input fingerprint, per-stage wall times, counts, accuracy and
+    ``evaluation`` (per split: accuracy, macro-F1, per-class scores, most confused pairs;
+    :func:`bovw.report.evaluate`).
+``report.html``
+    The evaluation as one self-contained page (:func:`bovw.report.write_report`).
 
 Every listed image is either a row of ``features.parquet`` or a row of
 ``errors.csv``: nothing is dropped silently.
@@ -289,8 +294,7 @@ def make_engine(config: RunConfig) -> Any:
     if config.engine == "spark":
         from bovw.spark import SparkEngine
 
-        return SparkEngine(master=config.master, n_threads=None, batch_size=config.batch_size,
-                           progress=config.progress)
+        return SparkEngine(master=config.master, batch_size=config.batch_size, progress=config.progress)
     from bovw.engine import LocalEngine
 
     return LocalEngine(n_threads=config.n_threads, batch_size=config.batch_size, progress=config.progress)
@@ -429,6 +433,13 @@ def run(config: RunConfig, engine: Any = None) -> RunResult:
         "accuracy": accuracy,
         "stages": timer.rows,
     }
+    # -- evaluation (bovw.report): per-split metrics in run.json, read by report.html and the CLI summary --
+    from bovw.report import evaluate_splits
+
+    counts["training_classes"] = len(classes)
+    with timer.stage("evaluation") as st:
+        info["evaluation"] = evaluate_splits(y[ok], predictions[ok], splits[ok], labels=classes)
+        st["items"] = int(ok.sum())
     with timer.stage("write outputs") as st:
         out = write_outputs(config.out, listing, ex, ok, H, F, predictions, model, test, info)
         st["items"] = int(ok.sum())
@@ -475,13 +486,13 @@ def write_outputs(out_uri: str, listing: Listing, ex: Extraction, ok: np.ndarray
     through a local temporary folder); returns the output location."""
     import tempfile
 
-    from bovw.spark_io import is_s3, upload_folder
+    from bovw.spark.io import is_s3, upload_folder
 
     if is_s3(out_uri):
         with tempfile.TemporaryDirectory() as tmp:
             _write_files(Path(tmp), listing, ex, ok, H, F, predictions, model, test, info)
             upload_folder(Path(tmp), out_uri)
-        from bovw.spark_io import S3Path
+        from bovw.spark.io import S3Path
 
         return S3Path(out_uri)
     out = Path(out_uri)
@@ -496,9 +507,11 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
     import pyarrow.parquet as pq
     from sklearn.metrics import confusion_matrix
 
+    from bovw.image import display_path
+
     idx = np.flatnonzero(ok)
     table = pa.table({
-        "path": pa.array([listing.paths[i] for i in idx], pa.string()),
+        "path": pa.array([display_path(listing.paths[i]) for i in idx], pa.string()),
         "label": pa.array([listing.labels[i] for i in idx], pa.string()),
         "split": pa.array([listing.splits[i] for i in idx], pa.string()),
         "n_keypoints": pa.array(ex.n_keypoints[idx], pa.int32()),
@@ -519,7 +532,8 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
         w = csv.writer(f)
         w.writerow(["path", "split", "label", "stage", "reason"])
         for i in np.flatnonzero(~ok):
-            w.writerow([listing.paths[i], listing.splits[i], listing.labels[i], ex.stages[i], ex.errors[i]])
+            w.writerow([display_path(listing.paths[i]), listing.splits[i], listing.labels[i], ex.stages[i],
+                        ex.errors[i]])
     y = np.array(listing.labels, dtype=object)
     if test.any() and model.classifier is not None:
         labels = sorted(set(y[test]) | set(y[ok & (np.array(listing.splits) == TRAINING)]))
@@ -531,3 +545,8 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
                 w.writerow([lab] + [int(v) for v in r])
     with open(out / "run.json", "w") as f:
         json.dump(info, f, indent=2, default=_json_default)
+    # -- report.html (bovw.report): metrics, charts and thumbnails of the most confused pairs --
+    from bovw.report import write_run_report
+
+    write_run_report(out, [listing.paths[i] for i in idx], [listing.labels[i] for i in idx], list(predictions[idx]),
+                     [listing.splits[i] for i in idx], info, seed=int(info["parameters"]["seed"]))

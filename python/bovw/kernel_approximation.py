@@ -28,6 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import Tags
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
@@ -70,7 +71,8 @@ def chi2_map(X: Any, sample_steps: int = 2, sample_interval: Optional[float] = N
     X = _float_array(np.asarray(X))
     if X.ndim != 2:
         raise ValueError(f"X: expected shape (n_samples, n_features), got {X.shape}")
-    return _bovw.chi2_map(X, sample_steps=int(sample_steps), sample_interval=sample_interval, n_threads=n_threads)
+    out: np.ndarray = _bovw.chi2_map(X, sample_steps=int(sample_steps), sample_interval=sample_interval, n_threads=n_threads)
+    return out
 
 
 def power_normalize(
@@ -104,13 +106,14 @@ def power_normalize(
     X = _float_array(np.asarray(X))
     if X.ndim != 2:
         raise ValueError(f"X: expected shape (n_samples, n_features), got {X.shape}")
-    return _bovw.power_normalize(X, alpha=float(alpha), pre_norm=pre_norm, norm=norm, n_threads=n_threads)
+    out: np.ndarray = _bovw.power_normalize(X, alpha=float(alpha), pre_norm=pre_norm, norm=norm, n_threads=n_threads)
+    return out
 
 
 class _StatelessMap(TransformerMixin, BaseEstimator):
     """Shared fit/tags of the stateless maps."""
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         if tags.transformer_tags is not None:
@@ -118,13 +121,17 @@ class _StatelessMap(TransformerMixin, BaseEstimator):
         return tags
 
     def _validate(self, X: Any, reset: bool) -> np.ndarray:
-        return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], order="C")
+        checked: np.ndarray = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], order="C")
+        return checked
 
     def _validate_light(self, X: Any) -> np.ndarray:
         """For transform: shape and dtype only; the Rust kernel checks the
         values (finite, and for the chi2 map >= 0) in the same pass, naming
         the row and column."""
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32], order="C", ensure_all_finite=False)
+        checked: np.ndarray = validate_data(
+            self, X, reset=False, dtype=[np.float64, np.float32], order="C", ensure_all_finite=False
+        )
+        return checked
 
     def fit(self, X: Any, y: Any = None) -> Any:
         """Check X and the parameters (nothing is learnt).
@@ -195,7 +202,7 @@ class AdditiveChi2Sampler(_StatelessMap):
         self.sample_interval = sample_interval
         self.n_threads = n_threads
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
         tags.input_tags.sparse = True
@@ -317,7 +324,8 @@ class PowerNormalizer(_StatelessMap):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """The input feature names (the map keeps one value per feature)."""
         check_is_fitted(self, attributes="n_features_in_")
-        return _check_feature_names_in(self, input_features)
+        names: np.ndarray = _check_feature_names_in(self, input_features)
+        return names
 
 
 class Hellinger(_StatelessMap):
@@ -377,4 +385,5 @@ class Hellinger(_StatelessMap):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """The input feature names (the map keeps one value per feature)."""
         check_is_fitted(self, attributes="n_features_in_")
-        return _check_feature_names_in(self, input_features)
+        names: np.ndarray = _check_feature_names_in(self, input_features)
+        return names

@@ -8,42 +8,63 @@ notebooks take: ORB bytes as float vectors for Euclidean K-Means.
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral
+from typing import Any, Optional, Union
 
 import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bovw import _bovw
+from bovw._params import Constraints, NonBoolInterval, fit_context
 
 __all__ = ["KMajority", "orb_descriptors_as_float"]
 
 
 def _check_binary(X: Any, what: str = "X") -> np.ndarray:
+    """X as a C-contiguous 2-D uint8 array (no copy when it already is).
+
+    Raises
+    ------
+    TypeError
+        If X is None, sparse, or not uint8.
+    ValueError
+        If X is not 2-D or has no columns.
+    """
     if X is None:
         raise TypeError(f"{what}: expected a 2-D uint8 array of binary descriptors, got None")
+    if sparse.issparse(X):
+        raise TypeError(f"{what}: sparse input is not supported; pass a dense 2-D uint8 array of binary descriptors")
     arr = np.asarray(X)
     if arr.dtype != np.uint8:
         raise TypeError(
             f"{what}: expected dtype uint8 (packed binary descriptors such as ORB's (n, 32)), got {arr.dtype}"
         )
     if arr.ndim != 2:
-        raise ValueError(f"{what}: expected a 2-D array of shape (n_samples, n_bytes), got shape {arr.shape}")
+        hint = " Reshape your data with X.reshape(1, -1) if it is one descriptor." if arr.ndim == 1 else ""
+        raise ValueError(
+            f"{what}: expected a 2-D array of shape (n_samples, n_bytes), got shape {arr.shape}.{hint}"
+        )
     if arr.shape[1] == 0:
-        raise ValueError(f"{what}: descriptors have no bytes (shape {arr.shape})")
+        raise ValueError(
+            f"{what}: descriptors have no bytes: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required."
+        )
     return np.ascontiguousarray(arr)
 
 
-def _seed(random_state: Any) -> int:
+def _seed(random_state: Union[None, int, np.random.RandomState, np.random.Generator]) -> int:
+    """The Rust seed: an int seed as it is, else a draw from the generator
+    (the global RandomState for None). The type and range were checked by
+    ``KMajority._parameter_constraints``."""
     if random_state is None:
         return int(np.random.randint(0, 2**31 - 1))
-    if isinstance(random_state, (int, np.integer)):
-        if random_state < 0:
-            raise ValueError(f"random_state: expected a non-negative int, got {random_state}")
-        return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**31 - 1))
-    raise TypeError(f"random_state: expected None, an int or a numpy random generator, got {type(random_state).__name__}")
+    return int(random_state)
 
 
 def orb_descriptors_as_float(descriptors: Any, bits: bool = False) -> np.ndarray:
@@ -77,7 +98,7 @@ def orb_descriptors_as_float(descriptors: Any, bits: bool = False) -> np.ndarray
     return np.unpackbits(arr, axis=1, bitorder="little").astype(np.float32)
 
 
-class KMajority:
+class KMajority(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """K-majority clustering of binary descriptors in Hamming space.
 
     Lloyd-style iterations where each descriptor is assigned to the center
@@ -87,6 +108,14 @@ class KMajority:
     changes or ``max_iter`` updates. Seeding is k-means++ with the Hamming
     distance. The centers are a binary visual vocabulary; :meth:`predict`
     gives visual word ids for bag-of-words histograms.
+
+    A scikit-learn estimator (``BaseEstimator``, ``ClusterMixin``,
+    ``TransformerMixin``): ``get_params``/``set_params``/``clone``, parameters
+    validated in ``fit`` against ``_parameter_constraints``, ``fit_predict``,
+    ``fit_transform``, ``get_feature_names_out`` (``"kmajority0"``...) and
+    ``set_output``; it works in a ``Pipeline``. Its input is packed binary
+    descriptors, uint8 only: float data is refused with a ``TypeError``
+    rather than rounded.
 
     Parameters
     ----------
@@ -113,6 +142,8 @@ class KMajority:
         Number of center updates run.
     n_features_in_ : int
         Bytes per descriptor seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Set when X has string column names (a pandas DataFrame).
 
     References
     ----------
@@ -132,16 +163,28 @@ class KMajority:
     ((4, 32), dtype('uint8'))
     >>> bool((km.predict(X) == km.labels_).all())
     True
+    >>> km.get_feature_names_out().tolist()
+    ['kmajority0', 'kmajority1', 'kmajority2', 'kmajority3']
     """
+
+    # Checked in fit (fit_context); a violation raises scikit-learn's
+    # InvalidParameterError, a ValueError and a TypeError naming the parameter.
+    _parameter_constraints: Constraints = {
+        "n_clusters": [NonBoolInterval(Integral, 1, None, closed="left")],
+        "max_iter": [NonBoolInterval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state", np.random.Generator],
+        "init": [StrOptions({"k-means++"}), "array-like"],
+        "n_threads": [NonBoolInterval(Integral, 1, None, closed="left"), None],
+    }
 
     def __init__(
         self,
         n_clusters: int = 8,
         *,
         max_iter: int = 100,
-        random_state: Any = None,
+        random_state: Union[None, int, np.random.RandomState, np.random.Generator] = None,
         init: Any = "k-means++",
-        n_threads: int | None = None,
+        n_threads: Optional[int] = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
@@ -149,29 +192,34 @@ class KMajority:
         self.init = init
         self.n_threads = n_threads
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Parameters as a dict (scikit-learn convention)."""
-        return {k: getattr(self, k) for k in ("n_clusters", "max_iter", "random_state", "init", "n_threads")}
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]  # scikit-learn's Tags are untyped
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        # transform gives int64 Hamming distances: no float dtype is kept.
+        if tags.transformer_tags is not None:
+            tags.transformer_tags.preserves_dtype = []
+        return tags
 
-    def set_params(self, **params: Any) -> "KMajority":
-        """Set parameters (scikit-learn convention)."""
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"Invalid parameter {k!r} for KMajority")
-            setattr(self, k, v)
-        return self
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``: one Hamming distance per center."""
+        return int(self.cluster_centers_.shape[0])
 
-    def __repr__(self) -> str:
-        return f"KMajority(n_clusters={self.n_clusters!r}, max_iter={self.max_iter!r}, random_state={self.random_state!r})"
+    def _validate_X(self, X: Any, *, reset: bool) -> np.ndarray:
+        """X as C-contiguous uint8, with ``n_features_in_`` and
+        ``feature_names_in_`` set (``reset``) or checked against ``fit``."""
+        arr = _check_binary(X)
+        if not reset and arr.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {arr.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                f"features as input (bytes per descriptor, as in fit)"
+            )
+        # Feature names and n_features_in_ as every scikit-learn estimator
+        # keeps them; the array itself was checked above.
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        return arr
 
-    def _validate(self) -> None:
-        for name in ("n_clusters", "max_iter"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        if self.n_threads is not None and (not isinstance(self.n_threads, (int, np.integer)) or self.n_threads < 1):
-            raise ValueError(f"n_threads: expected None or an int >= 1, got {self.n_threads!r}")
-
+    @fit_context
     def fit(self, X: Any, y: Any = None) -> "KMajority":
         """Compute the binary vocabulary.
 
@@ -190,34 +238,33 @@ class KMajority:
         TypeError
             If ``X`` is not uint8.
         ValueError
-            If ``X`` is not 2-D, has fewer rows than ``n_clusters``, or a
-            parameter is invalid.
+            If ``X`` is not 2-D or has fewer rows than ``n_clusters``, or
+            ``init`` has the wrong shape.
+        sklearn.utils._param_validation.InvalidParameterError
+            (a ValueError and a TypeError) If a parameter has the wrong type
+            or range (``_parameter_constraints``); the message names it.
         """
-        self._validate()
-        X = _check_binary(X)
+        X = self._validate_X(X, reset=True)
         if X.shape[0] < self.n_clusters:
             raise ValueError(f"n_clusters: n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}")
         init = None
-        if isinstance(self.init, str):
-            if self.init != "k-means++":
-                raise ValueError(f"init: expected 'k-means++' or an array of centers, got {self.init!r}")
-        else:
+        if not isinstance(self.init, str):
             init = _check_binary(self.init, "init")
             if init.shape != (self.n_clusters, X.shape[1]):
                 raise ValueError(f"init: expected shape ({self.n_clusters}, {X.shape[1]}), got {init.shape}")
         centers, labels, inertia, n_iter = _bovw.kmajority_fit(
-            X, int(self.n_clusters), max_iter=int(self.max_iter), seed=_seed(self.random_state), init=init, n_threads=self.n_threads
+            X,
+            int(self.n_clusters),
+            max_iter=int(self.max_iter),
+            seed=_seed(self.random_state),
+            init=init,
+            n_threads=self.n_threads,
         )
         self.cluster_centers_ = centers
         self.labels_ = labels
         self.inertia_ = int(inertia)
         self.n_iter_ = int(n_iter)
-        self.n_features_in_ = int(X.shape[1])
         return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise ValueError("This KMajority instance is not fitted yet: call fit first")
 
     def predict(self, X: Any) -> np.ndarray:
         """Visual word of each descriptor: the nearest center by Hamming distance.
@@ -233,36 +280,69 @@ class KMajority:
 
         Raises
         ------
+        sklearn.exceptions.NotFittedError
+            (a ValueError) If ``fit`` has not been called.
         ValueError
-            If not fitted, or ``X`` has another number of bytes than in ``fit``.
+            If ``X`` has another number of bytes than in ``fit``.
+        TypeError
+            If ``X`` is not uint8.
         """
-        self._check_fitted()
-        X = _check_binary(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X: expected {self.n_features_in_} bytes per descriptor as in fit, got {X.shape[1]}")
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
         if X.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         labels, _ = _bovw.kmajority_predict(X, self.cluster_centers_, n_threads=self.n_threads)
         return labels
 
     def transform(self, X: Any) -> np.ndarray:
-        """Hamming distances of each descriptor to every center, shape (n_samples, n_clusters), int64."""
-        self._check_fitted()
-        X = _check_binary(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X: expected {self.n_features_in_} bytes per descriptor as in fit, got {X.shape[1]}")
+        """Hamming distance of each descriptor to each center.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_bytes), dtype uint8
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, n_clusters), dtype int64
+            Bits that differ.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError, ValueError, TypeError
+            As :meth:`predict`.
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
         x = np.unpackbits(X, axis=1).astype(np.int64)
         c = np.unpackbits(self.cluster_centers_, axis=1).astype(np.int64)
-        return x.sum(1)[:, None] + c.sum(1)[None, :] - 2 * x @ c.T
+        distances: np.ndarray = x.sum(1)[:, None] + c.sum(1)[None, :] - 2 * x @ c.T
+        return distances
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit, then return ``labels_``."""
-        return self.fit(X).labels_
+        """Fit, then return ``labels_``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int64
+        """
+        labels: np.ndarray = self.fit(X).labels_
+        return labels
 
     def score(self, X: Any, y: Any = None) -> float:
-        """Opposite of the sum of Hamming distances of ``X`` to its nearest centers."""
-        self._check_fitted()
-        X = _check_binary(X)
+        """Opposite of the sum of Hamming distances of ``X`` to its nearest centers.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_bytes), dtype uint8
+        y : ignored
+
+        Returns
+        -------
+        score : float
+            ``-sum_i min_j hamming(x_i, c_j)`` in bits (0.0 for no rows).
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
         if X.shape[0] == 0:
             return 0.0
         _, dist = _bovw.kmajority_predict(X, self.cluster_centers_, n_threads=self.n_threads)

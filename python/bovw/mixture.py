@@ -316,6 +316,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     True
     """
 
+    weights_: np.ndarray
+    means_: np.ndarray
+    covariances_: np.ndarray
+    precisions_: np.ndarray
+    precisions_cholesky_: np.ndarray
+    converged_: bool
+    n_iter_: int
+    lower_bound_: float
+    lower_bounds_: list[float]
+
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [StrOptions({"diag"})],
@@ -405,24 +415,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.init_params == "kmeans":
             from bovw.cluster import KMeans
 
-            labels = KMeans(n_clusters=k, n_init=1, random_state=random_state, n_threads=self.n_threads).fit(X).labels_
-            stats = _bovw.gmm_stats_from_labels(X, labels.astype(np.int64), k, n_threads=self.n_threads)
+            km_labels = KMeans(n_clusters=k, n_init=1, random_state=random_state, n_threads=self.n_threads).fit(X).labels_
+            stats = _bovw.gmm_stats_from_labels(X, km_labels.astype(np.int64), k, n_threads=self.n_threads)
         elif self.init_params == "k-means++":
             from bovw.cluster import kmeans_plusplus
 
-            _, idx = kmeans_plusplus(X, k, random_state=random_state, n_threads=self.n_threads)
-            labels = np.full(n, -1, dtype=np.int64)
-            labels[np.asarray(idx)] = np.arange(k)
-            stats = _bovw.gmm_stats_from_labels(X, labels, k, n_threads=self.n_threads)
+            _, seeds = kmeans_plusplus(X, k, random_state=random_state, n_threads=self.n_threads)
+            one_hot = np.full(n, -1, dtype=np.int64)
+            one_hot[np.asarray(seeds)] = np.arange(k)
+            stats = _bovw.gmm_stats_from_labels(X, one_hot, k, n_threads=self.n_threads)
         elif self.init_params == "random":
             resp = random_state.uniform(size=(n, k)).astype(X.dtype)
             resp /= resp.sum(axis=1)[:, np.newaxis]
             stats = _bovw.gmm_stats_from_resp(X, np.ascontiguousarray(resp, dtype=np.float64), n_threads=self.n_threads)
         else:  # random_from_data
-            idx = random_state.choice(n, size=k, replace=False)
-            labels = np.full(n, -1, dtype=np.int64)
-            labels[idx] = np.arange(k)
-            stats = _bovw.gmm_stats_from_labels(X, labels, k, n_threads=self.n_threads)
+            rows = random_state.choice(n, size=k, replace=False)
+            picked = np.full(n, -1, dtype=np.int64)
+            picked[rows] = np.arange(k)
+            stats = _bovw.gmm_stats_from_labels(X, picked, k, n_threads=self.n_threads)
         nk, s1, s2, _, n_samples = stats
         w, m, c = _bovw.gmm_params_from_stats(
             nk, s1, s2, n_samples, reg_covar=float(self.reg_covar), eps_nk=eps, weights="samples"
@@ -481,7 +491,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
         max_lower_bound = -np.inf
-        best = None
+        best: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, float, list[float], int]] = None
         converged_best = False
         for init in range(n_init):
             if do_init:
@@ -493,7 +503,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if self.max_iter == 0:
                 best = (w, m, c, -np.inf, [], 0)
                 continue
-            w, m, c, lb, lbs, n_iter, converged = _bovw.gmm_fit_em(
+            w, m, c, lb, bounds, n_iter, converged = _bovw.gmm_fit_em(
                 X,
                 np.ascontiguousarray(w, dtype=np.float64),
                 np.ascontiguousarray(m, dtype=np.float64),
@@ -508,7 +518,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 print(f"Initialization {init}: {n_iter} iterations, lower bound {lb:.5f}, converged {converged}")
             if lb > max_lower_bound or max_lower_bound == -np.inf:
                 max_lower_bound = lb
-                best = (w, m, c, lb, list(lbs), n_iter)
+                best = (w, m, c, lb, [float(b) for b in bounds], n_iter)
                 converged_best = bool(converged)
         assert best is not None
         if not converged_best and self.max_iter > 0:
@@ -518,12 +528,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        w, m, c, lb, lbs, n_iter = best
+        w, m, c, _, best_bounds, best_iter = best
         self._set(w, m, c)
         self.converged_ = converged_best
-        self.n_iter_ = int(n_iter)
+        self.n_iter_ = int(best_iter)
         self.lower_bound_ = float(max_lower_bound)
-        self.lower_bounds_ = lbs
+        self.lower_bounds_ = best_bounds
         return self._predict(X)
 
     def _set(self, w: np.ndarray, m: np.ndarray, c: np.ndarray) -> None:
@@ -544,7 +554,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _check_X(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32], order="C")
+        checked: np.ndarray = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], order="C")
+        return checked
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         return _bovw.gmm_predict(X, *self._params(), n_threads=self.n_threads)
@@ -592,7 +603,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             the best; the others (below ``4e-31``) from a float32 estimate.
         """
         X = self._check_X(X)
-        return _bovw.gmm_log_prob(X, *self._params(), resp=True, n_threads=self.n_threads)[1]
+        resp = _bovw.gmm_log_prob(X, *self._params(), resp=True, n_threads=self.n_threads)[1]
+        assert resp is not None
+        return resp
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw samples from the fitted mixture (scikit-learn's procedure:

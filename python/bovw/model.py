@@ -103,13 +103,27 @@ class BagOfWordsEncoding:
         else:
             raise ValueError(f"vocabulary: expected 'kmeans' or 'kmajority', got {self.vocabulary!r}")
         self.quantizer_ = q.fit(self._input(X))
+        self.vocabulary_ = np.asarray(self.quantizer_.cluster_centers_)
         self.n_features_out_ = k
         return self
 
-    @property
-    def vocabulary_(self) -> np.ndarray:
-        """The visual words, (n_features_out_, width): float32 or uint8 (k-majority)."""
-        return np.asarray(self.quantizer_.cluster_centers_)
+    @classmethod
+    def from_vocabulary(cls, vocabulary: np.ndarray, n_threads: Optional[int] = None) -> "BagOfWordsEncoding":
+        """An encoding with given visual words: float words (K-Means) assign
+        by Euclidean distance, uint8 words (k-majority) by Hamming distance.
+
+        Raises
+        ------
+        ValueError
+            If ``vocabulary`` is not 2-D with at least one word.
+        """
+        v = np.asarray(vocabulary)
+        if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 1:
+            raise ValueError(f"vocabulary: expected shape (n_words, width) with n_words >= 1, got {v.shape}")
+        enc = cls(v.shape[0], "kmajority" if v.dtype == np.uint8 else "kmeans", n_threads=n_threads)
+        enc.vocabulary_ = np.ascontiguousarray(v) if v.dtype == np.uint8 else np.ascontiguousarray(v, np.float32)
+        enc.n_features_out_ = v.shape[0]
+        return enc
 
     def encode(self, X: np.ndarray, offsets: np.ndarray, keypoints: Any = None, image_sizes: Any = None,
                n_threads: Optional[int] = None) -> np.ndarray:
@@ -119,6 +133,11 @@ class BagOfWordsEncoding:
 
         offsets = np.asarray(offsets, np.int64)
         k = self.n_features_out_
+        if n_threads is None:
+            n_threads = self.n_threads
+        if X.shape[1] != self.vocabulary_.shape[1]:
+            raise ValueError(f"descriptors of width {X.shape[1]} do not match the vocabulary's width "
+                             f"{self.vocabulary_.shape[1]}")
         if offsets[-1] == 0:
             return np.zeros((len(offsets) - 1, k), np.float32)
         if self.vocabulary == "kmajority":
@@ -129,12 +148,13 @@ class BagOfWordsEncoding:
         return bovw.BagOfWords(self.vocabulary_, n_threads=n_threads).counts(self._input(X), offsets)
 
     def summary(self) -> dict[str, Any]:
+        q = getattr(self, "quantizer_", None)
         return {
             "encoding": "bow",
             "vocabulary": self.vocabulary,
             "k": int(self.n_features_out_),
-            "n_iter": int(getattr(self.quantizer_, "n_iter_", 0)),
-            "inertia": float(getattr(self.quantizer_, "inertia_", float("nan"))),
+            "n_iter": int(getattr(q, "n_iter_", 0)),
+            "inertia": float(getattr(q, "inertia_", float("nan"))),
         }
 
 
@@ -224,7 +244,7 @@ class BovwModel:
         """The first channel's visual vocabulary, when it has one."""
         for c in self.channels:
             if hasattr(c.encoding, "vocabulary_"):
-                return c.encoding.vocabulary_
+                return np.asarray(c.encoding.vocabulary_)
         return None
 
     def encode(self, images: Sequence[Union[bytes, np.ndarray]], n_threads: Optional[int] = None) -> np.ndarray:
@@ -282,11 +302,14 @@ class BovwModel:
         """
         if self.classifier is None:
             raise ValueError("this model has no classifier (its training split had fewer than two classes)")
-        return self.classifier.predict(self.features(self.encode(images, n_threads=n_threads)))
+        return np.asarray(self.classifier.predict(self.features(self.encode(images, n_threads=n_threads))))
 
 
 def load_model(out: Union[str, "os.PathLike[str]"]) -> BovwModel:
     """Reload the fitted pipeline that ``bovw run`` wrote to ``out/model.joblib``."""
     import joblib
 
-    return joblib.load(Path(out) / "model.joblib")
+    model = joblib.load(Path(out) / "model.joblib")
+    if not isinstance(model, BovwModel):
+        raise TypeError(f"{Path(out) / 'model.joblib'} holds a {type(model).__name__}, not a bovw model")
+    return model

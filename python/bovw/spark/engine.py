@@ -1,0 +1,185 @@
+"""The Spark engine of the main job (``bovw run --engine spark``).
+
+:class:`SparkEngine` implements :class:`bovw.job.Engine` with ``mapInArrow``
+stages: the driver lists the images exactly as the local engine does
+(:func:`bovw.image.list_images` for a folder, :func:`list_s3_images` for an
+``s3://`` prefix), the executors read the files, describe and encode them,
+and the driver gets back one row per image, which it puts in listing order.
+So both engines give the same split, the same vocabulary sample, the same
+features and the same error rows.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from bovw.image import display_path
+from bovw.job import Extraction, Listing
+from bovw.spark.io import collect_arrow, is_s3, list_s3_images, s3_bucket_key, s3_filesystem, session, \
+    split_and_label_rows
+from bovw.spark.stages import DEFAULT_BATCH_SIZE, encode_images, extract_descriptors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["SparkEngine", "run_job"]
+
+
+def _read_fn(endpoint_url: Optional[str], s3_options: Optional[dict]
+             ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow``: (row, path, raw path bytes) -> + content, read_error.
+    Local paths are read with :func:`bovw.image.read_file`, ``s3://`` keys
+    with pyarrow's S3 client; a failure is a ``read_error``, never a task failure."""
+
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from bovw.image import read_file
+
+        filesystem = None
+        for rb in batches:
+            raw = rb.column(rb.schema.get_field_index("path_bytes")).to_pylist()
+            contents, errors = [], []
+            for b in raw:
+                p = os.fsdecode(b)
+                if is_s3(p):
+                    if filesystem is None:
+                        filesystem = s3_filesystem(endpoint_url, **(s3_options or {}))
+                    try:
+                        with filesystem.open_input_stream(s3_bucket_key(p)) as f:
+                            data, err = f.read(), None
+                    except (OSError, ValueError) as e:
+                        data, err = None, f"cannot read object: {e}"
+                else:
+                    data, err = read_file(p)
+                contents.append(data)
+                errors.append(err)
+            yield pa.RecordBatch.from_arrays(
+                [rb.column(rb.schema.get_field_index("row")), rb.column(rb.schema.get_field_index("path")),
+                 pa.array(contents, pa.binary()), pa.array(errors, pa.string())],
+                names=["row", "path", "content", "read_error"],
+            )
+
+    return fn
+
+
+class SparkEngine:
+    """Run the job's per-image stages on Spark.
+
+    Parameters
+    ----------
+    spark : SparkSession, optional
+        Default :func:`bovw.spark.session` with ``master``.
+    master : str, optional
+        Spark master URL (``local[2]``, ``spark://host:7077``, ``yarn``).
+    n_threads : int, optional
+        Kernel threads per task; default the task's CPUs.
+    batch_size : int, default 256
+        Rows per kernel call in a task.
+    num_partitions : int, optional
+        Partitions of the image rows; default 2 x the default parallelism.
+    endpoint_url : str, optional
+        S3-compatible endpoint (default ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
+    """
+
+    name = "spark"
+
+    def __init__(self, spark: "SparkSession | None" = None, *, master: Optional[str] = None,
+                 n_threads: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 num_partitions: Optional[int] = None, endpoint_url: Optional[str] = None,
+                 progress: bool = True) -> None:
+        self.spark = spark if spark is not None else session(master, "bovw run")
+        self.n_threads = n_threads
+        self.batch_size = min(int(batch_size), DEFAULT_BATCH_SIZE)
+        self.num_partitions = num_partitions or 2 * self.spark.sparkContext.defaultParallelism
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.progress = progress
+
+    def info(self) -> dict[str, Any]:
+        sc = self.spark.sparkContext
+        return {"name": self.name, "master": sc.master, "spark_version": self.spark.version,
+                "default_parallelism": sc.defaultParallelism, "num_partitions": self.num_partitions,
+                "batch_size": self.batch_size}
+
+    def list_images(self, root: str, *, test_size: float, seed: int) -> Listing:
+        from bovw.image import list_images
+
+        if is_s3(root):
+            uris = [u for u, _, _ in list_s3_images(root, endpoint_url=self.endpoint_url)]
+            rows = split_and_label_rows(uris, root=root, test_size=test_size, seed=seed)
+        elif "://" in root and not root.startswith("file:"):
+            raise ValueError(f"root: the Spark engine reads local folders and s3:// URIs, got {root!r}; "
+                             "read other file systems with bovw.spark.read_images and the bovw.spark stages")
+        else:
+            rows = list_images(root[len("file:"):] if root.startswith("file:") else root,
+                               test_size=test_size, random_state=seed)
+        return Listing([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], root)
+
+    def _images(self, listing: Listing, rows: Iterable[int]) -> "DataFrame":
+        """(row, path, content, read_error) of the listed images ``rows``, read in the executors."""
+        data = [(int(i), display_path(listing.paths[i]), os.fsencode(listing.paths[i])) for i in rows]
+        n = max(1, min(len(data), self.num_partitions))
+        df = self.spark.createDataFrame(self.spark.sparkContext.parallelize(data, n),
+                                        "row bigint, path string, path_bytes binary")
+        return df.mapInArrow(_read_fn(self.endpoint_url, None),
+                             "row bigint, path string, content binary, read_error string")
+
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
+        from bovw.columns import descriptor_matrix
+
+        df = extract_descriptors(self._images(listing, rows), extractor, n_threads=self.n_threads,
+                                 batch_size=self.batch_size, keep=["row"])
+        table = collect_arrow(df.select("row", "descriptors")).sort_by("row")
+        X, offsets = descriptor_matrix(table.column("descriptors"), width=extractor.descriptor_width,
+                                       dtype=extractor.descriptor_dtype)
+        by_row = dict(zip(table.column("row").to_pylist(), range(table.num_rows)))
+        out = []
+        for i in rows:
+            j = by_row[int(i)]
+            out.append(X[offsets[j]:offsets[j + 1]])
+        return out
+
+    def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
+        from bovw.columns import vector_matrix
+
+        n = len(listing)
+        df = encode_images(self._images(listing, range(n)), channels, n_threads=self.n_threads,
+                           batch_size=self.batch_size, keep=["row"])
+        table = collect_arrow(df).sort_by("row")
+        order = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+        if table.num_rows != n or not np.array_equal(order, np.arange(n)):
+            raise RuntimeError(f"the Spark engine returned {table.num_rows} rows for {n} listed images")
+        feats = []
+        for c, ch in enumerate(channels):
+            col = table.column(f"features_{c}").combine_chunks()
+            F = np.zeros((n, ch.encoding.n_features_out_), np.float32)
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            if valid.any():
+                F[valid] = vector_matrix(col.filter(pa.array(valid)), dtype=np.float32)
+            feats.append(F)
+        n_kp = table.column("n_keypoints").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)
+        errors: list[Optional[str]] = table.column("error").to_pylist()
+        stages: list[Optional[str]] = table.column("error_stage").to_pylist()
+        sha = table.column("sha256").to_pylist()
+        n_kp[[e is not None for e in errors]] = 0
+        n_bytes = int(sum(table.column("length").to_pylist()))
+        return Extraction(feats, n_kp, errors, stages, sha, n_bytes)
+
+
+def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:
+    """The main job on Spark: ``bovw run --engine spark [--master URL]``.
+
+    :func:`bovw.job.run` with a :class:`SparkEngine` (``spark``, or a session
+    on ``config.master``): the same stages and outputs as the local engine,
+    with the per-image stages in the executors.
+
+    Returns
+    -------
+    bovw.job.RunResult
+    """
+    from bovw.job import run
+
+    engine = SparkEngine(spark, master=config.master, batch_size=config.batch_size, progress=config.progress)
+    return run(config, engine)

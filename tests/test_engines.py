@@ -1,0 +1,118 @@
+"""One job, two engines: ``bovw run --engine local`` and ``--engine spark`` on
+the same folder give the same split, error rows, features and accuracy.
+
+The folder is a flat ``<root>/<class>/<file>`` layout (so the seeded split is
+used) of real Fruits-360 images plus bad entries of every kind the job must
+report rather than drop: an empty file, a truncated JPEG, a text file named
+``.jpg``, a 16-bit PNG, a 1 x 1 PNG (too small for SIFT), a broken symbolic
+link, a FIFO named ``.jpg``, a name with a literal ``%20`` and a name that is
+not UTF-8.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from bovw.job import RunConfig, run
+
+pytestmark = pytest.mark.spark
+
+#: file name -> (stage, a word of the reason)
+BAD = {
+    "empty.jpg": ("decode", "empty"),
+    "truncated.jpg": ("decode", "truncated"),
+    "text.jpg": ("decode", "not a JPEG or PNG"),
+    "sixteen.png": ("decode", "8-bit"),
+    "tiny.png": ("descriptors", "small"),
+    "dangling.jpg": ("read", "broken symbolic link"),
+    "fifo.jpg": ("read", "FIFO"),
+}
+
+
+@pytest.fixture(scope="module")
+def flat_folder(tmp_path_factory, sample_root):
+    root = tmp_path_factory.mktemp("flat") / "images"
+    n_good = 0
+    for cls in ("Banana", "Kiwi", "Lemon"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((sample_root / "Training" / cls).glob("*.jpg"))[:12]:
+            (root / cls / f.name).write_bytes(f.read_bytes())
+            n_good += 1
+    jpeg = next((sample_root / "Test" / "Kiwi").glob("*.jpg")).read_bytes()
+    (root / "Kiwi" / "bad%20pct.jpg").write_bytes(jpeg)  # a literal %20, not a space
+    (root / "Kiwi" / os.fsdecode(b"caf\xe9.jpg")).write_bytes(jpeg)  # a file name that is not UTF-8
+    n_good += 2
+    bad = root / "Banana"
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (bad / "text.jpg").write_text("not an image\n")
+    (bad / "sixteen.png").write_bytes(cv2.imencode(".png", np.full((64, 64), 40000, np.uint16))[1].tobytes())
+    (bad / "tiny.png").write_bytes(cv2.imencode(".png", np.full((1, 1, 3), 128, np.uint8))[1].tobytes())
+    os.symlink(root / "Banana" / "no-such-file.jpg", bad / "dangling.jpg")
+    os.mkfifo(bad / "fifo.jpg")
+    return root, n_good
+
+
+def _errors(out: Path) -> list[dict[str, str]]:
+    with open(out / "errors.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def both_runs(flat_folder, tmp_path_factory, spark):
+    root, _ = flat_folder
+    outs = {}
+    for engine in ("local", "spark"):
+        out = tmp_path_factory.mktemp(engine) / "out"
+        cfg = RunConfig(root=str(root), out=str(out), k=16, pca=6, max_iter=20, seed=3, progress=False,
+                        engine=engine, master="local[2]")
+        if engine == "spark":
+            from bovw.spark import SparkEngine
+
+            run(cfg, SparkEngine(spark, progress=False))
+        else:
+            run(cfg)
+        outs[engine] = out
+    return outs
+
+
+def test_every_entry_is_a_row_or_an_error(both_runs, flat_folder):
+    _, n_good = flat_folder
+    for engine, out in both_runs.items():
+        t = pq.read_table(out / "features.parquet")
+        errors = _errors(out)
+        assert t.num_rows == n_good and len(errors) == len(BAD), engine
+        got = {Path(r["path"]).name: (r["stage"], r["reason"]) for r in errors}
+        assert set(got) == set(BAD), (engine, got)
+        for name, (stage, word) in BAD.items():
+            assert got[name][0] == stage and word in got[name][1], (engine, name, got[name])
+        paths = t.column("path").to_pylist()
+        assert any(p.endswith("bad%20pct.jpg") for p in paths)
+        assert any(p.endswith("caf\\xe9.jpg") for p in paths)  # named as escaped text
+        info = json.loads((out / "run.json").read_text())
+        assert info["counts"]["images"] == n_good + len(BAD) and info["counts"]["errors"] == len(BAD)
+
+
+def test_engines_give_the_same_outputs(both_runs):
+    a, b = both_runs["local"], both_runs["spark"]
+    assert _errors(a) == _errors(b)  # same rows, stages, reasons and splits
+    ta, tb = pq.read_table(a / "features.parquet"), pq.read_table(b / "features.parquet")
+    for col in ("path", "label", "split", "n_keypoints", "bow", "prediction"):
+        assert ta.column(col).to_pylist() == tb.column(col).to_pylist(), col
+    np.testing.assert_array_equal(np.load(a / "vocabulary.npy"), np.load(b / "vocabulary.npy"))
+    np.testing.assert_allclose(np.array(ta.column("pca_features").to_pylist()),
+                               np.array(tb.column("pca_features").to_pylist()), rtol=1e-5, atol=1e-5)
+    ja, jb = json.loads((a / "run.json").read_text()), json.loads((b / "run.json").read_text())
+    assert ja["accuracy"] == jb["accuracy"] and ja["input"] == jb["input"]
+    assert ja["counts"] == jb["counts"]
+    # the flat layout's seeded split: about a quarter of each class in Test, on both engines
+    splits = ta.column("split").to_pylist()
+    assert 0.15 < splits.count("Test") / len(splits) < 0.35
