@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import warnings
-
 import numpy as np
 import pyarrow as pa
 import pytest
-from sklearn.exceptions import ConvergenceWarning
 
 import bovw
 
@@ -81,6 +78,7 @@ def test_nested_layout_is_read_too(spark, sample_root, local_batch, all_descript
         np.testing.assert_array_equal(v, ref[k])
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_distributed_gmm_equals_in_process(descriptors, all_descriptors):
     rng = np.random.default_rng(0)
     k = 4
@@ -89,7 +87,6 @@ def test_distributed_gmm_equals_in_process(descriptors, all_descriptors):
         means_init=all_descriptors[rng.choice(len(all_descriptors), k, replace=False)].astype(np.float64),
         precisions_init=np.full((k, 128), 1.0 / 400.0),
     )
-    warnings.simplefilter("ignore", ConvergenceWarning)
     dist = bs.fit_gmm(descriptors, k, algorithm="em", max_iter=5, tol=1e-3, **init)
     ref = bovw.GaussianMixture(k, max_iter=5, tol=1e-3, **init).fit(all_descriptors)
     assert dist.n_iter_ == ref.n_iter_ and dist.converged_ == ref.converged_
