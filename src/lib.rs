@@ -5,8 +5,9 @@
 //!
 //! - [`image`]: JPEG/PNG decoding and OpenCV-compatible grayscale conversion;
 //! - [`features`]: SIFT and ORB keypoints and descriptors;
-//! - [`cluster`]: K-Means visual vocabularies;
+//! - [`cluster`]: K-Means visual vocabularies and diagonal Gaussian mixtures;
 //! - [`histogram`]: bag-of-visual-words histograms;
+//! - [`encode`]: spatial pyramids, soft assignment, VLAD, Fisher vectors and feature maps;
 //! - [`decomposition`]: principal component analysis (PCA);
 //! - [`packed`]: the register-tile GEMM behind PCA's projection;
 //! - [`arrow`]: Arrow batches in and out.
@@ -14,6 +15,7 @@
 pub mod arrow;
 pub mod cluster;
 pub mod decomposition;
+pub mod encode;
 pub mod error;
 pub mod features;
 pub mod histogram;

@@ -27,7 +27,7 @@ class _PcaFit(TypedDict):
 
 __version__: str
 
-__all__ = ['Orb', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_weight', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform']
+__all__ = ['Orb', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_pyramid_counts', 'bow_weight', 'chi2_map', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'encode_bow', 'encode_fisher', 'encode_vlad', 'gmm_fit_em', 'gmm_log_prob', 'gmm_params_from_stats', 'gmm_predict', 'gmm_stats_from_labels', 'gmm_stats_from_resp', 'gmm_suff_stats', 'gmm_suff_stats_arrow', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'power_normalize', 'soft_assign']
 
 @final
 class Orb:
@@ -156,11 +156,21 @@ def bow_idf(counts: NDArray[np.float32], kind: str = 'sklearn_smooth', min_doc_f
     """
 
 
+def bow_pyramid_counts(words: NDArray[np.int64], offsets: NDArray[np.int64], n_words: int, keypoints: NDArray[np.float32] | pa.Array, image_sizes: NDArray[np.int64], spatial_pyramid: list[int] | tuple[int, ...], *, pyramid_weights: str = 'uniform', n_threads: Optional[int] = None) -> NDArray[np.float32]:
+    """Spatial pyramid word counts from word ids (int64) and image offsets:
+    (n_images, n_cells * n_words) float32.
+    """
+
+
 def bow_weight(hist: NDArray[np.float32], idf: Optional[NDArray[np.float64]] = None, norm: Optional[str] = None) -> NDArray[np.float32]:
     """Multiply (n_images, n_words) float32 histograms by idf and normalise rows; returns a new array."""
 
 
 def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
+def chi2_map(x: NDArray[_Float], *, sample_steps: int = 2, sample_interval: Optional[float] = None, n_threads: Optional[int] = None) -> NDArray[_Float]:
+    """The additive chi2 kernel map of X (n, d) >= 0: (n, (2 * sample_steps - 1) * d), X's dtype."""
+
+def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
     """Decode a binary Arrow array to gray; returns (images, errors): one entry
     per row, an (H, W) uint8 array or None, and None or the reason.
     """
@@ -172,6 +182,61 @@ def decode_gray_image(data: bytes, *, max_pixels: Optional[int] = None, max_side
 
 def decode_rgb_image(data: bytes, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> NDArray[np.uint8]:
     """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (gray files replicated, alpha dropped)."""
+
+
+def encode_bow(descriptors: NDArray[np.float32] | pa.Array, vocabulary: NDArray[np.float32], offsets: Optional[NDArray[np.int64]] = None, *, keypoints: Optional[NDArray[np.float32] | pa.Array] = None, image_sizes: Optional[NDArray[np.int64]] = None, spatial_pyramid: Optional[list[int] | tuple[int, ...]] = None, pyramid_weights: str = 'uniform', n_neighbors: int = 1, sigma: Optional[float] = None, n_threads: Optional[int] = None) -> NDArray[np.float32]:
+    """Bag-of-words histograms, hard or soft, with an optional spatial pyramid:
+    (n_images, n_cells * n_words) float32.
+    """
+
+
+def encode_fisher(descriptors: NDArray[np.float32] | pa.Array, weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], offsets: Optional[NDArray[np.int64]] = None, *, keypoints: Optional[NDArray[np.float32] | pa.Array] = None, image_sizes: Optional[NDArray[np.int64]] = None, spatial_pyramid: Optional[list[int] | tuple[int, ...]] = None, pyramid_weights: str = 'uniform', square_root: bool = True, normalize: bool = True, posterior_threshold: float = 1e-06, prior_threshold: float = 1e-06, n_threads: Optional[int] = None) -> NDArray[np.float32]:
+    """Fisher vectors of each image: (n_images, n_cells * 2 * K * d) float32."""
+
+
+def encode_vlad(descriptors: NDArray[np.float32] | pa.Array, vocabulary: NDArray[np.float32], offsets: Optional[NDArray[np.int64]] = None, *, keypoints: Optional[NDArray[np.float32] | pa.Array] = None, image_sizes: Optional[NDArray[np.int64]] = None, spatial_pyramid: Optional[list[int] | tuple[int, ...]] = None, pyramid_weights: str = 'uniform', n_neighbors: int = 1, sigma: Optional[float] = None, normalize_mass: bool = False, square_root: bool = False, normalize_components: bool = True, normalize: bool = True, n_threads: Optional[int] = None) -> NDArray[np.float32]:
+    """VLAD of each image: (n_images, n_cells * n_words * d) float32."""
+
+
+def gmm_fit_em(x: NDArray[_Float], weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], *, max_iter: int = 100, tol: float = 0.001, reg_covar: float = 1e-06, start_lower_bound: Optional[float] = None, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64], int, bool]:
+    """EM from the given mixture. Returns (weights, means, covariances,
+    lower_bound, lower_bounds, n_iter, converged).
+    """
+
+
+def gmm_log_prob(x: NDArray[_Float], weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], *, resp: bool = False, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], Optional[NDArray[np.float64]]]:
+    """log p(x) of each row (float64) and, with resp=True, the posteriors (n, K) float64."""
+
+
+def gmm_params_from_stats(nk: NDArray[np.float64], s1: NDArray[np.float64], s2: NDArray[np.float64], n_samples: int, *, reg_covar: float = 1e-06, eps_nk: float = 0.0, weights: str = 'sum') -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Mixture parameters from summed statistics (the M-step): weights
+    "sum" (normalised, the M-step) or "samples" (divided by n_samples, the
+    initialisation). Returns (weights, means, covariances).
+    """
+
+
+def gmm_predict(x: NDArray[_Float], weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], *, n_threads: Optional[int] = None) -> NDArray[np.int64]:
+    """Most probable component of each row (int64)."""
+
+
+def gmm_stats_from_labels(x: NDArray[_Float], labels: NDArray[np.int64], n_components: int, *, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float, int]:
+    """Statistics of hard labels (int64, -1 = none): (nk, s1, s2, n_samples)."""
+
+
+def gmm_stats_from_resp(x: NDArray[_Float], resp: NDArray[np.float64], *, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float, int]:
+    """Statistics of dense responsibilities resp (n, K) float64: (nk, s1, s2, 0.0, n_samples)."""
+
+
+def gmm_suff_stats(x: NDArray[_Float], weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], *, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float, int]:
+    """E-step statistics of a batch: (nk (K,), s1 (K, d), s2 (K, d),
+    sum of log-likelihoods, n_samples), all float64.
+    """
+
+
+def gmm_suff_stats_arrow(descriptors: pa.Array, weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], *, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float, int]:
+    """`gmm_suff_stats` on an Arrow `list<fixed_size_list<float32, d>>`
+    descriptor column (zero-copy; null rows have no descriptors).
+    """
 
 
 def kmajority_fit(x: NDArray[np.uint8], n_clusters: int, *, max_iter: int = 100, seed: int = 0, init: Optional[NDArray[np.uint8]] = None, n_threads: Optional[int] = None) -> tuple[NDArray[np.uint8], NDArray[np.int64], int, int]:
@@ -251,4 +316,14 @@ def pca_partial_sums(x: NDArray[_Float], n_threads: Optional[int] = None) -> tup
 
 def pca_transform(x: NDArray[_Float], components: NDArray[np.float64], center: Optional[NDArray[np.float64]] = None, scale: Optional[NDArray[np.float64]] = None, n_threads: Optional[int] = None) -> NDArray[_Float]:
     """(X - center) @ components.T [/ scale], X (n, d) float32/float64; output in X's dtype."""
+
+
+def power_normalize(x: NDArray[_Float], *, alpha: float = 0.5, pre_norm: Optional[str] = None, norm: Optional[str] = None, n_threads: Optional[int] = None) -> NDArray[_Float]:
+    """Signed power normalisation sign(z)|z|^alpha of the rows of X (n, d),
+    after pre_norm and before norm (None, "l1" or "l2"); X's dtype.
+    """
+
+
+def soft_assign(x: NDArray[np.float32], vocabulary: NDArray[np.float32], *, n_neighbors: int = 1, sigma: Optional[float] = None, n_threads: Optional[int] = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Soft (or hard) assignment of each row: (words int64 (n, m), weights float32 (n, m))."""
 

@@ -91,6 +91,10 @@ def bow_histograms(
     norm: str | None = None,
     idf: Any = None,
     n_threads: int | None = None,
+    spatial_pyramid: Sequence[int] | None = None,
+    pyramid_weights: str = "uniform",
+    keypoints: Any = None,
+    image_sizes: Any = None,
 ) -> np.ndarray:
     """Visual-word histograms per image from word ids.
 
@@ -122,10 +126,19 @@ def bow_histograms(
         ``ln((n + 1) / (df + 1))``.
     n_threads : int, optional
         Threads (``None``: all cores).
+    spatial_pyramid : sequence of int, optional
+        Grids of a spatial pyramid (e.g. ``(1, 2, 4)``): one histogram per
+        cell, concatenated (see :class:`BagOfWords`); needs ``offsets`` (or a
+        list of per-image word arrays), ``keypoints`` and ``image_sizes``.
+    pyramid_weights : {"uniform", "lazebnik"}, default="uniform"
+    keypoints : array-like of shape (n_descriptors, >= 2), optional
+        Keypoint x, y (pixels) of each word, with ``spatial_pyramid``.
+    image_sizes : array-like of shape (n_images, 2), optional
+        Width and height of each image (pixels), with ``spatial_pyramid``.
 
     Returns
     -------
-    histograms : ndarray of shape (n_images, n_words), float32
+    histograms : ndarray of shape (n_images, n_cells * n_words), float32
         Counts (Spark ``CountVectorizer``'s, in word-id order) or weighted rows.
 
     Raises
@@ -152,6 +165,33 @@ def bow_histograms(
         else:
             raise ValueError("offsets or image_index is required when words is a flat array")
     w = _int64_1d(words, "words")
+    if spatial_pyramid is not None:
+        from bovw._batch import _kp_xy, _sizes
+        from bovw.encoding import _check_pyramid
+
+        grids = _check_pyramid(spatial_pyramid, pyramid_weights)
+        assert grids is not None
+        if image_index is not None or offsets is None:
+            raise ValueError("spatial_pyramid: needs offsets (or per-image word arrays), not image_index")
+        if keypoints is None or image_sizes is None:
+            raise ValueError("spatial_pyramid: needs keypoints and image_sizes")
+        o = _int64_1d(offsets, "offsets")
+        if o.size == 0:
+            raise ValueError("offsets: must have n_images + 1 >= 1 entries")
+        if isinstance(keypoints, (list, tuple)) and keypoints and not np.isscalar(keypoints[0]) and np.ndim(keypoints[0]) != 1:
+            keypoints = np.concatenate([_kp_xy(k, f"keypoints[{i}]") for i, k in enumerate(keypoints)])
+        kp = keypoints if isinstance(keypoints, pa.Array) else np.ascontiguousarray(_kp_xy(keypoints, "keypoints"))
+        sizes = _sizes(image_sizes, o.size - 1)
+        assert sizes is not None
+        counts = _bovw.bow_pyramid_counts(
+            w, o, int(n_words), kp, sizes, grids,
+            pyramid_weights=pyramid_weights, n_threads=n_threads,
+        )
+        counts = counts.reshape(o.size - 1, sum(g * g for g in grids) * int(n_words))
+        weights = _idf_weights(counts, idf, counts.shape[1])
+        if weights is None and norm is None:
+            return counts
+        return _bovw.bow_weight(counts, weights, norm)
     if image_index is not None:
         if n_images is None:
             raise ValueError("n_images is required with image_index")
@@ -329,11 +369,37 @@ class BagOfWords(TransformerMixin, BaseEstimator):
         Spark ``IDF.minDocFreq`` (``idf_formula="spark"`` only).
     n_threads : int or None, default=None
         Threads (``None``: all cores; 1 inside Spark tasks).
+    spatial_pyramid : sequence of int, default=None
+        Grids (cells per side) of a spatial pyramid (Lazebnik et al.), e.g.
+        ``(1, 2, 4)``: one histogram per cell of each grid, concatenated
+        (level by level, cells row-major); needs ``keypoints`` and
+        ``image_sizes`` in :meth:`transform` (or a RecordBatch with the
+        ``keypoints``, ``image_width`` and ``image_height`` columns). A
+        keypoint at ``(x, y)`` (pixels, origin at the centre of the top-left
+        pixel) of a ``width x height`` image is in column
+        ``floor(((x + 0.5) * g) / width)``, clamped to ``[0, g - 1]`` (a point
+        on a boundary goes to the cell on its right / below), likewise rows:
+        see :func:`bovw.encoding.pyramid_cells`. ``norm`` and ``idf`` apply
+        to the whole concatenated vector (idf per cell and word).
+    pyramid_weights : {"uniform", "lazebnik"}, default="uniform"
+        ``"uniform"``: every cell weight 1 (VLFeat's PHOW recipe);
+        ``"lazebnik"``: the pyramid match weights ``1 / 2^L`` for level 0 and
+        ``1 / 2^(L - l + 1)`` for level ``l`` (grids ``2^l``, ``L`` the finest).
+    n_neighbors : int, default=1
+        Soft assignment (kernel codebook, van Gemert et al.): each descriptor
+        is spread over its ``n_neighbors`` nearest words with weights
+        ``exp(-D_j / (2 sigma^2))`` normalised to sum 1 (``n_neighbors =
+        n_words``: "codeword uncertainty"); 1 is hard assignment.
+    sigma : float, default=None
+        Kernel width of the soft assignment, in descriptor units; required
+        when ``n_neighbors > 1``.
 
     Attributes
     ----------
     n_words_ : int
-        Vocabulary size (output width).
+        Vocabulary size (histogram width per cell).
+    n_features_out_ : int
+        Output width: ``n_cells * n_words_``.
     idf_ : ndarray of shape (n_words_,), float64
         Only with ``use_idf``.
     n_features_in_ : int
@@ -354,6 +420,20 @@ class BagOfWords(TransformerMixin, BaseEstimator):
     Because X is not a tabular ``(n_samples, n_features)`` array,
     scikit-learn's ``check_estimator`` does not apply to this class.
 
+    It follows the encoder interface of :mod:`bovw.encoding` (``fit`` on
+    descriptors, ``encode(X, offsets, keypoints_xy, image_sizes)``,
+    ``n_features_out_``, ``get_feature_names_out``); ``vocabulary`` may also
+    be an unfitted estimator (e.g. ``bovw.KMeans(100)``), cloned and fitted
+    on the descriptors given to :meth:`fit`.
+
+    References
+    ----------
+    .. [1] S. Lazebnik, C. Schmid, J. Ponce, "Beyond bags of features:
+       spatial pyramid matching for recognizing natural scene categories",
+       CVPR 2006.
+    .. [2] J. C. van Gemert, C. J. Veenman, A. W. M. Smeulders, J.-M.
+       Geusebroek, "Visual word ambiguity", IEEE TPAMI 32(7), 2010.
+
     Examples
     --------
     >>> import numpy as np, bovw
@@ -373,6 +453,10 @@ class BagOfWords(TransformerMixin, BaseEstimator):
         idf_formula: str = "sklearn",
         min_doc_freq: int = 0,
         n_threads: int | None = None,
+        spatial_pyramid: Sequence[int] | None = None,
+        pyramid_weights: str = "uniform",
+        n_neighbors: int = 1,
+        sigma: float | None = None,
     ) -> None:
         self.vocabulary = vocabulary
         self.norm = norm
@@ -381,14 +465,103 @@ class BagOfWords(TransformerMixin, BaseEstimator):
         self.idf_formula = idf_formula
         self.min_doc_freq = min_doc_freq
         self.n_threads = n_threads
+        self.spatial_pyramid = spatial_pyramid
+        self.pyramid_weights = pyramid_weights
+        self.n_neighbors = n_neighbors
+        self.sigma = sigma
 
     def _validate(self) -> np.ndarray:
         _check_norm(self.norm)
         if self.idf_formula not in ("sklearn", "spark"):
             raise ValueError(f"idf_formula: expected 'sklearn' or 'spark', got {self.idf_formula!r}")
+        self._check_options()
         return _vocabulary_array(self.vocabulary)
 
-    def counts(self, X: Any, offsets: Any = None) -> np.ndarray:
+    def _check_options(self) -> None:
+        from bovw.encoding import _check_pyramid
+
+        if self.pyramid_weights not in ("uniform", "lazebnik"):
+            raise ValueError(f"pyramid_weights: expected 'uniform' or 'lazebnik', got {self.pyramid_weights!r}")
+        self._grids = _check_pyramid(self.spatial_pyramid, self.pyramid_weights)
+        nn: Any = self.n_neighbors
+        if isinstance(nn, bool) or not isinstance(nn, (int, np.integer)) or nn < 1:
+            raise ValueError(f"n_neighbors: expected an int >= 1, got {nn!r}")
+        if self.sigma is not None and not (np.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma: expected a positive number, got {self.sigma!r}")
+        if nn > 1 and self.sigma is None:
+            raise ValueError(f"sigma: soft assignment (n_neighbors={nn}) needs a kernel width sigma > 0")
+
+    def _plain(self) -> bool:
+        """Today's path: hard assignment, no pyramid."""
+        return self.spatial_pyramid is None and (self.n_neighbors == 1)
+
+    def _vocab_for_fit(self, X: Any, offsets: Any) -> np.ndarray:
+        """The vocabulary, fitting an unfitted estimator on X's descriptors."""
+        v = self.vocabulary
+        if hasattr(v, "fit") and not hasattr(v, "cluster_centers_"):
+            from sklearn.base import clone
+
+            from bovw._batch import flat_descriptors
+
+            _check_norm(self.norm)
+            if self.idf_formula not in ("sklearn", "spark"):
+                raise ValueError(f"idf_formula: expected 'sklearn' or 'spark', got {self.idf_formula!r}")
+            self._check_options()
+            return _vocabulary_array(clone(v).fit(flat_descriptors(X, offsets)))
+        return self._validate()
+
+    def _counts(self, X: Any, offsets: Any, vocab: np.ndarray, keypoints: Any = None, image_sizes: Any = None) -> np.ndarray:
+        if self._plain() and not isinstance(X, (pa.RecordBatch, pa.Table)):
+            return _descriptor_counts(X, offsets, vocab, self.n_threads)
+        from bovw._batch import iter_batches
+
+        self._check_options()
+        grids = self._grids
+        parts = []
+        for b in iter_batches(X, vocab.shape[1], offsets, keypoints, image_sizes):
+            kw: dict = {}
+            if grids is not None:
+                if b.keypoints is None or b.image_sizes is None:
+                    raise ValueError(
+                        "spatial_pyramid needs keypoints and image_sizes (or a RecordBatch with the keypoints, "
+                        "image_width and image_height columns)"
+                    )
+                kw = {"keypoints": b.keypoints, "image_sizes": b.image_sizes, "spatial_pyramid": grids,
+                      "pyramid_weights": self.pyramid_weights}
+            parts.append(_bovw.encode_bow(b.descriptors, vocab, b.offsets, n_neighbors=int(self.n_neighbors),
+                                          sigma=self.sigma, n_threads=self.n_threads, **kw).reshape(-1, self._width(vocab)))
+        if not parts:
+            return np.zeros((0, self._width(vocab)), np.float32)
+        return parts[0] if len(parts) == 1 else np.vstack(parts)
+
+    def _width(self, vocab: np.ndarray) -> int:
+        from bovw.encoding import n_cells
+
+        return int(n_cells(self.spatial_pyramid) * vocab.shape[0])
+
+    @property
+    def n_features_out_(self) -> int:
+        """Output width: ``n_cells * n_words``."""
+        check_is_fitted(self, "n_words_")
+        return self._width(self._vocab)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Output names ``bagofwords0``, ``bagofwords1``, ... (scikit-learn's
+        convention for new features)."""
+        check_is_fitted(self, "n_words_")
+        return np.asarray([f"bagofwords{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def encode(self, X: Any, offsets: Any, keypoints_xy: Any = None, image_sizes: Any = None) -> np.ndarray:
+        """The generic encoder call (see :mod:`bovw.encoding`):
+        :meth:`transform` with keypoint positions and image sizes.
+
+        Returns
+        -------
+        histograms : ndarray of shape (n_images, n_features_out_), float32
+        """
+        return self.transform(X, offsets, keypoints_xy, image_sizes)
+
+    def counts(self, X: Any, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None) -> np.ndarray:
         """Raw word counts per image (no idf, no normalisation).
 
         Parameters
@@ -396,10 +569,15 @@ class BagOfWords(TransformerMixin, BaseEstimator):
         X : descriptors batch (see Notes)
         offsets : array-like of int, shape (n_images + 1,), optional
             With a flat ``(N, d)`` array.
+        keypoints, image_sizes : optional
+            Keypoint positions and image sizes, with ``spatial_pyramid`` (see
+            :meth:`transform`).
 
         Returns
         -------
-        counts : ndarray of shape (n_images, n_words_), float32
+        counts : ndarray of shape (n_images, n_features_out_), float32
+            Soft assignment gives fractional counts (each descriptor adds 1 in
+            all); pyramids times their level weights.
 
         Raises
         ------
@@ -409,22 +587,23 @@ class BagOfWords(TransformerMixin, BaseEstimator):
         TypeError
             Non-float descriptors or an unsupported container.
         """
-        vocab = self._validate()
-        return _descriptor_counts(X, offsets, vocab, self.n_threads)
+        vocab = self._vocab if hasattr(self, "_vocab") else self._validate()
+        return self._counts(X, offsets, vocab, keypoints, image_sizes)
 
-    def fit(self, X: Any, y: Any = None, offsets: Any = None) -> BagOfWords:
-        """Check the vocabulary and, with ``use_idf``, learn ``idf_`` from X.
+    def fit(self, X: Any = None, y: Any = None, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None) -> BagOfWords:
+        """Check the vocabulary (fitting it first if it is an unfitted
+        estimator) and, with ``use_idf``, learn ``idf_`` from X.
 
         Returns
         -------
         self : BagOfWords
         """
-        vocab = self._validate()
+        vocab = self._vocab_for_fit(X, offsets)
         self.n_words_ = vocab.shape[0]
         self.n_features_in_ = vocab.shape[1]
         self._vocab = vocab
         if self.use_idf:
-            counts = _descriptor_counts(X, offsets, vocab, self.n_threads)
+            counts = self._counts(X, offsets, vocab, keypoints, image_sizes)
             kind = "spark" if self.idf_formula == "spark" else ("sklearn_smooth" if self.smooth_idf else "sklearn")
             self.idf_ = _bovw.bow_idf(counts, kind, int(self.min_doc_freq))
         return self
@@ -435,38 +614,45 @@ class BagOfWords(TransformerMixin, BaseEstimator):
             return counts
         return _bovw.bow_weight(counts, weights, self.norm)
 
-    def transform(self, X: Any, offsets: Any = None) -> np.ndarray:
+    def transform(self, X: Any, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None) -> np.ndarray:
         """Histograms of a batch of images.
 
         Parameters
         ----------
-        X : descriptors batch (see Notes)
+        X : descriptors batch (see Notes), or a RecordBatch with the columns
+            of :func:`bovw.extract_descriptors`
         offsets : array-like of int, shape (n_images + 1,), optional
             With a flat ``(N, d)`` array.
+        keypoints : per-image list, ``(N, >= 2)`` array or Arrow column, optional
+            Keypoint positions (x, y first, pixels), with ``spatial_pyramid``.
+        image_sizes : array-like of shape (n_images, 2), optional
+            Width and height of each image in pixels, with ``spatial_pyramid``.
 
         Returns
         -------
-        histograms : ndarray of shape (n_images, n_words_), float32
+        histograms : ndarray of shape (n_images, n_features_out_), float32
             One row per image, zeros for images without descriptors.
         """
         if self.use_idf:
             check_is_fitted(self, "idf_")
         vocab = self._vocab if hasattr(self, "_vocab") else self._validate()
-        counts = _descriptor_counts(X, offsets, vocab, self.n_threads)
+        counts = self._counts(X, offsets, vocab, keypoints, image_sizes)
         return self._weight(counts)
 
-    def fit_transform(self, X: Any, y: Any = None, offsets: Any = None) -> np.ndarray:
+    def fit_transform(self, X: Any, y: Any = None, offsets: Any = None, keypoints: Any = None, image_sizes: Any = None) -> np.ndarray:
         """Fit (idf) and transform in one pass over the descriptors."""
-        vocab = self._validate()
+        vocab = self._vocab_for_fit(X, offsets)
         self.n_words_ = vocab.shape[0]
         self.n_features_in_ = vocab.shape[1]
         self._vocab = vocab
-        counts = _descriptor_counts(X, offsets, vocab, self.n_threads)
+        counts = self._counts(X, offsets, vocab, keypoints, image_sizes)
         if self.use_idf:
             kind = "spark" if self.idf_formula == "spark" else ("sklearn_smooth" if self.smooth_idf else "sklearn")
             self.idf_ = _bovw.bow_idf(counts, kind, int(self.min_doc_freq))
         return self._weight(counts)
 
-    def transform_arrow(self, X: Any, offsets: Any = None, kind: str = "fixed_size_list") -> pa.Array:
+    def transform_arrow(
+        self, X: Any, offsets: Any = None, kind: str = "fixed_size_list", keypoints: Any = None, image_sizes: Any = None
+    ) -> pa.Array:
         """:meth:`transform` as an Arrow column (see :func:`histograms_to_arrow`)."""
-        return histograms_to_arrow(self.transform(X, offsets), kind)
+        return histograms_to_arrow(self.transform(X, offsets, keypoints, image_sizes), kind)

@@ -6,7 +6,9 @@ pub mod cluster;
 pub mod color;
 pub mod dense;
 pub mod decomposition;
+pub mod encode;
 pub mod features;
+pub mod gmm;
 pub mod histogram;
 pub mod image;
 pub mod kmajority;
@@ -45,5 +47,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kmajority::register(m)?;
     histogram::register(m)?;
     decomposition::register(m)?;
+    gmm::register(m)?;
+    encode::register(m)?;
     Ok(())
 }

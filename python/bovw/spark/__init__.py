@@ -20,6 +20,11 @@ vocabulary             :func:`fit_vocabulary`: a seeded sample collected to the
 bag of visual words    :func:`bow_histograms` (from images, fused, or from a
                        descriptors column); :func:`encode_images` (any
                        fitted encodings, fused with extraction)
+encodings              :func:`encode_descriptors` (VLAD, Fisher vectors,
+                       spatial-pyramid / soft bag of words: any fitted
+                       :mod:`bovw.encoding` encoder); :func:`fit_gmm` (the
+                       Fisher vectors' mixture: a driver sample, or
+                       distributed EM with one Rust call per partition)
 PCA                    :func:`fit_pca` (per-partition partial sums) and
                        :func:`pca_transform`
 Spark ML interop       :func:`to_ml_vectors` / :func:`from_ml_vectors`
@@ -30,7 +35,8 @@ whole job              :class:`SparkEngine` / :func:`run_job` (``bovw run
 
 The package's modules follow the stages: :mod:`bovw.spark.io` (session,
 reading, S3, Parquet), :mod:`bovw.spark.stages` (the ``mapInArrow``
-stages), :mod:`bovw.spark.vocabulary`, :mod:`bovw.spark.decomposition`
+stages), :mod:`bovw.spark.vocabulary`, :mod:`bovw.spark.encoding` (encoders
+and the distributed GMM), :mod:`bovw.spark.decomposition`
 (PCA) and :mod:`bovw.spark.engine` (the main job). Arrow descriptor columns
 are converted by :mod:`bovw.columns`, shared with the local engine.
 
@@ -64,6 +70,7 @@ peak memory depends on the image size, not the batch size.
 from __future__ import annotations
 
 from bovw.spark.decomposition import fit_pca, pca_partial_sums
+from bovw.spark.encoding import encode_descriptors, fit_gmm, gmm_em
 from bovw.spark.engine import SparkEngine, run_job
 from bovw.spark.io import (
     BINARY_FILE_SCHEMA,
@@ -104,11 +111,14 @@ __all__ = [
     "configure_arrow_batches",
     "descriptor_layout",
     "descriptors_schema",
+    "encode_descriptors",
     "encode_images",
     "extract_descriptors",
+    "fit_gmm",
     "fit_pca",
     "fit_vocabulary",
     "from_ml_vectors",
+    "gmm_em",
     "kmeans_lloyd",
     "label_from_path",
     "list_s3_images",

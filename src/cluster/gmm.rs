@@ -1,0 +1,809 @@
+//! Gaussian mixture with diagonal covariances, fitted by expectation-maximisation:
+//! the vocabulary of Fisher vectors.
+//!
+//! # The maths
+//!
+//! A mixture of `K` Gaussians in `R^d` with weights `w_k` (`sum_k w_k = 1`),
+//! means `mu_k` and diagonal covariances `sigma_k^2` has the log-density
+//!
+//! ```text
+//! l_k(x) = ln w_k - 1/2 (d ln 2pi + sum_t ln sigma_kt^2 + q_k(x)),
+//! q_k(x) = sum_t (x_t - mu_kt)^2 / sigma_kt^2,
+//! ln p(x) = logsumexp_k l_k(x),   gamma_k(x) = exp(l_k(x) - ln p(x)).
+//! ```
+//!
+//! EM alternates the posteriors `gamma_k(x_i)` (E-step) and, from the
+//! sufficient statistics `N_k = sum_i gamma_ik`, `S1_k = sum_i gamma_ik x_i`,
+//! `S2_k = sum_i gamma_ik x_i^2` (M-step, scikit-learn's formulas):
+//!
+//! ```text
+//! N_k' = N_k + 10 eps,  w_k = N_k' / sum_j N_j',  mu_k = S1_k / N_k',
+//! sigma_k^2 = S2_k / N_k' - mu_k^2 + reg_covar .
+//! ```
+//!
+//! `eps` is the machine epsilon of the input's dtype, as in scikit-learn. The
+//! lower bound of an iteration is the mean of `ln p(x_i)` under the parameters
+//! the iteration started from; EM stops when it changes by less than `tol`.
+//! A component that receives no mass keeps weight `~10 eps / n`, its mean goes
+//! to `S1 / (10 eps) ~ 0` and its variance to `reg_covar` (scikit-learn's
+//! behaviour). `reg_covar` (default `1e-6` in Python) is what regularises a
+//! collapsing component (all its mass on one point, or on points equal in a
+//! feature). If a variance is not positive and finite after the M-step, or,
+//! with `reg_covar = 0`, not above the rounding noise of `E[x^2] - mu^2`
+//! (`4 eps E[x^2]`), the fit stops with [`BovwError::InvalidInput`] naming
+//! the component and the feature: the component collapsed.
+//!
+//! # The E-step kernel
+//!
+//! `q_k(x) = sum_t p_kt x_t^2 - 2 sum_t p_kt mu_kt x_t + c_k` with
+//! `p = 1 / sigma^2` and `c_k = sum_t p_kt mu_kt^2` is one matrix product of
+//! `[x^2, x]` (`n x 2d`) by `[p_k, -2 p_k mu_k]` (`K x 2d`), computed in `f32`
+//! by blocks of [`CHUNK`] rows with the crate's GEMM ([`gemm_abt`]). Its error
+//! is at most `gamma_{2d+5} S` with `S` the sum of the absolute terms, and
+//! `S <= 4 q + 5 c_k` (from `x^2 <= 2 (x - mu)^2 + 2 mu^2` and
+//! `2 |mu x| <= mu^2 + x^2`), so every `l_k` is known within a bound `e_k`.
+//! Every component that may lie within [`LOG_WINDOW`] nats (`e^-70 ~ 4e-31`)
+//! of the best one is recomputed exactly in `f64` by the direct formula; the
+//! others have posteriors below `4e-31` relative to the best and are dropped
+//! from the log-sum-exp and the statistics (in the dense outputs of
+//! [`log_prob_resp`] they get `exp(l_k - ln p)` from the `f32` estimate).
+//! Rows whose estimate is not finite (overflow) are computed exactly for every
+//! component. So `ln p(x)` and the statistics are those of the exact posterior
+//! to `f64` rounding, at the cost of one `f32` GEMM and a few exact distances
+//! per row; the M-step adds `gamma x` and `gamma x^2` only for these few
+//! components.
+//!
+//! # Determinism
+//!
+//! Rows are cut into parts whose size depends on `n` only; each part is
+//! processed in order by one thread with `f64` accumulators, and the parts'
+//! statistics are added in order: the fit does not depend on the number of
+//! threads.
+//!
+//! # References
+//! - A. P. Dempster, N. M. Laird, D. B. Rubin, "Maximum likelihood from
+//!   incomplete data via the EM algorithm", JRSS B 39(1), 1977.
+//! - scikit-learn, `sklearn/mixture/_gaussian_mixture.py` and `_base.py`
+//!   (`GaussianMixture(covariance_type="diag")`).
+//! - VLFeat, `vl/gmm.c` (`vl_get_gmm_data_posteriors`): the same posteriors.
+
+use rayon::prelude::*;
+
+use super::kmeans::{gemm_abt, Real, CHUNK};
+use crate::error::{BovwError, Result};
+
+/// `ln(2 pi)`.
+const LN_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// Components more than this many nats below a row's best are dropped from
+/// its posteriors (`e^-70 ~ 4e-31`).
+pub const LOG_WINDOW: f64 = 70.0;
+
+/// A Gaussian mixture with diagonal covariances (row-major, `f64`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiagGmm {
+    /// Number of components `K`.
+    pub n_components: usize,
+    /// Dimension `d`.
+    pub n_features: usize,
+    /// Mixture weights, `K`.
+    pub weights: Vec<f64>,
+    /// Means, `K x d`.
+    pub means: Vec<f64>,
+    /// Variances (the covariance diagonals), `K x d`.
+    pub covariances: Vec<f64>,
+}
+
+impl DiagGmm {
+    /// A mixture from its parameters, checked.
+    ///
+    /// # Errors
+    /// [`BovwError::Shape`] naming `means` or `covariances` when they are not
+    /// `K x d` with `K = weights.len() >= 1`, `d >= 1`;
+    /// [`BovwError::InvalidParameter`] naming `weights` (negative, not finite
+    /// or summing to 0), `means` (not finite) or `covariances` (not positive
+    /// and finite), with the component and feature.
+    pub fn new(weights: Vec<f64>, means: Vec<f64>, covariances: Vec<f64>, d: usize) -> Result<Self> {
+        let k = weights.len();
+        if k == 0 {
+            return Err(BovwError::param("weights", "the mixture needs at least one component"));
+        }
+        if d == 0 {
+            return Err(BovwError::param("means", "the mixture needs at least one feature"));
+        }
+        for (what, v) in [("means", &means), ("covariances", &covariances)] {
+            if v.len() != k * d {
+                return Err(BovwError::Shape {
+                    what: what.into(),
+                    expected: format!("({k}, {d})"),
+                    got: format!("{} values", v.len()),
+                });
+            }
+        }
+        if let Some(j) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
+            return Err(BovwError::param("weights", format!("weight {j} is {} (must be finite and >= 0)", weights[j])));
+        }
+        if weights.iter().sum::<f64>() <= 0.0 {
+            return Err(BovwError::param("weights", "the weights sum to 0"));
+        }
+        if let Some(i) = means.iter().position(|v| !v.is_finite()) {
+            return Err(BovwError::param("means", format!("component {}, feature {} is not finite", i / d, i % d)));
+        }
+        if let Some(i) = covariances.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(BovwError::param(
+                "covariances",
+                format!("component {}, feature {} is {} (variances must be positive and finite)", i / d, i % d, covariances[i]),
+            ));
+        }
+        Ok(DiagGmm { n_components: k, n_features: d, weights, means, covariances })
+    }
+
+    /// Precompute what the E-step needs.
+    pub fn prepare(&self) -> PreparedGmm {
+        let (k, d) = (self.n_components, self.n_features);
+        let mut b = vec![0f32; k * 2 * d];
+        let mut c = vec![0f64; k];
+        let mut log_norm = vec![0f64; k];
+        let mut prec = vec![0f64; k * d];
+        for j in 0..k {
+            let mut logdet = 0.0;
+            let mut cj = 0.0;
+            for t in 0..d {
+                let var = self.covariances[j * d + t];
+                let p = 1.0 / var;
+                let mu = self.means[j * d + t];
+                prec[j * d + t] = p;
+                b[j * 2 * d + t] = p as f32;
+                b[j * 2 * d + d + t] = (-2.0 * p * mu) as f32;
+                cj += p * mu * mu;
+                logdet += var.ln();
+            }
+            c[j] = cj;
+            let w = self.weights[j];
+            log_norm[j] = if w > 0.0 { w.ln() - 0.5 * (d as f64 * LN_2PI + logdet) } else { f64::NEG_INFINITY };
+        }
+        // gamma_{2d+5} for f32, doubled for safety.
+        let u = f32::EPSILON as f64 / 2.0;
+        let n = (2 * d + 5) as f64;
+        let gamma = 2.0 * n * u / (1.0 - n * u);
+        PreparedGmm { k, d, b, c, log_norm, prec, means: self.means.clone(), gamma }
+    }
+}
+
+/// A mixture ready for the E-step (see the module docs).
+#[derive(Clone, Debug)]
+pub struct PreparedGmm {
+    pub k: usize,
+    pub d: usize,
+    /// `[p_k, -2 p_k mu_k]`, `K x 2d`, `f32`.
+    b: Vec<f32>,
+    /// `c_k = sum_t p_kt mu_kt^2`.
+    c: Vec<f64>,
+    /// `ln w_k - (d ln 2pi + sum_t ln sigma_kt^2) / 2` (`-inf` for `w_k = 0`).
+    pub(crate) log_norm: Vec<f64>,
+    /// Precisions `1 / sigma^2`, `K x d`.
+    pub(crate) prec: Vec<f64>,
+    /// Means, `K x d`.
+    pub(crate) means: Vec<f64>,
+    /// Relative error factor of the `f32` GEMM.
+    gamma: f64,
+}
+
+/// Per-thread buffers of the E-step.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    a: Vec<f32>,
+    buf: Vec<f32>,
+    /// `f32` estimates of `l_k` for the current row.
+    pub(crate) lhat: Vec<f64>,
+    err: Vec<f64>,
+    /// Components kept for the current row.
+    pub(crate) cand: Vec<u32>,
+    /// Their exact log-densities, then posteriors.
+    pub(crate) post: Vec<f64>,
+    /// The current row in `f64`.
+    pub(crate) x: Vec<f64>,
+}
+
+/// Exact `l_k(x)` by the direct formula (four accumulators).
+#[inline]
+fn exact_log_density(g: &PreparedGmm, j: usize, x: &[f64]) -> f64 {
+    let d = g.d;
+    let p = &g.prec[j * d..(j + 1) * d];
+    let m = &g.means[j * d..(j + 1) * d];
+    let mut acc = [0.0f64; 4];
+    let mut i = 0;
+    while i + 4 <= d {
+        for l in 0..4 {
+            let e = x[i + l] - m[i + l];
+            acc[l] += p[i + l] * e * e;
+        }
+        i += 4;
+    }
+    let mut q = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    while i < d {
+        let e = x[i] - m[i];
+        q += p[i] * e * e;
+        i += 1;
+    }
+    g.log_norm[j] - 0.5 * q
+}
+
+/// E-step on one block of rows (`m x d`, `m <= CHUNK`): for each row `r`
+/// calls `f(r, ln p(x_r), scratch)` with `scratch.cand` the kept components,
+/// `scratch.post` their posteriors, `scratch.lhat` the `f32` estimates of
+/// every `l_k` and `scratch.x` the row in `f64`.
+pub(crate) fn posteriors_block<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch, mut f: impl FnMut(usize, f64, &mut Scratch)) {
+    let (k, d) = (g.k, g.d);
+    let m = rows.len() / d;
+    if m == 0 {
+        return;
+    }
+    s.a.resize(m * 2 * d, 0.0);
+    for (r, x) in rows.chunks_exact(d).enumerate() {
+        let a = &mut s.a[r * 2 * d..(r + 1) * 2 * d];
+        for t in 0..d {
+            let v = x[t].to_f64();
+            a[t] = (v * v) as f32;
+            a[d + t] = v as f32;
+        }
+    }
+    s.buf.resize(m * k, 0.0);
+    gemm_abt(&s.a, &g.b, m, k, 2 * d, &mut s.buf);
+    s.lhat.resize(k, 0.0);
+    s.err.resize(k, 0.0);
+    s.x.resize(d, 0.0);
+    for (r, x) in rows.chunks_exact(d).enumerate() {
+        for (xv, v) in s.x.iter_mut().zip(x) {
+            *xv = v.to_f64();
+        }
+        let mut lo = f64::NEG_INFINITY;
+        let mut finite = true;
+        for j in 0..k {
+            let q = s.buf[r * k + j] as f64 + g.c[j];
+            let l = g.log_norm[j] - 0.5 * q;
+            let e = 0.5 * g.gamma * (4.0 * q.max(0.0) + 5.0 * g.c[j]);
+            s.lhat[j] = l;
+            s.err[j] = e;
+            if !q.is_finite() {
+                finite = false;
+            }
+            let low = l - e;
+            if low > lo {
+                lo = low;
+            }
+        }
+        s.cand.clear();
+        s.post.clear();
+        if finite && lo.is_finite() {
+            let thr = lo - LOG_WINDOW;
+            for j in 0..k {
+                // NaN-safe: anything not provably below the window is kept.
+                if !(s.lhat[j] + s.err[j] < thr) {
+                    s.cand.push(j as u32);
+                }
+            }
+        } else {
+            s.cand.extend(0..k as u32);
+        }
+        let mut best = f64::NEG_INFINITY;
+        for &j in &s.cand {
+            let l = exact_log_density(g, j as usize, &s.x);
+            s.post.push(l);
+            if l > best {
+                best = l;
+            }
+        }
+        let mut sum = 0.0;
+        for l in &s.post {
+            sum += (l - best).exp();
+        }
+        let lse = best + sum.ln();
+        for l in s.post.iter_mut() {
+            *l = (*l - lse).exp();
+        }
+        f(r, lse, s);
+    }
+}
+
+/// Sufficient statistics of a batch for one EM iteration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuffStats {
+    /// `N_k = sum_i gamma_ik`, `K`.
+    pub nk: Vec<f64>,
+    /// `S1_k = sum_i gamma_ik x_i`, `K x d`.
+    pub s1: Vec<f64>,
+    /// `S2_k = sum_i gamma_ik x_i^2`, `K x d`.
+    pub s2: Vec<f64>,
+    /// `sum_i ln p(x_i)` (0 for statistics from labels).
+    pub log_likelihood: f64,
+    /// Number of rows.
+    pub n_samples: usize,
+}
+
+impl SuffStats {
+    /// Zero statistics for `k` components in `d` dimensions.
+    pub fn zeros(k: usize, d: usize) -> Self {
+        SuffStats { nk: vec![0.0; k], s1: vec![0.0; k * d], s2: vec![0.0; k * d], log_likelihood: 0.0, n_samples: 0 }
+    }
+
+    /// Add another batch's statistics (same `K` and `d`).
+    ///
+    /// # Errors
+    /// [`BovwError::Shape`] naming `stats` when the sizes differ.
+    pub fn merge(&mut self, o: &SuffStats) -> Result<()> {
+        if o.nk.len() != self.nk.len() || o.s1.len() != self.s1.len() || o.s2.len() != self.s2.len() {
+            return Err(BovwError::Shape {
+                what: "stats".into(),
+                expected: format!("{} components x {} values", self.nk.len(), self.s1.len()),
+                got: format!("{} components x {} values", o.nk.len(), o.s1.len()),
+            });
+        }
+        self.nk.iter_mut().zip(&o.nk).for_each(|(a, b)| *a += b);
+        self.s1.iter_mut().zip(&o.s1).for_each(|(a, b)| *a += b);
+        self.s2.iter_mut().zip(&o.s2).for_each(|(a, b)| *a += b);
+        self.log_likelihood += o.log_likelihood;
+        self.n_samples += o.n_samples;
+        Ok(())
+    }
+}
+
+fn check_x<T>(x: &[T], d: usize) -> Result<usize> {
+    if d == 0 || x.len() % d != 0 {
+        return Err(BovwError::Shape {
+            what: "X".into(),
+            expected: format!("(n_samples, {d})"),
+            got: format!("{} values", x.len()),
+        });
+    }
+    Ok(x.len() / d)
+}
+
+/// Rows per part of the deterministic reductions: depends on `n` only.
+fn part_rows(n: usize) -> usize {
+    let target = n.div_ceil(32).max(4 * CHUNK);
+    target.div_ceil(CHUNK) * CHUNK
+}
+
+/// Sum per-part statistics computed by `f(first_row, rows, stats)`, in order.
+fn reduce_parts<T: Real>(
+    x: &[T],
+    d: usize,
+    k: usize,
+    f: impl Fn(usize, &[T], &mut SuffStats) + Send + Sync,
+) -> SuffStats {
+    let n = x.len() / d;
+    let pr = part_rows(n);
+    let parts: Vec<SuffStats> = (0..n.div_ceil(pr))
+        .into_par_iter()
+        .map(|p| {
+            let mut st = SuffStats::zeros(k, d);
+            let rows = &x[p * pr * d..((p + 1) * pr).min(n) * d];
+            st.n_samples = rows.len() / d;
+            f(p * pr, rows, &mut st);
+            st
+        })
+        .collect();
+    let mut out = SuffStats::zeros(k, d);
+    for p in &parts {
+        out.merge(p).expect("same sizes");
+    }
+    out
+}
+
+#[inline]
+fn axpy2(r: f64, x: &[f64], s1: &mut [f64], s2: &mut [f64]) {
+    for ((a, b), &v) in s1.iter_mut().zip(s2.iter_mut()).zip(x) {
+        let rv = r * v;
+        *a += rv;
+        *b += rv * v;
+    }
+}
+
+/// E-step statistics of a batch under the mixture `g`: one EM iteration's
+/// contribution of these rows (`X`: `n x d`, row-major).
+///
+/// # Errors
+/// [`BovwError::Shape`] when `X` is not `n x d` with the mixture's `d`.
+pub fn suff_stats<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<SuffStats> {
+    check_x(x, d)?;
+    if d != g.d {
+        return Err(BovwError::Shape {
+            what: "X".into(),
+            expected: format!("(n_samples, {}) like the mixture", g.d),
+            got: format!("(n_samples, {d})"),
+        });
+    }
+    let k = g.k;
+    Ok(reduce_parts(x, d, k, |_, rows, st| {
+        let mut s = Scratch::default();
+        for block in rows.chunks(CHUNK * d) {
+            posteriors_block(block, g, &mut s, |_, lse, s| {
+                st.log_likelihood += lse;
+                for (&j, &r) in s.cand.iter().zip(&s.post) {
+                    let j = j as usize;
+                    if r > 0.0 {
+                        st.nk[j] += r;
+                        axpy2(r, &s.x, &mut st.s1[j * d..(j + 1) * d], &mut st.s2[j * d..(j + 1) * d]);
+                    }
+                }
+            });
+        }
+    }))
+}
+
+/// Statistics of a hard assignment (`labels[i]` in `0..k`, or `-1` for
+/// none): the one-hot responsibilities scikit-learn builds from a K-Means or
+/// k-means++ initialisation.
+///
+/// # Errors
+/// [`BovwError::Shape`] for `X` or `labels` of the wrong size;
+/// [`BovwError::InvalidParameter`] naming `labels` for a value outside `-1..k`.
+pub fn stats_from_labels<T: Real>(x: &[T], d: usize, labels: &[i64], k: usize) -> Result<SuffStats> {
+    let n = check_x(x, d)?;
+    if labels.len() != n {
+        return Err(BovwError::Shape { what: "labels".into(), expected: format!("({n},)"), got: format!("({},)", labels.len()) });
+    }
+    if let Some(i) = labels.iter().position(|&l| l < -1 || l >= k as i64) {
+        return Err(BovwError::param("labels", format!("label {} at position {i} is outside [-1, {k})", labels[i])));
+    }
+    Ok(reduce_parts(x, d, k, |first, rows, st| {
+        let mut xf = vec![0f64; d];
+        for (i, row) in rows.chunks_exact(d).enumerate() {
+            let l = labels[first + i];
+            if l < 0 {
+                continue;
+            }
+            let j = l as usize;
+            xf.iter_mut().zip(row).for_each(|(a, v)| *a = v.to_f64());
+            st.nk[j] += 1.0;
+            axpy2(1.0, &xf, &mut st.s1[j * d..(j + 1) * d], &mut st.s2[j * d..(j + 1) * d]);
+        }
+    }))
+}
+
+/// Statistics of dense responsibilities `resp` (`n x k`, row-major), as
+/// scikit-learn's `init_params="random"` builds them.
+///
+/// # Errors
+/// [`BovwError::Shape`] for `X` or `resp` of the wrong size;
+/// [`BovwError::InvalidParameter`] naming `resp` for a negative or
+/// non-finite value.
+pub fn stats_from_resp<T: Real>(x: &[T], d: usize, resp: &[f64], k: usize) -> Result<SuffStats> {
+    let n = check_x(x, d)?;
+    if resp.len() != n * k {
+        return Err(BovwError::Shape { what: "resp".into(), expected: format!("({n}, {k})"), got: format!("{} values", resp.len()) });
+    }
+    if let Some(i) = resp.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        return Err(BovwError::param("resp", format!("row {}, component {} is {}", i / k.max(1), i % k.max(1), resp[i])));
+    }
+    Ok(reduce_parts(x, d, k, |first, rows, st| {
+        let mut xf = vec![0f64; d];
+        for (i, row) in rows.chunks_exact(d).enumerate() {
+            xf.iter_mut().zip(row).for_each(|(a, v)| *a = v.to_f64());
+            let rr = &resp[(first + i) * k..(first + i + 1) * k];
+            for (j, &r) in rr.iter().enumerate() {
+                if r > 0.0 {
+                    st.nk[j] += r;
+                    axpy2(r, &xf, &mut st.s1[j * d..(j + 1) * d], &mut st.s2[j * d..(j + 1) * d]);
+                }
+            }
+        }
+    }))
+}
+
+/// How the weights are normalised by [`params_from_stats`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightNorm {
+    /// `w_k = N_k' / sum_j N_j'` (the M-step).
+    Sum,
+    /// `w_k = N_k' / n` (scikit-learn's initialisation from responsibilities).
+    Samples,
+}
+
+/// Parameters from statistics (see the module docs): the M-step.
+///
+/// `eps_nk` is the `10 eps` added to each `N_k`.
+///
+/// # Errors
+/// [`BovwError::InvalidInput`] when a variance is not positive and finite,
+/// or with `reg_covar = 0` within rounding of 0 (a collapsed component: the
+/// message names it and suggests `reg_covar`);
+/// [`BovwError::InvalidParameter`] naming `reg_covar` when it is negative.
+pub fn params_from_stats(st: &SuffStats, d: usize, reg_covar: f64, eps_nk: f64, norm: WeightNorm) -> Result<DiagGmm> {
+    if !(reg_covar >= 0.0 && reg_covar.is_finite()) {
+        return Err(BovwError::param("reg_covar", format!("must be finite and >= 0, got {reg_covar}")));
+    }
+    let k = st.nk.len();
+    if k == 0 || st.s1.len() != k * d || st.s2.len() != k * d {
+        return Err(BovwError::Shape { what: "stats".into(), expected: format!("(K, {d})"), got: format!("{} values for {k} components", st.s1.len()) });
+    }
+    let mut weights = vec![0f64; k];
+    let mut means = vec![0f64; k * d];
+    let mut cov = vec![0f64; k * d];
+    for j in 0..k {
+        let nk = st.nk[j] + eps_nk;
+        weights[j] = nk;
+        for t in 0..d {
+            let mu = st.s1[j * d + t] / nk;
+            let m2 = st.s2[j * d + t] / nk;
+            let raw = m2 - mu * mu;
+            let v = raw + reg_covar;
+            // Without regularisation, a variance within the rounding noise of
+            // `E[x^2] - mu^2` is a collapse, not a value.
+            let lost = reg_covar == 0.0 && raw <= 4.0 * f64::EPSILON * m2.abs();
+            if !(v > 0.0 && v.is_finite()) || lost {
+                return Err(BovwError::input(format!(
+                    "the mixture collapsed: component {j} has variance {v} in feature {t} (mass {}); \
+                     increase reg_covar, decrease n_components or scale the data",
+                    st.nk[j]
+                )));
+            }
+            means[j * d + t] = mu;
+            cov[j * d + t] = v;
+        }
+    }
+    let total = match norm {
+        WeightNorm::Sum => weights.iter().sum::<f64>(),
+        WeightNorm::Samples => st.n_samples as f64,
+    };
+    if !(total > 0.0) {
+        return Err(BovwError::input("no samples: the statistics have no mass"));
+    }
+    weights.iter_mut().for_each(|w| *w /= total);
+    Ok(DiagGmm { n_components: k, n_features: d, weights, means, covariances: cov })
+}
+
+/// The result of one EM run.
+#[derive(Clone, Debug)]
+pub struct EmFit {
+    /// The fitted mixture.
+    pub gmm: DiagGmm,
+    /// Mean log-likelihood per sample at the start of the last iteration
+    /// (scikit-learn's `lower_bound_`); `-inf` when no iteration ran.
+    pub lower_bound: f64,
+    /// The lower bound of each iteration.
+    pub lower_bounds: Vec<f64>,
+    /// Iterations run.
+    pub n_iter: usize,
+    /// Whether the lower bound changed by less than `tol`.
+    pub converged: bool,
+}
+
+/// EM from `init` on `X` (`n x d`): at most `max_iter` iterations, stopping
+/// when the lower bound changes by less than `tol` (scikit-learn's loop;
+/// `start_lower_bound` is `-inf`, or the previous fit's for a warm start).
+///
+/// # Errors
+/// [`BovwError::Shape`] when `X` does not match the mixture;
+/// [`BovwError::InvalidInput`] when `X` has no rows or a component collapses
+/// (see [`params_from_stats`]).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_em<T: Real>(
+    x: &[T],
+    d: usize,
+    init: &DiagGmm,
+    max_iter: usize,
+    tol: f64,
+    reg_covar: f64,
+    eps_nk: f64,
+    start_lower_bound: f64,
+) -> Result<EmFit> {
+    let n = check_x(x, d)?;
+    if n == 0 {
+        return Err(BovwError::input("X has no samples"));
+    }
+    let mut gmm = init.clone();
+    let mut lower_bound = start_lower_bound;
+    let mut lower_bounds = Vec::new();
+    let mut converged = false;
+    let mut n_iter = 0;
+    for it in 1..=max_iter {
+        n_iter = it;
+        let prev = lower_bound;
+        let st = suff_stats(x, d, &gmm.prepare())?;
+        gmm = params_from_stats(&st, d, reg_covar, eps_nk, WeightNorm::Sum)?;
+        lower_bound = st.log_likelihood / n as f64;
+        lower_bounds.push(lower_bound);
+        if (lower_bound - prev).abs() < tol {
+            converged = true;
+            break;
+        }
+    }
+    Ok(EmFit { gmm, lower_bound, lower_bounds, n_iter, converged })
+}
+
+/// `ln p(x)` of every row and, with `resp`, the dense posteriors (`n x K`,
+/// row-major; components outside the [`LOG_WINDOW`] get their `f32`
+/// estimate, below `~1e-30`). Parallel over blocks.
+///
+/// # Errors
+/// [`BovwError::Shape`] when `X` does not match the mixture.
+pub fn log_prob_resp<T: Real>(x: &[T], d: usize, g: &PreparedGmm, resp: bool) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    let n = check_x(x, d)?;
+    if d != g.d {
+        return Err(BovwError::Shape {
+            what: "X".into(),
+            expected: format!("(n_samples, {}) like the mixture", g.d),
+            got: format!("(n_samples, {d})"),
+        });
+    }
+    let k = g.k;
+    let mut lp = vec![0f64; n];
+    let mut rs = if resp { vec![0f64; n * k] } else { Vec::new() };
+    let rs_chunks: Vec<&mut [f64]> = if resp { rs.chunks_mut(CHUNK * k).collect() } else { Vec::new() };
+    let mut rs_iter: Vec<Option<&mut [f64]>> = rs_chunks.into_iter().map(Some).collect();
+    rs_iter.resize_with(n.div_ceil(CHUNK), || None);
+    x.par_chunks(CHUNK * d).zip(lp.par_chunks_mut(CHUNK)).zip(rs_iter.into_par_iter()).for_each_init(
+        Scratch::default,
+        |s, ((block, lpb), mut rb)| {
+            posteriors_block(block, g, s, |r, lse, s| {
+                lpb[r] = lse;
+                if let Some(rb) = rb.as_deref_mut() {
+                    let row = &mut rb[r * k..(r + 1) * k];
+                    for (v, &l) in row.iter_mut().zip(&s.lhat) {
+                        *v = (l - lse).exp();
+                    }
+                    for (&j, &p) in s.cand.iter().zip(&s.post) {
+                        row[j as usize] = p;
+                    }
+                }
+            });
+        },
+    );
+    Ok((lp, if resp { Some(rs) } else { None }))
+}
+
+/// The most probable component of every row (ties to the lowest index).
+///
+/// # Errors
+/// As [`log_prob_resp`].
+pub fn predict<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<Vec<u32>> {
+    let n = check_x(x, d)?;
+    if d != g.d {
+        return Err(BovwError::Shape {
+            what: "X".into(),
+            expected: format!("(n_samples, {}) like the mixture", g.d),
+            got: format!("(n_samples, {d})"),
+        });
+    }
+    let mut labels = vec![0u32; n];
+    x.par_chunks(CHUNK * d).zip(labels.par_chunks_mut(CHUNK)).for_each_init(Scratch::default, |s, (block, lb)| {
+        posteriors_block(block, g, s, |r, _, s| {
+            let mut best = (u32::MAX, f64::NEG_INFINITY);
+            for (&j, &p) in s.cand.iter().zip(&s.post) {
+                if p > best.1 || (p == best.1 && j < best.0) {
+                    best = (j, p);
+                }
+            }
+            lb[r] = best.0;
+        });
+    });
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn blobs(n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let c: Vec<f32> = (0..k * d).map(|_| rng.random::<f32>() * 50.0).collect();
+        (0..n).flat_map(|i| (0..d).map(|t| c[(i % k) * d + t] + rng.random::<f32>() * 4.0).collect::<Vec<_>>()).collect()
+    }
+
+    fn gmm_for(x: &[f32], d: usize, k: usize) -> DiagGmm {
+        let means: Vec<f64> = x[..k * d].iter().map(|&v| v as f64).collect();
+        DiagGmm::new(vec![1.0 / k as f64; k], means, vec![3.0; k * d], d).unwrap()
+    }
+
+    /// Dense reference in f64: ln p and posteriors by the direct formula.
+    fn reference(x: &[f32], d: usize, g: &DiagGmm) -> (Vec<f64>, Vec<f64>) {
+        let k = g.n_components;
+        let mut lp = Vec::new();
+        let mut post = Vec::new();
+        for row in x.chunks(d) {
+            let l: Vec<f64> = (0..k)
+                .map(|j| {
+                    let mut q = 0.0;
+                    let mut ld = 0.0;
+                    for t in 0..d {
+                        let v = g.covariances[j * d + t];
+                        let e = row[t] as f64 - g.means[j * d + t];
+                        q += e * e / v;
+                        ld += v.ln();
+                    }
+                    g.weights[j].ln() - 0.5 * (d as f64 * LN_2PI + ld + q)
+                })
+                .collect();
+            let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = l.iter().map(|v| (v - m).exp()).sum();
+            let lse = m + s.ln();
+            lp.push(lse);
+            post.extend(l.iter().map(|v| (v - lse).exp()));
+        }
+        (lp, post)
+    }
+
+    #[test]
+    fn posteriors_match_dense_reference() {
+        let (d, k) = (13, 6);
+        let x = blobs(700, d, k, 3);
+        let g = gmm_for(&x, d, k);
+        let (lp, post) = log_prob_resp(&x, d, &g.prepare(), true).unwrap();
+        let (lr, pr) = reference(&x, d, &g);
+        for (a, b) in lp.iter().zip(&lr) {
+            assert!((a - b).abs() <= 1e-10 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        for (a, b) in post.unwrap().iter().zip(&pr) {
+            assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
+        }
+        let labels = predict(&x, d, &g.prepare()).unwrap();
+        for (i, l) in labels.iter().enumerate() {
+            let row = &pr[i * k..(i + 1) * k];
+            let best = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(row[*l as usize], best);
+        }
+    }
+
+    #[test]
+    fn stats_do_not_depend_on_threads() {
+        let (d, k) = (8, 5);
+        let x = blobs(20_000, d, k, 5);
+        let g = gmm_for(&x, d, k).prepare();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| suff_stats(&x, d, &g).unwrap());
+        let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| suff_stats(&x, d, &g).unwrap());
+        assert_eq!(one, four);
+        assert_eq!(one.n_samples, 20_000);
+        assert!((one.nk.iter().sum::<f64>() - 20_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn em_increases_likelihood_and_recovers_blobs() {
+        let (d, k) = (4, 3);
+        let x = blobs(3000, d, k, 9);
+        let init = gmm_for(&x, d, k);
+        let fit = fit_em(&x, d, &init, 100, 1e-6, 1e-6, 10.0 * f32::EPSILON as f64, f64::NEG_INFINITY).unwrap();
+        assert!(fit.converged);
+        for w in fit.lower_bounds.windows(2) {
+            assert!(w[1] >= w[0] - 1e-9, "EM decreased the likelihood: {w:?}");
+        }
+        // Uniform noise of width 4: variance 16 / 12.
+        for v in &fit.gmm.covariances {
+            assert!((v - 4.0 / 3.0).abs() < 0.2, "variance {v}");
+        }
+        for w in &fit.gmm.weights {
+            assert!((w - 1.0 / 3.0).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        assert!(DiagGmm::new(vec![], vec![], vec![], 2).unwrap_err().to_string().contains("weights"));
+        let e = DiagGmm::new(vec![1.0], vec![0.0, 0.0], vec![1.0, 0.0], 2).unwrap_err().to_string();
+        assert!(e.contains("covariances") && e.contains("feature 1"), "{e}");
+        let e = DiagGmm::new(vec![1.0], vec![0.0], vec![1.0, 1.0], 2).unwrap_err().to_string();
+        assert!(e.contains("means"), "{e}");
+        // A component on one repeated point collapses without reg_covar.
+        let x = vec![1.0f32, 1.0, 1.0, 1.0, 5.0, 5.0, 6.0, 6.0];
+        let st = stats_from_labels(&x, 2, &[0, 0, 1, 1], 2).unwrap();
+        let e = params_from_stats(&st, 2, 0.0, 0.0, WeightNorm::Samples).unwrap_err().to_string();
+        assert!(e.contains("component 0") && e.contains("reg_covar"), "{e}");
+        let ok = params_from_stats(&st, 2, 1e-6, 0.0, WeightNorm::Samples).unwrap();
+        assert!((ok.covariances[0] - 1e-6).abs() < 1e-18);
+        assert!(stats_from_labels(&x, 2, &[0, 2, 1, 1], 2).unwrap_err().to_string().contains("position 1"));
+    }
+
+    #[test]
+    fn overflowing_rows_use_the_exact_path() {
+        let d = 2;
+        let g = DiagGmm::new(vec![0.5, 0.5], vec![0.0, 0.0, 1e20, 1e20], vec![1e40, 1e40, 1e40, 1e40], d).unwrap();
+        let x = vec![1e20f64, 1e20, 0.0, 0.0];
+        let (lp, post) = log_prob_resp(&x, d, &g.prepare(), true).unwrap();
+        assert!(lp.iter().all(|v| v.is_finite()));
+        let post = post.unwrap();
+        assert!(post[1] > 0.5 && post[2] > 0.5, "{post:?}");
+    }
+}
