@@ -5,6 +5,7 @@
 //!
 //! - [`image`]: JPEG/PNG decoding and OpenCV-compatible grayscale conversion;
 //! - [`features`]: SIFT and ORB keypoints and descriptors;
+//! - [`cnn`]: CNN embeddings (EfficientNet-Lite, ONNX graphs);
 //! - [`cluster`]: K-Means visual vocabularies;
 //! - [`histogram`]: bag-of-visual-words histograms;
 //! - [`decomposition`]: principal component analysis (PCA);
@@ -13,6 +14,7 @@
 
 pub mod arrow;
 pub mod cluster;
+pub mod cnn;
 pub mod decomposition;
 pub mod error;
 pub mod features;

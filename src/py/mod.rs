@@ -2,6 +2,7 @@
 //! one stage function. One file per stage.
 
 pub mod cluster;
+pub mod cnn;
 pub mod decomposition;
 pub mod features;
 pub mod histogram;
@@ -39,5 +40,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kmajority::register(m)?;
     histogram::register(m)?;
     decomposition::register(m)?;
+    cnn::register(m)?;
     Ok(())
 }
