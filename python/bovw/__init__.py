@@ -14,6 +14,7 @@ from bovw.cluster import KMeans, MiniBatchKMeans
 from bovw.decomposition import PCA, pca_partial_sums
 from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
 from bovw.features import FEATURE_COLUMNS, KEYPOINT_DTYPE, ORB, SIFT, Extractor, keypoints_from_cv2
+from bovw.cnn import CNNEmbedding
 from bovw.extractors import EXTRACTORS, extract_descriptors, get_extractor
 from bovw.kmajority import KMajority, orb_descriptors_as_float
 from bovw.image import decode_gray, decode_gray_batch, decode_rgb, list_images, read_images, sample_data_path
@@ -28,6 +29,7 @@ __all__ = [
     "MiniBatchKMeans",
     "PCA",
     "BagOfWords",
+    "CNNEmbedding",
     "bow_histograms",
     "histograms_to_arrow",
     "pca_partial_sums",

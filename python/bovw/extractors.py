@@ -13,12 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from bovw.cnn import CNNEmbedding
 from bovw.features import ORB, SIFT, Extractor
 
 __all__ = ["EXTRACTORS", "extract_descriptors", "get_extractor"]
 
 #: The extractors :func:`extract_descriptors` and ``bovw run --method`` know, by name.
-EXTRACTORS: dict[str, type[Extractor]] = {cls.name: cls for cls in (SIFT, ORB)}
+EXTRACTORS: dict[str, type[Extractor]] = {cls.name: cls for cls in (SIFT, ORB, CNNEmbedding)}
 
 
 def get_extractor(method: str | Extractor, **params: Any) -> Extractor:
