@@ -412,15 +412,17 @@ def _onnx_graph(path: str, features_output: str | None) -> tuple[list, dict, str
             raise ValueError(f"features_output: no layer of the ONNX graph writes {features_output!r}")
         logits = [o for o in outs if o != feats][:1]
         return conv.layers, _float_tensors(conv.tensors), conv.input, [feats, *logits]
-    last = conv.producer.get(outs[0])
-    if last is not None and last["op"] == "softmax":
-        last = conv.producer.get(last["inputs"][0])
-    if last is not None and last["op"] == "dense":
-        # features: the classifier's input (flattened, pooled); logits: its output
+    for out in outs:
+        last = conv.producer.get(out)
+        if last is not None and last["op"] == "softmax":
+            last = conv.producer.get(last["inputs"][0])
+        if last is None or last["op"] != "dense":
+            continue
+        # features: the classifier's input (pooled, maybe flattened); logits: its output
         feats = last["inputs"][0]
         src = conv.producer.get(feats)
-        if src is not None and src["op"] == "flatten":
-            feats = src["inputs"][0] if conv.producer.get(src["inputs"][0], {}).get("op") == "global_avg_pool" else feats
+        if src is not None and src["op"] == "flatten" and conv.producer.get(src["inputs"][0], {}).get("op") == "global_avg_pool":
+            feats = src["inputs"][0]
         return conv.layers, _float_tensors(conv.tensors), conv.input, [feats, last["output"]]
     return conv.layers, _float_tensors(conv.tensors), conv.input, [outs[0]]
 
