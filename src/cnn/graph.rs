@@ -159,6 +159,27 @@ pub enum Op {
     Concat,
     /// `1 x 1 x (c h w)`, values in `(c, h, w)` order (ONNX's `Flatten` of NCHW).
     Flatten,
+    /// An inverted-residual block fused by [`GraphBuilder::finish`]:
+    /// optional 1 x 1 expansion, depthwise convolution, 1 x 1 projection
+    /// (+ the second input, the residual), computed in strips of rows so
+    /// that the wide intermediate images stay in cache. Same values, bit
+    /// for bit, as the three convolutions one after the other.
+    MbConv(Box<MbConv>),
+}
+
+/// The three convolutions of an [`Op::MbConv`].
+#[derive(Debug, Clone)]
+pub struct MbConv {
+    /// 1 x 1 expansion (`c_in x c_mid`) and its activation, if any.
+    pub expand: Option<(PackedMatrix, Activation)>,
+    pub depthwise: Depthwise,
+    pub dw_geom: Geometry,
+    pub dw_act: Activation,
+    /// 1 x 1 projection (`c_mid x c_out`) and its activation.
+    pub project: PackedMatrix,
+    pub project_act: Activation,
+    /// Names of the fused layers, for errors.
+    pub names: [String; 3],
 }
 
 /// One node: an operation, its inputs and its output value.
@@ -425,9 +446,10 @@ impl GraphBuilder {
                 return Err(BovwError::param("model", format!("output value {o} does not exist")));
             }
         }
+        let nodes = fuse_inverted_residuals(self.nodes, &outputs, self.channels.len());
         let n_values = self.channels.len();
         let mut last_use = vec![0usize; n_values];
-        for (i, node) in self.nodes.iter().enumerate() {
+        for (i, node) in nodes.iter().enumerate() {
             for &v in &node.inputs {
                 last_use[v] = i;
             }
@@ -435,8 +457,107 @@ impl GraphBuilder {
         for &o in &outputs {
             last_use[o] = usize::MAX;
         }
-        Ok(Graph { nodes: self.nodes, channels: self.channels, last_use, outputs })
+        Ok(Graph { nodes, channels: self.channels, last_use, outputs })
     }
+}
+
+/// Whether a convolution is a plain 1 x 1 (stride 1, no padding, one group).
+fn is_pointwise(op: &Op) -> bool {
+    match op {
+        Op::Conv { geom, kernel: ConvKernel::Dense(_), .. } => {
+            geom.kh == 1
+                && geom.kw == 1
+                && geom.stride_h == 1
+                && geom.stride_w == 1
+                && match geom.padding {
+                    Padding::Explicit { top, left, bottom, right } => top + left + bottom + right == 0,
+                    _ => true,
+                }
+        }
+        _ => false,
+    }
+}
+
+/// Replace each run "1 x 1 conv -> depthwise conv -> 1 x 1 conv" (the
+/// first optional) whose intermediate values have one reader each and are
+/// no output, by one [`Op::MbConv`].
+fn fuse_inverted_residuals(nodes: Vec<Node>, outputs: &[ValueId], n_values: usize) -> Vec<Node> {
+    let mut readers = vec![0usize; n_values];
+    for n in &nodes {
+        for &v in &n.inputs {
+            readers[v] += 1;
+        }
+    }
+    for &o in outputs {
+        readers[o] += 1;
+    }
+    let single = |n: &Node| readers[n.output] == 1;
+    // (kernel heights up to 16: the strip loop keeps the tap rows in an array)
+    let plain_dw =
+        |n: &Node| matches!(&n.op, Op::Conv { kernel: ConvKernel::Depthwise(_), geom, .. } if geom.kh <= 16) && n.inputs.len() == 1;
+    let mut out = Vec::with_capacity(nodes.len());
+    let mut it = nodes.into_iter().peekable();
+    let mut pending: Vec<Node> = Vec::new();
+    loop {
+        // look at up to three nodes: pending (already taken) + the iterator
+        while pending.len() < 3 {
+            match it.next() {
+                Some(n) => pending.push(n),
+                None => break,
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let with_expand = pending.len() == 3
+            && is_pointwise(&pending[0].op)
+            && pending[0].inputs.len() == 1
+            && single(&pending[0])
+            && plain_dw(&pending[1])
+            && pending[1].inputs[0] == pending[0].output
+            && single(&pending[1])
+            && is_pointwise(&pending[2].op)
+            && pending[2].inputs[0] == pending[1].output;
+        let without = !with_expand
+            && pending.len() >= 2
+            && plain_dw(&pending[0])
+            && single(&pending[0])
+            && is_pointwise(&pending[1].op)
+            && pending[1].inputs[0] == pending[0].output;
+        if with_expand || without {
+            let take = if with_expand { 3 } else { 2 };
+            let mut group: Vec<Node> = pending.drain(..take).collect();
+            let last = group.pop().expect("projection");
+            let dwn = group.pop().expect("depthwise");
+            let exp = group.pop();
+            let mut input = dwn.inputs[0];
+            let mut names = [String::new(), dwn.name.clone(), last.name.clone()];
+            let expand = exp.map(|e| {
+                input = e.inputs[0];
+                names[0] = e.name.clone();
+                match e.op {
+                    Op::Conv { kernel: ConvKernel::Dense(m), act, .. } => (m, act),
+                    _ => unreachable!("checked pointwise"),
+                }
+            });
+            let (depthwise, dw_geom, dw_act) = match dwn.op {
+                Op::Conv { kernel: ConvKernel::Depthwise(d), geom, act, .. } => (d, geom, act),
+                _ => unreachable!("checked depthwise"),
+            };
+            let (project, project_act) = match last.op {
+                Op::Conv { kernel: ConvKernel::Dense(m), act, .. } => (m, act),
+                _ => unreachable!("checked pointwise"),
+            };
+            let mut inputs = vec![input];
+            inputs.extend_from_slice(&last.inputs[1..]);
+            let name = last.name.clone();
+            let op = Op::MbConv(Box::new(MbConv { expand, depthwise, dw_geom, dw_act, project, project_act, names }));
+            out.push(Node { name, op, inputs, output: last.output });
+        } else {
+            out.push(pending.remove(0));
+        }
+    }
+    out
 }
 
 /// A network ready to run: see the module documentation.
@@ -658,6 +779,10 @@ impl Graph {
                 }
                 Ok(Tensor { h: x.h, w: x.w, c, data: out })
             }
+            Op::MbConv(mb) => {
+                let residual = if node.inputs.len() > 1 { Some(get(1)?) } else { None };
+                mbconv_forward(x, mb, residual, name)
+            }
             Op::Flatten => {
                 let mut out = take_buffer(x.data.len());
                 let hw = x.h * x.w;
@@ -709,6 +834,108 @@ fn conv_forward(
             }
         }
     }
+}
+
+/// Largest expanded image (values) an [`MbConv`] computes whole: below
+/// this (640 KiB) the three convolutions run one after the other on whole
+/// images (the wide image stays in L2 anyway, and the GEMMs get many rows);
+/// above it, in strips.
+const MBCONV_WHOLE_VALUES: usize = 160 * 1024;
+/// Target values of the expanded rows computed per strip (about 64 KiB).
+const MBCONV_STRIP_VALUES: usize = 16 * 1024;
+
+/// Run a fused inverted-residual block. Large images go in strips of
+/// output rows: the input rows a strip needs are expanded once (kept in a
+/// buffer that slides down the image), the strip's depthwise rows are
+/// computed, then projected. Each value is computed with the same
+/// operations as by the three layers one after the other.
+fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str) -> Result<Tensor> {
+    let c_mid = mb.depthwise.c;
+    let c_in_expected = mb.expand.as_ref().map_or(c_mid, |(m, _)| m.k());
+    if x.c != c_in_expected {
+        return Err(BovwError::input(format!("{name}: expects {c_in_expected} channels, got {}", x.c)));
+    }
+    let (h, w) = (x.h, x.w);
+    let (oh, ow, win) = mb.dw_geom.output(h, w, &mb.names[1])?;
+    let c_out = mb.project.n();
+    if let Some(r) = residual {
+        if (r.h, r.w, r.c) != (oh, ow, c_out) {
+            return Err(BovwError::input(format!(
+                "{name}: residual of {} x {} x {} for an output of {oh} x {ow} x {c_out}",
+                r.h, r.w, r.c
+            )));
+        }
+    }
+    let row_len = w * c_mid;
+    let mut out = take_buffer(oh * ow * c_out);
+    if h * row_len <= MBCONV_WHOLE_VALUES {
+        let mut dw = take_buffer(oh * ow * c_mid);
+        match &mb.expand {
+            Some((em, eact)) => {
+                let mut e = take_buffer(h * row_len);
+                layers::gemm(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
+                layers::depthwise(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
+                give_buffer(e);
+            }
+            None => layers::depthwise(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
+        }
+        layers::gemm(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, residual.map(|r| r.data.as_slice()), mb.project_act);
+        give_buffer(dw);
+        return Ok(Tensor { h: oh, w: ow, c: c_out, data: out });
+    }
+    // output rows per strip: about MBCONV_STRIP_VALUES new expanded values
+    let strip = (MBCONV_STRIP_VALUES / (win.stride_h * row_len).max(1)).clamp(1, oh.max(1));
+    let span = (strip - 1) * win.stride_h + (win.kh - 1) * win.dilation_h + 1; // input rows of a strip
+    // `buf` holds expanded input rows buf_first..buf_first + buf_rows
+    let mut buf = if mb.expand.is_some() { take_buffer(span.min(h) * row_len) } else { Vec::new() };
+    let (mut buf_first, mut buf_rows) = (0usize, 0usize);
+    let mut dwbuf = take_buffer(strip * ow * c_mid);
+    let mut oy0 = 0;
+    while oy0 < oh {
+        let t = strip.min(oh - oy0);
+        let lo = win.iy(oy0, 0).clamp(0, h as isize) as usize;
+        let hi = (win.iy(oy0 + t - 1, win.kh - 1) + 1).clamp(0, h as isize) as usize; // exclusive
+        if let Some((em, eact)) = &mb.expand {
+            // keep the rows still needed, expand the new ones in one GEMM
+            let keep_from = lo.max(buf_first);
+            let kept = (buf_first + buf_rows).saturating_sub(keep_from);
+            if kept > 0 && keep_from > buf_first {
+                let s0 = (keep_from - buf_first) * row_len;
+                buf.copy_within(s0..s0 + kept * row_len, 0);
+            }
+            let (new_first, new_rows) = (lo + kept, hi.saturating_sub(lo + kept));
+            if new_rows > 0 {
+                let xr = &x.data[new_first * w * x.c..(new_first + new_rows) * w * x.c];
+                layers::gemm(xr, new_rows * w, x.c, em, &mut buf[kept * row_len..(kept + new_rows) * row_len], c_mid, None, *eact);
+            }
+            buf_first = lo;
+            buf_rows = kept + new_rows;
+        }
+        for i in 0..t {
+            let oy = oy0 + i;
+            let mut rows: [Option<&[f32]>; 16] = [None; 16];
+            let rows = &mut rows[..win.kh.min(16)];
+            for (ky, r) in rows.iter_mut().enumerate() {
+                let iy = win.iy(oy, ky);
+                *r = if iy < 0 || iy >= h as isize {
+                    None
+                } else if mb.expand.is_some() {
+                    let k = iy as usize - buf_first;
+                    Some(&buf[k * row_len..(k + 1) * row_len])
+                } else {
+                    Some(&x.data[iy as usize * row_len..(iy as usize + 1) * row_len])
+                };
+            }
+            layers::depthwise_row(rows, w, &mb.depthwise, &win, ow, &mut dwbuf[i * ow * c_mid..(i + 1) * ow * c_mid], mb.dw_act);
+        }
+        let o = oy0 * ow * c_out;
+        let res = residual.map(|r| &r.data[o..o + t * ow * c_out]);
+        layers::gemm(&dwbuf[..t * ow * c_mid], t * ow, c_mid, &mb.project, &mut out[o..o + t * ow * c_out], c_out, res, mb.project_act);
+        oy0 += t;
+    }
+    give_buffer(buf);
+    give_buffer(dwbuf);
+    Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
 }
 
 /// A dense convolution of channels `c0..c0 + cg` as blocks of im2col rows
@@ -769,6 +996,42 @@ mod tests {
             .conv("stem", GraphBuilder::INPUT, &w, [8, 4, 3, 3], None, 1, Geometry::square(3, 1, Padding::SameUpper), Activation::None, None)
             .unwrap_err();
         assert!(e.to_string().contains("stem") && e.to_string().contains("3"), "{e}");
+    }
+
+    #[test]
+    fn fused_inverted_residuals_equal_the_three_convolutions() {
+        let mut s = 11u64;
+        let mut r = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let (c_in, c_mid, c_out) = (8, 24, 8);
+        for (k, stride, residual) in [(3, 1, true), (5, 2, false), (3, 2, false), (5, 1, true)] {
+            let we: Vec<f32> = (0..c_mid * c_in).map(|_| r()).collect();
+            let wd: Vec<f32> = (0..c_mid * k * k).map(|_| r()).collect();
+            let wp: Vec<f32> = (0..c_out * c_mid).map(|_| r()).collect();
+            let bias: Vec<f32> = (0..c_mid).map(|_| r()).collect();
+            let build = |fuse: bool| {
+                let mut b = GraphBuilder::new(3);
+                let w0: Vec<f32> = (0..c_in * 3).map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0).collect();
+                let x = b.conv("stem", 0, &w0, [c_in, 3, 1, 1], None, 1, Geometry::square(1, 1, Padding::SameUpper), Activation::None, None).unwrap();
+                let e = b.conv("e", x, &we, [c_mid, c_in, 1, 1], Some(&bias), 1, Geometry::square(1, 1, Padding::SameUpper), Activation::RELU6, None).unwrap();
+                let d = b.conv("d", e, &wd, [c_mid, 1, k, k], Some(&bias), c_mid, Geometry::square(k, stride, Padding::SameUpper), Activation::RELU6, None).unwrap();
+                let p = b.conv("p", d, &wp, [c_out, c_mid, 1, 1], None, 1, Geometry::square(1, 1, Padding::SameUpper), Activation::None, residual.then_some(x)).unwrap();
+                let outs = if fuse { vec![p] } else { vec![p, e, d] };
+                b.finish(outs).unwrap()
+            };
+            let fused = build(true);
+            assert!(fused.nodes().iter().any(|n| matches!(n.op, Op::MbConv(_))));
+            let plain = build(false);
+            assert!(!plain.nodes().iter().any(|n| matches!(n.op, Op::MbConv(_))));
+            for (hh, ww) in [(37, 23), (5, 9), (64, 64), (150, 97)] {
+                let img: Vec<f32> = (0..hh * ww * 3).map(|_| r()).collect();
+                let a = fused.run(Tensor::new(hh, ww, 3, img.clone()), 1).unwrap();
+                let b = plain.run(Tensor::new(hh, ww, 3, img), 1).unwrap();
+                assert_eq!(a[0], b[0], "k {k} stride {stride} on {hh} x {ww}");
+            }
+        }
     }
 
     #[test]

@@ -263,6 +263,17 @@ impl Tile<'_> {
         {
             if use_simd() {
                 // SAFETY: AVX2 and FMA are available (use_simd checked both).
+                if self.cols <= 8 {
+                    // a last panel of at most 8 columns: half the work
+                    match rows {
+                        6 => return avx2::tile8::<6>(self, r0, out, residual),
+                        5 => return avx2::tile8::<5>(self, r0, out, residual),
+                        4 => return avx2::tile8::<4>(self, r0, out, residual),
+                        3 => return avx2::tile8::<3>(self, r0, out, residual),
+                        2 => return avx2::tile8::<2>(self, r0, out, residual),
+                        _ => return avx2::tile8::<1>(self, r0, out, residual),
+                    }
+                }
                 match rows {
                     6 => return avx2::tile::<6>(self, r0, out, residual),
                     5 => return avx2::tile::<5>(self, r0, out, residual),
@@ -303,6 +314,41 @@ impl Tile<'_> {
 mod avx2 {
     use super::{Tile, NR};
     use std::arch::x86_64::*;
+
+    /// The `R x 8` tile of a last panel with at most 8 columns (the same
+    /// operations on the lanes it keeps).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile8<const R: usize>(t: &Tile<'_>, r0: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        let b0 = _mm256_loadu_ps(t.bias.as_ptr());
+        let mut acc = [b0; R];
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = t.x.as_ptr().add((r0 + r) * t.ldx);
+        }
+        let mut wp = t.panel.as_ptr();
+        for kk in 0..t.k {
+            let w0 = _mm256_loadu_ps(wp);
+            for r in 0..R {
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp[r].add(kk)), w0, acc[r]);
+            }
+            wp = wp.add(NR);
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = (r0 + r) * t.ldo + t.out_col;
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), *a);
+            for c in 0..t.cols {
+                let mut v = tmp[c];
+                if let Some(res) = residual {
+                    v += res[o + c];
+                }
+                out[o + c] = super::clamp(v, t.lo, t.hi);
+            }
+        }
+    }
 
     /// The `R x 16` register tile: `2 R` accumulators, two weight vectors
     /// and one broadcast per step of `k`.
@@ -410,11 +456,11 @@ pub struct Window {
 impl Window {
     /// Input row of output row `oy`, tap `ky` (may fall in the padding).
     #[inline]
-    fn iy(&self, oy: usize, ky: usize) -> isize {
+    pub(crate) fn iy(&self, oy: usize, ky: usize) -> isize {
         (oy * self.stride_h + ky * self.dilation_h) as isize - self.pad_top as isize
     }
     #[inline]
-    fn ix(&self, ox: usize, kx: usize) -> isize {
+    pub(crate) fn ix(&self, ox: usize, kx: usize) -> isize {
         (ox * self.stride_w + kx * self.dilation_w) as isize - self.pad_left as isize
     }
 }
@@ -439,32 +485,51 @@ pub fn depthwise(
     let c = dw.c;
     assert_eq!(x.len(), h * w * c, "input size");
     assert_eq!(out.len(), oh * ow * c, "output size");
-    assert!(win.kh == dw.kh && win.kw == dw.kw);
+    let mut rows: Vec<Option<&[f32]>> = vec![None; win.kh];
+    for oy in 0..oh {
+        for (ky, r) in rows.iter_mut().enumerate() {
+            let iy = win.iy(oy, ky);
+            *r = (iy >= 0 && iy < h as isize).then(|| &x[iy as usize * w * c..(iy as usize + 1) * w * c]);
+        }
+        depthwise_row(&rows, w, dw, win, ow, &mut out[oy * ow * c..(oy + 1) * ow * c], act);
+    }
+}
+
+/// One output row of a depthwise convolution: `rows[ky]` is the input row
+/// (`w x c` values) tap row `ky` reads, `None` where it falls in the
+/// padding; `out` gets `ow x c` values.
+///
+/// # Panics
+/// If `rows` has not `kh` entries or a slice has the wrong length.
+pub fn depthwise_row(rows: &[Option<&[f32]>], w: usize, dw: &Depthwise, win: &Window, ow: usize, out: &mut [f32], act: Activation) {
+    let c = dw.c;
+    assert!(win.kh == dw.kh && win.kw == dw.kw && rows.len() == dw.kh, "filter and window sizes");
+    assert_eq!(out.len(), ow * c, "output row size");
+    assert!(rows.iter().flatten().all(|r| r.len() == w * c), "input row size");
     let bounds = act.clamp_bounds();
     let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let row = DwRow { x, h, w, c, dw, win, ow, lo, hi };
-    for oy in 0..oh {
-        let orow = &mut out[oy * ow * c..(oy + 1) * ow * c];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if use_simd() {
-                // SAFETY: AVX2 and FMA are available; DwRow::avx2 indexes
-                // within x, the filters and orow (sizes asserted above).
-                unsafe { dw_avx2::row(&row, oy, orow) };
-                continue;
-            }
+    let row = DwRow { rows, w, c, dw, win, ow, lo, hi };
+    let mut done = false;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if use_simd() {
+            // SAFETY: AVX2 and FMA are available; the kernels index within
+            // the rows, the filters and `out` (sizes asserted above).
+            unsafe { dw_avx2::row(&row, out) };
+            done = true;
         }
-        row.portable(oy, orow);
+    }
+    if !done {
+        row.portable(out);
     }
     if bounds.is_none() {
         act.apply_slice(out);
     }
 }
 
-/// One output row of [`depthwise`].
+/// One output row of [`depthwise_row`].
 struct DwRow<'a> {
-    x: &'a [f32],
-    h: usize,
+    rows: &'a [Option<&'a [f32]>],
     w: usize,
     c: usize,
     dw: &'a Depthwise,
@@ -475,18 +540,6 @@ struct DwRow<'a> {
 }
 
 impl DwRow<'_> {
-    /// The taps `ky` whose input row is inside the image, for output row `oy`.
-    fn ky_range(&self, oy: usize) -> (usize, usize) {
-        let mut a = 0;
-        while a < self.win.kh && self.win.iy(oy, a) < 0 {
-            a += 1;
-        }
-        let mut b = self.win.kh;
-        while b > a && self.win.iy(oy, b - 1) >= self.h as isize {
-            b -= 1;
-        }
-        (a, b)
-    }
     fn kx_range(&self, ox: usize) -> (usize, usize) {
         let mut a = 0;
         while a < self.win.kw && self.win.ix(ox, a) < 0 {
@@ -499,27 +552,39 @@ impl DwRow<'_> {
         (a, b)
     }
 
-    fn portable(&self, oy: usize, orow: &mut [f32]) {
+    /// Output columns `[first, last)` whose taps are all inside the image.
+    fn interior(&self) -> (usize, usize) {
+        let mut first = 0;
+        while first < self.ow && self.win.ix(first, 0) < 0 {
+            first += 1;
+        }
+        let mut last = first;
+        while last < self.ow && self.win.ix(last, self.win.kw - 1) < self.w as isize {
+            last += 1;
+        }
+        (first, last)
+    }
+
+    /// Channels `c0..c1` of output pixel `ox`, one value at a time.
+    fn pixel(&self, ox: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let (c, kw) = (self.c, self.win.kw);
-        let (ky0, ky1) = self.ky_range(oy);
-        let mut acc = vec![0f32; c];
-        for ox in 0..self.ow {
-            let (kx0, kx1) = self.kx_range(ox);
-            acc.copy_from_slice(&self.dw.bias);
-            for ky in ky0..ky1 {
-                let iy = self.win.iy(oy, ky) as usize;
+        let (kx0, kx1) = self.kx_range(ox);
+        for ch in c0..c1 {
+            let mut acc = self.dw.bias[ch];
+            for (ky, row) in self.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
                 for kx in kx0..kx1 {
                     let ix = self.win.ix(ox, kx) as usize;
-                    let xin = &self.x[(iy * self.w + ix) * c..(iy * self.w + ix + 1) * c];
-                    let wt = &self.dw.weights[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
-                    for ch in 0..c {
-                        acc[ch] = xin[ch].mul_add(wt[ch], acc[ch]);
-                    }
+                    acc = row[ix * c + ch].mul_add(self.dw.weights[(ky * kw + kx) * c + ch], acc);
                 }
             }
-            for ch in 0..c {
-                orow[ox * c + ch] = clamp(acc[ch], self.lo, self.hi);
-            }
+            out[ox * c + ch] = clamp(acc, self.lo, self.hi);
+        }
+    }
+
+    fn portable(&self, out: &mut [f32]) {
+        for ox in 0..self.ow {
+            self.pixel(ox, 0, self.c, out);
         }
     }
 }
@@ -529,105 +594,113 @@ mod dw_avx2 {
     use super::DwRow;
     use std::arch::x86_64::*;
 
-    /// Output pixels computed together for one block of 8 channels.
-    const PX: usize = 4;
-
-    /// One output row: for each block of 8 channels, groups of [`PX`]
-    /// interior pixels share each filter vector; edge pixels go one by one.
+    /// One output row. Interior pixels go through register tiles of `PX`
+    /// pixels x 8 channels ([`tile`]) when the window is 3 or 5 wide with
+    /// stride 1 or 2 and no dilation, else one pixel x 8 channels at a
+    /// time; edge pixels and the last `c % 8` channels go value by value
+    /// ([`DwRow::pixel`]). Every path performs the same operations.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `orow` has `ow * c` values.
+    /// AVX2 and FMA must be available; `out` has `ow * c` values and every
+    /// present row `w * c`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row(r: &DwRow<'_>, oy: usize, orow: &mut [f32]) {
-        let (c, kw, w) = (r.c, r.win.kw, r.w);
-        let (ky0, ky1) = r.ky_range(oy);
-        let lo = _mm256_set1_ps(r.lo);
-        let hi = _mm256_set1_ps(r.hi);
-        let xp = r.x.as_ptr();
-        let wp = r.dw.weights.as_ptr();
-        let sx = r.win.stride_w * c; // input step between neighbouring output pixels
-        // interior output columns: every tap inside the image
-        let mut first = 0;
-        while first < r.ow && r.win.ix(first, 0) < 0 {
-            first += 1;
-        }
-        let mut last = first; // exclusive
-        while last < r.ow && r.win.ix(last, kw - 1) < w as isize {
-            last += 1;
-        }
-        let c8 = c / 8 * 8;
+    pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
+        let c8 = r.c / 8 * 8;
+        let (first, last) = r.interior();
+        let tiled = r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+        let px = if r.win.stride_w == 1 { 8 } else { 6 };
         let mut ox = 0;
         while ox < r.ow {
-            if ox >= first && ox + PX <= last {
-                // PX interior pixels
-                let mut cb = 0;
-                while cb < c8 {
-                    let b = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
-                    let mut acc = [b; PX];
-                    for ky in ky0..ky1 {
-                        let iy = r.win.iy(oy, ky) as usize;
-                        for kx in 0..kw {
-                            let ix = r.win.ix(ox, kx) as usize;
-                            let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * c + cb));
-                            let base = xp.add((iy * w + ix) * c + cb);
-                            for (j, a) in acc.iter_mut().enumerate() {
-                                *a = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(j * sx)), wv, *a);
-                            }
-                        }
-                    }
-                    for (j, a) in acc.iter().enumerate() {
-                        let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
-                        _mm256_storeu_ps(orow.as_mut_ptr().add((ox + j) * c + cb), v);
-                    }
-                    cb += 8;
-                }
-                if c8 < c {
-                    for j in 0..PX {
-                        scalar_tail(r, oy, ox + j, c8, orow);
+            let interior = ox >= first && ox < last;
+            let n = if ox + px <= last { px } else { 4 };
+            if interior && tiled && ox + n <= last {
+                if c8 > 0 {
+                    match (r.win.kw, r.win.stride_w, n) {
+                        (3, 1, 8) => tile::<3, 1, 8>(r, ox, c8, out),
+                        (5, 1, 8) => tile::<5, 1, 8>(r, ox, c8, out),
+                        (3, 2, 6) => tile::<3, 2, 6>(r, ox, c8, out),
+                        (5, 2, 6) => tile::<5, 2, 6>(r, ox, c8, out),
+                        (3, 1, _) => tile::<3, 1, 4>(r, ox, c8, out),
+                        (5, 1, _) => tile::<5, 1, 4>(r, ox, c8, out),
+                        (3, 2, _) => tile::<3, 2, 4>(r, ox, c8, out),
+                        _ => tile::<5, 2, 4>(r, ox, c8, out),
                     }
                 }
-                ox += PX;
+                for j in 0..n {
+                    r.pixel(ox + j, c8, r.c, out);
+                }
+                ox += n;
             } else {
-                let (kx0, kx1) = r.kx_range(ox);
-                let mut cb = 0;
-                while cb < c8 {
-                    let mut acc = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
-                    for ky in ky0..ky1 {
-                        let iy = r.win.iy(oy, ky) as usize;
-                        for kx in kx0..kx1 {
-                            let ix = r.win.ix(ox, kx) as usize;
-                            let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * c + cb));
-                            acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add((iy * w + ix) * c + cb)), wv, acc);
-                        }
-                    }
-                    let v = _mm256_min_ps(_mm256_max_ps(acc, lo), hi);
-                    _mm256_storeu_ps(orow.as_mut_ptr().add(ox * c + cb), v);
-                    cb += 8;
+                if c8 > 0 {
+                    single(r, ox, c8, out);
                 }
-                if c8 < c {
-                    scalar_tail(r, oy, ox, c8, orow);
-                }
+                r.pixel(ox, c8, r.c, out);
                 ox += 1;
             }
         }
     }
 
-    /// Channels `c0..c` of one output pixel, one at a time (same operations).
+    /// `P` interior output pixels from `ox`, channels `0..c8` in blocks of 8:
+    /// per tap row, the `K` filter vectors stay in registers and each input
+    /// column is loaded once for the (up to `K`) pixels that read it.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scalar_tail(r: &DwRow<'_>, oy: usize, ox: usize, c0: usize, orow: &mut [f32]) {
-        let (c, kw) = (r.c, r.win.kw);
-        let (ky0, ky1) = r.ky_range(oy);
-        let (kx0, kx1) = r.kx_range(ox);
-        for ch in c0..c {
-            let mut acc = r.dw.bias[ch];
-            for ky in ky0..ky1 {
-                let iy = r.win.iy(oy, ky) as usize;
-                for kx in kx0..kx1 {
-                    let ix = r.win.ix(ox, kx) as usize;
-                    acc = r.x[(iy * r.w + ix) * c + ch].mul_add(r.dw.weights[(ky * kw + kx) * c + ch], acc);
+    unsafe fn tile<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+        let c = r.c;
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let ix0 = r.win.ix(ox, 0) as usize; // first input column (interior: >= 0)
+        let wp = r.dw.weights.as_ptr();
+        let mut cb = 0;
+        while cb < c8 {
+            let b = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
+            let mut acc = [b; P];
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                let mut wv = [_mm256_setzero_ps(); K];
+                for (kx, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * c + cb));
+                }
+                let base = row.as_ptr().add(ix0 * c + cb);
+                // input column j feeds pixel p through tap kx = j - p S
+                for j in 0..(P - 1) * S + K {
+                    let xv = _mm256_loadu_ps(base.add(j * c));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        if j >= p * S && j - p * S < K {
+                            *a = _mm256_fmadd_ps(xv, wv[j - p * S], *a);
+                        }
+                    }
                 }
             }
-            orow[ox * c + ch] = super::clamp(acc, r.lo, r.hi);
+            for (p, a) in acc.iter().enumerate() {
+                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
+            }
+            cb += 8;
+        }
+    }
+
+    /// Channels `0..c8` of one output pixel, 8 at a time, any window.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn single(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+        let (c, kw) = (r.c, r.win.kw);
+        let (kx0, kx1) = r.kx_range(ox);
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let wp = r.dw.weights.as_ptr();
+        let mut cb = 0;
+        while cb < c8 {
+            let mut acc = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let ix = r.win.ix(ox, kx) as usize;
+                    let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * c + cb));
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.as_ptr().add(ix * c + cb)), wv, acc);
+                }
+            }
+            let v = _mm256_min_ps(_mm256_max_ps(acc, lo), hi);
+            _mm256_storeu_ps(out.as_mut_ptr().add(ox * c + cb), v);
+            cb += 8;
         }
     }
 }
@@ -659,6 +732,13 @@ pub fn im2col(
         let row = &mut cols[i * kk..(i + 1) * kk];
         for ky in 0..win.kh {
             let iy = win.iy(oy, ky);
+            let (ix0, ix1) = (win.ix(ox, 0), win.ix(ox, win.kw - 1));
+            if cg == c && win.dilation_w == 1 && iy >= 0 && iy < h as isize && ix0 >= 0 && ix1 < w as isize {
+                // the whole tap row is one contiguous run of kw * c values
+                let s = (iy as usize * w + ix0 as usize) * c;
+                row[ky * win.kw * cg..(ky + 1) * win.kw * cg].copy_from_slice(&x[s..s + win.kw * c]);
+                continue;
+            }
             for kx in 0..win.kw {
                 let ix = win.ix(ox, kx);
                 let dst = &mut row[(ky * win.kw + kx) * cg..(ky * win.kw + kx + 1) * cg];
