@@ -210,18 +210,22 @@ pub fn gemm(
     }
     let bounds = act.clamp_bounds();
     let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    // rows per block: keep the block's rows of x (k floats each) near 96 KiB
+    // rows per block: keep the block's rows of x (k floats each) near 96 KiB;
+    // blocks and tiles as even as possible (a 1-row tile is latency-bound).
+    // Tiling never changes a value: each row is summed in the same order.
     let mc = ((96 * 1024 / 4) / k.max(1)).clamp(MR, 240) / MR * MR;
+    let n_blocks = m.div_ceil(mc);
     let mut m0 = 0;
-    while m0 < m {
-        let mb = mc.min(m - m0);
+    for bi in 0..n_blocks {
+        let mb = (m - m0) / (n_blocks - bi);
+        let n_tiles = mb.div_ceil(MR);
         for p in 0..w.panels {
             let cols = NR.min(n - p * NR);
             let panel = &w.data[p * k * NR..(p + 1) * k * NR];
             let bias = &w.bias[p * NR..(p + 1) * NR];
             let mut r0 = m0;
-            while r0 < m0 + mb {
-                let rows = MR.min(m0 + mb - r0);
+            for ti in 0..n_tiles {
+                let rows = (m0 + mb - r0) / (n_tiles - ti);
                 let tile = Tile { x, ldx, k, panel, bias, out_col: p * NR, cols, ldo, lo, hi };
                 // SAFETY: rows r0..r0+rows < m and columns p*NR..p*NR+cols <= n
                 // are in bounds of x, out and residual (asserted above).
@@ -231,6 +235,7 @@ pub fn gemm(
         }
         m0 += mb;
     }
+    debug_assert_eq!(m0, m);
     if bounds.is_none() {
         for r in 0..m {
             act.apply_slice(&mut out[r * ldo..r * ldo + n]);
@@ -679,7 +684,9 @@ mod dw_avx2 {
         }
     }
 
-    /// Channels `0..c8` of one output pixel, 8 at a time, any window.
+    /// Channels `0..c8` of one output pixel, any window: four blocks of 8
+    /// channels at a time (four independent sums, so the FMA latency is
+    /// hidden), then the remaining blocks one by one.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn single(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
         let (c, kw) = (r.c, r.win.kw);
@@ -687,9 +694,34 @@ mod dw_avx2 {
         let lo = _mm256_set1_ps(r.lo);
         let hi = _mm256_set1_ps(r.hi);
         let wp = r.dw.weights.as_ptr();
+        let bp = r.dw.bias.as_ptr();
+        let op = out.as_mut_ptr().add(ox * c);
         let mut cb = 0;
+        while cb + 32 <= c8 {
+            let mut acc = [
+                _mm256_loadu_ps(bp.add(cb)),
+                _mm256_loadu_ps(bp.add(cb + 8)),
+                _mm256_loadu_ps(bp.add(cb + 16)),
+                _mm256_loadu_ps(bp.add(cb + 24)),
+            ];
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let ix = r.win.ix(ox, kx) as usize;
+                    let wv = wp.add((ky * kw + kx) * c + cb);
+                    let xv = row.as_ptr().add(ix * c + cb);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xv.add(8 * j)), _mm256_loadu_ps(wv.add(8 * j)), *a);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.add(cb + 8 * j), _mm256_min_ps(_mm256_max_ps(*a, lo), hi));
+            }
+            cb += 32;
+        }
         while cb < c8 {
-            let mut acc = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
+            let mut acc = _mm256_loadu_ps(bp.add(cb));
             for (ky, row) in r.rows.iter().enumerate() {
                 let Some(row) = row else { continue };
                 for kx in kx0..kx1 {
@@ -698,8 +730,7 @@ mod dw_avx2 {
                     acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.as_ptr().add(ix * c + cb)), wv, acc);
                 }
             }
-            let v = _mm256_min_ps(_mm256_max_ps(acc, lo), hi);
-            _mm256_storeu_ps(out.as_mut_ptr().add(ox * c + cb), v);
+            _mm256_storeu_ps(op.add(cb), _mm256_min_ps(_mm256_max_ps(acc, lo), hi));
             cb += 8;
         }
     }
