@@ -640,7 +640,10 @@ impl Graph {
     /// # Errors
     /// [`BovwError::InvalidInput`] naming the node when the image is too
     /// small for a window or shapes do not match at run time.
-    pub fn run(&self, input: Tensor, n_outputs: usize) -> Result<Vec<Tensor>> {
+    ///
+    /// With `par`, large layers split their rows over the current rayon
+    /// pool (for one image on several threads); the values are the same.
+    pub fn run(&self, input: Tensor, n_outputs: usize, par: bool) -> Result<Vec<Tensor>> {
         let wanted = &self.outputs[..n_outputs.min(self.outputs.len())];
         if input.c != self.input_channels() {
             return Err(BovwError::input(format!("the network takes {} channels, the image has {}", self.input_channels(), input.c)));
@@ -650,7 +653,7 @@ impl Graph {
         values[0] = Some(input);
         let result = (|| {
             for (i, node) in self.nodes[..last_node].iter().enumerate() {
-                let out = self.eval(node, &values)?;
+                let out = self.eval(node, &values, par)?;
                 values[node.output] = Some(out);
                 for &v in &node.inputs {
                     if self.last_use[v] == i && !wanted.contains(&v) {
@@ -671,7 +674,7 @@ impl Graph {
         result
     }
 
-    fn eval(&self, node: &Node, values: &[Option<Tensor>]) -> Result<Tensor> {
+    fn eval(&self, node: &Node, values: &[Option<Tensor>], par: bool) -> Result<Tensor> {
         let get = |k: usize| -> Result<&Tensor> {
             values[node.inputs[k]].as_ref().ok_or_else(|| BovwError::input(format!("{}: input {k} is not available", node.name)))
         };
@@ -696,7 +699,7 @@ impl Graph {
                     None
                 };
                 let mut out = take_buffer(oh * ow * c_out);
-                conv_forward(x, kernel, &win, *c_out, oh, ow, residual, *act, &mut out);
+                conv_forward(x, kernel, &win, *c_out, oh, ow, residual, *act, &mut out, par);
                 Ok(Tensor { h: oh, w: ow, c: *c_out, data: out })
             }
             Op::Add { .. } | Op::Mul if node.inputs.len() == 2 => {
@@ -781,7 +784,7 @@ impl Graph {
             }
             Op::MbConv(mb) => {
                 let residual = if node.inputs.len() > 1 { Some(get(1)?) } else { None };
-                mbconv_forward(x, mb, residual, name)
+                mbconv_forward(x, mb, residual, name, par)
             }
             Op::Flatten => {
                 let mut out = take_buffer(x.data.len());
@@ -809,18 +812,23 @@ fn conv_forward(
     residual: Option<&[f32]>,
     act: Activation,
     out: &mut [f32],
+    par: bool,
 ) {
     let pointwise = win.kh == 1 && win.kw == 1 && win.stride_h == 1 && win.stride_w == 1 && win.pad_top == 0 && win.pad_left == 0;
     match kernel {
         ConvKernel::Dense(mat) if pointwise && (oh, ow) == (x.h, x.w) => {
-            layers::gemm(&x.data, oh * ow, x.c, mat, out, c_out, residual, act);
+            if par {
+                layers::gemm_par(&x.data, oh * ow, x.c, mat, out, c_out, residual, act);
+            } else {
+                layers::gemm(&x.data, oh * ow, x.c, mat, out, c_out, residual, act);
+            }
         }
-        ConvKernel::Dense(mat) => im2col_gemm(x, 0, x.c, mat, win, oh, ow, out, 0, c_out, residual, act),
+        ConvKernel::Dense(mat) => im2col_gemm(x, 0, x.c, mat, win, oh, ow, out, 0, c_out, residual, act, par),
         ConvKernel::Grouped(mats) => {
             let groups = mats.len();
             let (cg_in, cg_out) = (x.c / groups, c_out / groups);
             for (g, mat) in mats.iter().enumerate() {
-                im2col_gemm(x, g * cg_in, cg_in, mat, win, oh, ow, out, g * cg_out, c_out, residual, act);
+                im2col_gemm(x, g * cg_in, cg_in, mat, win, oh, ow, out, g * cg_out, c_out, residual, act, par);
             }
         }
         ConvKernel::Depthwise(dw) => {
@@ -829,6 +837,8 @@ fn conv_forward(
                 for (o, &v) in out.iter_mut().zip(r) {
                     *o = act.apply(*o + v);
                 }
+            } else if par {
+                layers::depthwise_par(&x.data, x.h, x.w, dw, win, oh, ow, out, act);
             } else {
                 layers::depthwise(&x.data, x.h, x.w, dw, win, oh, ow, out, act);
             }
@@ -849,7 +859,7 @@ const MBCONV_STRIP_VALUES: usize = 16 * 1024;
 /// buffer that slides down the image), the strip's depthwise rows are
 /// computed, then projected. Each value is computed with the same
 /// operations as by the three layers one after the other.
-fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str) -> Result<Tensor> {
+fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str, par: bool) -> Result<Tensor> {
     let c_mid = mb.depthwise.c;
     let c_in_expected = mb.expand.as_ref().map_or(c_mid, |(m, _)| m.k());
     if x.c != c_in_expected {
@@ -873,26 +883,72 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
         match &mb.expand {
             Some((em, eact)) => {
                 let mut e = take_buffer(h * row_len);
-                layers::gemm(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
-                layers::depthwise(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
+                if par {
+                    layers::gemm_par(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
+                    layers::depthwise_par(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
+                } else {
+                    layers::gemm(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
+                    layers::depthwise(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
+                }
                 give_buffer(e);
             }
+            None if par => layers::depthwise_par(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
             None => layers::depthwise(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
         }
-        layers::gemm(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, residual.map(|r| r.data.as_slice()), mb.project_act);
+        let res = residual.map(|r| r.data.as_slice());
+        if par {
+            layers::gemm_par(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
+        } else {
+            layers::gemm(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
+        }
         give_buffer(dw);
         return Ok(Tensor { h: oh, w: ow, c: c_out, data: out });
     }
     // output rows per strip: about MBCONV_STRIP_VALUES new expanded values
     let strip = (MBCONV_STRIP_VALUES / (win.stride_h * row_len).max(1)).clamp(1, oh.max(1));
+    let threads = rayon::current_num_threads();
+    if par && threads > 1 && oh >= 2 * strip {
+        use rayon::prelude::*;
+        // ranges of output rows, each with its own buffers (rows at the
+        // seams are expanded twice: the same values)
+        let per = oh.div_ceil(2 * threads).max(strip);
+        out.par_chunks_mut(per * ow * c_out).enumerate().for_each(|(i, o)| {
+            let oy0 = i * per;
+            let rows = o.len() / (ow * c_out);
+            mbconv_rows(x, mb, &win, ow, strip, oy0, oy0 + rows, residual, o);
+        });
+    } else {
+        mbconv_rows(x, mb, &win, ow, strip, 0, oh, residual, &mut out);
+    }
+    Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
+}
+
+/// Output rows `oy_start..oy_end` of a fused block, in strips of `strip`
+/// rows, into `out` (those rows only).
+#[allow(clippy::too_many_arguments)]
+fn mbconv_rows(
+    x: &Tensor,
+    mb: &MbConv,
+    win: &Window,
+    ow: usize,
+    strip: usize,
+    oy_start: usize,
+    oy_end: usize,
+    residual: Option<&Tensor>,
+    out: &mut [f32],
+) {
+    let (h, w) = (x.h, x.w);
+    let c_mid = mb.depthwise.c;
+    let c_out = mb.project.n();
+    let row_len = w * c_mid;
     let span = (strip - 1) * win.stride_h + (win.kh - 1) * win.dilation_h + 1; // input rows of a strip
     // `buf` holds expanded input rows buf_first..buf_first + buf_rows
     let mut buf = if mb.expand.is_some() { take_buffer(span.min(h) * row_len) } else { Vec::new() };
     let (mut buf_first, mut buf_rows) = (0usize, 0usize);
     let mut dwbuf = take_buffer(strip * ow * c_mid);
-    let mut oy0 = 0;
-    while oy0 < oh {
-        let t = strip.min(oh - oy0);
+    let mut oy0 = oy_start;
+    while oy0 < oy_end {
+        let t = strip.min(oy_end - oy0);
         let lo = win.iy(oy0, 0).clamp(0, h as isize) as usize;
         let hi = (win.iy(oy0 + t - 1, win.kh - 1) + 1).clamp(0, h as isize) as usize; // exclusive
         if let Some((em, eact)) = &mb.expand {
@@ -926,16 +982,16 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
                     Some(&x.data[iy as usize * row_len..(iy as usize + 1) * row_len])
                 };
             }
-            layers::depthwise_row(rows, w, &mb.depthwise, &win, ow, &mut dwbuf[i * ow * c_mid..(i + 1) * ow * c_mid], mb.dw_act);
+            layers::depthwise_row(rows, w, &mb.depthwise, win, ow, &mut dwbuf[i * ow * c_mid..(i + 1) * ow * c_mid], mb.dw_act);
         }
         let o = oy0 * ow * c_out;
         let res = residual.map(|r| &r.data[o..o + t * ow * c_out]);
-        layers::gemm(&dwbuf[..t * ow * c_mid], t * ow, c_mid, &mb.project, &mut out[o..o + t * ow * c_out], c_out, res, mb.project_act);
+        let oo = (oy0 - oy_start) * ow * c_out;
+        layers::gemm(&dwbuf[..t * ow * c_mid], t * ow, c_mid, &mb.project, &mut out[oo..oo + t * ow * c_out], c_out, res, mb.project_act);
         oy0 += t;
     }
     give_buffer(buf);
     give_buffer(dwbuf);
-    Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
 }
 
 /// A dense convolution of channels `c0..c0 + cg` as blocks of im2col rows
@@ -954,9 +1010,24 @@ fn im2col_gemm(
     ldo: usize,
     residual: Option<&[f32]>,
     act: Activation,
+    par: bool,
 ) {
     let k = mat.k();
     let n_px = oh * ow;
+    if par && rayon::current_num_threads() > 1 && n_px > 2 * IM2COL_PIXELS {
+        use rayon::prelude::*;
+        let len = n_px * ldo;
+        out[..len].par_chunks_mut(IM2COL_PIXELS * ldo).enumerate().for_each(|(i, o)| {
+            let p0 = i * IM2COL_PIXELS;
+            let n = o.len() / ldo;
+            let mut cols = take_buffer(n * k);
+            layers::im2col(&x.data, x.h, x.w, x.c, c0, cg, win, ow, p0, n, &mut cols);
+            let res = residual.map(|r| &r[p0 * ldo + col0..]);
+            layers::gemm(&cols, n, k, mat, &mut o[col0..], ldo, res, act);
+            give_buffer(cols);
+        });
+        return;
+    }
     let mut cols = take_buffer(IM2COL_PIXELS * k);
     let mut p0 = 0;
     while p0 < n_px {
@@ -1027,9 +1098,15 @@ mod tests {
             assert!(!plain.nodes().iter().any(|n| matches!(n.op, Op::MbConv(_))));
             for (hh, ww) in [(37, 23), (5, 9), (64, 64), (150, 97)] {
                 let img: Vec<f32> = (0..hh * ww * 3).map(|_| r()).collect();
-                let a = fused.run(Tensor::new(hh, ww, 3, img.clone()), 1).unwrap();
-                let b = plain.run(Tensor::new(hh, ww, 3, img), 1).unwrap();
+                let a = fused.run(Tensor::new(hh, ww, 3, img.clone()), 1, false).unwrap();
+                let b = plain.run(Tensor::new(hh, ww, 3, img.clone()), 1, false).unwrap();
                 assert_eq!(a[0], b[0], "k {k} stride {stride} on {hh} x {ww}");
+                // rows split over threads: the same values
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                let c = pool.install(|| fused.run(Tensor::new(hh, ww, 3, img.clone()), 1, true)).unwrap();
+                let d = pool.install(|| plain.run(Tensor::new(hh, ww, 3, img), 1, true)).unwrap();
+                assert_eq!(a[0], c[0], "fused, parallel rows");
+                assert_eq!(a[0], d[0], "plain, parallel rows");
             }
         }
     }
@@ -1054,9 +1131,9 @@ mod tests {
         let f = b.dense("fc", g, &wf, 4, 2, None, Activation::None).unwrap();
         let graph = b.finish(vec![g, f]).unwrap();
         let img: Vec<f32> = (0..9 * 7 * 3).map(|_| r()).collect();
-        let outs = graph.run(Tensor::new(9, 7, 3, img.clone()), 2).unwrap();
+        let outs = graph.run(Tensor::new(9, 7, 3, img.clone()), 2, false).unwrap();
         assert_eq!((outs[0].c, outs[1].c), (4, 2));
-        let again = graph.run(Tensor::new(9, 7, 3, img), 1).unwrap();
+        let again = graph.run(Tensor::new(9, 7, 3, img), 1, false).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0], outs[0]);
         // logits from the pooled features by hand

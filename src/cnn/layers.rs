@@ -243,6 +243,40 @@ pub fn gemm(
     }
 }
 
+/// Multiply-adds below which [`gemm_par`] stays on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 21;
+
+/// [`gemm`] with its rows split into blocks over the current rayon pool
+/// (`out` holds exactly `m` rows of `ldo` values). The values are those of
+/// [`gemm`]: each row is summed in the same order whatever the split.
+///
+/// # Panics
+/// As [`gemm`], and if `out.len() != m * ldo`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_par(
+    x: &[f32],
+    m: usize,
+    ldx: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * w.k * w.n < PAR_MIN_WORK || m < 2 * MR {
+        return gemm(x, m, ldx, w, out, ldo, residual, act);
+    }
+    assert_eq!(out.len(), m * ldo, "out must hold m rows");
+    let chunk = m.div_ceil(2 * threads).max(MR);
+    out.par_chunks_mut(chunk * ldo).enumerate().for_each(|(i, o)| {
+        let r0 = i * chunk;
+        let rows = o.len() / ldo;
+        gemm(&x[r0 * ldx..], rows, ldx, w, o, ldo, residual.map(|r| &r[r0 * ldo..(r0 + rows) * ldo]), act);
+    });
+}
+
 /// One `rows x cols` tile of [`gemm`] (rows <= MR, cols <= NR).
 struct Tile<'a> {
     x: &'a [f32],
@@ -498,6 +532,40 @@ pub fn depthwise(
         }
         depthwise_row(&rows, w, dw, win, ow, &mut out[oy * ow * c..(oy + 1) * ow * c], act);
     }
+}
+
+/// [`depthwise`] with output rows spread over the current rayon pool
+/// (same values).
+///
+/// # Panics
+/// As [`depthwise`].
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_par(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    dw: &Depthwise,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    act: Activation,
+) {
+    use rayon::prelude::*;
+    let c = dw.c;
+    if rayon::current_num_threads() <= 1 || oh * ow * c * win.kh * win.kw < PAR_MIN_WORK / 4 || oh < 2 {
+        return depthwise(x, h, w, dw, win, oh, ow, out, act);
+    }
+    assert_eq!(x.len(), h * w * c, "input size");
+    assert_eq!(out.len(), oh * ow * c, "output size");
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(oy, orow)| {
+        let mut rows: Vec<Option<&[f32]>> = vec![None; win.kh];
+        for (ky, r) in rows.iter_mut().enumerate() {
+            let iy = win.iy(oy, ky);
+            *r = (iy >= 0 && iy < h as isize).then(|| &x[iy as usize * w * c..(iy as usize + 1) * w * c]);
+        }
+        depthwise_row(&rows, w, dw, win, ow, orow, act);
+    });
 }
 
 /// One output row of a depthwise convolution: `rows[ky]` is the input row

@@ -163,7 +163,7 @@ impl CnnModel {
         }
         let n = preprocess.input_size;
         let outs = graph
-            .run(Tensor::new(n, n, 3, vec![0.0; n * n * 3]), graph.outputs().len())
+            .run(Tensor::new(n, n, 3, vec![0.0; n * n * 3]), graph.outputs().len(), false)
             .map_err(|e| BovwError::param("input_size", format!("the network cannot run on {n} x {n} images: {e}")))?;
         let widths = outs.iter().map(|t| t.data.len()).collect();
         Ok(CnnModel { graph, preprocess, widths })
@@ -192,19 +192,32 @@ impl CnnModel {
     /// The graph's error if it cannot run (not for images the model was
     /// built for: every image is resized to the input size).
     pub fn forward(&self, img: RgbView<'_>, logits: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        self.forward_with(img, logits, false)
+    }
+
+    /// [`CnnModel::forward`]; with `par`, large layers also split their
+    /// rows over the current rayon pool (same values).
+    fn forward_with(&self, img: RgbView<'_>, logits: bool, par: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         if img.width == 0 || img.height == 0 {
             return Err(BovwError::input("image has no pixels"));
         }
         let x = self.preprocess.apply(img);
         let want = if logits && self.widths.len() > 1 { 2 } else { 1 };
-        let mut outs = self.graph.run(x, want)?.into_iter().map(|t| t.data);
+        let mut outs = self.graph.run(x, want, par)?.into_iter().map(|t| t.data);
         let f = outs.next().unwrap_or_default();
         Ok((f, outs.next()))
     }
 
-    /// [`CnnModel::forward`] of many images, in parallel over images (on
-    /// the current rayon pool); one result per image, in order.
+    /// [`CnnModel::forward`] of many images on the current rayon pool;
+    /// one result per image, in order. With at least as many images as
+    /// threads, images run in parallel, one per thread; with fewer, they
+    /// run one after the other, each layer's rows split over the threads.
+    /// The values are the same either way.
     pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<(Vec<f32>, Option<Vec<f32>>)>> {
+        let threads = rayon::current_num_threads();
+        if threads > 1 && images.len() < threads {
+            return images.iter().map(|img| self.forward_with(*img, logits, true)).collect();
+        }
         images.par_iter().with_max_len(1).map(|img| self.forward(*img, logits)).collect()
     }
 }
