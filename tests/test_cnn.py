@@ -444,3 +444,49 @@ def test_onnx_unsupported_op_is_named(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ValueError, match="LRN.*norm1"):
         CNNEmbedding(model=str(path), input_size=8).compute(np.zeros((8, 8, 3), np.uint8))
+
+
+# ------------------------------------------------------------------ Spark
+
+
+from conftest_spark import spark_local  # noqa: E402,F401  (fixture)
+
+
+@pytest.mark.spark
+def test_spark_map_in_arrow_gives_the_local_features_and_loads_the_model_once(spark_local, fruits_root):
+    """Each Python worker unpickles the extractor, builds the model once (the
+    per-process cache) and reuses it for every Arrow batch; features equal
+    the local engine's, bit for bit."""
+    paths = sorted((fruits_root / "Test").glob("*/*.jpg"))[:12]
+    cnn = CNNEmbedding(input_size=100, crop_fraction=1.0)
+    local = cnn.transform([rgb(p) for p in paths], n_threads=2)
+    df = spark_local.createDataFrame([(str(p), p.read_bytes()) for p in paths], "path string, content binary").repartition(2)
+
+    def embed(batches):
+        import os
+
+        import pyarrow as pa
+
+        for b in batches:
+            out = bovw.extract_descriptors(b, method=cnn, n_threads=1)
+            feats = [np.asarray(d[0].values, np.float32).tolist() for d in out.column("descriptors")]
+            yield pa.RecordBatch.from_pydict({
+                "path": out.column("path"),
+                "features": pa.array(feats, pa.list_(pa.float32())),
+                "pid": pa.array([os.getpid()] * b.num_rows, pa.int64()),
+                "model": pa.array([id(cnn._rust)] * b.num_rows, pa.int64()),
+            })
+
+    spark_local.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")
+    try:
+        rows = df.mapInArrow(embed, "path string, features array<float>, pid long, model long").collect()
+    finally:
+        spark_local.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert len(rows) == len(paths)
+    by_path = {r["path"]: np.asarray(r["features"], np.float32) for r in rows}
+    for i, p in enumerate(paths):
+        np.testing.assert_array_equal(by_path[str(p)], local[i])
+    models: dict[int, set[int]] = {}
+    for r in rows:
+        models.setdefault(r["pid"], set()).add(r["model"])
+    assert all(len(m) == 1 for m in models.values()), models
