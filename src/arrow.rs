@@ -238,7 +238,8 @@ mod tests {
         let info = DescriptorInfo { width: 3, dtype: DescriptorDtype::Float32, kind: DescriptorKind::Local, needs: ColorNeeds::GRAY };
         let batch = features_to_batch(&[ok, bad, empty], &info).unwrap();
         assert_eq!(batch.num_rows(), 3);
-        let names: Vec<&str> = batch.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, FEATURE_COLUMNS);
         let n = batch.column(0).as_primitive::<arrow_array::types::Int32Type>();
         assert_eq!(n.value(0), 2);

@@ -75,8 +75,8 @@ impl Activation {
             Activation::Relu => x.max(0.0),
             Activation::Clip { lo, hi } => x.max(lo).min(hi),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).max(0.0).min(1.0),
-            Activation::HardSwish => x * (x / 6.0 + 0.5).max(0.0).min(1.0),
+            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
             Activation::Swish => x / (1.0 + (-x).exp()),
         }
     }
@@ -856,7 +856,7 @@ pub fn im2col(
 /// in-order sum divided by `n_pixels`.
 pub fn global_avg_pool(x: &[f32], c: usize, out: &mut [f32]) {
     assert_eq!(out.len(), c);
-    let n = if c == 0 { 0 } else { x.len() / c };
+    let n = x.len().checked_div(c).unwrap_or(0);
     out.fill(0.0);
     for px in x.chunks_exact(c) {
         for (o, &v) in out.iter_mut().zip(px) {
@@ -936,6 +936,7 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn naive_gemm(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32], res: Option<&[f32]>, act: Activation) -> Vec<f64> {
         let mut out = vec![0f64; m * n];
         for i in 0..m {
@@ -992,6 +993,7 @@ mod tests {
         assert_eq!(whole, parts);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn naive_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], win: &Window, oh: usize, ow: usize) -> Vec<f32> {
         let mut out = vec![0f32; oh * ow * c];
         for oy in 0..oh {

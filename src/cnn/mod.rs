@@ -46,6 +46,9 @@ use crate::image::{ColorNeeds, DecodedImage, RgbView};
 
 pub use graph::{Graph, Tensor};
 
+/// One image's features and, when asked for and present, its logits.
+pub type Forward = (Vec<f32>, Option<Vec<f32>>);
+
 /// How an RGB image becomes the network's input (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preprocess {
@@ -191,13 +194,13 @@ impl CnnModel {
     /// # Errors
     /// The graph's error if it cannot run (not for images the model was
     /// built for: every image is resized to the input size).
-    pub fn forward(&self, img: RgbView<'_>, logits: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    pub fn forward(&self, img: RgbView<'_>, logits: bool) -> Result<Forward> {
         self.forward_with(img, logits, false)
     }
 
     /// [`CnnModel::forward`]; with `par`, large layers also split their
     /// rows over the current rayon pool (same values).
-    fn forward_with(&self, img: RgbView<'_>, logits: bool, par: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    fn forward_with(&self, img: RgbView<'_>, logits: bool, par: bool) -> Result<Forward> {
         if img.width == 0 || img.height == 0 {
             return Err(BovwError::input("image has no pixels"));
         }
@@ -213,7 +216,7 @@ impl CnnModel {
     /// threads, images run in parallel, one per thread; with fewer, they
     /// run one after the other, each layer's rows split over the threads.
     /// The values are the same either way.
-    pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<(Vec<f32>, Option<Vec<f32>>)>> {
+    pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<Forward>> {
         let threads = rayon::current_num_threads();
         if threads > 1 && images.len() < threads {
             return images.iter().map(|img| self.forward_with(*img, logits, true)).collect();

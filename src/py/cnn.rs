@@ -187,6 +187,9 @@ fn graph_from_layers(layers: &Bound<'_, PyList>, map: &TensorMap, input: &str, o
     Ok(b.finish(outs)?)
 }
 
+/// (features (n, n_features), logits (n, n_logits) or None).
+type FeaturesAndLogits<'py> = (Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray2<f32>>>);
+
 #[pymethods]
 impl PyCnnEmbedding {
     #[new]
@@ -256,7 +259,7 @@ impl PyCnnEmbedding {
         images: Vec<Bound<'py, PyAny>>,
         logits: bool,
         n_threads: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray2<f32>>>)> {
+    ) -> PyResult<FeaturesAndLogits<'py>> {
         let decoded: Vec<DecodedImage> = images
             .iter()
             .enumerate()
