@@ -62,6 +62,9 @@ class _PcaFit(TypedDict):
     n_samples: int
     n_features: int
     solver: str
+# NumPy arrays and Arrow objects are typed Any: see the Python wrappers in
+# bovw.* for shapes and dtypes.
+from typing import Any, Optional, final
 
 __version__: str
 '''
@@ -378,6 +381,46 @@ def _function(name: str, f: Callable[..., Any]) -> str:
     return _def(name, _signature("", name, inspect.signature(f), None), ret, f, "") + "\n"
 
 
+def _params(sig: inspect.Signature, skip_first: bool = False) -> str:
+    parts = []
+    star_done = False
+    params = list(sig.parameters.values())
+    if skip_first:
+        params = params[1:]
+    for p in params:
+        if p.kind is p.KEYWORD_ONLY and not star_done:
+            parts.append("*")
+            star_done = True
+        ann = _annotation(p)
+        if p.default is inspect.Parameter.empty:
+            parts.append(f"{p.name}: {ann}")
+        else:
+            parts.append(f"{p.name}: {ann} = {p.default!r}")
+    return ", ".join(parts)
+
+
+def _render_class(name: str, cls: type) -> list[str]:
+    """A #[pyclass]: constructor, methods and read-only properties."""
+    lines = []
+    doc = (inspect.getdoc(cls) or "").strip().splitlines()
+    if doc:
+        lines.append(f"# {doc[0]}")
+    # #[pyclass] types cannot be subclassed
+    lines += ["@final", f"class {name}:"]
+    lines.append(f"    def __new__(cls, {_params(inspect.signature(cls))}) -> {name}: ...")
+    for attr, v in sorted(vars(cls).items()):
+        if attr.startswith("_"):
+            continue
+        if type(v).__name__ == "getset_descriptor":
+            lines.append("    @property")
+            lines.append(f"    def {attr}(self) -> Any: ...")
+        elif callable(v):
+            sig = inspect.signature(v)
+            rest = _params(sig, skip_first=True)
+            lines.append(f"    def {attr}(self{', ' + rest if rest else ''}) -> Any: ...")
+    return lines
+
+
 def render() -> str:
     import bovw._bovw as m
 
@@ -409,6 +452,14 @@ def main(argv: list[str]) -> int:
     OUT.write_text(text)
     print(f"wrote {OUT}")
     return 0
+            lines.extend(_render_class(name, obj))
+            continue
+        sig = inspect.signature(obj)
+        doc = (inspect.getdoc(obj) or "").strip().splitlines()
+        if doc:
+            lines.append(f"# {doc[0]}")
+        lines.append(f"def {name}({_params(sig)}) -> Any: ...")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 //! - [`image`]: JPEG/PNG decoding and OpenCV-compatible grayscale conversion;
 //! - [`features`]: SIFT and ORB keypoints and descriptors;
 //! - [`cluster`]: K-Means visual vocabularies and diagonal Gaussian mixtures;
+//! - [`cnn`]: CNN embeddings (EfficientNet-Lite, ONNX graphs);
 //! - [`histogram`]: bag-of-visual-words histograms;
 //! - [`encode`]: spatial pyramids, soft assignment, VLAD, Fisher vectors and feature maps;
 //! - [`decomposition`]: principal component analysis (PCA);
@@ -14,6 +15,7 @@
 
 pub mod arrow;
 pub mod cluster;
+pub mod cnn;
 pub mod decomposition;
 pub mod encode;
 pub mod error;

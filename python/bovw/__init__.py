@@ -20,6 +20,7 @@ from bovw.histogram import BagOfWords, bow_histograms, histograms_to_arrow
 from bovw.features import FEATURE_COLUMNS, KEYPOINT_DTYPE, ORB, RESOURCE_LIMITS, SIFT, Extractor, keypoints_from_cv2
 from bovw.dense import PHOW, DenseSIFT
 from bovw.color import ColorHistogram, rgb_to_hsv
+from bovw.cnn import CNNEmbedding
 from bovw.extractors import EXTRACTORS, extract_descriptors, get_extractor
 from bovw.kernel_approximation import AdditiveChi2Sampler, Hellinger, PowerNormalizer
 from bovw.kmajority import KMajority, orb_descriptors_as_float
@@ -46,6 +47,7 @@ __all__ = [
     "ColorHistogram",
     "DenseSIFT",
     "PHOW",
+    "CNNEmbedding",
     "bow_histograms",
     "histograms_to_arrow",
     "pca_partial_sums",

@@ -15,12 +15,13 @@ import pyarrow as pa
 
 from bovw.color import ColorHistogram
 from bovw.dense import PHOW, DenseSIFT
+from bovw.cnn import CNNEmbedding
 from bovw.features import ORB, SIFT, Extractor
 
 __all__ = ["EXTRACTORS", "extract_descriptors", "get_extractor"]
 
 #: The extractors :func:`extract_descriptors` and ``bovw run --method`` know, by name.
-EXTRACTORS: dict[str, type[Extractor]] = {cls.name: cls for cls in (SIFT, ORB, DenseSIFT, PHOW, ColorHistogram)}
+EXTRACTORS: dict[str, type[Extractor]] = {cls.name: cls for cls in (SIFT, ORB, DenseSIFT, PHOW, ColorHistogram, CNNEmbedding)}
 
 
 def get_extractor(method: str | Extractor, **params: Any) -> Extractor:

@@ -5,6 +5,7 @@ pub mod args;
 pub mod cluster;
 pub mod color;
 pub mod dense;
+pub mod cnn;
 pub mod decomposition;
 pub mod encode;
 pub mod features;
@@ -49,5 +50,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     decomposition::register(m)?;
     gmm::register(m)?;
     encode::register(m)?;
+    cnn::register(m)?;
     Ok(())
 }

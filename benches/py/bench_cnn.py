@@ -1,0 +1,166 @@
+"""CNN embeddings: bovw.CNNEmbedding vs onnxruntime on the same network.
+
+The reference is onnxruntime (CPU execution provider) running
+EfficientNet-Lite0 built with ``onnx.helper`` from the same weights
+(``bovw.cnn.efficientnet_lite0_onnx``: BatchNorm folded, ``SAME_UPPER``
+padding, ``Clip(0, 6)``), with ``intra_op_num_threads`` = bovw's
+``n_threads`` and ``inter_op_num_threads=1``. Both sides get the same real
+Fruits-360 Test images: bovw the uint8 images (its time includes the
+resize and normalisation), onnxruntime bovw's preprocessed NCHW float32
+tensor of them (features checked equal to 1e-5).
+
+Rows (``run(quick)`` -> list of dicts; times are seconds per image, best of
+3 alternated repeats, so a busy spell of the machine falls on both sides):
+
+1. input 224 (the 100 x 100 images upsampled) and 100 (native size,
+   ``crop_fraction=1``), batch 1 and 32, 1 and 2 threads; notes give the
+   images/s of both and the CPU seconds per image (process CPU time, which
+   other processes on a shared machine inflate less than wall time);
+2. peak resident memory of a fresh process that loads the model and runs 64
+   images at 224 (one thread), for each side;
+3. (full runs only) the CNN stage of a job on every Fruits-360 image:
+   ``bovw.extract_descriptors(table, method="cnn", input_size=100,
+   crop_fraction=1)`` on all Training + Test images (decode included), all cores.
+
+Run: ``python benches/py/bench_cnn.py [--quick]`` or ``python benches/run.py --only cnn``.
+Needs ``pip install 'bovw[cnn]' onnx onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import fruits_root as _fruits_root, image_files, row as _row, settle
+
+REPEAT = 3
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _pair(ours, ref, repeat: int = REPEAT) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best (wall, cpu) of ``ours`` and of ``ref``, called in turn."""
+    best = [(float("inf"), float("inf")), (float("inf"), float("inf"))]
+    for _ in range(repeat):
+        for i, fn in enumerate((ours, ref)):
+            settle()
+            c, t = _cpu(), time.perf_counter()
+            fn()
+            w, cp = time.perf_counter() - t, _cpu() - c
+            best[i] = (min(best[i][0], w), min(best[i][1], cp))
+    return best[0], best[1]
+
+
+_RSS_SCRIPT = r"""
+import json, resource, sys, numpy as np
+side, onnx_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+ims = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(8)]
+if side == "bovw":
+    import bovw
+    cnn = bovw.CNNEmbedding()
+    for _ in range(n // 8):
+        cnn.transform(ims, n_threads=1)
+else:
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
+    s = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    x = ((np.stack(ims).astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy()
+    for _ in range(n // 8):
+        s.run(["features"], {"input": x})
+print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _peak_rss_mib(side: str, onnx_path: str, n: int = 64) -> float:
+    env = dict(os.environ)
+    import bovw
+
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(bovw.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, side, onnx_path, str(n)], capture_output=True,
+                         text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"] / 1024
+
+
+def run(quick: bool = False) -> list[dict]:
+    import onnxruntime as ort
+    import pyarrow as pa
+
+    import bovw
+    from bovw.cnn import efficientnet_lite0_onnx
+
+    rows: list[dict] = []
+    model = efficientnet_lite0_onnx()
+    tmp = tempfile.mkdtemp(prefix="bovw-bench-cnn-")
+    onnx_path = os.path.join(tmp, "efficientnet_lite0.onnx")
+    Path(onnx_path).write_bytes(model.SerializeToString())
+    files = image_files("Test", limit=32)
+    images = [bovw.decode_rgb(f.read_bytes()) for f in files]
+    sessions = {}
+    for threads in (1, 2):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sessions[threads] = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    for size in (224, 100):
+        cnn = bovw.CNNEmbedding(input_size=size, crop_fraction=1.0)
+        x = np.stack([cnn.preprocess(im) for im in images]).transpose(0, 3, 1, 2).copy()
+        feats_ref = sessions[1].run(["features"], {"input": x})[0]
+        feats = cnn.transform(images, n_threads=1)
+        err = float(np.abs(feats - feats_ref).max() / np.abs(feats_ref).max())
+        assert err < 1e-4, f"bovw and onnxruntime features differ by {err:.1e} at {size}"
+        for batch in (1, 32):
+            n_calls = 8 if batch == 1 else 1
+            for threads in (1, 2):
+                sess = sessions[threads]
+
+                def ours(threads=threads, batch=batch, n_calls=n_calls):
+                    for i in range(n_calls):
+                        cnn.transform(images[i * batch:(i + 1) * batch], n_threads=threads)
+
+                def ref(sess=sess, batch=batch, n_calls=n_calls):
+                    for i in range(n_calls):
+                        sess.run(["features"], {"input": x[i * batch:(i + 1) * batch]})
+
+                n_img = batch * n_calls
+                (ow, oc), (rw, rc) = _pair(ours, ref, repeat=2 if quick else REPEAT)
+                rows.append(_row(
+                    "cnn", f"{size}x{size}, batch {batch}, {threads} thread{'s' if threads > 1 else ''} (s/image)",
+                    "onnxruntime", ow / n_img, rw / n_img,
+                    f"bovw {n_img / ow:.1f} img/s, onnxruntime {n_img / rw:.1f} img/s; "
+                    f"CPU s/image bovw {oc / n_img:.4f}, onnxruntime {rc / n_img:.4f}; features equal to {err:.0e}",
+                ))
+    ours_rss, ref_rss = _peak_rss_mib("bovw", onnx_path), _peak_rss_mib("ort", onnx_path)
+    rows.append(_row("cnn", "peak RSS of a worker process, 224, 64 images (MiB)", "onnxruntime", ours_rss, ref_rss,
+                     "fresh process: Python + numpy + the model + 64 images in batches of 8; "
+                     "'speedup' column = onnxruntime / bovw memory"))
+    if not quick:
+        root = _fruits_root()
+        if (root / "Training").is_dir() and len(list((root / "Training").iterdir())) > 100:
+            table = bovw.read_images(root)
+            cnn = bovw.CNNEmbedding(input_size=100, crop_fraction=1.0)
+            cnn.transform(images[:2])
+            settle()
+            t = time.perf_counter()
+            for i in range(0, table.num_rows, 1024):
+                bovw.extract_descriptors(table.slice(i, 1024), method=cnn)
+            secs = time.perf_counter() - t
+            rows.append(_row("cnn", f"CNN stage on all {table.num_rows} Fruits-360 images, 100 px, all cores (s)",
+                             "", secs, None, f"decode + preprocess + EfficientNet-Lite0: {table.num_rows / secs:.0f} img/s"))
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(json.dumps(r))

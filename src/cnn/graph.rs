@@ -1,0 +1,1145 @@
+//! A small inference graph over NHWC float32 images: the network that
+//! [`crate::cnn::efficientnet`] builds from a PyTorch state_dict and that
+//! `bovw.cnn` builds from an ONNX file.
+//!
+//! A [`Graph`] is a list of [`Node`]s in topological order, each reading
+//! earlier values and writing one new value (a [`Tensor`] of `h x w x c`).
+//! Value 0 is the preprocessed input image. Operations ([`Op`]):
+//! convolutions (dense, depthwise or grouped, any kernel, stride, dilation,
+//! explicit or TensorFlow "SAME" padding, with a fused activation and an
+//! optional fused residual), element-wise `Add` / `Mul` (same shape, or a
+//! `1 x 1 x c` operand broadcast over the pixels, as squeeze-and-excitation
+//! needs), global average pooling, max / average pooling, fully connected
+//! layers, activations, softmax, channel concatenation and flattening (in
+//! ONNX's `(c, h, w)` order).
+//!
+//! [`Graph::run`] evaluates one image on the calling thread, freeing each
+//! value after its last reader; buffers are reused through a per-thread
+//! pool, so a worker that runs many images allocates once.
+
+use std::cell::RefCell;
+
+use crate::cnn::layers::{self, Activation, Depthwise, PackedMatrix, Window};
+use crate::error::{BovwError, Result};
+
+/// Index of a value of a [`Graph`] (0 is the input).
+pub type ValueId = usize;
+
+/// An `h x w x c` image (channels fastest), or a vector when `h == w == 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor of the given size and values.
+    ///
+    /// # Panics
+    /// If `data.len() != h * w * c`.
+    pub fn new(h: usize, w: usize, c: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), h * w * c, "tensor data must be h * w * c values");
+        Tensor { h, w, c, data }
+    }
+}
+
+/// Zero padding of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// TensorFlow's "SAME" (ONNX `SAME_UPPER`): `ceil(n / stride)` outputs,
+    /// the odd padding pixel at the end (bottom / right).
+    SameUpper,
+    /// ONNX `SAME_LOWER`: the odd pixel at the start.
+    SameLower,
+    /// Given pixels before and after each axis.
+    Explicit { top: usize, left: usize, bottom: usize, right: usize },
+}
+
+/// A window's size, stride, dilation and padding (convolutions, pooling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub kh: usize,
+    pub kw: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub dilation_h: usize,
+    pub dilation_w: usize,
+    pub padding: Padding,
+}
+
+impl Geometry {
+    /// A square `k x k` window with the given stride and padding, no dilation.
+    pub fn square(k: usize, stride: usize, padding: Padding) -> Self {
+        Geometry { kh: k, kw: k, stride_h: stride, stride_w: stride, dilation_h: 1, dilation_w: 1, padding }
+    }
+
+    fn check(&self, name: &str) -> Result<()> {
+        if self.kh == 0 || self.kw == 0 || self.stride_h == 0 || self.stride_w == 0 || self.dilation_h == 0 || self.dilation_w == 0 {
+            return Err(BovwError::param(name, "kernel size, stride and dilation must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Output size and the kernels' [`Window`] for an `h x w` input.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidInput`] when the (padded) input is smaller than the window.
+    pub fn output(&self, h: usize, w: usize, name: &str) -> Result<(usize, usize, Window)> {
+        let ekh = (self.kh - 1) * self.dilation_h + 1;
+        let ekw = (self.kw - 1) * self.dilation_w + 1;
+        let same = |n: usize, s: usize, ek: usize, upper: bool| {
+            let out = n.div_ceil(s);
+            let total = ((out - 1) * s + ek).saturating_sub(n);
+            (out, if upper { total / 2 } else { total - total / 2 })
+        };
+        let (oh, ow, top, left) = match self.padding {
+            Padding::SameUpper | Padding::SameLower => {
+                let upper = self.padding == Padding::SameUpper;
+                let (oh, top) = same(h, self.stride_h, ekh, upper);
+                let (ow, left) = same(w, self.stride_w, ekw, upper);
+                (oh, ow, top, left)
+            }
+            Padding::Explicit { top, left, bottom, right } => {
+                let (ph, pw) = (h + top + bottom, w + left + right);
+                if ph < ekh || pw < ekw {
+                    return Err(BovwError::input(format!(
+                        "{name}: input of {h} x {w} pixels (padded {ph} x {pw}) is smaller than the {ekh} x {ekw} window"
+                    )));
+                }
+                ((ph - ekh) / self.stride_h + 1, (pw - ekw) / self.stride_w + 1, top, left)
+            }
+        };
+        let win = Window {
+            kh: self.kh,
+            kw: self.kw,
+            stride_h: self.stride_h,
+            stride_w: self.stride_w,
+            dilation_h: self.dilation_h,
+            dilation_w: self.dilation_w,
+            pad_top: top,
+            pad_left: left,
+        };
+        Ok((oh, ow, win))
+    }
+}
+
+/// A convolution's packed weights.
+#[derive(Debug, Clone)]
+pub enum ConvKernel {
+    /// One group: a `(kh kw c_in) x c_out` matrix, rows in `(ky, kx, c)` order.
+    Dense(PackedMatrix),
+    /// One filter per channel (`groups == c_in == c_out`).
+    Depthwise(Depthwise),
+    /// `groups` dense matrices of `(kh kw c_in/groups) x c_out/groups`.
+    Grouped(Vec<PackedMatrix>),
+}
+
+/// One operation of a [`Graph`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Convolution + bias (+ the second input, the residual) + activation.
+    Conv { geom: Geometry, c_in: usize, c_out: usize, kernel: ConvKernel, act: Activation },
+    /// `act(a + b)`; `b` may be `1 x 1 x c` (broadcast over pixels).
+    Add { act: Activation },
+    /// `a * b`; `b` may be `1 x 1 x c` (broadcast over pixels).
+    Mul,
+    /// Mean over the pixels: `1 x 1 x c`.
+    GlobalAvgPool,
+    /// Max or average pooling.
+    Pool { geom: Geometry, max: bool, count_include_pad: bool },
+    /// Fully connected layer on the flattened input: `1 x 1 x n`.
+    Dense { mat: PackedMatrix, act: Activation },
+    /// An activation on its own.
+    Act(Activation),
+    /// Softmax over all values.
+    Softmax,
+    /// Channel concatenation of inputs of the same `h x w`.
+    Concat,
+    /// `1 x 1 x (c h w)`, values in `(c, h, w)` order (ONNX's `Flatten` of NCHW).
+    Flatten,
+    /// An inverted-residual block fused by [`GraphBuilder::finish`]:
+    /// optional 1 x 1 expansion, depthwise convolution, 1 x 1 projection
+    /// (+ the second input, the residual), computed in strips of rows so
+    /// that the wide intermediate images stay in cache. Same values, bit
+    /// for bit, as the three convolutions one after the other.
+    MbConv(Box<MbConv>),
+}
+
+/// The three convolutions of an [`Op::MbConv`].
+#[derive(Debug, Clone)]
+pub struct MbConv {
+    /// 1 x 1 expansion (`c_in x c_mid`) and its activation, if any.
+    pub expand: Option<(PackedMatrix, Activation)>,
+    pub depthwise: Depthwise,
+    pub dw_geom: Geometry,
+    pub dw_act: Activation,
+    /// 1 x 1 projection (`c_mid x c_out`) and its activation.
+    pub project: PackedMatrix,
+    pub project_act: Activation,
+    /// Names of the fused layers, for errors.
+    pub names: [String; 3],
+}
+
+/// One node: an operation, its inputs and its output value.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Name for error messages (the layer's or the ONNX node's).
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<ValueId>,
+    pub output: ValueId,
+}
+
+/// Builds a [`Graph`] node by node, checking channel counts as it goes.
+#[derive(Debug)]
+pub struct GraphBuilder {
+    nodes: Vec<Node>,
+    /// Channels of each value when known before the image size is (`None`
+    /// after a flatten of an image of unknown size).
+    channels: Vec<Option<usize>>,
+    /// Whether each value is known to be `1 x 1` (pooled).
+    pooled: Vec<bool>,
+}
+
+impl GraphBuilder {
+    /// A graph whose input (value 0) has `input_channels` channels.
+    pub fn new(input_channels: usize) -> Self {
+        GraphBuilder { nodes: Vec::new(), channels: vec![Some(input_channels)], pooled: vec![false] }
+    }
+
+    /// The input value.
+    pub const INPUT: ValueId = 0;
+
+    /// Channels of a value, when known.
+    pub fn channels(&self, v: ValueId) -> Option<usize> {
+        self.channels.get(v).copied().flatten()
+    }
+
+    fn check_value(&self, name: &str, v: ValueId) -> Result<()> {
+        if v >= self.channels.len() {
+            return Err(BovwError::param(name, format!("input value {v} does not exist yet")));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, name: &str, op: Op, inputs: Vec<ValueId>, channels: Option<usize>, pooled: bool) -> Result<ValueId> {
+        for &v in &inputs {
+            self.check_value(name, v)?;
+        }
+        let output = self.channels.len();
+        self.channels.push(channels);
+        self.pooled.push(pooled);
+        self.nodes.push(Node { name: name.to_string(), op, inputs, output });
+        Ok(output)
+    }
+
+    /// A convolution with weights in PyTorch / ONNX layout
+    /// `(c_out, c_in / groups, kh, kw)`, row-major, and `c_out` biases
+    /// (zeros when `None`). `residual` (same shape as the output) is added
+    /// before the activation.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] (named `name`) when the shapes, the
+    /// groups or the geometry are inconsistent with the input's channels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: ValueId,
+        weight: &[f32],
+        shape: [usize; 4],
+        bias: Option<&[f32]>,
+        groups: usize,
+        geom: Geometry,
+        act: Activation,
+        residual: Option<ValueId>,
+    ) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        geom.check(name)?;
+        let [c_out, cg_in, kh, kw] = shape;
+        if weight.len() != c_out * cg_in * kh * kw {
+            return Err(BovwError::param(name, format!("weights have {} values, not {c_out} x {cg_in} x {kh} x {kw}", weight.len())));
+        }
+        if (kh, kw) != (geom.kh, geom.kw) {
+            return Err(BovwError::param(name, format!("kernel {kh} x {kw} does not match the window {} x {}", geom.kh, geom.kw)));
+        }
+        if groups == 0 || c_out % groups != 0 {
+            return Err(BovwError::param(name, format!("{c_out} output channels are not a multiple of groups = {groups}")));
+        }
+        let c_in = cg_in * groups;
+        if let Some(c) = self.channels(x) {
+            if c != c_in {
+                return Err(BovwError::param(name, format!("expects {c_in} input channels, its input has {c}")));
+            }
+        }
+        let zeros = vec![0f32; c_out];
+        let bias = bias.unwrap_or(&zeros);
+        if bias.len() != c_out {
+            return Err(BovwError::param(name, format!("{} biases for {c_out} output channels", bias.len())));
+        }
+        let w_at = |o: usize, i: usize, ky: usize, kx: usize| weight[((o * cg_in + i) * kh + ky) * kw + kx];
+        let kernel = if groups == 1 {
+            ConvKernel::Dense(PackedMatrix::from_fn(kh * kw * c_in, c_out, bias, |r, o| {
+                let (tap, i) = (r / c_in, r % c_in);
+                w_at(o, i, tap / kw, tap % kw)
+            }))
+        } else if groups == c_in && c_out == c_in && cg_in == 1 {
+            ConvKernel::Depthwise(Depthwise::from_fn(c_in, kh, kw, bias, |ch, ky, kx| w_at(ch, 0, ky, kx)))
+        } else {
+            let cg_out = c_out / groups;
+            ConvKernel::Grouped(
+                (0..groups)
+                    .map(|g| {
+                        PackedMatrix::from_fn(kh * kw * cg_in, cg_out, &bias[g * cg_out..(g + 1) * cg_out], |r, o| {
+                            let (tap, i) = (r / cg_in, r % cg_in);
+                            w_at(g * cg_out + o, i, tap / kw, tap % kw)
+                        })
+                    })
+                    .collect(),
+            )
+        };
+        let mut inputs = vec![x];
+        if let Some(r) = residual {
+            self.check_value(name, r)?;
+            if let Some(c) = self.channels(r) {
+                if c != c_out {
+                    return Err(BovwError::param(name, format!("residual has {c} channels, the convolution {c_out}")));
+                }
+            }
+            inputs.push(r);
+        }
+        self.push(name, Op::Conv { geom, c_in, c_out, kernel, act }, inputs, Some(c_out), false)
+    }
+
+    /// `act(a + b)`.
+    ///
+    /// # Errors
+    /// When the channel counts differ.
+    pub fn add(&mut self, name: &str, a: ValueId, b: ValueId, act: Activation) -> Result<ValueId> {
+        let c = self.binary_channels(name, a, b)?;
+        let pooled = self.pooled[a];
+        self.push(name, Op::Add { act }, vec![a, b], c, pooled)
+    }
+
+    /// `a * b`.
+    ///
+    /// # Errors
+    /// When the channel counts differ.
+    pub fn mul(&mut self, name: &str, a: ValueId, b: ValueId) -> Result<ValueId> {
+        let c = self.binary_channels(name, a, b)?;
+        let pooled = self.pooled[a];
+        self.push(name, Op::Mul, vec![a, b], c, pooled)
+    }
+
+    fn binary_channels(&self, name: &str, a: ValueId, b: ValueId) -> Result<Option<usize>> {
+        self.check_value(name, a)?;
+        self.check_value(name, b)?;
+        match (self.channels(a), self.channels(b)) {
+            (Some(x), Some(y)) if x != y => Err(BovwError::param(name, format!("operands have {x} and {y} channels"))),
+            (x, y) => Ok(x.or(y)),
+        }
+    }
+
+    /// Global average pooling.
+    ///
+    /// # Errors
+    /// When `x` does not exist.
+    pub fn global_avg_pool(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        let c = self.channels(x);
+        self.push(name, Op::GlobalAvgPool, vec![x], c, true)
+    }
+
+    /// Max (`max`) or average pooling.
+    ///
+    /// # Errors
+    /// When the geometry is invalid.
+    pub fn pool(&mut self, name: &str, x: ValueId, geom: Geometry, max: bool, count_include_pad: bool) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        geom.check(name)?;
+        let c = self.channels(x);
+        self.push(name, Op::Pool { geom, max, count_include_pad }, vec![x], c, false)
+    }
+
+    /// A fully connected layer: `weight` is `k x n` row-major (input
+    /// features by output features), `bias` has `n` values.
+    ///
+    /// # Errors
+    /// When the sizes are inconsistent, or `x` is known to have another number of features.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dense(&mut self, name: &str, x: ValueId, weight: &[f32], k: usize, n: usize, bias: Option<&[f32]>, act: Activation) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        if weight.len() != k * n {
+            return Err(BovwError::param(name, format!("weights have {} values, not {k} x {n}", weight.len())));
+        }
+        if self.pooled[x] {
+            if let Some(c) = self.channels(x) {
+                if c != k {
+                    return Err(BovwError::param(name, format!("expects {k} input features, its input has {c}")));
+                }
+            }
+        }
+        let zeros = vec![0f32; n];
+        let bias = bias.unwrap_or(&zeros);
+        if bias.len() != n {
+            return Err(BovwError::param(name, format!("{} biases for {n} outputs", bias.len())));
+        }
+        let mat = PackedMatrix::from_row_major(weight, k, n, bias);
+        self.push(name, Op::Dense { mat, act }, vec![x], Some(n), true)
+    }
+
+    /// An activation.
+    ///
+    /// # Errors
+    /// When `x` does not exist.
+    pub fn activation(&mut self, name: &str, x: ValueId, act: Activation) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        let (c, p) = (self.channels(x), self.pooled[x]);
+        self.push(name, Op::Act(act), vec![x], c, p)
+    }
+
+    /// Softmax over all values of `x`.
+    ///
+    /// # Errors
+    /// When `x` does not exist.
+    pub fn softmax(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        let (c, p) = (self.channels(x), self.pooled[x]);
+        self.push(name, Op::Softmax, vec![x], c, p)
+    }
+
+    /// Channel concatenation.
+    ///
+    /// # Errors
+    /// When `xs` is empty.
+    pub fn concat(&mut self, name: &str, xs: &[ValueId]) -> Result<ValueId> {
+        if xs.is_empty() {
+            return Err(BovwError::param(name, "concatenation of no input"));
+        }
+        let c = xs.iter().map(|&v| self.channels(v)).sum::<Option<usize>>();
+        let pooled = xs.iter().all(|&v| self.pooled.get(v).copied().unwrap_or(false));
+        self.push(name, Op::Concat, xs.to_vec(), c, pooled)
+    }
+
+    /// Flatten to a vector in `(c, h, w)` order.
+    ///
+    /// # Errors
+    /// When `x` does not exist.
+    pub fn flatten(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
+        self.check_value(name, x)?;
+        let c = if self.pooled[x] { self.channels(x) } else { None };
+        self.push(name, Op::Flatten, vec![x], c, true)
+    }
+
+    /// The graph, computing `outputs` (e.g. features, then logits).
+    ///
+    /// # Errors
+    /// When an output does not exist or the graph is empty.
+    pub fn finish(self, outputs: Vec<ValueId>) -> Result<Graph> {
+        if self.nodes.is_empty() {
+            return Err(BovwError::param("model", "the network has no layer"));
+        }
+        for &o in &outputs {
+            if o >= self.channels.len() {
+                return Err(BovwError::param("model", format!("output value {o} does not exist")));
+            }
+        }
+        let nodes = fuse_inverted_residuals(self.nodes, &outputs, self.channels.len());
+        let n_values = self.channels.len();
+        let mut last_use = vec![0usize; n_values];
+        for (i, node) in nodes.iter().enumerate() {
+            for &v in &node.inputs {
+                last_use[v] = i;
+            }
+        }
+        for &o in &outputs {
+            last_use[o] = usize::MAX;
+        }
+        Ok(Graph { nodes, channels: self.channels, last_use, outputs })
+    }
+}
+
+/// Whether a convolution is a plain 1 x 1 (stride 1, no padding, one group).
+fn is_pointwise(op: &Op) -> bool {
+    match op {
+        Op::Conv { geom, kernel: ConvKernel::Dense(_), .. } => {
+            geom.kh == 1
+                && geom.kw == 1
+                && geom.stride_h == 1
+                && geom.stride_w == 1
+                && match geom.padding {
+                    Padding::Explicit { top, left, bottom, right } => top + left + bottom + right == 0,
+                    _ => true,
+                }
+        }
+        _ => false,
+    }
+}
+
+/// Replace each run "1 x 1 conv -> depthwise conv -> 1 x 1 conv" (the
+/// first optional) whose intermediate values have one reader each and are
+/// no output, by one [`Op::MbConv`].
+fn fuse_inverted_residuals(nodes: Vec<Node>, outputs: &[ValueId], n_values: usize) -> Vec<Node> {
+    let mut readers = vec![0usize; n_values];
+    for n in &nodes {
+        for &v in &n.inputs {
+            readers[v] += 1;
+        }
+    }
+    for &o in outputs {
+        readers[o] += 1;
+    }
+    let single = |n: &Node| readers[n.output] == 1;
+    // (kernel heights up to 16: the strip loop keeps the tap rows in an array)
+    let plain_dw =
+        |n: &Node| matches!(&n.op, Op::Conv { kernel: ConvKernel::Depthwise(_), geom, .. } if geom.kh <= 16) && n.inputs.len() == 1;
+    let mut out = Vec::with_capacity(nodes.len());
+    let mut it = nodes.into_iter().peekable();
+    let mut pending: Vec<Node> = Vec::new();
+    loop {
+        // look at up to three nodes: pending (already taken) + the iterator
+        while pending.len() < 3 {
+            match it.next() {
+                Some(n) => pending.push(n),
+                None => break,
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let with_expand = pending.len() == 3
+            && is_pointwise(&pending[0].op)
+            && pending[0].inputs.len() == 1
+            && single(&pending[0])
+            && plain_dw(&pending[1])
+            && pending[1].inputs[0] == pending[0].output
+            && single(&pending[1])
+            && is_pointwise(&pending[2].op)
+            && pending[2].inputs[0] == pending[1].output;
+        let without = !with_expand
+            && pending.len() >= 2
+            && plain_dw(&pending[0])
+            && single(&pending[0])
+            && is_pointwise(&pending[1].op)
+            && pending[1].inputs[0] == pending[0].output;
+        if with_expand || without {
+            let take = if with_expand { 3 } else { 2 };
+            let mut group: Vec<Node> = pending.drain(..take).collect();
+            let last = group.pop().expect("projection");
+            let dwn = group.pop().expect("depthwise");
+            let exp = group.pop();
+            let mut input = dwn.inputs[0];
+            let mut names = [String::new(), dwn.name.clone(), last.name.clone()];
+            let expand = exp.map(|e| {
+                input = e.inputs[0];
+                names[0] = e.name.clone();
+                match e.op {
+                    Op::Conv { kernel: ConvKernel::Dense(m), act, .. } => (m, act),
+                    _ => unreachable!("checked pointwise"),
+                }
+            });
+            let (depthwise, dw_geom, dw_act) = match dwn.op {
+                Op::Conv { kernel: ConvKernel::Depthwise(d), geom, act, .. } => (d, geom, act),
+                _ => unreachable!("checked depthwise"),
+            };
+            let (project, project_act) = match last.op {
+                Op::Conv { kernel: ConvKernel::Dense(m), act, .. } => (m, act),
+                _ => unreachable!("checked pointwise"),
+            };
+            let mut inputs = vec![input];
+            inputs.extend_from_slice(&last.inputs[1..]);
+            let name = last.name.clone();
+            let op = Op::MbConv(Box::new(MbConv { expand, depthwise, dw_geom, dw_act, project, project_act, names }));
+            out.push(Node { name, op, inputs, output: last.output });
+        } else {
+            out.push(pending.remove(0));
+        }
+    }
+    out
+}
+
+/// A network ready to run: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    channels: Vec<Option<usize>>,
+    last_use: Vec<usize>,
+    outputs: Vec<ValueId>,
+}
+
+thread_local! {
+    /// Free buffers of finished values, reused by the next nodes and images.
+    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread.
+const POOL_MAX: usize = 12;
+
+/// A buffer of `len` values (contents unspecified: every kernel writes all of it).
+fn take_buffer(len: usize) -> Vec<f32> {
+    let reused = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        // smallest buffer that holds `len`, else the largest one
+        let best = p.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+        let pick = best.or_else(|| p.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
+        pick.map(|i| p.swap_remove(i))
+    });
+    let mut v = reused.unwrap_or_default();
+    if v.len() > len {
+        v.truncate(len);
+    } else {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Return a buffer to this thread's pool.
+fn give_buffer(v: Vec<f32>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(v);
+        } else if let Some((i, _)) = p.iter().enumerate().min_by_key(|(_, b)| b.capacity()) {
+            if p[i].capacity() < v.capacity() {
+                p[i] = v;
+            }
+        }
+    });
+}
+
+/// Pixels gathered per [`layers::im2col`] block (a multiple of the GEMM tile's rows).
+const IM2COL_PIXELS: usize = 96;
+
+impl Graph {
+    /// The nodes, in evaluation order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+    /// The values [`Graph::run`] returns.
+    pub fn outputs(&self) -> &[ValueId] {
+        &self.outputs
+    }
+    /// The channels of the input image.
+    pub fn input_channels(&self) -> usize {
+        self.channels[0].unwrap_or(0)
+    }
+    /// Channels of a value when known without an image (`None` after a flatten).
+    pub fn channels(&self, v: ValueId) -> Option<usize> {
+        self.channels.get(v).copied().flatten()
+    }
+
+    /// Evaluate the graph on one `h x w x c` image, up to (and returning)
+    /// the first `n_outputs` of [`Graph::outputs`]: nodes needed only by
+    /// later outputs are skipped.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidInput`] naming the node when the image is too
+    /// small for a window or shapes do not match at run time.
+    ///
+    /// With `par`, large layers split their rows over the current rayon
+    /// pool (for one image on several threads); the values are the same.
+    pub fn run(&self, input: Tensor, n_outputs: usize, par: bool) -> Result<Vec<Tensor>> {
+        let wanted = &self.outputs[..n_outputs.min(self.outputs.len())];
+        if input.c != self.input_channels() {
+            return Err(BovwError::input(format!("the network takes {} channels, the image has {}", self.input_channels(), input.c)));
+        }
+        let last_node = wanted.iter().map(|&o| self.nodes.iter().position(|n| n.output == o).map_or(0, |i| i + 1)).max().unwrap_or(0);
+        let mut values: Vec<Option<Tensor>> = vec![None; self.channels.len()];
+        values[0] = Some(input);
+        let result = (|| {
+            for (i, node) in self.nodes[..last_node].iter().enumerate() {
+                let out = self.eval(node, &values, par)?;
+                values[node.output] = Some(out);
+                for &v in &node.inputs {
+                    if self.last_use[v] == i && !wanted.contains(&v) {
+                        if let Some(t) = values[v].take() {
+                            give_buffer(t.data);
+                        }
+                    }
+                }
+            }
+            wanted
+                .iter()
+                .map(|&o| values[o].clone().ok_or_else(|| BovwError::input(format!("output value {o} was not computed"))))
+                .collect::<Result<Vec<_>>>()
+        })();
+        for t in values.into_iter().flatten() {
+            give_buffer(t.data);
+        }
+        result
+    }
+
+    fn eval(&self, node: &Node, values: &[Option<Tensor>], par: bool) -> Result<Tensor> {
+        let get = |k: usize| -> Result<&Tensor> {
+            values[node.inputs[k]].as_ref().ok_or_else(|| BovwError::input(format!("{}: input {k} is not available", node.name)))
+        };
+        let x = get(0)?;
+        let name = node.name.as_str();
+        match &node.op {
+            Op::Conv { geom, c_in, c_out, kernel, act } => {
+                if x.c != *c_in {
+                    return Err(BovwError::input(format!("{name}: expects {c_in} channels, got {}", x.c)));
+                }
+                let (oh, ow, win) = geom.output(x.h, x.w, name)?;
+                let residual = if node.inputs.len() > 1 {
+                    let r = get(1)?;
+                    if (r.h, r.w, r.c) != (oh, ow, *c_out) {
+                        return Err(BovwError::input(format!(
+                            "{name}: residual of {} x {} x {} for an output of {oh} x {ow} x {c_out}",
+                            r.h, r.w, r.c
+                        )));
+                    }
+                    Some(r.data.as_slice())
+                } else {
+                    None
+                };
+                let mut out = take_buffer(oh * ow * c_out);
+                conv_forward(x, kernel, &win, *c_out, oh, ow, residual, *act, &mut out, par);
+                Ok(Tensor { h: oh, w: ow, c: *c_out, data: out })
+            }
+            Op::Add { .. } | Op::Mul if node.inputs.len() == 2 => {
+                let b = get(1)?;
+                let (big, small) = if b.data.len() > x.data.len() { (b, x) } else { (x, b) };
+                let broadcast = small.h * small.w == 1 && small.c == big.c;
+                if !(broadcast || (small.h, small.w, small.c) == (big.h, big.w, big.c)) {
+                    return Err(BovwError::input(format!(
+                        "{name}: operands of {} x {} x {} and {} x {} x {} do not broadcast",
+                        x.h, x.w, x.c, b.h, b.w, b.c
+                    )));
+                }
+                let mut out = take_buffer(big.data.len());
+                let c = big.c.max(1);
+                let is_add = matches!(node.op, Op::Add { .. });
+                for (o, (i, &v)) in out.iter_mut().zip(big.data.iter().enumerate()) {
+                    let s = if broadcast { small.data[i % c] } else { small.data[i] };
+                    // a + b and a * b commute bit for bit: operand order does not matter
+                    *o = if is_add { v + s } else { v * s };
+                }
+                if let Op::Add { act } = node.op {
+                    act.apply_slice(&mut out);
+                }
+                Ok(Tensor { h: big.h, w: big.w, c: big.c, data: out })
+            }
+            Op::Add { .. } | Op::Mul => Err(BovwError::input(format!("{name}: needs two inputs"))),
+            Op::GlobalAvgPool => {
+                let mut out = take_buffer(x.c);
+                layers::global_avg_pool(&x.data, x.c, &mut out);
+                Ok(Tensor { h: 1, w: 1, c: x.c, data: out })
+            }
+            Op::Pool { geom, max, count_include_pad } => {
+                let (oh, ow, win) = geom.output(x.h, x.w, name)?;
+                let mut out = take_buffer(oh * ow * x.c);
+                layers::pool2d(&x.data, x.h, x.w, x.c, &win, oh, ow, *max, *count_include_pad, &mut out);
+                Ok(Tensor { h: oh, w: ow, c: x.c, data: out })
+            }
+            Op::Dense { mat, act } => {
+                let k = x.data.len();
+                if k != mat.k() {
+                    return Err(BovwError::input(format!("{name}: expects {} input features, got {k}", mat.k())));
+                }
+                let mut out = take_buffer(mat.n());
+                layers::gemm(&x.data, 1, k, mat, &mut out, mat.n(), None, *act);
+                Ok(Tensor { h: 1, w: 1, c: mat.n(), data: out })
+            }
+            Op::Act(act) => {
+                let mut out = take_buffer(x.data.len());
+                out.copy_from_slice(&x.data);
+                act.apply_slice(&mut out);
+                Ok(Tensor { h: x.h, w: x.w, c: x.c, data: out })
+            }
+            Op::Softmax => {
+                let mut out = take_buffer(x.data.len());
+                let m = x.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f64;
+                for (o, &v) in out.iter_mut().zip(&x.data) {
+                    *o = (v - m).exp();
+                    sum += *o as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                for o in out.iter_mut() {
+                    *o *= inv;
+                }
+                Ok(Tensor { h: x.h, w: x.w, c: x.c, data: out })
+            }
+            Op::Concat => {
+                let parts: Vec<&Tensor> = (0..node.inputs.len()).map(get).collect::<Result<_>>()?;
+                if parts.iter().any(|t| (t.h, t.w) != (x.h, x.w)) {
+                    return Err(BovwError::input(format!("{name}: concatenated inputs differ in height or width")));
+                }
+                let c: usize = parts.iter().map(|t| t.c).sum();
+                let mut out = take_buffer(x.h * x.w * c);
+                for px in 0..x.h * x.w {
+                    let mut o = px * c;
+                    for t in &parts {
+                        out[o..o + t.c].copy_from_slice(&t.data[px * t.c..(px + 1) * t.c]);
+                        o += t.c;
+                    }
+                }
+                Ok(Tensor { h: x.h, w: x.w, c, data: out })
+            }
+            Op::MbConv(mb) => {
+                let residual = if node.inputs.len() > 1 { Some(get(1)?) } else { None };
+                mbconv_forward(x, mb, residual, name, par)
+            }
+            Op::Flatten => {
+                let mut out = take_buffer(x.data.len());
+                let hw = x.h * x.w;
+                for (px, vals) in x.data.chunks_exact(x.c.max(1)).enumerate() {
+                    for (ch, &v) in vals.iter().enumerate() {
+                        out[ch * hw + px] = v;
+                    }
+                }
+                Ok(Tensor { h: 1, w: 1, c: x.data.len(), data: out })
+            }
+        }
+    }
+}
+
+/// Run one convolution into `out` (`oh x ow x c_out`).
+#[allow(clippy::too_many_arguments)]
+fn conv_forward(
+    x: &Tensor,
+    kernel: &ConvKernel,
+    win: &Window,
+    c_out: usize,
+    oh: usize,
+    ow: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+    par: bool,
+) {
+    let pointwise = win.kh == 1 && win.kw == 1 && win.stride_h == 1 && win.stride_w == 1 && win.pad_top == 0 && win.pad_left == 0;
+    match kernel {
+        ConvKernel::Dense(mat) if pointwise && (oh, ow) == (x.h, x.w) => {
+            if par {
+                layers::gemm_par(&x.data, oh * ow, x.c, mat, out, c_out, residual, act);
+            } else {
+                layers::gemm(&x.data, oh * ow, x.c, mat, out, c_out, residual, act);
+            }
+        }
+        ConvKernel::Dense(mat) => im2col_gemm(x, 0, x.c, mat, win, oh, ow, out, 0, c_out, residual, act, par),
+        ConvKernel::Grouped(mats) => {
+            let groups = mats.len();
+            let (cg_in, cg_out) = (x.c / groups, c_out / groups);
+            for (g, mat) in mats.iter().enumerate() {
+                im2col_gemm(x, g * cg_in, cg_in, mat, win, oh, ow, out, g * cg_out, c_out, residual, act, par);
+            }
+        }
+        ConvKernel::Depthwise(dw) => {
+            if let Some(r) = residual {
+                layers::depthwise(&x.data, x.h, x.w, dw, win, oh, ow, out, Activation::None);
+                for (o, &v) in out.iter_mut().zip(r) {
+                    *o = act.apply(*o + v);
+                }
+            } else if par {
+                layers::depthwise_par(&x.data, x.h, x.w, dw, win, oh, ow, out, act);
+            } else {
+                layers::depthwise(&x.data, x.h, x.w, dw, win, oh, ow, out, act);
+            }
+        }
+    }
+}
+
+/// Largest expanded image (values) an [`MbConv`] computes whole: below
+/// this (640 KiB) the three convolutions run one after the other on whole
+/// images (the wide image stays in L2 anyway, and the GEMMs get many rows);
+/// above it, in strips.
+const MBCONV_WHOLE_VALUES: usize = 160 * 1024;
+/// Target values of the expanded rows computed per strip (about 64 KiB).
+const MBCONV_STRIP_VALUES: usize = 16 * 1024;
+
+/// Run a fused inverted-residual block. Large images go in strips of
+/// output rows: the input rows a strip needs are expanded once (kept in a
+/// buffer that slides down the image), the strip's depthwise rows are
+/// computed, then projected. Each value is computed with the same
+/// operations as by the three layers one after the other.
+fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str, par: bool) -> Result<Tensor> {
+    let c_mid = mb.depthwise.c;
+    let c_in_expected = mb.expand.as_ref().map_or(c_mid, |(m, _)| m.k());
+    if x.c != c_in_expected {
+        return Err(BovwError::input(format!("{name}: expects {c_in_expected} channels, got {}", x.c)));
+    }
+    let (h, w) = (x.h, x.w);
+    let (oh, ow, win) = mb.dw_geom.output(h, w, &mb.names[1])?;
+    let c_out = mb.project.n();
+    if let Some(r) = residual {
+        if (r.h, r.w, r.c) != (oh, ow, c_out) {
+            return Err(BovwError::input(format!(
+                "{name}: residual of {} x {} x {} for an output of {oh} x {ow} x {c_out}",
+                r.h, r.w, r.c
+            )));
+        }
+    }
+    let row_len = w * c_mid;
+    let mut out = take_buffer(oh * ow * c_out);
+    if h * row_len <= MBCONV_WHOLE_VALUES {
+        let mut dw = take_buffer(oh * ow * c_mid);
+        match &mb.expand {
+            Some((em, eact)) => {
+                let mut e = take_buffer(h * row_len);
+                if par {
+                    layers::gemm_par(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
+                    layers::depthwise_par(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
+                } else {
+                    layers::gemm(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
+                    layers::depthwise(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
+                }
+                give_buffer(e);
+            }
+            None if par => layers::depthwise_par(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
+            None => layers::depthwise(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
+        }
+        let res = residual.map(|r| r.data.as_slice());
+        if par {
+            layers::gemm_par(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
+        } else {
+            layers::gemm(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
+        }
+        give_buffer(dw);
+        return Ok(Tensor { h: oh, w: ow, c: c_out, data: out });
+    }
+    // output rows per strip: about MBCONV_STRIP_VALUES new expanded values
+    let strip = (MBCONV_STRIP_VALUES / (win.stride_h * row_len).max(1)).clamp(1, oh.max(1));
+    let threads = rayon::current_num_threads();
+    if par && threads > 1 && oh >= 2 * strip {
+        use rayon::prelude::*;
+        // ranges of output rows, each with its own buffers (rows at the
+        // seams are expanded twice: the same values)
+        let per = oh.div_ceil(2 * threads).max(strip);
+        out.par_chunks_mut(per * ow * c_out).enumerate().for_each(|(i, o)| {
+            let oy0 = i * per;
+            let rows = o.len() / (ow * c_out);
+            mbconv_rows(x, mb, &win, ow, strip, oy0, oy0 + rows, residual, o);
+        });
+    } else {
+        mbconv_rows(x, mb, &win, ow, strip, 0, oh, residual, &mut out);
+    }
+    Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
+}
+
+/// Output rows `oy_start..oy_end` of a fused block, in strips of `strip`
+/// rows, into `out` (those rows only).
+#[allow(clippy::too_many_arguments)]
+fn mbconv_rows(
+    x: &Tensor,
+    mb: &MbConv,
+    win: &Window,
+    ow: usize,
+    strip: usize,
+    oy_start: usize,
+    oy_end: usize,
+    residual: Option<&Tensor>,
+    out: &mut [f32],
+) {
+    let (h, w) = (x.h, x.w);
+    let c_mid = mb.depthwise.c;
+    let c_out = mb.project.n();
+    let row_len = w * c_mid;
+    let span = (strip - 1) * win.stride_h + (win.kh - 1) * win.dilation_h + 1; // input rows of a strip
+    // `buf` holds expanded input rows buf_first..buf_first + buf_rows
+    let mut buf = if mb.expand.is_some() { take_buffer(span.min(h) * row_len) } else { Vec::new() };
+    let (mut buf_first, mut buf_rows) = (0usize, 0usize);
+    let mut dwbuf = take_buffer(strip * ow * c_mid);
+    let mut oy0 = oy_start;
+    while oy0 < oy_end {
+        let t = strip.min(oy_end - oy0);
+        let lo = win.iy(oy0, 0).clamp(0, h as isize) as usize;
+        let hi = (win.iy(oy0 + t - 1, win.kh - 1) + 1).clamp(0, h as isize) as usize; // exclusive
+        if let Some((em, eact)) = &mb.expand {
+            // keep the rows still needed, expand the new ones in one GEMM
+            let keep_from = lo.max(buf_first);
+            let kept = (buf_first + buf_rows).saturating_sub(keep_from);
+            if kept > 0 && keep_from > buf_first {
+                let s0 = (keep_from - buf_first) * row_len;
+                buf.copy_within(s0..s0 + kept * row_len, 0);
+            }
+            let (new_first, new_rows) = (lo + kept, hi.saturating_sub(lo + kept));
+            if new_rows > 0 {
+                let xr = &x.data[new_first * w * x.c..(new_first + new_rows) * w * x.c];
+                layers::gemm(xr, new_rows * w, x.c, em, &mut buf[kept * row_len..(kept + new_rows) * row_len], c_mid, None, *eact);
+            }
+            buf_first = lo;
+            buf_rows = kept + new_rows;
+        }
+        for i in 0..t {
+            let oy = oy0 + i;
+            let mut rows: [Option<&[f32]>; 16] = [None; 16];
+            let rows = &mut rows[..win.kh.min(16)];
+            for (ky, r) in rows.iter_mut().enumerate() {
+                let iy = win.iy(oy, ky);
+                *r = if iy < 0 || iy >= h as isize {
+                    None
+                } else if mb.expand.is_some() {
+                    let k = iy as usize - buf_first;
+                    Some(&buf[k * row_len..(k + 1) * row_len])
+                } else {
+                    Some(&x.data[iy as usize * row_len..(iy as usize + 1) * row_len])
+                };
+            }
+            layers::depthwise_row(rows, w, &mb.depthwise, win, ow, &mut dwbuf[i * ow * c_mid..(i + 1) * ow * c_mid], mb.dw_act);
+        }
+        let o = oy0 * ow * c_out;
+        let res = residual.map(|r| &r.data[o..o + t * ow * c_out]);
+        let oo = (oy0 - oy_start) * ow * c_out;
+        layers::gemm(&dwbuf[..t * ow * c_mid], t * ow, c_mid, &mb.project, &mut out[oo..oo + t * ow * c_out], c_out, res, mb.project_act);
+        oy0 += t;
+    }
+    give_buffer(buf);
+    give_buffer(dwbuf);
+}
+
+/// A dense convolution of channels `c0..c0 + cg` as blocks of im2col rows
+/// times the packed weights, written to columns `col0..` of `out` (row stride `ldo`).
+#[allow(clippy::too_many_arguments)]
+fn im2col_gemm(
+    x: &Tensor,
+    c0: usize,
+    cg: usize,
+    mat: &PackedMatrix,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    col0: usize,
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+    par: bool,
+) {
+    let k = mat.k();
+    let n_px = oh * ow;
+    if par && rayon::current_num_threads() > 1 && n_px > 2 * IM2COL_PIXELS {
+        use rayon::prelude::*;
+        let len = n_px * ldo;
+        out[..len].par_chunks_mut(IM2COL_PIXELS * ldo).enumerate().for_each(|(i, o)| {
+            let p0 = i * IM2COL_PIXELS;
+            let n = o.len() / ldo;
+            let mut cols = take_buffer(n * k);
+            layers::im2col(&x.data, x.h, x.w, x.c, c0, cg, win, ow, p0, n, &mut cols);
+            let res = residual.map(|r| &r[p0 * ldo + col0..]);
+            layers::gemm(&cols, n, k, mat, &mut o[col0..], ldo, res, act);
+            give_buffer(cols);
+        });
+        return;
+    }
+    let mut cols = take_buffer(IM2COL_PIXELS * k);
+    let mut p0 = 0;
+    while p0 < n_px {
+        let n = IM2COL_PIXELS.min(n_px - p0);
+        layers::im2col(&x.data, x.h, x.w, x.c, c0, cg, win, ow, p0, n, &mut cols);
+        let o = p0 * ldo + col0;
+        layers::gemm(&cols, n, k, mat, &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
+        p0 += n;
+    }
+    give_buffer(cols);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        // TF: out = ceil(n / s), pad_total = max((out - 1) s + k - n, 0), top = total / 2
+        let g = Geometry::square(3, 2, Padding::SameUpper);
+        let (oh, ow, win) = g.output(224, 225, "t").unwrap();
+        assert_eq!((oh, ow, win.pad_top, win.pad_left), (112, 113, 0, 1));
+        let g = Geometry::square(5, 2, Padding::SameUpper);
+        let (oh, _, win) = g.output(28, 28, "t").unwrap();
+        assert_eq!((oh, win.pad_top), (14, 1));
+        let g = Geometry::square(5, 2, Padding::SameLower);
+        assert_eq!(g.output(28, 28, "t").unwrap().2.pad_top, 2);
+        let g = Geometry::square(3, 1, Padding::Explicit { top: 0, left: 0, bottom: 0, right: 0 });
+        assert!(g.output(2, 5, "conv7").unwrap_err().to_string().contains("conv7"));
+    }
+
+    #[test]
+    fn builder_checks_channels_and_names_the_layer() {
+        let mut b = GraphBuilder::new(3);
+        let w = vec![0.0; 8 * 4 * 9];
+        let e = b
+            .conv("stem", GraphBuilder::INPUT, &w, [8, 4, 3, 3], None, 1, Geometry::square(3, 1, Padding::SameUpper), Activation::None, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("stem") && e.to_string().contains("3"), "{e}");
+    }
+
+    #[test]
+    fn fused_inverted_residuals_equal_the_three_convolutions() {
+        let mut s = 11u64;
+        let mut r = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let (c_in, c_mid, c_out) = (8, 24, 8);
+        for (k, stride, residual) in [(3, 1, true), (5, 2, false), (3, 2, false), (5, 1, true)] {
+            let we: Vec<f32> = (0..c_mid * c_in).map(|_| r()).collect();
+            let wd: Vec<f32> = (0..c_mid * k * k).map(|_| r()).collect();
+            let wp: Vec<f32> = (0..c_out * c_mid).map(|_| r()).collect();
+            let bias: Vec<f32> = (0..c_mid).map(|_| r()).collect();
+            let build = |fuse: bool| {
+                let mut b = GraphBuilder::new(3);
+                let w0: Vec<f32> = (0..c_in * 3).map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0).collect();
+                let x = b.conv("stem", 0, &w0, [c_in, 3, 1, 1], None, 1, Geometry::square(1, 1, Padding::SameUpper), Activation::None, None).unwrap();
+                let e = b.conv("e", x, &we, [c_mid, c_in, 1, 1], Some(&bias), 1, Geometry::square(1, 1, Padding::SameUpper), Activation::RELU6, None).unwrap();
+                let d = b.conv("d", e, &wd, [c_mid, 1, k, k], Some(&bias), c_mid, Geometry::square(k, stride, Padding::SameUpper), Activation::RELU6, None).unwrap();
+                let p = b.conv("p", d, &wp, [c_out, c_mid, 1, 1], None, 1, Geometry::square(1, 1, Padding::SameUpper), Activation::None, residual.then_some(x)).unwrap();
+                let outs = if fuse { vec![p] } else { vec![p, e, d] };
+                b.finish(outs).unwrap()
+            };
+            let fused = build(true);
+            assert!(fused.nodes().iter().any(|n| matches!(n.op, Op::MbConv(_))));
+            let plain = build(false);
+            assert!(!plain.nodes().iter().any(|n| matches!(n.op, Op::MbConv(_))));
+            for (hh, ww) in [(37, 23), (5, 9), (64, 64), (150, 97)] {
+                let img: Vec<f32> = (0..hh * ww * 3).map(|_| r()).collect();
+                let a = fused.run(Tensor::new(hh, ww, 3, img.clone()), 1, false).unwrap();
+                let b = plain.run(Tensor::new(hh, ww, 3, img.clone()), 1, false).unwrap();
+                assert_eq!(a[0], b[0], "k {k} stride {stride} on {hh} x {ww}");
+                // rows split over threads: the same values
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                let c = pool.install(|| fused.run(Tensor::new(hh, ww, 3, img.clone()), 1, true)).unwrap();
+                let d = pool.install(|| plain.run(Tensor::new(hh, ww, 3, img), 1, true)).unwrap();
+                assert_eq!(a[0], c[0], "fused, parallel rows");
+                assert_eq!(a[0], d[0], "plain, parallel rows");
+            }
+        }
+    }
+
+    #[test]
+    fn a_small_graph_runs_and_frees_its_values() {
+        // conv 3 -> 4 (3x3), depthwise, pointwise with residual, pool, dense
+        let mut s = 9u64;
+        let mut r = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let mut b = GraphBuilder::new(3);
+        let w1: Vec<f32> = (0..4 * 3 * 9).map(|_| r()).collect();
+        let a = b.conv("c1", 0, &w1, [4, 3, 3, 3], None, 1, Geometry::square(3, 2, Padding::SameUpper), Activation::RELU6, None).unwrap();
+        let w2: Vec<f32> = (0..4 * 9).map(|_| r()).collect();
+        let d = b.conv("dw", a, &w2, [4, 1, 3, 3], None, 4, Geometry::square(3, 1, Padding::SameUpper), Activation::RELU6, None).unwrap();
+        let w3: Vec<f32> = (0..16).map(|_| r()).collect();
+        let p = b.conv("pw", d, &w3, [4, 4, 1, 1], None, 1, Geometry::square(1, 1, Padding::SameUpper), Activation::None, Some(a)).unwrap();
+        let g = b.global_avg_pool("pool", p).unwrap();
+        let wf: Vec<f32> = (0..8).map(|_| r()).collect();
+        let f = b.dense("fc", g, &wf, 4, 2, None, Activation::None).unwrap();
+        let graph = b.finish(vec![g, f]).unwrap();
+        let img: Vec<f32> = (0..9 * 7 * 3).map(|_| r()).collect();
+        let outs = graph.run(Tensor::new(9, 7, 3, img.clone()), 2, false).unwrap();
+        assert_eq!((outs[0].c, outs[1].c), (4, 2));
+        let again = graph.run(Tensor::new(9, 7, 3, img), 1, false).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0], outs[0]);
+        // logits from the pooled features by hand
+        for j in 0..2 {
+            let want: f32 = (0..4).map(|kk| outs[0].data[kk] * wf[kk * 2 + j]).sum();
+            assert!((outs[1].data[j] - want).abs() < 1e-6);
+        }
+    }
+}

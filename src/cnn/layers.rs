@@ -1,0 +1,1058 @@
+//! The CNN kernels, on one image in NHWC (`height x width x channels`,
+//! channels fastest) float32 layout.
+//!
+//! - [`PackedMatrix`] + [`gemm`]: $Y = \mathrm{act}(b + X W (+ R))$ for
+//!   `m x k` row-major $X$ and a `k x n` weight matrix packed once into
+//!   panels of [`NR`] columns: pointwise (1 x 1) convolutions, fully
+//!   connected layers, and every other dense convolution through
+//!   [`im2col`]. The tile is BLIS's 6 x 16 AVX2 register block (Van Zee and
+//!   van de Geijn, ACM TOMS 2015) with the bias, the residual and the
+//!   activation applied in registers before the one store.
+//! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
+//!   vectorised over channels.
+//! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
+//!
+//! **One order of operations everywhere.** Every output value is computed
+//! as `acc = bias; acc = fma(x_t, w_t, acc)` over its taps `t` in a fixed
+//! order (the `k` index of the GEMM; `(ky, kx)` of a depthwise filter, taps
+//! that fall in the zero padding skipped, which adds exactly nothing), then
+//! `+ residual`, then the activation. The AVX2 kernels and the portable
+//! code (`f32::mul_add`) perform exactly these operations, so results are
+//! the same bits on every x86-64 CPU with or without AVX2, for any row
+//! split, thread count or batch composition.
+
+#[cfg(target_arch = "x86_64")]
+use crate::features::use_avx2;
+
+/// Whether the AVX2 + FMA kernels run: the CPU has both (checked at run
+/// time, cached by std) and the thread is not restricted to the portable
+/// paths (tests compare both).
+#[inline]
+pub(crate) fn use_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use_avx2() && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Output channels per packed weight panel (two 8-lane AVX registers).
+pub const NR: usize = 16;
+/// Rows of the GEMM register tile.
+pub const MR: usize = 6;
+
+/// A pointwise activation applied to a layer's output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, lo), hi)` (ReLU6 is `Clip { lo: 0, hi: 6 }`).
+    Clip { lo: f32, hi: f32 },
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `max(0, min(1, alpha x + beta))` (ONNX `HardSigmoid`).
+    HardSigmoid { alpha: f32, beta: f32 },
+    /// `x * max(0, min(1, x / 6 + 1/2))` (ONNX `HardSwish`).
+    HardSwish,
+    /// `x / (1 + exp(-x))` (SiLU).
+    Swish,
+}
+
+impl Activation {
+    /// ReLU6, EfficientNet-Lite's and MobileNetV2's activation.
+    pub const RELU6: Activation = Activation::Clip { lo: 0.0, hi: 6.0 };
+
+    /// The activation of one value.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::None => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Clip { lo, hi } => x.max(lo).min(hi),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Activation::Swish => x / (1.0 + (-x).exp()),
+        }
+    }
+
+    /// The `(lo, hi)` bounds when the activation is a clamp (None, ReLU,
+    /// Clip), applied in registers by the kernels; `None` otherwise.
+    #[inline]
+    pub fn clamp_bounds(self) -> Option<(f32, f32)> {
+        match self {
+            Activation::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+            Activation::Relu => Some((0.0, f32::INFINITY)),
+            Activation::Clip { lo, hi } => Some((lo, hi)),
+            _ => None,
+        }
+    }
+
+    /// Apply in place to a slice.
+    pub fn apply_slice(self, xs: &mut [f32]) {
+        if self == Activation::None {
+            return;
+        }
+        for x in xs {
+            *x = self.apply(*x);
+        }
+    }
+}
+
+/// `min(max(x, lo), hi)` as the kernels compute it (max first, then min).
+#[inline(always)]
+fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+    let y = if x > lo { x } else { lo };
+    if y < hi {
+        y
+    } else {
+        hi
+    }
+}
+
+/// A `k x n` weight matrix and its `n` biases, packed once for [`gemm`]:
+/// `ceil(n / NR)` panels of `k x NR` values (row after row, zero-padded past
+/// `n`), so that a tile reads each weight row as two aligned vectors.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    k: usize,
+    n: usize,
+    panels: usize,
+    data: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Pack `weights(kk, j)` for `kk < k`, `j < n` with `bias[j]`.
+    ///
+    /// # Panics
+    /// If `bias.len() != n`.
+    pub fn from_fn(k: usize, n: usize, bias: &[f32], weights: impl Fn(usize, usize) -> f32) -> Self {
+        assert_eq!(bias.len(), n, "one bias per output column");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for p in 0..panels {
+            for kk in 0..k {
+                for c in 0..NR {
+                    let j = p * NR + c;
+                    if j < n {
+                        data[(p * k + kk) * NR + c] = weights(kk, j);
+                    }
+                }
+            }
+        }
+        let mut b = vec![0f32; panels * NR];
+        b[..n].copy_from_slice(bias);
+        PackedMatrix { k, n, panels, data, bias: b }
+    }
+
+    /// Pack a row-major `k x n` matrix.
+    ///
+    /// # Panics
+    /// If `w.len() != k * n` or `bias.len() != n`.
+    pub fn from_row_major(w: &[f32], k: usize, n: usize, bias: &[f32]) -> Self {
+        assert_eq!(w.len(), k * n, "weights must be k * n values");
+        Self::from_fn(k, n, bias, |kk, j| w[kk * n + j])
+    }
+
+    /// Input features (rows of the weight matrix).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Output features (columns).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// The weight at row `kk`, column `j` (tests).
+    pub fn get(&self, kk: usize, j: usize) -> f32 {
+        self.data[((j / NR) * self.k + kk) * NR + j % NR]
+    }
+    /// The bias of column `j`.
+    pub fn bias(&self, j: usize) -> f32 {
+        self.bias[j]
+    }
+}
+
+/// $Y = \mathrm{act}(b + X W + R)$ on rows of $X$.
+///
+/// `x` holds `m` rows of `w.k()` values with row stride `ldx`; `out` gets
+/// `m` rows of `w.n()` values with row stride `ldo`; `residual` (optional)
+/// has the layout of `out`. Each output value is
+/// `act(fma-sum over kk in order, starting from the bias, + residual)`.
+///
+/// # Panics
+/// If a slice is too short for its rows and strides.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    x: &[f32],
+    m: usize,
+    ldx: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    let (k, n) = (w.k, w.n);
+    assert!(ldx >= k && ldo >= n, "row strides must cover the rows");
+    assert!(x.len() >= (m - 1) * ldx + k, "x too short");
+    assert!(out.len() >= (m - 1) * ldo + n, "out too short");
+    if let Some(r) = residual {
+        assert!(r.len() >= (m - 1) * ldo + n, "residual too short");
+    }
+    let bounds = act.clamp_bounds();
+    let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    // rows per block: keep the block's rows of x (k floats each) near 96 KiB;
+    // blocks and tiles as even as possible (a 1-row tile is latency-bound).
+    // Tiling never changes a value: each row is summed in the same order.
+    let mc = ((96 * 1024 / 4) / k.max(1)).clamp(MR, 240) / MR * MR;
+    let n_blocks = m.div_ceil(mc);
+    let mut m0 = 0;
+    for bi in 0..n_blocks {
+        let mb = (m - m0) / (n_blocks - bi);
+        let n_tiles = mb.div_ceil(MR);
+        for p in 0..w.panels {
+            let cols = NR.min(n - p * NR);
+            let panel = &w.data[p * k * NR..(p + 1) * k * NR];
+            let bias = &w.bias[p * NR..(p + 1) * NR];
+            let mut r0 = m0;
+            for ti in 0..n_tiles {
+                let rows = (m0 + mb - r0) / (n_tiles - ti);
+                let tile = Tile { x, ldx, k, panel, bias, out_col: p * NR, cols, ldo, lo, hi };
+                // SAFETY: rows r0..r0+rows < m and columns p*NR..p*NR+cols <= n
+                // are in bounds of x, out and residual (asserted above).
+                unsafe { tile.run(r0, rows, out, residual) };
+                r0 += rows;
+            }
+        }
+        m0 += mb;
+    }
+    debug_assert_eq!(m0, m);
+    if bounds.is_none() {
+        for r in 0..m {
+            act.apply_slice(&mut out[r * ldo..r * ldo + n]);
+        }
+    }
+}
+
+/// Multiply-adds below which [`gemm_par`] stays on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 21;
+
+/// [`gemm`] with its rows split into blocks over the current rayon pool
+/// (`out` holds exactly `m` rows of `ldo` values). The values are those of
+/// [`gemm`]: each row is summed in the same order whatever the split.
+///
+/// # Panics
+/// As [`gemm`], and if `out.len() != m * ldo`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_par(
+    x: &[f32],
+    m: usize,
+    ldx: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * w.k * w.n < PAR_MIN_WORK || m < 2 * MR {
+        return gemm(x, m, ldx, w, out, ldo, residual, act);
+    }
+    assert_eq!(out.len(), m * ldo, "out must hold m rows");
+    let chunk = m.div_ceil(2 * threads).max(MR);
+    out.par_chunks_mut(chunk * ldo).enumerate().for_each(|(i, o)| {
+        let r0 = i * chunk;
+        let rows = o.len() / ldo;
+        gemm(&x[r0 * ldx..], rows, ldx, w, o, ldo, residual.map(|r| &r[r0 * ldo..(r0 + rows) * ldo]), act);
+    });
+}
+
+/// One `rows x cols` tile of [`gemm`] (rows <= MR, cols <= NR).
+struct Tile<'a> {
+    x: &'a [f32],
+    ldx: usize,
+    k: usize,
+    panel: &'a [f32],
+    bias: &'a [f32],
+    out_col: usize,
+    cols: usize,
+    ldo: usize,
+    lo: f32,
+    hi: f32,
+}
+
+impl Tile<'_> {
+    /// # Safety
+    /// Rows `r0..r0 + rows` of `x` (stride `ldx`, `k` values) and of `out`
+    /// and `residual` (stride `ldo`, columns `out_col..out_col + cols`) must
+    /// be in bounds.
+    #[inline]
+    unsafe fn run(&self, r0: usize, rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if use_simd() {
+                // SAFETY: AVX2 and FMA are available (use_simd checked both).
+                if self.cols <= 8 {
+                    // a last panel of at most 8 columns: half the work
+                    match rows {
+                        6 => return avx2::tile8::<6>(self, r0, out, residual),
+                        5 => return avx2::tile8::<5>(self, r0, out, residual),
+                        4 => return avx2::tile8::<4>(self, r0, out, residual),
+                        3 => return avx2::tile8::<3>(self, r0, out, residual),
+                        2 => return avx2::tile8::<2>(self, r0, out, residual),
+                        _ => return avx2::tile8::<1>(self, r0, out, residual),
+                    }
+                }
+                match rows {
+                    6 => return avx2::tile::<6>(self, r0, out, residual),
+                    5 => return avx2::tile::<5>(self, r0, out, residual),
+                    4 => return avx2::tile::<4>(self, r0, out, residual),
+                    3 => return avx2::tile::<3>(self, r0, out, residual),
+                    2 => return avx2::tile::<2>(self, r0, out, residual),
+                    _ => return avx2::tile::<1>(self, r0, out, residual),
+                }
+            }
+        }
+        self.portable(r0, rows, out, residual)
+    }
+
+    fn portable(&self, r0: usize, rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        for r in r0..r0 + rows {
+            let xr = &self.x[r * self.ldx..r * self.ldx + self.k];
+            let mut acc = [0f32; NR];
+            acc.copy_from_slice(self.bias);
+            for (kk, &xv) in xr.iter().enumerate() {
+                let wr = &self.panel[kk * NR..kk * NR + NR];
+                for c in 0..NR {
+                    acc[c] = xv.mul_add(wr[c], acc[c]);
+                }
+            }
+            let o = r * self.ldo + self.out_col;
+            for c in 0..self.cols {
+                let mut v = acc[c];
+                if let Some(res) = residual {
+                    v += res[o + c];
+                }
+                out[o + c] = clamp(v, self.lo, self.hi);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// The `R x 8` tile of a last panel with at most 8 columns (the same
+    /// operations on the lanes it keeps).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile8<const R: usize>(t: &Tile<'_>, r0: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        let b0 = _mm256_loadu_ps(t.bias.as_ptr());
+        let mut acc = [b0; R];
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = t.x.as_ptr().add((r0 + r) * t.ldx);
+        }
+        let mut wp = t.panel.as_ptr();
+        for kk in 0..t.k {
+            let w0 = _mm256_loadu_ps(wp);
+            for r in 0..R {
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp[r].add(kk)), w0, acc[r]);
+            }
+            wp = wp.add(NR);
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = (r0 + r) * t.ldo + t.out_col;
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), *a);
+            for c in 0..t.cols {
+                let mut v = tmp[c];
+                if let Some(res) = residual {
+                    v += res[o + c];
+                }
+                out[o + c] = super::clamp(v, t.lo, t.hi);
+            }
+        }
+    }
+
+    /// The `R x 16` register tile: `2 R` accumulators, two weight vectors
+    /// and one broadcast per step of `k`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; the tile's rows and columns must be
+    /// in bounds (see [`Tile::run`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize>(t: &Tile<'_>, r0: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        let b0 = _mm256_loadu_ps(t.bias.as_ptr());
+        let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
+        let mut acc0 = [b0; R];
+        let mut acc1 = [b1; R];
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = t.x.as_ptr().add((r0 + r) * t.ldx);
+        }
+        let mut wp = t.panel.as_ptr();
+        for kk in 0..t.k {
+            let w0 = _mm256_loadu_ps(wp);
+            let w1 = _mm256_loadu_ps(wp.add(8));
+            for r in 0..R {
+                let a = _mm256_broadcast_ss(&*xp[r].add(kk));
+                acc0[r] = _mm256_fmadd_ps(a, w0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(a, w1, acc1[r]);
+            }
+            wp = wp.add(NR);
+        }
+        let lo = _mm256_set1_ps(t.lo);
+        let hi = _mm256_set1_ps(t.hi);
+        for r in 0..R {
+            let o = (r0 + r) * t.ldo + t.out_col;
+            let (mut v0, mut v1) = (acc0[r], acc1[r]);
+            if t.cols == NR {
+                if let Some(res) = residual {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res.as_ptr().add(o)));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res.as_ptr().add(o + 8)));
+                }
+                // max then min, as `clamp`: NaN-free inputs give the same bits
+                v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
+                v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+                _mm256_storeu_ps(out.as_mut_ptr().add(o), v0);
+                _mm256_storeu_ps(out.as_mut_ptr().add(o + 8), v1);
+            } else {
+                let mut tmp = [0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
+                for c in 0..t.cols {
+                    let mut v = tmp[c];
+                    if let Some(res) = residual {
+                        v += res[o + c];
+                    }
+                    out[o + c] = super::clamp(v, t.lo, t.hi);
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution's filters: one `kh x kw` filter and one bias
+/// per channel, stored tap-major (`[kh * kw][c]`) so that a tap reads the
+/// filters of consecutive channels as one vector.
+#[derive(Debug, Clone)]
+pub struct Depthwise {
+    pub kh: usize,
+    pub kw: usize,
+    pub c: usize,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Depthwise {
+    /// Filters from `weight(channel, ky, kx)` and `bias[channel]`.
+    ///
+    /// # Panics
+    /// If `bias.len() != c`.
+    pub fn from_fn(c: usize, kh: usize, kw: usize, bias: &[f32], weight: impl Fn(usize, usize, usize) -> f32) -> Self {
+        assert_eq!(bias.len(), c);
+        let mut weights = vec![0f32; kh * kw * c];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                for ch in 0..c {
+                    weights[(ky * kw + kx) * c + ch] = weight(ch, ky, kx);
+                }
+            }
+        }
+        Depthwise { kh, kw, c, weights, bias: bias.to_vec() }
+    }
+}
+
+/// Spatial geometry of a convolution or pooling window: stride, dilation
+/// and the zero padding before the first row / column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub kh: usize,
+    pub kw: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub dilation_h: usize,
+    pub dilation_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+impl Window {
+    /// Input row of output row `oy`, tap `ky` (may fall in the padding).
+    #[inline]
+    pub(crate) fn iy(&self, oy: usize, ky: usize) -> isize {
+        (oy * self.stride_h + ky * self.dilation_h) as isize - self.pad_top as isize
+    }
+    #[inline]
+    pub(crate) fn ix(&self, ox: usize, kx: usize) -> isize {
+        (ox * self.stride_w + kx * self.dilation_w) as isize - self.pad_left as isize
+    }
+}
+
+/// Depthwise convolution of an `h x w x c` image into `oh x ow x c`,
+/// then the activation.
+///
+/// # Panics
+/// If the buffers do not have the stated sizes or `dw.c != c`.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    dw: &Depthwise,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    act: Activation,
+) {
+    let c = dw.c;
+    assert_eq!(x.len(), h * w * c, "input size");
+    assert_eq!(out.len(), oh * ow * c, "output size");
+    let mut rows: Vec<Option<&[f32]>> = vec![None; win.kh];
+    for oy in 0..oh {
+        for (ky, r) in rows.iter_mut().enumerate() {
+            let iy = win.iy(oy, ky);
+            *r = (iy >= 0 && iy < h as isize).then(|| &x[iy as usize * w * c..(iy as usize + 1) * w * c]);
+        }
+        depthwise_row(&rows, w, dw, win, ow, &mut out[oy * ow * c..(oy + 1) * ow * c], act);
+    }
+}
+
+/// [`depthwise`] with output rows spread over the current rayon pool
+/// (same values).
+///
+/// # Panics
+/// As [`depthwise`].
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_par(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    dw: &Depthwise,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    act: Activation,
+) {
+    use rayon::prelude::*;
+    let c = dw.c;
+    if rayon::current_num_threads() <= 1 || oh * ow * c * win.kh * win.kw < PAR_MIN_WORK / 4 || oh < 2 {
+        return depthwise(x, h, w, dw, win, oh, ow, out, act);
+    }
+    assert_eq!(x.len(), h * w * c, "input size");
+    assert_eq!(out.len(), oh * ow * c, "output size");
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(oy, orow)| {
+        let mut rows: Vec<Option<&[f32]>> = vec![None; win.kh];
+        for (ky, r) in rows.iter_mut().enumerate() {
+            let iy = win.iy(oy, ky);
+            *r = (iy >= 0 && iy < h as isize).then(|| &x[iy as usize * w * c..(iy as usize + 1) * w * c]);
+        }
+        depthwise_row(&rows, w, dw, win, ow, orow, act);
+    });
+}
+
+/// One output row of a depthwise convolution: `rows[ky]` is the input row
+/// (`w x c` values) tap row `ky` reads, `None` where it falls in the
+/// padding; `out` gets `ow x c` values.
+///
+/// # Panics
+/// If `rows` has not `kh` entries or a slice has the wrong length.
+pub fn depthwise_row(rows: &[Option<&[f32]>], w: usize, dw: &Depthwise, win: &Window, ow: usize, out: &mut [f32], act: Activation) {
+    let c = dw.c;
+    assert!(win.kh == dw.kh && win.kw == dw.kw && rows.len() == dw.kh, "filter and window sizes");
+    assert_eq!(out.len(), ow * c, "output row size");
+    assert!(rows.iter().flatten().all(|r| r.len() == w * c), "input row size");
+    let bounds = act.clamp_bounds();
+    let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let row = DwRow { rows, w, c, dw, win, ow, lo, hi };
+    let mut done = false;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if use_simd() {
+            // SAFETY: AVX2 and FMA are available; the kernels index within
+            // the rows, the filters and `out` (sizes asserted above).
+            unsafe { dw_avx2::row(&row, out) };
+            done = true;
+        }
+    }
+    if !done {
+        row.portable(out);
+    }
+    if bounds.is_none() {
+        act.apply_slice(out);
+    }
+}
+
+/// One output row of [`depthwise_row`].
+struct DwRow<'a> {
+    rows: &'a [Option<&'a [f32]>],
+    w: usize,
+    c: usize,
+    dw: &'a Depthwise,
+    win: &'a Window,
+    ow: usize,
+    lo: f32,
+    hi: f32,
+}
+
+impl DwRow<'_> {
+    fn kx_range(&self, ox: usize) -> (usize, usize) {
+        let mut a = 0;
+        while a < self.win.kw && self.win.ix(ox, a) < 0 {
+            a += 1;
+        }
+        let mut b = self.win.kw;
+        while b > a && self.win.ix(ox, b - 1) >= self.w as isize {
+            b -= 1;
+        }
+        (a, b)
+    }
+
+    /// Output columns `[first, last)` whose taps are all inside the image.
+    fn interior(&self) -> (usize, usize) {
+        let mut first = 0;
+        while first < self.ow && self.win.ix(first, 0) < 0 {
+            first += 1;
+        }
+        let mut last = first;
+        while last < self.ow && self.win.ix(last, self.win.kw - 1) < self.w as isize {
+            last += 1;
+        }
+        (first, last)
+    }
+
+    /// Channels `c0..c1` of output pixel `ox`, one value at a time.
+    fn pixel(&self, ox: usize, c0: usize, c1: usize, out: &mut [f32]) {
+        let (c, kw) = (self.c, self.win.kw);
+        let (kx0, kx1) = self.kx_range(ox);
+        for ch in c0..c1 {
+            let mut acc = self.dw.bias[ch];
+            for (ky, row) in self.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let ix = self.win.ix(ox, kx) as usize;
+                    acc = row[ix * c + ch].mul_add(self.dw.weights[(ky * kw + kx) * c + ch], acc);
+                }
+            }
+            out[ox * c + ch] = clamp(acc, self.lo, self.hi);
+        }
+    }
+
+    fn portable(&self, out: &mut [f32]) {
+        for ox in 0..self.ow {
+            self.pixel(ox, 0, self.c, out);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dw_avx2 {
+    use super::DwRow;
+    use std::arch::x86_64::*;
+
+    /// One output row. Interior pixels go through register tiles of `PX`
+    /// pixels x 8 channels ([`tile`]) when the window is 3 or 5 wide with
+    /// stride 1 or 2 and no dilation, else one pixel x 8 channels at a
+    /// time; edge pixels and the last `c % 8` channels go value by value
+    /// ([`DwRow::pixel`]). Every path performs the same operations.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `out` has `ow * c` values and every
+    /// present row `w * c`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
+        let c8 = r.c / 8 * 8;
+        let (first, last) = r.interior();
+        let tiled = r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+        let px = if r.win.stride_w == 1 { 8 } else { 6 };
+        let mut ox = 0;
+        while ox < r.ow {
+            let interior = ox >= first && ox < last;
+            let n = if ox + px <= last { px } else { 4 };
+            if interior && tiled && ox + n <= last {
+                if c8 > 0 {
+                    match (r.win.kw, r.win.stride_w, n) {
+                        (3, 1, 8) => tile::<3, 1, 8>(r, ox, c8, out),
+                        (5, 1, 8) => tile::<5, 1, 8>(r, ox, c8, out),
+                        (3, 2, 6) => tile::<3, 2, 6>(r, ox, c8, out),
+                        (5, 2, 6) => tile::<5, 2, 6>(r, ox, c8, out),
+                        (3, 1, _) => tile::<3, 1, 4>(r, ox, c8, out),
+                        (5, 1, _) => tile::<5, 1, 4>(r, ox, c8, out),
+                        (3, 2, _) => tile::<3, 2, 4>(r, ox, c8, out),
+                        _ => tile::<5, 2, 4>(r, ox, c8, out),
+                    }
+                }
+                for j in 0..n {
+                    r.pixel(ox + j, c8, r.c, out);
+                }
+                ox += n;
+            } else {
+                if c8 > 0 {
+                    single(r, ox, c8, out);
+                }
+                r.pixel(ox, c8, r.c, out);
+                ox += 1;
+            }
+        }
+    }
+
+    /// `P` interior output pixels from `ox`, channels `0..c8` in blocks of 8:
+    /// per tap row, the `K` filter vectors stay in registers and each input
+    /// column is loaded once for the (up to `K`) pixels that read it.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+        let c = r.c;
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let ix0 = r.win.ix(ox, 0) as usize; // first input column (interior: >= 0)
+        let wp = r.dw.weights.as_ptr();
+        let mut cb = 0;
+        while cb < c8 {
+            let b = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
+            let mut acc = [b; P];
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                let mut wv = [_mm256_setzero_ps(); K];
+                for (kx, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * c + cb));
+                }
+                let base = row.as_ptr().add(ix0 * c + cb);
+                // input column j feeds pixel p through tap kx = j - p S
+                for j in 0..(P - 1) * S + K {
+                    let xv = _mm256_loadu_ps(base.add(j * c));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        if j >= p * S && j - p * S < K {
+                            *a = _mm256_fmadd_ps(xv, wv[j - p * S], *a);
+                        }
+                    }
+                }
+            }
+            for (p, a) in acc.iter().enumerate() {
+                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
+            }
+            cb += 8;
+        }
+    }
+
+    /// Channels `0..c8` of one output pixel, any window: four blocks of 8
+    /// channels at a time (four independent sums, so the FMA latency is
+    /// hidden), then the remaining blocks one by one.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn single(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+        let (c, kw) = (r.c, r.win.kw);
+        let (kx0, kx1) = r.kx_range(ox);
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let wp = r.dw.weights.as_ptr();
+        let bp = r.dw.bias.as_ptr();
+        let op = out.as_mut_ptr().add(ox * c);
+        let mut cb = 0;
+        while cb + 32 <= c8 {
+            let mut acc = [
+                _mm256_loadu_ps(bp.add(cb)),
+                _mm256_loadu_ps(bp.add(cb + 8)),
+                _mm256_loadu_ps(bp.add(cb + 16)),
+                _mm256_loadu_ps(bp.add(cb + 24)),
+            ];
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let ix = r.win.ix(ox, kx) as usize;
+                    let wv = wp.add((ky * kw + kx) * c + cb);
+                    let xv = row.as_ptr().add(ix * c + cb);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xv.add(8 * j)), _mm256_loadu_ps(wv.add(8 * j)), *a);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.add(cb + 8 * j), _mm256_min_ps(_mm256_max_ps(*a, lo), hi));
+            }
+            cb += 32;
+        }
+        while cb < c8 {
+            let mut acc = _mm256_loadu_ps(bp.add(cb));
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let ix = r.win.ix(ox, kx) as usize;
+                    let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * c + cb));
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.as_ptr().add(ix * c + cb)), wv, acc);
+                }
+            }
+            _mm256_storeu_ps(op.add(cb), _mm256_min_ps(_mm256_max_ps(acc, lo), hi));
+            cb += 8;
+        }
+    }
+}
+
+/// Gather the `kh x kw x c` input patches of output pixels `p0..p0 + n`
+/// (pixel index `oy * ow + ox`) of channels `c0..c0 + cg` into rows of
+/// `kh * kw * cg` values, `(ky, kx, channel)` order, zeros for padding.
+///
+/// # Panics
+/// If `cols` is shorter than `n * kh * kw * cg`.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    c0: usize,
+    cg: usize,
+    win: &Window,
+    ow: usize,
+    p0: usize,
+    n: usize,
+    cols: &mut [f32],
+) {
+    let kk = win.kh * win.kw * cg;
+    assert!(cols.len() >= n * kk);
+    for i in 0..n {
+        let (oy, ox) = ((p0 + i) / ow, (p0 + i) % ow);
+        let row = &mut cols[i * kk..(i + 1) * kk];
+        for ky in 0..win.kh {
+            let iy = win.iy(oy, ky);
+            let (ix0, ix1) = (win.ix(ox, 0), win.ix(ox, win.kw - 1));
+            if cg == c && win.dilation_w == 1 && iy >= 0 && iy < h as isize && ix0 >= 0 && ix1 < w as isize {
+                // the whole tap row is one contiguous run of kw * c values
+                let s = (iy as usize * w + ix0 as usize) * c;
+                row[ky * win.kw * cg..(ky + 1) * win.kw * cg].copy_from_slice(&x[s..s + win.kw * c]);
+                continue;
+            }
+            for kx in 0..win.kw {
+                let ix = win.ix(ox, kx);
+                let dst = &mut row[(ky * win.kw + kx) * cg..(ky * win.kw + kx + 1) * cg];
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    dst.fill(0.0);
+                } else {
+                    let s = (iy as usize * w + ix as usize) * c + c0;
+                    dst.copy_from_slice(&x[s..s + cg]);
+                }
+            }
+        }
+    }
+}
+
+/// Mean over all pixels of an `n_pixels x c` image: `c` values, each the
+/// in-order sum divided by `n_pixels`.
+pub fn global_avg_pool(x: &[f32], c: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), c);
+    let n = x.len().checked_div(c).unwrap_or(0);
+    out.fill(0.0);
+    for px in x.chunks_exact(c) {
+        for (o, &v) in out.iter_mut().zip(px) {
+            *o += v;
+        }
+    }
+    if n > 0 {
+        let inv = n as f32;
+        for o in out.iter_mut() {
+            *o /= inv;
+        }
+    }
+}
+
+/// Max or average pooling of an `h x w x c` image into `oh x ow x c`.
+/// Padding never wins a max; an average divides by the number of taps
+/// inside the image, or by `kh * kw` when `count_include_pad`.
+#[allow(clippy::too_many_arguments)]
+pub fn pool2d(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    max: bool,
+    count_include_pad: bool,
+    out: &mut [f32],
+) {
+    assert_eq!(out.len(), oh * ow * c);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = &mut out[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+            o.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+            let mut taps = 0usize;
+            for ky in 0..win.kh {
+                let iy = win.iy(oy, ky);
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                for kx in 0..win.kw {
+                    let ix = win.ix(ox, kx);
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    taps += 1;
+                    let s = (iy as usize * w + ix as usize) * c;
+                    for (ov, &v) in o.iter_mut().zip(&x[s..s + c]) {
+                        if max {
+                            if v > *ov {
+                                *ov = v;
+                            }
+                        } else {
+                            *ov += v;
+                        }
+                    }
+                }
+            }
+            if !max {
+                let d = if count_include_pad { (win.kh * win.kw) as f32 } else { taps.max(1) as f32 };
+                for ov in o.iter_mut() {
+                    *ov /= d;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::portable_only;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn naive_gemm(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32], res: Option<&[f32]>, act: Activation) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = b[j] as f64;
+                for kk in 0..k {
+                    s += x[i * k + kk] as f64 * w[kk * n + j] as f64;
+                }
+                if let Some(r) = res {
+                    s += r[i * n + j] as f64;
+                }
+                out[i * n + j] = act.apply(s as f32) as f64;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gemm_matches_a_naive_product_and_the_portable_path_bit_for_bit() {
+        let mut s = 1u64;
+        for &(m, k, n) in &[(1, 1, 1), (7, 3, 5), (13, 27, 32), (50, 40, 17), (6, 300, 48), (250, 16, 96)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
+            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            for (r, act) in [(None, Activation::None), (Some(&res[..]), Activation::RELU6), (None, Activation::Swish)] {
+                let mut fast = vec![0f32; m * n];
+                gemm(&x, m, k, &pm, &mut fast, n, r, act);
+                let mut port = vec![0f32; m * n];
+                portable_only(|| gemm(&x, m, k, &pm, &mut port, n, r, act));
+                assert_eq!(fast, port, "AVX2 and portable paths differ at ({m}, {k}, {n})");
+                let want = naive_gemm(&x, m, k, &w, n, &b, r, act);
+                for (a, b) in fast.iter().zip(&want) {
+                    assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + k as f64), "{a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_rows_do_not_depend_on_the_split() {
+        let mut s = 5u64;
+        let (m, k, n) = (37, 70, 33);
+        let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+        let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+        let pm = PackedMatrix::from_row_major(&w, k, n, &vec![0.1; n]);
+        let mut whole = vec![0f32; m * n];
+        gemm(&x, m, k, &pm, &mut whole, n, None, Activation::None);
+        let mut parts = vec![0f32; m * n];
+        for (r0, r1) in [(0, 5), (5, 6), (6, 20), (20, 37)] {
+            gemm(&x[r0 * k..], r1 - r0, k, &pm, &mut parts[r0 * n..], n, None, Activation::None);
+        }
+        assert_eq!(whole, parts);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn naive_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], win: &Window, oh: usize, ow: usize) -> Vec<f32> {
+        let mut out = vec![0f32; oh * ow * c];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let mut s = b[ch] as f64;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = (win.iy(oy, ky), win.ix(ox, kx));
+                            if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                s += x[(iy as usize * w + ix as usize) * c + ch] as f64 * f[(ch * k + ky) * k + kx] as f64;
+                            }
+                        }
+                    }
+                    out[(oy * ow + ox) * c + ch] = s as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn depthwise_matches_a_naive_sum_and_the_portable_path_bit_for_bit() {
+        let mut s = 3u64;
+        for &(h, w, c, k, stride, pad) in &[(9, 11, 8, 3, 1, 1), (12, 10, 20, 5, 2, 2), (7, 7, 19, 3, 2, 0), (5, 17, 32, 5, 1, 2), (1, 1, 8, 3, 1, 1)] {
+            let x: Vec<f32> = (0..h * w * c).map(|_| lcg(&mut s)).collect();
+            let f: Vec<f32> = (0..c * k * k).map(|_| lcg(&mut s)).collect();
+            let b: Vec<f32> = (0..c).map(|_| lcg(&mut s)).collect();
+            let dw = Depthwise::from_fn(c, k, k, &b, |ch, ky, kx| f[(ch * k + ky) * k + kx]);
+            let win = Window { kh: k, kw: k, stride_h: stride, stride_w: stride, dilation_h: 1, dilation_w: 1, pad_top: pad, pad_left: pad };
+            let oh = (h + 2 * pad - k) / stride + 1;
+            let ow = (w + 2 * pad - k) / stride + 1;
+            let mut fast = vec![0f32; oh * ow * c];
+            depthwise(&x, h, w, &dw, &win, oh, ow, &mut fast, Activation::None);
+            let mut port = vec![0f32; oh * ow * c];
+            portable_only(|| depthwise(&x, h, w, &dw, &win, oh, ow, &mut port, Activation::None));
+            assert_eq!(fast, port, "AVX2 and portable paths differ");
+            let want = naive_depthwise(&x, h, w, c, &f, k, &b, &win, oh, ow);
+            for (a, b) in fast.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_and_activations() {
+        let x: Vec<f32> = (0..2 * 3 * 2).map(|v| v as f32).collect(); // 2 x 3 x 2
+        let mut g = vec![0f32; 2];
+        global_avg_pool(&x, 2, &mut g);
+        assert_eq!(g, vec![5.0, 6.0]);
+        let win = Window { kh: 2, kw: 2, stride_h: 2, stride_w: 2, dilation_h: 1, dilation_w: 1, pad_top: 0, pad_left: 0 };
+        let mut m = vec![0f32; 2 * 2];
+        pool2d(&x, 2, 3, 2, &win, 1, 2, true, false, &mut m);
+        assert_eq!(m, vec![8.0, 9.0, 10.0, 11.0]);
+        pool2d(&x, 2, 3, 2, &win, 1, 2, false, false, &mut m);
+        assert_eq!(m, vec![4.0, 5.0, 7.0, 8.0]);
+        assert_eq!(Activation::RELU6.apply(7.5), 6.0);
+        assert_eq!(Activation::RELU6.apply(-1.0), 0.0);
+        assert!((Activation::Sigmoid.apply(0.0) - 0.5).abs() < 1e-7);
+        assert_eq!(Activation::HardSwish.apply(3.0), 3.0);
+    }
+}

@@ -1,0 +1,309 @@
+//! CNN embeddings: an image in, a pretrained network's pooled feature vector
+//! out (and its logits), in Rust, without a deep-learning framework.
+//!
+//! - [`weights`]: named tensors, BatchNorm folding;
+//! - [`layers`]: the kernels (packed GEMM, depthwise convolution, pooling);
+//! - [`graph`]: the network as a list of nodes, evaluated per image;
+//! - [`efficientnet`]: EfficientNet-Lite built from a PyTorch state_dict;
+//! - this module: preprocessing ([`Preprocess`]), the model
+//!   ([`CnnModel`]: preprocessing + graph) and the [`Extractor`]
+//!   ([`CnnEmbedding`]: one global descriptor per image).
+//!
+//! # Preprocessing
+//! The RGB image is resized with bilinear interpolation so that its shorter
+//! side is `round(input_size / crop_fraction)` pixels (the longer side
+//! keeps the aspect ratio), and the centre `input_size x input_size` square
+//! is cropped (offset `(resized - input_size) / 2`, rounded down): with the
+//! defaults, shorter side to 256 and a 224 crop, the usual ImageNet
+//! evaluation transform. Only the cropped pixels are computed. The
+//! interpolation is OpenCV's `INTER_LINEAR` (`cv2.resize`; also
+//! `tf.image.resize(..., "bilinear")` without antialiasing): source
+//! coordinate $(d + 0.5) s - 0.5$ for destination pixel $d$ and scale
+//! $s$ = source / destination size, clamped to the image, weights in f64.
+//! Images smaller than the input are upsampled the same way. Each value
+//! becomes $(v - \mathrm{mean}_c) / \mathrm{std}_c$ (EfficientNet-Lite:
+//! 127.5 and 127.5, so the input is in [-1, 1]). Gray images arrive with
+//! their level replicated in R, G and B ([`crate::image::decode_image`]).
+//!
+//! # Parallelism and determinism
+//! A batch is spread over images with rayon, each image evaluated on one
+//! thread with the kernels' fixed order of operations (see [`layers`]):
+//! an image's features are the same bits whatever the thread count, the
+//! batch it came in, or (on x86-64) whether the CPU has AVX2.
+
+pub mod efficientnet;
+pub mod graph;
+pub mod layers;
+pub mod weights;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{BovwError, Result};
+use crate::features::{DescriptorDtype, DescriptorInfo, DescriptorKind, Descriptors, Extractor, Features, KeyPoint};
+use crate::image::{ColorNeeds, DecodedImage, RgbView};
+
+pub use graph::{Graph, Tensor};
+
+/// One image's features and, when asked for and present, its logits.
+pub type Forward = (Vec<f32>, Option<Vec<f32>>);
+
+/// How an RGB image becomes the network's input (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Preprocess {
+    /// Side of the square input, pixels.
+    pub input_size: usize,
+    /// Fraction of the resized shorter side kept by the centre crop, in (0, 1].
+    pub crop_fraction: f64,
+    /// Per-channel (R, G, B) value subtracted, in 0..255 units.
+    pub mean: [f64; 3],
+    /// Per-channel (R, G, B) divisor, in 0..255 units.
+    pub std: [f64; 3],
+}
+
+impl Preprocess {
+    /// EfficientNet-Lite's: 224 px, crop 0.875, (v - 127.5) / 127.5.
+    pub const EFFICIENTNET_LITE: Preprocess =
+        Preprocess { input_size: 224, crop_fraction: 0.875, mean: [127.5; 3], std: [127.5; 3] };
+
+    /// Check the parameters.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] naming `input_size`, `crop_fraction`
+    /// or `std` when out of range.
+    pub fn validate(&self) -> Result<()> {
+        if !(8..=4096).contains(&self.input_size) {
+            return Err(BovwError::param("input_size", format!("must be between 8 and 4096 pixels, got {}", self.input_size)));
+        }
+        if !(self.crop_fraction > 0.0 && self.crop_fraction <= 1.0) {
+            return Err(BovwError::param("crop_fraction", format!("must be in (0, 1], got {}", self.crop_fraction)));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s != 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(BovwError::param("std", "mean and std must be finite and std non-zero"));
+        }
+        Ok(())
+    }
+
+    /// Side of the resized image's shorter side.
+    pub fn resize_short_side(&self) -> usize {
+        ((self.input_size as f64 / self.crop_fraction).round() as usize).max(self.input_size)
+    }
+
+    /// The resized image's size `(width, height)` for a `w x h` image.
+    pub fn resized_size(&self, w: usize, h: usize) -> (usize, usize) {
+        let s = self.resize_short_side();
+        if w <= h {
+            (s, ((h as f64 * s as f64 / w as f64).round() as usize).max(s))
+        } else {
+            (((w as f64 * s as f64 / h as f64).round() as usize).max(s), s)
+        }
+    }
+
+    /// The network input (`input_size x input_size x 3`) of an RGB image.
+    pub fn apply(&self, img: RgbView<'_>) -> Tensor {
+        let n = self.input_size;
+        let (rw, rh) = self.resized_size(img.width, img.height);
+        let (ox, oy) = ((rw - n) / 2, (rh - n) / 2);
+        let taps = |dst_off: usize, dst_size: usize, src_size: usize| -> Vec<(usize, usize, f64)> {
+            let scale = src_size as f64 / dst_size as f64;
+            (0..n)
+                .map(|d| {
+                    let s = ((d + dst_off) as f64 + 0.5) * scale - 0.5;
+                    let s = s.clamp(0.0, (src_size - 1) as f64);
+                    let i0 = s.floor() as usize;
+                    (i0, (i0 + 1).min(src_size - 1), s - i0 as f64)
+                })
+                .collect()
+        };
+        let xs = taps(ox, rw, img.width);
+        let ys = taps(oy, rh, img.height);
+        let inv_std = [1.0 / self.std[0], 1.0 / self.std[1], 1.0 / self.std[2]];
+        let stride = 3 * img.width;
+        let mut out = Vec::with_capacity(n * n * 3);
+        let mut row = vec![0f64; 3 * img.width];
+        for &(y0, y1, fy) in &ys {
+            // vertical pass over the whole source row, then horizontal taps
+            let (r0, r1) = (&img.data[y0 * stride..(y0 + 1) * stride], &img.data[y1 * stride..(y1 + 1) * stride]);
+            for ((o, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
+                *o = a as f64 * (1.0 - fy) + b as f64 * fy;
+            }
+            for &(x0, x1, fx) in &xs {
+                for c in 0..3 {
+                    let v = row[3 * x0 + c] * (1.0 - fx) + row[3 * x1 + c] * fx;
+                    out.push(((v - self.mean[c]) * inv_std[c]) as f32);
+                }
+            }
+        }
+        Tensor::new(n, n, 3, out)
+    }
+}
+
+/// A network and its preprocessing: images in, features (and logits) out.
+#[derive(Debug)]
+pub struct CnnModel {
+    graph: Graph,
+    preprocess: Preprocess,
+    /// Width of each of the graph's outputs (features, logits...).
+    widths: Vec<usize>,
+}
+
+impl CnnModel {
+    /// Wrap a graph whose outputs are `[features]` or `[features, logits]`;
+    /// runs it once on a blank input to check it and learn the output widths.
+    ///
+    /// # Errors
+    /// [`BovwError::InvalidParameter`] for bad preprocessing parameters or a
+    /// graph without output; the graph's own error when it cannot run on
+    /// `input_size` images.
+    pub fn new(graph: Graph, preprocess: Preprocess) -> Result<Self> {
+        preprocess.validate()?;
+        if graph.outputs().is_empty() {
+            return Err(BovwError::param("model", "the network has no output"));
+        }
+        if graph.input_channels() != 3 {
+            return Err(BovwError::param("model", format!("the network takes {} input channels, not 3 (RGB)", graph.input_channels())));
+        }
+        let n = preprocess.input_size;
+        let outs = graph
+            .run(Tensor::new(n, n, 3, vec![0.0; n * n * 3]), graph.outputs().len(), false)
+            .map_err(|e| BovwError::param("input_size", format!("the network cannot run on {n} x {n} images: {e}")))?;
+        let widths = outs.iter().map(|t| t.data.len()).collect();
+        Ok(CnnModel { graph, preprocess, widths })
+    }
+
+    /// The preprocessing.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    /// Width of the feature vector.
+    pub fn n_features(&self) -> usize {
+        self.widths[0]
+    }
+    /// Number of logits (0 when the network has no classifier output).
+    pub fn n_logits(&self) -> usize {
+        self.widths.get(1).copied().unwrap_or(0)
+    }
+
+    /// Features (and logits, when `logits` and the network has them) of one RGB image.
+    ///
+    /// # Errors
+    /// The graph's error if it cannot run (not for images the model was
+    /// built for: every image is resized to the input size).
+    pub fn forward(&self, img: RgbView<'_>, logits: bool) -> Result<Forward> {
+        self.forward_with(img, logits, false)
+    }
+
+    /// [`CnnModel::forward`]; with `par`, large layers also split their
+    /// rows over the current rayon pool (same values).
+    fn forward_with(&self, img: RgbView<'_>, logits: bool, par: bool) -> Result<Forward> {
+        if img.width == 0 || img.height == 0 {
+            return Err(BovwError::input("image has no pixels"));
+        }
+        let x = self.preprocess.apply(img);
+        let want = if logits && self.widths.len() > 1 { 2 } else { 1 };
+        let mut outs = self.graph.run(x, want, par)?.into_iter().map(|t| t.data);
+        let f = outs.next().unwrap_or_default();
+        Ok((f, outs.next()))
+    }
+
+    /// [`CnnModel::forward`] of many images on the current rayon pool;
+    /// one result per image, in order. With at least as many images as
+    /// threads, images run in parallel, one per thread; with fewer, they
+    /// run one after the other, each layer's rows split over the threads.
+    /// The values are the same either way.
+    pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<Forward>> {
+        let threads = rayon::current_num_threads();
+        if threads > 1 && images.len() < threads {
+            return images.iter().map(|img| self.forward_with(*img, logits, true)).collect();
+        }
+        images.par_iter().with_max_len(1).map(|img| self.forward(*img, logits)).collect()
+    }
+}
+
+/// The CNN embedding extractor: one global float32 descriptor per image,
+/// the network's pooled features.
+///
+/// Its single "keypoint" stands for the crop: centred on the image, `size`
+/// the crop's side in source pixels, angle -1.
+#[derive(Debug, Clone)]
+pub struct CnnEmbedding {
+    model: Arc<CnnModel>,
+}
+
+impl CnnEmbedding {
+    /// An extractor sharing `model`.
+    pub fn new(model: Arc<CnnModel>) -> Self {
+        CnnEmbedding { model }
+    }
+    /// The model.
+    pub fn model(&self) -> &Arc<CnnModel> {
+        &self.model
+    }
+}
+
+impl Extractor for CnnEmbedding {
+    fn info(&self) -> DescriptorInfo {
+        DescriptorInfo {
+            width: self.model.n_features(),
+            dtype: DescriptorDtype::Float32,
+            kind: DescriptorKind::Global,
+            needs: ColorNeeds::RGB,
+        }
+    }
+
+    fn extract(&self, image: &DecodedImage) -> Result<Features> {
+        let rgb = image.require_rgb()?;
+        let (features, _) = self.model.forward(rgb, false)?;
+        let p = self.model.preprocess();
+        let side = rgb.width.min(rgb.height) as f32 * (p.input_size as f32 / p.resize_short_side() as f32);
+        let kp = KeyPoint {
+            x: (rgb.width as f32 - 1.0) / 2.0,
+            y: (rgb.height as f32 - 1.0) / 2.0,
+            size: side,
+            angle: -1.0,
+            response: 0.0,
+            octave: 0,
+            class_id: -1,
+        };
+        let width = features.len();
+        Ok((vec![kp], Descriptors::F32 { data: features, width }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocess_crops_the_centre_and_normalises() {
+        // a 4 x 2 image, input 2, crop 1.0: shorter side 2 (no resize), centre columns 1..3
+        let data: Vec<u8> = (0..4 * 2 * 3).map(|v| (v * 10) as u8).collect();
+        let p = Preprocess { input_size: 2, crop_fraction: 1.0, mean: [0.0; 3], std: [1.0; 3] };
+        let t = p.apply(RgbView::new(&data, 4, 2));
+        assert_eq!((t.h, t.w, t.c), (2, 2, 3));
+        let want: Vec<f32> = [3, 4, 5, 6, 7, 8, 15, 16, 17, 18, 19, 20].iter().map(|&i| (i * 10) as f32).collect();
+        assert_eq!(t.data, want);
+        let p = Preprocess { input_size: 2, crop_fraction: 1.0, mean: [127.5; 3], std: [127.5; 3] };
+        let white = vec![255u8; 2 * 2 * 3];
+        assert!(p.apply(RgbView::new(&white, 2, 2)).data.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn preprocess_upsamples_small_images() {
+        let data = vec![0u8, 0, 0, 255, 255, 255, 0, 0, 0, 255, 255, 255]; // 2 x 2: black, white columns
+        let p = Preprocess { input_size: 8, crop_fraction: 1.0, mean: [0.0; 3], std: [1.0; 3] };
+        let t = p.apply(RgbView::new(&data, 2, 2));
+        assert_eq!((t.h, t.w), (8, 8));
+        // half-pixel centres: the first quarter of columns clamps to black, ramps in the middle
+        let row: Vec<f32> = (0..8).map(|x| t.data[3 * x]).collect();
+        assert_eq!(row[0], 0.0);
+        assert_eq!(row[7], 255.0);
+        assert!(row.windows(2).all(|w| w[0] <= w[1]));
+        assert!(Preprocess { input_size: 4, crop_fraction: 0.0, ..p }.validate().is_err());
+    }
+}
