@@ -14,6 +14,8 @@ Importable by Spark's Python workers too (the tests put ``tests/`` on their
   for ``FLAG_DIR/go`` (the tests send signals there).
 - :func:`drop_dac_capabilities`: ``preexec_fn`` that makes a root subprocess
   subject to file permissions (so ``chmod`` can make a folder unreadable).
+- ``python reliability_helpers.py retry-modes``: the S3 retry figures of
+  ``docs/reliability-job.md`` (:func:`retry_modes_main`).
 """
 
 from __future__ import annotations
@@ -290,7 +292,63 @@ def pause_main(argv: list[str]) -> int:
     return main(args)
 
 
+def retry_modes_main(argv: list[str]) -> int:
+    """``retry-modes [SLOWDOWN INTERNAL DROP CUT]``: read the 550-image sample
+    from moto through :class:`FaultyS3Proxy` (default 5 11 13 7) with the AWS
+    SDK's "default" and "standard" retry strategies (8 attempts) under
+    :class:`bovw.spark.io.ImageReader`'s own loop and with it off
+    (``max_attempts=1``); print objects lost and faults injected (the figures
+    of docs/reliability-job.md)."""
+    import logging
+
+    import moto.server as moto_server
+    from pyarrow import fs as pafs
+
+    import bovw
+    from bovw.spark.io import ImageReader, list_s3_images, s3_filesystem
+
+    logging.disable(logging.CRITICAL)
+    every = [int(a) for a in argv] or [5, 11, 13, 7]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    creds = {"access_key": "testing", "secret_key": "testing"}
+    upstream = f"http://127.0.0.1:{port}"
+    fs = s3_filesystem(upstream, allow_bucket_creation=True, **creds)
+    fs.create_dir("bovw-modes")
+    root = bovw.sample_data_path()
+    local = {}
+    for f in sorted(root.rglob("*.jpg")):
+        key = f"bovw-modes/fruits/{f.relative_to(root).as_posix()}"
+        local[f"s3://{key}"] = f.read_bytes()
+        with fs.open_output_stream(key) as out:
+            out.write(local[f"s3://{key}"])
+    print(f"faults: 503 every {every[0]}, 500 every {every[1]}, drop every {every[2]}, GET cut every {every[3]}")
+    print(f"{'SDK strategy':<10} {'own loop':>8} {'objects':>8} {'lost':>5} {'wrong':>6} {'requests':>9} {'faults':>7}")
+    try:
+        for name, strategy in (("default", pafs.AwsDefaultS3RetryStrategy), ("standard", pafs.AwsStandardS3RetryStrategy)):
+            for own in (5, 1):
+                with FaultyS3Proxy(upstream, slowdown_every=every[0], internal_every=every[1], drop_every=every[2],
+                                   cut_every=every[3]) as proxy:
+                    uris = [u for u, _, _ in list_s3_images("s3://bovw-modes/fruits/", endpoint_url=proxy.endpoint,
+                                                            s3_options=creds)]
+                    reader = ImageReader(proxy.endpoint, s3_options={**creds, "retry_strategy": strategy(8)},
+                                         max_attempts=own)
+                    got = reader.read_many(uris)
+                lost = sum(e is not None for _, e in got)
+                wrong = sum(d is not None and d != local[u] for (d, _), u in zip(got, uris))
+                print(f"{name:<10} {own:>8} {len(uris):>8} {lost:>5} {wrong:>6} {proxy.counts['requests']:>9} "
+                      f"{proxy.faults:>7}")
+    finally:
+        server.stop()
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "pause":
         sys.exit(pause_main(sys.argv[2:]))
+    if sys.argv[1] == "retry-modes":
+        sys.exit(retry_modes_main(sys.argv[2:]))
     raise SystemExit(f"unknown command {sys.argv[1]!r}")

@@ -147,6 +147,7 @@ def test_concurrent_runs_started_together(small_root, tmp_path):
         results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
         codes = sorted(r[0] for r in results)
         assert codes in ([0, 0], [0, 2]), results
+        print(f"\nfigures (two runs started together, trial {trial}): exit codes {[r[0] for r in results]}")
         for code, _, err in results:
             if code == 2:
                 assert "another bovw run" in err and len(err.strip().splitlines()) == 1

@@ -173,6 +173,7 @@ def test_reader_survives_a_faulty_endpoint(s3_endpoint):
     assert all(d == _local_bytes(u) for (d, _), (u, _, _) in zip(got, rows))
     c = proxy.counts
     assert c["slowdown"] > 300 and c["internal"] > 100 and c["drop"] > 50 and c["cut"] > 50, c
+    print(f"\nfigures (reader, SDK + own retries): 550 objects, faults {c}, rows lost 0")
 
 
 def test_reader_own_retries_without_sdk_retries(s3_endpoint):
@@ -192,6 +193,7 @@ def test_reader_own_retries_without_sdk_retries(s3_endpoint):
         assert [e for _, e in got] == [None] * 150
         assert all(d == _local_bytes(u) for (d, _), u in zip(got, uris))
         assert proxy.counts["requests"] > 2 * 150 and proxy.faults > 100, proxy.counts
+        print(f"\nfigures (reader, own retries only): 150 objects, faults {proxy.counts}, rows lost 0")
         # with one attempt, the same faults are error rows that say why
         once = ImageReader(proxy.endpoint, s3_options={**CREDS, "retry_strategy": pafs.AwsDefaultS3RetryStrategy(0)},
                            max_attempts=1, n_io_threads=1).read_many(uris)
@@ -258,6 +260,8 @@ def test_job_through_a_faulty_endpoint_gives_the_same_output(engine, s3_endpoint
         _run_small(engine, f"s3://{BUCKET}/runs/faulty-{engine}", spark, proxy.endpoint)
         assert verify_outputs(f"s3://{BUCKET}/runs/faulty-{engine}") == []
     assert proxy.faults > 40 and min(proxy.counts[k] for k in ("slowdown", "internal", "drop", "cut")) > 0, proxy.counts
+    print(f"\nfigures (job, {engine} engine, images and outputs through the proxy): 42 images, "
+          f"faults {proxy.counts}, rows lost 0")
     t, errors, vocab, info = _read_run(_fs(s3_endpoint), f"{BUCKET}/runs/faulty-{engine}")
     rt, rerrors, rvocab, rinfo = fault_free_run
     assert t.num_rows == rt.num_rows == 42 and errors == rerrors == []  # rows lost: 0

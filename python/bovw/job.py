@@ -48,6 +48,13 @@ Outputs (``<out>/``):
 
 Every listed image is either a row of ``features.parquet`` or a row of
 ``errors.csv``: nothing is dropped silently.
+
+The outputs are safe (:class:`OutputFolder`, ``docs/reliability-job.md``):
+``--out`` is checked and locked before any work (a second run into it fails
+at once), the files are written to a staging folder beside it and swapped in
+at the end, ``run.json`` last, listing every other file with its SHA-256
+(:func:`verify_outputs`). An interrupted or failed run leaves the previous
+run's complete set; no file of an earlier run stays beside the new ones.
 """
 
 from __future__ import annotations
@@ -879,6 +886,8 @@ class OutputFolder:
             raise OutputError(f"out: {given!r} is not a folder bovw can replace (a file system root)")
         if out.exists() and not out.is_dir():
             raise OutputError(f"out: {given!r} is a file, not a folder")
+        if out.is_dir() and os.path.ismount(out):
+            raise OutputError(f"out: {given!r} is a mount point, which cannot be swapped; use a folder inside it")
         parent = out.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -926,6 +935,11 @@ class OutputFolder:
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError as e:
+                try:  # a lock file another user's killed run left: flock works on a read-only descriptor
+                    fd = os.open(lock_path, os.O_RDONLY)
+                except OSError:
+                    raise OutputError(f"out: cannot write in {str(parent)!r}: {e.strerror or e}") from None
             except OSError as e:
                 raise OutputError(f"out: cannot write in {str(parent)!r}: {e.strerror or e}") from None
             try:
@@ -944,9 +958,12 @@ class OutputFolder:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                 .encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                     .encode())
+        except OSError:  # read-only descriptor: the lock holds without the note
+            pass
         self._lock_fd, self._lock_path = fd, lock_path
 
     def _leftovers(self) -> list[tuple[str, Path]]:
