@@ -5,8 +5,15 @@ The folder is a flat ``<root>/<class>/<file>`` layout (so the seeded split is
 used) of real Fruits-360 images plus bad entries of every kind the job must
 report rather than drop: an empty file, a truncated JPEG, a text file named
 ``.jpg``, a 16-bit PNG, a 1 x 1 PNG (too small for SIFT), a broken symbolic
-link, a FIFO named ``.jpg``, a name with a literal ``%20`` and a name that is
-not UTF-8.
+link, a loop of symbolic links, a link to a FIFO, a FIFO named ``.jpg``, a
+name with a literal ``%20``, a name that is not UTF-8 and a link to a good
+image (a row under the link's name).
+
+Issue 17, finding 4: every listed entry with an image extension is a row of
+``features.parquet`` or of ``errors.csv`` on both engines, named by its own
+name (a link is not reported under its target's name), and ``run.json``
+counts them all (the Spark engine used to drop 0-byte files and turn a
+literal ``%20`` into a space).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ BAD = {
     "tiny.png": ("descriptors", "small"),
     "dangling.jpg": ("read", "broken symbolic link"),
     "fifo.jpg": ("read", "FIFO"),
+    "loop.jpg": ("read", "Too many levels of symbolic links"),
+    "link-to-fifo.jpg": ("read", "FIFO"),
 }
 
 
@@ -58,6 +67,10 @@ def flat_folder(tmp_path_factory, sample_root):
     (bad / "tiny.png").write_bytes(cv2.imencode(".png", np.full((1, 1, 3), 128, np.uint8))[1].tobytes())
     os.symlink(root / "Banana" / "no-such-file.jpg", bad / "dangling.jpg")
     os.mkfifo(bad / "fifo.jpg")
+    os.symlink(bad / "loop.jpg", bad / "loop.jpg")  # a link to itself
+    os.symlink(bad / "fifo.jpg", bad / "link-to-fifo.jpg")
+    os.symlink(root / "Kiwi" / "bad%20pct.jpg", root / "Lemon" / "link-good.jpg")  # readable: a row named by the link
+    n_good += 1
     return root, n_good
 
 
@@ -96,6 +109,7 @@ def test_every_entry_is_a_row_or_an_error(both_runs, flat_folder):
             assert got[name][0] == stage and word in got[name][1], (engine, name, got[name])
         paths = t.column("path").to_pylist()
         assert any(p.endswith("bad%20pct.jpg") for p in paths)
+        assert any(p.endswith("/Lemon/link-good.jpg") for p in paths)  # the link's own name and class
         assert any(p.endswith("caf\\xe9.jpg") for p in paths)  # named as escaped text
         info = json.loads((out / "run.json").read_text())
         assert info["counts"]["images"] == n_good + len(BAD) and info["counts"]["errors"] == len(BAD)

@@ -100,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``bovw`` console script; returns the exit code.
 
-    Exit codes: 0 success, 2 bad arguments or input (missing folder, no
-    images, invalid parameter: one error line on stderr, no traceback).
+    Exit codes: 0 success; 2 bad arguments, input or output, found before
+    any work (missing or unreadable folder, no images, invalid parameter,
+    ``--out`` a file, not writable, holding other files or in use by another
+    run: one error line on stderr, no traceback); 130 interrupted (Ctrl-C:
+    ``--out`` keeps one complete run).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2 if args.command is None else 0
 
-    from bovw.job import RunConfig, format_stage_table, run
+    from bovw.job import OutputError, RunConfig, format_stage_table, run
 
     params = {}
     if args.n_features is not None:
@@ -123,9 +126,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         result = run(config)
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError, ImportError) as e:
+    except (OutputError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError,
+            ImportError) as e:
         print(f"bovw: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"bovw: interrupted; {args.out!r} holds one complete run (the previous one unless this one "
+              "had finished writing; its run.json says which)", file=sys.stderr)
+        return 130
     if not args.no_progress:
         print()
         print("Stage timings (Durée des opérations)")

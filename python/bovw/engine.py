@@ -89,6 +89,7 @@ class LocalEngine:
         self.progress = progress
         self._cache: dict[int, dict[int, tuple]] = {}
         self._cache_bytes = 0
+        self._reader: Any = None
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "n_threads": self.n_threads, "batch_size": self.batch_size}
@@ -107,11 +108,15 @@ class LocalEngine:
         return Listing([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], root)
 
     def _read(self, paths: Sequence[str]) -> tuple[list[Optional[bytes]], list[Optional[str]], list[str]]:
-        from bovw.image import read_file
+        """Bytes, read error and SHA-256 of each path: local files and ``s3://``
+        objects through the engines' one reader (:class:`bovw.spark.io.ImageReader`,
+        retries with backoff on S3)."""
+        if self._reader is None:
+            from bovw.spark.io import ImageReader
 
+            self._reader = ImageReader()
         contents, errors, digests = [], [], []
-        for p in paths:
-            data, err = read_file(p)
+        for data, err in self._reader.read_many(paths):
             contents.append(data)
             errors.append(err)
             digests.append(hashlib.sha256(data).hexdigest() if data is not None else "")

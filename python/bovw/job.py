@@ -48,6 +48,13 @@ Outputs (``<out>/``):
 
 Every listed image is either a row of ``features.parquet`` or a row of
 ``errors.csv``: nothing is dropped silently.
+
+The outputs are safe (:class:`OutputFolder`, ``docs/reliability-job.md``):
+``--out`` is checked and locked before any work (a second run into it fails
+at once), the files are written to a staging folder beside it and swapped in
+at the end, ``run.json`` last, listing every other file with its SHA-256
+(:func:`verify_outputs`). An interrupted or failed run leaves the previous
+run's complete set; no file of an earlier run stays beside the new ones.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -71,13 +79,18 @@ __all__ = [
     "Engine",
     "Extraction",
     "Listing",
+    "OutputError",
+    "OutputFolder",
     "RunConfig",
     "RunResult",
     "StageTimer",
     "build_channels",
+    "check_input",
     "format_stage_table",
+    "rename_exchange",
     "run",
     "validate_config",
+    "verify_outputs",
 ]
 
 TRAINING = "Training"
@@ -320,13 +333,34 @@ def run(config: RunConfig, engine: Any = None) -> RunResult:
     ------
     FileNotFoundError
         If the image folder does not exist.
+    PermissionError
+        If the image folder or one of its split or class folders cannot be
+        listed (checked before any work; the message names the folder).
+    OutputError
+        If ``config.out`` cannot be used (a file, not writable, holding files
+        bovw did not write) or another run holds its lock (checked before any
+        work).
     ValueError
         If it holds no image, a parameter is invalid, or no training image
         yields a descriptor.
+
+    Notes
+    -----
+    The outputs appear all at once: they are written to a temporary folder
+    beside ``config.out`` and swapped into place at the end
+    (:class:`OutputFolder`), so an interrupted or failed run leaves the
+    previous run's files as they were.
     """
+    validate_config(config)
+    check_input(_root_of(config))  # start-up checks (bovw.job's output section), before any work
+    with OutputFolder(config.out) as output:  # --out usable, the lock held until the outputs are in place
+        return _run(config, engine, output)
+
+
+def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
+    """:func:`run`'s body, under the output lock."""
     import bovw
 
-    validate_config(config)
     engine = engine if engine is not None else make_engine(config)
     root = str(config.root) if config.root else str(bovw.sample_data_path())
     timer = StageTimer()
@@ -441,7 +475,7 @@ def run(config: RunConfig, engine: Any = None) -> RunResult:
         info["evaluation"] = evaluate_splits(y[ok], predictions[ok], splits[ok], labels=classes)
         st["items"] = int(ok.sum())
     with timer.stage("write outputs") as st:
-        out = write_outputs(config.out, listing, ex, ok, H, F, predictions, model, test, info)
+        out = write_outputs(output, listing, ex, ok, H, F, predictions, model, test, info)
         st["items"] = int(ok.sum())
     info["stages"] = timer.rows
     return RunResult(out=out, accuracy=accuracy, n_images=int(ok.sum()), n_errors=int((~ok).sum()),
@@ -480,25 +514,27 @@ def _list_column(a: np.ndarray) -> pa.Array:
     return float_lists(a, dtype=np.float32)
 
 
-def write_outputs(out_uri: str, listing: Listing, ex: Extraction, ok: np.ndarray, H: np.ndarray, F: np.ndarray,
-                  predictions: np.ndarray, model: Any, test: np.ndarray, info: dict[str, Any]) -> Any:
-    """Write every output file of a run to ``out_uri`` (a folder, or ``s3://``
-    through a local temporary folder); returns the output location."""
-    import tempfile
+def write_outputs(out: Union[str, "OutputFolder"], listing: Listing, ex: Extraction, ok: np.ndarray, H: np.ndarray,
+                  F: np.ndarray, predictions: np.ndarray, model: Any, test: np.ndarray, info: dict[str, Any]) -> Any:
+    """Write every output file of a run and publish them together.
 
-    from bovw.spark.io import is_s3, upload_folder
+    Parameters
+    ----------
+    out : str or OutputFolder
+        A folder or ``s3://`` URI (then opened, locked and closed here), or
+        the :class:`OutputFolder` that :func:`run` opened before the work.
 
-    if is_s3(out_uri):
-        with tempfile.TemporaryDirectory() as tmp:
-            _write_files(Path(tmp), listing, ex, ok, H, F, predictions, model, test, info)
-            upload_folder(Path(tmp), out_uri)
-        from bovw.spark.io import S3Path
-
-        return S3Path(out_uri)
-    out = Path(out_uri)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_files(out, listing, ex, ok, H, F, predictions, model, test, info)
-    return out
+    Returns
+    -------
+    Path or bovw.spark.io.S3Path
+        The output location.
+    """
+    if not isinstance(out, OutputFolder):
+        with OutputFolder(out) as folder:
+            return write_outputs(folder, listing, ex, ok, H, F, predictions, model, test, info)
+    _write_files(out.staging, listing, ex, ok, H, F, predictions, model, test, info)
+    out.commit()
+    return out.location
 
 
 def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H: np.ndarray, F: np.ndarray,
@@ -543,10 +579,494 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
             w.writerow(["true \\ predicted"] + list(labels))
             for lab, r in zip(labels, cm):
                 w.writerow([lab] + [int(v) for v in r])
-    with open(out / "run.json", "w") as f:
-        json.dump(info, f, indent=2, default=_json_default)
     # -- report.html (bovw.report): metrics, charts and thumbnails of the most confused pairs --
     from bovw.report import write_run_report
 
     write_run_report(out, [listing.paths[i] for i in idx], [listing.labels[i] for i in idx], list(predictions[idx]),
                      [listing.splits[i] for i in idx], info, seed=int(info["parameters"]["seed"]))
+    # -- run.json last: the commit marker, listing every other file with its size and SHA-256 --
+    info["outputs"] = file_manifest(out)
+    with open(out / COMMIT_MARKER, "w") as f:
+        json.dump(info, f, indent=2, default=_json_default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs that are safe: start-up checks, the lock, and the output folder swapped in at the end.
+# (docs/reliability-job.md)
+# ---------------------------------------------------------------------------------------------
+
+#: The output folder's commit marker (:data:`bovw.spark.io.COMMIT_MARKER`): written last.
+COMMIT_MARKER = "run.json"
+
+
+class OutputError(OSError):
+    """``--out`` cannot be used: a file, not writable, holding files bovw did
+    not write, or locked by another run. The message is one line; ``bovw run``
+    prints it and exits with code 2."""
+
+
+def _root_of(config: RunConfig) -> str:
+    import bovw
+
+    return str(config.root) if config.root else str(bovw.sample_data_path())
+
+
+def _is_dir(entry: "os.DirEntry[str]") -> bool:
+    try:
+        return entry.is_dir()  # follows symbolic links
+    except OSError:
+        return False
+
+
+def check_input(root: str) -> None:
+    """Start-up check of a local image folder, before any work: it exists and
+    it, its split folders and its class folders can be listed (what
+    :func:`bovw.image.list_images` will do). ``s3://`` roots are checked by
+    their listing, which comes first too.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` does not exist or is not a folder.
+    PermissionError
+        If a folder cannot be listed; the message names it.
+    """
+    from bovw.spark.io import is_s3
+
+    if is_s3(root) or ("://" in root and not root.startswith("file:")):
+        return
+    base = os.path.abspath(root[len("file:"):] if root.startswith("file:") else root)
+    if not os.path.isdir(base):
+        raise FileNotFoundError(f"image folder not found: {root!r}")
+
+    def folders(folder: str, depth: int) -> None:
+        try:
+            with os.scandir(folder) as it:
+                subs = [e.path for e in it if depth < 2 and not e.name.startswith(".") and _is_dir(e)]
+        except PermissionError as e:
+            raise PermissionError(f"cannot list folder {folder!r}: {e.strerror}") from None
+        for sub in subs:
+            folders(sub, depth + 1)
+
+    folders(base, 0)
+
+
+def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes": size, "sha256": hex digest}}`` of the files of
+    ``folder`` except ``run.json``: what ``run.json`` lists under ``outputs``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(os.listdir(folder)):
+        p = Path(folder) / name
+        if name == COMMIT_MARKER or not p.is_file():
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[name] = {"bytes": p.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def verify_outputs(out: str) -> list[str]:
+    """Check that an output folder (or ``s3://`` prefix) holds one complete
+    run: ``run.json`` is there, and every file it lists under ``outputs`` is
+    there with that size and SHA-256, and no other output file.
+
+    Returns
+    -------
+    list of str
+        The problems found; empty when the folder holds one complete run.
+    """
+    from pyarrow import fs as pafs
+
+    from bovw.spark.io import ImageReader, is_s3, previous_outputs, s3_bucket_key
+
+    reader = ImageReader()  # reads local files, and S3 objects with retries
+    if is_s3(out):
+        filesystem, base, scheme = reader.filesystem, s3_bucket_key(out).rstrip("/"), out.split("://", 1)[0] + "://"
+    else:
+        filesystem, base, scheme = pafs.LocalFileSystem(), os.path.abspath(out), ""
+    infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    names = {i.base_name for i in infos if i.type == pafs.FileType.File}
+    if COMMIT_MARKER not in names:
+        return [f"no {COMMIT_MARKER}: not a complete run"]
+
+    def read(name: str) -> bytes:
+        data, err = reader.read(f"{scheme}{base}/{name}")
+        if data is None:
+            raise OSError(err)
+        return data
+
+    try:
+        info = json.loads(read(COMMIT_MARKER))
+    except (OSError, ValueError) as e:
+        return [f"{COMMIT_MARKER} cannot be read: {e}"]
+    listed = info.get("outputs")
+    if not isinstance(listed, dict):
+        return [f"{COMMIT_MARKER} lists no outputs"]
+    problems = []
+    for name, meta in sorted(listed.items()):
+        if name not in names:
+            problems.append(f"{name}: missing")
+            continue
+        try:
+            data = read(name)
+        except OSError as e:
+            problems.append(f"{name}: {e}")
+            continue
+        if len(data) != meta.get("bytes") or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            problems.append(f"{name}: not the file {COMMIT_MARKER} lists (size or SHA-256 differs)")
+    for name in sorted(set(previous_outputs(sorted(names), None)) - set(listed) - {COMMIT_MARKER}):
+        problems.append(f"{name}: an output file that {COMMIT_MARKER} does not list (from another run)")
+    return problems
+
+
+#: ``renameat2``'s flag that swaps two paths atomically (Linux 3.15+, <linux/fs.h>).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def rename_exchange(a: Union[str, Path], b: Union[str, Path]) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``.
+
+    Returns
+    -------
+    bool
+        True when swapped; False when this system or file system cannot
+        (not Linux, glibc without ``renameat2``, ``EINVAL``/``ENOSYS``/``EOPNOTSUPP``).
+
+    Raises
+    ------
+    OSError
+        For any other failure (missing path, permission...).
+    """
+    import ctypes
+    import errno
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_path(path: Union[str, Path]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+class OutputFolder:
+    """Where a run's outputs go: checked before the work, locked during it,
+    published all at once at the end.
+
+    Local folder (``--out out``):
+
+    - **start-up checks** (:meth:`open`): ``out`` is not a file; its parent
+      exists (it is created when missing) and is writable; an existing
+      ``out`` is writable and holds only files a bovw run writes
+      (:data:`bovw.spark.io.RUN_OUTPUT_PATTERNS` or what its ``run.json``
+      lists), so that no other file is ever deleted;
+    - **lock**: ``fcntl.flock`` on ``.<out>.bovw-lock`` beside ``out``, taken
+      without waiting (a second run into ``out`` fails at once with
+      :class:`OutputError`). The kernel releases it when the process dies;
+      the file is removed at the end;
+    - **staging**: the run writes into ``.<out>.bovw-tmp-<pid>-<hex>`` beside
+      ``out`` (same file system), ``run.json`` last;
+    - **commit** (:meth:`commit`): files and folder fsynced, then the staging
+      folder and ``out`` are swapped in one step with
+      ``renameat2(RENAME_EXCHANGE)`` (:func:`rename_exchange`) and the
+      previous run's folder is removed. Where the swap is not available, two
+      renames (``out`` -> ``.<out>.bovw-old-*``, staging -> ``out``); a
+      crash between them is repaired at the next start (the old folder is
+      renamed back) or in :meth:`close`;
+    - **recovery**: at each start (under the lock), staging and old folders
+      that a killed run left are removed, or renamed back as above.
+
+    So ``out`` always holds one complete run (the previous one until the
+    commit, this one after), never a mix, and no file of an earlier run
+    stays beside the new ones. Ctrl-C at any point, or a crash, leaves the
+    previous run's files.
+
+    ``s3://`` prefixes: checks (not an object, the bucket exists, a probe
+    object can be written and deleted), files written to a local temporary
+    folder, then published by :func:`bovw.spark.io.upload_folder` (old
+    ``run.json`` deleted first, new ``run.json`` last, then stale objects
+    deleted). S3 offers no lock and no multi-object swap: see
+    ``docs/reliability-job.md`` for what is and is not guaranteed there.
+
+    Parameters
+    ----------
+    uri : str
+        Folder path or ``s3://bucket/prefix``.
+    exchange : bool, default True
+        Use ``renameat2(RENAME_EXCHANGE)`` when available (False: always the
+        two-rename fallback; for tests).
+
+    Attributes
+    ----------
+    staging : Path
+        The folder to write into, after :meth:`open`.
+    location : Path or bovw.spark.io.S3Path
+        ``uri`` as given (for messages and :class:`RunResult`).
+    """
+
+    def __init__(self, uri: Union[str, os.PathLike], *, exchange: bool = True) -> None:
+        self.uri = os.fspath(uri)
+        self.exchange = exchange
+        self.staging: Optional[Path] = None
+        self._path: Optional[Path] = None
+        self._lock_fd: Optional[int] = None
+        self._lock_path: Optional[Path] = None
+        self._committed = False
+
+    @property
+    def location(self) -> Any:
+        from bovw.spark.io import S3Path, is_s3
+
+        return S3Path(self.uri) if is_s3(self.uri) else Path(self.uri)
+
+    def __enter__(self) -> "OutputFolder":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def open(self) -> "OutputFolder":
+        """Check ``uri``, take the lock, repair what a killed run left, and
+        create the staging folder.
+
+        Raises
+        ------
+        OutputError
+            With one line saying what is wrong with ``uri``.
+        """
+        from bovw.spark.io import is_s3
+
+        try:
+            if is_s3(self.uri):
+                self._open_s3()
+            else:
+                self._open_local()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_local(self) -> None:
+        given = self.uri
+        out = Path(os.path.realpath(os.path.abspath(given)))
+        if out.name in ("", ".", "..") or out == out.parent:
+            raise OutputError(f"out: {given!r} is not a folder bovw can replace (a file system root)")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"out: {given!r} is a file, not a folder")
+        if out.is_dir() and os.path.ismount(out):
+            raise OutputError(f"out: {given!r} is a mount point, which cannot be swapped; use a folder inside it")
+        parent = out.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise OutputError(f"out: cannot create {given!r}: a file is in the way ({str(parent)!r} "
+                              "or one of its parents is not a folder)") from None
+        except OSError as e:
+            raise OutputError(f"out: cannot create folder {str(parent)!r}: {e.strerror or e}") from None
+        self._path = out
+        self._lock(parent, out.name)
+        self._recover()
+        if out.is_dir():
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise OutputError(f"out: {given!r} is not writable")
+            names = sorted(os.listdir(out))
+            from bovw.spark.io import previous_outputs
+
+            manifest = None
+            try:
+                with open(out / COMMIT_MARKER, "rb") as f:
+                    manifest = json.loads(f.read())
+            except (OSError, ValueError):
+                pass
+            ours = set(previous_outputs(names, manifest if isinstance(manifest, dict) else None))
+            foreign = [n for n in names if n not in ours]
+            if foreign:
+                shown = ", ".join(repr(n) for n in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise OutputError(f"out: {given!r} holds files that bovw run did not write ({shown}); "
+                                  "choose a new or empty folder")
+        staging = parent / f".{out.name}.bovw-tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            os.mkdir(staging)
+        except OSError as e:
+            raise OutputError(f"out: cannot write in {str(parent)!r}: {e.strerror or e}") from None
+        self.staging = staging
+
+    def _lock(self, parent: Path, name: str) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: runs are not made exclusive
+            return
+        import socket
+
+        lock_path = parent / f".{name}.bovw-lock"
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError as e:
+                try:  # a lock file another user's killed run left: flock works on a read-only descriptor
+                    fd = os.open(lock_path, os.O_RDONLY)
+                except OSError:
+                    raise OutputError(f"out: cannot write in {str(parent)!r}: {e.strerror or e}") from None
+            except OSError as e:
+                raise OutputError(f"out: cannot write in {str(parent)!r}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 256).decode("utf-8", "replace").strip()
+                os.close(fd)
+                raise OutputError(f"out: another bovw run ({holder or 'unknown process'}) is writing to "
+                                  f"{self.uri!r}; wait for it to end or choose another --out") from None
+            # the run that held the lock may have removed the file meanwhile: hold the one at the path
+            try:
+                st, fst = os.stat(lock_path), os.fstat(fd)
+                same = (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                     .encode())
+        except OSError:  # read-only descriptor: the lock holds without the note
+            pass
+        self._lock_fd, self._lock_path = fd, lock_path
+
+    def _leftovers(self) -> list[tuple[str, Path]]:
+        import re
+
+        assert self._path is not None
+        pattern = re.compile(r"\." + re.escape(self._path.name) + r"\.bovw-(tmp|old)-\d+-[0-9a-f]+")
+        found = []
+        for name in sorted(os.listdir(self._path.parent)):
+            m = pattern.fullmatch(name)
+            if m:
+                found.append((m.group(1), self._path.parent / name))
+        return found
+
+    def _recover(self) -> None:
+        """Under the lock: put back a previous run's folder that a killed swap
+        left renamed, and remove staging folders of killed runs."""
+        assert self._path is not None
+        out = self._path
+        for kind, path in self._leftovers():
+            if path == self.staging:
+                continue
+            if kind == "old" and not os.path.lexists(out):
+                os.rename(path, out)
+            else:
+                _remove_tree(path)
+
+    def _open_s3(self) -> None:
+        import tempfile
+
+        from pyarrow import fs as pafs
+
+        from bovw.spark.io import s3_bucket_key, s3_filesystem
+
+        filesystem = s3_filesystem()
+        base = s3_bucket_key(self.uri).rstrip("/")
+        bucket = base.split("/", 1)[0]
+        try:
+            if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise OutputError(f"out: bucket {bucket!r} of {self.uri!r} does not exist")
+            if "/" in base and filesystem.get_file_info(base).type == pafs.FileType.File:
+                raise OutputError(f"out: {self.uri!r} is an object, not a prefix")
+            probe = f"{base}/.bovw-probe-{os.getpid()}-{os.urandom(4).hex()}"
+            with filesystem.open_output_stream(probe) as f:
+                f.write(b"")
+            filesystem.delete_file(probe)
+        except OutputError:
+            raise
+        except OSError as e:
+            raise OutputError(f"out: cannot write to {self.uri!r}: {e}") from None
+        self._filesystem = filesystem
+        self.staging = Path(tempfile.mkdtemp(prefix="bovw-out-"))
+
+    # -- end -----------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Publish the staging folder as ``uri`` (see the class notes)."""
+        from bovw.spark.io import is_s3, upload_folder
+
+        if self.staging is None:
+            raise RuntimeError("OutputFolder.commit: not open")
+        if is_s3(self.uri):
+            upload_folder(self.staging, self.uri, filesystem=self._filesystem)
+            self._committed = True
+            _remove_tree(self.staging)
+            self.staging = None
+            return
+        assert self._path is not None
+        out, staging = self._path, self.staging
+        for name in os.listdir(staging):
+            _fsync_path(staging / name)
+        _fsync_path(staging)
+        if os.path.lexists(out):
+            if self.exchange and rename_exchange(staging, out):
+                old = staging  # now holds the previous run's files
+            else:
+                old = out.parent / f".{out.name}.bovw-old-{os.getpid()}-{os.urandom(4).hex()}"
+                os.rename(out, old)
+                os.rename(staging, out)
+        else:
+            os.rename(staging, out)
+            old = None
+        self._committed = True
+        _fsync_path(out.parent)
+        self.staging = None
+        if old is not None:
+            _remove_tree(old)
+
+    def close(self) -> None:
+        """Remove what an unfinished run wrote (the previous run's files stay)
+        and release the lock. Safe to call twice."""
+        try:
+            if self.staging is not None:
+                _remove_tree(self.staging)
+                self.staging = None
+            if self._path is not None and self._lock_fd is not None:
+                self._recover()
+        finally:
+            if self._lock_fd is not None:
+                try:
+                    if self._lock_path is not None:
+                        os.unlink(self._lock_path)  # while held: the next run creates a new one
+                except OSError:
+                    pass
+                os.close(self._lock_fd)
+                self._lock_fd = None

@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from bovw.image import display_path
 from bovw.job import Extraction, Listing
-from bovw.spark.io import collect_arrow, is_s3, list_s3_images, s3_bucket_key, s3_filesystem, session, \
-    split_and_label_rows
+from bovw.spark.io import ImageReader, collect_arrow, default_endpoint_url, driver_s3_options, is_s3, \
+    list_s3_images, session, split_and_label_rows
 from bovw.spark.stages import DEFAULT_BATCH_SIZE, encode_images, extract_descriptors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,33 +32,19 @@ __all__ = ["SparkEngine", "run_job"]
 def _read_fn(endpoint_url: Optional[str], s3_options: Optional[dict]
              ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: (row, path, raw path bytes) -> + content, read_error.
-    Local paths are read with :func:`bovw.image.read_file`, ``s3://`` keys
-    with pyarrow's S3 client; a failure is a ``read_error``, never a task failure."""
+    Each executor reads with :class:`bovw.spark.io.ImageReader`, the local
+    engine's reader (local files with :func:`bovw.image.read_file`, ``s3://``
+    objects with retries and backoff); a failure is a ``read_error``, never a
+    task failure."""
+    reader = ImageReader(endpoint_url, s3_options=s3_options)
 
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from bovw.image import read_file
-
-        filesystem = None
         for rb in batches:
             raw = rb.column(rb.schema.get_field_index("path_bytes")).to_pylist()
-            contents, errors = [], []
-            for b in raw:
-                p = os.fsdecode(b)
-                if is_s3(p):
-                    if filesystem is None:
-                        filesystem = s3_filesystem(endpoint_url, **(s3_options or {}))
-                    try:
-                        with filesystem.open_input_stream(s3_bucket_key(p)) as f:
-                            data, err = f.read(), None
-                    except (OSError, ValueError) as e:
-                        data, err = None, f"cannot read object: {e}"
-                else:
-                    data, err = read_file(p)
-                contents.append(data)
-                errors.append(err)
+            read = reader.read_many([os.fsdecode(b) for b in raw])
             yield pa.RecordBatch.from_arrays(
                 [rb.column(rb.schema.get_field_index("row")), rb.column(rb.schema.get_field_index("path")),
-                 pa.array(contents, pa.binary()), pa.array(errors, pa.string())],
+                 pa.array([d for d, _ in read], pa.binary()), pa.array([e for _, e in read], pa.string())],
                 names=["row", "path", "content", "read_error"],
             )
 
@@ -94,7 +80,7 @@ class SparkEngine:
         self.n_threads = n_threads
         self.batch_size = min(int(batch_size), DEFAULT_BATCH_SIZE)
         self.num_partitions = num_partitions or 2 * self.spark.sparkContext.defaultParallelism
-        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint_url = endpoint_url or default_endpoint_url()
         self.progress = progress
 
     def info(self) -> dict[str, Any]:
@@ -123,7 +109,7 @@ class SparkEngine:
         n = max(1, min(len(data), self.num_partitions))
         df = self.spark.createDataFrame(self.spark.sparkContext.parallelize(data, n),
                                         "row bigint, path string, path_bytes binary")
-        return df.mapInArrow(_read_fn(self.endpoint_url, None),
+        return df.mapInArrow(_read_fn(self.endpoint_url, driver_s3_options(None)),
                              "row bigint, path string, content binary, read_error string")
 
     def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:

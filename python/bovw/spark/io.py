@@ -23,13 +23,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BINARY_FILE_SCHEMA",
+    "COMMIT_MARKER",
+    "DEFAULT_S3_REQUEST_ATTEMPTS",
     "DEFAULT_TARGET_BATCH_BYTES",
+    "ImageReader",
+    "RUN_OUTPUT_PATTERNS",
     "S3Path",
     "collect_arrow",
     "configure_arrow_batches",
+    "default_endpoint_url",
     "is_s3",
+    "is_transient_s3_error",
     "label_from_path",
     "list_s3_images",
+    "previous_outputs",
     "read_images",
     "recommended_records_per_batch",
     "s3_filesystem",
@@ -219,26 +226,56 @@ def configure_arrow_batches(
     return int(records)
 
 
+#: Retries of one S3 request by the AWS SDK inside pyarrow (its "default" retry
+#: strategy: exponential backoff from 25 ms on throttling, 5xx answers and
+#: network errors, so at most about 6.4 s per request). The SDK's "standard"
+#: strategy is not used: its retry quota (500 tokens, 5 per retry) runs out
+#: under a sustained fault rate and it then stops retrying (measured: 26 of 550
+#: objects lost against 0, docs/reliability-job.md).
+DEFAULT_S3_REQUEST_ATTEMPTS = 8
+
+
+def default_endpoint_url() -> str | None:
+    """The S3 endpoint of the environment: ``AWS_ENDPOINT_URL_S3``, else
+    ``AWS_ENDPOINT_URL``, else None (AWS)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, **options: Any) -> Any:
     """A ``pyarrow.fs.S3FileSystem`` for AWS or any S3-compatible server.
+
+    Every request is retried by the AWS SDK with exponential backoff on
+    throttling (503 SlowDown), other 5xx answers and dropped connections, up
+    to :data:`DEFAULT_S3_REQUEST_ATTEMPTS` times
+    (``pyarrow.fs.AwsDefaultS3RetryStrategy``; pass ``retry_strategy`` to
+    change it). :class:`ImageReader` and :func:`upload_folder` add their
+    own bounded retries of whole objects on top.
 
     Parameters
     ----------
     endpoint_url : str, optional
-        ``http://127.0.0.1:9000`` (MinIO, moto, Ceph...); default AWS. The
-        scheme picks http/https.
+        ``http://127.0.0.1:9000`` (MinIO, moto, Ceph...); default
+        :func:`default_endpoint_url` (the ``AWS_ENDPOINT_URL_S3`` /
+        ``AWS_ENDPOINT_URL`` variables), else AWS. The scheme picks http/https.
     region : str, optional
         Default ``AWS_DEFAULT_REGION``/``AWS_REGION`` or ``us-east-1``.
     **options
         Passed to ``S3FileSystem`` (``access_key``, ``secret_key``,
-        ``session_token``, ``anonymous``...); credentials default to the
-        AWS chain (env vars, ``~/.aws``, the EC2/EMR instance profile).
+        ``session_token``, ``anonymous``, ``retry_strategy``...); credentials
+        default to the AWS chain (env vars, ``~/.aws``, the EC2/EMR instance profile).
+
+    Raises
+    ------
+    ValueError
+        If ``endpoint_url`` is not a URL with a scheme and a host.
     """
     from pyarrow import fs
 
     kw: dict[str, Any] = dict(options)
     region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     kw.setdefault("region", region)
+    kw.setdefault("retry_strategy", fs.AwsDefaultS3RetryStrategy(max_attempts=DEFAULT_S3_REQUEST_ATTEMPTS))
+    endpoint_url = endpoint_url or default_endpoint_url()
     if endpoint_url:
         u = urlparse(endpoint_url)
         if not u.scheme or not u.netloc:
@@ -253,6 +290,142 @@ def s3_bucket_key(uri: str) -> str:
     """``s3://bucket/key`` -> ``bucket/key`` (pyarrow's S3 path)."""
     rest = str(uri).split("://", 1)[1]
     return rest.rstrip("/") if rest.endswith("/") else rest
+
+
+def is_transient_s3_error(error: BaseException) -> bool:
+    """Whether an S3 error may go away on retry: throttling (503 SlowDown),
+    other 5xx answers, timeouts and dropped or cut connections. A missing key
+    (``FileNotFoundError``), access denied, a missing bucket or a bad request
+    are not."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    text = str(error).upper()
+    permanent = ("ACCESS_DENIED", "ACCESSDENIED", "HTTP STATUS 403", "HTTP STATUS 400", "HTTP STATUS 404",
+                 "NO_SUCH_BUCKET", "NOSUCHBUCKET", "NO_SUCH_KEY", "NOSUCHKEY", "INVALID_ACCESS_KEY",
+                 "SIGNATURE_DOES_NOT_MATCH")
+    return not any(p in text for p in permanent)
+
+
+class ImageReader:
+    """Read listed images: local paths and ``s3://`` objects, with retries.
+
+    The one reader of both engines (:class:`bovw.engine.LocalEngine` in
+    process, :class:`bovw.spark.SparkEngine` in its executors). A read never
+    raises for a bad entry: it gives ``(bytes, None)`` or ``(None, reason)``,
+    and the job turns the reason into an ``errors.csv`` row of stage ``read``.
+
+    - Local paths: :func:`bovw.image.read_file` (broken links, loops, FIFOs,
+      folders and unreadable files each give a reason; no retry).
+    - ``s3://`` objects: pyarrow's S3 client, whose SDK retries each request
+      (:func:`s3_filesystem`); then the whole read is retried up to
+      ``max_attempts`` times with exponential backoff and full jitter (sleep
+      ``uniform(0, min(max_backoff, backoff * 2**(attempt - 1)))`` seconds,
+      the AWS Architecture Blog's "Exponential Backoff And Jitter") while the
+      error may be transient (:func:`is_transient_s3_error`): the object's
+      HEAD and its GET each get ``max_attempts``. A body cut short is
+      detected (its length differs from the object's) and retried. A key
+      that no longer exists (deleted after the listing) gives ``"object not
+      found (deleted after listing?)"`` without retrying.
+
+    Instances pickle without their S3 client (Spark ships them to executors,
+    which open their own).
+
+    Parameters
+    ----------
+    endpoint_url : str, optional
+        S3-compatible endpoint; default :func:`default_endpoint_url`.
+    region : str, optional
+    s3_options : dict, optional
+        More ``S3FileSystem`` arguments (credentials...).
+    max_attempts : int, default 5
+        Attempts of the object's HEAD, and of its GET, at most (each made of
+        SDK-retried requests).
+    backoff : float, default 0.2
+        Seconds: the first retry waits up to this long, doubling each time.
+    max_backoff : float, default 10.0
+        Seconds: the longest wait between two attempts.
+    n_io_threads : int, default 8
+        Concurrent S3 reads in :meth:`read_many` (local files are read in order).
+
+    Raises
+    ------
+    ValueError
+        If ``max_attempts`` < 1, ``backoff`` < 0 or ``n_io_threads`` < 1.
+    """
+
+    def __init__(self, endpoint_url: str | None = None, region: str | None = None, s3_options: dict | None = None,
+                 *, max_attempts: int = 5, backoff: float = 0.2, max_backoff: float = 10.0,
+                 n_io_threads: int = 8) -> None:
+        if int(max_attempts) < 1:
+            raise ValueError(f"max_attempts: must be at least 1, got {max_attempts}")
+        if backoff < 0 or max_backoff < 0:
+            raise ValueError(f"backoff: must be >= 0, got {backoff} (max_backoff {max_backoff})")
+        if int(n_io_threads) < 1:
+            raise ValueError(f"n_io_threads: must be at least 1, got {n_io_threads}")
+        self.endpoint_url = endpoint_url or default_endpoint_url()
+        self.region = region
+        self.s3_options = dict(s3_options or {})
+        self.max_attempts = int(max_attempts)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.n_io_threads = int(n_io_threads)
+        self._filesystem: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_filesystem"] = None
+        return state
+
+    @property
+    def filesystem(self) -> Any:
+        """The S3 client, opened on first use."""
+        if self._filesystem is None:
+            self._filesystem = s3_filesystem(self.endpoint_url, self.region, **self.s3_options)
+        return self._filesystem
+
+    def _get_object(self, uri: str) -> bytes:
+        """The object's bytes: its size (HEAD), then its body (GET), each
+        retried on its own, so a failed GET does not repeat the HEAD."""
+        def retry(fn: Any) -> Any:
+            return _retry(uri, fn, self.max_attempts, self.backoff, self.max_backoff)
+
+        with retry(lambda: self.filesystem.open_input_file(s3_bucket_key(uri))) as f:
+            size = f.size()
+
+            def body() -> bytes:
+                data = f.read_at(size, 0)
+                if len(data) != size:
+                    raise OSError(f"body cut short: {len(data)} of {size} bytes")
+                return data
+
+            return retry(body) if size else b""
+
+    def read(self, path: str) -> tuple[bytes | None, str | None]:
+        """``(bytes, None)``, or ``(None, reason)`` when the entry cannot be read."""
+        from bovw.image import read_file
+
+        if not is_s3(path):
+            return read_file(path)
+        try:
+            return self._get_object(path), None
+        except FileNotFoundError:
+            return None, "object not found (deleted after listing?)"
+        except (OSError, ValueError) as e:
+            if isinstance(e, OSError) and is_transient_s3_error(e):
+                return None, f"cannot read object after {self.max_attempts} attempts: {e}"
+            return None, f"cannot read object: {e}"
+
+    __call__ = read
+
+    def read_many(self, paths: Sequence[str]) -> list[tuple[bytes | None, str | None]]:
+        """:meth:`read` of each path, in order (S3 objects fetched concurrently)."""
+        if len(paths) > 1 and self.n_io_threads > 1 and any(is_s3(p) for p in paths):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.filesystem  # open the client once, before the threads
+            with ThreadPoolExecutor(min(self.n_io_threads, len(paths))) as pool:
+                return list(pool.map(self.read, paths))
+        return [self.read(p) for p in paths]
 
 
 def list_s3_images(
@@ -314,27 +487,16 @@ def driver_s3_options(s3_options: dict | None) -> dict:
 
 def _fetch_fn(endpoint_url: str | None, region: str | None, s3_options: dict | None, n_io_threads: int = 8
               ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    reader = ImageReader(endpoint_url, region, s3_options, n_io_threads=n_io_threads)
+
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        filesystem = s3_filesystem(endpoint_url, region, **(s3_options or {}))
-
-        def get(uri: str) -> bytes | None:
-            try:
-                with filesystem.open_input_stream(s3_bucket_key(uri)) as f:
-                    return bytes(f.read())
-            except OSError:
-                return None
-
-        with ThreadPoolExecutor(n_io_threads) as pool:
-            for rb in batches:
-                paths = rb.column(0).to_pylist()
-                contents = list(pool.map(get, paths))
-                label, split = _labels_and_splits(rb.column(0))
-                yield pa.RecordBatch.from_arrays(
-                    [rb.column(0), rb.column(1), rb.column(2), pa.array(contents, pa.binary()), label, split],
-                    names=["path", "modificationTime", "length", "content", "label", "split"],
-                )
+        for rb in batches:
+            contents = [data for data, _ in reader.read_many(rb.column(0).to_pylist())]
+            label, split = _labels_and_splits(rb.column(0))
+            yield pa.RecordBatch.from_arrays(
+                [rb.column(0), rb.column(1), rb.column(2), pa.array(contents, pa.binary()), label, split],
+                names=["path", "modificationTime", "length", "content", "label", "split"],
+            )
 
     return fn
 
@@ -547,13 +709,131 @@ class S3Path(str):
     def __truediv__(self, other: str) -> "S3Path":
         return S3Path(self.rstrip("/") + "/" + str(other))
 
-def upload_folder(folder: Path, uri: str, endpoint_url: str | None = None) -> None:
-    """Copy every file of a local folder to ``uri`` (``s3://bucket/prefix``)
-    with pyarrow's S3 client (endpoint from ``AWS_ENDPOINT_URL_S3`` /
-    ``AWS_ENDPOINT_URL`` when not given)."""
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    filesystem = s3_filesystem(endpoint)
+#: File names (``fnmatch`` patterns) that ``bovw run`` writes in its output
+#: folder; :func:`upload_folder` and :class:`bovw.job.OutputFolder` remove
+#: only these (and the names a previous ``run.json`` lists) from an earlier run.
+RUN_OUTPUT_PATTERNS = ("features.parquet", "vocabulary*.npy", "pca.npz", "model.joblib", "errors.csv",
+                       "confusion_matrix.csv", "report.html", "run.json")
+
+#: The output folder's commit marker: written last, removed first.
+COMMIT_MARKER = "run.json"
+
+
+def previous_outputs(names: Sequence[str], manifest: dict | None) -> list[str]:
+    """The names among ``names`` that an earlier run wrote: those its
+    ``run.json`` lists under ``outputs`` (``manifest``) plus those matching
+    :data:`RUN_OUTPUT_PATTERNS`."""
+    import fnmatch
+
+    listed = set((manifest or {}).get("outputs") or {})
+    return [n for n in names if n in listed or any(fnmatch.fnmatchcase(n, p) for p in RUN_OUTPUT_PATTERNS)]
+
+
+def _retry(what: str, fn: Any, attempts: int, backoff: float, max_backoff: float) -> Any:
+    """Call ``fn()``; on an ``OSError`` that may be transient, retry with
+    exponential backoff and full jitter (``attempts`` calls at most)."""
+    import random
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except OSError as e:
+            if attempt == attempts or not is_transient_s3_error(e):
+                raise
+            time.sleep(random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1))))
+    raise AssertionError(what)  # pragma: no cover - the loop returns or raises
+
+
+def upload_folder(folder: Path, uri: str, endpoint_url: str | None = None, *, filesystem: Any = None,
+                  attempts: int = 5, backoff: float = 0.2) -> list[str]:
+    """Publish a local folder of run outputs at ``uri`` (``s3://bucket/prefix``).
+
+    S3 has no rename and no multi-object transaction, so the folder is
+    published with ``run.json`` (:data:`COMMIT_MARKER`) as the commit marker:
+
+    1. the previous run's ``run.json`` is deleted first (from then on the
+       prefix does not look complete);
+    2. every other file is uploaded (each PUT replaces an object atomically);
+    3. ``run.json`` is uploaded last: the set is complete;
+    4. the objects of the previous run that this one did not write (the names
+       its ``run.json`` listed, or :data:`RUN_OUTPUT_PATTERNS`) are deleted.
+       Other objects under the prefix are left alone.
+
+    A reader that finds ``run.json`` finds the whole set of that run (its
+    ``outputs`` field lists every file with its size and SHA-256); a run that
+    dies during step 2 leaves no ``run.json``. What S3 cannot give: the
+    previous run's files are not kept when the upload fails, and two runs
+    into one prefix at the same time are not prevented (see
+    ``docs/reliability-job.md``).
+
+    Each upload is retried by the SDK (:func:`s3_filesystem`) and then, as a
+    whole, up to ``attempts`` times with exponential backoff.
+
+    Parameters
+    ----------
+    folder : Path
+        Local folder; its files (not sub-folders) are uploaded.
+    uri : str
+        ``s3://bucket/prefix``.
+    endpoint_url : str, optional
+        Default :func:`default_endpoint_url`.
+    filesystem : pyarrow.fs.S3FileSystem, optional
+        Default :func:`s3_filesystem` of ``endpoint_url``.
+    attempts : int, default 5
+    backoff : float, default 0.2
+        Seconds before the first whole-object retry (doubled each time, with jitter).
+
+    Returns
+    -------
+    list of str
+        The names uploaded, ``run.json`` last.
+
+    Raises
+    ------
+    OSError
+        If an upload or a delete still fails after the retries.
+    """
+    import json
+
+    from pyarrow import fs as pafs
+
+    filesystem = filesystem if filesystem is not None else s3_filesystem(endpoint_url)
     base = s3_bucket_key(uri)
-    for name in sorted(os.listdir(folder)):
-        with open(Path(folder) / name, "rb") as src, filesystem.open_output_stream(f"{base}/{name}") as dst:
-            dst.write(src.read())
+    names = sorted(n for n in os.listdir(folder) if (Path(folder) / n).is_file())
+    names = [n for n in names if n != COMMIT_MARKER] + ([COMMIT_MARKER] if COMMIT_MARKER in names else [])
+
+    def call(what: str, fn: Any) -> Any:
+        return _retry(what, fn, attempts, backoff, 10.0)
+
+    infos = call("list", lambda: filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True)))
+    existing = [i.base_name for i in infos if i.type == pafs.FileType.File]
+    manifest = None
+    if COMMIT_MARKER in existing:
+        def read_marker() -> bytes:
+            with filesystem.open_input_stream(f"{base}/{COMMIT_MARKER}") as f:
+                return f.read()
+
+        try:
+            manifest = json.loads(call("read run.json", read_marker))
+        except (OSError, ValueError):
+            manifest = None
+        call("delete run.json", lambda: filesystem.delete_file(f"{base}/{COMMIT_MARKER}"))
+    for name in names:
+        data = (Path(folder) / name).read_bytes()
+
+        def put(name: str = name, data: bytes = data) -> None:
+            with filesystem.open_output_stream(f"{base}/{name}") as dst:
+                dst.write(data)
+
+        call(f"upload {name}", put)
+    for name in previous_outputs(existing, manifest):
+        if name not in names:
+            def delete(name: str = name) -> None:
+                try:
+                    filesystem.delete_file(f"{base}/{name}")
+                except FileNotFoundError:
+                    pass
+
+            call(f"delete {name}", delete)
+    return names
