@@ -13,7 +13,7 @@
 //! functions. Rust never fuses multiplies and adds, so both copies give
 //! identical results.
 
-use crate::features::cv::fast_atan2;
+pub use crate::features::cv::fast_atan2;
 
 /// $e^x$ for `f32`, branch-free (see the module docs for the accuracy).
 #[inline(always)]
