@@ -180,6 +180,44 @@ PARAMS: dict[str, str] = {
 
 # Where a parameter name means another type.
 PARAM_OVERRIDES: dict[str, str] = {
+    # colour histograms and dense SIFT / PHOW (bovw.color, bovw.dense)
+    "ColorHistogram.__new__.space": "str",
+    "ColorHistogram.__new__.bins": "list[int]",
+    "ColorHistogram.__new__.mask": "Optional[str]",
+    "ColorHistogram.__new__.grid": "list[int]",
+    "ColorHistogram.__new__.normalize": "Optional[str]",
+    "ColorHistogram.__new__.sqrt": "bool",
+    "ColorHistogram.compute.image": U8,
+    "ColorHistogram.compute.mask": U8,
+    "DenseSift.__new__.step": "int",
+    "DenseSift.__new__.size": "int",
+    "DenseSift.__new__.bounds": "list[int]",
+    "DenseSift.__new__.fast": "bool",
+    "DenseSift.__new__.window_size": "float",
+    "DenseSift.__new__.float_descriptors": "bool",
+    "Phow.__new__.sizes": "list[int]",
+    "Phow.__new__.step": "int",
+    "Phow.__new__.color": "str",
+    "Phow.__new__.fast": "bool",
+    "Phow.__new__.magnification": "float",
+    "Phow.__new__.window_size": "float",
+    "Phow.__new__.contrast_threshold": "float",
+    "Phow.__new__.float_descriptors": "bool",
+    "*.compute.image": U8,
+    "rgb_to_hsv_image.image": U8,
+    # CNN embeddings (bovw.cnn): named float32 weight tensors and a layer list
+    "CnnEmbedding.__new__.tensors": "dict[str, NDArray[np.float32]]",
+    "CnnEmbedding.__new__.architecture": "str",
+    "CnnEmbedding.__new__.layers": "list[dict[str, Any]] | None",
+    "CnnEmbedding.__new__.input_name": "str",
+    "CnnEmbedding.__new__.outputs": "list[str] | None",
+    "CnnEmbedding.__new__.input_size": "int",
+    "CnnEmbedding.__new__.crop_fraction": "float",
+    "CnnEmbedding.__new__.mean": "list[float] | None",
+    "CnnEmbedding.__new__.std": "list[float] | None",
+    "CnnEmbedding.forward.logits": "bool",
+    "CnnEmbedding.forward.images": f"list[{U8}]",
+    "CnnEmbedding.preprocess.image": U8,
     "kmajority_fit.x": U8,
     "kmajority_fit.init": U8,
     "kmajority_predict.x": U8,
@@ -201,6 +239,12 @@ PARAM_OVERRIDES: dict[str, str] = {
 }
 
 RETURNS: dict[str, str] = {
+    "rgb_to_hsv_image": U8,
+    "ColorHistogram.compute": "NDArray[np.float32]",
+    "DenseSift.compute": "tuple[NDArray[np.float32], NDArray[Any]]",
+    "Phow.compute": "tuple[NDArray[np.float32], NDArray[Any]]",
+    "CnnEmbedding.forward": "tuple[NDArray[np.float32], Optional[NDArray[np.float32]]]",
+    "CnnEmbedding.preprocess": "NDArray[np.float32]",
     "decode_gray_image": U8,
     "decode_rgb_image": U8,
     "decode_gray_batch": f"tuple[list[Optional[{U8}]], list[Optional[str]]]",
@@ -252,6 +296,10 @@ RETURNS: dict[str, str] = {
 }
 
 PROPERTIES: dict[str, str] = {
+    "CnnEmbedding.n_features": "int",
+    "CnnEmbedding.n_logits": "int",
+    "CnnEmbedding.input_size": "int",
+    "CnnEmbedding.n_layers": "int",
     "*.descriptor_width": "int",
     "*.descriptor_dtype": "str",
     "*.kind": "str",
@@ -259,7 +307,7 @@ PROPERTIES: dict[str, str] = {
 }
 
 # Descriptor dtype of a class that cannot be built with its defaults.
-DESCRIPTOR_DTYPES: dict[str, str] = {}
+DESCRIPTOR_DTYPES: dict[str, str] = {"CnnEmbedding": "float32"}
 
 _SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
@@ -287,6 +335,8 @@ def _param_type(owner: str, func: str, p: inspect.Parameter) -> str:
         return ann if ann.startswith("Optional[") else f"Optional[{ann}]"
     if d is not inspect.Parameter.empty:
         ok = _SCALARS.get(ann)
+        if d is Ellipsis:
+            return ann  # a Rust default pyo3 cannot render (`vec![...]`, `Some(..)`): shown as `...`
         if ok is None or not isinstance(d, ok) or (ann == "int" and isinstance(d, bool)):
             raise StubError(f"parameter {p.name!r} of {qual}: default {d!r} is not a {ann}")
     return ann
@@ -305,7 +355,8 @@ def _signature(owner: str, func: str, sig: inspect.Signature, first: str | None)
             parts.append("*")
             star = True
         ann = _param_type(owner, func, p)
-        parts.append(f"{p.name}: {ann}" if p.default is inspect.Parameter.empty else f"{p.name}: {ann} = {p.default!r}")
+        default = "..." if p.default is Ellipsis else repr(p.default)
+        parts.append(f"{p.name}: {ann}" if p.default is inspect.Parameter.empty else f"{p.name}: {ann} = {default}")
         nxt = params[i + 1] if i + 1 < len(params) else None
         if p.kind is p.POSITIONAL_ONLY and (nxt is None or nxt.kind is not p.POSITIONAL_ONLY):
             parts.append("/")
@@ -381,46 +432,6 @@ def _function(name: str, f: Callable[..., Any]) -> str:
     return _def(name, _signature("", name, inspect.signature(f), None), ret, f, "") + "\n"
 
 
-def _params(sig: inspect.Signature, skip_first: bool = False) -> str:
-    parts = []
-    star_done = False
-    params = list(sig.parameters.values())
-    if skip_first:
-        params = params[1:]
-    for p in params:
-        if p.kind is p.KEYWORD_ONLY and not star_done:
-            parts.append("*")
-            star_done = True
-        ann = _annotation(p)
-        if p.default is inspect.Parameter.empty:
-            parts.append(f"{p.name}: {ann}")
-        else:
-            parts.append(f"{p.name}: {ann} = {p.default!r}")
-    return ", ".join(parts)
-
-
-def _render_class(name: str, cls: type) -> list[str]:
-    """A #[pyclass]: constructor, methods and read-only properties."""
-    lines = []
-    doc = (inspect.getdoc(cls) or "").strip().splitlines()
-    if doc:
-        lines.append(f"# {doc[0]}")
-    # #[pyclass] types cannot be subclassed
-    lines += ["@final", f"class {name}:"]
-    lines.append(f"    def __new__(cls, {_params(inspect.signature(cls))}) -> {name}: ...")
-    for attr, v in sorted(vars(cls).items()):
-        if attr.startswith("_"):
-            continue
-        if type(v).__name__ == "getset_descriptor":
-            lines.append("    @property")
-            lines.append(f"    def {attr}(self) -> Any: ...")
-        elif callable(v):
-            sig = inspect.signature(v)
-            rest = _params(sig, skip_first=True)
-            lines.append(f"    def {attr}(self{', ' + rest if rest else ''}) -> Any: ...")
-    return lines
-
-
 def render() -> str:
     import bovw._bovw as m
 
@@ -452,14 +463,6 @@ def main(argv: list[str]) -> int:
     OUT.write_text(text)
     print(f"wrote {OUT}")
     return 0
-            lines.extend(_render_class(name, obj))
-            continue
-        sig = inspect.signature(obj)
-        doc = (inspect.getdoc(obj) or "").strip().splitlines()
-        if doc:
-            lines.append(f"# {doc[0]}")
-        lines.append(f"def {name}({_params(sig)}) -> Any: ...")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

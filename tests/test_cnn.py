@@ -401,8 +401,8 @@ def _mobilenet_v2_like(rng) -> "object":
 
 
 def test_onnx_graph_matches_onnxruntime(tmp_path, fruits_root):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime as ort
     model = _mobilenet_v2_like(np.random.default_rng(1))
     onnx.checker.check_model(model)
     path = tmp_path / "mnv2_like.onnx"
@@ -424,7 +424,7 @@ def test_onnx_graph_matches_onnxruntime(tmp_path, fruits_root):
 
 
 def test_onnx_export_runs_the_same_network(tmp_path, cnn, fruits_root):
-    pytest.importorskip("onnx")
+    import onnx  # noqa: F401
     path = tmp_path / "efficientnet_lite0.onnx"
     path.write_bytes(bovw.cnn.efficientnet_lite0_onnx().SerializeToString())
     via_onnx = CNNEmbedding(model=str(path))
@@ -434,7 +434,7 @@ def test_onnx_export_runs_the_same_network(tmp_path, cnn, fruits_root):
 
 
 def test_onnx_unsupported_op_is_named(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("LRN", ["x"], ["y"], size=3, name="norm1")
@@ -449,18 +449,15 @@ def test_onnx_unsupported_op_is_named(tmp_path):
 # ------------------------------------------------------------------ Spark
 
 
-from conftest_spark import spark_local  # noqa: E402,F401  (fixture)
-
-
 @pytest.mark.spark
-def test_spark_map_in_arrow_gives_the_local_features_and_loads_the_model_once(spark_local, fruits_root):
+def test_spark_map_in_arrow_gives_the_local_features_and_loads_the_model_once(spark, fruits_root):
     """Each Python worker unpickles the extractor, builds the model once (the
     per-process cache) and reuses it for every Arrow batch; features equal
     the local engine's, bit for bit."""
     paths = sorted((fruits_root / "Test").glob("*/*.jpg"))[:12]
     cnn = CNNEmbedding(input_size=100, crop_fraction=1.0)
     local = cnn.transform([rgb(p) for p in paths], n_threads=2)
-    df = spark_local.createDataFrame([(str(p), p.read_bytes()) for p in paths], "path string, content binary").repartition(2)
+    df = spark.createDataFrame([(str(p), p.read_bytes()) for p in paths], "path string, content binary").repartition(2)
 
     def embed(batches):
         import os
@@ -477,11 +474,11 @@ def test_spark_map_in_arrow_gives_the_local_features_and_loads_the_model_once(sp
                 "model": pa.array([id(cnn._rust)] * b.num_rows, pa.int64()),
             })
 
-    spark_local.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")
     try:
         rows = df.mapInArrow(embed, "path string, features array<float>, pid long, model long").collect()
     finally:
-        spark_local.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     assert len(rows) == len(paths)
     by_path = {r["path"]: np.asarray(r["features"], np.float32) for r in rows}
     for i, p in enumerate(paths):

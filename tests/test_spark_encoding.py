@@ -14,7 +14,7 @@ import bovw
 
 pytestmark = pytest.mark.spark
 
-bs = pytest.importorskip("bovw.spark")
+import bovw.spark as bs  # noqa: E402
 
 
 def _name(path: str) -> str:

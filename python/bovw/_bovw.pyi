@@ -24,10 +24,163 @@ class _PcaFit(TypedDict):
     n_samples: int
     n_features: int
     solver: str
+# NumPy arrays and Arrow objects are typed Any: see the Python wrappers in
+# bovw.* for shapes and dtypes.
+from typing import Any, Optional, final
 
 __version__: str
 
-__all__ = ['Orb', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_pyramid_counts', 'bow_weight', 'chi2_map', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'encode_bow', 'encode_fisher', 'encode_vlad', 'gmm_fit_em', 'gmm_log_prob', 'gmm_params_from_stats', 'gmm_predict', 'gmm_stats_from_labels', 'gmm_stats_from_resp', 'gmm_suff_stats', 'gmm_suff_stats_arrow', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'power_normalize', 'soft_assign']
+__all__ = ['CnnEmbedding', 'ColorHistogram', 'DenseSift', 'Orb', 'Phow', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_pyramid_counts', 'bow_weight', 'chi2_map', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'encode_bow', 'encode_fisher', 'encode_vlad', 'gmm_fit_em', 'gmm_log_prob', 'gmm_params_from_stats', 'gmm_predict', 'gmm_stats_from_labels', 'gmm_stats_from_resp', 'gmm_suff_stats', 'gmm_suff_stats_arrow', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'power_normalize', 'rgb_to_hsv_image', 'soft_assign']
+
+@final
+class CnnEmbedding:
+    """A CNN (EfficientNet-Lite or a graph from ONNX) whose pooled features are
+    one global descriptor per image. See `bovw.CNNEmbedding` for the documentation.
+    """
+    def __new__(cls, tensors: dict[str, NDArray[np.float32]], *, architecture: str = 'efficientnet_lite', layers: Optional[list[dict[str, Any]] | None] = None, input_name: str = 'input', outputs: Optional[list[str] | None] = None, input_size: int = 224, crop_fraction: float = 0.875, mean: Optional[list[float] | None] = None, std: Optional[list[float] | None] = None) -> CnnEmbedding: ...
+    @property
+    def descriptor_dtype(self) -> str:
+        """NumPy dtype name of a descriptor row: "float32" or "uint8"."""
+
+    @property
+    def descriptor_width(self) -> int:
+        """Values per descriptor row."""
+
+    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
+        """Decode and describe every row of a binary Arrow array (JPEG/PNG
+        bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
+        image_height, keypoints, descriptors, error, error_stage,
+        image_scale. Limits (None: the default): max_pixels,
+        max_side (decode), max_image_memory (bytes per image),
+        oversize ("refuse" or "downscale").
+        """
+
+    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+        """Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
+        Returns (keypoints (N, 7) float64, descriptors (N, width)).
+        """
+
+    def forward(self, images: list[NDArray[np.uint8]], *, logits: bool = False, n_threads: Optional[int] = None) -> tuple[NDArray[np.float32], Optional[NDArray[np.float32]]]:
+        """Features (n, n_features) float32 and, when `logits`, logits
+        (n, n_logits) float32 (else None) of a list of NumPy images ((H, W)
+        gray or (H, W, 3) RGB uint8), in parallel over images.
+        """
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square network input, pixels."""
+
+    @property
+    def kind(self) -> str:
+        """"local" (many descriptors per image) or "global" (one)."""
+
+    @property
+    def n_features(self) -> int:
+        """Width of the feature vector (the descriptor)."""
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layers (graph nodes)."""
+
+    @property
+    def n_logits(self) -> int:
+        """Number of logits (0 when the network has no classifier output)."""
+
+    @property
+    def needs_color(self) -> bool:
+        """True when the extractor reads colour (RGB) pixels."""
+
+    def preprocess(self, image: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """The network input of one image: (input_size, input_size, 3) float32
+        after resize, centre crop and normalisation.
+        """
+
+
+@final
+class ColorHistogram:
+    """Joint colour histogram (one global descriptor per image). See
+    `bovw.ColorHistogram` for the documentation.
+    """
+    def __new__(cls, *, space: str = 'hsv', bins: list[int] = ..., mask: Optional[str] = ..., grid: list[int] = ..., normalize: Optional[str] = ..., sqrt: bool = True) -> ColorHistogram: ...
+    def compute(self, image: NDArray[np.uint8], mask: Optional[NDArray[np.uint8]] = None) -> NDArray[np.float32]:
+        """The histogram of one image, (width,) float32: (H, W, 3) uint8 RGB or
+        (H, W) uint8 gray (replicated). `mask` (H, W) uint8: zero pixels are
+        left out (besides the mask rule).
+        """
+
+    @property
+    def descriptor_dtype(self) -> str:
+        """NumPy dtype name of a descriptor row: "float32" or "uint8"."""
+
+    @property
+    def descriptor_width(self) -> int:
+        """Values per descriptor row."""
+
+    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
+        """Decode and describe every row of a binary Arrow array (JPEG/PNG
+        bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
+        image_height, keypoints, descriptors, error, error_stage,
+        image_scale. Limits (None: the default): max_pixels,
+        max_side (decode), max_image_memory (bytes per image),
+        oversize ("refuse" or "downscale").
+        """
+
+    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+        """Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
+        Returns (keypoints (N, 7) float64, descriptors (N, width)).
+        """
+
+    @property
+    def kind(self) -> str:
+        """"local" (many descriptors per image) or "global" (one)."""
+
+    @property
+    def needs_color(self) -> bool:
+        """True when the extractor reads colour (RGB) pixels."""
+
+
+@final
+class DenseSift:
+    """VLFeat's dense SIFT (`vl_dsift`) on the gray image scaled to [0, 1].
+    See `bovw.DenseSIFT` for the documentation.
+    """
+    def __new__(cls, *, step: int = 1, size: int = 3, bounds: Optional[list[int]] = None, fast: bool = False, window_size: float = 2.0, float_descriptors: bool = False) -> DenseSift: ...
+    def compute(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[Any]]:
+        """Frames (n, 4) float32 (x, y, norm, bin size) and descriptors (n, 128)
+        of one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB (made gray with
+        OpenCV's weights).
+        """
+
+    @property
+    def descriptor_dtype(self) -> str:
+        """NumPy dtype name of a descriptor row: "float32" or "uint8"."""
+
+    @property
+    def descriptor_width(self) -> int:
+        """Values per descriptor row."""
+
+    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
+        """Decode and describe every row of a binary Arrow array (JPEG/PNG
+        bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
+        image_height, keypoints, descriptors, error, error_stage,
+        image_scale. Limits (None: the default): max_pixels,
+        max_side (decode), max_image_memory (bytes per image),
+        oversize ("refuse" or "downscale").
+        """
+
+    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
+        """Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
+        Returns (keypoints (N, 7) float64, descriptors (N, width)).
+        """
+
+    @property
+    def kind(self) -> str:
+        """"local" (many descriptors per image) or "global" (one)."""
+
+    @property
+    def needs_color(self) -> bool:
+        """True when the extractor reads colour (RGB) pixels."""
+
 
 @final
 class Orb:
@@ -56,6 +209,49 @@ class Orb:
         """Detect keypoints and compute descriptors on one (H, W) uint8 image.
         Returns (keypoints (N, 7) float64, descriptors (N, width)).
         """
+
+    def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
+        """Decode and describe every row of a binary Arrow array (JPEG/PNG
+        bytes). Returns a pyarrow RecordBatch: n_keypoints, image_width,
+        image_height, keypoints, descriptors, error, error_stage,
+        image_scale. Limits (None: the default): max_pixels,
+        max_side (decode), max_image_memory (bytes per image),
+        oversize ("refuse" or "downscale").
+        """
+
+    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
+        """Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
+        Returns (keypoints (N, 7) float64, descriptors (N, width)).
+        """
+
+    @property
+    def kind(self) -> str:
+        """"local" (many descriptors per image) or "global" (one)."""
+
+    @property
+    def needs_color(self) -> bool:
+        """True when the extractor reads colour (RGB) pixels."""
+
+
+@final
+class Phow:
+    """PHOW (VLFeat's `vl_phow`): dense SIFT at several bin sizes, gray or
+    colour. See `bovw.PHOW` for the documentation.
+    """
+    def __new__(cls, *, sizes: list[int] = ..., step: int = 2, color: str = 'gray', fast: bool = True, magnification: float = 6.0, window_size: float = 1.5, contrast_threshold: float = 0.005, float_descriptors: bool = False) -> Phow: ...
+    def compute(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[Any]]:
+        """Frames (n, 4) float32 (x, y, contrast, bin size) and descriptors
+        (n, 128 x channels) of one image: (H, W) uint8 gray (replicated for
+        colour variants) or (H, W, 3) uint8 RGB.
+        """
+
+    @property
+    def descriptor_dtype(self) -> str:
+        """NumPy dtype name of a descriptor row: "float32" or "uint8"."""
+
+    @property
+    def descriptor_width(self) -> int:
+        """Values per descriptor row."""
 
     def extract(self, content: pa.Array, *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> pa.RecordBatch:
         """Decode and describe every row of a binary Arrow array (JPEG/PNG
@@ -166,11 +362,11 @@ def bow_weight(hist: NDArray[np.float32], idf: Optional[NDArray[np.float64]] = N
     """Multiply (n_images, n_words) float32 histograms by idf and normalise rows; returns a new array."""
 
 
-def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
 def chi2_map(x: NDArray[_Float], *, sample_steps: int = 2, sample_interval: Optional[float] = None, n_threads: Optional[int] = None) -> NDArray[_Float]:
     """The additive chi2 kernel map of X (n, d) >= 0: (n, (2 * sample_steps - 1) * d), X's dtype."""
 
-def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
+
+def decode_gray_batch(content: pa.Array, n_threads: Optional[int] = None, *, max_pixels: Optional[int] = None, max_side: Optional[int] = None) -> tuple[list[Optional[NDArray[np.uint8]]], list[Optional[str]]]:
     """Decode a binary Arrow array to gray; returns (images, errors): one entry
     per row, an (H, W) uint8 array or None, and None or the reason.
     """
@@ -324,82 +520,12 @@ def power_normalize(x: NDArray[_Float], *, alpha: float = 0.5, pre_norm: Optiona
     """
 
 
+def rgb_to_hsv_image(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """OpenCV's 8-bit RGB to HSV conversion (`cv2.cvtColor(img, cv2.COLOR_RGB2HSV)`):
+    (H, W, 3) uint8 RGB in, (H, W, 3) uint8 HSV out with H in [0, 180).
+    """
+
+
 def soft_assign(x: NDArray[np.float32], vocabulary: NDArray[np.float32], *, n_neighbors: int = 1, sigma: Optional[float] = None, n_threads: Optional[int] = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Soft (or hard) assignment of each row: (words int64 (n, m), weights float32 (n, m))."""
 
-# NumPy arrays and Arrow objects are typed Any: see the Python wrappers in
-# bovw.* for shapes and dtypes.
-from typing import Any, Optional, final
-__all__ = ['CnnEmbedding', 'Orb', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_weight', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform']
-# A CNN (EfficientNet-Lite or a graph from ONNX) whose pooled features are
-class CnnEmbedding:
-    def __new__(cls, tensors: Any, *, architecture: str = 'efficientnet_lite', layers: Optional[Any] = None, input_name: str = 'input', outputs: Optional[Any] = None, input_size: int = 224, crop_fraction: float = 0.875, mean: Optional[Any] = None, std: Optional[Any] = None) -> CnnEmbedding: ...
-    def descriptor_dtype(self) -> Any: ...
-    def descriptor_width(self) -> Any: ...
-    def extract(self, content: Any, *, n_threads: Optional[int] = None) -> Any: ...
-    def extract_image(self, image: Any) -> Any: ...
-    def forward(self, images: Any, *, logits: bool = False, n_threads: Optional[int] = None) -> Any: ...
-    def input_size(self) -> Any: ...
-    def kind(self) -> Any: ...
-    def n_features(self) -> Any: ...
-    def n_layers(self) -> Any: ...
-    def n_logits(self) -> Any: ...
-    def needs_color(self) -> Any: ...
-    def preprocess(self, image: Any) -> Any: ...
-# ORB keypoints and 32-byte binary descriptors (OpenCV 4.x's
-    def compute(self, image: Any, keypoints: Any) -> Any: ...
-    def detect(self, image: Any, mask: Optional[Any] = None) -> Any: ...
-    def detect_and_compute(self, image: Any, mask: Optional[Any] = None) -> Any: ...
-# SIFT keypoints and 128-float descriptors (OpenCV 4.x's `cv2.SIFT_create`),
-# Same from an Arrow `list<fixed_size_list<float32, d>>` descriptors column
-def bow_arrow_counts(descriptors: Any, vocabulary: Any, n_threads: Optional[int] = None) -> Any: ...
-# Word counts per image from word ids and image offsets: (n_images, n_words) float32.
-def bow_counts(words: Any, offsets: Any, n_words: Any, n_threads: Optional[int] = None) -> Any: ...
-# Word counts per image from word ids and each word's image index.
-def bow_counts_by_image(words: Any, image_index: Any, n_images: Any, n_words: Any) -> Any: ...
-# Assign descriptors (N, d) float32 with image offsets to the vocabulary
-def bow_descriptor_counts(descriptors: Any, offsets: Any, vocabulary: Any, n_threads: Optional[int] = None) -> Any: ...
-# Inverse document frequency from counts (n_images, n_words):
-def bow_idf(counts: Any, kind: str = 'sklearn_smooth', min_doc_freq: int = 0) -> Any: ...
-# Multiply (n_images, n_words) float32 histograms by idf and normalise rows; returns a new array.
-def bow_weight(hist: Any, idf: Optional[Any] = None, norm: Optional[Any] = None) -> Any: ...
-# Decode a binary Arrow array to gray; returns (images, errors): one entry
-def decode_gray_batch(content: Any, n_threads: Optional[int] = None) -> Any: ...
-# Decode JPEG/PNG bytes to an (H, W) uint8 grayscale array (OpenCV BGR2GRAY weights).
-def decode_gray_image(data: Any) -> Any: ...
-# Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (gray files replicated, alpha dropped).
-def decode_rgb_image(data: Any) -> Any: ...
-# Fit k-majority on (n, d) uint8 descriptors.
-def kmajority_fit(x: Any, n_clusters: Any, *, max_iter: int = 100, seed: int = 0, init: Optional[Any] = None, n_threads: Optional[int] = None) -> Any: ...
-# Nearest center (Hamming) of each row: returns (labels (n,) int64, distances (n,) int64).
-def kmajority_predict(x: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# Nearest center of each row. Returns (labels int32, squared distances float64).
-def kmeans_assign(x: Any, centers: Any, *, check_finite: bool = True, n_threads: Optional[int] = None) -> Any: ...
-# `kmeans_assign` on an Arrow `list<fixed_size_list<float32, d>>` column
-def kmeans_assign_arrow(descriptors: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# Euclidean distances (n, k) of X's dtype, computed in float64.
-def kmeans_distances(x: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# One K-Means run from given initial centers (no validation of finiteness:
-def kmeans_fit_single(x: Any, init: Any, sample_weight: Optional[Any] = None, *, max_iter: int = 300, tol: float = 0.0, algorithm: str = 'lloyd', n_threads: Optional[int] = None) -> Any: ...
-# k-means|| initialisation. Returns centers (k, d) of X's dtype.
-def kmeans_parallel_init(x: Any, n_clusters: Any, sample_weight: Optional[Any] = None, *, seed: int = 0, oversampling_factor: Optional[Any] = None, n_rounds: int = 5, n_threads: Optional[int] = None) -> Any: ...
-# One k-means|| round on a batch. Returns (kept row indices int64, cost).
-def kmeans_parallel_round(x: Any, centers: Any, oversampling_factor: Any, phi: Any, *, seed: int = 0, sample_weight: Optional[Any] = None, n_threads: Optional[int] = None) -> Any: ...
-# Per-batch sums (k, d) float64, counts (k,) int64 and inertia.
-def kmeans_partial_sums(x: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# `kmeans_partial_sums` on an Arrow descriptor column (zero-copy).
-def kmeans_partial_sums_arrow(descriptors: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# Greedy k-means++. Returns (centers (k, d) of X's dtype, indices int64).
-def kmeans_plusplus_init(x: Any, n_clusters: Any, sample_weight: Optional[Any] = None, *, seed: int = 0, n_local_trials: Optional[int] = None, n_threads: Optional[int] = None) -> Any: ...
-# Nearest center of each row (labels int32 only; no finiteness check).
-def kmeans_predict(x: Any, centers: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# scikit-learn's absolute tolerance: `tol * mean(var(X, axis=0))`.
-def kmeans_tolerance(x: Any, tol: Any, *, n_threads: Optional[int] = None) -> Any: ...
-# Fit PCA on X (n, d) float32 or float64 (C-contiguous). Returns a dict of
-def pca_fit(x: Any, kind: str = 'all', value: float = 0.0, svd_solver: str = 'auto', n_oversamples: int = 10, n_iter: Optional[int] = None, seed: int = 0, n_threads: Optional[int] = None) -> Any: ...
-# Fit from reduced partial sums (count, sum (d,), gram (d, d)) float64.
-def pca_fit_partial_sums(count: Any, sum: Any, gram: Any, kind: str = 'all', value: float = 0.0) -> Any: ...
-# Per-batch sufficient statistics of X (n, d) float32/float64:
-def pca_partial_sums(x: Any, n_threads: Optional[int] = None) -> Any: ...
-# (X - center) @ components.T [/ scale], X (n, d) float32/float64; output in X's dtype.
-def pca_transform(x: Any, components: Any, center: Optional[Any] = None, scale: Optional[Any] = None, n_threads: Optional[int] = None) -> Any: ...
