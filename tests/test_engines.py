@@ -85,7 +85,7 @@ def both_runs(flat_folder, tmp_path_factory, spark):
     outs = {}
     for engine in ("local", "spark"):
         out = tmp_path_factory.mktemp(engine) / "out"
-        cfg = RunConfig(root=str(root), out=str(out), k=16, pca=6, max_iter=20, seed=3, progress=False,
+        cfg = RunConfig(method="sift", root=str(root), out=str(out), k=16, pca=6, max_iter=20, seed=3, progress=False,
                         engine=engine, master="local[2]")
         if engine == "spark":
             from bovw.spark import SparkEngine

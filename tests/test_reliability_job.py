@@ -215,16 +215,16 @@ def test_sigkill_while_writing_then_next_run_recovers(previous_run, small_root, 
 
 def test_a_run_replaces_the_whole_previous_set(small_root, tmp_path):
     out = tmp_path / "out"
-    run(RunConfig(root=str(small_root), out=str(out), k=6, pca=3, max_iter=20, progress=False))
+    run(RunConfig(method="sift", root=str(small_root), out=str(out), k=6, pca=3, max_iter=20, progress=False))
     assert (out / "pca.npz").is_file() and (out / "confusion_matrix.csv").is_file()
-    run(RunConfig(root=str(small_root), out=str(out), k=6, pca=None, max_iter=20, progress=False))
+    run(RunConfig(method="sift", root=str(small_root), out=str(out), k=6, pca=None, max_iter=20, progress=False))
     assert not (out / "pca.npz").exists()
     info = _assert_complete(out, k=6)
     assert "pca.npz" not in info["outputs"] and info["pca"] is None
     # a layout without Test: no confusion matrix, and none left from the run before
     train_only = tmp_path / "train-only"
     shutil.copytree(small_root / "Training", train_only / "Training")
-    run(RunConfig(root=str(train_only), out=str(out), k=6, pca=3, max_iter=20, progress=False))
+    run(RunConfig(method="sift", root=str(train_only), out=str(out), k=6, pca=3, max_iter=20, progress=False))
     assert not (out / "confusion_matrix.csv").exists()
     _assert_complete(out, k=6)
     assert _leftovers(out) == []
@@ -478,7 +478,7 @@ def test_spark_worker_killed_mid_stage_gives_the_same_output(small_root, tmp_pat
     assert marker.read_text().startswith("pid ")  # a worker did exit in the middle of the stage
     attempts = Path(str(marker) + ".calls").read_text().split()
     assert attempts and attempts[0] == "attempt" and int(attempts[1]) >= 1  # and the task was retried
-    run(RunConfig(root=str(small_root), out=str(tmp_path / "local"), k=16, pca=6, max_iter=20, seed=3,
+    run(RunConfig(method="sift", root=str(small_root), out=str(tmp_path / "local"), k=16, pca=6, max_iter=20, seed=3,
                   progress=False))
     a, b = tmp_path / "local", tmp_path / "spark"
     _assert_complete(b, k=16)

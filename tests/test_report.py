@@ -165,7 +165,7 @@ def check_against_sklearn(ev, yt, yp, labels):
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory, sample_root):
     out = tmp_path_factory.mktemp("report") / "out"
-    result = run(RunConfig(root=str(sample_root), out=str(out), k=50, seed=0, max_descriptors=20000,
+    result = run(RunConfig(method="sift", root=str(sample_root), out=str(out), k=50, seed=0, max_descriptors=20000,
                            progress=False))
     t = pq.read_table(out / "features.parquet").to_pydict()
     return result, out, t
@@ -436,7 +436,7 @@ def test_escapes_script_and_odd_file_names(tmp_path, sample_root):
     odd = root / "Test" / bad_class / "<img src=x onerror=alert(2)>.jpg"
     shutil.copy(next((root / "Test" / "Walnut").glob("*.jpg")), odd)
     out = tmp_path / "out"
-    res = run(RunConfig(root=str(root), out=str(out), k=10, pca=None, seed=0, progress=False))
+    res = run(RunConfig(method="sift", root=str(root), out=str(out), k=10, pca=None, seed=0, progress=False))
     doc = (out / "report.html").read_text(encoding="utf-8")
     p = parse(doc)
     no_external_resources(p, doc)
@@ -468,14 +468,14 @@ def test_escapes_script_and_odd_file_names(tmp_path, sample_root):
 def test_missing_inputs_give_a_report_that_says_so(tmp_path, sample_root):
     # no Test split: a classifier, nothing to evaluate
     root = make_tree(tmp_path / "a", sample_root, {"Training": {"Kiwi": 6, "Walnut": 6}})
-    res = run(RunConfig(root=str(root), out=str(tmp_path / "oa"), k=8, pca=None, progress=False))
+    res = run(RunConfig(method="sift", root=str(root), out=str(tmp_path / "oa"), k=8, pca=None, progress=False))
     assert res.info["evaluation"] == {}
     doc = (tmp_path / "oa" / "report.html").read_text(encoding="utf-8")
     parse(doc)
     assert "No evaluation: no usable Test image" in doc
     # one class: no classifier
     root = make_tree(tmp_path / "b", sample_root, {"Training": {"Kiwi": 6}, "Test": {"Kiwi": 3}})
-    res = run(RunConfig(root=str(root), out=str(tmp_path / "ob"), k=8, pca=None, progress=False))
+    res = run(RunConfig(method="sift", root=str(root), out=str(tmp_path / "ob"), k=8, pca=None, progress=False))
     assert res.info["evaluation"] == {}
     doc = (tmp_path / "ob" / "report.html").read_text(encoding="utf-8")
     parse(doc)

@@ -136,7 +136,7 @@ def test_run_job_on_s3(spark, s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
-    cfg = RunConfig(root=f"s3://{BUCKET}/fruits/", out=f"s3://{BUCKET}/runs/r1", k=20, pca=5, max_iter=20,
+    cfg = RunConfig(method="sift", root=f"s3://{BUCKET}/fruits/", out=f"s3://{BUCKET}/runs/r1", k=20, pca=5, max_iter=20,
                     progress=False, engine="spark")
     res = bs.run_job(cfg, spark=spark)
     assert res.n_images == 550 and res.n_errors == 0
@@ -212,7 +212,7 @@ def test_reader_missing_object_is_not_retried(s3_endpoint):
 def _run_small(engine_name: str, out: str, spark, endpoint: str, engine_cls=None) -> None:
     from bovw.job import RunConfig, run
 
-    cfg = RunConfig(root=f"s3://{BUCKET}/small/", out=out, k=12, pca=5, max_iter=20, seed=1, progress=False,
+    cfg = RunConfig(method="sift", root=f"s3://{BUCKET}/small/", out=out, k=12, pca=5, max_iter=20, seed=1, progress=False,
                     engine=engine_name)
     if engine_name == "spark":
         cls = engine_cls or bs.SparkEngine
@@ -303,7 +303,7 @@ def test_object_deleted_after_listing_is_a_read_error_row(engine, s3_endpoint, s
     cls._test_endpoint = s3_endpoint
     from bovw.job import RunConfig, run
 
-    cfg = RunConfig(root=f"s3://{prefix}/", out=f"s3://{BUCKET}/runs/vanish-{engine}", k=12, pca=5, max_iter=20,
+    cfg = RunConfig(method="sift", root=f"s3://{prefix}/", out=f"s3://{BUCKET}/runs/vanish-{engine}", k=12, pca=5, max_iter=20,
                     seed=1, progress=False, engine=engine)
     eng = cls(spark, endpoint_url=s3_endpoint, num_partitions=3, progress=False) if engine == "spark" \
         else cls(progress=False)

@@ -2,13 +2,19 @@
 
 Examples
 --------
-On the Fruits-360 sample shipped with the package (seconds)::
+On the Fruits-360 sample shipped with the package (seconds), with the
+default recipe (CNN features + colour histogram, :mod:`bovw.recipes`)::
 
     bovw run
 
-On a full copy, with ORB, 500 visual words and 50 PCA components::
+The seed notebooks' bag of visual words on a full copy, with ORB, 500
+visual words and 50 PCA components::
 
     bovw run ../shared/fruits-360 --method orb --k 500 --pca 50 --out out-orb
+
+A Fisher-vector recipe on PHOW descriptors::
+
+    bovw run ../shared/grocery-store --recipe phow+fisher
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from typing import Optional, Sequence, Union
 __all__ = ["main", "build_parser"]
 
 
-def _pca_arg(text: str) -> Union[int, float, None]:
+def _pca_arg(text: str) -> Union[int, float, str, None]:
     t = text.strip().lower()
+    if t == "auto":
+        return "auto"
     if t in ("none", "off", "0"):
         return None
     try:
@@ -55,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bovw import __version__
     from bovw.extractors import EXTRACTORS
     from bovw.model import CLASSIFIERS
+    from bovw.recipes import DEFAULT_RECIPE, RECIPES
 
     parser = argparse.ArgumentParser(prog="bovw", description="Fast bag-of-visual-words pipelines on images.")
     parser.add_argument("--version", action="version", version=f"bovw {__version__}")
@@ -72,22 +81,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("root", nargs="?", default=None, help="image folder (default: the shipped sample)")
     r.add_argument("--out", default="bovw-out", help="output folder")
-    r.add_argument("--method", choices=sorted(EXTRACTORS), default="sift", help="descriptor (extractor)")
-    r.add_argument("--k", type=_positive_int, default=100, help="vocabulary size (visual words)")
+    r.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=None,
+        help=f"descriptors, encodings and classifier (bovw.recipes); default: bow when --method or a vocabulary "
+             f"option (--k, --vocabulary, --max-iter, --n-init, --n-features) is given, else {DEFAULT_RECIPE}",
+    )
+    r.add_argument("--method", choices=sorted(EXTRACTORS), default=None,
+                   help="descriptor (extractor) of the bow recipe (default sift)")
+    r.add_argument("--k", type=_positive_int, default=None,
+                   help="vocabulary size (visual words) of the bow recipe (default 100)")
     r.add_argument("--seed", type=int, default=0, help="random seed (K-Means init, splits, classifier)")
     r.add_argument(
-        "--pca", type=_pca_arg, default=0.95,
-        help="PCA components: a count (50), a variance fraction (0.95) or 'none'",
+        "--pca", type=_pca_arg, default="auto",
+        help="PCA components: a count (50), a variance fraction (0.95), 'none' or 'auto' (the recipe's: "
+             "0.95 for bow, none for the others)",
     )
-    r.add_argument("--max-iter", type=_positive_int, default=100, help="K-Means iterations at most")
-    r.add_argument("--n-init", type=_positive_int, default=1, help="K-Means restarts")
+    r.add_argument("--max-iter", type=_positive_int, default=None, help="K-Means iterations at most (bow; default 100)")
+    r.add_argument("--n-init", type=_positive_int, default=None, help="K-Means restarts (bow; default 1)")
     r.add_argument("--max-descriptors", type=_positive_int, default=None,
                    help="fit the vocabulary on a seeded sample of at most this many descriptors")
-    r.add_argument("--vocabulary", choices=["kmeans", "kmajority"], default="kmeans",
+    r.add_argument("--vocabulary", choices=["kmeans", "kmajority"], default=None,
                    help="kmeans (float K-Means) or kmajority (Hamming; binary descriptors such as ORB's)")
     r.add_argument("--classifier", choices=list(CLASSIFIERS), default="logreg", help="scikit-learn classifier")
     r.add_argument("--n-features", type=_positive_int, default=None,
                    help="keep at most this many keypoints per image (SIFT/ORB nfeatures)")
+    r.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="refuse (or downscale) images of more pixels, read from the header before decoding "
+                        "(default 50,000,000)")
+    r.add_argument("--max-side", type=_positive_int, default=None,
+                   help="refuse (or downscale) images with a longer side, pixels (default 16384)")
+    r.add_argument("--oversize", choices=["refuse", "downscale"], default=None,
+                   help="what an image over a limit gets: an error row (refuse, the default) or a downscaled copy")
     r.add_argument("--test-size", type=float, default=0.25, help="test fraction for a <root>/<class>/ layout")
     r.add_argument("--n-threads", type=_positive_int, default=None, help="threads (default: all cores)")
     r.add_argument("--batch-size", type=_positive_int, default=512, help="images per extraction batch")
@@ -117,11 +141,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     params = {}
     if args.n_features is not None:
         params["n_features"] = args.n_features
+    bow_only = [f"--{n.replace('_', '-')}" for n in ("k", "vocabulary", "max_iter", "n_init", "n_features")
+                if getattr(args, n) is not None]
+    if bow_only and args.recipe is None and args.method is None:
+        args.recipe = "bow"  # a vocabulary option asks for the bag of visual words (SIFT unless --method)
+    elif bow_only and args.recipe not in (None, "bow"):
+        parser.error(f"{', '.join(bow_only)}: options of the bow recipe, not of --recipe {args.recipe}")
+    limits = {name: getattr(args, name) for name in ("max_pixels", "max_side", "oversize")
+              if getattr(args, name) is not None}
     config = RunConfig(
-        root=args.root, out=args.out, method=args.method, k=args.k, seed=args.seed, pca=args.pca,
-        max_iter=args.max_iter, n_init=args.n_init, max_descriptors=args.max_descriptors,
-        vocabulary=args.vocabulary, classifier=args.classifier, test_size=args.test_size,
-        n_threads=args.n_threads, batch_size=args.batch_size, extractor_params=params,
+        root=args.root, out=args.out, recipe=args.recipe, method=args.method, k=args.k or 100, seed=args.seed,
+        pca=args.pca, max_iter=args.max_iter or 100, n_init=args.n_init or 1, max_descriptors=args.max_descriptors,
+        vocabulary=args.vocabulary or "kmeans", classifier=args.classifier, test_size=args.test_size,
+        n_threads=args.n_threads, batch_size=args.batch_size, extractor_params=params or None, limits=limits or None,
         progress=not args.no_progress, engine=args.engine, master=args.master,
     )
     try:

@@ -167,7 +167,7 @@ class ColorHistogram(_CachedRust, Extractor):
         return self.mask if isinstance(self.mask, np.ndarray) else None
 
     def _rust_params(self) -> dict[str, Any]:
-        p = self.get_params()
+        p = super()._rust_params()
         if not isinstance(p["space"], str):
             raise ValueError(f"space: expected 'hsv', 'rgb' or 'opponent', got {p['space']!r}")
         p["bins"] = _channel_triple("bins", p["bins"])

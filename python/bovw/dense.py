@@ -180,7 +180,7 @@ class DenseSIFT(_CachedRust, Extractor):
         self.set_params(**vlfeat_names)
 
     def _rust_params(self) -> dict[str, Any]:
-        p = self.get_params()
+        p = super()._rust_params()
         p["step"] = _int_param("step", p["step"])
         p["size"] = _int_param("size", p["size"])
         if p["bounds"] is not None:
@@ -332,7 +332,7 @@ class PHOW(_CachedRust, Extractor):
         self.set_params(**vlfeat_names)
 
     def _rust_params(self) -> dict[str, Any]:
-        p = self.get_params()
+        p = super()._rust_params()
         sizes = p["sizes"]
         if isinstance(sizes, (int, np.integer)):
             sizes = [sizes]

@@ -184,7 +184,7 @@ class LocalEngine:
                         sha[i] = digest
                         n_bytes += nb
                 X, offsets, K = gather(parts, ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
-                feats[c][idx] = ch.encoding.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
+                feats[c][idx] = ch.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
                                                    n_threads=self.n_threads)
         for f in feats:
             f[np.array([e is not None for e in errors])] = 0.0

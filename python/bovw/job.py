@@ -94,6 +94,8 @@ __all__ = [
 ]
 
 TRAINING = "Training"
+#: Descriptors the Fisher / VLAD vocabularies are fitted on when ``max_descriptors`` is not given.
+MIXTURE_SAMPLE = 100_000
 
 
 @dataclass
@@ -103,13 +105,17 @@ class RunConfig:
     root: Optional[str] = None
     """Image folder or ``s3://`` URI: ``<root>/<split>/<class>/*`` or ``<root>/<class>/*``; None = the shipped sample."""
     out: str = "bovw-out"
-    method: str = "sift"
-    """Extractor name (:data:`bovw.EXTRACTORS`: ``sift``, ``orb``, ...)."""
+    recipe: Optional[str] = None
+    """A recipe of :data:`bovw.recipes.RECIPES`; None: ``bow`` when ``method`` is given, else
+    :data:`bovw.recipes.DEFAULT_RECIPE` (``cnn+color``)."""
+    method: Optional[str] = None
+    """Extractor of the ``bow`` recipe (:data:`bovw.EXTRACTORS`: ``sift``, ``orb``, ...); None = ``sift``."""
     k: int = 100
     """Vocabulary size (number of visual words)."""
     seed: int = 0
-    pca: Union[int, float, None] = 0.95
-    """PCA components: an int count, a float variance fraction in (0, 1], or None for no PCA."""
+    pca: Union[int, float, str, None] = "auto"
+    """PCA components: an int count, a float variance fraction in (0, 1], None for no PCA, or
+    ``"auto"``: the recipe's choice (0.95 for ``bow``, none for the others)."""
     max_iter: int = 100
     """K-Means iterations at most."""
     n_init: int = 1
@@ -126,6 +132,9 @@ class RunConfig:
     """Images per kernel call."""
     extractor_params: Optional[dict] = None
     """Keyword arguments of the extractor class (OpenCV's defaults for SIFT/ORB when empty)."""
+    limits: Optional[dict] = None
+    """Resource limits of every extractor (:data:`bovw.RESOURCE_LIMITS` names: ``max_pixels``,
+    ``max_side``, ``max_image_memory``, ``oversize``); None = the defaults."""
     progress: bool = True
     engine: str = "local"
     master: Optional[str] = None
@@ -133,6 +142,26 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recipe_name(self) -> str:
+        """The recipe this configuration runs (see :attr:`recipe`)."""
+        from bovw.recipes import DEFAULT_RECIPE
+
+        if self.recipe is not None:
+            return str(self.recipe)
+        return "bow" if self.method is not None else DEFAULT_RECIPE
+
+    def bow_method(self) -> str:
+        """The extractor of the ``bow`` recipe."""
+        return str(self.method or "sift").lower()
+
+    def pca_components(self) -> Union[int, float, None]:
+        """``pca`` with ``"auto"`` resolved from the recipe."""
+        from bovw.recipes import get_recipe
+
+        if isinstance(self.pca, str):
+            return get_recipe(self.recipe_name()).pca
+        return self.pca
 
 
 class StageTimer:
@@ -238,16 +267,34 @@ def validate_config(config: RunConfig) -> None:
     """
     from bovw.extractors import EXTRACTORS, get_extractor
     from bovw.model import CLASSIFIERS
+    from bovw.recipes import get_recipe
 
-    if str(config.method).lower() not in EXTRACTORS:
-        raise ValueError(f"method: expected one of {sorted(EXTRACTORS)}, got {config.method!r}")
-    extractor = get_extractor(config.method, **(config.extractor_params or {}))
+    recipe = get_recipe(config.recipe_name())
+    if recipe.name == "bow":
+        if config.bow_method() not in EXTRACTORS:
+            raise ValueError(f"method: expected one of {sorted(EXTRACTORS)}, got {config.method!r}")
+        extractor = get_extractor(config.bow_method(), **(config.extractor_params or {}))
+        if extractor.kind == "local" and config.vocabulary not in extractor.vocabularies:
+            raise ValueError(
+                f"vocabulary: {config.bow_method()} descriptors support {list(extractor.vocabularies)}, "
+                f"got {config.vocabulary!r}"
+            )
+    else:
+        if config.method is not None:
+            raise ValueError(f"method: only the 'bow' recipe takes a method; recipe {recipe.name!r} names its own "
+                             f"descriptors ({', '.join(c.method for c in recipe.channels)})")
+        if config.extractor_params:
+            raise ValueError(f"extractor_params: only the 'bow' recipe takes extractor parameters, "
+                             f"not {recipe.name!r}")
     if config.k < 1:
         raise ValueError(f"k: the vocabulary needs at least 1 visual word, got {config.k}")
-    if extractor.kind == "local" and config.vocabulary not in extractor.vocabularies:
-        raise ValueError(
-            f"vocabulary: {config.method} descriptors support {list(extractor.vocabularies)}, got {config.vocabulary!r}"
-        )
+    from bovw.features import RESOURCE_LIMITS
+
+    unknown = sorted(set(config.limits or {}) - set(RESOURCE_LIMITS))
+    if unknown:
+        raise ValueError(f"limits: unknown {unknown}; expected names of {sorted(RESOURCE_LIMITS)}")
+    if isinstance(config.pca, str) and config.pca != "auto":
+        raise ValueError(f"pca: expected a count, a variance fraction, None or 'auto', got {config.pca!r}")
     if config.classifier not in CLASSIFIERS:
         raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {config.classifier!r}")
     if isinstance(config.pca, float) and not (0.0 < config.pca <= 1.0):
@@ -264,18 +311,61 @@ def validate_config(config: RunConfig) -> None:
         raise ValueError(f"engine: expected 'local' or 'spark', got {config.engine!r}")
 
 
-def build_channels(config: RunConfig) -> list[Any]:
-    """The job's channels, unfitted: the extractor and its encoding."""
-    from bovw.extractors import get_extractor
-    from bovw.model import BagOfWordsEncoding, Channel, GlobalDescriptor
+def build_channels(config: RunConfig, image_sizes: Optional[list[tuple[int, int]]] = None) -> list[Any]:
+    """The job's channels, unfitted: each extractor and its encoding, from the recipe.
 
-    extractor = get_extractor(config.method, **(config.extractor_params or {}))
-    if extractor.kind == "global":
-        encoding: Any = GlobalDescriptor(extractor.descriptor_width)
-    else:
-        encoding = BagOfWordsEncoding(config.k, config.vocabulary, max_iter=config.max_iter, n_init=config.n_init,
-                                      random_state=config.seed, n_threads=config.n_threads)
-    return [Channel(extractor, encoding)]
+    ``image_sizes``: (width, height) of some training images, from which a
+    CNN channel with ``input_size="auto"`` takes its input size
+    (:func:`bovw.recipes.cnn_input_size`; 224 when not given).
+    """
+    from bovw.encoding import VLAD, FisherVector
+    from bovw.extractors import get_extractor
+    from bovw.model import BagOfWordsEncoding, Channel, EncoderEncoding, GlobalDescriptor
+    from bovw.recipes import ChannelSpec, cnn_input_size, get_recipe
+
+    recipe = get_recipe(config.recipe_name())
+    specs = list(recipe.channels)
+    if recipe.name == "bow":
+        specs = [ChannelSpec(config.bow_method(), dict(config.extractor_params or {}), "bow", {}, None)]
+    channels = []
+    for spec in specs:
+        params = dict(spec.params)
+        if params.get("input_size") == "auto":
+            params["input_size"] = cnn_input_size(image_sizes or [])
+        extractor = get_extractor(spec.method, **params)
+        if config.limits:
+            extractor.set_params(**config.limits)
+        if extractor.kind == "global":
+            encoding: Any = GlobalDescriptor(extractor.descriptor_width)
+        elif spec.encoding in ("fisher", "vlad"):
+            eparams = dict(spec.encoding_params)
+            dpca = eparams.pop("descriptor_pca", None)
+            cls = FisherVector if spec.encoding == "fisher" else VLAD
+            encoding = EncoderEncoding(cls(random_state=config.seed, n_threads=config.n_threads, **eparams), dpca)
+        else:
+            encoding = BagOfWordsEncoding(config.k, config.vocabulary, max_iter=config.max_iter, n_init=config.n_init,
+                                          random_state=config.seed, n_threads=config.n_threads)
+        channels.append(Channel(extractor, encoding, spec.normalize, spec.weight))
+    return channels
+
+
+def training_image_sizes(paths: Sequence[str], n: int = 32) -> list[tuple[int, int]]:
+    """(width, height) of the first ``n`` of ``paths`` that decode (read on
+    the driver with the engines' reader; unreadable ones are skipped here
+    and reported by the extraction)."""
+    from bovw.image import decode_rgb
+    from bovw.spark.io import ImageReader
+
+    sizes = []
+    for data, _err in ImageReader().read_many(list(paths[:n])):
+        if data is None:
+            continue
+        try:
+            h, w = decode_rgb(data).shape[:2]
+        except (ValueError, MemoryError):
+            continue
+        sizes.append((int(w), int(h)))
+    return sizes
 
 
 def vocabulary_sample(per_image: list[np.ndarray], max_descriptors: Optional[int], seed: int,
@@ -365,7 +455,9 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
     root = str(config.root) if config.root else str(bovw.sample_data_path())
     timer = StageTimer()
     say = print if config.progress else (lambda *a, **k: None)
-    channels = build_channels(config)
+    from bovw.recipes import get_recipe
+
+    recipe = get_recipe(config.recipe_name())
 
     with timer.stage("list files") as st:
         listing = engine.list_images(root, test_size=config.test_size, seed=config.seed)
@@ -378,22 +470,36 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
     train_rows = np.flatnonzero(splits == TRAINING)
     if len(train_rows) == 0:
         raise ValueError("no Training image: cannot fit the vocabulary")
+    auto_size = any(c.params.get("input_size") == "auto" for c in recipe.channels)
+    sizes = training_image_sizes([listing.paths[i] for i in train_rows]) if auto_size else None
+    channels = build_channels(config, sizes)
+    say(f"bovw: recipe {recipe.name}: " + " + ".join(
+        f"{c.name}" + (f" ({type(getattr(c.encoding, 'encoder', c.encoding)).__name__})"
+                       if c.extractor.kind == "local" else "")
+        for c in channels))
     vocab_info: dict[str, Any] = {}
+    from bovw.model import BagOfWordsEncoding
+
     for ch in channels:
         if ch.extractor.kind != "local":
             continue
         with timer.stage(f"vocabulary sample ({ch.name})") as st:
             per_image = engine.sample_descriptors(listing, train_rows, ch.extractor)
-            X = vocabulary_sample(per_image, config.max_descriptors, config.seed,
+            cap = config.max_descriptors
+            if cap is None and not isinstance(ch.encoding, BagOfWordsEncoding):
+                cap = MIXTURE_SAMPLE  # a GMM / VLAD vocabulary on a seeded sample, as VLFeat's recipes do
+            X = vocabulary_sample(per_image, cap, config.seed,
                                   ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
             st["items"] = len(train_rows)
         if len(X) == 0:
             raise ValueError("no descriptor in any Training image: cannot fit the vocabulary")
-        with timer.stage(f"vocabulary ({config.vocabulary}, k={min(config.k, len(X))})", unit="descriptors") as st:
+        what = (f"{config.vocabulary}, k={min(config.k, len(X))}" if isinstance(ch.encoding, BagOfWordsEncoding)
+                else type(ch.encoding.encoder).__name__)
+        with timer.stage(f"vocabulary ({what})", unit="descriptors") as st:
             ch.encoding.fit(X)
             st["items"] = len(X)
         vocab_info = {**ch.encoding.summary(), "descriptors": int(len(X))}
-        say(f"bovw: vocabulary of {ch.encoding.n_features_out_} visual words fitted on {len(X):,} descriptors")
+        say(f"bovw: {ch.name} encoding of width {ch.encoding.n_features_out_} fitted on {len(X):,} descriptors")
 
     with timer.stage(f"decode + {'/'.join(c.name for c in channels)} + encode") as st:
         ex = engine.encode(listing, channels)
@@ -409,8 +515,9 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
 
     pca = None
     with timer.stage("PCA") as st:
-        if config.pca is not None and config.pca != 0:
-            n_comp = config.pca
+        pca_components = config.pca_components()
+        if pca_components is not None and pca_components != 0:
+            n_comp = pca_components
             if isinstance(n_comp, int):
                 n_comp = min(n_comp, H.shape[1], int(train.sum()))
             pca = bovw.PCA(n_components=n_comp, random_state=config.seed).fit(H[train])
@@ -434,7 +541,7 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
     clf = None
     with timer.stage(f"classifier ({config.classifier})") as st:
         if len(classes) >= 2:
-            clf = make_classifier(config.classifier, config.seed)
+            clf = make_classifier(config.classifier, config.seed, **recipe.classifier_params)
             clf.fit(F[train], y[train])
             predictions[ok] = [str(p) for p in clf.predict(F[ok])]
             if test.any():
@@ -454,6 +561,13 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
     }
     info = {
         "parameters": {**config.to_dict(), "root": root},
+        "recipe": {
+            "name": recipe.name,
+            "channels": [{"method": c.name, "params": c.extractor.get_params(), "encoding": c.encoding.summary(),
+                          "normalize": c.normalize, "weight": c.weight} for c in channels],
+            "pca": config.pca_components(),
+            "classifier": {"name": config.classifier, **recipe.classifier_params},
+        },
         "extractor_params": channels[0].extractor.get_params(),
         "engine": engine.info(),
         "versions": versions(),

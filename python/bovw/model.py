@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from bovw.features import Extractor
 
-__all__ = ["BagOfWordsEncoding", "Channel", "BovwModel", "GlobalDescriptor", "load_model", "make_classifier",
+__all__ = ["BagOfWordsEncoding", "EncoderEncoding", "Channel", "BovwModel", "GlobalDescriptor", "load_model", "make_classifier",
            "CLASSIFIERS"]
 
 
@@ -179,27 +179,110 @@ class GlobalDescriptor:
         return {"encoding": "global", "width": self.n_features_out_}
 
 
+class EncoderEncoding:
+    """A bovw encoder (:class:`bovw.FisherVector`, :class:`bovw.VLAD`,
+    :class:`bovw.BagOfWords`) as a job encoding (see the module docs).
+
+    Descriptors are cast to float32 and, with ``descriptor_pca``, projected
+    on their leading principal components first (fitted on the training
+    sample with :class:`bovw.PCA`), as Fisher-vector systems decorrelate
+    and shorten SIFT before the diagonal GMM (Sánchez, Perronnin, Mensink,
+    Verbeek, IJCV 2013, section 4). Keypoint frames give the encoder their
+    (x, y) for spatial pyramids.
+    """
+
+    def __init__(self, encoder: Any, descriptor_pca: Optional[int] = None) -> None:
+        self.encoder = encoder
+        self.descriptor_pca = descriptor_pca
+
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, np.float32)
+        pca = getattr(self, "pca_", None)
+        return X if pca is None or len(X) == 0 else np.ascontiguousarray(pca.transform(X), np.float32)
+
+    def fit(self, X: np.ndarray) -> "EncoderEncoding":
+        """Fit the descriptor PCA (if any), then the encoder's vocabulary or
+        mixture, on descriptors ``X`` (n, width)."""
+        import bovw
+
+        if len(X) == 0:
+            raise ValueError("no training descriptor: cannot fit the encoder")
+        self.pca_ = None
+        if self.descriptor_pca is not None and self.descriptor_pca < X.shape[1]:
+            self.pca_ = bovw.PCA(n_components=int(self.descriptor_pca), random_state=0).fit(
+                np.ascontiguousarray(X, np.float32))
+        self.encoder.fit(self._project(X))
+        self.n_features_out_ = int(self.encoder.n_features_out_)
+        return self
+
+    def encode(self, X: np.ndarray, offsets: np.ndarray, keypoints: Any = None, image_sizes: Any = None,
+               n_threads: Optional[int] = None) -> np.ndarray:
+        """One float32 vector per image (zeros without descriptors)."""
+        offsets = np.asarray(offsets, np.int64)
+        if offsets[-1] == 0:
+            return np.zeros((len(offsets) - 1, self.n_features_out_), np.float32)
+        xy = None if keypoints is None else np.ascontiguousarray(np.asarray(keypoints)[:, :2], np.float32)
+        sizes = None if image_sizes is None else np.asarray(image_sizes, np.int64).reshape(-1, 2)
+        return np.asarray(self.encoder.encode(self._project(X), offsets, xy, sizes), np.float32)
+
+    def summary(self) -> dict[str, Any]:
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.encoder.get_params().items()
+                  if v is None or isinstance(v, (int, float, str, bool, tuple, list))}
+        pca = getattr(self, "pca_", None)
+        return {"encoding": type(self.encoder).__name__, "width": int(self.n_features_out_),
+                "descriptor_pca": None if pca is None else int(pca.n_components_), **params}
+
+
 @dataclass
 class Channel:
-    """One extractor and the encoding of its descriptors into one vector per image."""
+    """One extractor and the encoding of its descriptors into one vector per image.
+
+    Attributes
+    ----------
+    extractor : bovw.Extractor
+    encoding : encoding
+        See the module docs.
+    normalize : {"l2", None}
+        Applied to each image's encoded vector (rows of zeros stay zeros).
+    weight : float
+        The normalised vector is multiplied by it before the channels are concatenated.
+    """
 
     extractor: Extractor
     encoding: Any
+    normalize: Optional[str] = None
+    weight: float = 1.0
 
     @property
     def name(self) -> str:
         return self.extractor.name
+
+    def encode(self, X: np.ndarray, offsets: np.ndarray, keypoints: Any = None, image_sizes: Any = None,
+               n_threads: Optional[int] = None) -> np.ndarray:
+        """The encoding's vectors, normalised and weighted: float32 (n_images, n_features_out_)."""
+        V = np.asarray(self.encoding.encode(X, offsets, keypoints, image_sizes, n_threads=n_threads), np.float32)
+        norm = getattr(self, "normalize", None)
+        if norm == "l2":
+            n = np.linalg.norm(V.astype(np.float64), axis=1, keepdims=True)
+            V = (V / np.maximum(n, 1e-12)).astype(np.float32)
+        elif norm is not None:
+            raise ValueError(f"normalize: expected 'l2' or None, got {norm!r}")
+        w = float(getattr(self, "weight", 1.0))
+        return V if w == 1.0 else (V * np.float32(w))
 
 
 #: ``bovw run --classifier`` names.
 CLASSIFIERS = ("logreg", "svm", "rf")
 
 
-def make_classifier(name: str, seed: int) -> Any:
+def make_classifier(name: str, seed: int, *, C: Optional[float] = None, standardize: bool = True) -> Any:
     """The scikit-learn classifier behind ``--classifier``.
 
-    ``logreg``: standardisation + multinomial logistic regression (C=1);
-    ``svm``: standardisation + RBF SVC (C=10); ``rf``: a 300-tree random forest.
+    ``logreg``: multinomial logistic regression (``C``, default 1), after
+    standardisation unless ``standardize=False`` (the recipes with
+    L2-normalised channels use C=100 without it, see :mod:`bovw.recipes`);
+    ``svm``: standardisation + RBF SVC (``C``, default 10); ``rf``: a
+    300-tree random forest.
 
     Raises
     ------
@@ -211,11 +294,13 @@ def make_classifier(name: str, seed: int) -> Any:
     from sklearn.preprocessing import StandardScaler
 
     if name == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+        lr = LogisticRegression(max_iter=3000, C=1.0 if C is None else float(C), random_state=seed)
+        return make_pipeline(StandardScaler(), lr) if standardize else lr
     if name == "svm":
         from sklearn.svm import SVC
 
-        return make_pipeline(StandardScaler(), SVC(kernel="rbf", C=10.0, gamma="scale", random_state=seed))
+        svc = SVC(kernel="rbf", C=10.0 if C is None else float(C), gamma="scale", random_state=seed)
+        return make_pipeline(StandardScaler(), svc) if standardize else svc
     if name == "rf":
         from sklearn.ensemble import RandomForestClassifier
 
@@ -284,7 +369,7 @@ class BovwModel:
                 X = np.concatenate(descs) if descs else np.zeros((0, w), ch.extractor.descriptor_dtype)
                 kps = np.concatenate(frames) if frames else np.zeros((0, 4), np.float32)
                 sizes = np.asarray(sizes_l, np.int64).reshape(-1, 2)
-            parts.append(ch.encoding.encode(X, offsets, kps, sizes, n_threads=n_threads))
+            parts.append(ch.encode(X, offsets, kps, sizes, n_threads=n_threads))
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def features(self, encoded: np.ndarray) -> np.ndarray:

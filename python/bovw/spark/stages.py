@@ -395,7 +395,7 @@ def encode_fn(channels: Sequence[Any], *, n_threads: int | None = None, batch_si
                             errors[i], stages[i] = e, s
                     if n_kp is None:
                         n_kp = np.diff(eb.offsets).astype(np.int32)
-                    vectors.append(ch.encoding.encode(eb.X, eb.offsets, eb.keypoints, eb.sizes, n_threads=threads))
+                    vectors.append(ch.encode(eb.X, eb.offsets, eb.keypoints, eb.sizes, n_threads=threads))
                 failed = np.array([e is not None for e in errors], bool)
                 cols = [chunk.column(chunk.schema.get_field_index("path")), pa.array(n_kp, pa.int32()),
                         pa.array(errors, pa.string()), pa.array(stages, pa.string()), pa.array(sha, pa.string()),
