@@ -36,9 +36,9 @@ def test_run_on_sample_writes_every_output(sample_run):
                  "confusion_matrix.csv", "run.json"):
         assert (out / name).is_file(), name
     t = pq.read_table(out / "features.parquet")
-    assert t.schema.names == ["path", "label", "split", "n_keypoints", "bow", "pca_features", "prediction"]
+    assert t.schema.names == ["path", "label", "split", "n_keypoints", "features", "pca_features", "prediction"]
     assert t.num_rows == 550
-    bow = np.array(t.column("bow").to_pylist(), dtype=np.float32)
+    bow = np.array(t.column("features").to_pylist(), dtype=np.float32)
     assert bow.shape == (550, 50)
     # each histogram counts every descriptor of its image exactly once
     np.testing.assert_array_equal(bow.sum(1), np.array(t.column("n_keypoints").to_pylist()))
@@ -76,7 +76,7 @@ def test_same_seed_same_results(sample_run, tmp_path):
     assert main(["run", "--out", str(out), "--k", "50", "--seed", "0", "--no-progress", "--n-threads", "1"]) == 0
     a = pq.read_table(sample_run / "features.parquet")
     b = pq.read_table(out / "features.parquet")
-    assert a.column("bow").to_pylist() == b.column("bow").to_pylist()
+    assert a.column("features").to_pylist() == b.column("features").to_pylist()
     np.testing.assert_array_equal(np.load(sample_run / "vocabulary.npy"), np.load(out / "vocabulary.npy"))
 
 
@@ -126,7 +126,7 @@ def test_bad_inputs_are_reported_not_lost(bad_folder, tmp_path):
     rows = {Path(p).name: i for i, p in enumerate(t.column("path").to_pylist())}
     u = rows["uniform.png"]
     assert t.column("n_keypoints")[u].as_py() == 0
-    assert not any(t.column("bow")[u].as_py())
+    assert not any(t.column("features")[u].as_py())
     info = json.loads((out / "run.json").read_text())
     assert info["counts"]["images"] == n_files and info["counts"]["errors"] == 5
 

@@ -145,7 +145,8 @@ def test_normalisations(images):
 
 def test_recipe_defaults():
     h = bovw.ColorHistogram()
-    assert h.get_params() == dict(space="hsv", bins=(18, 4, 4), mask="white", grid=1, normalize="l1", sqrt=True)
+    assert h.get_params() == dict(space="hsv", bins=(18, 4, 4), mask="white", grid=1, normalize="l1", sqrt=True,
+                                  **bovw.RESOURCE_LIMITS)
     assert (h.descriptor_width, h.descriptor_dtype, h.kind, h.needs_color) == (288, np.float32, "global", True)
     assert bovw.EXTRACTORS["color"] is bovw.ColorHistogram
     assert bovw.ColorHistogram.vocabularies == ()

@@ -119,7 +119,7 @@ def test_engines_give_the_same_outputs(both_runs):
     a, b = both_runs["local"], both_runs["spark"]
     assert _errors(a) == _errors(b)  # same rows, stages, reasons and splits
     ta, tb = pq.read_table(a / "features.parquet"), pq.read_table(b / "features.parquet")
-    for col in ("path", "label", "split", "n_keypoints", "bow", "prediction"):
+    for col in ("path", "label", "split", "n_keypoints", "features", "prediction"):
         assert ta.column(col).to_pylist() == tb.column(col).to_pylist(), col
     np.testing.assert_array_equal(np.load(a / "vocabulary.npy"), np.load(b / "vocabulary.npy"))
     np.testing.assert_allclose(np.array(ta.column("pca_features").to_pylist()),

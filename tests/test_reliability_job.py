@@ -89,7 +89,7 @@ def _assert_complete(out: Path, *, k: int | None = None) -> dict:
         assert len(list(csv.DictReader(f))) == info["counts"]["errors"]
     if k is not None:
         assert info["parameters"]["k"] == k and np.load(out / "vocabulary.npy").shape[0] == k
-    assert len(t.column("bow")[0].as_py()) == info["parameters"]["k"]
+    assert len(t.column("features")[0].as_py()) == info["parameters"]["k"]
     return info
 
 
@@ -484,7 +484,7 @@ def test_spark_worker_killed_mid_stage_gives_the_same_output(small_root, tmp_pat
     _assert_complete(b, k=16)
     ta, tb = pq.read_table(a / "features.parquet"), pq.read_table(b / "features.parquet")
     assert tb.num_rows == ta.num_rows == 42
-    for col in ("path", "label", "split", "n_keypoints", "bow", "prediction"):
+    for col in ("path", "label", "split", "n_keypoints", "features", "prediction"):
         assert ta.column(col).to_pylist() == tb.column(col).to_pylist(), col
     np.testing.assert_allclose(np.array(ta.column("pca_features").to_pylist()),
                                np.array(tb.column("pca_features").to_pylist()), rtol=1e-5, atol=1e-5)

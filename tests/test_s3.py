@@ -143,7 +143,7 @@ def test_run_job_on_s3(spark, s3_endpoint, monkeypatch):
     fs = _fs(s3_endpoint)
     t = pq.read_table(f"{BUCKET}/runs/r1/features.parquet", filesystem=fs)
     assert t.num_rows == 550
-    assert t.schema.names == ["path", "label", "split", "n_keypoints", "bow", "pca_features", "prediction"]
+    assert t.schema.names == ["path", "label", "split", "n_keypoints", "features", "pca_features", "prediction"]
     assert t.column("path")[0].as_py().startswith(f"s3://{BUCKET}/fruits/")
     names = {i.base_name for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(f"{BUCKET}/runs/r1"))}
     assert {"features.parquet", "vocabulary.npy", "model.joblib", "errors.csv", "run.json", "pca.npz"} <= names
@@ -265,7 +265,7 @@ def test_job_through_a_faulty_endpoint_gives_the_same_output(engine, s3_endpoint
     t, errors, vocab, info = _read_run(_fs(s3_endpoint), f"{BUCKET}/runs/faulty-{engine}")
     rt, rerrors, rvocab, rinfo = fault_free_run
     assert t.num_rows == rt.num_rows == 42 and errors == rerrors == []  # rows lost: 0
-    for col in ("path", "label", "split", "n_keypoints", "bow", "prediction"):
+    for col in ("path", "label", "split", "n_keypoints", "features", "prediction"):
         assert t.column(col).to_pylist() == rt.column(col).to_pylist(), col
     np.testing.assert_allclose(np.array(t.column("pca_features").to_pylist()),
                                np.array(rt.column("pca_features").to_pylist()), rtol=1e-5, atol=1e-5)

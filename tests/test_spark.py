@@ -305,10 +305,10 @@ def test_run_orb_matches_the_local_engine(spark, tmp_path, vocabulary):
     a = pq.read_table(tmp_path / "spark" / "features.parquet")
     b = pq.read_table(tmp_path / "local" / "features.parquet")
     assert a.column("path").to_pylist() == b.column("path").to_pylist()
-    assert a.column("bow").to_pylist() == b.column("bow").to_pylist()
+    assert a.column("features").to_pylist() == b.column("features").to_pylist()
     assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
     # every descriptor counted once (images without ORB keypoints have empty histograms)
-    np.testing.assert_array_equal(np.array(a.column("bow").to_pylist()).sum(1), a.column("n_keypoints").to_numpy())
+    np.testing.assert_array_equal(np.array(a.column("features").to_pylist()).sum(1), a.column("n_keypoints").to_numpy())
 
 
 def test_distributed_pca_equals_bovw_pca(images, sift_descriptors):
@@ -377,7 +377,7 @@ def test_run_job_matches_the_local_engine(spark, tmp_path):
     assert a.column("path").to_pylist() == b.column("path").to_pylist()
     np.testing.assert_array_equal(np.load(tmp_path / "spark" / "vocabulary.npy"),
                                   np.load(tmp_path / "local" / "vocabulary.npy"))
-    assert a.column("bow").to_pylist() == b.column("bow").to_pylist()
+    assert a.column("features").to_pylist() == b.column("features").to_pylist()
     A = np.array(a.column("pca_features").to_pylist())
     B = np.array(b.column("pca_features").to_pylist())
     np.testing.assert_allclose(A, B, atol=1e-4 * np.abs(B).max())  # float32 (local) vs float64 (sums) PCA fit

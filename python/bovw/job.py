@@ -665,7 +665,7 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
         "label": pa.array([listing.labels[i] for i in idx], pa.string()),
         "split": pa.array([listing.splits[i] for i in idx], pa.string()),
         "n_keypoints": pa.array(ex.n_keypoints[idx], pa.int32()),
-        "bow": _list_column(H[idx]),
+        "features": _list_column(H[idx]),
         "pca_features": _list_column(F[idx]),
         "prediction": pa.array(list(predictions[idx]), pa.string()),
     })
