@@ -166,3 +166,29 @@ def test_spark_engine_gives_the_default_recipe_s_model(small_root, tmp_path, spa
     np.testing.assert_array_equal(np.array(a.column("features").to_pylist()), np.array(b.column("features").to_pylist()))
     assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
     assert local.accuracy == remote.accuracy
+
+
+def test_validation_split_chooses_c(small_root, sample_root, tmp_path):
+    root = tmp_path / "with-val"
+    shutil.copytree(small_root, root)
+    for cls in CLASSES:
+        (root / "val" / cls).mkdir(parents=True)
+        for f in sorted((sample_root / "Training" / cls).glob("*.jpg"))[-5:]:
+            shutil.copy(f, root / "val" / cls / f.name)
+    res = run(RunConfig(root=str(root), out=str(tmp_path / "o"), recipe="color", progress=False))
+    sel = res.info["recipe"]["model_selection"]
+    assert set(sel["scores"]) == {"1.0", "10.0", "100.0", "1000.0"}
+    best = max(sel["scores"].values())
+    assert sel["scores"][str(sel["C"])] == best
+    assert sel["C"] == min(float(c) for c, s in sel["scores"].items() if s == best)  # ties: stronger regularisation
+    assert res.info["recipe"]["classifier"]["C"] == sel["C"]
+    assert res.info["evaluation"]["Validation"]["n_samples"] == 15
+    assert res.info["evaluation"]["Validation"]["accuracy"] == pytest.approx(best)
+
+
+def test_seed_is_the_bow_recipe(small_root, tmp_path):
+    assert get_recipe("seed") is get_recipe("bow")
+    out = tmp_path / "seed"
+    assert main(["run", str(small_root), "--out", str(out), "--recipe", "seed", "--k", "8", "--no-progress"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["recipe"]["name"] == "bow" and info["pca"] is not None and info["vocabulary"]["k"] == 8

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bovw import __version__
     from bovw.extractors import EXTRACTORS
     from bovw.model import CLASSIFIERS
-    from bovw.recipes import DEFAULT_RECIPE, RECIPES
+    from bovw.recipes import ALIASES, DEFAULT_RECIPE, RECIPES
 
     parser = argparse.ArgumentParser(prog="bovw", description="Fast bag-of-visual-words pipelines on images.")
     parser.add_argument("--version", action="version", version=f"bovw {__version__}")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("root", nargs="?", default=None, help="image folder (default: the shipped sample)")
     r.add_argument("--out", default="bovw-out", help="output folder")
     r.add_argument(
-        "--recipe", choices=sorted(RECIPES), default=None,
+        "--recipe", choices=sorted([*RECIPES, *ALIASES]), default=None,
         help=f"descriptors, encodings and classifier (bovw.recipes); default: bow when --method or a vocabulary "
              f"option (--k, --vocabulary, --max-iter, --n-init, --n-features) is given, else {DEFAULT_RECIPE}",
     )
@@ -145,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if getattr(args, n) is not None]
     if bow_only and args.recipe is None and args.method is None:
         args.recipe = "bow"  # a vocabulary option asks for the bag of visual words (SIFT unless --method)
-    elif bow_only and args.recipe not in (None, "bow"):
+    elif bow_only and args.recipe not in (None, "bow", "seed"):
         parser.error(f"{', '.join(bow_only)}: options of the bow recipe, not of --recipe {args.recipe}")
     limits = {name: getattr(args, name) for name in ("max_pixels", "max_side", "oversize")
               if getattr(args, name) is not None}

@@ -94,6 +94,7 @@ __all__ = [
 ]
 
 TRAINING = "Training"
+VALIDATION = "Validation"
 #: Descriptors the Fisher / VLAD vocabularies are fitted on when ``max_descriptors`` is not given.
 MIXTURE_SAMPLE = 100_000
 
@@ -349,6 +350,36 @@ def build_channels(config: RunConfig, image_sizes: Optional[list[tuple[int, int]
     return channels
 
 
+#: The regularisation strengths tried on a Validation split (:func:`select_c`).
+C_GRID = (1.0, 10.0, 100.0, 1000.0)
+
+
+def select_c(classifier: str, seed: int, params: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray,
+             X_val: np.ndarray, y_val: np.ndarray, grid: Sequence[float] = C_GRID) -> dict[str, Any]:
+    """The classifier's ``C`` with the best accuracy on the Validation rows.
+
+    Each value of ``grid`` (and the recipe's own ``C``) is fitted on the
+    Training rows and scored on the Validation rows; ties go to the smaller
+    ``C`` (the stronger regularisation). The Test split is never read.
+
+    Returns
+    -------
+    dict
+        ``{"C": best, "scores": {str(C): validation accuracy}}``.
+    """
+    from sklearn.metrics import accuracy_score
+
+    from bovw.model import make_classifier
+
+    values = sorted({float(c) for c in grid} | ({float(params["C"])} if "C" in params else set()))
+    scores: dict[str, float] = {}
+    for c in values:
+        clf = make_classifier(classifier, seed, **{**params, "C": c}).fit(X_train, y_train)
+        scores[str(c)] = float(accuracy_score(y_val, clf.predict(X_val)))
+    best = max(values, key=lambda c: (scores[str(c)], -c))
+    return {"C": best, "scores": scores}
+
+
 def training_image_sizes(paths: Sequence[str], n: int = 32) -> list[tuple[int, int]]:
     """(width, height) of the first ``n`` of ``paths`` that decode (read on
     the driver with the engines' reader; unreadable ones are skipped here
@@ -539,9 +570,20 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
     accuracy: Optional[float] = None
     classes = sorted(set(y[train]))
     clf = None
+    validation = ok & (splits == VALIDATION)
+    selection: Optional[dict[str, Any]] = None
+    clf_params = dict(recipe.classifier_params)
+    if len(classes) >= 2 and validation.any() and config.classifier in ("logreg", "svm"):
+        with timer.stage(f"model selection (C on {int(validation.sum())} Validation images)") as st:
+            selection = select_c(config.classifier, config.seed, clf_params, F[train], y[train],
+                                 F[validation], y[validation])
+            clf_params["C"] = selection["C"]
+            st["items"] = len(selection["scores"])
+        say(f"bovw: C = {selection['C']:g} chosen on the Validation split "
+            f"({selection['scores'][str(selection['C'])]:.1%})")
     with timer.stage(f"classifier ({config.classifier})") as st:
         if len(classes) >= 2:
-            clf = make_classifier(config.classifier, config.seed, **recipe.classifier_params)
+            clf = make_classifier(config.classifier, config.seed, **clf_params)
             clf.fit(F[train], y[train])
             predictions[ok] = [str(p) for p in clf.predict(F[ok])]
             if test.any():
@@ -566,7 +608,8 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
             "channels": [{"method": c.name, "params": c.extractor.get_params(), "encoding": c.encoding.summary(),
                           "normalize": c.normalize, "weight": c.weight} for c in channels],
             "pca": config.pca_components(),
-            "classifier": {"name": config.classifier, **recipe.classifier_params},
+            "classifier": {"name": config.classifier, **clf_params},
+            "model_selection": selection,
         },
         "extractor_params": channels[0].extractor.get_params(),
         "engine": engine.info(),

@@ -21,7 +21,7 @@ each) and classifier settings. ``bovw run --recipe NAME`` (or
                     pyramid (Perronnin et al. 2010; Sánchez et al. 2013;
                     Lazebnik et al. 2006; 20,480 dimensions), beside the
                     colour histogram.
-``bow``             The seed notebooks' pipeline: ``--method`` (SIFT by
+``bow`` (``seed``)  The seed notebooks' pipeline: ``--method`` (SIFT by
                     default) descriptors, a K-Means (or k-majority)
                     vocabulary of ``--k`` visual words, word counts, PCA and
                     a standardised logistic regression (C = 1).
@@ -42,7 +42,10 @@ cnn (native 100 px)       99.54 % (C=100)     --
 cnn+color                 100.0 % (C=100)     77.6 % (C=100)
 ========================  ==================  ================
 
-C = 100 is the best on both sets for the CNN recipes. The colour channel
+C = 100 is the best on both sets for the CNN recipes. When the data has a
+Validation split, the job chooses C again on it (``bovw.job.select_c``: C in
+1, 10, 100, 1000, fitted on Training, scored on Validation; recorded in
+``run.json`` under ``recipe.model_selection``). The colour channel
 costs 1.5 points on grocery's 196 validation photos (3 photos, inside the
 noise of so small a split) and removes the CNN's errors on Fruits-360, so
 the default keeps both.
@@ -61,7 +64,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["ChannelSpec", "Recipe", "RECIPES", "DEFAULT_RECIPE", "get_recipe", "cnn_input_size"]
+__all__ = ["ChannelSpec", "Recipe", "RECIPES", "ALIASES", "DEFAULT_RECIPE", "get_recipe", "cnn_input_size"]
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,12 @@ RECIPES: dict[str, Recipe] = {
 DEFAULT_RECIPE = "cnn+color"
 
 
+#: Other names of recipes: ``seed`` is the seed notebooks' pipeline.
+ALIASES = {"seed": "bow"}
+
+
 def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name``.
+    """The recipe called ``name`` (or one of its :data:`ALIASES`).
 
     Raises
     ------
@@ -154,9 +161,9 @@ def get_recipe(name: str) -> Recipe:
         If there is none (the message lists the names).
     """
     try:
-        return RECIPES[name]
+        return RECIPES[ALIASES.get(name, name)]
     except KeyError:
-        raise ValueError(f"recipe: expected one of {sorted(RECIPES)}, got {name!r}") from None
+        raise ValueError(f"recipe: expected one of {sorted([*RECIPES, *ALIASES])}, got {name!r}") from None
 
 
 def cnn_input_size(sizes: list[tuple[int, int]], largest: int = 224, smallest: int = 32) -> int:
