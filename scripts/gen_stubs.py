@@ -14,7 +14,9 @@ Names, parameter kinds, defaults and docstrings come from the built module
   ``"Class.method"`` or, for the methods every extractor class shares,
   ``"*.method"``. ``{descriptors}`` in a type stands for the class's
   descriptor array, ``NDArray[np.<descriptor_dtype>]``, read from an instance
-  built with the defaults (or from ``DESCRIPTOR_DTYPES``).
+  built with the defaults, or from ``DESCRIPTOR_DTYPES`` (a class that
+  cannot be built with its defaults, or whose dtype depends on a parameter:
+  several dtypes give a union).
 * ``PROPERTIES``: a getter's type, keyed ``"Class.name"`` or ``"*.name"``.
 
 A name missing from the tables stops the generator with an error that says
@@ -241,8 +243,9 @@ PARAM_OVERRIDES: dict[str, str] = {
 RETURNS: dict[str, str] = {
     "rgb_to_hsv_image": U8,
     "ColorHistogram.compute": "NDArray[np.float32]",
-    "DenseSift.compute": "tuple[NDArray[np.float32], NDArray[Any]]",
-    "Phow.compute": "tuple[NDArray[np.float32], NDArray[Any]]",
+    # frames (n, 4) float32 and descriptors (uint8, or float32 with float_descriptors)
+    "DenseSift.compute": f"tuple[{F32}, {{descriptors}}]",
+    "Phow.compute": f"tuple[{F32}, {{descriptors}}]",
     "CnnEmbedding.forward": "tuple[NDArray[np.float32], Optional[NDArray[np.float32]]]",
     "CnnEmbedding.preprocess": "NDArray[np.float32]",
     "decode_gray_image": U8,
@@ -306,8 +309,14 @@ PROPERTIES: dict[str, str] = {
     "*.needs_color": "bool",
 }
 
-# Descriptor dtype of a class that cannot be built with its defaults.
-DESCRIPTOR_DTYPES: dict[str, str] = {"CnnEmbedding": "float32"}
+# Descriptor dtypes of a class that cannot be built with its defaults, or
+# whose descriptor dtype depends on a constructor parameter (dense SIFT and
+# PHOW: uint8, float32 with float_descriptors=True).
+DESCRIPTOR_DTYPES: dict[str, tuple[str, ...]] = {
+    "CnnEmbedding": ("float32",),
+    "DenseSift": ("uint8", "float32"),
+    "Phow": ("uint8", "float32"),
+}
 
 _SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
@@ -382,17 +391,18 @@ def _def(name: str, sig: str, ret: str, doc_obj: Any, indent: str, decorator: st
 
 
 def _descriptor_array(cls: type) -> str | None:
-    dtype = DESCRIPTOR_DTYPES.get(cls.__name__)
-    if dtype is None and "descriptor_dtype" in vars(cls):
+    dtypes = DESCRIPTOR_DTYPES.get(cls.__name__)
+    if dtypes is None and "descriptor_dtype" in vars(cls):
         try:
-            dtype = cls().descriptor_dtype  # type: ignore[attr-defined]
+            dtypes = (cls().descriptor_dtype,)  # type: ignore[attr-defined]
         except Exception as e:  # a class whose constructor needs arguments
             raise StubError(f"{cls.__name__}: cannot build it with defaults ({e}); add it to DESCRIPTOR_DTYPES") from e
-    if dtype is None:
+    if dtypes is None:
         return None
-    if dtype not in ("float32", "float64", "uint8", "int32", "int64"):
-        raise StubError(f"{cls.__name__}: descriptor dtype {dtype!r} has no NumPy scalar type here")
-    return f"NDArray[np.{dtype}]"
+    for dtype in dtypes:
+        if dtype not in ("float32", "float64", "uint8", "int32", "int64"):
+            raise StubError(f"{cls.__name__}: descriptor dtype {dtype!r} has no NumPy scalar type here")
+    return " | ".join(f"NDArray[np.{dtype}]" for dtype in dtypes)
 
 
 def _class(cls: type) -> str:

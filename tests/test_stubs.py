@@ -5,8 +5,9 @@ defaults, and mypy trusts its types; neither runs the code. Here every
 function and method of the stub is called on real data (Fruits-360 images,
 their SIFT/ORB descriptors) and its result is checked against the stub's
 return annotation: tuple arity, NumPy dtypes (``NDArray[_Float]``: the dtype
-of ``x``), Python scalar types, pyarrow types and the ``_PcaFit`` keys.
-A function added to the extension needs a call below (the test says which).
+of ``x``), unions (one alternative must fit), Python scalar types, pyarrow
+types and the ``_PcaFit`` keys. A function added to the extension needs a
+call below, a class an instance and its methods' calls (the test says which).
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ FUNCS, CLASSES, PCA_FIT = _stub()
 def _conforms(value: Any, ann: ast.expr, float_dtype: np.dtype | None, path: str = "result") -> None:
     """Assert that ``value`` is of the annotated type."""
     text = ast.unparse(ann)
+    if isinstance(ann, ast.BinOp) and isinstance(ann.op, ast.BitOr):
+        errors = []
+        for alt in (ann.left, ann.right):
+            try:
+                _conforms(value, alt, float_dtype, path)
+                return
+            except AssertionError as e:
+                errors.append(str(e))
+        raise AssertionError(f"{path}: fits no alternative of {text} ({'; '.join(errors)})")
     if isinstance(ann, ast.Subscript):
         head = ast.unparse(ann.value)
         args = ann.slice.elts if isinstance(ann.slice, ast.Tuple) else [ann.slice]
@@ -64,8 +74,10 @@ def _conforms(value: Any, ann: ast.expr, float_dtype: np.dtype | None, path: str
                 assert value.dtype in (np.float32, np.float64) and value.dtype == float_dtype, (
                     f"{path}: dtype {value.dtype}, stub says {text} with X of dtype {float_dtype}"
                 )
-            else:
+            elif want.startswith("np."):
                 assert value.dtype == np.dtype(want.removeprefix("np.")), f"{path}: dtype {value.dtype}, stub says {text}"
+            else:
+                raise AssertionError(f"{path}: the test does not know {text} (give the dtype)")
             return
         if head == "tuple":
             assert isinstance(value, tuple) and len(value) == len(args), f"{path}: {value!r:.80}, stub says {text}"
@@ -104,22 +116,38 @@ def _conforms(value: Any, ann: ast.expr, float_dtype: np.dtype | None, path: str
 
 @pytest.fixture(scope="module")
 def data(fruits_root):
-    """Real inputs: encoded images, gray images, SIFT/ORB descriptors, a vocabulary."""
+    """Real inputs: encoded images, gray and RGB images, SIFT/ORB descriptors
+    with their keypoints and image offsets, a vocabulary."""
     files = pick_images(fruits_root, "Training", 12)
     content = pa.array([f.read_bytes() for f in files], type=pa.binary())
     grays = [_bovw.decode_gray_image(f.read_bytes()) for f in files]
+    rgb = _bovw.decode_rgb_image(files[0].read_bytes())
     sift = _bovw.Sift()
-    desc = np.concatenate([sift.detect_and_compute(g)[1] for g in grays])
+    per_image = [sift.detect_and_compute(g) for g in grays]
+    desc = np.concatenate([dsc for _, dsc in per_image])
     assert len(desc) > 200
+    kp_xy = np.ascontiguousarray(np.concatenate([kp[:, :2] for kp, _ in per_image]), dtype=np.float32)
+    image_offsets = np.concatenate([[0], np.cumsum([len(dsc) for _, dsc in per_image])]).astype(np.int64)
+    sizes = np.array([(g.shape[1], g.shape[0]) for g in grays], dtype=np.int64)  # (width, height)
     orb = _bovw.Orb(n_features=100, edge_threshold=15, patch_size=15)
     bits = np.concatenate([orb.detect_and_compute(g)[1] for g in grays])
     assert len(bits) > 50
-    col = sift.extract(content).column("descriptors")  # list<fixed_size_list<float32, 128>>
-    return dict(files=files, content=content, gray=grays[0], sift=desc, orb=bits, col=col, vocab=desc[:20].copy())
+    batch = sift.extract(content)
+    col = batch.column("descriptors")  # list<fixed_size_list<float32, 128>>
+    kp_col = batch.column("keypoints")  # list<fixed_size_list<float32, 4>> (x, y, size, angle)
+    mask = np.zeros(rgb.shape[:2], dtype=np.uint8)
+    mask[20:80, 20:80] = 1
+    return dict(files=files, content=content, gray=grays[0], rgb=rgb, mask=mask, sift=desc, kp_xy=kp_xy,
+                image_offsets=image_offsets, sizes=sizes, orb=bits, col=col, kp_col=kp_col, vocab=desc[:20].copy())
 
 
 def _calls(d: dict[str, Any], dtype: type) -> dict[str, Callable[[], Any]]:
-    """One call per function of the extension, on X of ``dtype``."""
+    """One call per function of the extension, on X of ``dtype``.
+
+    The encoders take float32 descriptors only: with float32 they get NumPy
+    arrays (descriptors, keypoints, offsets), with float64 the Arrow columns
+    of ``Sift.extract`` (the other type the stub allows).
+    """
     X = np.ascontiguousarray(d["sift"][:300], dtype=dtype)
     C = np.ascontiguousarray(X[:8])
     w = np.ones(len(X))
@@ -128,7 +156,39 @@ def _calls(d: dict[str, Any], dtype: type) -> dict[str, Callable[[], Any]]:
     counts = _bovw.bow_counts(words, offsets, 20)
     count, s, g = _bovw.pca_partial_sums(X)
     fit = _bovw.pca_fit(X, "count", 3.0)
+    # a 3-component diagonal mixture from K-Means labels (GaussianMixture's "kmeans" init)
+    labels = _bovw.kmeans_predict(X, np.ascontiguousarray(C[:3])).astype(np.int64)
+    nk, s1, s2, _, n = _bovw.gmm_stats_from_labels(X, labels, 3)
+    gmm = _bovw.gmm_params_from_stats(nk, s1, s2, n, reg_covar=1e-3, weights="samples")
+    resp = _bovw.gmm_log_prob(X, *gmm, resp=True)[1]
+    # encoder inputs: per-image SIFT (NumPy) or the Arrow columns; a 1x1 + 2x2 pyramid
+    vocab = d["vocab"]
+    if dtype == np.float32:
+        desc, kp, enc_offsets = d["sift"], d["kp_xy"], d["image_offsets"]
+        img_words, word_offsets = words, d["image_offsets"]  # words: of d["sift"] on the vocabulary
+    else:
+        desc, kp, enc_offsets = d["col"], d["kp_col"], None
+        arrow_labels, _, word_offsets = _bovw.kmeans_assign_arrow(d["col"], vocab)
+        img_words = arrow_labels.astype(np.int64)
+    pyramid: dict[str, Any] = dict(keypoints=kp, image_sizes=d["sizes"], spatial_pyramid=[1, 2])
     return {
+        "bow_pyramid_counts": lambda: _bovw.bow_pyramid_counts(
+            img_words, word_offsets, 20, kp, d["sizes"], [1, 2], pyramid_weights="lazebnik"),
+        "chi2_map": lambda: _bovw.chi2_map(X, sample_steps=2),
+        "encode_bow": lambda: _bovw.encode_bow(desc, vocab, enc_offsets, n_neighbors=3, sigma=100.0, **pyramid),
+        "encode_fisher": lambda: _bovw.encode_fisher(desc, *gmm, enc_offsets, **pyramid),
+        "encode_vlad": lambda: _bovw.encode_vlad(desc, vocab, enc_offsets, square_root=True),
+        "gmm_fit_em": lambda: _bovw.gmm_fit_em(X, *gmm, max_iter=3),
+        "gmm_log_prob": lambda: _bovw.gmm_log_prob(X, *gmm, resp=True),
+        "gmm_params_from_stats": lambda: gmm,
+        "gmm_predict": lambda: _bovw.gmm_predict(X, *gmm),
+        "gmm_stats_from_labels": lambda: _bovw.gmm_stats_from_labels(X, labels, 3),
+        "gmm_stats_from_resp": lambda: _bovw.gmm_stats_from_resp(X, resp),
+        "gmm_suff_stats": lambda: _bovw.gmm_suff_stats(X, *gmm),
+        "gmm_suff_stats_arrow": lambda: _bovw.gmm_suff_stats_arrow(d["col"], *gmm),
+        "power_normalize": lambda: _bovw.power_normalize(X, alpha=0.5, pre_norm="l1", norm="l2"),
+        "rgb_to_hsv_image": lambda: _bovw.rgb_to_hsv_image(d["rgb"]),
+        "soft_assign": lambda: _bovw.soft_assign(np.ascontiguousarray(X, dtype=np.float32), vocab, n_neighbors=3, sigma=100.0),
         "bow_arrow_counts": lambda: _bovw.bow_arrow_counts(d["col"], d["vocab"]),
         "bow_counts": lambda: counts,
         "bow_counts_by_image": lambda: _bovw.bow_counts_by_image(words, (np.arange(len(words)) % 3).astype(np.int64), 3, 20),
@@ -158,25 +218,64 @@ def _calls(d: dict[str, Any], dtype: type) -> dict[str, Callable[[], Any]]:
     }
 
 
-def _methods(d: dict[str, Any], obj: Any) -> dict[str, Callable[[], Any]]:
-    """One call per method of an extractor class, on a real image."""
-    kps = obj.detect(d["gray"])
+def _extractor_calls(d: dict[str, Any], obj: Any, image: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """The members every extractor class has (``extractor_methods!``)."""
     return {
         "descriptor_dtype": lambda: obj.descriptor_dtype,
         "descriptor_width": lambda: obj.descriptor_width,
         "kind": lambda: obj.kind,
         "needs_color": lambda: obj.needs_color,
         "extract": lambda: obj.extract(d["content"]),
-        "extract_image": lambda: obj.extract_image(d["gray"]),
+        "extract_image": lambda: obj.extract_image(image),
+    }
+
+
+def _feature2d_calls(d: dict[str, Any], obj: Any) -> dict[str, Callable[[], Any]]:
+    """OpenCV's Feature2D methods (SIFT, ORB) on a gray image."""
+    kps = obj.detect(d["gray"])
+    return {
+        **_extractor_calls(d, obj, d["gray"]),
         "detect": lambda: kps,
         "detect_and_compute": lambda: obj.detect_and_compute(d["gray"]),
         "compute": lambda: obj.compute(d["gray"], kps),
     }
 
 
-INSTANCES: dict[str, Callable[[], Any]] = {
-    "Sift": lambda: _bovw.Sift(),
-    "Orb": lambda: _bovw.Orb(n_features=100, edge_threshold=15, patch_size=15),
+def _dense_calls(d: dict[str, Any], obj: Any) -> dict[str, Callable[[], Any]]:
+    """Dense SIFT and PHOW on an RGB image."""
+    return {**_extractor_calls(d, obj, d["rgb"]), "compute": lambda: obj.compute(d["rgb"])}
+
+
+def _color_calls(d: dict[str, Any], obj: Any) -> dict[str, Callable[[], Any]]:
+    return {**_extractor_calls(d, obj, d["rgb"]), "compute": lambda: obj.compute(d["rgb"], d["mask"])}
+
+
+def _cnn_calls(d: dict[str, Any], obj: Any) -> dict[str, Callable[[], Any]]:
+    return {
+        **_extractor_calls(d, obj, d["rgb"]),
+        "forward": lambda: obj.forward([d["rgb"], d["gray"]], logits=True),
+        "preprocess": lambda: obj.preprocess(d["rgb"]),
+        "input_size": lambda: obj.input_size,
+        "n_features": lambda: obj.n_features,
+        "n_layers": lambda: obj.n_layers,
+        "n_logits": lambda: obj.n_logits,
+    }
+
+
+def _cnn() -> Any:
+    """EfficientNet-Lite0 as bovw.CNNEmbedding builds it, on a small 64x64 input."""
+    return bovw.CNNEmbedding(input_size=64)._rust
+
+
+# Per class: its instances (each descriptor dtype it can give) and the calls of its members.
+INSTANCES: dict[str, tuple[list[Callable[[], Any]], Callable[[dict[str, Any], Any], dict[str, Callable[[], Any]]]]] = {
+    "Sift": ([lambda: _bovw.Sift()], _feature2d_calls),
+    "Orb": ([lambda: _bovw.Orb(n_features=100, edge_threshold=15, patch_size=15)], _feature2d_calls),
+    "DenseSift": ([lambda: _bovw.DenseSift(step=4, size=4), lambda: _bovw.DenseSift(step=4, size=4, float_descriptors=True)],
+                  _dense_calls),
+    "Phow": ([lambda: _bovw.Phow(step=4), lambda: _bovw.Phow(step=4, color="hsv", float_descriptors=True)], _dense_calls),
+    "ColorHistogram": ([lambda: _bovw.ColorHistogram()], _color_calls),
+    "CnnEmbedding": ([_cnn], _cnn_calls),
 }
 
 
@@ -193,12 +292,15 @@ def test_classes_return_what_the_stub_says(data):
     missing = sorted(set(CLASSES) - set(INSTANCES))
     assert not missing, f"add an instance of {missing} to tests/test_stubs.py"
     for cls, members in CLASSES.items():
-        obj = INSTANCES[cls]()
-        calls = _methods(data, obj)
-        absent = sorted(set(members) - set(calls))
-        assert not absent, f"add a call for {cls}.{absent} to tests/test_stubs.py"
-        for name, ann in members.items():
-            _conforms(calls[name](), ann, None, f"{cls}.{name}")
+        makers, methods = INSTANCES[cls]
+        for i, make in enumerate(makers):
+            obj = make()
+            assert type(obj).__name__ == cls, f"INSTANCES[{cls!r}] builds a {type(obj).__name__}"
+            calls = methods(data, obj)
+            absent = sorted(set(members) - set(calls))
+            assert not absent, f"add a call for {cls}.{absent} to tests/test_stubs.py"
+            for name, ann in members.items():
+                _conforms(calls[name](), ann, None, f"{cls}[{i}].{name}")
 
 
 def test_conformance_check_catches_a_wrong_annotation(data):
@@ -209,5 +311,9 @@ def test_conformance_check_catches_a_wrong_annotation(data):
     for wrong in ("tuple[NDArray[np.int64], NDArray[np.float64]]", "tuple[NDArray[np.int32]]", "NDArray[np.int32]"):
         with pytest.raises(AssertionError):
             _conforms(_bovw.kmeans_assign(X, X[:3].copy()), ast.parse(wrong, mode="eval").body, np.dtype(np.float32))
+    union = ast.parse("NDArray[np.uint8] | NDArray[np.float32]", mode="eval").body
+    _conforms(X, union, None)
+    with pytest.raises(AssertionError, match="fits no alternative"):
+        _conforms(X.astype(np.float64), union, None)
     with pytest.raises(AssertionError, match="dtype float32"):
         _conforms(_bovw.kmeans_distances(X, X[:3].copy()), ast.parse("NDArray[_Float]", mode="eval").body, np.dtype(np.float64))

@@ -145,7 +145,7 @@ class DenseSift:
     See `bovw.DenseSIFT` for the documentation.
     """
     def __new__(cls, *, step: int = 1, size: int = 3, bounds: Optional[list[int]] = None, fast: bool = False, window_size: float = 2.0, float_descriptors: bool = False) -> DenseSift: ...
-    def compute(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[Any]]:
+    def compute(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.uint8] | NDArray[np.float32]]:
         """Frames (n, 4) float32 (x, y, norm, bin size) and descriptors (n, 128)
         of one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB (made gray with
         OpenCV's weights).
@@ -168,7 +168,7 @@ class DenseSift:
         oversize ("refuse" or "downscale").
         """
 
-    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
+    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8] | NDArray[np.float32]]:
         """Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
         Returns (keypoints (N, 7) float64, descriptors (N, width)).
         """
@@ -239,7 +239,7 @@ class Phow:
     colour. See `bovw.PHOW` for the documentation.
     """
     def __new__(cls, *, sizes: list[int] = ..., step: int = 2, color: str = 'gray', fast: bool = True, magnification: float = 6.0, window_size: float = 1.5, contrast_threshold: float = 0.005, float_descriptors: bool = False) -> Phow: ...
-    def compute(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[Any]]:
+    def compute(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.uint8] | NDArray[np.float32]]:
         """Frames (n, 4) float32 (x, y, contrast, bin size) and descriptors
         (n, 128 x channels) of one image: (H, W) uint8 gray (replicated for
         colour variants) or (H, W, 3) uint8 RGB.
@@ -262,7 +262,7 @@ class Phow:
         oversize ("refuse" or "downscale").
         """
 
-    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
+    def extract_image(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.uint8] | NDArray[np.float32]]:
         """Describe one image: (H, W) uint8 gray or (H, W, 3) uint8 RGB.
         Returns (keypoints (N, 7) float64, descriptors (N, width)).
         """

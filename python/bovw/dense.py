@@ -151,8 +151,8 @@ class DenseSIFT(_CachedRust, Extractor):
     >>> frames, desc = bovw.DenseSIFT(step=4, size=8, fast=True).compute(img)
     >>> frames.shape, desc.shape, desc.dtype
     ((361, 4), (361, 128), dtype('uint8'))
-    >>> frames[0]
-    array([12., 12., ...], dtype=float32)
+    >>> frames[0]  # x, y, norm, bin size
+    array([12.        , 12.        ,  0.2275...,  8.        ], dtype=float32)
     """
 
     name = "dsift"
