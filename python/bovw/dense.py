@@ -59,7 +59,7 @@ def _check_color_image(image: Any, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class _CachedRust:
+class _CachedRust(Extractor):
     """Rebuild the Rust extractor only when a parameter changed, comparing
     the parameter values themselves (arrays by identity): cheaper per call
     than the base class's ``repr`` key, which matters for 100 x 100 images."""
@@ -216,7 +216,8 @@ class DenseSIFT(_CachedRust, Extractor):
             If ``image`` has another shape or is empty, or a parameter is invalid
             (the message names it).
         """
-        return self._rust.compute(_check_color_image(image))
+        out: tuple[np.ndarray, np.ndarray] = self._rust.compute(_check_color_image(image))
+        return out
 
 
 class PHOW(_CachedRust, Extractor):
@@ -368,4 +369,5 @@ class PHOW(_CachedRust, Extractor):
         ValueError
             If ``image`` has another shape or is empty, or a parameter is invalid.
         """
-        return self._rust.compute(_check_color_image(image))
+        out: tuple[np.ndarray, np.ndarray] = self._rust.compute(_check_color_image(image))
+        return out

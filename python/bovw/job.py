@@ -161,7 +161,8 @@ class RunConfig:
         from bovw.recipes import get_recipe
 
         if isinstance(self.pca, str):
-            return get_recipe(self.recipe_name()).pca
+            auto: Union[int, float, None] = get_recipe(self.recipe_name()).pca
+            return auto
         return self.pca
 
 
@@ -689,6 +690,8 @@ def write_outputs(out: Union[str, "OutputFolder"], listing: Listing, ex: Extract
     if not isinstance(out, OutputFolder):
         with OutputFolder(out) as folder:
             return write_outputs(folder, listing, ex, ok, H, F, predictions, model, test, info)
+    if out.staging is None:
+        raise OutputError(f"{out.uri}: the output folder is not open")
     _write_files(out.staging, listing, ex, ok, H, F, predictions, model, test, info)
     out.commit()
     return out.location

@@ -393,7 +393,7 @@ class ImageReader:
             size = f.size()
 
             def body() -> bytes:
-                data = f.read_at(size, 0)
+                data: bytes = f.read_at(size, 0)
                 if len(data) != size:
                     raise OSError(f"body cut short: {len(data)} of {size} bytes")
                 return data
@@ -812,7 +812,8 @@ def upload_folder(folder: Path, uri: str, endpoint_url: str | None = None, *, fi
     if COMMIT_MARKER in existing:
         def read_marker() -> bytes:
             with filesystem.open_input_stream(f"{base}/{COMMIT_MARKER}") as f:
-                return f.read()
+                data: bytes = f.read()
+                return data
 
         try:
             manifest = json.loads(call("read run.json", read_marker))
