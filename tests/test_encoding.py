@@ -394,3 +394,21 @@ def test_pipeline_classifies(sample_root):
     pipe.fit(per_image(train), y_train)
     acc = float(np.mean(pipe.predict(per_image(test)) == np.asarray(y_test)))
     assert acc > 0.5, acc
+
+
+def test_uint8_arrow_descriptors_are_read_as_their_values(sample_root):
+    """PHOW's uint8 descriptors (fixed_size_binary in Arrow) encode as their float32 values."""
+    import bovw
+
+    files = sorted((sample_root / "Training").glob("*/*.jpg"))[:6]
+    table = pa.table({"content": pa.array([f.read_bytes() for f in files], pa.binary())})
+    phow = bovw.extract_descriptors(table, method="phow", step=6)
+    assert pa.types.is_fixed_size_binary(phow.column("descriptors").type.value_type)
+    X, offsets = bovw.descriptor_matrix(phow.column("descriptors"))
+    K, _ = bovw.descriptor_matrix(phow.column("keypoints"))
+    sizes = np.stack([phow.column("image_width").to_numpy(), phow.column("image_height").to_numpy()], 1)
+    fv = bovw.FisherVector(n_components=4, spatial_pyramid=(1, 2), random_state=0).fit(X.astype(np.float32))
+    want = fv.transform(X.astype(np.float32), offsets, K[:, :2], sizes)
+    np.testing.assert_array_equal(fv.transform(phow), want)
+    with pytest.raises(ValueError, match="width 128, expected width 3"):
+        bovw.FisherVector(gmm=(np.ones(1), np.zeros((1, 3)), np.ones((1, 3)))).fit().transform(phow)

@@ -99,6 +99,21 @@ def _arrow_float_rows(col: pa.Array, d: int | None, what: str) -> pa.Array:
         if d is not None and inner_t.list_size != d and len(col.values):
             raise ValueError(f"{what}: descriptors of width {inner_t.list_size}, expected width {d}")
         return col
+    if pa.types.is_fixed_size_binary(inner_t):
+        # uint8 descriptors (VLFeat-style dense SIFT / PHOW bytes): their values as float32
+        width = inner_t.byte_width
+        inner = col.values
+        if d is not None and width != d and len(inner):
+            raise ValueError(f"{what}: descriptors of width {width}, expected width {d}")
+        buf = inner.buffers()[1]
+        raw = np.frombuffer(buf, np.uint8, count=len(inner) * width, offset=inner.offset * width) if buf else \
+            np.zeros(0, np.uint8)
+        values = pa.array(raw.astype(np.float32))
+        fsl = pa.FixedSizeListArray.from_arrays(values, width)
+        offsets = col.offsets
+        if pa.types.is_large_list(t):
+            offsets = offsets.cast(pa.int32())
+        return pa.ListArray.from_arrays(offsets, fsl, mask=col.is_null() if col.null_count else None)
     if not (pa.types.is_fixed_size_list(inner_t) or pa.types.is_list(inner_t) or pa.types.is_large_list(inner_t)):
         raise TypeError(f"{what}: expected a list of float lists, got {t}")
     if not pa.types.is_floating(inner_t.value_type):
