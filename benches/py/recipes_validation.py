@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-SHARED = HERE.parents[2].parent / "shared"
+SHARED = HERE.parents[2].parent / "shared"  # ../shared beside the repository
 
 
-def fruits_validation_tree(dest: Path, test_size: float = 0.25, seed: int = 1) -> Path:
+def fruits_validation_tree(shared: Path, dest: Path, test_size: float = 0.25, seed: int = 1) -> Path:
     """Fruits-360 Training split into Training/Validation folders of links."""
     from bovw.image import list_images, seeded_splits
 
-    rows = [r for r in list_images(str(SHARED / "fruits-360")) if r[2] == "Training"]
+    rows = [r for r in list_images(str(shared / "fruits-360")) if r[2] == "Training"]
     paths, labels = [r[0] for r in rows], [r[1] for r in rows]
     for p, label, s in zip(paths, labels, seeded_splits(paths, labels, test_size, seed)):
         folder = dest / ("Training" if s == "Training" else "Validation") / label
@@ -52,7 +52,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--recipes", nargs="+", default=["cnn+color", "cnn", "color"])
     ap.add_argument("--out", default="recipes-validation.jsonl")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shared", type=Path, default=None,
+                    help="folder holding fruits-360/ and grocery-store/ (default: ../shared beside the repository)")
     args = ap.parse_args(argv)
+    shared = args.shared or SHARED
 
     from bovw.job import RunConfig, run
 
@@ -60,8 +63,8 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for ds in args.datasets:
-            root = (SHARED / "grocery-store" if ds == "grocery"
-                    else fruits_validation_tree(Path(tmp) / "fruits-val"))
+            root = (shared / "grocery-store" if ds == "grocery"
+                    else fruits_validation_tree(shared, Path(tmp) / "fruits-val"))
             for recipe in args.recipes:
                 t0 = time.perf_counter()
                 res = run(RunConfig(root=str(root), out=str(Path(tmp) / f"out-{ds}-{recipe}"), recipe=recipe,
