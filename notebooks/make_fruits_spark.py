@@ -51,6 +51,8 @@ def timed(name):
     return T()
 
 if MODE == "local":
+    import os
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no "loopback address" warning
     spark = bs.session("local[2]", "fruits-bovw", conf={"spark.ui.enabled": "false",
                                                         "spark.sql.shuffle.partitions": str(MIN_PARTITIONS)})
 else:
@@ -78,7 +80,8 @@ images = bs.read_images(spark, DATA, min_partitions=MIN_PARTITIONS, num_partitio
     n_images = images.count()
 print(n_images, "images in", images.rdd.getNumPartitions(), "partitions")
 images.groupBy("split").count().show()
-images.select("path", "label", "split", "length").show(3, truncate=60)"""),
+from pyspark.sql import functions as F
+images.select(F.element_at(F.split("path", "/"), -1).alias("file"), "label", "split", "length").show(3)"""),
     ("md", """## 2. Descriptors
 
 Seed (a Python UDF calling OpenCV on each row):
@@ -176,8 +179,24 @@ if CLASSIFY:
         accuracy = MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy").evaluate(
             predicted.where("split = 'Test'"))
     print(f"Test accuracy: {accuracy:.3f} ({len(indexer.labels)} classes)")"""),
+    ("md", "The Test split's confusion matrix (150 rows: collected to the driver to draw it)."),
+    ("code", """import matplotlib.pyplot as plt
+if CLASSIFY:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    test_rows = predicted.where("split = 'Test'").select("label", "predicted_label").toPandas()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    ConfusionMatrixDisplay.from_predictions(test_rows["label"], test_rows["predicted_label"], ax=ax,
+                                            xticks_rotation=60, colorbar=False)
+    ax.set_title(f"Test split, SIFT bag of words on Spark: accuracy {accuracy:.3f}")
+    plt.tight_layout()"""),
     ("md", "## Timings (Durée des opérations)"),
     ("code", """table = pd.DataFrame({"stage": list(timings), "seconds": [round(v, 2) for v in timings.values()]})
+fig, ax = plt.subplots(figsize=(7, 2.8))
+ax.barh(table["stage"][::-1], table["seconds"][::-1])
+ax.set_xlabel("seconds (wall)")
+ax.set_title(f"Time per stage, total {table['seconds'].sum():.1f} s ({n_images} images, {spark.sparkContext.master})")
+plt.tight_layout()
 table.loc[len(table)] = ["total", round(sum(timings.values()), 2)]
 table"""),
     ("md", """## 7. Export
@@ -198,7 +217,14 @@ if not out.startswith("s3://"):
     print(df.shape, type(df["pca_features"].iloc[0]).__name__)"""),
 ]
 
-nb = nbf.v4.new_notebook()
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-nbf.write(nb, Path(__file__).with_name("fruits_spark.ipynb"))
+
+def build() -> nbf.NotebookNode:
+    """The notebook's cells, without outputs."""
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
+    return nb
+
+
+if __name__ == "__main__":
+    nbf.write(build(), Path(__file__).with_name("fruits_spark.ipynb"))

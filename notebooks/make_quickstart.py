@@ -38,7 +38,9 @@ print("bovw", bovw.__version__)"""),
 table = bovw.read_images(DATA)
 timings["read"] = time.perf_counter() - t0
 print(table.num_rows, "images,", len(set(table.column("label").to_pylist())), "classes")
-table.select(["path", "length", "label", "split"]).slice(0, 3).to_pandas()"""),
+rows = table.select(["path", "length", "label", "split"]).slice(0, 3).to_pandas()
+rows["path"] = rows["path"].str.split("/").str[-3:].str.join("/")  # shown relative to DATA
+rows"""),
     ("md", "## 2. Keypoints and descriptors\nOne image first, with the OpenCV-style API, then the whole table in one parallel Rust call."),
     ("code", """sift = bovw.SIFT()
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
@@ -108,7 +110,14 @@ print(f"accuracy on the Test split: {accuracy:.3f} ({test.sum()} images, {len(se
     print(f"{stage:<12} {s:8.3f} s")"""),
 ]
 
-nb = nbf.v4.new_notebook()
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-nbf.write(nb, Path(__file__).with_name("quickstart.ipynb"))
+
+def build() -> nbf.NotebookNode:
+    """The notebook's cells, without outputs."""
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
+    return nb
+
+
+if __name__ == "__main__":
+    nbf.write(build(), Path(__file__).with_name("quickstart.ipynb"))
