@@ -23,6 +23,8 @@ CACHE_BYTES = 512 * 1024 * 1024
 
 
 def _progress(iterable: Iterable[Any], *, total: Optional[int] = None, desc: str = "", enabled: bool = True) -> Any:
+    if not enabled:  # tqdm.auto warns in a notebook without ipywidgets even when disabled
+        return iterable
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not enabled, leave=False, dynamic_ncols=True)
