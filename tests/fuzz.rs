@@ -19,8 +19,10 @@
 //! - no single input takes longer than [`SLOW_INPUT`] (a hang).
 //!
 //! A failing input is written to `target/fuzz-failures/` and its path
-//! printed. Inputs kept in `fuzz/regressions/` (crashes found earlier) run
-//! through every target first.
+//! printed; with `BOVW_FUZZ_TRACE=1` each input is written to
+//! `target/fuzz-failures/<target>-last.bin` before it runs (for an abort,
+//! which ends the binary). Inputs kept in `fuzz/regressions/` (crashes found
+//! earlier) run through every target first.
 //!
 //! Bounded by time: `BOVW_FUZZ_SECONDS` per target (default 10, so that
 //! `cargo test --release` stays short), `BOVW_FUZZ_SEED` (default 1) picks the
@@ -258,6 +260,12 @@ type Check = dyn Fn(&[u8]) -> Result<bool, String>;
 
 /// Run `check` on `input` (panics caught); record what happened.
 fn run_one(name: &str, input: &[u8], check: &Check, tally: &mut Tally) {
+    if std::env::var_os("BOVW_FUZZ_TRACE").is_some() {
+        // an abort ends the binary before the input is reported: keep each one first
+        let dir = repo().join("target").join("fuzz-failures");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}-last.bin")), input).unwrap();
+    }
     let t = Instant::now();
     let r = catch_unwind(AssertUnwindSafe(|| check(input)));
     let dt = t.elapsed();

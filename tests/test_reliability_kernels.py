@@ -207,6 +207,31 @@ def test_bombs_through_extract_descriptors_are_decode_error_rows(bombs, sample_r
     assert elapsed < 120  # the 30000 x 30000 JPEG alone "decoded" for 16 s before
 
 
+_DENSE_BOMB = """
+import sys, pyarrow as pa, bovw
+good, big = (open(p, "rb").read() for p in sys.argv[1:3])
+for method in ("dsift", "phow"):
+    r = bovw.extract_descriptors(pa.table({"content": [good, big, good]}), method, n_threads=2)
+    print(method, r.column("error_stage").to_pylist(), r.column("error")[1].as_py())
+"""
+
+
+def test_dense_descriptors_are_bounded_too(tmp_path, sample_root):
+    """A 49-megapixel image (under ``max_pixels``) through dense SIFT or PHOW
+    (about 780 and 400 bytes per pixel) aborted with a failed 6.3 GB
+    allocation: now refused from the header by the 1 GiB budget."""
+    big = tmp_path / "big.png"
+    big.write_bytes(uniform_png(7000, 7000, 100))
+    good = sorted((sample_root / "Test").rglob("*.jpg"))[0]
+    p = _python_limited(_DENSE_BOMB, str(good), str(big))
+    assert p.returncode == 0, (p.returncode, p.stderr[-3000:])
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert "[None, 'decode', None]" in line, line
+        assert "image too large to describe: 7000x7000" in line and "max_image_memory=1073741824" in line, line
+
+
 def test_decode_limits_are_per_call(bombs, sample_root):
     """max_pixels / max_side: the reason names the limit; raising it decodes."""
     jpg = sorted((sample_root / "Test").rglob("*.jpg"))[0].read_bytes()  # 100 x 100
@@ -420,32 +445,65 @@ def test_png_with_a_bad_checksum_or_cut_is_refused(sample_root):
 # -- 6. parameter ranges -------------------------------------------------------------------------
 
 
+_GUARDED = """
+import sys, time, numpy as np, bovw
+from bovw.features import SIFT
+case = sys.argv[1]
+calls = {
+    "n_words": lambda: bovw.bow_histograms([np.array([1, 2, 3])], n_words=10**12),
+    "sigma": lambda: SIFT(sigma=1e4).detect_and_compute((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)),
+    "n_threads": lambda: bovw.KMeans(n_clusters=2, n_threads=5000).fit(np.random.default_rng(0).random((50, 4))),
+}
+t = time.perf_counter()
+try:
+    calls[case]()
+    print("no error")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+print(f"{time.perf_counter() - t:.3f}")
+"""
+
+
+def _guarded(case: str) -> tuple[str, float]:
+    """Run one call that aborted or hung before, in a capped subprocess with a
+    time limit: (the error it raised, seconds)."""
+    try:
+        p = _python_limited(_GUARDED, case, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: still running after 30 s")
+    assert p.returncode == 0, (case, p.returncode, p.stderr[-2000:])
+    err, secs = p.stdout.strip().splitlines()[-2:]
+    return err, float(secs)
+
+
 def test_n_words_beyond_memory_is_a_value_error_naming_it():
-    t = time.perf_counter()
-    with pytest.raises(ValueError, match=r"n_words.*between 0 and 2147483647.*1000000000000"):
-        bovw.bow_histograms([np.array([1, 2, 3])], n_words=10**12)
-    assert time.perf_counter() - t < 1
+    """``n_words=10**12`` asked for a 4 TB histogram and aborted the interpreter."""
+    err, secs = _guarded("n_words")
+    assert err.startswith("ValueError: n_words") and "between 0 and 2147483647" in err and "1000000000000" in err, err
+    assert secs < 1
 
 
 def test_sift_sigma_range():
+    """``SIFT(sigma=1e4)`` on 64 x 64 ran past 100 s: now refused at once."""
+    err, secs = _guarded("sigma")
+    assert err.startswith("ValueError: sigma") and "(0, 16]" in err and "10000" in err, err
+    assert secs < 1
     img = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
-    t = time.perf_counter()
-    with pytest.raises(ValueError, match=r"sigma.*\(0, 16\].*10000"):
-        SIFT(sigma=1e4).detect_and_compute(img)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="sigma"):
             SIFT(sigma=bad).detect_and_compute(img)
-    # the largest sigma allowed finishes at once (1e4 ran past 100 s before)
+    # the largest sigma allowed finishes at once
+    t = time.perf_counter()
     SIFT(sigma=16).detect_and_compute(img)
     assert time.perf_counter() - t < 10
 
 
 def test_thread_counts_are_capped():
+    """``KMeans(n_threads=5000)`` built a 5000-thread pool per call (66 s)."""
+    err, secs = _guarded("n_threads")
+    assert err.startswith("ValueError: n_threads") and "between 1 and 256" in err and "5000" in err, err
+    assert secs < 5
     x = np.random.default_rng(0).random((50, 4)).astype(np.float32)
-    t = time.perf_counter()
-    with pytest.raises(ValueError, match=r"n_threads.*between 1 and 256.*5000"):
-        bovw.KMeans(n_clusters=2, n_threads=5000).fit(x)
-    assert time.perf_counter() - t < 5  # 66 s building a pool of 5000 threads before
     for call in (
         lambda: bovw.MiniBatchKMeans(n_clusters=2, n_threads=257).fit(x),
         lambda: bovw.PCA(n_components=2, n_threads=5000).fit(x),
@@ -454,7 +512,7 @@ def test_thread_counts_are_capped():
     ):
         with pytest.raises(ValueError, match=r"n_threads.*256"):
             call()
-    # the same count twice reuses one pool: a second fit is not slower than the first by a pool build
+    # a count in range works, and gives the same labels twice (one cached pool)
     km = bovw.KMeans(n_clusters=2, n_threads=3, random_state=0)
     np.testing.assert_array_equal(km.fit(x).labels_, bovw.KMeans(n_clusters=2, n_threads=3, random_state=0).fit(x).labels_)
 
