@@ -147,8 +147,10 @@ class Extractor:
         Largest width or height decoded (same check).
     ``max_image_memory`` : int, default 1 GiB (``2**30``)
         Largest estimated peak memory, in bytes, of describing one image
-        (SIFT about 280 bytes per pixel at OpenCV's defaults, ORB about 10);
-        also checked from the header. Each thread describes one image at a
+        (SIFT about 300 bytes per pixel at OpenCV's defaults, ORB about 20,
+        dense SIFT about 780 at step 1, PHOW about 400 at its defaults; the
+        colour histograms and the CNN have no estimate: the decode limits
+        bound them); also checked from the header. Each thread describes one image at a
         time, so a batch needs up to ``n_threads`` times this.
     ``oversize`` : {"refuse", "downscale"}, default "refuse"
         Above ``max_image_memory``: ``"refuse"`` gives an error row (stage

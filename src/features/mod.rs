@@ -155,8 +155,10 @@ pub trait Extractor: Sync {
     /// holds it against the per-image [`MemoryPolicy`] before decoding, and
     /// the single-image bindings check that it can be allocated (so that an
     /// image too large gives `MemoryError`, not an abort). Extractors whose
-    /// memory grows with the image should implement it (SIFT about 280
-    /// bytes per pixel, ORB about 10): `None` leaves the image unbounded.
+    /// memory grows with the image should implement it (SIFT about 300
+    /// bytes per pixel, ORB about 20, dense SIFT about 780 at step 1, PHOW
+    /// about 400): `None` leaves the image unbounded (colour histograms, CNN
+    /// embeddings: the decode limits bound them).
     fn memory_bytes(&self, width: usize, height: usize) -> Option<u128> {
         let _ = (width, height);
         None
