@@ -106,12 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-features", type=_positive_int, default=None,
                    help="keep at most this many keypoints per image (SIFT/ORB nfeatures)")
     r.add_argument("--max-pixels", type=_positive_int, default=None,
-                   help="refuse (or downscale) images of more pixels, read from the header before decoding "
-                        "(default 50,000,000)")
+                   help="refuse images of more pixels (an errors.csv row, stage decode), read from the header "
+                        "before decoding (default 50,000,000)")
     r.add_argument("--max-side", type=_positive_int, default=None,
-                   help="refuse (or downscale) images with a longer side, pixels (default 16384)")
+                   help="refuse images with a longer side, pixels (default 16384)")
     r.add_argument("--oversize", choices=["refuse", "downscale"], default=None,
-                   help="what an image over a limit gets: an error row (refuse, the default) or a downscaled copy")
+                   help="an image whose descriptors would need more than the per-image memory budget "
+                        "(docs/reliability.md) is refused (an error row, the default) or downscaled to fit")
     r.add_argument("--test-size", type=float, default=0.25, help="test fraction for a <root>/<class>/ layout")
     r.add_argument("--n-threads", type=_positive_int, default=None, help="threads (default: all cores)")
     r.add_argument("--batch-size", type=_positive_int, default=512, help="images per extraction batch")
