@@ -10,7 +10,6 @@
 //! - [`histogram`]: bag-of-visual-words histograms;
 //! - [`encode`]: spatial pyramids, soft assignment, VLAD, Fisher vectors and feature maps;
 //! - [`decomposition`]: principal component analysis (PCA);
-//! - [`packed`]: the register-tile GEMM behind PCA's projection;
 //! - [`arrow`]: Arrow batches in and out.
 
 pub mod arrow;
@@ -22,7 +21,6 @@ pub mod error;
 pub mod features;
 pub mod histogram;
 pub mod image;
-pub mod packed;
 
 #[cfg(feature = "python")]
 pub mod py;

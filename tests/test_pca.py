@@ -166,7 +166,7 @@ def test_thread_count_does_not_change_result(bow_histograms):
     b = bovw.PCA(10, n_threads=2).fit(X)
     np.testing.assert_array_equal(a.components_, b.components_)
     np.testing.assert_array_equal(a.transform(X), b.transform(X))
-    # d = 300 takes the parallel tridiagonalisation and back-transformation.
+    # d = 300 takes faer's eigendecomposition with a fixed parallel degree (d > 200).
     W = low_rank(3000, 300, rank=40, noise=0.05, seed=3)
     fits = [bovw.PCA(0.9, n_threads=t).fit(W) for t in (1, 2, 3)]
     for f in fits[1:]:

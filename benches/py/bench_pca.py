@@ -8,11 +8,11 @@ speedup = ref_s / ours_s, notes):
   ``covariance_eigh`` solver on these tall shapes), float64 and float32
   input, on (n, d) = (30k, 100), (30k, 1000), (400k, 128), plus (100k, 128)
   and (30k, 300) to show growth with n and d;
-- bag-of-words shapes at the top of the range the job uses, (100k, 1000)
-  and (100k, 2000) float32 (histograms of up to 1000 words, or 2000 with
-  two channels), with ``svd_solver="covariance_eigh"`` on both sides
-  (scikit-learn's "auto" would pick "full" above d = 1000): the scatter
-  and the eigendecomposition at their largest;
+- bag-of-words shapes (:func:`bow_rows`): ``fit(X).transform(X)`` as the
+  job runs it, float32, n in {10k, 100k}, d in {200, 1000, 2000}
+  (histograms of up to 1000 words, or 2000 with two channels),
+  ``svd_solver="covariance_eigh"`` on both sides, and default against
+  default where "auto" picks another solver ("full" above d = 1000);
 - the distributed path: ``bovw.pca_partial_sums`` over 8 batches +
   ``PCA.fit_partial_sums`` vs scikit-learn's fit on the whole array.
 
@@ -24,7 +24,9 @@ Timing: each side's time is the best of 5 calls (11 below d = 1000), the
 two sides called in turn (``common.best_of_pair``) so that a slow spell of
 the machine falls on both.
 
-Run: ``python benches/py/bench_pca.py [--quick]``.
+Run: ``python benches/py/bench_pca.py [--quick | --bow]`` (``--bow``: only
+the bag-of-words rows). Set ``RAYON_NUM_THREADS`` and ``OMP_NUM_THREADS`` /
+``OPENBLAS_NUM_THREADS`` to the same count to compare at equal threads.
 """
 
 from __future__ import annotations
@@ -56,6 +58,52 @@ def _data(n, d, dtype, seed=0):
     X = rng.standard_normal((n, d), dtype=np.float32) * np.geomspace(10, 0.1, d).astype(np.float32)
     return X.astype(dtype, copy=False)
 
+
+#: Bag-of-words shapes: (n_images, histogram width), float32.
+BOW_SHAPES = [(n, d) for n in (10_000, 100_000) for d in (200, 1000, 2000)]
+
+
+def bow_rows(shapes=BOW_SHAPES, n_components=0.95, repeat: int = 3) -> list[dict]:
+    """``fit(X).transform(X)`` as the job runs it, float32, on BoW shapes.
+
+    For every shape, bovw and scikit-learn both with
+    ``svd_solver="covariance_eigh"`` (the solver for ``n >> d``). Where
+    the default ``svd_solver="auto"`` (what ``bovw.job`` uses; bovw's picks
+    as scikit-learn 1.9's does) resolves to another solver (here "full"
+    above d = 1000), also default against default, timed once (a thin SVD
+    of a 100k x 2000 matrix takes minutes).
+    """
+    from sklearn.decomposition import PCA as SkPCA
+
+    import bovw
+
+    threads = os.cpu_count()
+    out = []
+    for n, d in shapes:
+        X = _data(n, d, np.float32)
+        runs = [("covariance_eigh", repeat)]
+        # scikit-learn 1.9's "auto" (bovw's too): covariance_eigh iff d <= 1000 and n >= 10 d.
+        if not (d <= 1000 and n >= 10 * d):
+            runs.append(("auto", 1))
+        for solver, reps in runs:
+            kw = dict(svd_solver=solver)
+            ours = bovw.PCA(n_components, **kw).fit(X)
+            ref = SkPCA(n_components, **kw).fit(X)
+            k = min(ours.n_components_, ref.n_components_)
+            err = float(np.max(np.abs(ours.explained_variance_[:k] / ref.explained_variance_[:k] - 1)))
+            notes = (
+                f"n={n}, d={d}, float32, n_components={n_components} -> {ours.n_components_} "
+                f"(sklearn {ref.n_components_}), solver {ours._fit_svd_solver}/{ref._fit_svd_solver}, "
+                f"max rel. diff explained_variance {err:.1e}, best of {reps}, {threads} threads"
+            )
+            t, r = best_of_pair(
+                lambda: bovw.PCA(n_components, **kw).fit(X).transform(X),
+                lambda: SkPCA(n_components, **kw).fit(X).transform(X),
+                reps,
+            )
+            out.append(_row(f"BoW fit+transform ({n}, {d}) float32 svd_solver={solver}", "sklearn PCA.fit+transform", t, r, notes))
+        del X
+    return out
 
 def run(quick: bool = False) -> list[dict]:
     from sklearn.decomposition import PCA as SkPCA
@@ -94,27 +142,9 @@ def run(quick: bool = False) -> list[dict]:
                     _row(f"fit_transform ({n}, {d}) {np.dtype(dtype).name} n_components={nc}", "sklearn PCA.fit_transform", t_ft, r_ft, notes)
                 )
             del X
-    # bag-of-words shapes at the top of the job's range, covariance_eigh forced
+    # bag-of-words shapes: the job's fit + transform
     if not quick:
-        for n, d in ((100_000, 1000), (100_000, 2000)):
-            X = _data(n, d, np.float32)
-            nc = 0.95
-            kw = dict(svd_solver="covariance_eigh")
-            ours = bovw.PCA(nc, **kw).fit(X)
-            ref = SkPCA(nc, **kw).fit(X)
-            k = min(ours.n_components_, ref.n_components_)
-            err = float(np.max(np.abs(ours.explained_variance_[:k] / ref.explained_variance_[:k] - 1)))
-            notes = (
-                f"n={n}, d={d}, float32, n_components={nc} -> {ours.n_components_} (sklearn {ref.n_components_}), "
-                f"svd_solver='covariance_eigh' on both sides, max rel. diff explained_variance {err:.1e}, {threads} threads"
-            )
-            t_fit, r_fit = best_of_pair(lambda: bovw.PCA(nc, **kw).fit(X), lambda: SkPCA(nc, **kw).fit(X), 3)
-            rows.append(_row(f"fit ({n}, {d}) float32 covariance_eigh n_components={nc}", "sklearn PCA.fit", t_fit, r_fit, notes))
-            t_ft, r_ft = best_of_pair(lambda: bovw.PCA(nc, **kw).fit_transform(X), lambda: SkPCA(nc, **kw).fit_transform(X), 3)
-            rows.append(
-                _row(f"fit_transform ({n}, {d}) float32 covariance_eigh n_components={nc}", "sklearn PCA.fit_transform", t_ft, r_ft, notes)
-            )
-            del X
+        rows += bow_rows()
     # distributed path: per-batch partial sums + one fit
     n, d = (30_000, 100) if quick else (400_000, 128)
     X = _data(n, d, np.float32)
@@ -136,5 +166,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for r in run(quick="--quick" in sys.argv):
+    # --bow: one shape at a time, each row printed as soon as it is measured.
+    rows_ = (r for sh in BOW_SHAPES for r in bow_rows([sh])) if "--bow" in sys.argv else run(quick="--quick" in sys.argv)
+    for r in rows_:
         print(f"{r['case']:<52} ours {r['ours_s']:.4f}s ref {r['ref_s']:.4f}s x{r['speedup']:.2f}  {r['notes']}", flush=True)

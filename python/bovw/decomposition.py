@@ -3,10 +3,11 @@
 :class:`PCA` follows :class:`sklearn.decomposition.PCA` (same parameters,
 attributes, solver choice and sign convention), so results compare directly.
 The fit runs in Rust: for tall data, column means and the scatter matrix by
-blocked GEMMs accumulated in float64, then only the kept eigenpairs of the
-covariance (Householder tridiagonalisation, bisection for the largest
-eigenvalues, inverse iteration for their eigenvectors); otherwise a thin SVD
-or a randomized SVD (Halko et al. 2011).
+blocked matrix products (faer's) accumulated in float64, then the symmetric
+eigendecomposition of the covariance (faer's Householder tridiagonalisation
+and divide and conquer, as LAPACK's ``syevd`` that scikit-learn calls), of
+which the leading eigenpairs are kept; otherwise a thin SVD or a randomized
+SVD (Halko et al. 2011).
 
 For Spark, the covariance is a sum over partitions:
 :func:`pca_partial_sums` gives one batch's ``(count, sum, X^T X)`` in one Rust
@@ -195,8 +196,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     .. [3] scikit-learn ``sklearn/decomposition/_pca.py``; Spark
        ``mllib/linalg/distributed/RowMatrix.scala``.
     .. [4] Golub and Van Loan, "Matrix Computations", 4th ed., 2013,
-       chapter 8 (Householder tridiagonalisation, bisection on Sturm
-       sequences, inverse iteration); LAPACK ``dsytrd``, ``dstebz``, ``dstein``.
+       chapter 8 (Householder tridiagonalisation, divide and conquer);
+       LAPACK ``dsyevd``, as implemented by the faer crate
+       (``faer::linalg::evd::self_adjoint_evd``).
 
     Examples
     --------

@@ -2,4 +2,3 @@
 
 pub mod pca;
 pub mod products;
-pub mod syrk;

@@ -10,8 +10,9 @@
 //! Three solvers, named as in scikit-learn's `PCA`:
 //! - `covariance_eigh`: one pass over the data accumulates the column sums
 //!   and the scatter matrix about a provisional centre ([`mean_scatter`],
-//!   with the AVX2 kernels of [`syrk`]: rows in blocks of [`syrk::KC`],
-//!   centred and multiplied in the input precision, blocks summed in `f64`),
+//!   with faer's triangular matmul in [`products`]: rows in blocks of
+//!   [`products::KC`], centred and multiplied in the input precision, blocks
+//!   summed in `f64`),
 //!   then faer's self-adjoint eigendecomposition of the covariance
 //!   ([`eigh_desc`]), of which the leading eigenpairs are kept, as
 //!   scikit-learn keeps them from LAPACK's `syevd`.
@@ -36,7 +37,6 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::products;
-use super::syrk::SyrkElem;
 use crate::error::{BovwError, Result};
 
 /// Rows per block of the column means.
@@ -111,7 +111,7 @@ fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
 }
 
 /// Element types the PCA kernels accept (`f32`, `f64`).
-pub trait Sample: faer::traits::RealField + SyrkElem + Copy + Send + Sync + std::ops::Sub<Output = Self> + 'static {
+pub trait Sample: faer::traits::RealField + Copy + Send + Sync + std::ops::Sub<Output = Self> + 'static {
     /// Widen to `f64`.
     fn to_f64(self) -> f64;
     /// Narrow from `f64`.
@@ -376,9 +376,9 @@ pub fn column_mean<T: Sample>(x: &[T], d: usize) -> Vec<f64> {
 /// row-major (full, symmetric), accumulated in `f64`.
 ///
 /// Rows are centred and multiplied in the input precision `T` in blocks of
-/// [`syrk::KC`] rows and the blocks summed in `f64`; see [`syrk`] for the
-/// blocking and the fixed partition that keeps the result independent of
-/// the number of threads.
+/// [`products::KC`] rows and the blocks summed in `f64`; see [`products`]
+/// for the blocking and the fixed partition that keeps the result
+/// independent of the number of threads.
 pub fn scatter<T: Sample>(x: &[T], d: usize, center: &[f64]) -> Vec<f64> {
     let center_t: Vec<T> = center.iter().map(|&c| T::from_f64(c)).collect();
     products::centered_sums_scatter(x, d, &center_t).1
@@ -392,7 +392,7 @@ const SHIFT_ROWS: usize = 1024;
 ///
 /// The rows are centred on a provisional centre $s$, the mean of the
 /// first [`SHIFT_ROWS`] rows rounded to `T`, while the column sums and
-/// the scatter about $s$ are accumulated ([`syrk::centered_sums_scatter`]).
+/// the scatter about $s$ are accumulated ([`products::centered_sums_scatter`]).
 /// Then $\mu = s + \delta$ with $\delta = \sum_i (x_i - s) / n$ and
 /// $S = \sum_i (x_i - s)(x_i - s)^\top - n \delta \delta^\top$. Since $s$ is
 /// already close to $\mu$, the correction is small and cancels no digits

@@ -149,7 +149,8 @@ pub fn l2_normalize(v: &mut [f64]) {
 /// written twice; on Linux its pages are marked for transparent huge pages
 /// (`madvise(MADV_HUGEPAGE)`), so that the first writes to a large fresh
 /// mapping cost one page fault per 2 MiB instead of one per 4 KiB (the
-/// same as `crate::packed`'s private buffer: one helper could serve both).
+/// same as `crate::decomposition::products`'s private buffer: one helper
+/// could serve both).
 pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation; the capacity is `len`.

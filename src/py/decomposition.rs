@@ -174,6 +174,7 @@ pub fn pca_transform<'py>(
     let c = components.as_slice().map_err(|_| BovwError::input("components must be C-contiguous"))?;
     let center = center.as_ref().map(|a| a.as_slice().map_err(|_| BovwError::input("mean must be contiguous"))).transpose()?;
     let scale = scale.as_ref().map(|a| a.as_slice().map_err(|_| BovwError::input("scale must be contiguous"))).transpose()?;
+    #[allow(clippy::too_many_arguments)]
     fn run<'py, T: Sample + numpy::Element>(
         py: Python<'py>,
         a: PyReadonlyArray2<'py, T>,
