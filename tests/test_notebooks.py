@@ -56,6 +56,10 @@ def check_quickstart(nb, text, out_dir):
     assert acc > 0.5, text  # a SIFT bag of words; measured about 0.8
     assert "550 images, 10 classes" in text
     assert _n_images(nb) >= 2  # keypoints, explained variance
+    # the colour + dense section: PHOW Fisher vectors with a 1x1 + 2x2 pyramid, 16 components on 64-d PCA
+    assert "Fisher vectors (550, 10240); colour (550, 288)" in text
+    for name in ("Fisher vectors", "colour histogram", "both"):
+        assert _number_after(text, f"{name:<18} Test accuracy") >= 0.9, text  # measured 1.000 each
 
 
 def check_fruits_spark(nb, text, out_dir):
