@@ -357,6 +357,12 @@ def test_bovw_run_with_bombs_exits_0_with_error_rows(bomb_folder, tmp_path, over
         assert len(errors) == 3 and t.num_rows == n_good + 1 and "over_budget.png" in names
     info = json.loads((out / "run.json").read_text())
     assert info["counts"]["images"] == n_good + 4 and info["counts"]["errors"] == len(errors)
+    # the downscale is recorded: features.parquet's image_scale, run.json's count
+    scale = dict(zip((Path(x).name for x in t.column("path").to_pylist()), t.column("image_scale").to_pylist()))
+    if oversize == "downscale":
+        assert 0.0 < scale.pop("over_budget.png") < 1.0
+    assert set(scale.values()) == {1.0}
+    assert info["counts"]["downscaled"] == (1 if oversize == "downscale" else 0)
 
 
 # -- 2. strict decoding --------------------------------------------------------------------------

@@ -35,9 +35,12 @@ class ExtractedBatch:
     image sizes, errors and stages (one entry per image)."""
 
     def __init__(self, X: np.ndarray, offsets: np.ndarray, keypoints: np.ndarray, sizes: np.ndarray,
-                 errors: list[Optional[str]], stages: list[Optional[str]]) -> None:
+                 errors: list[Optional[str]], stages: list[Optional[str]],
+                 scales: Optional[np.ndarray] = None) -> None:
         self.X, self.offsets, self.keypoints, self.sizes = X, offsets, keypoints, sizes
         self.errors, self.stages = errors, stages
+        #: (n_images,) float32: 1, or the factor of an image downscaled to its memory budget
+        self.scales = np.ones(len(errors), np.float32) if scales is None else scales
 
     def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.offsets[i], self.offsets[i + 1]
@@ -57,8 +60,11 @@ def extracted_batch(batch: pa.RecordBatch, extractor: Any) -> ExtractedBatch:
     kps, _ = descriptor_matrix(batch.column("keypoints"), width=4, dtype=np.float32)
     sizes = np.stack([batch.column("image_width").fill_null(0).to_numpy(zero_copy_only=False),
                       batch.column("image_height").fill_null(0).to_numpy(zero_copy_only=False)], axis=1)
+    names = batch.schema.names
+    scales = (batch.column("image_scale").fill_null(1.0).to_numpy(zero_copy_only=False).astype(np.float32)
+              if "image_scale" in names else None)
     return ExtractedBatch(X, offsets, kps, sizes.astype(np.int64), batch.column("error").to_pylist(),
-                          batch.column("error_stage").to_pylist())
+                          batch.column("error_stage").to_pylist(), scales)
 
 
 def gather(parts: Sequence[tuple[np.ndarray, np.ndarray]], width: int, dtype: Any) -> tuple[np.ndarray, ...]:
@@ -145,7 +151,8 @@ class LocalEngine:
                 if self._cache_bytes + X.nbytes + K.nbytes <= CACHE_BYTES:
                     err = read_errors[j] or eb.errors[j]
                     stage = "read" if read_errors[j] else eb.stages[j]
-                    cache[int(i)] = (X, K, eb.sizes[j], err, stage, digests[j], len(contents[j] or b""))
+                    cache[int(i)] = (X, K, eb.sizes[j], err, stage, digests[j], len(contents[j] or b""),
+                                     float(eb.scales[j]))
                     self._cache_bytes += X.nbytes + K.nbytes
         return out
 
@@ -153,6 +160,7 @@ class LocalEngine:
         n = len(listing)
         feats = [np.zeros((n, ch.encoding.n_features_out_), np.float32) for ch in channels]
         n_kp = np.zeros(n, np.int32)
+        scales = np.ones(n, np.float32)
         errors: list[Optional[str]] = [None] * n
         stages: list[Optional[str]] = [None] * n
         sha: list[str] = [""] * n
@@ -175,8 +183,10 @@ class LocalEngine:
                         err = read_errors[j] or eb.errors[j]
                         stage = "read" if read_errors[j] else eb.stages[j]
                         size, digest, nb = eb.sizes[j], digests[j], len(contents[j] or b"")
+                        scale = float(eb.scales[j])
                     else:
-                        X, K, size, err, stage, digest, nb = cache[i]
+                        X, K, size, err, stage, digest, nb, scale = cache[i]
+                    scales[i] = min(scales[i], scale)
                     parts.append((X, K))
                     sizes.append(size)
                     if err is not None and errors[i] is None:
@@ -192,4 +202,4 @@ class LocalEngine:
             f[np.array([e is not None for e in errors])] = 0.0
         self._cache.clear()
         self._cache_bytes = 0
-        return Extraction(feats, n_kp, errors, stages, sha, n_bytes)
+        return Extraction(feats, n_kp, errors, stages, sha, n_bytes, scales)

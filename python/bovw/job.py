@@ -238,6 +238,9 @@ class Extraction:
     sha256: list[str]
     """Hex SHA-256 of each file's bytes ("" when it could not be read)."""
     n_bytes: int
+    image_scale: Optional[np.ndarray] = None
+    """(n_images,) float32: 1, or the smallest factor a channel downscaled the image by to fit its
+    memory budget (``oversize="downscale"``); None = all 1."""
 
 
 class Engine(Protocol):
@@ -601,6 +604,7 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
         "descriptors": int(ex.n_keypoints[ok].sum()),
         "vocabulary_descriptors": int(vocab_info.get("descriptors", 0)),
         "images_without_keypoints": int(((ex.n_keypoints == 0) & ok).sum()),
+        "downscaled": int(((_scales(ex) < 1.0) & ok).sum()),
     }
     info = {
         "parameters": {**config.to_dict(), "root": root},
@@ -666,6 +670,11 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _scales(ex: Extraction) -> np.ndarray:
+    n = len(ex.errors)
+    return np.ones(n, np.float32) if ex.image_scale is None else np.asarray(ex.image_scale, np.float32)
+
+
 def _list_column(a: np.ndarray) -> pa.Array:
     from bovw.columns import float_lists
 
@@ -714,6 +723,7 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
         "features": _list_column(H[idx]),
         "pca_features": _list_column(F[idx]),
         "prediction": pa.array(list(predictions[idx]), pa.string()),
+        "image_scale": pa.array(_scales(ex)[idx], pa.float32()),
     })
     pq.write_table(table, out / "features.parquet")
     vocab = model.vocabulary

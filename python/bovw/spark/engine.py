@@ -151,7 +151,8 @@ class SparkEngine:
         sha = table.column("sha256").to_pylist()
         n_kp[[e is not None for e in errors]] = 0
         n_bytes = int(sum(table.column("length").to_pylist()))
-        return Extraction(feats, n_kp, errors, stages, sha, n_bytes)
+        scales = table.column("image_scale").fill_null(1.0).to_numpy(zero_copy_only=False).astype(np.float32)
+        return Extraction(feats, n_kp, errors, stages, sha, n_bytes, scales)
 
 
 def run_job(config: Any, spark: "SparkSession | None" = None) -> Any:

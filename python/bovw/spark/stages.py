@@ -387,6 +387,7 @@ def encode_fn(channels: Sequence[Any], *, n_threads: int | None = None, batch_si
                 sha = [hashlib.sha256(b).hexdigest() if b is not None else "" for b in blobs]
                 lengths = [len(b) if b is not None else 0 for b in blobs]
                 vectors, n_kp = [], None
+                scale = np.ones(chunk.num_rows, np.float32)
                 for ch in channels:
                     res = ch.extractor.extract(pa.record_batch({"content": content}), n_threads=threads)
                     eb = extracted_batch(res, ch.extractor)
@@ -396,14 +397,16 @@ def encode_fn(channels: Sequence[Any], *, n_threads: int | None = None, batch_si
                     if n_kp is None:
                         n_kp = np.diff(eb.offsets).astype(np.int32)
                     vectors.append(ch.encode(eb.X, eb.offsets, eb.keypoints, eb.sizes, n_threads=threads))
+                    scale = np.minimum(scale, eb.scales)
                 failed = np.array([e is not None for e in errors], bool)
                 cols = [chunk.column(chunk.schema.get_field_index("path")), pa.array(n_kp, pa.int32()),
                         pa.array(errors, pa.string()), pa.array(stages, pa.string()), pa.array(sha, pa.string()),
                         pa.array(lengths, pa.int64())]
                 cols += [float_lists(v, failed, dtype=np.float32) for v in vectors]
                 cols += [chunk.column(chunk.schema.get_field_index(c)) for c in keep]
+                cols.append(pa.array(scale, pa.float32()))
                 names = ["path", "n_keypoints", "error", "error_stage", "sha256", "length"]
-                names += [f"features_{c}" for c in range(len(vectors))] + list(keep)
+                names += [f"features_{c}" for c in range(len(vectors))] + list(keep) + ["image_scale"]
                 yield pa.RecordBatch.from_arrays(cols, names=names)
 
     return fn
@@ -427,12 +430,17 @@ def encode_images(images: "DataFrame", channels: Sequence[Any], *, n_threads: in
         ``path``, ``n_keypoints`` (first channel), ``error``, ``error_stage``,
         ``sha256`` (of the file's bytes), ``length``, then ``features_0``,
         ``features_1``, ... (``array<float>``, one per channel; null on
-        error), then the ``keep`` columns.
+        error), then the ``keep`` columns, then ``image_scale`` (float: 1, or
+        the smallest factor a channel downscaled the image by to fit its
+        memory budget).
     """
+    from pyspark.sql.types import FloatType, StructField
+
     channels = getattr(channels, "channels", channels)
     schema = ddl_schema(ENCODE_SCHEMA + "".join(f", features_{c} array<float>" for c in range(len(channels))))
     for c in keep:
         schema.add(images.schema[c])
+    schema.add(StructField("image_scale", FloatType(), False))
     return images.mapInArrow(encode_fn(channels, n_threads=n_threads, batch_size=batch_size, keep=keep), schema)
 
 
