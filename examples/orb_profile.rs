@@ -80,7 +80,6 @@ fn main() {
                 best = best.min(t.elapsed().as_secs_f64());
             }
             println!("{:.2} ms/batch of {}", best * 1e3, contents.len());
-            let _ = orb.descriptor_width();
         }
         _ => panic!("mode"),
     }
