@@ -145,7 +145,7 @@ def bovw_local_pipeline(files, k, iters, n_components):
     import pyarrow as pa
 
     import bovw
-    from bovw.spark import descriptor_matrix
+    from bovw import descriptor_matrix
 
     T = _Timer()
     with T("descriptors"):
