@@ -36,7 +36,7 @@ def test_run_on_sample_writes_every_output(sample_run):
                  "confusion_matrix.csv", "run.json"):
         assert (out / name).is_file(), name
     t = pq.read_table(out / "features.parquet")
-    assert t.schema.names == ["path", "label", "split", "n_keypoints", "features", "pca_features", "prediction"]
+    assert t.schema.names == ["path", "label", "split", "n_keypoints", "features", "pca_features", "prediction", "image_scale"]
     assert t.num_rows == 550
     bow = np.array(t.column("features").to_pylist(), dtype=np.float32)
     assert bow.shape == (550, 50)

@@ -143,7 +143,7 @@ def test_run_job_on_s3(spark, s3_endpoint, monkeypatch):
     fs = _fs(s3_endpoint)
     t = pq.read_table(f"{BUCKET}/runs/r1/features.parquet", filesystem=fs)
     assert t.num_rows == 550
-    assert t.schema.names == ["path", "label", "split", "n_keypoints", "features", "pca_features", "prediction"]
+    assert t.schema.names == ["path", "label", "split", "n_keypoints", "features", "pca_features", "prediction", "image_scale"]
     assert t.column("path")[0].as_py().startswith(f"s3://{BUCKET}/fruits/")
     names = {i.base_name for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(f"{BUCKET}/runs/r1"))}
     assert {"features.parquet", "vocabulary.npy", "model.joblib", "errors.csv", "run.json", "pca.npz"} <= names
