@@ -76,8 +76,8 @@ def stage_group(stage):
 
 rows, stage_rows = [], []
 for name, (res, wall) in results.items():
-    feats = pq.read_table(Path(res.out) / "features.parquet", columns=["bow", "pca_features"])
-    width = len(feats.column("bow")[0].as_py())
+    feats = pq.read_table(Path(res.out) / "features.parquet", columns=["features", "pca_features"])
+    width = len(feats.column("features")[0].as_py())
     reduced = len(feats.column("pca_features")[0].as_py())
     rows.append({"recipe": name, "Test accuracy": round(res.accuracy, 3),
                  "Test errors": int(round((1 - res.accuracy) * res.info["counts"]["test"])),
