@@ -28,10 +28,12 @@ each) and classifier settings. ``bovw run --recipe NAME`` (or
 ==================  ==========================================================
 
 How the defaults were chosen (validation splits only; the Test splits were
-not read): ``benches/py/recipes_validation.py`` trains on Fruits-360's
-Training folder minus a seeded 25 % validation part and on the grocery
-store's ``train`` split, and scores on that part and on ``val``. With
-per-channel L2 and a logistic regression (C in 1, 10, 100, 1000):
+not read): ``benches/py/recipes_c_grid.py`` trains on Fruits-360's Training
+folder minus a seeded 25 % validation part and on the grocery store's
+``train`` split, and scores on that part and on ``val``, with per-channel L2
+and a logistic regression (C in 1, 10, 100, 1000; best C shown);
+``benches/py/recipes_validation.py`` runs a recipe through ``bovw run``
+itself on the same splits (grocery ``cnn+color``: 77.6 %, C chosen on val):
 
 ========================  ==================  ================
 recipe                    Fruits-360 (val)    grocery (val)
