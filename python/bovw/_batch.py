@@ -109,27 +109,23 @@ def _arrow_float_rows(col: pa.Array, d: int | None, what: str) -> pa.Array:
         raw = np.frombuffer(buf, np.uint8, count=len(inner) * width, offset=inner.offset * width) if buf else \
             np.zeros(0, np.uint8)
         values = pa.array(raw.astype(np.float32))
-        fsl = pa.FixedSizeListArray.from_arrays(values, width)
-        offsets = col.offsets
-        if pa.types.is_large_list(t):
-            offsets = offsets.cast(pa.int32())
-        return pa.ListArray.from_arrays(offsets, fsl, mask=col.is_null() if col.null_count else None)
-    if not (pa.types.is_fixed_size_list(inner_t) or pa.types.is_list(inner_t) or pa.types.is_large_list(inner_t)):
-        raise TypeError(f"{what}: expected a list of float lists, got {t}")
-    if not pa.types.is_floating(inner_t.value_type):
-        raise TypeError(f"{what}: expected float values, got {inner_t.value_type} (binary descriptors need words)")
-    inner = col.values
-    if pa.types.is_fixed_size_list(inner_t):
-        width = inner_t.list_size
     else:
-        lengths = np.asarray(inner.value_lengths().fill_null(0))
-        width = int(lengths[0]) if d is None and lengths.size else (d or 0)
-        if lengths.size and (lengths != width).any():
-            bad = int(np.flatnonzero(lengths != width)[0])
-            raise ValueError(f"{what}: row {bad} has {lengths[bad]} values, expected {width}")
-    values = inner.flatten()
-    if values.type != pa.float32():
-        values = values.cast(pa.float32())
+        if not (pa.types.is_fixed_size_list(inner_t) or pa.types.is_list(inner_t) or pa.types.is_large_list(inner_t)):
+            raise TypeError(f"{what}: expected a list of float lists, got {t}")
+        if not pa.types.is_floating(inner_t.value_type):
+            raise TypeError(f"{what}: expected float values, got {inner_t.value_type} (binary descriptors need words)")
+        inner = col.values
+        if pa.types.is_fixed_size_list(inner_t):
+            width = inner_t.list_size
+        else:
+            lengths = np.asarray(inner.value_lengths().fill_null(0))
+            width = int(lengths[0]) if d is None and lengths.size else (d or 0)
+            if lengths.size and (lengths != width).any():
+                bad = int(np.flatnonzero(lengths != width)[0])
+                raise ValueError(f"{what}: row {bad} has {lengths[bad]} values, expected {width}")
+        values = inner.flatten()
+        if values.type != pa.float32():
+            values = values.cast(pa.float32())
     fsl = pa.FixedSizeListArray.from_arrays(values, width)
     offsets = col.offsets
     if pa.types.is_large_list(t):
