@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import fruits_root as _fruits_root, image_files, row as _row, settle
+from common import PEAK_RSS_SOURCE, fruits_root as _fruits_root, image_files, row as _row, settle
 
 REPEAT = 3
 
@@ -62,8 +62,8 @@ def _pair(ours, ref, repeat: int = REPEAT) -> tuple[tuple[float, float], tuple[f
     return best[0], best[1]
 
 
-_RSS_SCRIPT = r"""
-import json, resource, sys, numpy as np
+_RSS_SCRIPT = PEAK_RSS_SOURCE + r"""
+import json, sys, numpy as np
 side, onnx_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = np.random.default_rng(0)
 ims = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(8)]
@@ -79,7 +79,7 @@ else:
     x = ((np.stack(ims).astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy()
     for _ in range(n // 8):
         s.run(["features"], {"input": x})
-print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"hwm_kib": peak_rss_kib()}))
 """
 
 
@@ -90,7 +90,7 @@ def _peak_rss_mib(side: str, onnx_path: str, n: int = 64) -> float:
     env["PYTHONPATH"] = os.pathsep.join([str(Path(bovw.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, side, onnx_path, str(n)], capture_output=True,
                          text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"] / 1024
+    return json.loads(out.stdout.strip().splitlines()[-1])["hwm_kib"] / 1024
 
 
 def run(quick: bool = False) -> list[dict]:

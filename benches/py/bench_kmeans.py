@@ -130,17 +130,19 @@ class _ProgressRows(list):
 
 
 def _memory_probe(npy: str, k: int, max_iter: int, algorithm: str) -> dict:
-    """Fit in a fresh process; report the maxrss growth during fit and the
+    """Fit in a fresh process; report the peak-RSS (VmHWM) growth during fit and the
     peak of Python-tracked allocations (tracemalloc sees NumPy buffers)."""
-    code = f"""
-import json, resource, tracemalloc, numpy as np, bovw
+    from common import PEAK_RSS_SOURCE
+
+    code = PEAK_RSS_SOURCE + f"""
+import json, tracemalloc, numpy as np, bovw
 X = np.load({npy!r})
 init = np.ascontiguousarray(X[:{k}])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_kib()
 tracemalloc.start()
 km = bovw.KMeans({k}, init=init, n_init=1, max_iter={max_iter}, tol=0.0, algorithm={algorithm!r}).fit(X)
 _, peak = tracemalloc.get_traced_memory()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_rss_kib()
 print(json.dumps(dict(data_mb=X.nbytes / 2**20, rss_growth_mb=(after - before) / 1024, py_peak_mb=peak / 2**20)))
 """
     import bovw

@@ -37,6 +37,17 @@ def image_files(split: str = "Training", limit: int | None = None) -> list[Path]
 #: spinning for about 2^28 cycles (~0.1 s) after each BLAS call, and libgomp's
 #: and rayon's for shorter; without a pause the side timed next shares the
 #: cores with the previous side's spinning threads.
+# Source of ``peak_rss_kib()`` for the fresh processes that measure memory.
+# It reads VmHWM, not getrusage's ru_maxrss: Linux carries a parent's peak into
+# the child's ru_maxrss across fork + exec, so a child of a large benchmark
+# process would report its parent's peak. VmHWM is the peak of the child's own
+# address space.
+PEAK_RSS_SOURCE = """
+def peak_rss_kib():
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+"""
+
 SETTLE_S = 0.3
 
 
