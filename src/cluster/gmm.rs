@@ -189,53 +189,154 @@ pub struct PreparedGmm {
     gamma: f64,
 }
 
-/// Per-thread buffers of the E-step.
+/// Per-thread buffers of the E-step, and its output for one block of rows.
 #[derive(Default)]
 pub(crate) struct Scratch {
     a: Vec<f32>,
+    /// `f32` estimates of `q_k(x_r) - c_k`, `m x K`.
     buf: Vec<f32>,
-    /// `f32` estimates of `l_k` for the current row.
-    pub(crate) lhat: Vec<f64>,
-    err: Vec<f64>,
-    /// Components kept for the current row.
-    pub(crate) cand: Vec<u32>,
-    /// Their exact log-densities, then posteriors.
-    pub(crate) post: Vec<f64>,
+    /// Upper bounds `lhat_k + e_k` of the current row.
+    hi: Vec<f64>,
+    /// Lower bounds `lhat_k - e_k` of the current row.
+    low: Vec<f64>,
+    /// Candidates of the current row before they are appended to `cand`.
+    row_cand: Vec<u32>,
     /// The current row in `f64`.
-    pub(crate) x: Vec<f64>,
+    x: Vec<f64>,
+    /// Row `r`'s kept components are `cand[start[r]..start[r + 1]]`.
+    start: Vec<usize>,
+    /// Kept components of every row of the block, in increasing order per row.
+    cand: Vec<u32>,
+    /// Their posteriors.
+    post: Vec<f64>,
+    /// `ln p(x_r)` of every row of the block.
+    pub(crate) lse: Vec<f64>,
 }
 
-/// Exact `l_k(x)` by the direct formula (four accumulators).
-#[inline]
+impl Scratch {
+    /// Row `r`'s kept components and their posteriors.
+    #[inline(always)]
+    pub(crate) fn row(&self, r: usize) -> (&[u32], &[f64]) {
+        let (a, b) = (self.start[r], self.start[r + 1]);
+        (&self.cand[a..b], &self.post[a..b])
+    }
+
+    /// The `f32`-GEMM estimate of `l_j(x_r)`.
+    #[inline(always)]
+    pub(crate) fn lhat(&self, g: &PreparedGmm, r: usize, j: usize) -> f64 {
+        let q = self.buf[r * g.k + j] as f64 + g.c[j];
+        g.log_norm[j] - 0.5 * q
+    }
+}
+
+/// Whether the CPU has AVX2 (the kernels below then run an AVX2 build of
+/// the same arithmetic: no fused operations, so the same bits).
+#[inline(always)]
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Lanes of the `f64` accumulations: 16 independent sums, so that the
+/// additions (4 cycles of latency) do not wait on each other.
+const ACC: usize = 16;
+
+/// Exact `l_k(x)` by the direct formula, with [`ACC`] partial sums added
+/// as a tree.
+#[inline(always)]
 fn exact_log_density(g: &PreparedGmm, j: usize, x: &[f64]) -> f64 {
     let d = g.d;
     let p = &g.prec[j * d..(j + 1) * d];
     let m = &g.means[j * d..(j + 1) * d];
-    let mut acc = [0.0f64; 4];
-    let mut i = 0;
-    while i + 4 <= d {
-        for l in 0..4 {
-            let e = x[i + l] - m[i + l];
-            acc[l] += p[i + l] * e * e;
+    let x = &x[..d];
+    let mut acc = [0.0f64; ACC];
+    let whole = d - d % ACC;
+    for ((xc, mc), pc) in x[..whole].chunks_exact(ACC).zip(m[..whole].chunks_exact(ACC)).zip(p[..whole].chunks_exact(ACC)) {
+        for l in 0..ACC {
+            let e = xc[l] - mc[l];
+            acc[l] += pc[l] * e * e;
         }
-        i += 4;
     }
-    let mut q = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    while i < d {
-        let e = x[i] - m[i];
-        q += p[i] * e * e;
-        i += 1;
+    let mut w = ACC / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    let mut q = acc[0];
+    for t in whole..d {
+        let e = x[t] - m[t];
+        q += p[t] * e * e;
     }
     g.log_norm[j] - 0.5 * q
 }
 
-/// E-step on one block of rows (`m x d`, `m <= CHUNK`): for each row `r`
-/// calls `f(r, ln p(x_r), scratch)` with `scratch.cand` the kept components,
-/// `scratch.post` their posteriors, `scratch.lhat` the `f32` estimates of
-/// every `l_k` and `scratch.x` the row in `f64`.
-pub(crate) fn posteriors_block<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch, mut f: impl FnMut(usize, f64, &mut Scratch)) {
+/// `e^x` for `f64`, branch-free so that loops over it vectorise: `x = k ln 2
+/// + r` with `k` the nearest integer to `x / ln 2` and `|r| <= ln 2 / 2`
+/// (Cody and Waite's two-part `ln 2`: `k ln2_hi` is exact for `|k| <
+/// 2^21`), `e^r` by its Taylor series to `r^13` (truncation below `5e-18`
+/// relative), then times `2^k` built in the exponent bits (in two factors
+/// when the result is subnormal). Within a couple of units in the last
+/// place of `f64::exp` for normal results; 0 below `-745.2`, infinity above
+/// `709.79`, NaN for NaN.
+#[inline(always)]
+pub(crate) fn exp_f64(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1; // 0x3fe62e42fee00000: 32 significant bits
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: round to an integer
+    let xc = x.clamp(-746.0, 710.0);
+    let kb = xc * std::f64::consts::LOG2_E + MAGIC;
+    let k = kb - MAGIC;
+    let ki = (kb.to_bits() as i64).wrapping_sub(MAGIC.to_bits() as i64);
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let mut p = 1.0 / 6_227_020_800.0; // 1/13!
+    p = p * r + 1.0 / 479_001_600.0;
+    p = p * r + 1.0 / 39_916_800.0;
+    p = p * r + 1.0 / 3_628_800.0;
+    p = p * r + 1.0 / 362_880.0;
+    p = p * r + 1.0 / 40_320.0;
+    p = p * r + 1.0 / 5_040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // 2^k as 2^(k + 1000) * 2^-1000 when 2^k is not normal.
+    let small = ki < -1020;
+    let e = if small { ki + 1000 } else { ki };
+    let scale = f64::from_bits(((e + 1023) as u64) << 52);
+    let post = if small { f64::from_bits(((1023 - 1000) as u64) << 52) } else { 1.0 };
+    let y = p * scale * post;
+    let y = if x < -745.2 { 0.0 } else { y };
+    let y = if x > 709.79 { f64::INFINITY } else { y };
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+/// E-step on one block of rows (`m x d`, `m <= CHUNK`): afterwards
+/// `s.row(r)` gives row `r`'s kept components and their posteriors,
+/// `s.lse[r]` its `ln p(x_r)` and `s.lhat(g, r, j)` the `f32` estimate of
+/// every `l_j(x_r)`.
+pub(crate) fn posteriors_block<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch) {
     let (k, d) = (g.k, g.d);
     let m = rows.len() / d;
+    s.start.clear();
+    s.start.push(0);
+    s.cand.clear();
+    s.post.clear();
+    s.lse.clear();
     if m == 0 {
         return;
     }
@@ -250,59 +351,92 @@ pub(crate) fn posteriors_block<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scr
     }
     s.buf.resize(m * k, 0.0);
     gemm_abt(&s.a, &g.b, m, k, 2 * d, &mut s.buf);
-    s.lhat.resize(k, 0.0);
-    s.err.resize(k, 0.0);
+    s.hi.resize(k, 0.0);
+    s.low.resize(k, 0.0);
+    s.row_cand.resize(k, 0);
     s.x.resize(d, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { posterior_rows_avx2(rows, g, s) };
+            return;
+        }
+    }
+    posterior_rows(rows, g, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn posterior_rows_avx2<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch) {
+    posterior_rows(rows, g, s)
+}
+
+/// The row loop of [`posteriors_block`] (see the module docs): bounds from
+/// the `f32` estimates, the candidates, their exact log-densities, one
+/// [`exp_f64`] per candidate and the posteriors `e_j / sum_i e_i`.
+#[inline(always)]
+fn posterior_rows<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch) {
+    let (k, d) = (g.k, g.d);
+    let half_gamma = 0.5 * g.gamma;
     for (r, x) in rows.chunks_exact(d).enumerate() {
         for (xv, v) in s.x.iter_mut().zip(x) {
             *xv = v.to_f64();
         }
-        let mut lo = f64::NEG_INFINITY;
-        let mut finite = true;
+        let qrow = &s.buf[r * k..(r + 1) * k];
+        let mut bad = false;
         for j in 0..k {
-            let q = s.buf[r * k + j] as f64 + g.c[j];
+            let q = qrow[j] as f64 + g.c[j];
             let l = g.log_norm[j] - 0.5 * q;
-            let e = 0.5 * g.gamma * (4.0 * q.max(0.0) + 5.0 * g.c[j]);
-            s.lhat[j] = l;
-            s.err[j] = e;
-            if !q.is_finite() {
-                finite = false;
-            }
-            let low = l - e;
-            if low > lo {
-                lo = low;
+            let e = half_gamma * (4.0 * q.max(0.0) + 5.0 * g.c[j]);
+            s.hi[j] = l + e;
+            s.low[j] = l - e;
+            bad |= !q.is_finite();
+        }
+        // Lane-wise maximum of the lower bounds (NaN never wins).
+        let mut lo4 = [f64::NEG_INFINITY; 4];
+        let whole = k - k % 4;
+        for c in s.low[..whole].chunks_exact(4) {
+            for l in 0..4 {
+                lo4[l] = if c[l] > lo4[l] { c[l] } else { lo4[l] };
             }
         }
-        s.cand.clear();
-        s.post.clear();
-        if finite && lo.is_finite() {
+        let mut lo = f64::NEG_INFINITY;
+        for &v in lo4.iter().chain(&s.low[whole..]) {
+            lo = if v > lo { v } else { lo };
+        }
+        let base = s.cand.len();
+        if !bad && lo.is_finite() {
             let thr = lo - LOG_WINDOW;
+            // Branch-free compaction; NaN-safe: anything not provably below
+            // the window is kept.
+            let mut n = 0;
             for j in 0..k {
-                // NaN-safe: anything not provably below the window is kept.
-                if !(s.lhat[j] + s.err[j] < thr) {
-                    s.cand.push(j as u32);
-                }
+                s.row_cand[n] = j as u32;
+                n += !(s.hi[j] < thr) as usize;
             }
+            s.cand.extend_from_slice(&s.row_cand[..n]);
         } else {
             s.cand.extend(0..k as u32);
         }
         let mut best = f64::NEG_INFINITY;
-        for &j in &s.cand {
+        for &j in &s.cand[base..] {
             let l = exact_log_density(g, j as usize, &s.x);
             s.post.push(l);
             if l > best {
                 best = l;
             }
         }
-        let mut sum = 0.0;
-        for l in &s.post {
-            sum += (l - best).exp();
+        let post = &mut s.post[base..];
+        for v in post.iter_mut() {
+            *v = exp_f64(*v - best);
         }
-        let lse = best + sum.ln();
-        for l in s.post.iter_mut() {
-            *l = (*l - lse).exp();
+        let sum: f64 = post.iter().sum();
+        for v in post.iter_mut() {
+            *v /= sum;
         }
-        f(r, lse, s);
+        s.lse.push(best + sum.ln());
+        s.start.push(s.cand.len());
     }
 }
 
@@ -391,7 +525,7 @@ fn reduce_parts<T: Real>(
     out
 }
 
-#[inline]
+#[inline(always)]
 fn axpy2(r: f64, x: &[f64], s1: &mut [f64], s2: &mut [f64]) {
     for ((a, b), &v) in s1.iter_mut().zip(s2.iter_mut()).zip(x) {
         let rv = r * v;
@@ -417,19 +551,47 @@ pub fn suff_stats<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<SuffSta
     let k = g.k;
     Ok(reduce_parts(x, d, k, |_, rows, st| {
         let mut s = Scratch::default();
+        let mut xf = vec![0f64; d];
+        let avx2 = has_avx2();
         for block in rows.chunks(CHUNK * d) {
-            posteriors_block(block, g, &mut s, |_, lse, s| {
-                st.log_likelihood += lse;
-                for (&j, &r) in s.cand.iter().zip(&s.post) {
-                    let j = j as usize;
-                    if r > 0.0 {
-                        st.nk[j] += r;
-                        axpy2(r, &s.x, &mut st.s1[j * d..(j + 1) * d], &mut st.s2[j * d..(j + 1) * d]);
-                    }
+            posteriors_block(block, g, &mut s);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if avx2 {
+                    // SAFETY: the CPU supports AVX2 (checked by `has_avx2`).
+                    unsafe { accumulate_block_avx2(block, &s, st, &mut xf) };
+                    continue;
                 }
-            });
+            }
+            let _ = avx2;
+            accumulate_block(block, &s, st, &mut xf);
         }
     }))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_block_avx2<T: Real>(rows: &[T], s: &Scratch, st: &mut SuffStats, xf: &mut [f64]) {
+    accumulate_block(rows, s, st, xf)
+}
+
+/// Add one block's posteriors to the statistics: `N_k += gamma`,
+/// `S1_k += gamma x`, `S2_k += gamma x^2`, row by row in order.
+#[inline(always)]
+fn accumulate_block<T: Real>(rows: &[T], s: &Scratch, st: &mut SuffStats, xf: &mut [f64]) {
+    let d = xf.len();
+    for (r, x) in rows.chunks_exact(d).enumerate() {
+        xf.iter_mut().zip(x).for_each(|(a, v)| *a = v.to_f64());
+        st.log_likelihood += s.lse[r];
+        let (cand, post) = s.row(r);
+        for (&j, &p) in cand.iter().zip(post) {
+            let j = j as usize;
+            if p > 0.0 {
+                st.nk[j] += p;
+                axpy2(p, xf, &mut st.s1[j * d..(j + 1) * d], &mut st.s2[j * d..(j + 1) * d]);
+            }
+        }
+    }
 }
 
 /// Statistics of a hard assignment (`labels[i]` in `0..k`, or `-1` for
@@ -637,18 +799,20 @@ pub fn log_prob_resp<T: Real>(x: &[T], d: usize, g: &PreparedGmm, resp: bool) ->
     x.par_chunks(CHUNK * d).zip(lp.par_chunks_mut(CHUNK)).zip(rs_iter.into_par_iter()).for_each_init(
         Scratch::default,
         |s, ((block, lpb), mut rb)| {
-            posteriors_block(block, g, s, |r, lse, s| {
-                lpb[r] = lse;
-                if let Some(rb) = rb.as_deref_mut() {
-                    let row = &mut rb[r * k..(r + 1) * k];
-                    for (v, &l) in row.iter_mut().zip(&s.lhat) {
-                        *v = (l - lse).exp();
+            posteriors_block(block, g, s);
+            lpb.copy_from_slice(&s.lse);
+            if let Some(rb) = rb.as_deref_mut() {
+                for (r, row) in rb.chunks_exact_mut(k).enumerate() {
+                    let lse = s.lse[r];
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = (s.lhat(g, r, j) - lse).exp();
                     }
-                    for (&j, &p) in s.cand.iter().zip(&s.post) {
+                    let (cand, post) = s.row(r);
+                    for (&j, &p) in cand.iter().zip(post) {
                         row[j as usize] = p;
                     }
                 }
-            });
+            }
         },
     );
     Ok((lp, if resp { Some(rs) } else { None }))
@@ -669,15 +833,17 @@ pub fn predict<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<Vec<u32>> 
     }
     let mut labels = vec![0u32; n];
     x.par_chunks(CHUNK * d).zip(labels.par_chunks_mut(CHUNK)).for_each_init(Scratch::default, |s, (block, lb)| {
-        posteriors_block(block, g, s, |r, _, s| {
+        posteriors_block(block, g, s);
+        for (r, l) in lb.iter_mut().enumerate() {
+            let (cand, post) = s.row(r);
             let mut best = (u32::MAX, f64::NEG_INFINITY);
-            for (&j, &p) in s.cand.iter().zip(&s.post) {
+            for (&j, &p) in cand.iter().zip(post) {
                 if p > best.1 || (p == best.1 && j < best.0) {
                     best = (j, p);
                 }
             }
-            lb[r] = best.0;
-        });
+            *l = best.0;
+        }
     });
     Ok(labels)
 }

@@ -35,8 +35,8 @@
 use rayon::prelude::*;
 
 use super::pyramid::Layout;
-use super::{check_batch, l2_normalize, signed_sqrt, width_error};
-use crate::cluster::gmm::{posteriors_block, DiagGmm, Scratch};
+use super::{check_batch, signed_sqrt, width_error};
+use crate::cluster::gmm::{has_avx2, posteriors_block, DiagGmm, PreparedGmm, Scratch};
 use crate::cluster::kmeans::CHUNK;
 use crate::error::{BovwError, Result};
 
@@ -101,76 +101,201 @@ pub fn fisher(values: &[f32], offsets: &[usize], d: usize, gmm: &DiagGmm, opts: 
     if width == 0 {
         return Ok(out);
     }
-    let thr = opts.posterior_threshold;
+    let ctx = Ctx {
+        values,
+        offsets,
+        d,
+        k,
+        pg: &pg,
+        keep: &keep,
+        weights: &gmm.weights,
+        sqrt_prec: &sqrt_prec,
+        layout,
+        levels,
+        cell_weights: &cw,
+        opts,
+    };
+    let avx2 = has_avx2();
     out.par_chunks_mut(width).enumerate().with_max_len(1).for_each_init(
-        || (vec![0f64; width], vec![0usize; n_cells], Scratch::default(), vec![0f64; d]),
-        |(enc, count, s, z), (i, row)| {
-            let (o0, o1) = (offsets[i], offsets[i + 1]);
-            if o1 == o0 {
-                return;
-            }
-            enc.iter_mut().for_each(|v| *v = 0.0);
-            count.iter_mut().for_each(|v| *v = 0);
-            let cells = layout.cells(i, o0..o1);
-            for &c in &cells {
-                count[c] += 1;
-            }
-            let mut b0 = o0;
-            while b0 < o1 {
-                let b1 = (b0 + CHUNK).min(o1);
-                posteriors_block(&values[b0 * d..b1 * d], &pg, s, |r, _, s| {
-                    let rc = &cells[(b0 + r - o0) * levels..(b0 + r - o0 + 1) * levels];
-                    for (&j, &p) in s.cand.iter().zip(&s.post) {
-                        let j = j as usize;
-                        if p < thr || !keep[j] {
-                            continue;
-                        }
-                        let mu = &pg.means[j * d..(j + 1) * d];
-                        let sp = &sqrt_prec[j * d..(j + 1) * d];
-                        for t in 0..d {
-                            z[t] = (s.x[t] - mu[t]) * sp[t];
-                        }
-                        for &c in rc {
-                            let base = c * block;
-                            let (u, v) = enc[base..base + block].split_at_mut(k * d);
-                            let u = &mut u[j * d..(j + 1) * d];
-                            let v = &mut v[j * d..(j + 1) * d];
-                            for t in 0..d {
-                                let zt = z[t];
-                                u[t] += p * zt;
-                                v[t] += p * (zt * zt - 1.0);
-                            }
-                        }
-                    }
-                });
-                b0 = b1;
-            }
-            for (c, (ec, oc)) in enc.chunks_mut(block).zip(row.chunks_mut(block)).enumerate() {
-                let n = count[c] as f64;
-                if n > 0.0 {
-                    let (u, v) = ec.split_at_mut(k * d);
-                    for j in 0..k {
-                        let w = gmm.weights[j];
-                        if !keep[j] {
-                            continue;
-                        }
-                        let (fu, fv) = (1.0 / (n * w.sqrt()), 1.0 / (n * (2.0 * w).sqrt()));
-                        u[j * d..(j + 1) * d].iter_mut().for_each(|z| *z *= fu);
-                        v[j * d..(j + 1) * d].iter_mut().for_each(|z| *z *= fv);
-                    }
+        || ImageScratch {
+            enc: vec![0f64; width],
+            count: vec![0usize; n_cells],
+            used: vec![false; n_cells * k],
+            used_list: vec![Vec::new(); n_cells],
+            s: Scratch::default(),
+            z: vec![0f64; d],
+        },
+        |w, (i, row)| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if avx2 {
+                    // SAFETY: the CPU supports AVX2 (checked by `has_avx2`).
+                    unsafe { encode_image_avx2(&ctx, w, i, row) };
+                    return;
                 }
-                if opts.square_root {
-                    signed_sqrt(ec);
-                }
-                if opts.normalize {
-                    l2_normalize(ec);
-                }
-                let sc = cw[c];
-                oc.iter_mut().zip(ec.iter()).for_each(|(o, &v)| *o = (v * sc) as f32);
             }
+            let _ = avx2;
+            encode_image(&ctx, w, i, row);
         },
     );
     Ok(out)
+}
+
+/// What every image's encoding reads.
+struct Ctx<'a> {
+    values: &'a [f32],
+    offsets: &'a [usize],
+    d: usize,
+    k: usize,
+    pg: &'a PreparedGmm,
+    keep: &'a [bool],
+    weights: &'a [f64],
+    sqrt_prec: &'a [f64],
+    layout: &'a Layout<'a>,
+    levels: usize,
+    cell_weights: &'a [f64],
+    opts: &'a FisherOptions,
+}
+
+/// Per-thread buffers of [`encode_image`]; `enc` is all zeros and `used`
+/// all false between images.
+struct ImageScratch {
+    /// The `f64` sums of every cell (`n_cells x 2 K d`).
+    enc: Vec<f64>,
+    /// Descriptors per cell.
+    count: Vec<usize>,
+    /// Whether component `j` of cell `c` received a posterior (`c * K + j`).
+    used: Vec<bool>,
+    /// Those components, per cell.
+    used_list: Vec<Vec<u32>>,
+    s: Scratch,
+    /// `(x - mu_k) / sigma_k` of the current descriptor.
+    z: Vec<f64>,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_image_avx2(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
+    encode_image(c, w, i, row)
+}
+
+/// The Fisher vector of image `i` into `row` (all zeros on entry). Only the
+/// components that received a posterior in a cell are accumulated,
+/// normalised and written: the others are zero blocks, and zeros change
+/// neither the sums nor the norm.
+#[inline(always)]
+fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
+    let (d, k, levels) = (c.d, c.k, c.levels);
+    let (o0, o1) = (c.offsets[i], c.offsets[i + 1]);
+    if o1 == o0 {
+        return;
+    }
+    let block = 2 * k * d;
+    let thr = c.opts.posterior_threshold;
+    let cells = c.layout.cells(i, o0..o1);
+    for &cell in &cells {
+        w.count[cell] += 1;
+    }
+    let mut b0 = o0;
+    while b0 < o1 {
+        let b1 = (b0 + CHUNK).min(o1);
+        let rows = &c.values[b0 * d..b1 * d];
+        posteriors_block(rows, c.pg, &mut w.s);
+        for (r, x) in rows.chunks_exact(d).enumerate() {
+            let rc = &cells[(b0 + r - o0) * levels..(b0 + r - o0 + 1) * levels];
+            let (cand, post) = w.s.row(r);
+            for (&j, &p) in cand.iter().zip(post) {
+                let j = j as usize;
+                if p < thr || !c.keep[j] {
+                    continue;
+                }
+                let mu = &c.pg.means[j * d..(j + 1) * d];
+                let sp = &c.sqrt_prec[j * d..(j + 1) * d];
+                for t in 0..d {
+                    w.z[t] = (x[t] as f64 - mu[t]) * sp[t];
+                }
+                for &cell in rc {
+                    if !w.used[cell * k + j] {
+                        w.used[cell * k + j] = true;
+                        w.used_list[cell].push(j as u32);
+                    }
+                    let base = cell * block;
+                    let (u, v) = w.enc[base..base + block].split_at_mut(k * d);
+                    let u = &mut u[j * d..(j + 1) * d];
+                    let v = &mut v[j * d..(j + 1) * d];
+                    for t in 0..d {
+                        let zt = w.z[t];
+                        u[t] += p * zt;
+                        v[t] += p * (zt * zt - 1.0);
+                    }
+                }
+            }
+        }
+        b0 = b1;
+    }
+    for (cell, oc) in row.chunks_mut(block).enumerate() {
+        let n = w.count[cell] as f64;
+        w.count[cell] = 0;
+        let list = &mut w.used_list[cell];
+        if list.is_empty() {
+            continue;
+        }
+        // Increasing components: the norm adds the non-zero values in the
+        // order of the dense vector.
+        list.sort_unstable();
+        let ec = &mut w.enc[cell * block..(cell + 1) * block];
+        let (u, v) = ec.split_at_mut(k * d);
+        for &j in list.iter() {
+            let j = j as usize;
+            let wj = c.weights[j];
+            let (fu, fv) = (1.0 / (n * wj.sqrt()), 1.0 / (n * (2.0 * wj).sqrt()));
+            for (half, f) in [(&mut *u, fu), (&mut *v, fv)] {
+                let z = &mut half[j * d..(j + 1) * d];
+                z.iter_mut().for_each(|z| *z *= f);
+                if c.opts.square_root {
+                    signed_sqrt(z);
+                }
+            }
+        }
+        let scale = c.cell_weights[cell];
+        if c.opts.normalize {
+            let mut ss = 0.0;
+            for half in [&*u, &*v] {
+                for &j in list.iter() {
+                    let j = j as usize;
+                    for z in &half[j * d..(j + 1) * d] {
+                        ss += z * z;
+                    }
+                }
+            }
+            let norm = ss.sqrt().max(1e-12);
+            let (ou, ov) = oc.split_at_mut(k * d);
+            for (half, out) in [(&mut *u, ou), (&mut *v, ov)] {
+                for &j in list.iter() {
+                    let j = j as usize;
+                    for (o, z) in out[j * d..(j + 1) * d].iter_mut().zip(&mut half[j * d..(j + 1) * d]) {
+                        *o = (*z / norm * scale) as f32;
+                        *z = 0.0;
+                    }
+                }
+            }
+        } else {
+            let (ou, ov) = oc.split_at_mut(k * d);
+            for (half, out) in [(&mut *u, ou), (&mut *v, ov)] {
+                for &j in list.iter() {
+                    let j = j as usize;
+                    for (o, z) in out[j * d..(j + 1) * d].iter_mut().zip(&mut half[j * d..(j + 1) * d]) {
+                        *o = (*z * scale) as f32;
+                        *z = 0.0;
+                    }
+                }
+            }
+        }
+        for &j in list.iter() {
+            w.used[cell * k + j as usize] = false;
+        }
+        list.clear();
+    }
 }
 
 #[cfg(test)]
