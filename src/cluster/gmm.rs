@@ -243,18 +243,20 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
-/// Lanes of the `f64` accumulations: 16 independent sums, so that the
-/// additions (4 cycles of latency) do not wait on each other.
+/// Partial sums of the exact distances: 16 independent sums (four 256-bit
+/// vectors), so that the additions (4 cycles of latency) do not wait on
+/// each other.
 const ACC: usize = 16;
 
-/// Exact `l_k(x)` by the direct formula, with [`ACC`] partial sums added
-/// as a tree.
+/// `q = sum_t p_t (x_t - m_t)^2` with [`ACC`] partial sums (value `t` goes
+/// to sum `t mod ACC` while `t < d - d mod ACC`), added as a tree
+/// (`s_l += s_{l+8}`, then `s_l += s_{l+4}`, `+2`, `+1`), then the rest of
+/// the values in order. [`sq_mahalanobis_avx2`] computes the same sums in
+/// the same order.
 #[inline(always)]
-fn exact_log_density(g: &PreparedGmm, j: usize, x: &[f64]) -> f64 {
-    let d = g.d;
-    let p = &g.prec[j * d..(j + 1) * d];
-    let m = &g.means[j * d..(j + 1) * d];
-    let x = &x[..d];
+fn sq_mahalanobis(x: &[f64], m: &[f64], p: &[f64]) -> f64 {
+    let d = x.len();
+    let (m, p) = (&m[..d], &p[..d]);
     let mut acc = [0.0f64; ACC];
     let whole = d - d % ACC;
     for ((xc, mc), pc) in x[..whole].chunks_exact(ACC).zip(m[..whole].chunks_exact(ACC)).zip(p[..whole].chunks_exact(ACC)) {
@@ -275,7 +277,58 @@ fn exact_log_density(g: &PreparedGmm, j: usize, x: &[f64]) -> f64 {
         let e = x[t] - m[t];
         q += p[t] * e * e;
     }
-    g.log_norm[j] - 0.5 * q
+    q
+}
+
+/// [`sq_mahalanobis`] with 256-bit vectors (the same bits).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn sq_mahalanobis_avx2(x: &[f64], m: &[f64], p: &[f64]) -> f64 {
+    use std::arch::x86_64::*;
+    let d = x.len();
+    let (m, p) = (&m[..d], &p[..d]);
+    let whole = d - d % ACC;
+    let (xp, mp, pp) = (x.as_ptr(), m.as_ptr(), p.as_ptr());
+    let mut a = [_mm256_setzero_pd(); 4];
+    let mut t = 0;
+    while t < whole {
+        for (v, acc) in a.iter_mut().enumerate() {
+            // SAFETY: t + 4 v + 4 <= whole <= d, the length of all three.
+            let o = t + 4 * v;
+            let e = _mm256_sub_pd(_mm256_loadu_pd(xp.add(o)), _mm256_loadu_pd(mp.add(o)));
+            *acc = _mm256_add_pd(*acc, _mm256_mul_pd(_mm256_mul_pd(_mm256_loadu_pd(pp.add(o)), e), e));
+        }
+        t += ACC;
+    }
+    let s0 = _mm256_add_pd(a[0], a[2]);
+    let s1 = _mm256_add_pd(a[1], a[3]);
+    let s = _mm256_add_pd(s0, s1);
+    let h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    let mut q = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for t in whole..d {
+        let e = x[t] - m[t];
+        q += p[t] * e * e;
+    }
+    q
+}
+
+/// Exact `l_k(x)` by the direct formula (see [`sq_mahalanobis`]).
+#[inline(always)]
+fn exact_log_density<const AVX2: bool>(g: &PreparedGmm, j: usize, x: &[f64]) -> f64 {
+    let d = g.d;
+    let (p, m) = (&g.prec[j * d..(j + 1) * d], &g.means[j * d..(j + 1) * d]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if AVX2 {
+            // SAFETY: AVX2 is only true in code the CPU check selected.
+            return g.log_norm[j] - 0.5 * unsafe { sq_mahalanobis_avx2(x, m, p) };
+        }
+    }
+    g.log_norm[j] - 0.5 * sq_mahalanobis(x, m, p)
 }
 
 /// `e^x` for `f64`, branch-free so that loops over it vectorise: `x = k ln 2
@@ -363,80 +416,83 @@ pub(crate) fn posteriors_block<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scr
             return;
         }
     }
-    posterior_rows(rows, g, s)
+    posterior_rows::<T, false>(rows, g, s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn posterior_rows_avx2<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch) {
-    posterior_rows(rows, g, s)
+    posterior_rows::<T, true>(rows, g, s)
 }
 
 /// The row loop of [`posteriors_block`] (see the module docs): bounds from
 /// the `f32` estimates, the candidates, their exact log-densities, one
 /// [`exp_f64`] per candidate and the posteriors `e_j / sum_i e_i`.
 #[inline(always)]
-fn posterior_rows<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scratch) {
+fn posterior_rows<T: Real, const AVX2: bool>(rows: &[T], g: &PreparedGmm, s: &mut Scratch) {
     let (k, d) = (g.k, g.d);
     let half_gamma = 0.5 * g.gamma;
+    let Scratch { buf, hi, low, row_cand, x: xs, start, cand, post, lse, .. } = s;
+    let (hi, low, row_cand, xs) = (&mut hi[..k], &mut low[..k], &mut row_cand[..k], &mut xs[..d]);
+    let (c, log_norm) = (&g.c[..k], &g.log_norm[..k]);
     for (r, x) in rows.chunks_exact(d).enumerate() {
-        for (xv, v) in s.x.iter_mut().zip(x) {
+        for (xv, v) in xs.iter_mut().zip(x) {
             *xv = v.to_f64();
         }
-        let qrow = &s.buf[r * k..(r + 1) * k];
+        let qrow = &buf[r * k..(r + 1) * k];
         let mut bad = false;
         for j in 0..k {
-            let q = qrow[j] as f64 + g.c[j];
-            let l = g.log_norm[j] - 0.5 * q;
-            let e = half_gamma * (4.0 * q.max(0.0) + 5.0 * g.c[j]);
-            s.hi[j] = l + e;
-            s.low[j] = l - e;
+            let q = qrow[j] as f64 + c[j];
+            let l = log_norm[j] - 0.5 * q;
+            let e = half_gamma * (4.0 * q.max(0.0) + 5.0 * c[j]);
+            hi[j] = l + e;
+            low[j] = l - e;
             bad |= !q.is_finite();
         }
         // Lane-wise maximum of the lower bounds (NaN never wins).
         let mut lo4 = [f64::NEG_INFINITY; 4];
         let whole = k - k % 4;
-        for c in s.low[..whole].chunks_exact(4) {
+        for c in low[..whole].chunks_exact(4) {
             for l in 0..4 {
                 lo4[l] = if c[l] > lo4[l] { c[l] } else { lo4[l] };
             }
         }
         let mut lo = f64::NEG_INFINITY;
-        for &v in lo4.iter().chain(&s.low[whole..]) {
+        for &v in lo4.iter().chain(&low[whole..]) {
             lo = if v > lo { v } else { lo };
         }
-        let base = s.cand.len();
+        let base = cand.len();
         if !bad && lo.is_finite() {
             let thr = lo - LOG_WINDOW;
             // Branch-free compaction; NaN-safe: anything not provably below
             // the window is kept.
             let mut n = 0;
-            for j in 0..k {
-                s.row_cand[n] = j as u32;
-                n += !(s.hi[j] < thr) as usize;
+            for (j, &h) in hi.iter().enumerate() {
+                row_cand[n] = j as u32;
+                n += !(h < thr) as usize;
             }
-            s.cand.extend_from_slice(&s.row_cand[..n]);
+            cand.extend_from_slice(&row_cand[..n]);
         } else {
-            s.cand.extend(0..k as u32);
+            cand.extend(0..k as u32);
         }
         let mut best = f64::NEG_INFINITY;
-        for &j in &s.cand[base..] {
-            let l = exact_log_density(g, j as usize, &s.x);
-            s.post.push(l);
+        for &j in &cand[base..] {
+            let l = exact_log_density::<AVX2>(g, j as usize, xs);
+            post.push(l);
             if l > best {
                 best = l;
             }
         }
-        let post = &mut s.post[base..];
-        for v in post.iter_mut() {
+        let p = &mut post[base..];
+        for v in p.iter_mut() {
             *v = exp_f64(*v - best);
         }
-        let sum: f64 = post.iter().sum();
-        for v in post.iter_mut() {
+        let sum: f64 = p.iter().sum();
+        for v in p.iter_mut() {
             *v /= sum;
         }
-        s.lse.push(best + sum.ln());
-        s.start.push(s.cand.len());
+        lse.push(best + sum.ln());
+        start.push(cand.len());
     }
 }
 
@@ -551,7 +607,7 @@ pub fn suff_stats<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<SuffSta
     let k = g.k;
     Ok(reduce_parts(x, d, k, |_, rows, st| {
         let mut s = Scratch::default();
-        let mut xf = vec![0f64; d];
+        let mut ms = MStepScratch::default();
         let avx2 = has_avx2();
         for block in rows.chunks(CHUNK * d) {
             posteriors_block(block, g, &mut s);
@@ -559,38 +615,167 @@ pub fn suff_stats<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<SuffSta
             {
                 if avx2 {
                     // SAFETY: the CPU supports AVX2 (checked by `has_avx2`).
-                    unsafe { accumulate_block_avx2(block, &s, st, &mut xf) };
+                    unsafe { accumulate_block_avx2(block, &s, st, &mut ms) };
                     continue;
                 }
             }
             let _ = avx2;
-            accumulate_block(block, &s, st, &mut xf);
+            accumulate_block::<T, false>(block, &s, st, &mut ms);
         }
     }))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn accumulate_block_avx2<T: Real>(rows: &[T], s: &Scratch, st: &mut SuffStats, xf: &mut [f64]) {
-    accumulate_block(rows, s, st, xf)
+/// Buffers of [`accumulate_block`]: the block's posteriors by component.
+#[derive(Default)]
+struct MStepScratch {
+    /// The block in `f64`, `m x d`.
+    xf: Vec<f64>,
+    /// Component `j`'s entries are `at[j]..at[j + 1]` of `rows` and `post`.
+    at: Vec<usize>,
+    /// Fill pointers while sorting.
+    fill: Vec<usize>,
+    rows: Vec<u32>,
+    post: Vec<f64>,
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_block_avx2<T: Real>(rows: &[T], s: &Scratch, st: &mut SuffStats, ms: &mut MStepScratch) {
+    accumulate_block::<T, true>(rows, s, st, ms)
+}
+
+/// Values per chunk of [`accumulate_block`]: two sums of 16 `f64` (eight
+/// 256-bit registers) stay in registers while a component's rows are added.
+const MCHUNK: usize = 16;
+
 /// Add one block's posteriors to the statistics: `N_k += gamma`,
-/// `S1_k += gamma x`, `S2_k += gamma x^2`, row by row in order.
+/// `S1_k += gamma x`, `S2_k += gamma x^2` (as `(gamma x) x`). The block's
+/// (row, component, posterior) triples are sorted by component (rows stay
+/// in order), and each component's sums are updated [`MCHUNK`] values at a
+/// time with every row in turn, in registers: every sum receives the same
+/// terms in the same order as row by row, so the bits do not depend on
+/// this blocking.
 #[inline(always)]
-fn accumulate_block<T: Real>(rows: &[T], s: &Scratch, st: &mut SuffStats, xf: &mut [f64]) {
-    let d = xf.len();
-    for (r, x) in rows.chunks_exact(d).enumerate() {
-        xf.iter_mut().zip(x).for_each(|(a, v)| *a = v.to_f64());
+fn accumulate_block<T: Real, const AVX2: bool>(rows: &[T], s: &Scratch, st: &mut SuffStats, ms: &mut MStepScratch) {
+    let d = st.s1.len() / st.nk.len().max(1);
+    let k = st.nk.len();
+    let m = rows.len() / d;
+    ms.xf.resize(m * d, 0.0);
+    ms.xf.iter_mut().zip(rows).for_each(|(a, v)| *a = v.to_f64());
+    ms.at.clear();
+    ms.at.resize(k + 1, 0);
+    for r in 0..m {
         st.log_likelihood += s.lse[r];
         let (cand, post) = s.row(r);
         for (&j, &p) in cand.iter().zip(post) {
-            let j = j as usize;
             if p > 0.0 {
-                st.nk[j] += p;
-                axpy2(p, xf, &mut st.s1[j * d..(j + 1) * d], &mut st.s2[j * d..(j + 1) * d]);
+                ms.at[j as usize + 1] += 1;
             }
         }
+    }
+    for j in 0..k {
+        ms.at[j + 1] += ms.at[j];
+    }
+    let nnz = ms.at[k];
+    ms.rows.resize(nnz, 0);
+    ms.post.resize(nnz, 0.0);
+    ms.fill.clear();
+    ms.fill.extend_from_slice(&ms.at[..k]);
+    for r in 0..m {
+        let (cand, post) = s.row(r);
+        for (&j, &p) in cand.iter().zip(post) {
+            if p > 0.0 {
+                let f = &mut ms.fill[j as usize];
+                ms.rows[*f] = r as u32;
+                ms.post[*f] = p;
+                *f += 1;
+            }
+        }
+    }
+    let whole = d - d % MCHUNK;
+    for j in 0..k {
+        let (e0, e1) = (ms.at[j], ms.at[j + 1]);
+        if e0 == e1 {
+            continue;
+        }
+        let (er, ep) = (&ms.rows[e0..e1], &ms.post[e0..e1]);
+        for &p in ep {
+            st.nk[j] += p;
+        }
+        let s1 = &mut st.s1[j * d..(j + 1) * d];
+        let s2 = &mut st.s2[j * d..(j + 1) * d];
+        let mut t0 = 0;
+        while t0 < whole {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if AVX2 {
+                    // SAFETY: AVX2 is only true in code the CPU check
+                    // selected; t0 + MCHUNK <= d.
+                    unsafe { add_chunk_avx2(&ms.xf, d, t0, er, ep, s1, s2) };
+                    t0 += MCHUNK;
+                    continue;
+                }
+            }
+            add_chunk(&ms.xf, d, t0, MCHUNK, er, ep, s1, s2);
+            t0 += MCHUNK;
+        }
+        if whole < d {
+            add_chunk(&ms.xf, d, whole, d - whole, er, ep, s1, s2);
+        }
+    }
+}
+
+/// `s1[t] += (p x_t)`, `s2[t] += (p x_t) x_t` for `t` in `t0..t0 + w`, for
+/// every entry (row of `xf`, posterior `p`) in order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_chunk(xf: &[f64], d: usize, t0: usize, w: usize, er: &[u32], ep: &[f64], s1: &mut [f64], s2: &mut [f64]) {
+    let mut a = [0.0f64; MCHUNK];
+    let mut b = [0.0f64; MCHUNK];
+    a[..w].copy_from_slice(&s1[t0..t0 + w]);
+    b[..w].copy_from_slice(&s2[t0..t0 + w]);
+    for (&r, &p) in er.iter().zip(ep) {
+        let x = &xf[r as usize * d + t0..r as usize * d + t0 + w];
+        for l in 0..w {
+            let rv = p * x[l];
+            a[l] += rv;
+            b[l] += rv * x[l];
+        }
+    }
+    s1[t0..t0 + w].copy_from_slice(&a[..w]);
+    s2[t0..t0 + w].copy_from_slice(&b[..w]);
+}
+
+/// [`add_chunk`] for `w = MCHUNK` with 256-bit vectors (the same bits).
+///
+/// # Safety
+/// The CPU must support AVX2; `t0 + MCHUNK <= d`, every row of `er` is a
+/// row of `xf` (`m x d`), and `s1`, `s2` have `d` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_chunk_avx2(xf: &[f64], d: usize, t0: usize, er: &[u32], ep: &[f64], s1: &mut [f64], s2: &mut [f64]) {
+    use std::arch::x86_64::*;
+    let (p1, p2) = (s1.as_mut_ptr().add(t0), s2.as_mut_ptr().add(t0));
+    let mut a = [_mm256_setzero_pd(); 4];
+    let mut b = [_mm256_setzero_pd(); 4];
+    for v in 0..4 {
+        a[v] = _mm256_loadu_pd(p1.add(4 * v));
+        b[v] = _mm256_loadu_pd(p2.add(4 * v));
+    }
+    for (&r, &p) in er.iter().zip(ep) {
+        let xp = xf.as_ptr().add(r as usize * d + t0);
+        let pv = _mm256_set1_pd(p);
+        for v in 0..4 {
+            let x = _mm256_loadu_pd(xp.add(4 * v));
+            let rv = _mm256_mul_pd(pv, x);
+            a[v] = _mm256_add_pd(a[v], rv);
+            b[v] = _mm256_add_pd(b[v], _mm256_mul_pd(rv, x));
+        }
+    }
+    for v in 0..4 {
+        _mm256_storeu_pd(p1.add(4 * v), a[v]);
+        _mm256_storeu_pd(p2.add(4 * v), b[v]);
     }
 }
 
