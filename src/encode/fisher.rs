@@ -211,8 +211,9 @@ fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
                 }
                 let mu = &c.pg.means[j * d..(j + 1) * d];
                 let sp = &c.sqrt_prec[j * d..(j + 1) * d];
-                for t in 0..d {
-                    w.z[t] = (x[t] as f64 - mu[t]) * sp[t];
+                let z = &mut w.z[..d];
+                for (((z, &xt), &m), &s) in z.iter_mut().zip(x).zip(mu).zip(sp) {
+                    *z = (xt as f64 - m) * s;
                 }
                 for &cell in rc {
                     if !w.used[cell * k + j] {
@@ -223,10 +224,9 @@ fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
                     let (u, v) = w.enc[base..base + block].split_at_mut(k * d);
                     let u = &mut u[j * d..(j + 1) * d];
                     let v = &mut v[j * d..(j + 1) * d];
-                    for t in 0..d {
-                        let zt = w.z[t];
-                        u[t] += p * zt;
-                        v[t] += p * (zt * zt - 1.0);
+                    for ((u, v), &zt) in u.iter_mut().zip(v.iter_mut()).zip(&*z) {
+                        *u += p * zt;
+                        *v += p * (zt * zt - 1.0);
                     }
                 }
             }
