@@ -103,107 +103,201 @@ pub fn fisher(values: &[f32], offsets: &[usize], d: usize, gmm: &DiagGmm, opts: 
     }
     let ctx = Ctx {
         values,
-        offsets,
         d,
         k,
         pg: &pg,
         keep: &keep,
         weights: &gmm.weights,
         sqrt_prec: &sqrt_prec,
-        layout,
         levels,
         cell_weights: &cw,
         opts,
     };
     let avx2 = has_avx2();
+    // Images with up to PART descriptors: one task each. Larger ones are
+    // left to the second pass.
     out.par_chunks_mut(width).enumerate().with_max_len(1).for_each_init(
-        || ImageScratch {
-            enc: vec![0f64; width],
-            count: vec![0usize; n_cells],
-            used: vec![false; n_cells * k],
-            used_list: vec![Vec::new(); n_cells],
-            s: Scratch::default(),
-            z: vec![0f64; d],
-        },
+        || Worker::new(width, n_cells, k, d),
         |w, (i, row)| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if avx2 {
-                    // SAFETY: the CPU supports AVX2 (checked by `has_avx2`).
-                    unsafe { encode_image_avx2(&ctx, w, i, row) };
-                    return;
-                }
+            let (o0, o1) = (offsets[i], offsets[i + 1]);
+            if o1 == o0 || o1 - o0 > PART {
+                return;
             }
-            let _ = avx2;
-            encode_image(&ctx, w, i, row);
+            let cells = layout.cells(i, o0..o1);
+            for &cell in &cells {
+                w.count[cell] += 1;
+            }
+            accumulate_any(avx2, &ctx, &mut w.acc, &mut w.s, &mut w.z, o0, o1, &cells);
+            finish_any(avx2, &ctx, &mut w.acc, &mut w.count, row);
         },
     );
+    // Larger images: their descriptors cut into parts (sizes from the
+    // number of descriptors only) summed in parallel, then added in order.
+    for (i, row) in out.chunks_mut(width).enumerate() {
+        let (o0, o1) = (offsets[i], offsets[i + 1]);
+        if o1 - o0 <= PART {
+            continue;
+        }
+        let cells = layout.cells(i, o0..o1);
+        let pr = part_rows(o1 - o0);
+        let mut parts: Vec<Acc> = (0..(o1 - o0).div_ceil(pr))
+            .into_par_iter()
+            .map(|p| {
+                let mut acc = Acc::new(width, n_cells, k);
+                let (mut s, mut z) = (Scratch::default(), vec![0f64; d]);
+                let (r0, r1) = (o0 + p * pr, (o0 + (p + 1) * pr).min(o1));
+                let rc = &cells[(r0 - o0) * levels..(r1 - o0) * levels];
+                accumulate_any(avx2, &ctx, &mut acc, &mut s, &mut z, r0, r1, rc);
+                acc
+            })
+            .collect();
+        let mut total = parts.remove(0);
+        for p in &parts {
+            total.add(p, k, d);
+        }
+        let mut count = vec![0usize; n_cells];
+        for &cell in &cells {
+            count[cell] += 1;
+        }
+        finish_any(avx2, &ctx, &mut total, &mut count, row);
+    }
     Ok(out)
+}
+
+/// Descriptors above which an image is summed in parallel parts.
+const PART: usize = 8 * CHUNK;
+
+/// Rows per part of an image of `n > PART` descriptors: at most 16 parts,
+/// a multiple of [`CHUNK`]; depends on `n` only.
+fn part_rows(n: usize) -> usize {
+    n.div_ceil(16).max(PART).div_ceil(CHUNK) * CHUNK
+}
+
+/// [`accumulate`], built with AVX2 code generation when `avx2` (the same
+/// bits: no fused operations).
+#[allow(clippy::too_many_arguments)]
+fn accumulate_any(avx2: bool, c: &Ctx<'_>, acc: &mut Acc, s: &mut Scratch, z: &mut [f64], r0: usize, r1: usize, cells: &[usize]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn accumulate_avx2(c: &Ctx<'_>, acc: &mut Acc, s: &mut Scratch, z: &mut [f64], r0: usize, r1: usize, cells: &[usize]) {
+            accumulate(c, acc, s, z, r0, r1, cells)
+        }
+        if avx2 {
+            // SAFETY: `avx2` is `has_avx2()`.
+            return unsafe { accumulate_avx2(c, acc, s, z, r0, r1, cells) };
+        }
+    }
+    let _ = avx2;
+    accumulate(c, acc, s, z, r0, r1, cells)
+}
+
+/// [`finish`], built with AVX2 code generation when `avx2`.
+fn finish_any(avx2: bool, c: &Ctx<'_>, acc: &mut Acc, count: &mut [usize], row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn finish_avx2(c: &Ctx<'_>, acc: &mut Acc, count: &mut [usize], row: &mut [f32]) {
+            finish(c, acc, count, row)
+        }
+        if avx2 {
+            // SAFETY: `avx2` is `has_avx2()`.
+            return unsafe { finish_avx2(c, acc, count, row) };
+        }
+    }
+    let _ = avx2;
+    finish(c, acc, count, row)
 }
 
 /// What every image's encoding reads.
 struct Ctx<'a> {
     values: &'a [f32],
-    offsets: &'a [usize],
     d: usize,
     k: usize,
     pg: &'a PreparedGmm,
     keep: &'a [bool],
     weights: &'a [f64],
     sqrt_prec: &'a [f64],
-    layout: &'a Layout<'a>,
     levels: usize,
     cell_weights: &'a [f64],
     opts: &'a FisherOptions,
 }
 
-/// Per-thread buffers of [`encode_image`]; `enc` is all zeros and `used`
-/// all false between images.
-struct ImageScratch {
-    /// The `f64` sums of every cell (`n_cells x 2 K d`).
+/// The `f64` sums of one image (or part of one); `enc` is all zeros and
+/// `used` all false after [`finish`].
+struct Acc {
+    /// The sums of every cell (`n_cells x 2 K d`: the `u` then `v` blocks).
     enc: Vec<f64>,
-    /// Descriptors per cell.
-    count: Vec<usize>,
     /// Whether component `j` of cell `c` received a posterior (`c * K + j`).
     used: Vec<bool>,
-    /// Those components, per cell.
+    /// Those components, per cell, in the order they first did.
     used_list: Vec<Vec<u32>>,
+}
+
+impl Acc {
+    fn new(width: usize, n_cells: usize, k: usize) -> Self {
+        Acc { enc: vec![0f64; width], used: vec![false; n_cells * k], used_list: vec![Vec::new(); n_cells] }
+    }
+
+    #[inline(always)]
+    fn mark(&mut self, cell: usize, j: usize, k: usize) {
+        if !self.used[cell * k + j] {
+            self.used[cell * k + j] = true;
+            self.used_list[cell].push(j as u32);
+        }
+    }
+
+    /// Add another part's sums.
+    fn add(&mut self, o: &Acc, k: usize, d: usize) {
+        let block = 2 * k * d;
+        for (cell, list) in o.used_list.iter().enumerate() {
+            for &j in list {
+                let j = j as usize;
+                self.mark(cell, j, k);
+                for h in [0, k * d] {
+                    let at = cell * block + h + j * d;
+                    self.enc[at..at + d].iter_mut().zip(&o.enc[at..at + d]).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+    }
+}
+
+/// Per-thread buffers of the first pass.
+struct Worker {
+    acc: Acc,
+    /// Descriptors per cell (zeros between images).
+    count: Vec<usize>,
     s: Scratch,
     /// `(x - mu_k) / sigma_k` of the current descriptor.
     z: Vec<f64>,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn encode_image_avx2(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
-    encode_image(c, w, i, row)
+impl Worker {
+    fn new(width: usize, n_cells: usize, k: usize, d: usize) -> Self {
+        Worker { acc: Acc::new(width, n_cells, k), count: vec![0; n_cells], s: Scratch::default(), z: vec![0f64; d] }
+    }
 }
 
-/// The Fisher vector of image `i` into `row` (all zeros on entry). Only the
-/// components that received a posterior in a cell are accumulated,
-/// normalised and written: the others are zero blocks, and zeros change
-/// neither the sums nor the norm.
+/// Add descriptors `r0..r1` (their cells: `cells`, `levels` per
+/// descriptor) to `acc`: for each posterior above the threshold,
+/// `gamma z` to `u` and `gamma (z^2 - 1)` to `v`, `z = (x - mu) / sigma`.
 #[inline(always)]
-fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn accumulate(c: &Ctx<'_>, acc: &mut Acc, s: &mut Scratch, z: &mut [f64], r0: usize, r1: usize, cells: &[usize]) {
     let (d, k, levels) = (c.d, c.k, c.levels);
-    let (o0, o1) = (c.offsets[i], c.offsets[i + 1]);
-    if o1 == o0 {
-        return;
-    }
     let block = 2 * k * d;
     let thr = c.opts.posterior_threshold;
-    let cells = c.layout.cells(i, o0..o1);
-    for &cell in &cells {
-        w.count[cell] += 1;
-    }
-    let mut b0 = o0;
-    while b0 < o1 {
-        let b1 = (b0 + CHUNK).min(o1);
+    let z = &mut z[..d];
+    let mut b0 = r0;
+    while b0 < r1 {
+        let b1 = (b0 + CHUNK).min(r1);
         let rows = &c.values[b0 * d..b1 * d];
-        posteriors_block(rows, c.pg, &mut w.s);
+        posteriors_block(rows, c.pg, s);
         for (r, x) in rows.chunks_exact(d).enumerate() {
-            let rc = &cells[(b0 + r - o0) * levels..(b0 + r - o0 + 1) * levels];
-            let (cand, post) = w.s.row(r);
+            let rc = &cells[(b0 + r - r0) * levels..(b0 + r - r0 + 1) * levels];
+            let (cand, post) = s.row(r);
             for (&j, &p) in cand.iter().zip(post) {
                 let j = j as usize;
                 if p < thr || !c.keep[j] {
@@ -211,17 +305,13 @@ fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
                 }
                 let mu = &c.pg.means[j * d..(j + 1) * d];
                 let sp = &c.sqrt_prec[j * d..(j + 1) * d];
-                let z = &mut w.z[..d];
                 for (((z, &xt), &m), &s) in z.iter_mut().zip(x).zip(mu).zip(sp) {
                     *z = (xt as f64 - m) * s;
                 }
                 for &cell in rc {
-                    if !w.used[cell * k + j] {
-                        w.used[cell * k + j] = true;
-                        w.used_list[cell].push(j as u32);
-                    }
+                    acc.mark(cell, j, k);
                     let base = cell * block;
-                    let (u, v) = w.enc[base..base + block].split_at_mut(k * d);
+                    let (u, v) = acc.enc[base..base + block].split_at_mut(k * d);
                     let u = &mut u[j * d..(j + 1) * d];
                     let v = &mut v[j * d..(j + 1) * d];
                     for ((u, v), &zt) in u.iter_mut().zip(v.iter_mut()).zip(&*z) {
@@ -233,17 +323,28 @@ fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
         }
         b0 = b1;
     }
+}
+
+/// Normalise the sums of `acc` (`count` descriptors per cell) into `row`
+/// (all zeros on entry), and reset `acc` and `count`. Only the components
+/// that received a posterior in a cell are scaled, normalised and written:
+/// the others are zero blocks, and zeros change neither the sums nor the
+/// norm.
+#[inline(always)]
+fn finish(c: &Ctx<'_>, acc: &mut Acc, count: &mut [usize], row: &mut [f32]) {
+    let (d, k) = (c.d, c.k);
+    let block = 2 * k * d;
     for (cell, oc) in row.chunks_mut(block).enumerate() {
-        let n = w.count[cell] as f64;
-        w.count[cell] = 0;
-        let list = &mut w.used_list[cell];
+        let n = count[cell] as f64;
+        count[cell] = 0;
+        let list = &mut acc.used_list[cell];
         if list.is_empty() {
             continue;
         }
         // Increasing components: the norm adds the non-zero values in the
         // order of the dense vector.
         list.sort_unstable();
-        let ec = &mut w.enc[cell * block..(cell + 1) * block];
+        let ec = &mut acc.enc[cell * block..(cell + 1) * block];
         let (u, v) = ec.split_at_mut(k * d);
         for &j in list.iter() {
             let j = j as usize;
@@ -258,7 +359,7 @@ fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
             }
         }
         let scale = c.cell_weights[cell];
-        if c.opts.normalize {
+        let norm = if c.opts.normalize {
             let mut ss = 0.0;
             for half in [&*u, &*v] {
                 for &j in list.iter() {
@@ -268,31 +369,29 @@ fn encode_image(c: &Ctx<'_>, w: &mut ImageScratch, i: usize, row: &mut [f32]) {
                     }
                 }
             }
-            let norm = ss.sqrt().max(1e-12);
-            let (ou, ov) = oc.split_at_mut(k * d);
-            for (half, out) in [(&mut *u, ou), (&mut *v, ov)] {
-                for &j in list.iter() {
-                    let j = j as usize;
-                    for (o, z) in out[j * d..(j + 1) * d].iter_mut().zip(&mut half[j * d..(j + 1) * d]) {
-                        *o = (*z / norm * scale) as f32;
-                        *z = 0.0;
-                    }
-                }
-            }
+            Some(ss.sqrt().max(1e-12))
         } else {
-            let (ou, ov) = oc.split_at_mut(k * d);
-            for (half, out) in [(&mut *u, ou), (&mut *v, ov)] {
-                for &j in list.iter() {
-                    let j = j as usize;
-                    for (o, z) in out[j * d..(j + 1) * d].iter_mut().zip(&mut half[j * d..(j + 1) * d]) {
+            None
+        };
+        let (ou, ov) = oc.split_at_mut(k * d);
+        for (half, out) in [(&mut *u, ou), (&mut *v, ov)] {
+            for &j in list.iter() {
+                let j = j as usize;
+                let (o, z) = (&mut out[j * d..(j + 1) * d], &mut half[j * d..(j + 1) * d]);
+                match norm {
+                    Some(nrm) => o.iter_mut().zip(z.iter_mut()).for_each(|(o, z)| {
+                        *o = (*z / nrm * scale) as f32;
+                        *z = 0.0;
+                    }),
+                    None => o.iter_mut().zip(z.iter_mut()).for_each(|(o, z)| {
                         *o = (*z * scale) as f32;
                         *z = 0.0;
-                    }
+                    }),
                 }
             }
         }
         for &j in list.iter() {
-            w.used[cell * k + j as usize] = false;
+            acc.used[cell * k + j as usize] = false;
         }
         list.clear();
     }
