@@ -256,6 +256,29 @@ def test_fisher_matches_cyvlfeat_improved(batch, data, gmm):
     _assert_rel(raw[3], fisher(x.astype(np.float64), m, c, w), 1e-4)
 
 
+def test_fisher_of_a_large_set_matches_cyvlfeat(data, gmm):
+    """A set of more than 2,048 descriptors is summed in parallel parts:
+    VLFeat's vector, the same bits for any thread count, and the images
+    around it in the batch are unchanged."""
+    from cyvlfeat.fisher import fisher
+
+    d, offsets, *_ = data
+    assert len(d) > 2 * 2048, len(d)
+    w, m, c = gmm.weights_, gmm.means_, gmm.covariances_
+    one = bovw.FisherVector(gmm, n_threads=1).fit()
+    two = bovw.FisherVector(gmm, n_threads=2).fit()
+    whole = one.transform(d, [0, len(d)])
+    np.testing.assert_array_equal(whole, two.transform(d, [0, len(d)]))
+    _assert_rel(whole[0], fisher(d.astype(np.float64), m, c, w, improved=True), 1e-4)
+    # small, large, empty, small: the small ones as when encoded alone
+    a, b = int(offsets[1]), int(offsets[2])
+    mixed = two.transform(np.concatenate([d[a:b], d, d[:a]]), [0, b - a, b - a + len(d), b - a + len(d), b + len(d)])
+    np.testing.assert_array_equal(mixed[1], whole[0])
+    assert not mixed[2].any()
+    np.testing.assert_array_equal(mixed[0], one.transform(d[a:b], [0, b - a])[0])
+    np.testing.assert_array_equal(mixed[3], one.transform(d[:a], [0, a])[0])
+
+
 def test_fisher_from_sklearn_mixture_and_tuple(batch, data, gmm):
     from sklearn.mixture import GaussianMixture as SkGMM
 

@@ -23,7 +23,16 @@
 //! Posteriors come from the mixture's E-step kernel (one `f32` GEMM per
 //! block of descriptors, exact `f64` log-densities for the components that
 //! matter); sums are accumulated in `f64` over the components whose
-//! posterior passes the threshold; the output is `f32`.
+//! posterior passes the threshold; the output is `f32`. Only the
+//! components that received a posterior in a cell are scaled, normalised
+//! and written (the others are zero blocks, which change neither the sums
+//! nor the norm), so an image of a few dozen descriptors costs a few
+//! components, not `K`. Images are encoded in parallel; an image of more
+//! than 2,048 descriptors (`PART`) is cut into at most 16 parts whose size depends
+//! on its number of descriptors only, summed in parallel and added in order,
+//! so the vector does not depend on the number of threads nor on the other
+//! images of the batch. Where the CPU has AVX2, the accumulation and the
+//! normalisation run an AVX2 build of the same arithmetic (same bits).
 //!
 //! # References
 //! - F. Perronnin, J. Sánchez, T. Mensink, "Improving the Fisher kernel for
