@@ -469,7 +469,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             array has the wrong shape; or a component collapses with
             ``reg_covar=0``.
         """
-        self.fit_predict(X, y)
+        self._fit(self._validated(X))
         return self
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
@@ -479,6 +479,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         labels : ndarray of shape (n_samples,), int64
         """
+        X = self._validated(X)
+        self._fit(X)
+        return self._predict(X)
+
+    def _validated(self, X: Any) -> np.ndarray:
+        """Check the parameters and the training data."""
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, order="C")
         if X.shape[0] < self.n_components:
@@ -486,6 +492,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
                 f"n_samples = {X.shape[0]}"
             )
+        checked: np.ndarray = X
+        return checked
+
+    def _fit(self, X: np.ndarray) -> None:
+        """EM on checked data (``fit`` skips the final E-step that
+        ``fit_predict`` needs for its labels)."""
         inits = self._check_inits(X.shape[1])
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         n_init = self.n_init if do_init else 1
@@ -534,7 +546,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_iter_ = int(best_iter)
         self.lower_bound_ = float(max_lower_bound)
         self.lower_bounds_ = best_bounds
-        return self._predict(X)
 
     def _set(self, w: np.ndarray, m: np.ndarray, c: np.ndarray) -> None:
         self.weights_ = np.asarray(w, dtype=np.float64)
