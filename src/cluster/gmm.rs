@@ -346,18 +346,19 @@ fn exact_log_density<const AVX2: bool>(g: &PreparedGmm, j: usize, x: &[f64]) -> 
     g.log_norm[j] - 0.5 * sq_mahalanobis(x, m, p)
 }
 
-/// `e^x` for `f64`, branch-free so that loops over it vectorise: `x = k ln 2
-/// + r` with `k` the nearest integer to `x / ln 2` and `|r| <= ln 2 / 2`
-/// (Cody and Waite's two-part `ln 2`: `k ln2_hi` is exact for `|k| <
-/// 2^21`), `e^r` by its Taylor series to `r^13` (truncation below `5e-18`
-/// relative), then times `2^k` built in the exponent bits (in two factors
-/// when the result is subnormal). Within a couple of units in the last
-/// place of `f64::exp` for normal results; 0 below `-745.2`, infinity above
-/// `709.79`, NaN for NaN.
+/// `e^x` for `f64`, branch-free so that loops over it vectorise:
+/// `x = k ln 2 + r` with `k` the nearest integer to `x / ln 2` and
+/// `|r| <= ln 2 / 2` (Cody and Waite's two-part `ln 2`: `k ln2_hi` is exact
+/// for `|k| < 2^21`), `e^r` by its Taylor series to `r^13` (truncation
+/// below `5e-18` relative), then times `2^k` built in the exponent bits (in
+/// two factors when `2^k` is not a normal number). Within a couple of units
+/// in the last place of `f64::exp` for normal results; 0 below `-745.2`,
+/// infinity above `709.79`, NaN for NaN.
 #[inline(always)]
 pub(crate) fn exp_f64(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1; // 0x3fe62e42fee00000: 32 significant bits
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // ln 2 = LN2_HI + LN2_LO; LN2_HI has 32 significant bits.
+    const LN2_HI: f64 = 0.693_147_180_369_123_8; // 0x3fe62e42fee00000
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10; // 0x3dea39ef35793c76
     const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: round to an integer
     let xc = x.clamp(-746.0, 710.0);
     let kb = xc * std::f64::consts::LOG2_E + MAGIC;
