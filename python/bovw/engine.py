@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from bovw.job import Extraction, Listing
+from bovw.job import DescriptorSample, Extraction, Listing
 
 __all__ = ["LocalEngine", "ExtractedBatch", "extracted_batch"]
 
@@ -136,8 +136,8 @@ class LocalEngine:
 
     # -- the two passes -----------------------------------------------------------------------
 
-    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any,
+                           sample: DescriptorSample) -> np.ndarray:
         cache = self._cache.setdefault(id(extractor), {})
         starts = range(0, len(rows), self.batch_size)
         for start in _progress(starts, total=len(starts), desc=f"{extractor.name} (vocabulary)",
@@ -147,14 +147,14 @@ class LocalEngine:
             eb = self._describe(extractor, contents)
             for j, i in enumerate(idx):
                 X, K = eb.rows(j)
-                out.append(X)
+                sample.add(int(i), X)
                 if self._cache_bytes + X.nbytes + K.nbytes <= CACHE_BYTES:
                     err = read_errors[j] or eb.errors[j]
                     stage = "read" if read_errors[j] else eb.stages[j]
                     cache[int(i)] = (X, K, eb.sizes[j], err, stage, digests[j], len(contents[j] or b""),
                                      float(eb.scales[j]))
                     self._cache_bytes += X.nbytes + K.nbytes
-        return out
+        return sample.matrix()
 
     def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
         n = len(listing)
