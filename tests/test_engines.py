@@ -179,3 +179,29 @@ def test_descriptor_sample_is_uniform_bottom_k_in_bounded_memory(fruits_root):
     for i, d in enumerate(per):
         every.add(i, d)
     np.testing.assert_array_equal(every.matrix(), X)
+
+
+def test_local_batches_follow_descriptor_bytes(flat_folder, both_runs, tmp_path, monkeypatch):
+    """Batches shrink to hold about BATCH_BYTES of descriptors (dense
+    descriptors of large photos), and the outputs do not depend on them:
+    with one image per batch, the flat folder's run (bad files included)
+    gives the same features and errors as with the default batches."""
+    from bovw import engine
+
+    b = engine._Batches(100, 512, "", False)
+    per_image = engine.BATCH_BYTES // 10  # 10 images fill a batch
+    sizes = []
+    for start, stop in b:
+        sizes.append(stop - start)
+        b.done(stop - start, per_image * (stop - start))
+    assert sizes[0] == 16 and set(sizes[1:-1]) == {10} and sum(sizes) == 100
+
+    monkeypatch.setattr(engine, "BATCH_BYTES", 1)
+    root, _ = flat_folder
+    out = tmp_path / "one-per-batch"
+    run(RunConfig(method="sift", root=str(root), out=str(out), k=16, pca=6, max_iter=20, seed=3, progress=False))
+    a = pq.read_table(out / "features.parquet")
+    ref = pq.read_table(both_runs["local"] / "features.parquet")
+    assert a.column("path").to_pylist() == ref.column("path").to_pylist()
+    assert a.column("features").to_pylist() == ref.column("features").to_pylist()
+    assert _errors(out) == _errors(both_runs["local"])
