@@ -105,6 +105,28 @@ def test_fisher_encoding_with_descriptor_pca_is_fisher_of_the_projection():
     assert s["encoding"] == "FisherVector" and s["descriptor_pca"] == 6 and s["width"] == 48
 
 
+def test_encoding_in_groups_of_images_is_the_same(monkeypatch):
+    """EncoderEncoding encodes a batch in groups of whole images (bounded
+    memory for dense descriptors): the vectors do not depend on the groups,
+    keypoints and image sizes included (a spatial pyramid)."""
+    import bovw.model
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3000, 24)).astype(np.float32)
+    kps = np.zeros((3000, 4), np.float32)
+    kps[:, :2] = rng.uniform(0, 100, size=(3000, 2))
+    sizes = np.array([[100, 100], [100, 100], [120, 100], [100, 80]])
+    offsets = np.array([0, 1000, 1000, 2200, 3000])
+    enc = EncoderEncoding(bovw.FisherVector(n_components=4, spatial_pyramid=(1, 2), random_state=0),
+                          descriptor_pca=6).fit(X)
+    whole = enc.encode(X, offsets, kps, sizes)
+    monkeypatch.setattr(bovw.model, "ENCODE_ROWS", 1500)  # groups: images 0-1, 2, 3
+    np.testing.assert_array_equal(enc.encode(X, offsets, kps, sizes), whole)
+    monkeypatch.setattr(bovw.model, "ENCODE_ROWS", 1)  # one image per group
+    np.testing.assert_array_equal(enc.encode(X, offsets, kps, sizes), whole)
+    assert whole[0].any() and not whole[1].any() and whole[3].any()
+
+
 def test_cnn_input_size_follows_the_images():
     assert cnn_input_size([]) == 224
     assert cnn_input_size([(100, 100)] * 5) == 100

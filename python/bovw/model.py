@@ -180,6 +180,10 @@ class GlobalDescriptor:
         return {"encoding": "global", "width": self.n_features_out_}
 
 
+#: Descriptors an :class:`EncoderEncoding` projects and encodes per call.
+ENCODE_ROWS = 1 << 17
+
+
 class EncoderEncoding:
     """A bovw encoder (:class:`bovw.FisherVector`, :class:`bovw.VLAD`,
     :class:`bovw.BagOfWords`) as a job encoding (see the module docs).
@@ -224,7 +228,19 @@ class EncoderEncoding:
             return np.zeros((len(offsets) - 1, self.n_features_out_), np.float32)
         xy = None if keypoints is None else np.ascontiguousarray(np.asarray(keypoints)[:, :2], np.float32)
         sizes = None if image_sizes is None else np.asarray(image_sizes, np.int64).reshape(-1, 2)
-        return np.asarray(self.encoder.encode(self._project(X), offsets, xy, sizes), np.float32)
+        # Groups of whole images of at most ENCODE_ROWS descriptors: the float
+        # copy of a batch of dense uint8 descriptors (PHOW: 26k x 384 per
+        # photo) would otherwise be four times the batch.
+        n = len(offsets) - 1
+        out = np.empty((n, self.n_features_out_), np.float32)
+        i = 0
+        while i < n:
+            j = max(i + 1, int(np.searchsorted(offsets, offsets[i] + ENCODE_ROWS, side="right")) - 1)
+            a, b = offsets[i], offsets[j]
+            out[i:j] = self.encoder.encode(self._project(X[a:b]), offsets[i:j + 1] - a,
+                                           None if xy is None else xy[a:b], None if sizes is None else sizes[i:j])
+            i = j
+        return out
 
     def summary(self) -> dict[str, Any]:
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.encoder.get_params().items()
