@@ -27,10 +27,12 @@
 //! - S. Lazebnik, C. Schmid, J. Ponce, "Beyond bags of features: spatial
 //!   pyramid matching for recognizing natural scene categories", CVPR 2006.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::assign::{assign, Assignment, Assignments};
-use super::{check_batch, image_chunks, Frames};
+use super::{assume_init, check_batch, image_chunks, output_buffer, Frames};
 use crate::error::{BovwError, Result};
 use crate::histogram::{check_offsets, check_words, descriptor_histograms, ASSIGN_CHUNK};
 
@@ -223,7 +225,9 @@ impl Layout<'_> {
 
 /// Run `f(image range, assignments of their rows)` over chunks of whole
 /// images of about [`ASSIGN_CHUNK`] descriptors, assigning each chunk with
-/// [`assign`] (memory stays bounded). `f` gets the first row of the chunk.
+/// [`assign`] (memory stays bounded). `f` gets the first row of the chunk;
+/// it is called for every chunk, including chunks of images without
+/// descriptors (with empty assignments), so that it can write their rows.
 pub(crate) fn for_assigned_chunks(
     values: &[f32],
     offsets: &[usize],
@@ -234,13 +238,26 @@ pub(crate) fn for_assigned_chunks(
 ) -> Result<()> {
     for (start, end) in image_chunks(offsets, ASSIGN_CHUNK) {
         let (r0, r1) = (offsets[start], offsets[end]);
-        if r1 == r0 {
-            continue;
-        }
-        let a = assign(&values[r0 * d..r1 * d], vocabulary, d, how)?;
+        let a = if r1 == r0 {
+            Assignments { m: how.per_row(vocabulary.len() / d.max(1)), words: Vec::new(), weights: Vec::new() }
+        } else {
+            assign(&values[r0 * d..r1 * d], vocabulary, d, how)?
+        };
         f(start, end, r0, &a);
     }
     Ok(())
+}
+
+/// Write zeros over a fresh output row and return it as values.
+#[inline]
+pub(crate) fn zero_row(row: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: 0.0f32 is all-zero bits; the slice is exclusively borrowed,
+    // and once every element is written it may be viewed as initialised
+    // f32 (MaybeUninit<f32> has f32's layout).
+    unsafe {
+        std::ptr::write_bytes(row.as_mut_ptr(), 0, row.len());
+        &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32])
+    }
 }
 
 /// Bag-of-words histograms, hard or soft, over a spatial layout:
@@ -279,18 +296,23 @@ pub fn bow_histograms(
     let width = layout.n_cells() * k;
     let levels = layout.levels();
     let cw = layout.cell_weights();
-    let mut out = vec![0f32; n_images * width];
+    if width == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = output_buffer::<f32>(n_images * width);
     for_assigned_chunks(values, offsets, d, vocabulary, how, |start, end, r0, a| {
         let m = a.m;
+        // `acc` is all zeros between images; `touched` lists its entries
+        // that became non-zero (weights are > 0), in first-touch order.
         out[start * width..end * width].par_chunks_mut(width).enumerate().for_each_init(
-            || vec![0f64; width],
-            |acc, (e, row)| {
+            || (vec![0f64; width], Vec::<usize>::new()),
+            |(acc, touched), (e, row)| {
+                let row = zero_row(row);
                 let i = start + e;
                 let (o0, o1) = (offsets[i], offsets[i + 1]);
                 if o1 == o0 {
                     return;
                 }
-                acc.iter_mut().for_each(|v| *v = 0.0);
                 let cells = layout.cells(i, o0..o1);
                 for r in o0..o1 {
                     let local = r - r0;
@@ -300,18 +322,25 @@ pub fn bow_histograms(
                             continue;
                         }
                         for c in &cells[(r - o0) * levels..(r - o0 + 1) * levels] {
-                            acc[c * k + w] += wt;
+                            let slot = &mut acc[c * k + w];
+                            if *slot == 0.0 {
+                                touched.push(c * k + w);
+                            }
+                            *slot += wt;
                         }
                     }
                 }
-                for (c, (o, a)) in row.chunks_mut(k).zip(acc.chunks(k)).enumerate() {
-                    let s = cw[c];
-                    o.iter_mut().zip(a).for_each(|(o, &a)| *o = (a * s) as f32);
+                for &t in touched.iter() {
+                    row[t] = (acc[t] * cw[t / k]) as f32;
+                    acc[t] = 0.0;
                 }
+                touched.clear();
             },
         );
     })?;
-    Ok(out)
+    // SAFETY: every row was zeroed by `zero_row` (for_assigned_chunks visits
+    // every image).
+    Ok(unsafe { assume_init(out) })
 }
 
 /// Spatial pyramid histograms from visual-word ids (e.g. words of binary
@@ -328,13 +357,16 @@ pub fn pyramid_counts_from_words(words: &[i64], offsets: &[usize], n_words: usiz
     let width = pyramid.n_cells * n_words;
     let levels = pyramid.grids.len();
     let cw = pyramid.cell_weights();
-    let mut out = vec![0f32; n_images * width];
     if width == 0 {
-        return Ok(out);
+        return Ok(vec![0f32; 0]);
     }
+    // A fresh buffer written once: zeroing a calloc'd block row by row
+    // read-faults the shared zero page and then write-faults each page again.
+    let mut out = output_buffer::<f32>(n_images * width);
     out.par_chunks_mut(width).enumerate().for_each_init(
         || vec![0usize; levels],
         |cells, (i, row)| {
+            let row = zero_row(row);
             let (w, h) = frames.size(i);
             for r in offsets[i]..offsets[i + 1] {
                 let (x, y) = frames.xy(r);
@@ -344,14 +376,17 @@ pub fn pyramid_counts_from_words(words: &[i64], offsets: &[usize], n_words: usiz
                     row[c * n_words + word] += 1.0;
                 }
             }
-            for (c, cell) in row.chunks_mut(n_words).enumerate() {
-                if cw[c] != 1.0 {
-                    cell.iter_mut().for_each(|v| *v = (*v as f64 * cw[c]) as f32);
+            if offsets[i + 1] > offsets[i] {
+                for (c, cell) in row.chunks_mut(n_words).enumerate() {
+                    if cw[c] != 1.0 {
+                        cell.iter_mut().for_each(|v| *v = (*v as f64 * cw[c]) as f32);
+                    }
                 }
             }
         },
     );
-    Ok(out)
+    // SAFETY: every row was zeroed by `zero_row`.
+    Ok(unsafe { assume_init(out) })
 }
 
 #[cfg(test)]

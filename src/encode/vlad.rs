@@ -34,8 +34,8 @@
 use rayon::prelude::*;
 
 use super::assign::Assignment;
-use super::pyramid::{for_assigned_chunks, Layout};
-use super::{check_batch, l2_normalize, signed_sqrt};
+use super::pyramid::{for_assigned_chunks, zero_row, Layout};
+use super::{assume_init, check_batch, l2_normalize, output_buffer, signed_sqrt};
 use crate::error::{BovwError, Result};
 
 /// VLAD normalisations (VLFeat's flags).
@@ -58,26 +58,24 @@ impl Default for VladOptions {
     }
 }
 
-/// Finish one cell's raw sums into its VLAD (see the module docs).
-fn finish(enc: &mut [f64], mass: &[f64], vocabulary: &[f32], d: usize, o: &VladOptions) {
-    for (k, (v, &m)) in enc.chunks_mut(d).zip(mass).enumerate() {
-        let mu = &vocabulary[k * d..(k + 1) * d];
-        if m > 0.0 {
-            if o.normalize_mass {
-                v.iter_mut().zip(mu).for_each(|(z, &c)| *z = *z / m - c as f64);
-            } else {
-                v.iter_mut().zip(mu).for_each(|(z, &c)| *z -= m * c as f64);
-            }
-        }
-        if o.square_root {
-            signed_sqrt(v);
-        }
-        if o.normalize_components {
-            l2_normalize(v);
+/// Finish one word's raw sums `v` (mass `m`, word `mu`) into its block of
+/// the VLAD: steps 1 to 3 of the module docs. A word without descriptors
+/// (`v` all zeros, `m = 0`) stays all zeros, so only the words an image
+/// touches need finishing.
+#[inline]
+fn finish_word(v: &mut [f64], m: f64, mu: &[f32], o: &VladOptions) {
+    if m > 0.0 {
+        if o.normalize_mass {
+            v.iter_mut().zip(mu).for_each(|(z, &c)| *z = *z / m - c as f64);
+        } else {
+            v.iter_mut().zip(mu).for_each(|(z, &c)| *z -= m * c as f64);
         }
     }
-    if o.normalize {
-        l2_normalize(enc);
+    if o.square_root {
+        signed_sqrt(v);
+    }
+    if o.normalize_components {
+        l2_normalize(v);
     }
 }
 
@@ -117,22 +115,27 @@ pub fn vlad(
     let width = n_cells * block;
     let levels = layout.levels();
     let cw = layout.cell_weights();
-    let mut out = vec![0f32; n_images * width];
     if width == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    let mut out = output_buffer::<f32>(n_images * width);
     for_assigned_chunks(values, offsets, d, vocabulary, how, |start, end, r0, a| {
         let m = a.m;
+        // Sparse per image: an image of n descriptors touches at most
+        // n * levels of the n_cells * K word blocks. `enc` and `mass` are all
+        // zeros between images; `touched` lists the blocks (cell * K + word)
+        // whose mass became non-zero (weights are > 0). Untouched blocks
+        // finish to zeros and add exact zeros to their cell's norm, so
+        // skipping them changes no bit of the result.
         out[start * width..end * width].par_chunks_mut(width).enumerate().for_each_init(
-            || (vec![0f64; width], vec![0f64; n_cells * k]),
-            |(enc, mass), (e, row)| {
+            || (vec![0f64; width], vec![0f64; n_cells * k], Vec::<usize>::new()),
+            |(enc, mass, touched), (e, row)| {
                 let i = start + e;
                 let (o0, o1) = (offsets[i], offsets[i + 1]);
                 if o1 == o0 {
+                    zero_row(row);
                     return;
                 }
-                enc.iter_mut().for_each(|v| *v = 0.0);
-                mass.iter_mut().for_each(|v| *v = 0.0);
                 let cells = layout.cells(i, o0..o1);
                 for r in o0..o1 {
                     let x = &values[r * d..(r + 1) * d];
@@ -143,21 +146,64 @@ pub fn vlad(
                             continue;
                         }
                         for &c in &cells[(r - o0) * levels..(r - o0 + 1) * levels] {
-                            mass[c * k + w] += q;
-                            let acc = &mut enc[c * block + w * d..c * block + (w + 1) * d];
+                            let b = c * k + w;
+                            if mass[b] == 0.0 {
+                                touched.push(b);
+                            }
+                            mass[b] += q;
+                            let acc = &mut enc[b * d..(b + 1) * d];
                             acc.iter_mut().zip(x).for_each(|(s, &v)| *s += q * v as f64);
                         }
                     }
                 }
-                for (c, (ec, oc)) in enc.chunks_mut(block).zip(row.chunks_mut(block)).enumerate() {
-                    finish(ec, &mass[c * k..(c + 1) * k], vocabulary, d, opts);
-                    let s = cw[c];
-                    oc.iter_mut().zip(ec.iter()).for_each(|(o, &v)| *o = (v * s) as f32);
+                touched.sort_unstable();
+                for &b in touched.iter() {
+                    let w = b % k;
+                    finish_word(&mut enc[b * d..(b + 1) * d], mass[b], &vocabulary[w * d..(w + 1) * d], opts);
                 }
+                // Per cell: the L2 norm over its touched blocks in index
+                // order (the sum over the whole cell, less exact zeros),
+                // then the row, zeros between the touched blocks.
+                let mut pos = 0;
+                let mut t = 0;
+                while t < touched.len() {
+                    let c = touched[t] / k;
+                    let mut u = t;
+                    while u < touched.len() && touched[u] / k == c {
+                        u += 1;
+                    }
+                    let cell = &touched[t..u];
+                    let norm = if opts.normalize {
+                        let ss: f64 = cell.iter().flat_map(|&b| enc[b * d..(b + 1) * d].iter()).map(|z| z * z).sum();
+                        Some(ss.sqrt().max(1e-12))
+                    } else {
+                        None
+                    };
+                    let s = cw[c];
+                    for &b in cell {
+                        zero_row(&mut row[pos..b * d]);
+                        let v = &mut enc[b * d..(b + 1) * d];
+                        for (o, z) in row[b * d..(b + 1) * d].iter_mut().zip(v.iter_mut()) {
+                            let z1 = match norm {
+                                Some(n) => *z / n,
+                                None => *z,
+                            };
+                            o.write((z1 * s) as f32);
+                            *z = 0.0;
+                        }
+                        mass[b] = 0.0;
+                        pos = (b + 1) * d;
+                    }
+                    t = u;
+                }
+                zero_row(&mut row[pos..]);
+                touched.clear();
             },
         );
     })?;
-    Ok(out)
+    // SAFETY: every row was written in full above (for_assigned_chunks
+    // visits every image).
+    Ok(unsafe { assume_init(out) })
 }
 
 #[cfg(test)]
