@@ -147,19 +147,43 @@ pub fn l2_normalize(v: &mut [f64]) {
 /// An uninitialised `len`-value output buffer, to be written in full and
 /// then turned into a `Vec<T>` by [`assume_init`]. Neither zeroed nor
 /// written twice; on Linux its pages are marked for transparent huge pages
-/// (`madvise(MADV_HUGEPAGE)`), so that the first writes to a large fresh
-/// mapping cost one page fault per 2 MiB instead of one per 4 KiB (the
-/// same as `crate::decomposition::products`'s private buffer: one helper
-/// could serve both).
+/// (see [`advise_huge_pages`]) (the same as
+/// `crate::decomposition::products`'s private buffer: one helper could
+/// serve both).
 pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation; the capacity is `len`.
     unsafe { v.set_len(len) };
+    advise_huge_pages(&v);
+    v
+}
+
+/// A zero-filled `len`-value output buffer for a mostly-zero result (a
+/// sparse encoding or map), of which only the non-zero values are then
+/// written. `vec![0.0; len]` is `calloc`: a large block is a fresh mapping
+/// whose pages the kernel zeroes on first touch, so the zeros are never
+/// written by us, and with [`advise_huge_pages`] the first touch costs one
+/// page fault per 2 MiB. Writing the zeros ourselves into uninitialised
+/// memory instead writes each byte twice (the kernel's zeroing, then ours);
+/// adding into calloc'd 4 KiB pages faults each page twice (read: the
+/// shared zero page, then copy on write).
+pub(crate) fn zeroed_output<T: Copy>(len: usize, zero: T) -> Vec<T> {
+    let v = vec![zero; len];
+    advise_huge_pages(&v);
+    v
+}
+
+/// On Linux, mark the whole 2 MiB pages of a buffer of at least 4 MiB for
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`), so that the first
+/// writes to a large fresh mapping cost one page fault per 2 MiB instead of
+/// one per 4 KiB. Advice only: contents never change, and where the kernel
+/// has huge pages off it does nothing.
+pub(crate) fn advise_huge_pages<T>(v: &[T]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let bytes = len * std::mem::size_of::<T>();
-        if bytes >= 2 * HUGE {
+        let bytes = std::mem::size_of_val(v);
+        if bytes >= 2 * HUGE && std::env::var_os("BOVW_NO_THP_TMP").is_none() {
             let start = v.as_ptr() as usize;
             let lo = start.div_ceil(HUGE) * HUGE;
             let hi = (start + bytes) / HUGE * HUGE;
@@ -170,7 +194,8 @@ pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
             }
         }
     }
-    v
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }
 
 /// The buffer of [`output_buffer`] as values.

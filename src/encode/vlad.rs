@@ -34,8 +34,8 @@
 use rayon::prelude::*;
 
 use super::assign::Assignment;
-use super::pyramid::{for_assigned_chunks, zero_row, Layout};
-use super::{assume_init, check_batch, l2_normalize, output_buffer, signed_sqrt};
+use super::pyramid::{for_assigned_chunks, Layout};
+use super::{check_batch, l2_normalize, signed_sqrt, zeroed_output};
 use crate::error::{BovwError, Result};
 
 /// VLAD normalisations (VLFeat's flags).
@@ -118,7 +118,7 @@ pub fn vlad(
     if width == 0 {
         return Ok(Vec::new());
     }
-    let mut out = output_buffer::<f32>(n_images * width);
+    let mut out = zeroed_output(n_images * width, 0f32);
     for_assigned_chunks(values, offsets, d, vocabulary, how, |start, end, r0, a| {
         let m = a.m;
         // Sparse per image: an image of n descriptors touches at most
@@ -133,7 +133,6 @@ pub fn vlad(
                 let i = start + e;
                 let (o0, o1) = (offsets[i], offsets[i + 1]);
                 if o1 == o0 {
-                    zero_row(row);
                     return;
                 }
                 let cells = layout.cells(i, o0..o1);
@@ -163,8 +162,7 @@ pub fn vlad(
                 }
                 // Per cell: the L2 norm over its touched blocks in index
                 // order (the sum over the whole cell, less exact zeros),
-                // then the row, zeros between the touched blocks.
-                let mut pos = 0;
+                // then the touched blocks of the zero-filled row.
                 let mut t = 0;
                 while t < touched.len() {
                     let c = touched[t] / k;
@@ -181,29 +179,24 @@ pub fn vlad(
                     };
                     let s = cw[c];
                     for &b in cell {
-                        zero_row(&mut row[pos..b * d]);
                         let v = &mut enc[b * d..(b + 1) * d];
                         for (o, z) in row[b * d..(b + 1) * d].iter_mut().zip(v.iter_mut()) {
                             let z1 = match norm {
                                 Some(n) => *z / n,
                                 None => *z,
                             };
-                            o.write((z1 * s) as f32);
+                            *o = (z1 * s) as f32;
                             *z = 0.0;
                         }
                         mass[b] = 0.0;
-                        pos = (b + 1) * d;
                     }
                     t = u;
                 }
-                zero_row(&mut row[pos..]);
                 touched.clear();
             },
         );
     })?;
-    // SAFETY: every row was written in full above (for_assigned_chunks
-    // visits every image).
-    Ok(unsafe { assume_init(out) })
+    Ok(out)
 }
 
 #[cfg(test)]
