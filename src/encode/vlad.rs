@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::assign::Assignment;
 use super::pyramid::{for_assigned_chunks, Layout};
-use super::{check_batch, l2_normalize, signed_sqrt, zeroed_output};
+use super::{check_batch, signed_sqrt, zeroed_output};
 use crate::error::{BovwError, Result};
 
 /// VLAD normalisations (VLFeat's flags).
@@ -58,12 +58,11 @@ impl Default for VladOptions {
     }
 }
 
-/// Finish one word's raw sums `v` (mass `m`, word `mu`) into its block of
-/// the VLAD: steps 1 to 3 of the module docs. A word without descriptors
-/// (`v` all zeros, `m = 0`) stays all zeros, so only the words an image
-/// touches need finishing.
+/// Steps 1 and 2 of the module docs on one word's raw sums `v` (mass `m`,
+/// word `mu`). A word without descriptors (`v` all zeros, `m = 0`) stays
+/// all zeros, so only the words an image touches need finishing.
 #[inline]
-fn finish_word(v: &mut [f64], m: f64, mu: &[f32], o: &VladOptions) {
+fn residual_word(v: &mut [f64], m: f64, mu: &[f32], o: &VladOptions) {
     if m > 0.0 {
         if o.normalize_mass {
             v.iter_mut().zip(mu).for_each(|(z, &c)| *z = *z / m - c as f64);
@@ -74,8 +73,27 @@ fn finish_word(v: &mut [f64], m: f64, mu: &[f32], o: &VladOptions) {
     if o.square_root {
         signed_sqrt(v);
     }
-    if o.normalize_components {
-        l2_normalize(v);
+}
+
+/// The sum of squares of each block `enc[b d .. (b + 1) d]`, `b` in
+/// `blocks`, into `out`: each summed in order (`sum_t z_t^2`, as
+/// [`super::l2_normalize`] does), four blocks at a time so that the four
+/// dependent chains of additions overlap.
+fn block_sumsq(enc: &[f64], blocks: &[usize], d: usize, out: &mut Vec<f64>) {
+    out.clear();
+    let mut quads = blocks.chunks_exact(4);
+    for q in &mut quads {
+        let v: [&[f64]; 4] = std::array::from_fn(|j| &enc[q[j] * d..(q[j] + 1) * d]);
+        let mut acc = [0.0f64; 4];
+        for t in 0..d {
+            for j in 0..4 {
+                acc[j] += v[j][t] * v[j][t];
+            }
+        }
+        out.extend_from_slice(&acc);
+    }
+    for &b in quads.remainder() {
+        out.push(enc[b * d..(b + 1) * d].iter().map(|z| z * z).sum());
     }
 }
 
@@ -128,8 +146,8 @@ pub fn vlad(
         // finish to zeros and add exact zeros to their cell's norm, so
         // skipping them changes no bit of the result.
         out[start * width..end * width].par_chunks_mut(width).enumerate().for_each_init(
-            || (vec![0f64; width], vec![0f64; n_cells * k], Vec::<usize>::new()),
-            |(enc, mass, touched), (e, row)| {
+            || (vec![0f64; width], vec![0f64; n_cells * k], Vec::<usize>::new(), Vec::<f64>::new()),
+            |(enc, mass, touched, sumsq), (e, row)| {
                 let i = start + e;
                 let (o0, o1) = (offsets[i], offsets[i + 1]);
                 if o1 == o0 {
@@ -158,11 +176,22 @@ pub fn vlad(
                 touched.sort_unstable();
                 for &b in touched.iter() {
                     let w = b % k;
-                    finish_word(&mut enc[b * d..(b + 1) * d], mass[b], &vocabulary[w * d..(w + 1) * d], opts);
+                    residual_word(&mut enc[b * d..(b + 1) * d], mass[b], &vocabulary[w * d..(w + 1) * d], opts);
                 }
-                // Per cell: the L2 norm over its touched blocks in index
-                // order (the sum over the whole cell, less exact zeros),
-                // then the touched blocks of the zero-filled row.
+                if opts.normalize_components {
+                    // Step 3, as `l2_normalize` of each block.
+                    block_sumsq(enc, touched, d, sumsq);
+                    for (&b, &ss) in touched.iter().zip(sumsq.iter()) {
+                        let n = ss.sqrt().max(1e-12);
+                        enc[b * d..(b + 1) * d].iter_mut().for_each(|z| *z /= n);
+                    }
+                }
+                if opts.normalize {
+                    block_sumsq(enc, touched, d, sumsq);
+                }
+                // Per cell: the L2 norm (step 4) from its touched blocks'
+                // sums of squares, added in block order (untouched blocks
+                // are zeros), then the touched blocks of the zero-filled row.
                 let mut t = 0;
                 while t < touched.len() {
                     let c = touched[t] / k;
@@ -172,7 +201,7 @@ pub fn vlad(
                     }
                     let cell = &touched[t..u];
                     let norm = if opts.normalize {
-                        let ss: f64 = cell.iter().flat_map(|&b| enc[b * d..(b + 1) * d].iter()).map(|z| z * z).sum();
+                        let ss: f64 = sumsq[t..u].iter().sum();
                         Some(ss.sqrt().max(1e-12))
                     } else {
                         None
