@@ -25,6 +25,12 @@
 //! Sums are accumulated in `f64`; the output is `f32`. An image (or cell)
 //! without descriptors encodes to zeros.
 //!
+//! The work per image follows its descriptors, not `n_cells * K * d`: only
+//! the words an image touches are accumulated, finished and written (into a
+//! zero-filled output); a word's block sum of squares is taken in order,
+//! and a cell's squared norm (step 4) is the sum of its blocks' in word
+//! order, so results do not depend on the number of threads.
+//!
 //! # References
 //! - H. Jégou, M. Douze, C. Schmid, P. Pérez, "Aggregating local descriptors
 //!   into a compact image representation", CVPR 2010.
