@@ -25,9 +25,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import bovw
 from bovw.job import RunConfig, run
 
 pytestmark = pytest.mark.spark
@@ -130,3 +132,76 @@ def test_engines_give_the_same_outputs(both_runs):
     # the flat layout's seeded split: about a quarter of each class in Test, on both engines
     splits = ta.column("split").to_pylist()
     assert 0.15 < splits.count("Test") / len(splits) < 0.35
+
+
+def test_descriptor_sample_is_uniform_bottom_k_in_bounded_memory(fruits_root):
+    """The vocabulary sample equals the brute-force one (all keys, the
+    smallest ``cap``), whatever the order and grouping of the images, and
+    never holds much more than twice ``cap`` descriptors."""
+    from bovw.job import DescriptorSample
+
+    paths = sorted((fruits_root / "Training").rglob("*.jpg"))[:60]
+    table = pa.table({"content": [p.read_bytes() for p in paths]})
+    res = bovw.SIFT().extract(table)
+    X, offsets = bovw.descriptor_matrix(res.column("descriptors"))
+    per = [X[offsets[i]:offsets[i + 1]] for i in range(len(paths))]
+    cap = 300
+    assert len(X) > 4 * cap
+    # brute force: every key, the cap smallest (ties by image, position), in listing order
+    ref = DescriptorSample(cap, 7, 128, np.float32)
+    keys = np.concatenate([ref.keys(i, len(d)) for i, d in enumerate(per)])
+    img = np.concatenate([np.full(len(d), i) for i, d in enumerate(per)])
+    pos = np.concatenate([np.arange(len(d)) for d in per])
+    keep = np.sort(np.lexsort((pos, img, keys))[:cap])
+    expected = X[keep]
+    for order in (range(len(per)), reversed(range(len(per))), np.random.default_rng(1).permutation(len(per))):
+        s = DescriptorSample(cap, 7, 128, np.float32)
+        for i in order:
+            s.add(int(i), per[i])
+            assert s._held <= 2 * cap + max(len(d) for d in per)
+        np.testing.assert_array_equal(s.matrix(), expected)
+        assert s.n_offered == len(X)
+    # two partial samples merged (Spark's partitions) give the same sample
+    a, b = DescriptorSample(cap, 7, 128, np.float32), DescriptorSample(cap, 7, 128, np.float32)
+    for i, d in enumerate(per):
+        (a if i % 3 else b).add(i, d)
+    merged = DescriptorSample(cap, 7, 128, np.float32)
+    for part in (a, b):
+        merged.add_keyed(*part.parts(), offered=part.n_offered)
+    np.testing.assert_array_equal(merged.matrix(), expected)
+    assert merged.n_offered == len(X)
+    # another seed, another sample; no cap keeps everything in listing order
+    other = DescriptorSample(cap, 8, 128, np.float32)
+    for i, d in enumerate(per):
+        other.add(i, d)
+    assert not np.array_equal(other.matrix(), expected)
+    every = DescriptorSample(None, 7, 128, np.float32)
+    for i, d in enumerate(per):
+        every.add(i, d)
+    np.testing.assert_array_equal(every.matrix(), X)
+
+
+def test_local_batches_follow_descriptor_bytes(flat_folder, both_runs, tmp_path, monkeypatch):
+    """Batches shrink to hold about BATCH_BYTES of descriptors (dense
+    descriptors of large photos), and the outputs do not depend on them:
+    with one image per batch, the flat folder's run (bad files included)
+    gives the same features and errors as with the default batches."""
+    from bovw import engine
+
+    b = engine._Batches(100, 512, "", False)
+    per_image = engine.BATCH_BYTES // 10  # 10 images fill a batch
+    sizes = []
+    for start, stop in b:
+        sizes.append(stop - start)
+        b.done(stop - start, per_image * (stop - start))
+    assert sizes[0] == 16 and set(sizes[1:-1]) == {10} and sum(sizes) == 100
+
+    monkeypatch.setattr(engine, "BATCH_BYTES", 1)
+    root, _ = flat_folder
+    out = tmp_path / "one-per-batch"
+    run(RunConfig(method="sift", root=str(root), out=str(out), k=16, pca=6, max_iter=20, seed=3, progress=False))
+    a = pq.read_table(out / "features.parquet")
+    ref = pq.read_table(both_runs["local"] / "features.parquet")
+    assert a.column("path").to_pylist() == ref.column("path").to_pylist()
+    assert a.column("features").to_pylist() == ref.column("features").to_pylist()
+    assert _errors(out) == _errors(both_runs["local"])

@@ -105,6 +105,28 @@ def test_fisher_encoding_with_descriptor_pca_is_fisher_of_the_projection():
     assert s["encoding"] == "FisherVector" and s["descriptor_pca"] == 6 and s["width"] == 48
 
 
+def test_encoding_in_groups_of_images_is_the_same(monkeypatch):
+    """EncoderEncoding encodes a batch in groups of whole images (bounded
+    memory for dense descriptors): the vectors do not depend on the groups,
+    keypoints and image sizes included (a spatial pyramid)."""
+    import bovw.model
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3000, 24)).astype(np.float32)
+    kps = np.zeros((3000, 4), np.float32)
+    kps[:, :2] = rng.uniform(0, 100, size=(3000, 2))
+    sizes = np.array([[100, 100], [100, 100], [120, 100], [100, 80]])
+    offsets = np.array([0, 1000, 1000, 2200, 3000])
+    enc = EncoderEncoding(bovw.FisherVector(n_components=4, spatial_pyramid=(1, 2), random_state=0),
+                          descriptor_pca=6).fit(X)
+    whole = enc.encode(X, offsets, kps, sizes)
+    monkeypatch.setattr(bovw.model, "ENCODE_ROWS", 1500)  # groups: images 0-1, 2, 3
+    np.testing.assert_array_equal(enc.encode(X, offsets, kps, sizes), whole)
+    monkeypatch.setattr(bovw.model, "ENCODE_ROWS", 1)  # one image per group
+    np.testing.assert_array_equal(enc.encode(X, offsets, kps, sizes), whole)
+    assert whole[0].any() and not whole[1].any() and whole[3].any()
+
+
 def test_cnn_input_size_follows_the_images():
     assert cnn_input_size([]) == 224
     assert cnn_input_size([(100, 100)] * 5) == 100
@@ -192,3 +214,40 @@ def test_seed_is_the_bow_recipe(small_root, tmp_path):
     assert main(["run", str(small_root), "--out", str(out), "--recipe", "seed", "--k", "8", "--no-progress"]) == 0
     info = json.loads((out / "run.json").read_text())
     assert info["recipe"]["name"] == "bow" and info["pca"] is not None and info["vocabulary"]["k"] == 8
+
+
+def test_logistic_regression_on_row_space_is_the_same_model(sample_root):
+    """More features than training images (colour histograms with a 2x2
+    grid, 1,440 values, of 45 images): the job's classifier, fitted on the
+    rotated row-space coordinates, gives scikit-learn's plain logistic
+    regression's probabilities on held-out images."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bovw.model import RowSpace, make_classifier
+
+    hist = bovw.ColorHistogram(grid=(1, 2))
+
+    def features(split, n):
+        X, y = [], []
+        for cls in CLASSES:
+            for f in sorted((sample_root / split / cls).glob("*.jpg"))[:n]:
+                X.append(hist.compute(bovw.decode_rgb(f.read_bytes())))
+                y.append(cls)
+        return np.array(X, dtype=np.float64), np.array(y)
+
+    X, y = features("Training", 15)
+    X_test, _ = features("Test", 5)
+    assert X.shape[1] > X.shape[0]
+    for standardize in (False, True):
+        ours = make_classifier("logreg", 0, C=10.0, standardize=standardize).set_params(logisticregression__tol=1e-10)
+        ours.fit(X, y)
+        assert ours.named_steps["rowspace"].pca_.n_components_ == len(X)
+        ref = make_classifier("logreg", 0, C=10.0, standardize=standardize)
+        ref.steps = [s for s in ref.steps if s[0] != "rowspace"]
+        ref.set_params(logisticregression__tol=1e-10).fit(X, y)
+        assert isinstance(ref.steps[-1][1], LogisticRegression)
+        np.testing.assert_allclose(ours.predict_proba(X_test), ref.predict_proba(X_test), atol=1e-5)
+    # fewer features than samples: rows pass through unchanged
+    narrow = X[:, :10]
+    rs = RowSpace().fit(narrow)
+    assert rs.pca_ is None and rs.transform(narrow) is narrow

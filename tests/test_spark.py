@@ -295,13 +295,19 @@ def test_run_orb_matches_the_local_engine(spark, tmp_path, vocabulary):
 
     from bovw.cli import main
 
+    # a descriptor cap: both engines draw the same bottom-k sample (partitions on Spark)
     args = ["run", "--method", "orb", "--vocabulary", vocabulary, "--k", "20", "--pca", "5", "--max-iter", "10",
-            "--seed", "0", "--no-progress"]
+            "--max-descriptors", "3000", "--seed", "0", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "spark"), "--engine", "spark", "--master", "local[2]"]) == 0
     assert main(args + ["--out", str(tmp_path / "local")]) == 0
     va, vb = np.load(tmp_path / "spark" / "vocabulary.npy"), np.load(tmp_path / "local" / "vocabulary.npy")
     assert va.dtype == (np.uint8 if vocabulary == "kmajority" else np.float32) and va.shape == (20, 32)
     assert np.array_equal(va, vb)
+    import json
+
+    for side in ("spark", "local"):
+        vocab = json.loads((tmp_path / side / "run.json").read_text())["vocabulary"]
+        assert vocab["descriptors"] == 3000 and vocab["descriptors_described"] > 3000, vocab
     a = pq.read_table(tmp_path / "spark" / "features.parquet")
     b = pq.read_table(tmp_path / "local" / "features.parquet")
     assert a.column("path").to_pylist() == b.column("path").to_pylist()

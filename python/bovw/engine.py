@@ -8,12 +8,12 @@ for the contract it shares with :class:`bovw.spark.SparkEngine`.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from bovw.job import Extraction, Listing
+from bovw.job import DescriptorSample, Extraction, Listing
 
 __all__ = ["LocalEngine", "ExtractedBatch", "extracted_batch"]
 
@@ -22,12 +22,46 @@ __all__ = ["LocalEngine", "ExtractedBatch", "extracted_batch"]
 CACHE_BYTES = 512 * 1024 * 1024
 
 
-def _progress(iterable: Iterable[Any], *, total: Optional[int] = None, desc: str = "", enabled: bool = True) -> Any:
-    if not enabled:  # tqdm.auto warns in a notebook without ipywidgets even when disabled
-        return iterable
-    from tqdm.auto import tqdm
+#: Descriptor bytes a batch of the local engine aims at: dense descriptors of
+#: large photos (PHOW: about 10 MB per 348 x 348 photo) come fewer per batch.
+BATCH_BYTES = 256 * 1024 * 1024
 
-    return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not enabled, leave=False, dynamic_ncols=True)
+
+class _Batches:
+    """Index ranges over ``n`` images: ``batch_size`` at most, and after each
+    batch (:meth:`done`) sized so that the next one's descriptors take about
+    :data:`BATCH_BYTES`, from the mean bytes per image so far; the first
+    batch has 16 images. A tqdm bar counts images."""
+
+    def __init__(self, n: int, batch_size: int, desc: str, progress: bool) -> None:
+        self.n, self.max = n, batch_size
+        self.size = min(16, batch_size)
+        self.images = self.nbytes = 0
+        self.bar: Any = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=n, desc=desc, unit="image", leave=False, dynamic_ncols=True)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start = 0
+        try:
+            while start < self.n:
+                stop = min(self.n, start + self.size)
+                yield start, stop
+                if self.bar is not None:
+                    self.bar.update(stop - start)
+                start = stop
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    def done(self, images: int, nbytes: int) -> None:
+        """Record a batch's images and descriptor bytes."""
+        self.images += images
+        self.nbytes += nbytes
+        per = self.nbytes / max(self.images, 1)
+        self.size = int(max(1, min(self.max, BATCH_BYTES // max(per, 1.0))))
 
 
 class ExtractedBatch:
@@ -84,7 +118,9 @@ class LocalEngine:
     n_threads : int, optional
         Kernel threads (default all cores).
     batch_size : int, default 512
-        Images read and described per kernel call (bounds memory).
+        Images read and described per kernel call at most; batches hold
+        fewer when the descriptors are large (about :data:`BATCH_BYTES` of
+        descriptors per batch), which bounds memory.
     progress : bool, default True
         tqdm progress bars.
     """
@@ -136,25 +172,26 @@ class LocalEngine:
 
     # -- the two passes -----------------------------------------------------------------------
 
-    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any,
+                           sample: DescriptorSample) -> np.ndarray:
         cache = self._cache.setdefault(id(extractor), {})
-        starts = range(0, len(rows), self.batch_size)
-        for start in _progress(starts, total=len(starts), desc=f"{extractor.name} (vocabulary)",
-                               enabled=self.progress):
-            idx = rows[start:start + self.batch_size]
+        batches = _Batches(len(rows), self.batch_size, f"{extractor.name} (vocabulary)", self.progress)
+        for start, stop in batches:
+            idx = rows[start:stop]
             contents, read_errors, digests = self._read([listing.paths[i] for i in idx])
             eb = self._describe(extractor, contents)
             for j, i in enumerate(idx):
                 X, K = eb.rows(j)
-                out.append(X)
+                sample.add(int(i), X)
                 if self._cache_bytes + X.nbytes + K.nbytes <= CACHE_BYTES:
                     err = read_errors[j] or eb.errors[j]
                     stage = "read" if read_errors[j] else eb.stages[j]
-                    cache[int(i)] = (X, K, eb.sizes[j], err, stage, digests[j], len(contents[j] or b""),
-                                     float(eb.scales[j]))
+                    # copies: a view would keep the whole batch's matrix alive
+                    cache[int(i)] = (X.copy(), K.copy(), eb.sizes[j], err, stage, digests[j],
+                                     len(contents[j] or b""), float(eb.scales[j]))
                     self._cache_bytes += X.nbytes + K.nbytes
-        return out
+            batches.done(len(idx), eb.nbytes)
+        return sample.matrix()
 
     def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
         n = len(listing)
@@ -165,9 +202,10 @@ class LocalEngine:
         stages: list[Optional[str]] = [None] * n
         sha: list[str] = [""] * n
         n_bytes = 0
-        starts = range(0, n, self.batch_size)
-        for start in _progress(starts, total=len(starts), desc="describe + encode", enabled=self.progress):
-            idx = np.arange(start, min(start + self.batch_size, n))
+        batches = _Batches(n, self.batch_size, "describe + encode", self.progress)
+        for start, stop in batches:
+            idx = np.arange(start, stop)
+            batch_bytes = 0
             todo = [i for i in idx if not all(int(i) in self._cache.get(id(ch.extractor), {}) for ch in channels)]
             contents, read_errors, digests = self._read([listing.paths[i] for i in todo])
             fresh = {int(i): j for j, i in enumerate(todo)}
@@ -175,8 +213,7 @@ class LocalEngine:
                 eb = self._describe(ch.extractor, contents)
                 cache = self._cache.get(id(ch.extractor), {})
                 parts, sizes = [], []
-                for i in idx:
-                    i = int(i)
+                for i in idx.tolist():
                     if i in fresh:
                         j = fresh[i]
                         X, K = eb.rows(j)
@@ -196,8 +233,10 @@ class LocalEngine:
                         sha[i] = digest
                         n_bytes += nb
                 X, offsets, K = gather(parts, ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
+                batch_bytes += int(X.nbytes + K.nbytes)
                 feats[c][idx] = ch.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
                                                    n_threads=self.n_threads)
+            batches.done(len(idx), batch_bytes)
         for f in feats:
             f[np.array([e is not None for e in errors])] = 0.0
         self._cache.clear()

@@ -251,9 +251,11 @@ class Engine(Protocol):
     def list_images(self, root: str, *, test_size: float, seed: int) -> Listing:
         """Every image under ``root`` with its label and split (:func:`bovw.image.list_images`'s rules)."""
 
-    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
-        """The descriptors of images ``rows`` (sorted listing indices), one matrix per image in ``rows``
-        order (empty for an image that fails)."""
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any,
+                           sample: "DescriptorSample") -> np.ndarray:
+        """The vocabulary's training descriptors: every descriptor of images ``rows`` (sorted listing
+        indices) offered to ``sample`` under its image's listing index (images that fail give none),
+        then ``sample.matrix()``."""
 
     def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
         """Decode, describe and encode every image with each channel."""
@@ -403,16 +405,92 @@ def training_image_sizes(paths: Sequence[str], n: int = 32) -> list[tuple[int, i
     return sizes
 
 
-def vocabulary_sample(per_image: list[np.ndarray], max_descriptors: Optional[int], seed: int,
-                      width: int, dtype: Any) -> np.ndarray:
-    """The training descriptors of the vocabulary: every image's, concatenated
-    in listing order, then a seeded uniform subset of ``max_descriptors``
-    (``default_rng(seed).choice``, kept in order) when there are more."""
-    X = np.concatenate(per_image) if per_image else np.zeros((0, width), dtype)
-    if max_descriptors is not None and len(X) > max_descriptors:
-        idx = np.sort(np.random.default_rng(seed).choice(len(X), int(max_descriptors), replace=False))
-        X = X[idx]
-    return X
+class DescriptorSample:
+    """A seeded uniform sample of at most ``max_descriptors`` descriptors,
+    drawn while the images stream by (bottom-k sampling).
+
+    Descriptor ``j`` of the image at listing index ``i`` gets the key
+    ``default_rng([seed, i]).random(n_i)[j]``; the ``max_descriptors``
+    smallest keys are kept (ties by image, then position). The sample is a
+    uniform subset without replacement, the same whatever the batches, the
+    order of the images or the Spark partitions, and never holds more than
+    about twice ``max_descriptors`` rows, so a dense extractor on thousands
+    of photos (tens of millions of descriptors) cannot exhaust the memory.
+    ``max_descriptors=None`` keeps every descriptor.
+
+    Parameters
+    ----------
+    max_descriptors : int or None
+    seed : int
+    width : int
+        Descriptor length.
+    dtype : numpy dtype
+        The extractor's descriptor dtype (float32 or uint8).
+    """
+
+    def __init__(self, max_descriptors: Optional[int], seed: int, width: int, dtype: Any) -> None:
+        self.max_descriptors = None if max_descriptors is None else int(max_descriptors)
+        self.seed = int(seed)
+        self.width = int(width)
+        self.dtype = np.dtype(dtype)
+        self.n_offered = 0
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._held = 0
+
+    def keys(self, image: int, n: int) -> np.ndarray:
+        """The keys of an image's ``n`` descriptors, (n,) float64."""
+        return np.random.default_rng([self.seed, int(image)]).random(n)
+
+    def add(self, image: int, X: np.ndarray) -> None:
+        """Offer image ``image``'s descriptors ``X`` (n, width)."""
+        n = len(X)
+        self.n_offered += n
+        if n == 0:
+            return
+        keys = self.keys(image, n) if self.max_descriptors is not None else np.zeros(n)
+        self.add_keyed(keys, np.full(n, int(image), np.int64), np.arange(n, dtype=np.int64), X, offered=0)
+
+    def add_keyed(self, keys: np.ndarray, images: np.ndarray, positions: np.ndarray, X: np.ndarray,
+                  offered: Optional[int] = None) -> None:
+        """Offer rows already keyed (another sample's :meth:`parts`, e.g. a
+        Spark partition's); ``offered`` adds to :attr:`n_offered` (default
+        ``len(X)``)."""
+        self.n_offered += len(X) if offered is None else int(offered)
+        if len(X) == 0:
+            return
+        self._parts.append((np.asarray(keys, np.float64), np.asarray(images, np.int64),
+                            np.asarray(positions, np.int64), np.asarray(X, self.dtype).reshape(-1, self.width)))
+        self._held += len(X)
+        if self.max_descriptors is not None and self._held > 2 * self.max_descriptors:
+            self._shrink()
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self._parts:
+            return (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                    np.zeros((0, self.width), self.dtype))
+        if len(self._parts) > 1:
+            keys, images, positions, X = (np.concatenate([p[c] for p in self._parts]) for c in range(4))
+            self._parts = [(keys, images, positions, X)]
+        return self._parts[0]
+
+    def _shrink(self) -> None:
+        keys, images, positions, X = self._merged()
+        if self.max_descriptors is not None and len(keys) > self.max_descriptors:
+            keep = np.lexsort((positions, images, keys))[: self.max_descriptors]
+            self._parts = [(keys[keep], images[keep], positions[keep], X[keep])]
+        self._held = len(self._parts[0][0]) if self._parts else 0
+
+    def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The kept rows: keys, image indices, positions, descriptors."""
+        self._shrink()
+        return self._merged()
+
+    def matrix(self) -> np.ndarray:
+        """The sample, (n, width) in the descriptor dtype, in listing order
+        (by image, then position in the image)."""
+        _, images, positions, X = self.parts()
+        out: np.ndarray = X[np.lexsort((positions, images))]
+        return out
 
 
 def input_fingerprint(paths: Sequence[str], sha256: Sequence[str]) -> dict[str, Any]:
@@ -519,12 +597,11 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
         if ch.extractor.kind != "local":
             continue
         with timer.stage(f"vocabulary sample ({ch.name})") as st:
-            per_image = engine.sample_descriptors(listing, train_rows, ch.extractor)
             cap = config.max_descriptors
             if cap is None and not isinstance(ch.encoding, BagOfWordsEncoding):
                 cap = MIXTURE_SAMPLE  # a GMM / VLAD vocabulary on a seeded sample, as VLFeat's recipes do
-            X = vocabulary_sample(per_image, cap, config.seed,
-                                  ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
+            sample = DescriptorSample(cap, config.seed, ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
+            X = engine.sample_descriptors(listing, train_rows, ch.extractor, sample)
             st["items"] = len(train_rows)
         if len(X) == 0:
             raise ValueError("no descriptor in any Training image: cannot fit the vocabulary")
@@ -533,7 +610,8 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
         with timer.stage(f"vocabulary ({what})", unit="descriptors") as st:
             ch.encoding.fit(X)
             st["items"] = len(X)
-        vocab_info = {**ch.encoding.summary(), "descriptors": int(len(X))}
+        vocab_info = {**ch.encoding.summary(), "descriptors": int(len(X)),
+                      "descriptors_described": int(sample.n_offered)}
         say(f"bovw: {ch.name} encoding of width {ch.encoding.n_features_out_} fitted on {len(X):,} descriptors")
 
     with timer.stage(f"decode + {'/'.join(c.name for c in channels)} + encode") as st:

@@ -34,11 +34,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from bovw.features import Extractor
 
 __all__ = ["BagOfWordsEncoding", "EncoderEncoding", "Channel", "BovwModel", "GlobalDescriptor", "load_model", "make_classifier",
-           "CLASSIFIERS"]
+           "RowSpace", "CLASSIFIERS"]
 
 
 class BagOfWordsEncoding:
@@ -179,6 +180,10 @@ class GlobalDescriptor:
         return {"encoding": "global", "width": self.n_features_out_}
 
 
+#: Descriptors an :class:`EncoderEncoding` projects and encodes per call.
+ENCODE_ROWS = 1 << 17
+
+
 class EncoderEncoding:
     """A bovw encoder (:class:`bovw.FisherVector`, :class:`bovw.VLAD`,
     :class:`bovw.BagOfWords`) as a job encoding (see the module docs).
@@ -223,7 +228,19 @@ class EncoderEncoding:
             return np.zeros((len(offsets) - 1, self.n_features_out_), np.float32)
         xy = None if keypoints is None else np.ascontiguousarray(np.asarray(keypoints)[:, :2], np.float32)
         sizes = None if image_sizes is None else np.asarray(image_sizes, np.int64).reshape(-1, 2)
-        return np.asarray(self.encoder.encode(self._project(X), offsets, xy, sizes), np.float32)
+        # Groups of whole images of at most ENCODE_ROWS descriptors: the float
+        # copy of a batch of dense uint8 descriptors (PHOW: 26k x 384 per
+        # photo) would otherwise be four times the batch.
+        n = len(offsets) - 1
+        out = np.empty((n, self.n_features_out_), np.float32)
+        i = 0
+        while i < n:
+            j = max(i + 1, int(np.searchsorted(offsets, offsets[i] + ENCODE_ROWS, side="right")) - 1)
+            a, b = offsets[i], offsets[j]
+            out[i:j] = self.encoder.encode(self._project(X[a:b]), offsets[i:j + 1] - a,
+                                           None if xy is None else xy[a:b], None if sizes is None else sizes[i:j])
+            i = j
+        return out
 
     def summary(self) -> dict[str, Any]:
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.encoder.get_params().items()
@@ -275,12 +292,47 @@ class Channel:
 CLASSIFIERS = ("logreg", "svm", "rf")
 
 
+class RowSpace(TransformerMixin, BaseEstimator):
+    """Rotate rows onto the span of the centred training rows when there are
+    more features than training samples; otherwise pass them through.
+
+    An L2-penalised linear model with an unpenalised intercept (scikit-learn's
+    ``LogisticRegression``) has its optimal weights in that span (the
+    representer theorem), and the rotation keeps inner products and the
+    penalty, so fitting on the ``n_samples`` rotated coordinates gives the
+    same decision function as fitting on the ``n_features`` originals, up to
+    the solver's tolerance, at a fraction of the cost per iteration: a
+    20,768-long Fisher vector of 1,500 training photos becomes 1,500 numbers.
+    The rotation is scikit-learn's ``PCA(svd_solver="full")`` keeping every
+    component.
+
+    Attributes
+    ----------
+    pca_ : sklearn.decomposition.PCA or None
+        The fitted rotation, None when ``n_features <= n_samples``.
+    """
+
+    def fit(self, X: Any, y: Any = None) -> "RowSpace":
+        """Fit the rotation on training rows ``X`` (n_samples, n_features); ``y`` is ignored."""
+        from sklearn.decomposition import PCA
+
+        n, d = np.shape(X)
+        self.pca_ = PCA(svd_solver="full").fit(X) if d > n else None
+        return self
+
+    def transform(self, X: Any) -> Any:
+        """``X`` (n, n_features) in the fitted coordinates: (n, n_samples_fit) float, or ``X`` itself."""
+        return X if self.pca_ is None else self.pca_.transform(X)
+
+
 def make_classifier(name: str, seed: int, *, C: Optional[float] = None, standardize: bool = True) -> Any:
     """The scikit-learn classifier behind ``--classifier``.
 
     ``logreg``: multinomial logistic regression (``C``, default 1), after
     standardisation unless ``standardize=False`` (the recipes with
-    L2-normalised channels use C=100 without it, see :mod:`bovw.recipes`);
+    L2-normalised channels use C=100 without it, see :mod:`bovw.recipes`),
+    on :class:`RowSpace` coordinates (the same model, cheaper when there are
+    more features than training images);
     ``svm``: standardisation + RBF SVC (``C``, default 10); ``rf``: a
     300-tree random forest.
 
@@ -295,7 +347,7 @@ def make_classifier(name: str, seed: int, *, C: Optional[float] = None, standard
 
     if name == "logreg":
         lr = LogisticRegression(max_iter=3000, C=1.0 if C is None else float(C), random_state=seed)
-        return make_pipeline(StandardScaler(), lr) if standardize else lr
+        return make_pipeline(StandardScaler(), RowSpace(), lr) if standardize else make_pipeline(RowSpace(), lr)
     if name == "svm":
         from sklearn.svm import SVC
 

@@ -34,7 +34,7 @@
 //!   large-scale image classification", ECCV 2010 (power normalisation).
 //! - scikit-learn, `sklearn/kernel_approximation.py` (`AdditiveChi2Sampler`).
 
-use std::mem::MaybeUninit;
+
 
 use rayon::prelude::*;
 
@@ -47,11 +47,18 @@ const ROWS: usize = 64;
 
 /// Index of the first value failing `ok`, checked by blocks in parallel
 /// (a per-element parallel search costs more than the maps themselves).
+/// Each block is tested with a fold that does not stop early, which
+/// vectorises (`ok` should use `&`, not `&&`); only a failing block is
+/// searched for its first bad value.
 fn first_bad<T: Real>(x: &[T], ok: impl Fn(T) -> bool + Sync) -> Option<usize> {
     const BLOCK: usize = 1 << 14;
-    x.par_chunks(BLOCK)
-        .enumerate()
-        .find_map_first(|(b, c)| if c.iter().all(|&v| ok(v)) { None } else { c.iter().position(|&v| !ok(v)).map(|p| b * BLOCK + p) })
+    x.par_chunks(BLOCK).enumerate().find_map_first(|(b, c)| {
+        if c.iter().fold(true, |a, &v| a & ok(v)) {
+            None
+        } else {
+            c.iter().position(|&v| !ok(v)).map(|p| b * BLOCK + p)
+        }
+    })
 }
 
 /// The sampling period: `sample_interval` or scikit-learn's default for
@@ -94,7 +101,7 @@ pub fn additive_chi2<T: Real>(x: &[T], d: usize, sample_steps: usize, sample_int
     if x.len() % d != 0 {
         return Err(BovwError::Shape { what: "X".into(), expected: format!("(n, {d})"), got: format!("{} values", x.len()) });
     }
-    if let Some(i) = first_bad(x, |v| v.is_finite() && v.to_f64() >= 0.0) {
+    if let Some(i) = first_bad(x, |v| (v.to_f64() >= 0.0) & (v.to_f64() < f64::INFINITY)) {
         return Err(BovwError::input(format!(
             "X: value {:?} at row {}, column {} is {}: the chi2 map needs finite values >= 0",
             x[i],
@@ -108,23 +115,29 @@ pub fn additive_chi2<T: Real>(x: &[T], d: usize, sample_steps: usize, sample_int
     // sqrt(2 L / cosh(pi j L)), j = 1..s-1
     let factors: Vec<f64> = (1..s).map(|j| (2.0 * l / (std::f64::consts::PI * j as f64 * l).cosh()).sqrt()).collect();
     let n = x.len() / d;
-    let mut out = super::output_buffer::<T>(n * w);
+    // Histograms are mostly zeros, whose map is zeros: the output starts
+    // zero-filled (see `zeroed_output`: the kernel's fresh pages) and only
+    // blocks with a non-zero input are written.
+    let mut out = super::zeroed_output(n * w, T::zero());
     out.par_chunks_mut(ROWS * w).zip(x.par_chunks(ROWS * d)).for_each(|(ob, xb)| {
         for (orow, xrow) in ob.chunks_mut(w).zip(xb.chunks(d)) {
             chi2_row(xrow, orow, l, &factors);
         }
     });
-    // SAFETY: chi2_row writes all (2 s - 1) d values of every row.
-    Ok(unsafe { super::assume_init(out) })
+    Ok(out)
 }
 
 /// Lanes of [`chi2_row`]'s inner blocks.
 const LANES: usize = 8;
 
+/// Values [`chi2_row`] tests at once for a run of zeros to skip, and
+/// gathers the positive values of.
+const SPAN: usize = 64;
+
 /// One row of the chi2 map, with AVX2 + FMA code generation where the CPU
 /// has them (the arithmetic is the same: no fused operations are used, so
 /// both paths give the same bits).
-fn chi2_row<T: Real>(x: &[T], out: &mut [MaybeUninit<T>], l: f64, factors: &[f64]) {
+fn chi2_row<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -138,76 +151,85 @@ fn chi2_row<T: Real>(x: &[T], out: &mut [MaybeUninit<T>], l: f64, factors: &[f64
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn chi2_row_avx2<T: Real>(x: &[T], out: &mut [MaybeUninit<T>], l: f64, factors: &[f64]) {
+unsafe fn chi2_row_avx2<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
     chi2_row_body(x, out, l, factors)
 }
 
-/// The map of one row `x` (`d` values) into `out` (`(2 s - 1) d` values),
-/// by blocks of [`LANES`] values with branch-free [`ln_pos`] and
-/// [`sin_cos`] so that the compiler vectorises them; blocks of zeros (most
-/// of a sparse histogram) are written as zeros directly. Every value of
-/// `out` is written. Arguments beyond
-/// `|theta| < 2^20 pi / 2` (never reached by histograms) use `f64::sin_cos`.
+/// The map of one row `x` (`d` values, >= 0) into `out` (`(2 s - 1) d`
+/// values, zero-filled). Zeros map to zeros and are skipped: spans of
+/// [`SPAN`] values are tested at once, and the positive values of a span
+/// are gathered and mapped [`LANES`] at a time with branch-free [`ln_pos`]
+/// and [`sin_cos`] (which the compiler vectorises), so the work follows the
+/// number of non-zeros. Each value's result depends on that value only
+/// (the lanes are independent), whatever it is grouped with. Arguments
+/// beyond `|theta| < 2^20 pi / 2` use `f64::sin_cos` (never reached: for
+/// finite `x > 0`, `|ln x| < 746`).
 #[inline(always)]
-fn chi2_row_body<T: Real>(x: &[T], out: &mut [MaybeUninit<T>], l: f64, factors: &[f64]) {
+fn chi2_row_body<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
     let d = x.len();
     let sl = l.sqrt();
+    let mut idx = [0usize; SPAN];
+    let mut val = [1.0f64; SPAN];
     let mut t0 = 0;
     while t0 < d {
-        let m = LANES.min(d - t0);
-        let mut v = [1.0f64; LANES];
-        let mut pos = [false; LANES];
-        let mut any = false;
-        for i in 0..m {
-            let xv = x[t0 + i].to_f64();
-            pos[i] = xv > 0.0;
-            any |= xv > 0.0;
-            v[i] = if xv > 0.0 { xv } else { 1.0 };
-        }
-        if !any {
-            for b in 0..=2 * factors.len() {
-                for o in &mut out[b * d + t0..b * d + t0 + m] {
-                    o.write(T::zero());
-                }
-            }
-            t0 += m;
+        let span = SPAN.min(d - t0);
+        let xs = &x[t0..t0 + span];
+        if !xs.iter().fold(false, |a, &v| a | (v.to_f64() > 0.0)) {
+            t0 += span;
             continue;
         }
-        let mut sq = [0.0f64; LANES];
-        let mut lg = [0.0f64; LANES];
-        for i in 0..LANES {
-            sq[i] = v[i].sqrt();
-            lg[i] = ln_pos(v[i]);
+        let mut n = 0;
+        for (i, &v) in xs.iter().enumerate() {
+            let v = v.to_f64();
+            if v > 0.0 {
+                idx[n] = t0 + i;
+                val[n] = v;
+                n += 1;
+            }
         }
-        for i in 0..m {
-            out[t0 + i].write(T::from_f64(if pos[i] { sl * sq[i] } else { 0.0 }));
-        }
-        for (j, &f) in factors.iter().enumerate() {
-            let jl = (j + 1) as f64 * l;
-            let mut th = [0.0f64; LANES];
-            let mut big = false;
+        let mut k0 = 0;
+        while k0 < n {
+            let m = LANES.min(n - k0);
+            let mut v = [1.0f64; LANES];
+            v[..m].copy_from_slice(&val[k0..k0 + m]);
+            let at = &idx[k0..k0 + m];
+            let mut sq = [0.0f64; LANES];
+            let mut lg = [0.0f64; LANES];
             for i in 0..LANES {
-                th[i] = jl * lg[i];
-                big |= !(th[i].abs() < THETA_MAX);
+                sq[i] = v[i].sqrt();
+                lg[i] = ln_pos(v[i]);
             }
-            let (mut sn, mut cs) = ([0.0f64; LANES], [0.0f64; LANES]);
-            if big {
-                for i in 0..LANES {
-                    (sn[i], cs[i]) = th[i].sin_cos();
-                }
-            } else {
-                for i in 0..LANES {
-                    (sn[i], cs[i]) = sin_cos(th[i]);
-                }
-            }
-            let (oc, os) = ((2 * j + 1) * d + t0, (2 * j + 2) * d + t0);
             for i in 0..m {
-                let a = f * sq[i];
-                out[oc + i].write(T::from_f64(if pos[i] { a * cs[i] } else { 0.0 }));
-                out[os + i].write(T::from_f64(if pos[i] { a * sn[i] } else { 0.0 }));
+                out[at[i]] = T::from_f64(sl * sq[i]);
             }
+            for (j, &f) in factors.iter().enumerate() {
+                let jl = (j + 1) as f64 * l;
+                let mut th = [0.0f64; LANES];
+                let mut big = false;
+                for i in 0..LANES {
+                    th[i] = jl * lg[i];
+                    big |= !(th[i].abs() < THETA_MAX);
+                }
+                let (mut sn, mut cs) = ([0.0f64; LANES], [0.0f64; LANES]);
+                if big {
+                    for i in 0..LANES {
+                        (sn[i], cs[i]) = th[i].sin_cos();
+                    }
+                } else {
+                    for i in 0..LANES {
+                        (sn[i], cs[i]) = sin_cos(th[i]);
+                    }
+                }
+                let (oc, os) = ((2 * j + 1) * d, (2 * j + 2) * d);
+                for i in 0..m {
+                    let a = f * sq[i];
+                    out[oc + at[i]] = T::from_f64(a * cs[i]);
+                    out[os + at[i]] = T::from_f64(a * sn[i]);
+                }
+            }
+            k0 += m;
         }
-        t0 += m;
+        t0 += span;
     }
 }
 
@@ -321,7 +343,7 @@ pub fn power_normalize<T: Real>(x: &[T], d: usize, alpha: f64, pre_norm: Norm, n
     if x.len() % d != 0 {
         return Err(BovwError::Shape { what: "X".into(), expected: format!("(n, {d})"), got: format!("{} values", x.len()) });
     }
-    if let Some(i) = first_bad(x, |v| v.is_finite()) {
+    if let Some(i) = first_bad(x, |v| v.to_f64().abs() < f64::INFINITY) {
         return Err(BovwError::input(format!("X: row {} contains NaN or infinity", i / d)));
     }
     let mut out = super::output_buffer::<T>(x.len());

@@ -114,7 +114,17 @@ pub fn check_batch(values: &[f32], offsets: &[usize], d: usize, what_vocab: &str
         });
     }
     check_offsets(offsets, values.len() / d)?;
-    if let Some(r) = values.par_chunks(d).position_first(|row| row.iter().any(|v| !v.is_finite())) {
+    // By blocks of rows, each tested by a fold that vectorises; only a
+    // failing block is searched for its first bad row.
+    let rows_per_block = (1usize << 14).div_ceil(d);
+    let bad_row = |row: &[f32]| !row.iter().fold(true, |a, v| a & (v.abs() < f32::INFINITY));
+    if let Some(r) = values.par_chunks(rows_per_block * d).enumerate().find_map_first(|(b, block)| {
+        if block.iter().fold(true, |a, v| a & (v.abs() < f32::INFINITY)) {
+            None
+        } else {
+            block.chunks(d).position(bad_row).map(|p| b * rows_per_block + p)
+        }
+    }) {
         return Err(BovwError::input(format!("descriptors: row {r} contains NaN or infinity")));
     }
     Ok(offsets.len() - 1)
@@ -147,18 +157,42 @@ pub fn l2_normalize(v: &mut [f64]) {
 /// An uninitialised `len`-value output buffer, to be written in full and
 /// then turned into a `Vec<T>` by [`assume_init`]. Neither zeroed nor
 /// written twice; on Linux its pages are marked for transparent huge pages
-/// (`madvise(MADV_HUGEPAGE)`), so that the first writes to a large fresh
-/// mapping cost one page fault per 2 MiB instead of one per 4 KiB (the
-/// same as `crate::decomposition::products`'s private buffer: one helper
-/// could serve both).
+/// (see [`advise_huge_pages`]) (the same as
+/// `crate::decomposition::products`'s private buffer: one helper could
+/// serve both).
 pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation; the capacity is `len`.
     unsafe { v.set_len(len) };
+    advise_huge_pages(&v);
+    v
+}
+
+/// A zero-filled `len`-value output buffer for a mostly-zero result (a
+/// sparse encoding or map), of which only the non-zero values are then
+/// written. `vec![0.0; len]` is `calloc`: a large block is a fresh mapping
+/// whose pages the kernel zeroes on first touch, so the zeros are never
+/// written by us, and with [`advise_huge_pages`] the first touch costs one
+/// page fault per 2 MiB. Writing the zeros ourselves into uninitialised
+/// memory instead writes each byte twice (the kernel's zeroing, then ours);
+/// adding into calloc'd 4 KiB pages faults each page twice (read: the
+/// shared zero page, then copy on write).
+pub(crate) fn zeroed_output<T: Copy>(len: usize, zero: T) -> Vec<T> {
+    let v = vec![zero; len];
+    advise_huge_pages(&v);
+    v
+}
+
+/// On Linux, mark the whole 2 MiB pages of a buffer of at least 4 MiB for
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`), so that the first
+/// writes to a large fresh mapping cost one page fault per 2 MiB instead of
+/// one per 4 KiB. Advice only: contents never change, and where the kernel
+/// has huge pages off it does nothing.
+pub(crate) fn advise_huge_pages<T>(v: &[T]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let bytes = len * std::mem::size_of::<T>();
+        let bytes = std::mem::size_of_val(v);
         if bytes >= 2 * HUGE {
             let start = v.as_ptr() as usize;
             let lo = start.div_ceil(HUGE) * HUGE;
@@ -170,7 +204,8 @@ pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
             }
         }
     }
-    v
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }
 
 /// The buffer of [`output_buffer`] as values.

@@ -30,7 +30,7 @@
 use rayon::prelude::*;
 
 use super::assign::{assign, Assignment, Assignments};
-use super::{check_batch, image_chunks, Frames};
+use super::{check_batch, image_chunks, zeroed_output, Frames};
 use crate::error::{BovwError, Result};
 use crate::histogram::{check_offsets, check_words, descriptor_histograms, ASSIGN_CHUNK};
 
@@ -123,12 +123,19 @@ impl Pyramid {
     }
 
     /// The cell of a point at each level (global cell indices), into `out`.
+    ///
+    /// For a grid `g = 2^l`, `((x + 0.5) * g) / width` equals
+    /// `g * ((x + 0.5) / width)` exactly (scaling by a power of two commutes
+    /// with rounding), so one division per coordinate serves every such
+    /// level.
     #[inline]
     pub fn cells(&self, x: f32, y: f32, width: f64, height: f64, out: &mut [usize]) {
+        let (ax, ay) = (x as f64 + 0.5, y as f64 + 0.5);
+        let (qx, qy) = (ax / width, ay / height);
         for (l, &g) in self.grids.iter().enumerate() {
-            let cx = cell_1d(x as f64, width, g);
-            let cy = cell_1d(y as f64, height, g);
-            out[l] = self.first_cell[l] + cy * g + cx;
+            let gf = g as f64;
+            let (vx, vy) = if g.is_power_of_two() { (qx * gf, qy * gf) } else { (ax * gf / width, ay * gf / height) };
+            out[l] = self.first_cell[l] + cell_index(vy, g) * g + cell_index(vx, g);
         }
     }
 
@@ -145,11 +152,19 @@ impl Pyramid {
 /// `clamp(floor(((c + 0.5) * g) / extent), 0, g - 1)`.
 #[inline]
 pub fn cell_1d(c: f64, extent: f64, g: usize) -> usize {
-    let v = ((c + 0.5) * g as f64 / extent).floor();
-    if v <= 0.0 {
-        0
-    } else if v >= (g - 1) as f64 {
+    cell_index((c + 0.5) * g as f64 / extent, g)
+}
+
+/// `clamp(floor(v), 0, g - 1)` without a call to `floor` (a libm call on
+/// baseline x86-64): `floor(v) >= g - 1` iff `v >= g - 1`, `floor(v) <= 0`
+/// iff `v < 1`, and truncation is `floor` in between (NaN gives 0, as
+/// `floor(NaN) as usize` does).
+#[inline(always)]
+fn cell_index(v: f64, g: usize) -> usize {
+    if v >= (g - 1) as f64 {
         g - 1
+    } else if v < 1.0 {
+        0
     } else {
         v as usize
     }
@@ -279,18 +294,23 @@ pub fn bow_histograms(
     let width = layout.n_cells() * k;
     let levels = layout.levels();
     let cw = layout.cell_weights();
-    let mut out = vec![0f32; n_images * width];
+    if width == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = zeroed_output(n_images * width, 0f32);
     for_assigned_chunks(values, offsets, d, vocabulary, how, |start, end, r0, a| {
         let m = a.m;
+        // `acc` is all zeros between images; `touched` lists its entries
+        // that became non-zero (weights are > 0), in first-touch order; only
+        // those are written to the zero-filled output.
         out[start * width..end * width].par_chunks_mut(width).enumerate().for_each_init(
-            || vec![0f64; width],
-            |acc, (e, row)| {
+            || (vec![0f64; width], Vec::<usize>::new()),
+            |(acc, touched), (e, row)| {
                 let i = start + e;
                 let (o0, o1) = (offsets[i], offsets[i + 1]);
                 if o1 == o0 {
                     return;
                 }
-                acc.iter_mut().for_each(|v| *v = 0.0);
                 let cells = layout.cells(i, o0..o1);
                 for r in o0..o1 {
                     let local = r - r0;
@@ -300,14 +320,19 @@ pub fn bow_histograms(
                             continue;
                         }
                         for c in &cells[(r - o0) * levels..(r - o0 + 1) * levels] {
-                            acc[c * k + w] += wt;
+                            let slot = &mut acc[c * k + w];
+                            if *slot == 0.0 {
+                                touched.push(c * k + w);
+                            }
+                            *slot += wt;
                         }
                     }
                 }
-                for (c, (o, a)) in row.chunks_mut(k).zip(acc.chunks(k)).enumerate() {
-                    let s = cw[c];
-                    o.iter_mut().zip(a).for_each(|(o, &a)| *o = (a * s) as f32);
+                for &t in touched.iter() {
+                    row[t] = (acc[t] * cw[t / k]) as f32;
+                    acc[t] = 0.0;
                 }
+                touched.clear();
             },
         );
     })?;
@@ -328,27 +353,34 @@ pub fn pyramid_counts_from_words(words: &[i64], offsets: &[usize], n_words: usiz
     let width = pyramid.n_cells * n_words;
     let levels = pyramid.grids.len();
     let cw = pyramid.cell_weights();
-    let mut out = vec![0f32; n_images * width];
     if width == 0 {
-        return Ok(out);
+        return Ok(vec![0f32; 0]);
     }
+    // Counts go to a per-thread row (in cache) and only the non-zero
+    // entries are written to the zero-filled output (see [`zeroed_output`]).
+    let mut out = zeroed_output(n_images * width, 0f32);
     out.par_chunks_mut(width).enumerate().for_each_init(
-        || vec![0usize; levels],
-        |cells, (i, row)| {
+        || (vec![0usize; levels], vec![0f32; width], Vec::<usize>::new()),
+        |(cells, acc, touched), (i, row)| {
             let (w, h) = frames.size(i);
             for r in offsets[i]..offsets[i + 1] {
                 let (x, y) = frames.xy(r);
                 pyramid.cells(x, y, w, h, cells);
                 let word = words[r] as usize;
                 for &c in cells.iter() {
-                    row[c * n_words + word] += 1.0;
+                    let slot = &mut acc[c * n_words + word];
+                    if *slot == 0.0 {
+                        touched.push(c * n_words + word);
+                    }
+                    *slot += 1.0;
                 }
             }
-            for (c, cell) in row.chunks_mut(n_words).enumerate() {
-                if cw[c] != 1.0 {
-                    cell.iter_mut().for_each(|v| *v = (*v as f64 * cw[c]) as f32);
-                }
+            for &t in touched.iter() {
+                let s = cw[t / n_words];
+                row[t] = if s != 1.0 { (acc[t] as f64 * s) as f32 } else { acc[t] };
+                acc[t] = 0.0;
             }
+            touched.clear();
         },
     );
     Ok(out)
@@ -375,6 +407,38 @@ mod tests {
         assert_eq!(c, [0, 1 + 1, 5 + 3]);
         assert!(Pyramid::new(&[1, 3], LevelWeights::Lazebnik).is_err());
         assert!(Pyramid::new(&[], LevelWeights::Uniform).is_err());
+    }
+
+    #[test]
+    fn cells_match_the_floor_formula() {
+        // The one-division path for power-of-two grids and the floor-free
+        // clamp against the formula as written, on cell boundaries (pixel
+        // edges x = k - 0.5), just beside them, outside the image and at
+        // odd widths.
+        let grids = [1usize, 2, 3, 4, 5, 8, 16, 1024];
+        let p = Pyramid::new(&grids, LevelWeights::Uniform).unwrap();
+        let reference = |c: f32, extent: f64, g: usize| -> usize {
+            let v = ((c as f64 + 0.5) * g as f64 / extent).floor();
+            v.clamp(0.0, (g - 1) as f64) as usize
+        };
+        let mut out = vec![0usize; grids.len()];
+        for w in [1i64, 2, 3, 7, 99, 100, 101, 348, 1000, 4097] {
+            let wf = w as f64;
+            let mut xs: Vec<f32> = vec![-1e30, -3.0, -0.5, -0.49, 0.0, f32::MAX, 1e30];
+            for k in 0..=w {
+                let e = k as f32 - 0.5;
+                xs.extend([e, f32::from_bits(e.to_bits().wrapping_add(1)), f32::from_bits(e.to_bits().wrapping_sub(1)), e + 0.25]);
+            }
+            for &x in &xs {
+                for &y in &[x, 0.3f32] {
+                    p.cells(x, y, wf, wf, &mut out);
+                    for (l, &g) in grids.iter().enumerate() {
+                        let want = p.first_cell[l] + reference(y, wf, g) * g + reference(x, wf, g);
+                        assert_eq!(out[l], want, "x {x} y {y} width {w} grid {g}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

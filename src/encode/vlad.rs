@@ -25,6 +25,12 @@
 //! Sums are accumulated in `f64`; the output is `f32`. An image (or cell)
 //! without descriptors encodes to zeros.
 //!
+//! The work per image follows its descriptors, not `n_cells * K * d`: only
+//! the words an image touches are accumulated, finished and written (into a
+//! zero-filled output); a word's block sum of squares is taken in order,
+//! and a cell's squared norm (step 4) is the sum of its blocks' in word
+//! order, so results do not depend on the number of threads.
+//!
 //! # References
 //! - H. Jégou, M. Douze, C. Schmid, P. Pérez, "Aggregating local descriptors
 //!   into a compact image representation", CVPR 2010.
@@ -35,7 +41,7 @@ use rayon::prelude::*;
 
 use super::assign::Assignment;
 use super::pyramid::{for_assigned_chunks, Layout};
-use super::{check_batch, l2_normalize, signed_sqrt};
+use super::{check_batch, signed_sqrt, zeroed_output};
 use crate::error::{BovwError, Result};
 
 /// VLAD normalisations (VLFeat's flags).
@@ -58,26 +64,42 @@ impl Default for VladOptions {
     }
 }
 
-/// Finish one cell's raw sums into its VLAD (see the module docs).
-fn finish(enc: &mut [f64], mass: &[f64], vocabulary: &[f32], d: usize, o: &VladOptions) {
-    for (k, (v, &m)) in enc.chunks_mut(d).zip(mass).enumerate() {
-        let mu = &vocabulary[k * d..(k + 1) * d];
-        if m > 0.0 {
-            if o.normalize_mass {
-                v.iter_mut().zip(mu).for_each(|(z, &c)| *z = *z / m - c as f64);
-            } else {
-                v.iter_mut().zip(mu).for_each(|(z, &c)| *z -= m * c as f64);
-            }
-        }
-        if o.square_root {
-            signed_sqrt(v);
-        }
-        if o.normalize_components {
-            l2_normalize(v);
+/// Steps 1 and 2 of the module docs on one word's raw sums `v` (mass `m`,
+/// word `mu`). A word without descriptors (`v` all zeros, `m = 0`) stays
+/// all zeros, so only the words an image touches need finishing.
+#[inline]
+fn residual_word(v: &mut [f64], m: f64, mu: &[f32], o: &VladOptions) {
+    if m > 0.0 {
+        if o.normalize_mass {
+            v.iter_mut().zip(mu).for_each(|(z, &c)| *z = *z / m - c as f64);
+        } else {
+            v.iter_mut().zip(mu).for_each(|(z, &c)| *z -= m * c as f64);
         }
     }
-    if o.normalize {
-        l2_normalize(enc);
+    if o.square_root {
+        signed_sqrt(v);
+    }
+}
+
+/// The sum of squares of each block `enc[b d .. (b + 1) d]`, `b` in
+/// `blocks`, into `out`: each summed in order (`sum_t z_t^2`, as
+/// [`super::l2_normalize`] does), four blocks at a time so that the four
+/// dependent chains of additions overlap.
+fn block_sumsq(enc: &[f64], blocks: &[usize], d: usize, out: &mut Vec<f64>) {
+    out.clear();
+    let mut quads = blocks.chunks_exact(4);
+    for q in &mut quads {
+        let v: [&[f64]; 4] = std::array::from_fn(|j| &enc[q[j] * d..(q[j] + 1) * d]);
+        let mut acc = [0.0f64; 4];
+        for t in 0..d {
+            for j in 0..4 {
+                acc[j] += v[j][t] * v[j][t];
+            }
+        }
+        out.extend_from_slice(&acc);
+    }
+    for &b in quads.remainder() {
+        out.push(enc[b * d..(b + 1) * d].iter().map(|z| z * z).sum());
     }
 }
 
@@ -117,22 +139,26 @@ pub fn vlad(
     let width = n_cells * block;
     let levels = layout.levels();
     let cw = layout.cell_weights();
-    let mut out = vec![0f32; n_images * width];
     if width == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    let mut out = zeroed_output(n_images * width, 0f32);
     for_assigned_chunks(values, offsets, d, vocabulary, how, |start, end, r0, a| {
         let m = a.m;
+        // Sparse per image: an image of n descriptors touches at most
+        // n * levels of the n_cells * K word blocks. `enc` and `mass` are all
+        // zeros between images; `touched` lists the blocks (cell * K + word)
+        // whose mass became non-zero (weights are > 0). Untouched blocks
+        // finish to zeros and add exact zeros to their cell's norm, so
+        // skipping them changes no bit of the result.
         out[start * width..end * width].par_chunks_mut(width).enumerate().for_each_init(
-            || (vec![0f64; width], vec![0f64; n_cells * k]),
-            |(enc, mass), (e, row)| {
+            || (vec![0f64; width], vec![0f64; n_cells * k], Vec::<usize>::new(), Vec::<f64>::new()),
+            |(enc, mass, touched, sumsq), (e, row)| {
                 let i = start + e;
                 let (o0, o1) = (offsets[i], offsets[i + 1]);
                 if o1 == o0 {
                     return;
                 }
-                enc.iter_mut().for_each(|v| *v = 0.0);
-                mass.iter_mut().for_each(|v| *v = 0.0);
                 let cells = layout.cells(i, o0..o1);
                 for r in o0..o1 {
                     let x = &values[r * d..(r + 1) * d];
@@ -143,17 +169,65 @@ pub fn vlad(
                             continue;
                         }
                         for &c in &cells[(r - o0) * levels..(r - o0 + 1) * levels] {
-                            mass[c * k + w] += q;
-                            let acc = &mut enc[c * block + w * d..c * block + (w + 1) * d];
+                            let b = c * k + w;
+                            if mass[b] == 0.0 {
+                                touched.push(b);
+                            }
+                            mass[b] += q;
+                            let acc = &mut enc[b * d..(b + 1) * d];
                             acc.iter_mut().zip(x).for_each(|(s, &v)| *s += q * v as f64);
                         }
                     }
                 }
-                for (c, (ec, oc)) in enc.chunks_mut(block).zip(row.chunks_mut(block)).enumerate() {
-                    finish(ec, &mass[c * k..(c + 1) * k], vocabulary, d, opts);
-                    let s = cw[c];
-                    oc.iter_mut().zip(ec.iter()).for_each(|(o, &v)| *o = (v * s) as f32);
+                touched.sort_unstable();
+                for &b in touched.iter() {
+                    let w = b % k;
+                    residual_word(&mut enc[b * d..(b + 1) * d], mass[b], &vocabulary[w * d..(w + 1) * d], opts);
                 }
+                if opts.normalize_components {
+                    // Step 3, as `l2_normalize` of each block.
+                    block_sumsq(enc, touched, d, sumsq);
+                    for (&b, &ss) in touched.iter().zip(sumsq.iter()) {
+                        let n = ss.sqrt().max(1e-12);
+                        enc[b * d..(b + 1) * d].iter_mut().for_each(|z| *z /= n);
+                    }
+                }
+                if opts.normalize {
+                    block_sumsq(enc, touched, d, sumsq);
+                }
+                // Per cell: the L2 norm (step 4) from its touched blocks'
+                // sums of squares, added in block order (untouched blocks
+                // are zeros), then the touched blocks of the zero-filled row.
+                let mut t = 0;
+                while t < touched.len() {
+                    let c = touched[t] / k;
+                    let mut u = t;
+                    while u < touched.len() && touched[u] / k == c {
+                        u += 1;
+                    }
+                    let cell = &touched[t..u];
+                    let norm = if opts.normalize {
+                        let ss: f64 = sumsq[t..u].iter().sum();
+                        Some(ss.sqrt().max(1e-12))
+                    } else {
+                        None
+                    };
+                    let s = cw[c];
+                    for &b in cell {
+                        let v = &mut enc[b * d..(b + 1) * d];
+                        for (o, z) in row[b * d..(b + 1) * d].iter_mut().zip(v.iter_mut()) {
+                            let z1 = match norm {
+                                Some(n) => *z / n,
+                                None => *z,
+                            };
+                            *o = (z1 * s) as f32;
+                            *z = 0.0;
+                        }
+                        mass[b] = 0.0;
+                    }
+                    t = u;
+                }
+                touched.clear();
             },
         );
     })?;

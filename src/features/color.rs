@@ -251,6 +251,32 @@ pub struct ColorHistogram {
     /// stride in the joint histogram (the tables span every value a channel takes).
     tables: [Vec<u32>; 3],
     n_bins: usize,
+    /// `bin_c(x) = floor((x - lo_c) * scales[c])` in f32 for every channel
+    /// value where that form is exact (the SIMD path), else None.
+    scales: Option<[f32; 3]>,
+}
+
+/// Per channel, an f32 `scale` with `floor((x - lo) * scale)` equal to the
+/// bin table for every value of the channel (the nearest float to
+/// `bins / span` or one of the next few), for the SIMD path; None when a
+/// channel has none. Opponent colour stays on the table path: its AVX2 bins
+/// disagreed with the tables on some bin counts (e.g. 7 x 5 x 3).
+fn exact_f32_scales(params: &ColorHistogramParams, tables: &[Vec<u32>; 3]) -> Option<[f32; 3]> {
+    if params.space == ColorSpace::Opponent {
+        return None;
+    }
+    let ranges = params.space.ranges();
+    let strides = [params.bins[1] * params.bins[2], params.bins[2], 1];
+    let mut out = [0f32; 3];
+    for c in 0..3 {
+        let (lo, hi) = ranges[c];
+        let exact = |scale: f32| {
+            (lo..hi).all(|x| ((x - lo) as f32 * scale).floor() as usize * strides[c] == tables[c][(x - lo) as usize] as usize)
+        };
+        let first = params.bins[c] as f32 / (hi - lo) as f32;
+        out[c] = (0..4).map(|i| f32::from_bits(first.to_bits() + i)).find(|&s| exact(s))?;
+    }
+    Some(out)
 }
 
 /// The segment of each index 0..n in the common refinement of the cuts
@@ -304,7 +330,8 @@ impl ColorHistogram {
                 .collect()
         });
         let n_bins = params.bins.iter().product();
-        Ok(ColorHistogram { params, tables, n_bins })
+        let scales = exact_f32_scales(&params, &tables);
+        Ok(ColorHistogram { params, tables, n_bins, scales })
     }
 
     /// The parameters.
@@ -393,37 +420,12 @@ impl ColorHistogram {
     fn kernel(&self) -> BinKernel<'_> {
         let ranges = self.params.space.ranges();
         let strides = [self.params.bins[1] * self.params.bins[2], self.params.bins[2], 1];
-        // floor((x - lo) * scale) in f32 where it gives calcHist's bin for
-        // every channel value (checked here), for the SIMD path.
-        // Opponent colour stays on the table path: its AVX2 bins disagreed
-        // with the tables on some bin counts (e.g. 7 x 5 x 3).
-        let simd_space = self.params.space != ColorSpace::Opponent;
-        let scales: Option<[f32; 3]> = (0..3)
-            .filter(|_| simd_space)
-            .map(|c| {
-                let (lo, hi) = ranges[c];
-                let n = self.params.bins[c];
-                let mut scale = n as f32 / (hi - lo) as f32;
-                for _ in 0..4 {
-                    let ok = (lo..hi).all(|x| {
-                        ((x - lo) as f32 * scale).floor() as usize * strides[c] == self.tables[c][(x - lo) as usize] as usize
-                    });
-                    if ok {
-                        return Some(scale);
-                    }
-                    scale = f32::from_bits(scale.to_bits() + 1);
-                }
-                None
-            })
-            .collect::<Option<Vec<f32>>>()
-            .filter(|v| v.len() == 3)
-            .map(|v| [v[0], v[1], v[2]]);
         BinKernel {
             space: self.params.space,
             rule: self.params.mask,
             tables: [&self.tables[0], &self.tables[1], &self.tables[2]],
             lo: [ranges[0].0, ranges[1].0, ranges[2].0],
-            scales,
+            scales: self.scales,
             strides: [strides[0] as f32, strides[1] as f32],
         }
     }
@@ -527,9 +529,10 @@ impl BinKernel<'_> {
         }
     }
 
-    /// [`Self::row_bins`] for the first pixels of the row, 16 at a time, in
+    /// [`Self::row_bins`] for the pixels of the row, 16 at a time, in
     /// AVX2 (the same integer operations; bins by the exact f32 form).
-    /// Returns the number of pixels done.
+    /// Returns the number of pixels done: all of them when the row has 16
+    /// or more, none otherwise.
     ///
     /// # Safety
     /// AVX2 and SSE4.1 must be available.
@@ -579,8 +582,16 @@ impl BinKernel<'_> {
         let hdiv = t.hdiv.as_ptr();
         // cvtps rounds half to even (the default MXCSR mode), as the tables
         let (sdiv_num, hdiv_num, one) = (_mm256_set1_ps(SDIV_NUM), _mm256_set1_ps(HDIV_NUM), _mm256_set1_epi32(1));
-        let mut x = 0;
-        while x + 16 <= n {
+        // Blocks of 16 pixels; the last block is moved back to end at the
+        // row's end (overlapping the one before, whose slots it rewrites
+        // with the same values) so that no pixel takes the scalar path.
+        if n < 16 {
+            return 0;
+        }
+        let mut next = 0;
+        while next < n {
+            let x = next.min(n - 16);
+            next = x + 16;
             // SAFETY: x + 16 <= n, so bytes 3x..3x + 48 of the row, 16 mask
             // bytes, 16 col_off and 16 out entries are in bounds.
             let p = row.as_ptr().add(3 * x);
@@ -659,9 +670,8 @@ impl BinKernel<'_> {
                 let slot = _mm256_blendv_epi8(slot, dumpv, drop);
                 _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
             }
-            x += 16;
         }
-        x
+        n
     }
 }
 
@@ -777,28 +787,30 @@ mod tests {
 
     #[test]
     fn simd_and_portable_bins_agree() {
-        // every colour channel value appears; odd width leaves a tail
-        let (w, h) = (257, 23);
-        let mut state = 12345u32;
-        let data: Vec<u8> = (0..3 * w * h)
-            .map(|i| {
-                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                if i % 7 == 0 { 255 } else { (state >> 16) as u8 }
-            })
-            .collect();
-        let mask: Vec<u8> = (0..w * h).map(|i| (i % 5 != 0) as u8).collect();
-        for space in [ColorSpace::Hsv, ColorSpace::Rgb, ColorSpace::Opponent] {
-            for bins in [[18, 4, 4], [7, 5, 3], [180, 1, 1], [1, 1, 1]] {
-                let bins = if space == ColorSpace::Opponent { [bins[0].min(511), bins[1], bins[2]] } else { bins };
-                for rule in [MaskRule::None, MaskRule::WHITE] {
-                    let p = ColorHistogramParams { space, bins, mask: rule, grid: vec![1, 2], normalize: HistNorm::None, sqrt: false };
-                    let hist = ColorHistogram::new(p).unwrap();
-                    assert_eq!(hist.kernel().scales.is_some(), space != ColorSpace::Opponent, "{space:?} {bins:?}");
-                    let img = RgbView::new(&data, w, h);
-                    for m in [None, Some(&mask[..])] {
-                        let a = hist.histogram(img, m).unwrap();
-                        let b = crate::features::portable_only(|| hist.histogram(img, m).unwrap());
-                        assert_eq!(a, b, "{space:?} {bins:?} {rule:?}");
+        // every colour channel value appears; width 257 ends on an
+        // overlapping block, width 13 is below one block
+        for (w, h) in [(257, 23), (13, 5)] {
+            let mut state = 12345u32;
+            let data: Vec<u8> = (0..3 * w * h)
+                .map(|i| {
+                    state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    if i % 7 == 0 { 255 } else { (state >> 16) as u8 }
+                })
+                .collect();
+            let mask: Vec<u8> = (0..w * h).map(|i| (i % 5 != 0) as u8).collect();
+            for space in [ColorSpace::Hsv, ColorSpace::Rgb, ColorSpace::Opponent] {
+                for bins in [[18, 4, 4], [7, 5, 3], [180, 1, 1], [1, 1, 1]] {
+                    let bins = if space == ColorSpace::Opponent { [bins[0].min(511), bins[1], bins[2]] } else { bins };
+                    for rule in [MaskRule::None, MaskRule::WHITE] {
+                        let p = ColorHistogramParams { space, bins, mask: rule, grid: vec![1, 2], normalize: HistNorm::None, sqrt: false };
+                        let hist = ColorHistogram::new(p).unwrap();
+                        assert_eq!(hist.kernel().scales.is_some(), space != ColorSpace::Opponent, "{space:?} {bins:?}");
+                        let img = RgbView::new(&data, w, h);
+                        for m in [None, Some(&mask[..])] {
+                            let a = hist.histogram(img, m).unwrap();
+                            let b = crate::features::portable_only(|| hist.histogram(img, m).unwrap());
+                            assert_eq!(a, b, "{space:?} {bins:?} {rule:?}");
+                        }
                     }
                 }
             }

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from bovw.image import display_path
-from bovw.job import Extraction, Listing
+from bovw.job import DescriptorSample, Extraction, Listing
 from bovw.spark.io import ImageReader, collect_arrow, default_endpoint_url, driver_s3_options, is_s3, \
     list_s3_images, session, split_and_label_rows
 from bovw.spark.stages import DEFAULT_BATCH_SIZE, encode_images, extract_descriptors
@@ -47,6 +47,40 @@ def _read_fn(endpoint_url: Optional[str], s3_options: Optional[dict]
                  pa.array([d for d, _ in read], pa.binary()), pa.array([e for _, e in read], pa.string())],
                 names=["row", "path", "content", "read_error"],
             )
+
+    return fn
+
+
+def _sample_fn(max_descriptors: Optional[int], seed: int, width: int, dtype: np.dtype
+               ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow``: (row, descriptors) -> one partition's
+    :class:`bovw.job.DescriptorSample` (part, offered, row, pos, key, one
+    descriptor per row as bytes); a partition that keeps nothing gives one
+    row with ``row = -1`` so that its ``offered`` count still arrives."""
+
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        from bovw.columns import descriptor_matrix, from_matrix
+
+        sample = DescriptorSample(max_descriptors, seed, width, dtype)
+        for rb in batches:
+            X, offsets = descriptor_matrix(rb.column(rb.schema.get_field_index("descriptors")), width=width,
+                                           dtype=dtype)
+            rows = rb.column(rb.schema.get_field_index("row")).to_numpy(zero_copy_only=False)
+            for j, i in enumerate(rows):
+                sample.add(int(i), X[offsets[j]:offsets[j + 1]])
+        keys, images, positions, X = sample.parts()
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        if len(keys) == 0:
+            keys, images, positions = np.zeros(1), np.full(1, -1, np.int64), np.zeros(1, np.int64)
+            X = np.zeros((1, width), dtype)
+        n = len(keys)
+        yield pa.record_batch([
+            pa.array(np.full(n, part, np.int32)), pa.array(np.full(n, sample.n_offered, np.int64)),
+            pa.array(images), pa.array(positions), pa.array(keys), from_matrix(X, np.arange(n + 1)),
+        ], names=["part", "offered", "row", "pos", "key", "descriptor"])
 
     return fn
 
@@ -112,20 +146,29 @@ class SparkEngine:
         return df.mapInArrow(_read_fn(self.endpoint_url, driver_s3_options(None)),
                              "row bigint, path string, content binary, read_error string")
 
-    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any) -> list[np.ndarray]:
+    def sample_descriptors(self, listing: Listing, rows: np.ndarray, extractor: Any,
+                           sample: DescriptorSample) -> np.ndarray:
+        # Each partition keeps its own bottom-k sample; the driver merges them
+        # (the same keys, so the same sample as the local engine's).
         from bovw.columns import descriptor_matrix
 
         df = extract_descriptors(self._images(listing, rows), extractor, n_threads=self.n_threads,
                                  batch_size=self.batch_size, keep=["row"])
-        table = collect_arrow(df.select("row", "descriptors")).sort_by("row")
-        X, offsets = descriptor_matrix(table.column("descriptors"), width=extractor.descriptor_width,
-                                       dtype=extractor.descriptor_dtype)
-        by_row = dict(zip(table.column("row").to_pylist(), range(table.num_rows)))
-        out = []
-        for i in rows:
-            j = by_row[int(i)]
-            out.append(X[offsets[j]:offsets[j + 1]])
-        return out
+        fn = _sample_fn(sample.max_descriptors, sample.seed, extractor.descriptor_width,
+                        np.dtype(extractor.descriptor_dtype))
+        table = collect_arrow(df.select("row", "descriptors").mapInArrow(
+            fn, "part int, offered bigint, row bigint, pos bigint, key double, descriptor binary"))
+        parts = table.column("part").to_numpy(zero_copy_only=False)
+        offered = table.column("offered").to_numpy(zero_copy_only=False)
+        _, first = np.unique(parts, return_index=True)
+        real = table.column("row").to_numpy(zero_copy_only=False) >= 0
+        X, _ = descriptor_matrix(table.column("descriptor").filter(pa.array(real)),
+                                 width=extractor.descriptor_width, dtype=extractor.descriptor_dtype)
+        sample.add_keyed(table.column("key").to_numpy(zero_copy_only=False)[real],
+                         table.column("row").to_numpy(zero_copy_only=False)[real],
+                         table.column("pos").to_numpy(zero_copy_only=False)[real], X,
+                         offered=int(offered[first].sum()))
+        return sample.matrix()
 
     def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
         from bovw.columns import vector_matrix
