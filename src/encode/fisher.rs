@@ -33,8 +33,8 @@
 //! so the vector does not depend on the number of threads nor on the other
 //! images of the batch. Where the CPU has AVX2, the accumulation and the
 //! normalisation run an AVX2 build of the same arithmetic (same bits). The
-//! output is not pre-zeroed: each task zeroes its rows (huge pages where
-//! the buffer is large) and writes the used components.
+//! output is zero-filled by the kernel (`calloc`, huge pages where large)
+//! and only the used components are written.
 //!
 //! # References
 //! - F. Perronnin, J. Sánchez, T. Mensink, "Improving the Fisher kernel for
@@ -43,12 +43,10 @@
 //!   with the Fisher vector: theory and practice", IJCV 105(3), 2013.
 //! - VLFeat, `vl/fisher.c`.
 
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
 
 use super::pyramid::Layout;
-use super::{assume_init, check_batch, output_buffer, signed_sqrt, width_error};
+use super::{check_batch, signed_sqrt, width_error, zeroed_output};
 use crate::cluster::gmm::{has_avx2, posteriors_block, DiagGmm, PreparedGmm, Scratch};
 use crate::cluster::kmeans::CHUNK;
 use crate::error::{BovwError, Result};
@@ -113,8 +111,8 @@ pub fn fisher(values: &[f32], offsets: &[usize], d: usize, gmm: &DiagGmm, opts: 
     if width == 0 {
         return Ok(Vec::new());
     }
-    // Every row is zeroed by its task, then its used components written.
-    let mut out = output_buffer::<f32>(n_images * width);
+    // Zero-filled (calloc, huge pages): only the used components are written.
+    let mut out = zeroed_output(n_images * width, 0f32);
     let ctx = Ctx {
         values,
         d,
@@ -133,10 +131,6 @@ pub fn fisher(values: &[f32], offsets: &[usize], d: usize, gmm: &DiagGmm, opts: 
     out.par_chunks_mut(width).enumerate().with_max_len(1).for_each_init(
         || Worker::new(width, n_cells, k, d),
         |w, (i, row)| {
-            row.fill(MaybeUninit::new(0.0));
-            // SAFETY: every value was just written; MaybeUninit<f32> has
-            // f32's layout.
-            let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
             let (o0, o1) = (offsets[i], offsets[i + 1]);
             if o1 == o0 || o1 - o0 > PART {
                 return;
@@ -151,8 +145,6 @@ pub fn fisher(values: &[f32], offsets: &[usize], d: usize, gmm: &DiagGmm, opts: 
     );
     // Larger images: their descriptors cut into parts (sizes from the
     // number of descriptors only) summed in parallel, then added in order.
-    // SAFETY: the first pass wrote every row.
-    let mut out = unsafe { assume_init(out) };
     for (i, row) in out.chunks_mut(width).enumerate() {
         let (o0, o1) = (offsets[i], offsets[i + 1]);
         if o1 - o0 <= PART {
