@@ -157,12 +157,6 @@ class ColorHistogram(_CachedRust, Extractor):
         self.normalize = normalize
         self.sqrt = sqrt
 
-    def _param_key(self) -> tuple:
-        key = super()._param_key()
-        if type(self.mask) is np.ndarray:  # arrays compare by identity
-            key = key[:2] + (id(self.mask),) + key[3:]
-        return key
-
     def _mask_array(self) -> np.ndarray | None:
         return self.mask if isinstance(self.mask, np.ndarray) else None
 

@@ -60,21 +60,21 @@ def _check_color_image(image: Any, what: str = "image") -> np.ndarray:
 
 
 class _CachedRust(Extractor):
-    """Rebuild the Rust extractor only when a parameter changed, comparing
-    the parameter values themselves (arrays by identity): cheaper per call
-    than the base class's ``repr`` key, which matters for 100 x 100 images."""
+    """Build the Rust extractor once and again only after a parameter is
+    set (directly or by ``set_params``): cheaper per call than the base
+    class's ``repr`` key, which matters for 100 x 100 images."""
 
-    def _param_key(self) -> tuple:
-        return tuple(map(self.__dict__.get, self._param_names))
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in type(self)._param_names:
+            self.__dict__.pop("_rust_fast", None)
+        super().__setattr__(name, value)
 
     @property
     def _rust(self) -> Any:
-        key = self._param_key()
         cached = self.__dict__.get("_rust_fast")
-        if cached is None or cached[0] != key:
-            cached = (key, type(self)._rust_class(**self._rust_params()))
-            self.__dict__["_rust_fast"] = cached
-        return cached[1]
+        if cached is None:
+            cached = self.__dict__["_rust_fast"] = type(self)._rust_class(**self._rust_params())
+        return cached
 
     def __getstate__(self) -> dict[str, Any]:
         return self.get_params()
