@@ -199,8 +199,7 @@ def bench_vlad(data: dict, quick: bool) -> list[dict]:
             def ref_given_assign():
                 return [vlad(x, vocab, a, normalize_components=True) for x, a in zip(per, onehot)]
 
-            def ref_vlfeat():
-                lab = kmeans_quantize(X, vocab, algorithm="LLOYD")
+            def ref_from_labels(lab):
                 out = []
                 for i, (a, b) in enumerate(zip(o[:-1], o[1:])):
                     h = np.zeros((b - a, k), np.float32)
@@ -208,14 +207,11 @@ def bench_vlad(data: dict, quick: bool) -> list[dict]:
                     out.append(vlad(per[i], vocab, h, normalize_components=True))
                 return out
 
+            def ref_vlfeat():
+                return ref_from_labels(kmeans_quantize(X, vocab, algorithm="LLOYD"))
+
             def ref_whole():
-                lab = sk.predict(X)
-                out = []
-                for i, (a, b) in enumerate(zip(o[:-1], o[1:])):
-                    h = np.zeros((b - a, k), np.float32)
-                    h[np.arange(b - a), lab[a:b]] = 1
-                    out.append(vlad(per[i], vocab, h, normalize_components=True))
-                return out
+                return ref_from_labels(sk.predict(X))
 
             ours = enc.transform(X, o)
             err = max(float(np.abs(ours[i] - r).max()) for i, r in enumerate(ref_given_assign()[:50]))
