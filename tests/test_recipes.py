@@ -251,3 +251,33 @@ def test_logistic_regression_on_row_space_is_the_same_model(sample_root):
     narrow = X[:, :10]
     rs = RowSpace().fit(narrow)
     assert rs.pca_ is None and rs.transform(narrow) is narrow
+
+
+def test_select_c_scores_equal_full_pipeline_fits(sample_root):
+    """select_c fits the C-independent steps once; its scores equal fitting
+    the whole classifier for every C (standardised or not, RowSpace active:
+    more features than training images)."""
+    from sklearn.metrics import accuracy_score
+
+    from bovw.job import select_c
+    from bovw.model import make_classifier
+
+    hist = bovw.ColorHistogram(grid=(1, 2))
+
+    def features(split, n):
+        X, y = [], []
+        for cls in CLASSES:
+            for f in sorted((sample_root / split / cls).glob("*.jpg"))[:n]:
+                X.append(hist.compute(bovw.decode_rgb(f.read_bytes())))
+                y.append(cls)
+        return np.array(X, dtype=np.float64), np.array(y)
+
+    X, y = features("Training", 15)
+    Xv, yv = features("Test", 5)
+    for standardize in (False, True):
+        params = {"C": 100.0, "standardize": standardize}
+        got = select_c("logreg", 0, params, X, y, Xv, yv, grid=(0.01, 1.0, 1000.0))
+        ref = {str(c): float(accuracy_score(yv, make_classifier("logreg", 0, C=c, standardize=standardize)
+                                            .fit(X, y).predict(Xv)))
+               for c in (0.01, 1.0, 100.0, 1000.0)}
+        assert got["scores"] == ref

@@ -373,14 +373,24 @@ def select_c(classifier: str, seed: int, params: dict[str, Any], X_train: np.nda
     dict
         ``{"C": best, "scores": {str(C): validation accuracy}}``.
     """
+    from sklearn.base import clone
     from sklearn.metrics import accuracy_score
+    from sklearn.pipeline import Pipeline
 
     from bovw.model import make_classifier
 
     values = sorted({float(c) for c in grid} | ({float(params["C"])} if "C" in params else set()))
+    # The steps before the final estimator (standardisation, RowSpace) do not
+    # depend on C: fitted once, not once per value of the grid.
+    pipe = make_classifier(classifier, seed, **{**params, "C": values[0]})
+    if isinstance(pipe, Pipeline):
+        pre = Pipeline(pipe.steps[:-1]).fit(X_train)
+        X_train, X_val, last = pre.transform(X_train), pre.transform(X_val), pipe.steps[-1][1]
+    else:
+        last = pipe
     scores: dict[str, float] = {}
     for c in values:
-        clf = make_classifier(classifier, seed, **{**params, "C": c}).fit(X_train, y_train)
+        clf = clone(last).set_params(C=c).fit(X_train, y_train)
         scores[str(c)] = float(accuracy_score(y_val, clf.predict(X_val)))
     best = max(values, key=lambda c: (scores[str(c)], -c))
     return {"C": best, "scores": scores}
