@@ -86,6 +86,7 @@ use rayon::prelude::*;
 
 use super::kmeans::{gemm_abt, Real, CHUNK};
 use crate::error::{BovwError, Result};
+use crate::features::use_avx2;
 
 /// `ln(2 pi)`.
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
@@ -241,20 +242,6 @@ impl Scratch {
     pub(crate) fn lhat(&self, g: &PreparedGmm, r: usize, j: usize) -> f64 {
         let q = self.buf[r * g.k + j] as f64 + g.c[j];
         g.log_norm[j] - 0.5 * q
-    }
-}
-
-/// Whether the CPU has AVX2 (the kernels below then run an AVX2 build of
-/// the same arithmetic: no fused operations, so the same bits).
-#[inline(always)]
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -432,7 +419,7 @@ pub(crate) fn posteriors_block<T: Real>(rows: &[T], g: &PreparedGmm, s: &mut Scr
     s.x.resize(d, 0.0);
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2() {
+        if use_avx2() {
             // SAFETY: the CPU supports AVX2 (checked just above).
             unsafe { posterior_rows_avx2(rows, g, s) };
             return;
@@ -630,13 +617,13 @@ pub fn suff_stats<T: Real>(x: &[T], d: usize, g: &PreparedGmm) -> Result<SuffSta
     Ok(reduce_parts(x, d, k, |_, rows, st| {
         let mut s = Scratch::default();
         let mut ms = MStepScratch::default();
-        let avx2 = has_avx2();
+        let avx2 = use_avx2();
         for block in rows.chunks(CHUNK * d) {
             posteriors_block(block, g, &mut s);
             #[cfg(target_arch = "x86_64")]
             {
                 if avx2 {
-                    // SAFETY: the CPU supports AVX2 (checked by `has_avx2`).
+                    // SAFETY: the CPU supports AVX2 (checked by `use_avx2`).
                     unsafe { accumulate_block_avx2(block, &s, st, &mut ms) };
                     continue;
                 }
@@ -1211,7 +1198,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_kernels_give_the_same_bits() {
-        if !has_avx2() {
+        if !use_avx2() {
             return;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(2);

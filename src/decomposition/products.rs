@@ -158,37 +158,6 @@ pub fn centered_sums_scatter<T: Sample>(x: &[T], d: usize, center: &[T]) -> (Vec
     (sums, out)
 }
 
-/// An uninitialised vector of `len` values for a large output, to be
-/// written in full before use. Not zeroed: the allocator may hand back
-/// memory a previous call freed (glibc serves blocks up to 32 MiB from its
-/// heap once one such block was freed), which then costs neither page
-/// faults nor a memset. On Linux, pages of a fresh mapping are marked for
-/// transparent huge pages (`madvise(MADV_HUGEPAGE)`), so that writing them
-/// takes one page fault per 2 MiB instead of one per 4 KiB: for a
-/// projection onto a few dozen components the faults otherwise cost as much
-/// as the arithmetic.
-fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit needs no initialisation; capacity is `len`.
-    unsafe { v.set_len(len) };
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let bytes = std::mem::size_of_val(v.as_slice());
-        if bytes >= 2 * HUGE {
-            let start = v.as_ptr() as usize;
-            let lo = start.div_ceil(HUGE) * HUGE;
-            let hi = (start + bytes) / HUGE * HUGE;
-            if hi > lo {
-                // SAFETY: advice on whole pages inside the allocation; it
-                // changes how they are backed, never their contents.
-                unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
-            }
-        }
-    }
-    v
-}
-
 /// $Y = (X C^\top - \text{offset}) / \text{scale}$, column-wise: `x` is
 /// `n x d` row-major, `components` `k x d` row-major (`f64`, rounded to
 /// `T` for the products), `offset` has `k` values, `scale` (when given) `k`
@@ -210,7 +179,7 @@ pub fn project<T: Sample>(x: &[T], d: usize, components: &[f64], offset: &[f64],
     }
     let comps: Vec<T> = components.iter().map(|&c| T::from_f64(c)).collect();
     let c = MatRef::from_row_major_slice(&comps, k, d);
-    let mut out = output_buffer::<T>(n * k);
+    let mut out = crate::encode::output_buffer::<T>(n * k);
     let non_finite = std::sync::atomic::AtomicBool::new(false);
     out.par_chunks_mut(ROWS * k).zip(x.par_chunks(ROWS * d)).for_each_init(Vec::new, |prod: &mut Vec<T>, (o, xb)| {
         let m = xb.len() / d;

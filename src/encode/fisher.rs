@@ -47,7 +47,8 @@ use rayon::prelude::*;
 
 use super::pyramid::Layout;
 use super::{check_batch, signed_sqrt, width_error, zeroed_output};
-use crate::cluster::gmm::{has_avx2, posteriors_block, DiagGmm, PreparedGmm, Scratch};
+use crate::cluster::gmm::{posteriors_block, DiagGmm, PreparedGmm, Scratch};
+use crate::features::use_avx2;
 use crate::cluster::kmeans::CHUNK;
 use crate::error::{BovwError, Result};
 
@@ -125,7 +126,7 @@ pub fn fisher(values: &[f32], offsets: &[usize], d: usize, gmm: &DiagGmm, opts: 
         cell_weights: &cw,
         opts,
     };
-    let avx2 = has_avx2();
+    let avx2 = use_avx2();
     // Images with up to PART descriptors: one task each. Larger ones are
     // left to the second pass.
     out.par_chunks_mut(width).enumerate().with_max_len(1).for_each_init(
@@ -197,7 +198,7 @@ fn accumulate_any(avx2: bool, c: &Ctx<'_>, acc: &mut Acc, s: &mut Scratch, z: &m
             accumulate(c, acc, s, z, r0, r1, cells)
         }
         if avx2 {
-            // SAFETY: `avx2` is `has_avx2()`.
+            // SAFETY: `avx2` is `use_avx2()`.
             return unsafe { accumulate_avx2(c, acc, s, z, r0, r1, cells) };
         }
     }
@@ -214,7 +215,7 @@ fn finish_any(avx2: bool, c: &Ctx<'_>, acc: &mut Acc, count: &mut [usize], row: 
             finish(c, acc, count, row)
         }
         if avx2 {
-            // SAFETY: `avx2` is `has_avx2()`.
+            // SAFETY: `avx2` is `use_avx2()`.
             return unsafe { finish_avx2(c, acc, count, row) };
         }
     }

@@ -157,9 +157,7 @@ pub fn l2_normalize(v: &mut [f64]) {
 /// An uninitialised `len`-value output buffer, to be written in full and
 /// then turned into a `Vec<T>` by [`assume_init`]. Neither zeroed nor
 /// written twice; on Linux its pages are marked for transparent huge pages
-/// (see [`advise_huge_pages`]) (the same as
-/// `crate::decomposition::products`'s private buffer: one helper could
-/// serve both).
+/// (see [`advise_huge_pages`]); PCA's projections use it too.
 pub(crate) fn output_buffer<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation; the capacity is `len`.
