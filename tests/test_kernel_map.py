@@ -67,6 +67,16 @@ def test_chi2_map_bad_input():
         bovw.AdditiveChi2Sampler().fit_transform(np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match="sample_interval"):
         bovw.AdditiveChi2Sampler(sample_steps=5).fit(np.ones((2, 2)))
+    # the input is checked while it is mapped, in parallel blocks of rows:
+    # the error names the first bad value in row-major order, whichever
+    # block finds one first
+    X = np.zeros((300, 200))
+    X[250, 3], X[130, 199], X[131, 0] = -1.0, np.inf, np.nan
+    with pytest.raises(ValueError, match="row 130, column 199 is not finite"):
+        bovw.kernel_approximation.chi2_map(X, n_threads=2)
+    X[130, 199] = 0.5
+    with pytest.raises(ValueError, match="row 131, column 0 is not finite"):
+        bovw.kernel_approximation.chi2_map(X.astype(np.float32), n_threads=2)
     # an empty batch maps to an empty array
     assert bovw.kernel_approximation.chi2_map(np.zeros((0, 3))).shape == (0, 9)
 

@@ -13,6 +13,7 @@ Usage (from the repository root, ``../shared`` beside it)::
 
     python benches/py/recipes_c_grid.py grocery color cnn224 cnn224+color
     python benches/py/recipes_c_grid.py fruits color cnn_native cnn_native+color
+    python benches/py/recipes_c_grid.py fruits cnn_native cnn96 cnn_native+color cnn96+color
 """
 import argparse
 import json
@@ -140,6 +141,13 @@ def cnn224(ds, contents, split):
 @channel
 def cnn_native(ds, contents, split):
     ex = bovw.CNNEmbedding(input_size=100 if ds == "fruits" else 224)
+    return np.stack([x[0][0] for x in describe(ex, contents, batch=64)])
+
+
+@channel
+def cnn96(ds, contents, split):
+    """Fruits-360 at 96 px: the native 100 px rounded down to the network's stride (32)."""
+    ex = bovw.CNNEmbedding(input_size=96 if ds == "fruits" else 224)
     return np.stack([x[0][0] for x in describe(ex, contents, batch=64)])
 
 

@@ -101,15 +101,6 @@ pub fn additive_chi2<T: Real>(x: &[T], d: usize, sample_steps: usize, sample_int
     if x.len() % d != 0 {
         return Err(BovwError::Shape { what: "X".into(), expected: format!("(n, {d})"), got: format!("{} values", x.len()) });
     }
-    if let Some(i) = first_bad(x, |v| (v.to_f64() >= 0.0) & (v.to_f64() < f64::INFINITY)) {
-        return Err(BovwError::input(format!(
-            "X: value {:?} at row {}, column {} is {}: the chi2 map needs finite values >= 0",
-            x[i],
-            i / d,
-            i % d,
-            if x[i].is_finite() { "negative" } else { "not finite" }
-        )));
-    }
     let s = sample_steps;
     let w = (2 * s - 1) * d;
     // sqrt(2 L / cosh(pi j L)), j = 1..s-1
@@ -118,12 +109,23 @@ pub fn additive_chi2<T: Real>(x: &[T], d: usize, sample_steps: usize, sample_int
     // Histograms are mostly zeros, whose map is zeros: the output starts
     // zero-filled (see `zeroed_output`: the kernel's fresh pages) and only
     // blocks with a non-zero input are written.
+    // The input is checked in the same pass (each row stops at its first
+    // span holding a negative or non-finite value); the error names the
+    // first such value in row-major order.
     let mut out = super::zeroed_output(n * w, T::zero());
-    out.par_chunks_mut(ROWS * w).zip(x.par_chunks(ROWS * d)).for_each(|(ob, xb)| {
-        for (orow, xrow) in ob.chunks_mut(w).zip(xb.chunks(d)) {
-            chi2_row(xrow, orow, l, &factors);
-        }
-    });
+    let all_ok = out.par_chunks_mut(ROWS * w).zip(x.par_chunks(ROWS * d)).map(|(ob, xb)| {
+        ob.chunks_mut(w).zip(xb.chunks(d)).fold(true, |ok, (orow, xrow)| ok & chi2_row(xrow, orow, l, &factors))
+    }).reduce(|| true, |a, b| a & b);
+    if !all_ok {
+        let i = first_bad(x, |v| (v.to_f64() >= 0.0) & (v.to_f64() < f64::INFINITY)).expect("a bad value");
+        return Err(BovwError::input(format!(
+            "X: value {:?} at row {}, column {} is {}: the chi2 map needs finite values >= 0",
+            x[i],
+            i / d,
+            i % d,
+            if x[i].is_finite() { "negative" } else { "not finite" }
+        )));
+    }
     Ok(out)
 }
 
@@ -137,13 +139,14 @@ const SPAN: usize = 64;
 /// One row of the chi2 map, with AVX2 + FMA code generation where the CPU
 /// has them (the arithmetic is the same: no fused operations are used, so
 /// both paths give the same bits).
-fn chi2_row<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
+/// Returns false, leaving the row part-written, when the row holds a
+/// negative or non-finite value.
+fn chi2_row<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { chi2_row_avx2(x, out, l, factors) };
-            return;
+            return unsafe { chi2_row_avx2(x, out, l, factors) };
         }
     }
     chi2_row_body(x, out, l, factors)
@@ -151,7 +154,7 @@ fn chi2_row<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn chi2_row_avx2<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
+unsafe fn chi2_row_avx2<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) -> bool {
     chi2_row_body(x, out, l, factors)
 }
 
@@ -165,7 +168,7 @@ unsafe fn chi2_row_avx2<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]
 /// beyond `|theta| < 2^20 pi / 2` use `f64::sin_cos` (never reached: for
 /// finite `x > 0`, `|ln x| < 746`).
 #[inline(always)]
-fn chi2_row_body<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
+fn chi2_row_body<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) -> bool {
     let d = x.len();
     let sl = l.sqrt();
     let mut idx = [0usize; SPAN];
@@ -174,7 +177,16 @@ fn chi2_row_body<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
     while t0 < d {
         let span = SPAN.min(d - t0);
         let xs = &x[t0..t0 + span];
-        if !xs.iter().fold(false, |a, &v| a | (v.to_f64() > 0.0)) {
+        // one pass tests for a positive value and for a bad one (negative,
+        // infinite or NaN: NaN fails both comparisons)
+        let (any_pos, all_ok) = xs.iter().fold((false, true), |(p, ok), &v| {
+            let v = v.to_f64();
+            (p | (v > 0.0), ok & ((v >= 0.0) & (v < f64::INFINITY)))
+        });
+        if !all_ok {
+            return false;
+        }
+        if !any_pos {
             t0 += span;
             continue;
         }
@@ -231,6 +243,7 @@ fn chi2_row_body<T: Real>(x: &[T], out: &mut [T], l: f64, factors: &[f64]) {
         }
         t0 += span;
     }
+    true
 }
 
 /// Largest `|theta|` for [`sin_cos`]'s argument reduction (`|k| < 2^20`).
