@@ -47,8 +47,9 @@ def test_default_recipe_is_cnn_and_colour_and_recognises_the_sample(default_run)
     assert info["recipe"]["name"] == DEFAULT_RECIPE == "cnn+color"
     cnn, color = info["recipe"]["channels"]
     assert (cnn["method"], color["method"]) == ("cnn", "color")
-    # the sample's images are 100 x 100: the CNN runs at their native size
-    assert cnn["params"]["input_size"] == 100
+    # the sample's images are 100 x 100: the CNN runs at 96, their size
+    # rounded down to the network's stride
+    assert cnn["params"]["input_size"] == 96
     assert color["params"]["bins"] == [18, 4, 4] and color["params"]["mask"] == "white"
     assert info["recipe"]["pca"] is None and info["pca"] is None
     assert info["recipe"]["classifier"] == {"name": "logreg", "C": 100.0, "standardize": False}
@@ -129,10 +130,14 @@ def test_encoding_in_groups_of_images_is_the_same(monkeypatch):
 
 def test_cnn_input_size_follows_the_images():
     assert cnn_input_size([]) == 224
-    assert cnn_input_size([(100, 100)] * 5) == 100
+    # below 224: the median shorter side rounded down to the stride, 32
+    assert cnn_input_size([(100, 100)] * 5) == 96
     assert cnn_input_size([(348, 348), (640, 480), (300, 200)]) == 224
+    assert cnn_input_size([(224, 300)]) == 224
+    assert cnn_input_size([(223, 300)]) == 192
     assert cnn_input_size([(10, 12)]) == 32
-    assert cnn_input_size([(100, 180), (150, 120), (90, 90)]) == 100  # median shorter side
+    assert cnn_input_size([(100, 180), (150, 120), (90, 90)]) == 96  # median shorter side 100
+    assert cnn_input_size([(130, 180), (150, 128), (90, 90)]) == 128
 
 
 def test_every_recipe_builds_its_channels():
