@@ -101,6 +101,7 @@ PARAMS: dict[str, str] = {
     # Arrow columns
     "descriptors": "pa.Array",
     "content": "pa.Array",
+    "extractors": "list[Sift | Orb | DenseSift | Phow | ColorHistogram | CnnEmbedding]",
     # bag of words
     "words": I64,
     "offsets": I64,
@@ -241,6 +242,7 @@ PARAM_OVERRIDES: dict[str, str] = {
 }
 
 RETURNS: dict[str, str] = {
+    "extract_many": "list[pa.RecordBatch]",
     "rgb_to_hsv_image": U8,
     "ColorHistogram.compute": "NDArray[np.float32]",
     # frames (n, 4) float32 and descriptors (uint8, or float32 with float_descriptors)

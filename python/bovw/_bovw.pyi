@@ -30,7 +30,7 @@ from typing import Any, Optional, final
 
 __version__: str
 
-__all__ = ['CnnEmbedding', 'ColorHistogram', 'DenseSift', 'Orb', 'Phow', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_pyramid_counts', 'bow_weight', 'chi2_map', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'encode_bow', 'encode_fisher', 'encode_vlad', 'gmm_fit_em', 'gmm_log_prob', 'gmm_params_from_stats', 'gmm_predict', 'gmm_stats_from_labels', 'gmm_stats_from_resp', 'gmm_suff_stats', 'gmm_suff_stats_arrow', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'power_normalize', 'rgb_to_hsv_image', 'soft_assign']
+__all__ = ['CnnEmbedding', 'ColorHistogram', 'DenseSift', 'Orb', 'Phow', 'Sift', '__version__', 'bow_arrow_counts', 'bow_counts', 'bow_counts_by_image', 'bow_descriptor_counts', 'bow_idf', 'bow_pyramid_counts', 'bow_weight', 'chi2_map', 'decode_gray_batch', 'decode_gray_image', 'decode_rgb_image', 'encode_bow', 'encode_fisher', 'encode_vlad', 'extract_many', 'gmm_fit_em', 'gmm_log_prob', 'gmm_params_from_stats', 'gmm_predict', 'gmm_stats_from_labels', 'gmm_stats_from_resp', 'gmm_suff_stats', 'gmm_suff_stats_arrow', 'kmajority_fit', 'kmajority_predict', 'kmeans_assign', 'kmeans_assign_arrow', 'kmeans_distances', 'kmeans_fit_single', 'kmeans_parallel_init', 'kmeans_parallel_round', 'kmeans_partial_sums', 'kmeans_partial_sums_arrow', 'kmeans_plusplus_init', 'kmeans_predict', 'kmeans_tolerance', 'pca_fit', 'pca_fit_partial_sums', 'pca_partial_sums', 'pca_transform', 'power_normalize', 'rgb_to_hsv_image', 'soft_assign']
 
 @final
 class CnnEmbedding:
@@ -392,6 +392,15 @@ def encode_fisher(descriptors: NDArray[np.float32] | pa.Array, weights: NDArray[
 
 def encode_vlad(descriptors: NDArray[np.float32] | pa.Array, vocabulary: NDArray[np.float32], offsets: Optional[NDArray[np.int64]] = None, *, keypoints: Optional[NDArray[np.float32] | pa.Array] = None, image_sizes: Optional[NDArray[np.int64]] = None, spatial_pyramid: Optional[list[int] | tuple[int, ...]] = None, pyramid_weights: str = 'uniform', n_neighbors: int = 1, sigma: Optional[float] = None, normalize_mass: bool = False, square_root: bool = False, normalize_components: bool = True, normalize: bool = True, n_threads: Optional[int] = None) -> NDArray[np.float32]:
     """VLAD of each image: (n_images, n_cells * n_words * d) float32."""
+
+
+def extract_many(content: pa.Array, extractors: list[Sift | Orb | DenseSift | Phow | ColorHistogram | CnnEmbedding], *, n_threads: Optional[int] = None, max_pixels: Optional[int] = None, max_side: Optional[int] = None, max_image_memory: Optional[int] = None, oversize: Optional[str] = None) -> list[pa.RecordBatch]:
+    """Decode and describe every row of a binary Arrow array (JPEG/PNG bytes)
+    with several extractors: a list of pyarrow RecordBatches, entry `e`
+    equal to `extractors[e].extract(content, ...)`. Extractors that read
+    the same pixel layouts (gray, RGB) share one decode of each image.
+    Limits as in `extract` (None: the default), the same for all.
+    """
 
 
 def gmm_fit_em(x: NDArray[_Float], weights: NDArray[np.float64], means: NDArray[np.float64], covariances: NDArray[np.float64], *, max_iter: int = 100, tol: float = 0.001, reg_covar: float = 1e-06, start_lower_bound: Optional[float] = None, n_threads: Optional[int] = None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64], int, bool]:

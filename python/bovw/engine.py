@@ -167,8 +167,16 @@ class LocalEngine:
         return contents, errors, digests
 
     def _describe(self, extractor: Any, contents: list[Optional[bytes]]) -> ExtractedBatch:
+        return self._describe_many([extractor], contents)[0]
+
+    def _describe_many(self, extractors: Sequence[Any], contents: list[Optional[bytes]]) -> list[ExtractedBatch]:
+        """Each extractor's descriptors of the same images (decoded once per
+        pixel layout: :func:`bovw.features.extract_many`)."""
+        from bovw.features import extract_many
+
         batch = pa.record_batch({"content": pa.array(contents, pa.binary())})
-        return extracted_batch(extractor.extract(batch, n_threads=self.n_threads), extractor)
+        return [extracted_batch(res, x) for x, res in
+                zip(extractors, extract_many(batch, extractors, n_threads=self.n_threads))]
 
     # -- the two passes -----------------------------------------------------------------------
 
@@ -209,8 +217,8 @@ class LocalEngine:
             todo = [i for i in idx if not all(int(i) in self._cache.get(id(ch.extractor), {}) for ch in channels)]
             contents, read_errors, digests = self._read([listing.paths[i] for i in todo])
             fresh = {int(i): j for j, i in enumerate(todo)}
-            for c, ch in enumerate(channels):
-                eb = self._describe(ch.extractor, contents)
+            described = self._describe_many([ch.extractor for ch in channels], contents)
+            for c, (ch, eb) in enumerate(zip(channels, described)):
                 cache = self._cache.get(id(ch.extractor), {})
                 parts, sizes = [], []
                 for i in idx.tolist():

@@ -11,7 +11,7 @@ Keypoints are returned as a NumPy structured array of dtype
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,8 @@ import pyarrow as pa
 from bovw import _bovw
 from bovw.image import _iter_batches
 
-__all__ = ["FEATURE_COLUMNS", "KEYPOINT_DTYPE", "RESOURCE_LIMITS", "Extractor", "SIFT", "ORB", "keypoints_from_cv2"]
+__all__ = ["FEATURE_COLUMNS", "KEYPOINT_DTYPE", "RESOURCE_LIMITS", "Extractor", "SIFT", "ORB", "extract_many",
+           "keypoints_from_cv2"]
 
 #: Keypoint record: position ``x``, ``y`` (pixels, origin at the centre of the
 #: top-left pixel), ``size`` (diameter in pixels), ``angle`` (degrees, in
@@ -301,6 +302,68 @@ class Extractor:
             if keep_columns is None else list(keep_columns)
         cols = [pa.array([], schema.field(n).type) for n in keep] + list(res.columns)
         return pa.RecordBatch.from_arrays(cols, names=keep + res.schema.names)
+
+
+def extract_many(batch: Any, extractors: Sequence[Extractor], *, content_column: str = "content",
+                 n_threads: int | None = None) -> list[pa.RecordBatch]:
+    """Describe the same encoded images with several extractors, decoding
+    each image once for the extractors that read the same pixels.
+
+    ``extract_many(batch, [a, b])`` equals ``[a.extract(batch,
+    keep_columns=[]), b.extract(batch, keep_columns=[])]``, values, error
+    rows and messages included. Extractors that read the same layout (RGB:
+    the CNN and the colour histograms; gray: SIFT, ORB, gray dense SIFT)
+    share one decode of each image, which is what the main job's recipes
+    with several channels (``cnn+color``) do per batch. Extractors with
+    different resource limits, or whose class overrides :meth:`Extractor.extract`,
+    are run one after the other.
+
+    Parameters
+    ----------
+    batch : pyarrow.RecordBatch or pyarrow.Table
+        With a binary column ``content_column`` of JPEG/PNG bytes.
+    extractors : sequence of Extractor
+    content_column : str, default "content"
+    n_threads : int, optional
+        As in :meth:`Extractor.extract`.
+
+    Returns
+    -------
+    list of pyarrow.RecordBatch
+        One per extractor, in order, with the columns :data:`FEATURE_COLUMNS`
+        and one row per input row.
+
+    Raises
+    ------
+    KeyError
+        If the content column is missing.
+    TypeError, ValueError
+        As :meth:`Extractor.extract`.
+    """
+    extractors = list(extractors)
+    limits = [x._limits() for x in extractors]
+    shared = len(extractors) > 1 and all(lim == limits[0] for lim in limits) and all(
+        type(x).extract is Extractor.extract and x._rust_class is not None for x in extractors)
+    if not shared:
+        return [x.extract(batch, content_column=content_column, keep_columns=[], n_threads=n_threads)
+                for x in extractors]
+    rust = [x._rust for x in extractors]
+    parts: list[list[pa.RecordBatch]] = [[] for _ in extractors]
+    for rb in _iter_batches(batch):
+        if content_column not in rb.schema.names:
+            raise KeyError(f"no column {content_column!r} in the batch (columns: {rb.schema.names})")
+        for e, res in enumerate(_bovw.extract_many(rb.column(content_column), rust, n_threads=n_threads,
+                                                   **limits[0])):
+            parts[e].append(res)
+    out = []
+    for x, p in zip(extractors, parts):
+        if not p:
+            out.append(x._empty_batch(batch, content_column, []))
+        elif len(p) == 1:
+            out.append(p[0])
+        else:
+            out.append(pa.Table.from_batches(p).combine_chunks().to_batches()[0])
+    return out
 
 
 class _Feature2D(Extractor):

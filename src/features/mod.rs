@@ -440,26 +440,116 @@ pub fn extract_batch_limited<E: Extractor + ?Sized>(
     contents.par_iter().with_max_len(1).map(|content| extract_one(*content, extractor, limits)).collect()
 }
 
+/// [`extract_batch_limited`] for several extractors reading the same
+/// images: entry `e` of the result is what `extract_batch_limited(contents,
+/// extractors[e], limits)` returns, the same values, errors and messages.
+/// Extractors that need the same layouts ([`ColorNeeds`]: for example a CNN
+/// and a colour histogram, both RGB) share one decode of each image instead
+/// of decoding it once each; an image too large for one of them (see
+/// `limits.memory`) is refused, or downscaled, for that one only.
+pub fn extract_batch_many(
+    contents: &[Option<&[u8]>],
+    extractors: &[&(dyn Extractor + Sync)],
+    limits: &ResourceLimits,
+) -> Vec<Vec<std::result::Result<ImageFeatures, ImageError>>> {
+    // extractors grouped by the layouts they need, in order of first use
+    let mut groups: Vec<(ColorNeeds, Vec<usize>)> = Vec::new();
+    for (e, x) in extractors.iter().enumerate() {
+        let needs = x.info().needs;
+        match groups.iter_mut().find(|(n, _)| *n == needs) {
+            Some((_, members)) => members.push(e),
+            None => groups.push((needs, vec![e])),
+        }
+    }
+    let per_image: Vec<Vec<std::result::Result<ImageFeatures, ImageError>>> = contents
+        .par_iter()
+        .with_max_len(1)
+        .map(|content| {
+            let mut row: Vec<Option<std::result::Result<ImageFeatures, ImageError>>> = vec![None; extractors.len()];
+            for (needs, members) in &groups {
+                if let [e] = members[..] {
+                    row[e] = Some(extract_one(*content, extractors[e], limits));
+                    continue;
+                }
+                // decoded once, unless every member refuses it at its header
+                let mut header = None;
+                let decoded = decode_for(*content, *needs, limits, |w, h| {
+                    header = Some((w, h));
+                    match members.iter().all(|&e| refusal(extractors[e], limits, w, h).is_some()) {
+                        true => Err(ImageError::decode("refused by every extractor")),
+                        false => Ok(()),
+                    }
+                });
+                for &e in members {
+                    // each member's own refusal, at the header's size as on its own
+                    let refused = header.and_then(|(w, h)| refusal(extractors[e], limits, w, h));
+                    row[e] = Some(match (refused, &decoded) {
+                        (Some(err), _) => Err(err),
+                        (None, Err(err)) => Err(err.clone()),
+                        (None, Ok(image)) => describe_decoded(image, extractors[e], limits),
+                    });
+                }
+            }
+            row.into_iter().map(|r| r.expect("every extractor is in a group")).collect()
+        })
+        .collect();
+    // transpose: one list per extractor
+    let mut out: Vec<Vec<_>> = (0..extractors.len()).map(|_| Vec::with_capacity(contents.len())).collect();
+    for row in per_image {
+        for (e, r) in row.into_iter().enumerate() {
+            out[e].push(r);
+        }
+    }
+    out
+}
+
+/// The error row of an image whose `w` x `h` pixels `extractor` would need
+/// more than `limits.memory.max_image_memory` for, under
+/// [`Oversize::Refuse`]; None when it fits or may be downscaled.
+fn refusal<E: Extractor + ?Sized>(extractor: &E, limits: &ResourceLimits, w: usize, h: usize) -> Option<ImageError> {
+    let max = limits.memory.max_image_memory as u128;
+    match extractor.memory_bytes(w, h) {
+        Some(b) if b > max && limits.memory.oversize == Oversize::Refuse => Some(ImageError::decode(format!(
+            "image too large to describe: {w}x{h} pixels need about {} ({b} bytes), over max_image_memory={max} \
+             ({}); raise max_image_memory or pass oversize='downscale'",
+            human_bytes(b),
+            human_bytes(max)
+        ))),
+        _ => None,
+    }
+}
+
+/// Decode one row's bytes in the layouts `needs` within `limits.decode`;
+/// `check` may refuse the image from its header size.
+fn decode_for(
+    content: Option<&[u8]>,
+    needs: ColorNeeds,
+    limits: &ResourceLimits,
+    check: impl FnMut(usize, usize) -> std::result::Result<(), ImageError>,
+) -> std::result::Result<DecodedImage, ImageError> {
+    let bytes = content.ok_or_else(|| ImageError::decode("null content (the file could not be read)"))?;
+    decode_image_checked(bytes, needs, &limits.decode, check)
+}
+
 fn extract_one<E: Extractor + ?Sized>(
     content: Option<&[u8]>,
     extractor: &E,
     limits: &ResourceLimits,
 ) -> std::result::Result<ImageFeatures, ImageError> {
-    let bytes = content.ok_or_else(|| ImageError::decode("null content (the file could not be read)"))?;
-    let needs = extractor.info().needs;
-    let max = limits.memory.max_image_memory as u128;
-    let refuse = limits.memory.oversize == Oversize::Refuse;
-    let image = decode_image_checked(bytes, needs, &limits.decode, |w, h| {
-        match extractor.memory_bytes(w, h) {
-            Some(b) if b > max && refuse => Err(ImageError::decode(format!(
-                "image too large to describe: {w}x{h} pixels need about {} ({b} bytes), over max_image_memory={max} \
-                 ({}); raise max_image_memory or pass oversize='downscale'",
-                human_bytes(b),
-                human_bytes(max)
-            ))),
-            _ => Ok(()),
-        }
+    let image = decode_for(content, extractor.info().needs, limits, |w, h| {
+        refusal(extractor, limits, w, h).map_or(Ok(()), Err)
     })?;
+    describe_decoded(&image, extractor, limits)
+}
+
+/// Describe a decoded image that `limits` do not refuse: downscaled first
+/// when it is over the memory budget (see [`extract_batch_limited`]).
+fn describe_decoded<E: Extractor + ?Sized>(
+    image: &DecodedImage,
+    extractor: &E,
+    limits: &ResourceLimits,
+) -> std::result::Result<ImageFeatures, ImageError> {
+    let max = limits.memory.max_image_memory as u128;
     let (width, height) = (image.width, image.height);
     let descriptors_err = |e: BovwError| ImageError::descriptors(e.to_string());
     let (image, scale) = match extractor.memory_bytes(width, height) {
@@ -471,7 +561,7 @@ fn extract_one<E: Extractor + ?Sized>(
             })?;
             (std::borrow::Cow::Owned(image.resized(w, h).map_err(descriptors_err)?), (w as f64 / width as f64, h as f64 / height as f64))
         }
-        _ => (std::borrow::Cow::Borrowed(&image), (1.0, 1.0)),
+        _ => (std::borrow::Cow::Borrowed(image), (1.0, 1.0)),
     };
     if let Some(b) = extractor.memory_bytes(image.width, image.height) {
         probe_allocation(b, &format!("the descriptors' work buffers of a {}x{} image", image.width, image.height))

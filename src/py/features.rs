@@ -10,7 +10,7 @@ use pyo3_arrow::{PyArray, PyRecordBatch};
 use crate::arrow::{binary_values, features_to_batch};
 use crate::error::{probe_allocation, BovwError};
 use crate::features::{
-    extract_batch_limited, with_threads, Descriptors, Extractor, FeatureExtractor, KeyPoint, MemoryPolicy, Oversize,
+    extract_batch_limited, extract_batch_many, with_threads, Descriptors, Extractor, FeatureExtractor, KeyPoint, MemoryPolicy, Oversize,
     ResourceLimits,
 };
 use crate::image::{ColorNeeds, DecodedImage, GrayView};
@@ -356,3 +356,94 @@ macro_rules! feature2d_methods {
     };
 }
 pub(crate) use feature2d_methods;
+
+/// A borrow of the Rust extractor inside one of bovw's extractor classes.
+enum ExtractorRef<'py> {
+    Sift(PyRef<'py, crate::py::sift::PySift>),
+    Orb(PyRef<'py, crate::py::orb::PyOrb>),
+    DenseSift(PyRef<'py, crate::py::dense::PyDenseSift>),
+    Phow(PyRef<'py, crate::py::dense::PyPhow>),
+    Color(PyRef<'py, crate::py::color::PyColorHistogram>),
+    Cnn(PyRef<'py, crate::py::cnn::PyCnnEmbedding>),
+}
+
+impl<'py> ExtractorRef<'py> {
+    /// Borrow `obj`'s extractor.
+    ///
+    /// # Errors
+    /// `TypeError` when `obj` is not one of the extension's extractor classes.
+    fn borrow(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(x) = obj.extract() {
+            return Ok(Self::Sift(x));
+        }
+        if let Ok(x) = obj.extract() {
+            return Ok(Self::Orb(x));
+        }
+        if let Ok(x) = obj.extract() {
+            return Ok(Self::DenseSift(x));
+        }
+        if let Ok(x) = obj.extract() {
+            return Ok(Self::Phow(x));
+        }
+        if let Ok(x) = obj.extract() {
+            return Ok(Self::Color(x));
+        }
+        if let Ok(x) = obj.extract() {
+            return Ok(Self::Cnn(x));
+        }
+        let name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+        Err(BovwError::Dtype {
+            what: "extractors".into(),
+            expected: "bovw._bovw extractor objects (Sift, Orb, DenseSift, Phow, ColorHistogram, CnnEmbedding)".into(),
+            got: name,
+        }
+        .into())
+    }
+
+    fn get(&self) -> &(dyn Extractor + Sync) {
+        match self {
+            Self::Sift(x) => &x.0,
+            Self::Orb(x) => &x.0,
+            Self::DenseSift(x) => &x.0,
+            Self::Phow(x) => &x.0,
+            Self::Color(x) => &x.0,
+            Self::Cnn(x) => &x.0,
+        }
+    }
+}
+
+/// Decode and describe every row of a binary Arrow array (JPEG/PNG bytes)
+/// with several extractors: a list of pyarrow RecordBatches, entry `e`
+/// equal to `extractors[e].extract(content, ...)`. Extractors that read
+/// the same pixel layouts (gray, RGB) share one decode of each image.
+/// Limits as in `extract` (None: the default), the same for all.
+#[pyfunction]
+#[pyo3(signature = (content, extractors, *, n_threads=None, max_pixels=None, max_side=None, max_image_memory=None, oversize=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn extract_many<'py>(
+    py: Python<'py>,
+    content: PyArray,
+    extractors: Vec<Bound<'py, PyAny>>,
+    n_threads: Option<Int>,
+    max_pixels: Option<Int>,
+    max_side: Option<Int>,
+    max_image_memory: Option<Int>,
+    oversize: Option<&str>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let n_threads = crate::py::args::threads(n_threads)?;
+    let limits = resource_limits(max_pixels, max_side, max_image_memory, oversize)?;
+    let held = extractors.iter().map(ExtractorRef::borrow).collect::<PyResult<Vec<_>>>()?;
+    let refs: Vec<&(dyn Extractor + Sync)> = held.iter().map(|h| h.get()).collect();
+    let array = content.array().clone();
+    let batches = py.detach(|| -> Result<Vec<_>, BovwError> {
+        let values = binary_values(array.as_ref())?;
+        let results = with_threads(n_threads, || extract_batch_many(&values, &refs, &limits));
+        results.iter().zip(&refs).map(|(r, x)| features_to_batch(r, &x.info())).collect()
+    })?;
+    batches.into_iter().map(|b| PyRecordBatch::new(b).into_pyarrow(py)).collect()
+}
+
+/// Add the shared extractor functions to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(extract_many, m)?)
+}

@@ -51,5 +51,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gmm::register(m)?;
     encode::register(m)?;
     cnn::register(m)?;
+    features::register(m)?;
     Ok(())
 }

@@ -372,6 +372,7 @@ def encode_fn(channels: Sequence[Any], *, n_threads: int | None = None, batch_si
     import hashlib
 
     from bovw.engine import extracted_batch
+    from bovw.features import extract_many
 
     _check_batch_size(batch_size)
 
@@ -388,8 +389,9 @@ def encode_fn(channels: Sequence[Any], *, n_threads: int | None = None, batch_si
                 lengths = [len(b) if b is not None else 0 for b in blobs]
                 vectors, n_kp = [], None
                 scale = np.ones(chunk.num_rows, np.float32)
-                for ch in channels:
-                    res = ch.extractor.extract(pa.record_batch({"content": content}), n_threads=threads)
+                described = extract_many(pa.record_batch({"content": content}), [ch.extractor for ch in channels],
+                                         n_threads=threads)
+                for ch, res in zip(channels, described):
                     eb = extracted_batch(res, ch.extractor)
                     for i, (e, s) in enumerate(zip(eb.errors, eb.stages)):
                         if e is not None and errors[i] is None:
