@@ -195,6 +195,18 @@ def test_local_batches_follow_descriptor_bytes(flat_folder, both_runs, tmp_path,
         sizes.append(stop - start)
         b.done(stop - start, per_image * (stop - start))
     assert sizes[0] == 16 and set(sizes[1:-1]) == {10} and sum(sizes) == 100
+    # with read-ahead the next range is fixed (peek) before the current one
+    # is done: sizes adapt one batch later, and peek is what comes next
+    b = engine._Batches(100, 512, "", False)
+    ranges, peeks = [], []
+    for start, stop in b:
+        ranges.append((start, stop))
+        peeks.append(b.peek())
+        assert b.peek() == peeks[-1]
+        b.done(stop - start, per_image * (stop - start))
+    assert peeks == ranges[1:] + [None]
+    sizes = [b - a for a, b in ranges]
+    assert sizes[:2] == [16, 16] and set(sizes[2:-1]) == {10} and sum(sizes) == 100
 
     monkeypatch.setattr(engine, "BATCH_BYTES", 1)
     root, _ = flat_folder

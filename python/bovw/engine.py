@@ -45,9 +45,11 @@ class _Batches:
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         start = 0
+        self._stop, self._next = 0, None
         try:
             while start < self.n:
-                stop = min(self.n, start + self.size)
+                stop = self._next[1] if self._next is not None else min(self.n, start + self.size)
+                self._stop, self._next = stop, None
                 yield start, stop
                 if self.bar is not None:
                     self.bar.update(stop - start)
@@ -55,6 +57,13 @@ class _Batches:
         finally:
             if self.bar is not None:
                 self.bar.close()
+
+    def peek(self) -> Optional[tuple[int, int]]:
+        """The range the next iteration will yield, fixed from now on (its
+        size from the batches done so far); None after the last batch."""
+        if self._next is None and self._stop < self.n:
+            self._next = (self._stop, min(self.n, self._stop + self.size))
+        return self._next
 
     def done(self, images: int, nbytes: int) -> None:
         """Record a batch's images and descriptor bytes."""
@@ -166,6 +175,29 @@ class LocalEngine:
             digests.append(hashlib.sha256(data).hexdigest() if data is not None else "")
         return contents, errors, digests
 
+    def _read_ahead(self, batches: _Batches, paths_of: Any) -> Iterator[tuple[int, int, Any]]:
+        """Iterate ``batches`` with each range's :meth:`_read` of
+        ``paths_of(start, stop)``: the next range's files are read on a
+        background thread while the current range is described (the Rust
+        kernels release the GIL), so that reading, hashing and describing
+        overlap."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="bovw-read") as pool:
+            ahead: Optional[tuple[tuple[int, int], Any]] = None
+            try:
+                for start, stop in batches:
+                    if ahead is not None and ahead[0] == (start, stop):
+                        read = ahead[1].result()
+                    else:
+                        read = self._read(paths_of(start, stop))
+                    nxt = batches.peek()
+                    ahead = (nxt, pool.submit(self._read, paths_of(*nxt))) if nxt is not None else None
+                    yield start, stop, read
+            finally:
+                if ahead is not None:
+                    ahead[1].cancel()
+
     def _describe(self, extractor: Any, contents: list[Optional[bytes]]) -> ExtractedBatch:
         return self._describe_many([extractor], contents)[0]
 
@@ -184,9 +216,9 @@ class LocalEngine:
                            sample: DescriptorSample) -> np.ndarray:
         cache = self._cache.setdefault(id(extractor), {})
         batches = _Batches(len(rows), self.batch_size, f"{extractor.name} (vocabulary)", self.progress)
-        for start, stop in batches:
+        for start, stop, read in self._read_ahead(batches, lambda a, b: [listing.paths[i] for i in rows[a:b]]):
             idx = rows[start:stop]
-            contents, read_errors, digests = self._read([listing.paths[i] for i in idx])
+            contents, read_errors, digests = read
             eb = self._describe(extractor, contents)
             for j, i in enumerate(idx):
                 X, K = eb.rows(j)
@@ -211,11 +243,15 @@ class LocalEngine:
         sha: list[str] = [""] * n
         n_bytes = 0
         batches = _Batches(n, self.batch_size, "describe + encode", self.progress)
-        for start, stop in batches:
+
+        def uncached(a: int, b: int) -> list[int]:
+            return [i for i in range(a, b) if not all(i in self._cache.get(id(ch.extractor), {}) for ch in channels)]
+
+        for start, stop, read in self._read_ahead(batches, lambda a, b: [listing.paths[i] for i in uncached(a, b)]):
             idx = np.arange(start, stop)
             batch_bytes = 0
-            todo = [i for i in idx if not all(int(i) in self._cache.get(id(ch.extractor), {}) for ch in channels)]
-            contents, read_errors, digests = self._read([listing.paths[i] for i in todo])
+            todo = uncached(start, stop)
+            contents, read_errors, digests = read
             fresh = {int(i): j for j, i in enumerate(todo)}
             described = self._describe_many([ch.extractor for ch in channels], contents)
             for c, (ch, eb) in enumerate(zip(channels, described)):
