@@ -505,8 +505,9 @@ impl Sift {
     /// size <= 0 gets a zero descriptor. The pyramid is built only up to the
     /// layers the keypoints name, and keypoints sharing a layer, size and
     /// angle (a dense grid) are described from per-pixel gradients split by
-    /// orientation and one sample table, computed once (see `descriptor`):
-    /// the same descriptors up to float rounding.
+    /// orientation and one sample table, computed once and only over the
+    /// part of the layer their windows reach (see `descriptor`): the same
+    /// descriptors up to float rounding.
     ///
     /// # Errors
     /// [`BovwError::InvalidInput`] when the image is too small, a keypoint's
