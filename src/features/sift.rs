@@ -367,12 +367,18 @@ impl Sift {
             let per_kp = (15.0 * scl as f64).powi(2).min(pixels);
             let mut done = vec![false; run.len()];
             if run.len() >= 4 && run.len() as f64 * per_kp >= pixels && (0.0..405.0).contains(&angle) {
-                if grads_layer != Some(layer) {
-                    grads.compute(plane);
+                let win = QuadWindow::new(plane.w, plane.h, angle, scl);
+                // gradients and their split only where this run's windows reach
+                let pts = run.iter().map(|&(.., i)| {
+                    let (_, _, scale) = unpack_octave(&keypoints[i]);
+                    (keypoints[i].x * scale, keypoints[i].y * scale)
+                });
+                let region = win.region(plane.w, plane.h, pts);
+                if grads_layer != Some(layer) || !grads.region.contains(&region) {
+                    grads.compute_region(plane, region);
                     grads_layer = Some(layer);
                 }
                 orient.compute(grads, angle);
-                let win = QuadWindow::new(plane.w, plane.h, angle, scl);
                 for (d, &(.., i)) in done.iter_mut().zip(run) {
                     let (_, _, scale) = unpack_octave(&keypoints[i]);
                     let pt = (keypoints[i].x * scale, keypoints[i].y * scale);
@@ -499,8 +505,9 @@ impl Sift {
     /// size <= 0 gets a zero descriptor. The pyramid is built only up to the
     /// layers the keypoints name, and keypoints sharing a layer, size and
     /// angle (a dense grid) are described from per-pixel gradients split by
-    /// orientation and one sample table, computed once (see `descriptor`):
-    /// the same descriptors up to float rounding.
+    /// orientation and one sample table, computed once and only over the
+    /// part of the layer their windows reach (see `descriptor`): the same
+    /// descriptors up to float rounding.
     ///
     /// # Errors
     /// [`BovwError::InvalidInput`] when the image is too small, a keypoint's

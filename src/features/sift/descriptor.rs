@@ -324,7 +324,10 @@ fn finish(hist: &mut [f32; HIST_LEN], out: &mut [f32]) {
 // every sample of every keypoint, and spreads each sample over 8 histogram
 // entries in memory. Here the layer's gradients are computed once per pixel
 // ([`Gradients`]) and split once between the two nearest orientation bins
-// for the group's rotation ([`OrientPlanes`], one 8-float vector per pixel);
+// for the group's rotation ([`OrientPlanes`], one 8-float vector per pixel,
+// 8 pixels at a time in AVX2 with the same float operations), both only over
+// the [`Region`] the group's windows read ([`QuadWindow::region`]: a grid on
+// part of the image leaves the rest untouched);
 // the window's samples are listed once ([`QuadWindow`]), grouped by the
 // 2 x 2 block of spatial cells they fall between, each with its four
 // spatial weights (Gaussian times bilinear). A descriptor is then, per
@@ -333,57 +336,111 @@ fn finish(hist: &mut [f32; HIST_LEN], out: &mut [f32]) {
 // order than OpenCV's, so descriptors equal `compute_descriptor`'s up to
 // float rounding (a value can move by one after the final rounding).
 
+/// A rectangle of pixels of a layer: columns `x0..x1`, rows `y0..y1`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Region {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl Region {
+    /// The pixels OpenCV samples on a `w` x `h` layer: rows 1..h-2 and
+    /// columns 1..w-2 (empty below 3 x 3).
+    pub fn sampled(w: usize, h: usize) -> Region {
+        if w < 3 || h < 3 {
+            return Region::default();
+        }
+        Region { x0: 1, y0: 1, x1: w - 1, y1: h - 1 }
+    }
+    /// Width (0 when empty).
+    pub fn width(&self) -> usize {
+        self.x1.saturating_sub(self.x0)
+    }
+    /// Height (0 when empty).
+    pub fn height(&self) -> usize {
+        self.y1.saturating_sub(self.y0)
+    }
+    /// Whether `other` lies inside (an empty `other` always does).
+    pub fn contains(&self, other: &Region) -> bool {
+        other.width() == 0
+            || other.height() == 0
+            || (self.x0 <= other.x0 && other.x1 <= self.x1 && self.y0 <= other.y0 && other.y1 <= self.y1)
+    }
+}
+
 /// Orientation (degrees, [`mathf::fast_atan2`]) and magnitude of the gradient
-/// at every pixel of a plane (`dx = I(r, c+1) - I(r, c-1)`, `dy = I(r-1, c) - I(r+1, c)`);
-/// border pixels, never sampled, hold 0.
+/// (`dx = I(r, c+1) - I(r, c-1)`, `dy = I(r-1, c) - I(r+1, c)`) at every pixel
+/// of a region of a plane, stored row-major over the region.
 #[derive(Debug, Default)]
 pub struct Gradients {
+    /// Size of the plane.
     pub w: usize,
     pub h: usize,
+    /// The pixels held (inside [`Region::sampled`]).
+    pub region: Region,
     pub ori: Vec<f32>,
     pub mag: Vec<f32>,
 }
 
 impl Gradients {
-    /// Compute the gradients of `img`.
+    /// Compute the gradients of every pixel of `img` that OpenCV samples.
+    #[cfg(test)]
     pub fn compute(&mut self, img: &Plane) {
+        self.compute_region(img, Region::sampled(img.w, img.h));
+    }
+
+    /// Compute the gradients of the pixels of `region` (clipped to
+    /// [`Region::sampled`]); each value is the one [`Self::compute`] gives.
+    pub fn compute_region(&mut self, img: &Plane, region: Region) {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(g: &mut Gradients, img: &Plane) {
-            gradients_impl(g, img)
+        unsafe fn avx2(g: &mut Gradients, img: &Plane, region: Region) {
+            gradients_impl(g, img, region)
         }
         #[cfg(target_arch = "x86_64")]
         {
             if crate::features::use_avx2() {
                 // SAFETY: the CPU supports AVX2 (checked just above).
-                unsafe { avx2(self, img) };
+                unsafe { avx2(self, img, region) };
                 return;
             }
         }
-        gradients_impl(self, img)
+        gradients_impl(self, img, region)
     }
 }
 
 #[inline(always)]
-fn gradients_impl(g: &mut Gradients, img: &Plane) {
+fn gradients_impl(g: &mut Gradients, img: &Plane, region: Region) {
     let (w, h) = (img.w, img.h);
+    let all = Region::sampled(w, h);
+    let mut reg = Region {
+        x0: region.x0.max(all.x0),
+        y0: region.y0.max(all.y0),
+        x1: region.x1.min(all.x1),
+        y1: region.y1.min(all.y1),
+    };
+    if reg.width() == 0 || reg.height() == 0 {
+        reg = Region::default();
+    }
     g.w = w;
     g.h = h;
+    g.region = reg;
+    let rw = reg.width();
     g.ori.clear();
-    g.ori.resize(w * h, 0.0);
+    g.ori.resize(rw * reg.height(), 0.0);
     g.mag.clear();
-    g.mag.resize(w * h, 0.0);
-    if w < 3 || h < 3 {
-        return;
-    }
-    for r in 1..h - 1 {
+    g.mag.resize(rw * reg.height(), 0.0);
+    for r in reg.y0..reg.y1 {
         let up = &img.data[(r - 1) * w..r * w];
         let row = &img.data[r * w..(r + 1) * w];
         let down = &img.data[(r + 1) * w..(r + 2) * w];
-        let (ori, mag) = (&mut g.ori[r * w + 1..(r + 1) * w - 1], &mut g.mag[r * w + 1..(r + 1) * w - 1]);
-        let (left, right) = (&row[..w - 2], &row[2..]);
-        let (u, d) = (&up[1..w - 1], &down[1..w - 1]);
-        for c in 0..w - 2 {
+        let o = (r - reg.y0) * rw;
+        let (ori, mag) = (&mut g.ori[o..o + rw], &mut g.mag[o..o + rw]);
+        let (left, right) = (&row[reg.x0 - 1..reg.x1 - 1], &row[reg.x0 + 1..reg.x1 + 1]);
+        let (u, d) = (&up[reg.x0..reg.x1], &down[reg.x0..reg.x1]);
+        for c in 0..rw {
             let (x, y) = (right[c] - left[c], u[c] - d[c]);
             ori[c] = mathf::fast_atan2(y, x);
             mag[c] = (x * x + y * y).sqrt();
@@ -393,20 +450,22 @@ fn gradients_impl(g: &mut Gradients, img: &Plane) {
 
 type Lane = [f32; DESCR_BINS];
 
-/// The gradient magnitude of every pixel split between its two nearest
-/// orientation bins for one rotation: one 8-float vector per pixel. Only the
-/// pixels OpenCV samples (rows 1..h-2, columns 1..w-2) are non-zero.
+/// The gradient magnitude of every pixel of a [`Gradients`] region split
+/// between its two nearest orientation bins for one rotation: one 8-float
+/// vector per pixel, row-major over the region.
 #[derive(Debug, Default)]
 pub struct OrientPlanes {
+    /// Size of the plane.
     w: usize,
     h: usize,
+    region: Region,
     data: Vec<Lane>,
     /// OpenCV's bin -1 (rotations in (360, 405)): the part of a pixel's
     /// magnitude that goes to the entry before its cell (see `accumulate`);
     /// empty when no pixel has one.
     spill: Vec<f32>,
-    /// Per row, `w + 1` running counts of the non-zero `spill` values, to
-    /// skip the (usual) runs without one.
+    /// Per region row, `width + 1` running counts of the non-zero `spill`
+    /// values, to skip the (usual) runs without one.
     spill_count: Vec<u32>,
 }
 
@@ -417,68 +476,154 @@ impl OrientPlanes {
     /// If `ori_deg` is outside [0, 405).
     pub fn compute(&mut self, g: &Gradients, ori_deg: f32) {
         assert!((0.0..405.0).contains(&ori_deg), "rotation {ori_deg} outside [0, 405)");
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(p: &mut OrientPlanes, g: &Gradients, ori_deg: f32) {
-            orient_impl(p, g, ori_deg)
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::features::use_avx2() {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                unsafe { avx2(self, g, ori_deg) };
-                return;
-            }
-        }
         orient_impl(self, g, ori_deg)
     }
 }
 
+/// The lane of one pixel (orientation `o` in degrees, magnitude `m`) for
+/// rotation `ori_deg`, and its part for OpenCV's bin -1 (0 when none).
 #[inline(always)]
-fn orient_impl(p: &mut OrientPlanes, g: &Gradients, ori_deg: f32) {
+fn orient_lane(o: f32, m: f32, ori_deg: f32) -> (Lane, f32) {
     let n = DESCR_BINS as i32;
     let bins_per_deg = DESCR_BINS as f32 / 360.0;
+    let mut obin = (o - ori_deg) * bins_per_deg;
+    let o0f = obin.floor();
+    obin -= o0f;
+    let mut o0 = o0f as i32;
+    if o0 < 0 {
+        o0 += n;
+    }
+    if o0 >= n {
+        o0 -= n;
+    }
+    let v1 = m * obin;
+    let mut lane = [0f32; DESCR_BINS];
+    let mut spill = 0.0;
+    if o0 < 0 {
+        spill = m - v1;
+    } else {
+        lane[o0 as usize & (DESCR_BINS - 1)] = m - v1;
+    }
+    lane[(o0 + 1) as usize % DESCR_BINS] = v1;
+    (lane, spill)
+}
+
+/// Lanes `i..` of the planes, 8 pixels at a time, in AVX2: the operations
+/// of [`orient_lane`] on 8 pixels, the lanes built by comparing each bin
+/// with the pixels' two bins and transposed. Returns the number of pixels
+/// done (a multiple of 8); `data` must have capacity for `ori.len()`.
+///
+/// # Safety
+/// AVX2 must be available; `data.capacity() >= ori.len() == mag.len()`,
+/// `spill` is empty or as long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn orient_lanes_avx2(ori: &[f32], mag: &[f32], ori_deg: f32, data: &mut Vec<Lane>, spill: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let len = ori.len().min(mag.len());
+    debug_assert!(data.capacity() >= len && data.is_empty());
+    let out = data.as_mut_ptr() as *mut f32;
+    let (oriv, bpd) = (_mm256_set1_ps(ori_deg), _mm256_set1_ps(DESCR_BINS as f32 / 360.0));
+    let (eight, seven, zero) = (_mm256_set1_epi32(DESCR_BINS as i32), _mm256_set1_epi32(DESCR_BINS as i32 - 1), _mm256_setzero_si256());
+    let mut i = 0;
+    while i + 8 <= len {
+        // SAFETY: i + 8 <= len: 8 values of ori, mag (and spill when not
+        // empty) and 8 lanes of data's capacity.
+        let o = _mm256_loadu_ps(ori.as_ptr().add(i));
+        let m = _mm256_loadu_ps(mag.as_ptr().add(i));
+        let obin = _mm256_mul_ps(_mm256_sub_ps(o, oriv), bpd);
+        let o0f = _mm256_floor_ps(obin);
+        let frac = _mm256_sub_ps(obin, o0f);
+        let mut o0 = _mm256_cvttps_epi32(o0f);
+        o0 = _mm256_add_epi32(o0, _mm256_and_si256(_mm256_cmpgt_epi32(zero, o0), eight));
+        o0 = _mm256_sub_epi32(o0, _mm256_and_si256(_mm256_cmpgt_epi32(o0, seven), eight));
+        let v1 = _mm256_mul_ps(m, frac);
+        let v0 = _mm256_sub_ps(m, v1);
+        let o1 = _mm256_and_si256(_mm256_add_epi32(o0, _mm256_set1_epi32(1)), seven);
+        if !spill.is_empty() {
+            let neg = _mm256_castsi256_ps(_mm256_cmpgt_epi32(zero, o0));
+            _mm256_storeu_ps(spill.as_mut_ptr().add(i), _mm256_and_ps(neg, v0));
+        }
+        // l[b] = bin b of the 8 pixels
+        let mut l = [_mm256_setzero_ps(); DESCR_BINS];
+        for (b, lb) in l.iter_mut().enumerate() {
+            let bv = _mm256_set1_epi32(b as i32);
+            let e0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(o0, bv));
+            let e1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(o1, bv));
+            *lb = _mm256_or_ps(_mm256_and_ps(e0, v0), _mm256_and_ps(e1, v1));
+        }
+        // transpose: row k = the lane of pixel k
+        let t0 = _mm256_unpacklo_ps(l[0], l[1]);
+        let t1 = _mm256_unpackhi_ps(l[0], l[1]);
+        let t2 = _mm256_unpacklo_ps(l[2], l[3]);
+        let t3 = _mm256_unpackhi_ps(l[2], l[3]);
+        let t4 = _mm256_unpacklo_ps(l[4], l[5]);
+        let t5 = _mm256_unpackhi_ps(l[4], l[5]);
+        let t6 = _mm256_unpacklo_ps(l[6], l[7]);
+        let t7 = _mm256_unpackhi_ps(l[6], l[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let rows = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (k, r) in rows.iter().enumerate() {
+            _mm256_storeu_ps(out.add((i + k) * DESCR_BINS), *r);
+        }
+        i += 8;
+    }
+    i
+}
+
+fn orient_impl(p: &mut OrientPlanes, g: &Gradients, ori_deg: f32) {
     p.w = g.w;
     p.h = g.h;
-    p.data.clear();
-    p.data.resize(g.w * g.h, [0.0; DESCR_BINS]);
+    p.region = g.region;
+    let len = g.ori.len();
     p.spill.clear();
     p.spill_count.clear();
     if ori_deg > 360.0 {
-        p.spill.resize(p.data.len(), 0.0);
+        p.spill.resize(len, 0.0);
     }
-    if g.w < 3 || g.h < 3 {
-        p.spill.clear();
-        return;
-    }
-    for r in 1..g.h - 1 {
-        for c in 1..g.w - 1 {
-            let i = r * g.w + c;
-            let (o, m) = (g.ori[i], g.mag[i]);
-            let mut obin = (o - ori_deg) * bins_per_deg;
-            let o0f = obin.floor();
-            obin -= o0f;
-            let mut o0 = o0f as i32;
-            if o0 < 0 {
-                o0 += n;
+    p.data.clear();
+    p.data.reserve(len);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::features::use_avx2() {
+            // SAFETY: AVX2 is available (checked just above); data is empty
+            // with capacity len, ori and mag have len values, spill is empty
+            // or has len.
+            unsafe {
+                done = orient_lanes_avx2(&g.ori, &g.mag, ori_deg, &mut p.data, &mut p.spill);
+                // the first `done` lanes were written
+                p.data.set_len(done);
             }
-            if o0 >= n {
-                o0 -= n;
-            }
-            let v1 = m * obin;
-            let mut lane = [0f32; DESCR_BINS];
-            if o0 < 0 {
-                p.spill[i] = m - v1;
-            } else {
-                lane[o0 as usize] = m - v1;
-            }
-            lane[(o0 + 1) as usize % DESCR_BINS] = v1;
-            p.data[i] = lane;
         }
     }
+    for i in done..len {
+        let (lane, sp) = orient_lane(g.ori[i], g.mag[i], ori_deg);
+        if sp != 0.0 {
+            p.spill[i] = sp;
+        }
+        p.data.push(lane);
+    }
     if !p.spill.is_empty() {
-        p.spill_count.reserve(g.h * (g.w + 1));
-        for row in p.spill.chunks_exact(g.w) {
+        let rw = p.region.width();
+        p.spill_count.reserve(p.region.height() * (rw + 1));
+        for row in p.spill.chunks_exact(rw) {
             let mut n = 0u32;
             p.spill_count.push(0);
             for &v in row {
@@ -587,6 +732,48 @@ impl QuadWindow {
     }
 }
 
+impl QuadWindow {
+    /// The pixels of a `img_w` x `img_h` layer that [`compute_descriptor_quads`]
+    /// reads for keypoints at `pts` (pixels of the layer): the bounding box of
+    /// the window placed at each rounded position, inside [`Region::sampled`].
+    /// [`OrientPlanes`] of gradients computed over it give the same
+    /// descriptors as over the whole layer.
+    pub fn region(&self, img_w: usize, img_h: usize, pts: impl IntoIterator<Item = (f32, f32)>) -> Region {
+        let all = Region::sampled(img_w, img_h);
+        if self.rows.is_empty() || all.width() == 0 {
+            return Region::default();
+        }
+        let i_min = self.rows.iter().map(|r| r.i).min().unwrap_or(0) as i64;
+        let i_max = self.rows.iter().map(|r| r.i).max().unwrap_or(0) as i64;
+        let j_min = self.rows.iter().map(|r| r.j0).min().unwrap_or(0) as i64;
+        let j_max = self.rows.iter().map(|r| r.j1).max().unwrap_or(0) as i64;
+        let (mut px0, mut px1, mut py0, mut py1) = (i64::MAX, i64::MIN, i64::MAX, i64::MIN);
+        for (x, y) in pts {
+            // the rounding of quads_impl
+            let (px, py) = (x.round_ties_even() as i64, y.round_ties_even() as i64);
+            px0 = px0.min(px);
+            px1 = px1.max(px);
+            py0 = py0.min(py);
+            py1 = py1.max(py);
+        }
+        if px0 > px1 {
+            return Region::default();
+        }
+        let clip = |v: i64, lo: usize, hi: usize| v.clamp(lo as i64, hi as i64) as usize;
+        let reg = Region {
+            x0: clip(px0.saturating_add(j_min), all.x0, all.x1),
+            x1: clip(px1.saturating_add(j_max).saturating_add(1), all.x0, all.x1),
+            y0: clip(py0.saturating_add(i_min), all.y0, all.y1),
+            y1: clip(py1.saturating_add(i_max).saturating_add(1), all.y0, all.y1),
+        };
+        if reg.width() == 0 || reg.height() == 0 {
+            Region::default()
+        } else {
+            reg
+        }
+    }
+}
+
 /// The descriptor of the keypoint at `pt` (pixels of the layer) from the
 /// layer's [`OrientPlanes`] and a [`QuadWindow`] for its scale and rotation;
 /// equal to [`compute_descriptor`]'s up to float rounding.
@@ -611,6 +798,7 @@ pub fn compute_descriptor_quads(p: &OrientPlanes, win: &QuadWindow, pt: (f32, f3
 fn quads_impl(p: &OrientPlanes, win: &QuadWindow, pt: (f32, f32), out: &mut [f32]) {
     let (px, py) = (pt.0.round_ties_even() as i64, pt.1.round_ties_even() as i64);
     let (rows, cols) = (p.h as i64, p.w as i64);
+    let rw = p.region.width() as i64;
     let nn = DESCR_BINS + 2;
     let dd = DESCR_WIDTH + 2;
     let mut hist = [0f32; HIST_LEN];
@@ -630,7 +818,11 @@ fn quads_impl(p: &OrientPlanes, win: &QuadWindow, pt: (f32, f32), out: &mut [f32
             }
             let n = (j_hi - j_lo + 1) as usize;
             let k0 = row.start + (j_lo - row.j0 as i64) as usize;
-            let p0 = (r * cols + px + j_lo) as usize;
+            // the planes hold only their region, which covers every sample
+            // read here (Self::region)
+            let (rx0, ry0) = (p.region.x0 as i64, p.region.y0 as i64);
+            debug_assert!(r >= ry0 && r < p.region.y1 as i64 && px + j_lo >= rx0 && px + j_hi < p.region.x1 as i64);
+            let p0 = ((r - ry0) * rw + px + j_lo - rx0) as usize;
             let (vs, ws) = (&p.data[p0..p0 + n], &win.weights[k0..k0 + n]);
             // only the real cells of the block (-1 and 4 are dropped later)
             match q.real {
@@ -647,8 +839,8 @@ fn quads_impl(p: &OrientPlanes, win: &QuadWindow, pt: (f32, f32), out: &mut [f32
             }
             if !p.spill.is_empty() {
                 // rare (angles within 1 degree of the rotation): count first
-                let cnt = &p.spill_count[r as usize * (p.w + 1)..];
-                let (a, b) = ((px + j_lo) as usize, (px + j_hi) as usize + 1);
+                let cnt = &p.spill_count[(r - ry0) as usize * (rw as usize + 1)..];
+                let (a, b) = ((px + j_lo - rx0) as usize, (px + j_hi - rx0) as usize + 1);
                 if cnt[b] > cnt[a] {
                     for (v, w) in p.spill[p0..p0 + n].iter().zip(ws) {
                         for c in 0..4 {
@@ -816,6 +1008,63 @@ mod tests {
             }
         }
         assert_eq!(n_checked, 48);
+    }
+
+    #[test]
+    fn planes_over_the_window_region_give_the_same_bits() {
+        let img = ramp_plane(61, 47);
+        let mut full = Gradients::default();
+        full.compute(&img);
+        let (mut pf, mut pr, mut g) = (OrientPlanes::default(), OrientPlanes::default(), Gradients::default());
+        let groups: [&[(f32, f32)]; 4] = [
+            &[(30.0, 20.0), (34.4, 22.6), (38.0, 25.0)],
+            &[(0.4, 0.6), (60.2, 46.7)],
+            &[(-40.0, 90.0), (59.5, 3.5)],
+            &[(-40.0, -90.0)],
+        ];
+        for &(ori, scl) in &[(361.0f32, 2.0f32), (0.0, 1.3), (37.5, 3.3), (271.0, 9.0)] {
+            let win = QuadWindow::new(img.w, img.h, ori, scl);
+            pf.compute(&full, ori);
+            for pts in groups {
+                let region = win.region(img.w, img.h, pts.iter().copied());
+                assert!(Region::sampled(img.w, img.h).contains(&region));
+                g.compute_region(&img, region);
+                assert_eq!(g.region, region);
+                pr.compute(&g, ori);
+                for &pt in pts {
+                    let (mut a, mut b) = (vec![0f32; DESCR_LEN], vec![1f32; DESCR_LEN]);
+                    compute_descriptor_quads(&pf, &win, pt, &mut a);
+                    compute_descriptor_quads(&pr, &win, pt, &mut b);
+                    assert_eq!(a, b, "ori {ori} scl {scl} pt {pt:?}");
+                }
+            }
+        }
+        // a window that misses the image reads nothing
+        let win = QuadWindow::new(img.w, img.h, 0.0, 2.0);
+        assert_eq!(win.region(img.w, img.h, [(-100.0, 20.0)]), Region::default());
+    }
+
+    #[test]
+    fn orientation_split_avx2_and_portable_agree() {
+        // 59 x 45 = 2655 sampled pixels: the last block of 8 is partial
+        let img = ramp_plane(61, 47);
+        let mut g = Gradients::default();
+        g.compute(&img);
+        assert_ne!(g.ori.len() % 8, 0);
+        let (mut a, mut b) = (OrientPlanes::default(), OrientPlanes::default());
+        for ori in [0.0f32, 0.3, 45.0, 179.9, 359.99, 360.0, 361.0, 390.5, 404.9] {
+            a.compute(&g, ori);
+            crate::features::portable_only(|| b.compute(&g, ori));
+            assert_eq!(a.data, b.data, "ori {ori}");
+            assert_eq!(a.spill, b.spill, "ori {ori}");
+            assert_eq!(a.spill_count, b.spill_count, "ori {ori}");
+            assert_eq!(a.data.len(), g.ori.len());
+            // every pixel's two parts sum to its magnitude
+            for (i, lane) in a.data.iter().enumerate() {
+                let s: f32 = lane.iter().sum::<f32>() + a.spill.get(i).copied().unwrap_or(0.0);
+                assert!((s - g.mag[i]).abs() <= 1e-4 * g.mag[i].max(1.0), "ori {ori} pixel {i}");
+            }
+        }
     }
 
     #[test]
