@@ -13,9 +13,21 @@
 //! layers, activations, softmax, channel concatenation and flattening (in
 //! ONNX's `(c, h, w)` order).
 //!
-//! [`Graph::run`] evaluates one image on the calling thread, freeing each
-//! value after its last reader; buffers are reused through a per-thread
-//! pool, so a worker that runs many images allocates once.
+//! [`Graph::run`] evaluates one image, freeing each value after its last
+//! reader; buffers are reused through a per-thread pool, so a worker that
+//! runs many images allocates once. Without `par` everything runs on the
+//! calling thread. With `par` (one image on all the threads of the
+//! current rayon pool), each fused inverted-residual block
+//! ([`Op::MbConv`]) forks once or twice, with one part per thread so that
+//! a fork-join is worth its cost even on 100 x 100 inputs: by ranges of
+//! output rows (each part expands the input rows it needs), or, on small
+//! images where the rows at the seams would be expanded twice, by ranges
+//! of whole weight panels of the middle channels (expansion + depthwise),
+//! then by rows of the projection. Other convolutions split their rows
+//! (dense: blocks of pixels; depthwise: output rows). Blocks below about
+//! 10^5 multiply-adds stay on the calling thread. No split changes the
+//! operations that give a value, so the output is the same bits for any
+//! thread count.
 
 use std::cell::RefCell;
 
@@ -641,8 +653,9 @@ impl Graph {
     /// [`BovwError::InvalidInput`] naming the node when the image is too
     /// small for a window or shapes do not match at run time.
     ///
-    /// With `par`, large layers split their rows over the current rayon
-    /// pool (for one image on several threads); the values are the same.
+    /// With `par`, the layers split their work over the current rayon pool
+    /// (one image on several threads, see the module documentation); the
+    /// values are the same.
     pub fn run(&self, input: Tensor, n_outputs: usize, par: bool) -> Result<Vec<Tensor>> {
         let wanted = &self.outputs[..n_outputs.min(self.outputs.len())];
         if input.c != self.input_channels() {

@@ -8,8 +8,11 @@
 //!   [`im2col`]. The tile is BLIS's 6 x 16 AVX2 register block (Van Zee and
 //!   van de Geijn, ACM TOMS 2015) with the bias, the residual and the
 //!   activation applied in registers before the one store.
+//!   [`gemm_blocks`] takes $X$ as column blocks side by side and computes
+//!   a range of panels only: how one image's layers are split over
+//!   threads by channels ([`crate::cnn::graph`]).
 //! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
-//!   vectorised over channels.
+//!   vectorised over channels; [`depthwise_part`] for a range of channels.
 //! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
 //!
 //! **One order of operations everywhere.** Every output value is computed
