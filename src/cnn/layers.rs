@@ -794,19 +794,6 @@ impl DwRow<'_> {
         (a, b)
     }
 
-    /// Output columns `[first, last)` whose taps are all inside the image.
-    fn interior(&self) -> (usize, usize) {
-        let mut first = 0;
-        while first < self.ow && self.win.ix(first, 0) < 0 {
-            first += 1;
-        }
-        let mut last = first;
-        while last < self.ow && self.win.ix(last, self.win.kw - 1) < self.w as isize {
-            last += 1;
-        }
-        (first, last)
-    }
-
     /// Channels `c0..c1` of output pixel `ox`, one value at a time.
     fn pixel(&self, ox: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let (c, kw) = (self.c, self.win.kw);
@@ -836,11 +823,11 @@ mod dw_avx2 {
     use super::DwRow;
     use std::arch::x86_64::*;
 
-    /// One output row. Interior pixels go through register tiles of `PX`
-    /// pixels x 8 channels ([`tile`]) when the window is 3 or 5 wide with
-    /// stride 1 or 2 and no dilation, else one pixel x 8 channels at a
-    /// time; edge pixels and the last `c % 8` channels go value by value
-    /// ([`DwRow::pixel`]). Every path performs the same operations.
+    /// One output row. When the window is 3 or 5 wide with stride 1 or 2
+    /// and no dilation, the row goes in chunks of up to 8 pixels x 8
+    /// channels ([`chunk`]), edges included; otherwise one pixel x 8
+    /// channels at a time ([`single`]). The last `c % 8` channels go value
+    /// by value ([`DwRow::pixel`]). Every path performs the same operations.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; `out` has `ow * c` values and every
@@ -848,49 +835,45 @@ mod dw_avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
         let c8 = r.c / 8 * 8;
-        let (first, last) = r.interior();
-        let tiled = r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
-        let px = if r.win.stride_w == 1 { 8 } else { 6 };
-        let mut ox = 0;
-        while ox < r.ow {
-            let interior = ox >= first && ox < last;
-            let n = if ox + px <= last { px } else { 4 };
-            if interior && tiled && ox + n <= last {
-                if c8 > 0 {
-                    match (r.win.kw, r.win.stride_w, n) {
-                        (3, 1, 8) => tile::<3, 1, 8>(r, ox, c8, out),
-                        (5, 1, 8) => tile::<5, 1, 8>(r, ox, c8, out),
-                        (3, 2, 6) => tile::<3, 2, 6>(r, ox, c8, out),
-                        (5, 2, 6) => tile::<5, 2, 6>(r, ox, c8, out),
-                        (3, 1, _) => tile::<3, 1, 4>(r, ox, c8, out),
-                        (5, 1, _) => tile::<5, 1, 4>(r, ox, c8, out),
-                        (3, 2, _) => tile::<3, 2, 4>(r, ox, c8, out),
-                        _ => tile::<5, 2, 4>(r, ox, c8, out),
-                    }
-                }
-                for j in 0..n {
-                    r.pixel(ox + j, c8, r.c, out);
+        if c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2)) {
+            let mut ox = 0;
+            while ox < r.ow {
+                let n = (r.ow - ox).min(8);
+                match (r.win.kw, r.win.stride_w) {
+                    (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
+                    (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
+                    (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
+                    _ => chunk::<5, 2>(r, ox, n, c8, out),
                 }
                 ox += n;
-            } else {
-                if c8 > 0 {
-                    single(r, ox, c8, out);
-                }
+            }
+        } else if c8 > 0 {
+            for ox in 0..r.ow {
+                single(r, ox, c8, out);
+            }
+        }
+        if c8 < r.c {
+            for ox in 0..r.ow {
                 r.pixel(ox, c8, r.c, out);
-                ox += 1;
             }
         }
     }
 
-    /// `P` interior output pixels from `ox`, channels `0..c8` in blocks of 8:
-    /// per tap row, the `K` filter vectors stay in registers and each input
-    /// column is loaded once for the (up to `K`) pixels that read it.
+    /// Output pixels `ox..ox + n` (`n <= 8`), channels `0..c8` in blocks of
+    /// 8, for a `K`-wide window with stride `S`: per tap row, the `K` filter
+    /// vectors stay in registers and each input column is loaded once for
+    /// the pixels that read it. Columns in the padding are skipped, and a
+    /// pixel's taps come in the order of `kx`, exactly as in [`single`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+    unsafe fn chunk<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+        const P: usize = 8;
         let c = r.c;
         let lo = _mm256_set1_ps(r.lo);
         let hi = _mm256_set1_ps(r.hi);
-        let ix0 = r.win.ix(ox, 0) as usize; // first input column (interior: >= 0)
+        // input column of j = 0; pixel p reads j = p S + kx
+        let b0 = (ox * S) as isize - r.win.pad_left as isize;
+        let j_lo = (-b0).max(0) as usize;
+        let j_hi = ((r.w as isize - b0).max(0) as usize).min((n - 1) * S + K);
         let (wp, ws) = (r.wts.as_ptr(), r.wstride);
         let mut cb = 0;
         while cb < c8 {
@@ -902,10 +885,16 @@ mod dw_avx2 {
                 for (kx, v) in wv.iter_mut().enumerate() {
                     *v = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb));
                 }
-                let base = row.as_ptr().add(ix0 * c + cb);
-                // input column j feeds pixel p through tap kx = j - p S
                 for j in 0..(P - 1) * S + K {
-                    let xv = _mm256_loadu_ps(base.add(j * c));
+                    if j < j_lo {
+                        continue;
+                    }
+                    if j >= j_hi {
+                        break;
+                    }
+                    // an input column inside the image (pixels past n
+                    // read only such columns too; they are not stored)
+                    let xv = _mm256_loadu_ps(row.as_ptr().add((b0 + j as isize) as usize * c + cb));
                     for (p, a) in acc.iter_mut().enumerate() {
                         if j >= p * S && j - p * S < K {
                             *a = _mm256_fmadd_ps(xv, wv[j - p * S], *a);
@@ -914,8 +903,10 @@ mod dw_avx2 {
                 }
             }
             for (p, a) in acc.iter().enumerate() {
-                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
-                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
+                if p < n {
+                    let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                    _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
+                }
             }
             cb += 8;
         }
@@ -1264,7 +1255,23 @@ mod tests {
     #[test]
     fn depthwise_matches_a_naive_sum_and_the_portable_path_bit_for_bit() {
         let mut s = 3u64;
-        for &(h, w, c, k, stride, pad) in &[(9, 11, 8, 3, 1, 1), (12, 10, 20, 5, 2, 2), (7, 7, 19, 3, 2, 0), (5, 17, 32, 5, 1, 2), (1, 1, 8, 3, 1, 1)] {
+        for &(h, w, c, k, stride, pad) in &[
+            (9, 11, 8, 3, 1, 1),
+            (12, 10, 20, 5, 2, 2),
+            (7, 7, 19, 3, 2, 0),
+            (5, 17, 32, 5, 1, 2),
+            (1, 1, 8, 3, 1, 1),
+            // narrow rows (at most 8 output pixels), every padding case
+            (7, 7, 40, 5, 1, 2),
+            (4, 4, 36, 5, 1, 2),
+            (7, 8, 24, 3, 1, 1),
+            (2, 3, 16, 3, 1, 1),
+            (13, 13, 24, 3, 2, 1),
+            (7, 7, 24, 5, 2, 2),
+            (8, 8, 16, 5, 2, 1),
+            (8, 6, 16, 3, 2, 0),
+            (3, 2, 8, 5, 1, 2),
+        ] {
             let x: Vec<f32> = (0..h * w * c).map(|_| lcg(&mut s)).collect();
             let f: Vec<f32> = (0..c * k * k).map(|_| lcg(&mut s)).collect();
             let b: Vec<f32> = (0..c).map(|_| lcg(&mut s)).collect();
