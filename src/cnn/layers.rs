@@ -490,8 +490,12 @@ mod avx2 {
         let b0 = _mm256_loadu_ps(t.bias.as_ptr());
         let mut acc = [b0; R];
         let mut wp = t.panel.as_ptr();
-        for b in t.xs {
-            (acc, wp) = kloop8::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc);
+        if let [b] = t.xs {
+            (acc, _) = kloop8::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc);
+        } else {
+            for b in t.xs {
+                (acc, wp) = kloop8::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc);
+            }
         }
         for (r, a) in acc.iter().enumerate() {
             let o = (r0 + r) * t.ldo + t.out_col;
@@ -520,8 +524,13 @@ mod avx2 {
         let mut acc0 = [b0; R];
         let mut acc1 = [b1; R];
         let mut wp = t.panel.as_ptr();
-        for b in t.xs {
-            (acc0, acc1, wp) = kloop16::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc0, acc1);
+        if let [b] = t.xs {
+            // one block (every layer but a projection split by channels)
+            (acc0, acc1, _) = kloop16::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc0, acc1);
+        } else {
+            for b in t.xs {
+                (acc0, acc1, wp) = kloop16::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc0, acc1);
+            }
         }
         let lo = _mm256_set1_ps(t.lo);
         let hi = _mm256_set1_ps(t.hi);
