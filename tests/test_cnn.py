@@ -293,6 +293,24 @@ def test_same_bits_for_any_thread_count_and_batch(cnn, fruits_root):
     np.testing.assert_array_equal(many[6:], one)
 
 
+@pytest.mark.parametrize("input_size", [224, 100])
+def test_one_image_on_several_threads_gives_the_same_bits(fruits_root, input_size):
+    # a batch smaller than the pool (and the last images of a batch) runs
+    # each image on all the threads: every block split by rows or by
+    # channels; the features must not move by a bit
+    cnn = CNNEmbedding(input_size=input_size, crop_fraction=1.0)
+    paths = sorted((fruits_root / "Test").glob("*/*.jpg"))[:5]
+    images = [rgb(p) for p in paths]
+    one = cnn.transform(images, n_threads=1)
+    for threads in (2, 3, 4):
+        alone = np.concatenate([cnn.transform([im], n_threads=threads) for im in images])
+        np.testing.assert_array_equal(alone, one, err_msg=f"batch of 1 on {threads} threads")
+    # 5 images on 2 threads: 2 rounds in parallel, the last image split
+    np.testing.assert_array_equal(cnn.transform(images, n_threads=2), one)
+    # 5 images on 4 threads: one round of 4, then one image split over 4
+    np.testing.assert_array_equal(cnn.transform(images, n_threads=4), one)
+
+
 def test_extract_descriptors_method_cnn(fruits_root):
     paths = sorted((fruits_root / "Training").glob("*/*.jpg"))[:5]
     table = pa.table({"path": [str(p) for p in paths], "content": [p.read_bytes() for p in paths]})

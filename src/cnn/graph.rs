@@ -13,13 +13,25 @@
 //! layers, activations, softmax, channel concatenation and flattening (in
 //! ONNX's `(c, h, w)` order).
 //!
-//! [`Graph::run`] evaluates one image on the calling thread, freeing each
-//! value after its last reader; buffers are reused through a per-thread
-//! pool, so a worker that runs many images allocates once.
+//! [`Graph::run`] evaluates one image, freeing each value after its last
+//! reader; buffers are reused through a per-thread pool, so a worker that
+//! runs many images allocates once. Without `par` everything runs on the
+//! calling thread. With `par` (one image on all the threads of the
+//! current rayon pool), each fused inverted-residual block
+//! ([`Op::MbConv`]) forks once or twice, with one part per thread so that
+//! a fork-join is worth its cost even on 100 x 100 inputs: by ranges of
+//! output rows (each part expands the input rows it needs), or, on small
+//! images where the rows at the seams would be expanded twice, by ranges
+//! of whole weight panels of the middle channels (expansion + depthwise),
+//! then by rows of the projection. Other convolutions split their rows
+//! (dense: blocks of pixels; depthwise: output rows). Blocks below about
+//! 10^5 multiply-adds stay on the calling thread. No split changes the
+//! operations that give a value, so the output is the same bits for any
+//! thread count.
 
 use std::cell::RefCell;
 
-use crate::cnn::layers::{self, Activation, Depthwise, PackedMatrix, Window};
+use crate::cnn::layers::{self, Activation, Depthwise, PackedMatrix, Window, XBlock, NR};
 use crate::error::{BovwError, Result};
 
 /// Index of a value of a [`Graph`] (0 is the input).
@@ -641,8 +653,9 @@ impl Graph {
     /// [`BovwError::InvalidInput`] naming the node when the image is too
     /// small for a window or shapes do not match at run time.
     ///
-    /// With `par`, large layers split their rows over the current rayon
-    /// pool (for one image on several threads); the values are the same.
+    /// With `par`, the layers split their work over the current rayon pool
+    /// (one image on several threads, see the module documentation); the
+    /// values are the same.
     pub fn run(&self, input: Tensor, n_outputs: usize, par: bool) -> Result<Vec<Tensor>> {
         let wanted = &self.outputs[..n_outputs.min(self.outputs.len())];
         if input.c != self.input_channels() {
@@ -876,6 +889,11 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
             )));
         }
     }
+    if par && rayon::current_num_threads() > 1 {
+        if let Some((out, _)) = mbconv_par(x, mb, &win, oh, ow, residual, rayon::current_num_threads()) {
+            return Ok(Tensor { h: oh, w: ow, c: c_out, data: out });
+        }
+    }
     let row_len = w * c_mid;
     let mut out = take_buffer(oh * ow * c_out);
     if h * row_len <= MBCONV_WHOLE_VALUES {
@@ -883,44 +901,122 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
         match &mb.expand {
             Some((em, eact)) => {
                 let mut e = take_buffer(h * row_len);
-                if par {
-                    layers::gemm_par(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
-                    layers::depthwise_par(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
-                } else {
-                    layers::gemm(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
-                    layers::depthwise(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
-                }
+                layers::gemm(&x.data, h * w, x.c, em, &mut e, c_mid, None, *eact);
+                layers::depthwise(&e, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act);
                 give_buffer(e);
             }
-            None if par => layers::depthwise_par(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
             None => layers::depthwise(&x.data, h, w, &mb.depthwise, &win, oh, ow, &mut dw, mb.dw_act),
         }
         let res = residual.map(|r| r.data.as_slice());
-        if par {
-            layers::gemm_par(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
-        } else {
-            layers::gemm(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
-        }
+        layers::gemm(&dw, oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
         give_buffer(dw);
         return Ok(Tensor { h: oh, w: ow, c: c_out, data: out });
     }
     // output rows per strip: about MBCONV_STRIP_VALUES new expanded values
     let strip = (MBCONV_STRIP_VALUES / (win.stride_h * row_len).max(1)).clamp(1, oh.max(1));
-    let threads = rayon::current_num_threads();
-    if par && threads > 1 && oh >= 2 * strip {
-        use rayon::prelude::*;
-        // ranges of output rows, each with its own buffers (rows at the
-        // seams are expanded twice: the same values)
-        let per = oh.div_ceil(2 * threads).max(strip);
+    mbconv_rows(x, mb, &win, ow, strip, 0, oh, residual, &mut out);
+    Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
+}
+
+/// Multiply-adds of a fused block below which [`mbconv_par`] leaves it to
+/// one thread (a fork-join costs more than the work saved).
+const MBCONV_PAR_MIN_WORK: usize = 1 << 17;
+
+/// One fused block on several threads of the current rayon pool, `None`
+/// when the block is too small to split (the caller runs it on one
+/// thread). Two ways, both giving the values of the one-thread path bit for
+/// bit:
+///
+/// - **rows**: the output rows are cut into one range per thread (two per
+///   thread on large images), each computed by [`mbconv_rows`] from the
+///   input rows it needs; rows at the seams are expanded by both sides, so
+///   this is used when that extra expansion is at most 1/8 of the image
+///   (always without an expansion). One fork-join per block.
+/// - **channels**, for small images where the seams would cost more: each
+///   thread expands a range of whole weight panels of the middle channels
+///   (the whole image, its channels only) and runs their depthwise
+///   filters; then the projection reads those per-thread images as column
+///   blocks side by side ([`layers::gemm_blocks`]: the same sum over the
+///   middle channels, in order), its rows split over the threads. Two
+///   fork-joins per block, no work repeated.
+#[allow(clippy::too_many_arguments)]
+fn mbconv_par(
+    x: &Tensor,
+    mb: &MbConv,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    residual: Option<&Tensor>,
+    threads: usize,
+) -> Option<(Vec<f32>, Split)> {
+    use rayon::prelude::*;
+    let (h, w) = (x.h, x.w);
+    let c_mid = mb.depthwise.c;
+    let c_out = mb.project.n();
+    let row_len = w * c_mid;
+    let expand_work = mb.expand.as_ref().map_or(0, |(m, _)| h * w * m.k() * c_mid);
+    if expand_work + oh * ow * c_mid * (win.kh * win.kw + c_out) < MBCONV_PAR_MIN_WORK || oh == 0 {
+        return None;
+    }
+    let large = h * row_len > MBCONV_WHOLE_VALUES;
+    let needed = |oy0: usize, oy1: usize| {
+        let lo = win.iy(oy0, 0).clamp(0, h as isize) as usize;
+        let hi = (win.iy(oy1 - 1, win.kh - 1) + 1).clamp(0, h as isize) as usize;
+        hi.saturating_sub(lo)
+    };
+    // rows per part: two parts per thread on large images (better balance)
+    // unless their seams cost too much, then one per thread
+    let row_split = [if large { 2 * threads } else { threads }, threads].into_iter().find_map(|n| {
+        let per = oh.div_ceil(n);
+        let parts = oh.div_ceil(per);
+        let extra = if mb.expand.is_some() { (0..parts).map(|i| needed(i * per, ((i + 1) * per).min(oh))).sum::<usize>().saturating_sub(h) } else { 0 };
+        (parts >= 2 && extra * 8 <= h).then_some(per)
+    });
+    if let Some(per) = row_split {
+        let strip = if large { (MBCONV_STRIP_VALUES / (win.stride_h * row_len).max(1)).clamp(1, per) } else { per };
+        let mut out = take_buffer(oh * ow * c_out);
         out.par_chunks_mut(per * ow * c_out).enumerate().for_each(|(i, o)| {
             let oy0 = i * per;
             let rows = o.len() / (ow * c_out);
-            mbconv_rows(x, mb, &win, ow, strip, oy0, oy0 + rows, residual, o);
+            mbconv_rows(x, mb, win, ow, strip, oy0, oy0 + rows, residual, o);
         });
-    } else {
-        mbconv_rows(x, mb, &win, ow, strip, 0, oh, residual, &mut out);
+        return Some((out, Split::Rows));
     }
-    Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
+    let (em, eact) = mb.expand.as_ref()?;
+    let panels = em.panels();
+    let parts = threads.min(panels);
+    if parts < 2 {
+        return None;
+    }
+    let xb = XBlock { data: &x.data, ld: x.c, k: x.c };
+    let mids: Vec<(usize, Vec<f32>)> = (0..parts)
+        .into_par_iter()
+        .map(|i| {
+            let (p0, p1) = (i * panels / parts, (i + 1) * panels / parts);
+            let ch = p0 * NR..(p1 * NR).min(c_mid);
+            let cw = ch.len();
+            let mut e = take_buffer(h * w * cw);
+            layers::gemm_blocks(&[xb], h * w, em, p0..p1, &mut e, cw, None, *eact);
+            let mut d = take_buffer(oh * ow * cw);
+            layers::depthwise_part(&e, h, w, &mb.depthwise, ch, win, oh, ow, &mut d, mb.dw_act);
+            give_buffer(e);
+            (cw, d)
+        })
+        .collect();
+    let xs: Vec<XBlock<'_>> = mids.iter().map(|(cw, d)| XBlock { data: d, ld: *cw, k: *cw }).collect();
+    let mut out = take_buffer(oh * ow * c_out);
+    layers::gemm_blocks_par(&xs, oh * ow, &mb.project, &mut out, c_out, residual.map(|r| r.data.as_slice()), mb.project_act);
+    for (_, d) in mids {
+        give_buffer(d);
+    }
+    Some((out, Split::Channels))
+}
+
+/// How [`mbconv_par`] split a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    Rows,
+    Channels,
 }
 
 /// Output rows `oy_start..oy_end` of a fused block, in strips of `strip`
@@ -1109,6 +1205,79 @@ mod tests {
                 assert_eq!(a[0], d[0], "plain, parallel rows");
             }
         }
+    }
+
+    /// A fused block with random weights, `c_in -> c_mid -> c_out`.
+    fn random_block(c_in: usize, c_mid: usize, c_out: usize, k: usize, stride: usize, expand: bool, seed: u64) -> MbConv {
+        let mut s = seed;
+        let mut r = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let c_in = if expand { c_in } else { c_mid };
+        let eb: Vec<f32> = (0..c_mid).map(|_| r()).collect();
+        let ew: Vec<f32> = (0..c_in * c_mid).map(|_| r() * 0.5).collect();
+        let db: Vec<f32> = (0..c_mid).map(|_| r()).collect();
+        let dwts: Vec<f32> = (0..c_mid * k * k).map(|_| r() * 0.5).collect();
+        let pb: Vec<f32> = (0..c_out).map(|_| r()).collect();
+        let pw: Vec<f32> = (0..c_mid * c_out).map(|_| r() * 0.2).collect();
+        MbConv {
+            expand: expand.then(|| (PackedMatrix::from_row_major(&ew, c_in, c_mid, &eb), Activation::RELU6)),
+            depthwise: Depthwise::from_fn(c_mid, k, k, &db, |ch, ky, kx| dwts[(ch * k + ky) * k + kx]),
+            dw_geom: Geometry::square(k, stride, Padding::SameUpper),
+            dw_act: Activation::RELU6,
+            project: PackedMatrix::from_row_major(&pw, c_mid, c_out, &pb),
+            project_act: Activation::None,
+            names: ["e".into(), "d".into(), "p".into()],
+        }
+    }
+
+    #[test]
+    fn blocks_split_over_threads_by_rows_or_channels_give_the_same_bits() {
+        // (h, w, c_mid, k, stride, expand, residual, the split expected)
+        let cases = [
+            (7, 7, 120, 3, 1, true, true, Split::Channels), // seams would re-expand 2 of 7 rows
+            (4, 4, 120, 5, 1, true, true, Split::Channels),
+            (7, 9, 72, 5, 2, true, false, Split::Channels),
+            (13, 11, 40, 5, 1, true, false, Split::Channels),
+            (50, 50, 96, 3, 1, true, true, Split::Rows),
+            (51, 37, 96, 3, 2, true, false, Split::Rows),
+            (25, 25, 40, 5, 2, false, false, Split::Rows), // no expansion: rows always
+            (150, 97, 56, 5, 1, true, true, Split::Rows),  // large: strips
+        ];
+        for (i, &(h, w, c_mid, k, stride, expand, residual, want)) in cases.iter().enumerate() {
+            let (c_in, c_out) = (24, if residual { 24 } else { 40 });
+            let mb = random_block(c_in, c_mid, c_out, k, stride, expand, 17 + i as u64);
+            let c_x = if expand { c_in } else { c_mid };
+            let mut s = 5 + i as u64;
+            let x = Tensor::new(
+                h,
+                w,
+                c_x,
+                (0..h * w * c_x)
+                    .map(|_| {
+                        s = s.wrapping_mul(6364136223846793005).wrapping_add(3);
+                        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                    })
+                    .collect(),
+            );
+            let res = residual.then(|| x.clone());
+            let one = mbconv_forward(&x, &mb, res.as_ref(), "b", false).unwrap();
+            let (oh, ow, win) = mb.dw_geom.output(h, w, "d").unwrap();
+            for threads in [2, 3, 4] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (out, how) = pool.install(|| mbconv_par(&x, &mb, &win, oh, ow, res.as_ref(), threads)).expect("large enough to split");
+                assert_eq!(how, want, "case {i}: {h} x {w}, k {k}, stride {stride}");
+                assert!(out == one.data, "case {i} on {threads} threads: values differ from one thread");
+                let via_run = pool.install(|| mbconv_forward(&x, &mb, res.as_ref(), "b", true)).unwrap();
+                assert!(via_run == one, "case {i}: the parallel forward differs");
+            }
+        }
+        // too small to be worth a fork-join: left to the caller's thread
+        let mb = random_block(8, 16, 8, 3, 1, true, 3);
+        let x = Tensor::new(3, 3, 8, vec![0.5; 72]);
+        let (oh, ow, win) = mb.dw_geom.output(3, 3, "d").unwrap();
+        assert!(mbconv_par(&x, &mb, &win, oh, ow, None, 2).is_none());
     }
 
     #[test]

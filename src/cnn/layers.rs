@@ -8,8 +8,11 @@
 //!   [`im2col`]. The tile is BLIS's 6 x 16 AVX2 register block (Van Zee and
 //!   van de Geijn, ACM TOMS 2015) with the bias, the residual and the
 //!   activation applied in registers before the one store.
+//!   [`gemm_blocks`] takes $X$ as column blocks side by side and computes
+//!   a range of panels only: how one image's layers are split over
+//!   threads by channels ([`crate::cnn::graph`]).
 //! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
-//!   vectorised over channels.
+//!   vectorised over channels; [`depthwise_part`] for a range of channels.
 //! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
 //!
 //! **One order of operations everywhere.** Every output value is computed
@@ -168,6 +171,10 @@ impl PackedMatrix {
     pub fn n(&self) -> usize {
         self.n
     }
+    /// Number of panels of [`NR`] columns, `ceil(n / NR)`.
+    pub fn panels(&self) -> usize {
+        self.panels
+    }
     /// The weight at row `kk`, column `j` (tests).
     pub fn get(&self, kk: usize, j: usize) -> f32 {
         self.data[((j / NR) * self.k + kk) * NR + j % NR]
@@ -175,6 +182,23 @@ impl PackedMatrix {
     /// The bias of column `j`.
     pub fn bias(&self, j: usize) -> f32 {
         self.bias[j]
+    }
+}
+
+/// Rows of a GEMM's left operand $X$: `k` columns of `data`, row `r` at
+/// `data[r * ld..]`. [`gemm_blocks`] takes $X$ as several such blocks side
+/// by side (their columns one after the other).
+#[derive(Debug, Clone, Copy)]
+pub struct XBlock<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+    pub k: usize,
+}
+
+impl<'a> XBlock<'a> {
+    /// The block from row `r0` on.
+    pub fn from_row(&self, r0: usize) -> XBlock<'a> {
+        XBlock { data: &self.data[(r0 * self.ld).min(self.data.len())..], ld: self.ld, k: self.k }
     }
 }
 
@@ -198,15 +222,45 @@ pub fn gemm(
     residual: Option<&[f32]>,
     act: Activation,
 ) {
-    if m == 0 || w.n == 0 {
+    gemm_blocks(&[XBlock { data: x, ld: ldx, k: w.k }], m, w, 0..w.panels, out, ldo, residual, act);
+}
+
+/// [`gemm`] with $X$ given as column blocks side by side (`xs`, their `k`
+/// summing to `w.k()`), and only the output columns of weight panels
+/// `panels` (columns `panels.start * NR..min(panels.end * NR, n)`), written
+/// to columns `0..` of `out` (and read from the same columns of
+/// `residual`). Each value is computed with exactly the operations of
+/// [`gemm`] (the `k` index runs through the blocks in order), so splitting
+/// $X$ by columns or $Y$ by panels or rows never changes a bit.
+///
+/// # Panics
+/// If the blocks' `k` do not sum to `w.k()`, `panels` is out of range, or a
+/// slice is too short for its rows and strides.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_blocks(
+    xs: &[XBlock<'_>],
+    m: usize,
+    w: &PackedMatrix,
+    panels: std::ops::Range<usize>,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    assert!(panels.start <= panels.end && panels.end <= w.panels, "panel range");
+    if m == 0 || panels.is_empty() {
         return;
     }
     let (k, n) = (w.k, w.n);
-    assert!(ldx >= k && ldo >= n, "row strides must cover the rows");
-    assert!(x.len() >= (m - 1) * ldx + k, "x too short");
-    assert!(out.len() >= (m - 1) * ldo + n, "out too short");
+    assert_eq!(xs.iter().map(|b| b.k).sum::<usize>(), k, "the blocks of x must have k columns in all");
+    for b in xs {
+        assert!(b.ld >= b.k && b.data.len() >= (m - 1) * b.ld + b.k, "x block too short");
+    }
+    let n_out = n.min(panels.end * NR) - panels.start * NR; // columns written
+    assert!(ldo >= n_out, "row strides must cover the rows");
+    assert!(out.len() >= (m - 1) * ldo + n_out, "out too short");
     if let Some(r) = residual {
-        assert!(r.len() >= (m - 1) * ldo + n, "residual too short");
+        assert!(r.len() >= (m - 1) * ldo + n_out, "residual too short");
     }
     let bounds = act.clamp_bounds();
     let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
@@ -219,16 +273,17 @@ pub fn gemm(
     for bi in 0..n_blocks {
         let mb = (m - m0) / (n_blocks - bi);
         let n_tiles = mb.div_ceil(MR);
-        for p in 0..w.panels {
+        for p in panels.clone() {
             let cols = NR.min(n - p * NR);
             let panel = &w.data[p * k * NR..(p + 1) * k * NR];
             let bias = &w.bias[p * NR..(p + 1) * NR];
             let mut r0 = m0;
             for ti in 0..n_tiles {
                 let rows = (m0 + mb - r0) / (n_tiles - ti);
-                let tile = Tile { x, ldx, k, panel, bias, out_col: p * NR, cols, ldo, lo, hi };
-                // SAFETY: rows r0..r0+rows < m and columns p*NR..p*NR+cols <= n
-                // are in bounds of x, out and residual (asserted above).
+                let tile = Tile { xs, panel, bias, out_col: (p - panels.start) * NR, cols, ldo, lo, hi };
+                // SAFETY: rows r0..r0+rows < m of every block and columns
+                // out_col..out_col+cols <= n_out of out and residual are in
+                // bounds (asserted above).
                 unsafe { tile.run(r0, rows, out, residual) };
                 r0 += rows;
             }
@@ -238,17 +293,19 @@ pub fn gemm(
     debug_assert_eq!(m0, m);
     if bounds.is_none() {
         for r in 0..m {
-            act.apply_slice(&mut out[r * ldo..r * ldo + n]);
+            act.apply_slice(&mut out[r * ldo..r * ldo + n_out]);
         }
     }
 }
 
-/// Multiply-adds below which [`gemm_par`] stays on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 21;
+/// Multiply-adds below which [`gemm_par`] stays on the calling thread
+/// (about 10 us of work: less than a fork-join costs).
+const PAR_MIN_WORK: usize = 1 << 18;
 
 /// [`gemm`] with its rows split into blocks over the current rayon pool
-/// (`out` holds exactly `m` rows of `ldo` values). The values are those of
-/// [`gemm`]: each row is summed in the same order whatever the split.
+/// (`out` holds exactly `m` rows of `ldo` values): one block per thread
+/// (two when there are many rows). The values are those of [`gemm`]: each
+/// row is summed in the same order whatever the split.
 ///
 /// # Panics
 /// As [`gemm`], and if `out.len() != m * ldo`.
@@ -263,25 +320,43 @@ pub fn gemm_par(
     residual: Option<&[f32]>,
     act: Activation,
 ) {
+    gemm_blocks_par(&[XBlock { data: x, ld: ldx, k: w.k }], m, w, out, ldo, residual, act);
+}
+
+/// [`gemm_blocks`] of all panels with the rows split over the current
+/// rayon pool as [`gemm_par`] does (same values).
+///
+/// # Panics
+/// As [`gemm_blocks`], and if `out.len() != m * ldo`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_blocks_par(
+    xs: &[XBlock<'_>],
+    m: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
     if threads <= 1 || m * w.k * w.n < PAR_MIN_WORK || m < 2 * MR {
-        return gemm(x, m, ldx, w, out, ldo, residual, act);
+        return gemm_blocks(xs, m, w, 0..w.panels, out, ldo, residual, act);
     }
     assert_eq!(out.len(), m * ldo, "out must hold m rows");
-    let chunk = m.div_ceil(2 * threads).max(MR);
+    let parts = if m >= 64 * MR * threads { 2 * threads } else { threads };
+    let chunk = m.div_ceil(parts).max(MR);
     out.par_chunks_mut(chunk * ldo).enumerate().for_each(|(i, o)| {
         let r0 = i * chunk;
         let rows = o.len() / ldo;
-        gemm(&x[r0 * ldx..], rows, ldx, w, o, ldo, residual.map(|r| &r[r0 * ldo..(r0 + rows) * ldo]), act);
+        let xr: Vec<XBlock<'_>> = xs.iter().map(|b| b.from_row(r0)).collect();
+        gemm_blocks(&xr, rows, w, 0..w.panels, o, ldo, residual.map(|r| &r[r0 * ldo..(r0 + rows) * ldo]), act);
     });
 }
 
-/// One `rows x cols` tile of [`gemm`] (rows <= MR, cols <= NR).
+/// One `rows x cols` tile of [`gemm_blocks`] (rows <= MR, cols <= NR).
 struct Tile<'a> {
-    x: &'a [f32],
-    ldx: usize,
-    k: usize,
+    xs: &'a [XBlock<'a>],
     panel: &'a [f32],
     bias: &'a [f32],
     out_col: usize,
@@ -328,13 +403,16 @@ impl Tile<'_> {
 
     fn portable(&self, r0: usize, rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
         for r in r0..r0 + rows {
-            let xr = &self.x[r * self.ldx..r * self.ldx + self.k];
             let mut acc = [0f32; NR];
             acc.copy_from_slice(self.bias);
-            for (kk, &xv) in xr.iter().enumerate() {
-                let wr = &self.panel[kk * NR..kk * NR + NR];
-                for c in 0..NR {
-                    acc[c] = xv.mul_add(wr[c], acc[c]);
+            let mut kk = 0;
+            for b in self.xs {
+                for &xv in &b.data[r * b.ld..r * b.ld + b.k] {
+                    let wr = &self.panel[kk * NR..kk * NR + NR];
+                    for c in 0..NR {
+                        acc[c] = xv.mul_add(wr[c], acc[c]);
+                    }
+                    kk += 1;
                 }
             }
             let o = r * self.ldo + self.out_col;
@@ -354,6 +432,54 @@ mod avx2 {
     use super::{Tile, NR};
     use std::arch::x86_64::*;
 
+    /// `acc[r] += x[r][kk] * w[kk]` for `kk < k` in order (`x` rows from
+    /// `x0`, stride `ld`; `w` the first 8 columns of the panel rows from
+    /// `wp`); returns the sums and the next panel row.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn kloop8<const R: usize>(x0: *const f32, ld: usize, k: usize, mut wp: *const f32, mut acc: [__m256; R]) -> ([__m256; R], *const f32) {
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = x0.add(r * ld);
+        }
+        for kk in 0..k {
+            let w0 = _mm256_loadu_ps(wp);
+            for r in 0..R {
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp[r].add(kk)), w0, acc[r]);
+            }
+            wp = wp.add(NR);
+        }
+        (acc, wp)
+    }
+
+    /// [`kloop8`] over the panel's 16 columns.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn kloop16<const R: usize>(
+        x0: *const f32,
+        ld: usize,
+        k: usize,
+        mut wp: *const f32,
+        mut acc0: [__m256; R],
+        mut acc1: [__m256; R],
+    ) -> ([__m256; R], [__m256; R], *const f32) {
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = x0.add(r * ld);
+        }
+        for kk in 0..k {
+            let w0 = _mm256_loadu_ps(wp);
+            let w1 = _mm256_loadu_ps(wp.add(8));
+            for r in 0..R {
+                let a = _mm256_broadcast_ss(&*xp[r].add(kk));
+                acc0[r] = _mm256_fmadd_ps(a, w0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(a, w1, acc1[r]);
+            }
+            wp = wp.add(NR);
+        }
+        (acc0, acc1, wp)
+    }
+
     /// The `R x 8` tile of a last panel with at most 8 columns (the same
     /// operations on the lanes it keeps).
     ///
@@ -363,17 +489,13 @@ mod avx2 {
     pub(super) unsafe fn tile8<const R: usize>(t: &Tile<'_>, r0: usize, out: &mut [f32], residual: Option<&[f32]>) {
         let b0 = _mm256_loadu_ps(t.bias.as_ptr());
         let mut acc = [b0; R];
-        let mut xp = [std::ptr::null::<f32>(); R];
-        for (r, p) in xp.iter_mut().enumerate() {
-            *p = t.x.as_ptr().add((r0 + r) * t.ldx);
-        }
         let mut wp = t.panel.as_ptr();
-        for kk in 0..t.k {
-            let w0 = _mm256_loadu_ps(wp);
-            for r in 0..R {
-                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xp[r].add(kk)), w0, acc[r]);
+        if let [b] = t.xs {
+            (acc, _) = kloop8::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc);
+        } else {
+            for b in t.xs {
+                (acc, wp) = kloop8::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc);
             }
-            wp = wp.add(NR);
         }
         for (r, a) in acc.iter().enumerate() {
             let o = (r0 + r) * t.ldo + t.out_col;
@@ -401,20 +523,14 @@ mod avx2 {
         let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
         let mut acc0 = [b0; R];
         let mut acc1 = [b1; R];
-        let mut xp = [std::ptr::null::<f32>(); R];
-        for (r, p) in xp.iter_mut().enumerate() {
-            *p = t.x.as_ptr().add((r0 + r) * t.ldx);
-        }
         let mut wp = t.panel.as_ptr();
-        for kk in 0..t.k {
-            let w0 = _mm256_loadu_ps(wp);
-            let w1 = _mm256_loadu_ps(wp.add(8));
-            for r in 0..R {
-                let a = _mm256_broadcast_ss(&*xp[r].add(kk));
-                acc0[r] = _mm256_fmadd_ps(a, w0, acc0[r]);
-                acc1[r] = _mm256_fmadd_ps(a, w1, acc1[r]);
+        if let [b] = t.xs {
+            // one block (every layer but a projection split by channels)
+            (acc0, acc1, _) = kloop16::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc0, acc1);
+        } else {
+            for b in t.xs {
+                (acc0, acc1, wp) = kloop16::<R>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc0, acc1);
             }
-            wp = wp.add(NR);
         }
         let lo = _mm256_set1_ps(t.lo);
         let hi = _mm256_set1_ps(t.hi);
@@ -521,7 +637,30 @@ pub fn depthwise(
     out: &mut [f32],
     act: Activation,
 ) {
-    let c = dw.c;
+    depthwise_part(x, h, w, dw, 0..dw.c, win, oh, ow, out, act);
+}
+
+/// [`depthwise`] of the filters `channels` only: `x` is an `h x w x c`
+/// image of those channels alone (`c = channels.len()`), `out` gets
+/// `oh x ow x c`. The values are those the same channels get from
+/// [`depthwise`] on the whole image, bit for bit (channels never mix).
+///
+/// # Panics
+/// If the buffers do not have the stated sizes or `channels` is not within `0..dw.c`.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_part(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    dw: &Depthwise,
+    channels: std::ops::Range<usize>,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    act: Activation,
+) {
+    let c = channels.len();
     assert_eq!(x.len(), h * w * c, "input size");
     assert_eq!(out.len(), oh * ow * c, "output size");
     let mut rows: Vec<Option<&[f32]>> = vec![None; win.kh];
@@ -530,7 +669,7 @@ pub fn depthwise(
             let iy = win.iy(oy, ky);
             *r = (iy >= 0 && iy < h as isize).then(|| &x[iy as usize * w * c..(iy as usize + 1) * w * c]);
         }
-        depthwise_row(&rows, w, dw, win, ow, &mut out[oy * ow * c..(oy + 1) * ow * c], act);
+        depthwise_row_part(&rows, w, dw, channels.clone(), win, ow, &mut out[oy * ow * c..(oy + 1) * ow * c], act);
     }
 }
 
@@ -575,13 +714,47 @@ pub fn depthwise_par(
 /// # Panics
 /// If `rows` has not `kh` entries or a slice has the wrong length.
 pub fn depthwise_row(rows: &[Option<&[f32]>], w: usize, dw: &Depthwise, win: &Window, ow: usize, out: &mut [f32], act: Activation) {
-    let c = dw.c;
+    depthwise_row_part(rows, w, dw, 0..dw.c, win, ow, out, act);
+}
+
+/// [`depthwise_row`] of the filters `channels` only, on rows of those
+/// channels alone (`w x channels.len()` values in, `ow x channels.len()`
+/// out); the same values as those channels get from [`depthwise_row`].
+///
+/// # Panics
+/// As [`depthwise_row`], and if `channels` is not within `0..dw.c`.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_row_part(
+    rows: &[Option<&[f32]>],
+    w: usize,
+    dw: &Depthwise,
+    channels: std::ops::Range<usize>,
+    win: &Window,
+    ow: usize,
+    out: &mut [f32],
+    act: Activation,
+) {
+    assert!(channels.start <= channels.end && channels.end <= dw.c, "channel range");
+    let c = channels.len();
     assert!(win.kh == dw.kh && win.kw == dw.kw && rows.len() == dw.kh, "filter and window sizes");
     assert_eq!(out.len(), ow * c, "output row size");
     assert!(rows.iter().flatten().all(|r| r.len() == w * c), "input row size");
     let bounds = act.clamp_bounds();
     let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let row = DwRow { rows, w, c, dw, win, ow, lo, hi };
+    // filters and biases from the first channel on, tap stride dw.c: every
+    // index below stays within them (channels.end <= dw.c)
+    let row = DwRow {
+        rows,
+        w,
+        c,
+        wts: &dw.weights[channels.start..],
+        wstride: dw.c,
+        bias: &dw.bias[channels.start..],
+        win,
+        ow,
+        lo,
+        hi,
+    };
     let mut done = false;
     #[cfg(target_arch = "x86_64")]
     {
@@ -604,8 +777,13 @@ pub fn depthwise_row(rows: &[Option<&[f32]>], w: usize, dw: &Depthwise, win: &Wi
 struct DwRow<'a> {
     rows: &'a [Option<&'a [f32]>],
     w: usize,
+    /// Channels of the rows and of the output (stride of a pixel).
     c: usize,
-    dw: &'a Depthwise,
+    /// Filters of the first channel on: tap `t` of channel `ch` at `t * wstride + ch`.
+    wts: &'a [f32],
+    wstride: usize,
+    /// Biases from the first channel on.
+    bias: &'a [f32],
     win: &'a Window,
     ow: usize,
     lo: f32,
@@ -625,30 +803,17 @@ impl DwRow<'_> {
         (a, b)
     }
 
-    /// Output columns `[first, last)` whose taps are all inside the image.
-    fn interior(&self) -> (usize, usize) {
-        let mut first = 0;
-        while first < self.ow && self.win.ix(first, 0) < 0 {
-            first += 1;
-        }
-        let mut last = first;
-        while last < self.ow && self.win.ix(last, self.win.kw - 1) < self.w as isize {
-            last += 1;
-        }
-        (first, last)
-    }
-
     /// Channels `c0..c1` of output pixel `ox`, one value at a time.
     fn pixel(&self, ox: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let (c, kw) = (self.c, self.win.kw);
         let (kx0, kx1) = self.kx_range(ox);
         for ch in c0..c1 {
-            let mut acc = self.dw.bias[ch];
+            let mut acc = self.bias[ch];
             for (ky, row) in self.rows.iter().enumerate() {
                 let Some(row) = row else { continue };
                 for kx in kx0..kx1 {
                     let ix = self.win.ix(ox, kx) as usize;
-                    acc = row[ix * c + ch].mul_add(self.dw.weights[(ky * kw + kx) * c + ch], acc);
+                    acc = row[ix * c + ch].mul_add(self.wts[(ky * kw + kx) * self.wstride + ch], acc);
                 }
             }
             out[ox * c + ch] = clamp(acc, self.lo, self.hi);
@@ -667,11 +832,11 @@ mod dw_avx2 {
     use super::DwRow;
     use std::arch::x86_64::*;
 
-    /// One output row. Interior pixels go through register tiles of `PX`
-    /// pixels x 8 channels ([`tile`]) when the window is 3 or 5 wide with
-    /// stride 1 or 2 and no dilation, else one pixel x 8 channels at a
-    /// time; edge pixels and the last `c % 8` channels go value by value
-    /// ([`DwRow::pixel`]). Every path performs the same operations.
+    /// One output row. When the window is 3 or 5 wide with stride 1 or 2
+    /// and no dilation, the row goes in chunks of up to 8 pixels x 8
+    /// channels ([`chunk`]), edges included; otherwise one pixel x 8
+    /// channels at a time ([`single`]). The last `c % 8` channels go value
+    /// by value ([`DwRow::pixel`]). Every path performs the same operations.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; `out` has `ow * c` values and every
@@ -679,64 +844,66 @@ mod dw_avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
         let c8 = r.c / 8 * 8;
-        let (first, last) = r.interior();
-        let tiled = r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
-        let px = if r.win.stride_w == 1 { 8 } else { 6 };
-        let mut ox = 0;
-        while ox < r.ow {
-            let interior = ox >= first && ox < last;
-            let n = if ox + px <= last { px } else { 4 };
-            if interior && tiled && ox + n <= last {
-                if c8 > 0 {
-                    match (r.win.kw, r.win.stride_w, n) {
-                        (3, 1, 8) => tile::<3, 1, 8>(r, ox, c8, out),
-                        (5, 1, 8) => tile::<5, 1, 8>(r, ox, c8, out),
-                        (3, 2, 6) => tile::<3, 2, 6>(r, ox, c8, out),
-                        (5, 2, 6) => tile::<5, 2, 6>(r, ox, c8, out),
-                        (3, 1, _) => tile::<3, 1, 4>(r, ox, c8, out),
-                        (5, 1, _) => tile::<5, 1, 4>(r, ox, c8, out),
-                        (3, 2, _) => tile::<3, 2, 4>(r, ox, c8, out),
-                        _ => tile::<5, 2, 4>(r, ox, c8, out),
-                    }
-                }
-                for j in 0..n {
-                    r.pixel(ox + j, c8, r.c, out);
+        if c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2)) {
+            let mut ox = 0;
+            while ox < r.ow {
+                let n = (r.ow - ox).min(8);
+                match (r.win.kw, r.win.stride_w) {
+                    (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
+                    (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
+                    (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
+                    _ => chunk::<5, 2>(r, ox, n, c8, out),
                 }
                 ox += n;
-            } else {
-                if c8 > 0 {
-                    single(r, ox, c8, out);
-                }
+            }
+        } else if c8 > 0 {
+            for ox in 0..r.ow {
+                single(r, ox, c8, out);
+            }
+        }
+        if c8 < r.c {
+            for ox in 0..r.ow {
                 r.pixel(ox, c8, r.c, out);
-                ox += 1;
             }
         }
     }
 
-    /// `P` interior output pixels from `ox`, channels `0..c8` in blocks of 8:
-    /// per tap row, the `K` filter vectors stay in registers and each input
-    /// column is loaded once for the (up to `K`) pixels that read it.
+    /// Output pixels `ox..ox + n` (`n <= 8`), channels `0..c8` in blocks of
+    /// 8, for a `K`-wide window with stride `S`: per tap row, the `K` filter
+    /// vectors stay in registers and each input column is loaded once for
+    /// the pixels that read it. Columns in the padding are skipped, and a
+    /// pixel's taps come in the order of `kx`, exactly as in [`single`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+    unsafe fn chunk<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+        const P: usize = 8;
         let c = r.c;
         let lo = _mm256_set1_ps(r.lo);
         let hi = _mm256_set1_ps(r.hi);
-        let ix0 = r.win.ix(ox, 0) as usize; // first input column (interior: >= 0)
-        let wp = r.dw.weights.as_ptr();
+        // input column of j = 0; pixel p reads j = p S + kx
+        let b0 = (ox * S) as isize - r.win.pad_left as isize;
+        let j_lo = (-b0).max(0) as usize;
+        let j_hi = ((r.w as isize - b0).max(0) as usize).min((n - 1) * S + K);
+        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
         let mut cb = 0;
         while cb < c8 {
-            let b = _mm256_loadu_ps(r.dw.bias.as_ptr().add(cb));
+            let b = _mm256_loadu_ps(r.bias.as_ptr().add(cb));
             let mut acc = [b; P];
             for (ky, row) in r.rows.iter().enumerate() {
                 let Some(row) = row else { continue };
                 let mut wv = [_mm256_setzero_ps(); K];
                 for (kx, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * c + cb));
+                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb));
                 }
-                let base = row.as_ptr().add(ix0 * c + cb);
-                // input column j feeds pixel p through tap kx = j - p S
                 for j in 0..(P - 1) * S + K {
-                    let xv = _mm256_loadu_ps(base.add(j * c));
+                    if j < j_lo {
+                        continue;
+                    }
+                    if j >= j_hi {
+                        break;
+                    }
+                    // an input column inside the image (pixels past n
+                    // read only such columns too; they are not stored)
+                    let xv = _mm256_loadu_ps(row.as_ptr().add((b0 + j as isize) as usize * c + cb));
                     for (p, a) in acc.iter_mut().enumerate() {
                         if j >= p * S && j - p * S < K {
                             *a = _mm256_fmadd_ps(xv, wv[j - p * S], *a);
@@ -745,8 +912,10 @@ mod dw_avx2 {
                 }
             }
             for (p, a) in acc.iter().enumerate() {
-                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
-                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
+                if p < n {
+                    let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                    _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
+                }
             }
             cb += 8;
         }
@@ -761,8 +930,8 @@ mod dw_avx2 {
         let (kx0, kx1) = r.kx_range(ox);
         let lo = _mm256_set1_ps(r.lo);
         let hi = _mm256_set1_ps(r.hi);
-        let wp = r.dw.weights.as_ptr();
-        let bp = r.dw.bias.as_ptr();
+        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+        let bp = r.bias.as_ptr();
         let op = out.as_mut_ptr().add(ox * c);
         let mut cb = 0;
         while cb + 32 <= c8 {
@@ -776,7 +945,7 @@ mod dw_avx2 {
                 let Some(row) = row else { continue };
                 for kx in kx0..kx1 {
                     let ix = r.win.ix(ox, kx) as usize;
-                    let wv = wp.add((ky * kw + kx) * c + cb);
+                    let wv = wp.add((ky * kw + kx) * ws + cb);
                     let xv = row.as_ptr().add(ix * c + cb);
                     for (j, a) in acc.iter_mut().enumerate() {
                         *a = _mm256_fmadd_ps(_mm256_loadu_ps(xv.add(8 * j)), _mm256_loadu_ps(wv.add(8 * j)), *a);
@@ -794,7 +963,7 @@ mod dw_avx2 {
                 let Some(row) = row else { continue };
                 for kx in kx0..kx1 {
                     let ix = r.win.ix(ox, kx) as usize;
-                    let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * c + cb));
+                    let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * ws + cb));
                     acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.as_ptr().add(ix * c + cb)), wv, acc);
                 }
             }
@@ -993,6 +1162,83 @@ mod tests {
         assert_eq!(whole, parts);
     }
 
+    #[test]
+    fn gemm_of_column_blocks_and_panel_ranges_gives_the_same_bits() {
+        let mut s = 7u64;
+        for &(m, k, n, cut) in &[(13, 37, 40, 16), (6, 50, 33, 1), (25, 96, 17, 95), (1, 20, 48, 7)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
+            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            // x as two blocks with their own strides: columns 0..cut, cut..k
+            let (lda, ldb) = (cut + 3, k - cut + 1);
+            let mut xa = vec![f32::NAN; m * lda];
+            let mut xb = vec![f32::NAN; m * ldb];
+            for r in 0..m {
+                xa[r * lda..r * lda + cut].copy_from_slice(&x[r * k..r * k + cut]);
+                xb[r * ldb..r * ldb + k - cut].copy_from_slice(&x[r * k + cut..(r + 1) * k]);
+            }
+            let xs = [XBlock { data: &xa, ld: lda, k: cut }, XBlock { data: &xb, ld: ldb, k: k - cut }];
+            for (r, act) in [(None, Activation::None), (Some(&res[..]), Activation::RELU6), (None, Activation::Swish)] {
+                let mut whole = vec![0f32; m * n];
+                gemm(&x, m, k, &pm, &mut whole, n, r, act);
+                for portable in [false, true] {
+                    let run = |f: &mut dyn FnMut()| if portable { portable_only(f) } else { f() };
+                    let mut blocks = vec![0f32; m * n];
+                    run(&mut || gemm_blocks(&xs, m, &pm, 0..pm.panels(), &mut blocks, n, r, act));
+                    assert_eq!(blocks, whole, "blocks, ({m}, {k}, {n}), portable {portable}");
+                    // panels one at a time into a narrow buffer each
+                    for p in 0..pm.panels() {
+                        let cols = NR.min(n - p * NR);
+                        let mut part = vec![0f32; m * cols];
+                        let rp: Option<Vec<f32>> = r.map(|rr| (0..m).flat_map(|i| rr[i * n + p * NR..i * n + p * NR + cols].to_vec()).collect());
+                        run(&mut || gemm_blocks(&xs, m, &pm, p..p + 1, &mut part, cols, rp.as_deref(), act));
+                        for i in 0..m {
+                            assert_eq!(part[i * cols..(i + 1) * cols], whole[i * n + p * NR..i * n + p * NR + cols], "panel {p}");
+                        }
+                    }
+                }
+                // rows over threads
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                let mut par = vec![0f32; m * n];
+                pool.install(|| gemm_blocks_par(&xs, m, &pm, &mut par, n, r, act));
+                assert_eq!(par, whole);
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_of_channel_ranges_gives_the_same_bits() {
+        let mut s = 11u64;
+        for &(h, w, c, k, stride, pad) in &[(9, 11, 37, 3, 1, 1), (12, 10, 40, 5, 2, 2), (4, 4, 21, 5, 1, 2)] {
+            let x: Vec<f32> = (0..h * w * c).map(|_| lcg(&mut s)).collect();
+            let f: Vec<f32> = (0..c * k * k).map(|_| lcg(&mut s)).collect();
+            let b: Vec<f32> = (0..c).map(|_| lcg(&mut s)).collect();
+            let dw = Depthwise::from_fn(c, k, k, &b, |ch, ky, kx| f[(ch * k + ky) * k + kx]);
+            let win = Window { kh: k, kw: k, stride_h: stride, stride_w: stride, dilation_h: 1, dilation_w: 1, pad_top: pad, pad_left: pad };
+            let oh = (h + 2 * pad - k) / stride + 1;
+            let ow = (w + 2 * pad - k) / stride + 1;
+            let mut whole = vec![0f32; oh * ow * c];
+            depthwise(&x, h, w, &dw, &win, oh, ow, &mut whole, Activation::RELU6);
+            for (c0, c1) in [(0, 16), (16, c), (3, 12), (c - 1, c)] {
+                let cw = c1 - c0;
+                let xp: Vec<f32> = x.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
+                for portable in [false, true] {
+                    let mut part = vec![0f32; oh * ow * cw];
+                    let mut go = || depthwise_part(&xp, h, w, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6);
+                    if portable {
+                        portable_only(go)
+                    } else {
+                        go()
+                    }
+                    let want: Vec<f32> = whole.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
+                    assert_eq!(part, want, "channels {c0}..{c1} of {c}, portable {portable}");
+                }
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn naive_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], win: &Window, oh: usize, ow: usize) -> Vec<f32> {
         let mut out = vec![0f32; oh * ow * c];
@@ -1018,7 +1264,23 @@ mod tests {
     #[test]
     fn depthwise_matches_a_naive_sum_and_the_portable_path_bit_for_bit() {
         let mut s = 3u64;
-        for &(h, w, c, k, stride, pad) in &[(9, 11, 8, 3, 1, 1), (12, 10, 20, 5, 2, 2), (7, 7, 19, 3, 2, 0), (5, 17, 32, 5, 1, 2), (1, 1, 8, 3, 1, 1)] {
+        for &(h, w, c, k, stride, pad) in &[
+            (9, 11, 8, 3, 1, 1),
+            (12, 10, 20, 5, 2, 2),
+            (7, 7, 19, 3, 2, 0),
+            (5, 17, 32, 5, 1, 2),
+            (1, 1, 8, 3, 1, 1),
+            // narrow rows (at most 8 output pixels), every padding case
+            (7, 7, 40, 5, 1, 2),
+            (4, 4, 36, 5, 1, 2),
+            (7, 8, 24, 3, 1, 1),
+            (2, 3, 16, 3, 1, 1),
+            (13, 13, 24, 3, 2, 1),
+            (7, 7, 24, 5, 2, 2),
+            (8, 8, 16, 5, 2, 1),
+            (8, 6, 16, 3, 2, 0),
+            (3, 2, 8, 5, 1, 2),
+        ] {
             let x: Vec<f32> = (0..h * w * c).map(|_| lcg(&mut s)).collect();
             let f: Vec<f32> = (0..c * k * k).map(|_| lcg(&mut s)).collect();
             let b: Vec<f32> = (0..c).map(|_| lcg(&mut s)).collect();

@@ -26,10 +26,19 @@
 //! their level replicated in R, G and B ([`crate::image::decode_image`]).
 //!
 //! # Parallelism and determinism
-//! A batch is spread over images with rayon, each image evaluated on one
-//! thread with the kernels' fixed order of operations (see [`layers`]):
-//! an image's features are the same bits whatever the thread count, the
-//! batch it came in, or (on x86-64) whether the CPU has AVX2.
+//! A batch is spread over images with rayon: each round of as many images
+//! as threads runs one image per thread ([`CnnModel::forward_batch`]; the
+//! extractor, called per image by [`crate::features::extract_batch`], is
+//! always one image per thread). Images left over (a batch of one, the
+//! last images of a batch) run one at a time on all the threads: each
+//! inverted-residual block is split over the threads by output rows (one
+//! fork-join per block) or, on small images where the rows at the seams
+//! would be expanded twice, by middle channels then by projection rows
+//! (two fork-joins); the other convolutions split their rows (see
+//! [`graph`]). Every value is computed with the kernels' fixed order of
+//! operations (see [`layers`]) whatever the split, so an image's features
+//! are the same bits whatever the thread count, the batch it came in, or
+//! (on x86-64) whether the CPU has AVX2.
 
 pub mod efficientnet;
 pub mod graph;
@@ -212,16 +221,18 @@ impl CnnModel {
     }
 
     /// [`CnnModel::forward`] of many images on the current rayon pool;
-    /// one result per image, in order. With at least as many images as
-    /// threads, images run in parallel, one per thread; with fewer, they
-    /// run one after the other, each layer's rows split over the threads.
-    /// The values are the same either way.
+    /// one result per image, in order. Whole rounds of one image per
+    /// thread run in parallel; the images left over (fewer than the
+    /// threads: a batch of one, the end of a batch) run one after the
+    /// other, each on all the threads (see [`Graph::run`]'s `par`). The
+    /// values are the same either way.
     pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<Forward>> {
         let threads = rayon::current_num_threads();
-        if threads > 1 && images.len() < threads {
-            return images.iter().map(|img| self.forward_with(*img, logits, true)).collect();
-        }
-        images.par_iter().with_max_len(1).map(|img| self.forward(*img, logits)).collect()
+        let whole = if threads > 1 { images.len() / threads * threads } else { images.len() };
+        let mut out: Vec<Result<Forward>> =
+            images[..whole].par_iter().with_max_len(1).map(|img| self.forward(*img, logits)).collect();
+        out.extend(images[whole..].iter().map(|img| self.forward_with(*img, logits, true)));
+        out
     }
 }
 
