@@ -1208,17 +1208,31 @@ mod tests {
         }
     }
 
+    /// A random `h x w x c` input and `k x k` depthwise filter (stride,
+    /// padding on all sides): (input, filter taps (c, k, k), bias, filter,
+    /// window, out height, out width).
+    fn random_depthwise(
+        s: &mut u64,
+        h: usize,
+        w: usize,
+        c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Depthwise, Window, usize, usize) {
+        let x: Vec<f32> = (0..h * w * c).map(|_| lcg(s)).collect();
+        let f: Vec<f32> = (0..c * k * k).map(|_| lcg(s)).collect();
+        let b: Vec<f32> = (0..c).map(|_| lcg(s)).collect();
+        let dw = Depthwise::from_fn(c, k, k, &b, |ch, ky, kx| f[(ch * k + ky) * k + kx]);
+        let win = Window { kh: k, kw: k, stride_h: stride, stride_w: stride, dilation_h: 1, dilation_w: 1, pad_top: pad, pad_left: pad };
+        (x, f, b, dw, win, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1)
+    }
+
     #[test]
     fn depthwise_of_channel_ranges_gives_the_same_bits() {
         let mut s = 11u64;
         for &(h, w, c, k, stride, pad) in &[(9, 11, 37, 3, 1, 1), (12, 10, 40, 5, 2, 2), (4, 4, 21, 5, 1, 2)] {
-            let x: Vec<f32> = (0..h * w * c).map(|_| lcg(&mut s)).collect();
-            let f: Vec<f32> = (0..c * k * k).map(|_| lcg(&mut s)).collect();
-            let b: Vec<f32> = (0..c).map(|_| lcg(&mut s)).collect();
-            let dw = Depthwise::from_fn(c, k, k, &b, |ch, ky, kx| f[(ch * k + ky) * k + kx]);
-            let win = Window { kh: k, kw: k, stride_h: stride, stride_w: stride, dilation_h: 1, dilation_w: 1, pad_top: pad, pad_left: pad };
-            let oh = (h + 2 * pad - k) / stride + 1;
-            let ow = (w + 2 * pad - k) / stride + 1;
+            let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
             let mut whole = vec![0f32; oh * ow * c];
             depthwise(&x, h, w, &dw, &win, oh, ow, &mut whole, Activation::RELU6);
             for (c0, c1) in [(0, 16), (16, c), (3, 12), (c - 1, c)] {
@@ -1281,13 +1295,7 @@ mod tests {
             (8, 6, 16, 3, 2, 0),
             (3, 2, 8, 5, 1, 2),
         ] {
-            let x: Vec<f32> = (0..h * w * c).map(|_| lcg(&mut s)).collect();
-            let f: Vec<f32> = (0..c * k * k).map(|_| lcg(&mut s)).collect();
-            let b: Vec<f32> = (0..c).map(|_| lcg(&mut s)).collect();
-            let dw = Depthwise::from_fn(c, k, k, &b, |ch, ky, kx| f[(ch * k + ky) * k + kx]);
-            let win = Window { kh: k, kw: k, stride_h: stride, stride_w: stride, dilation_h: 1, dilation_w: 1, pad_top: pad, pad_left: pad };
-            let oh = (h + 2 * pad - k) / stride + 1;
-            let ow = (w + 2 * pad - k) / stride + 1;
+            let (x, f, b, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
             let mut fast = vec![0f32; oh * ow * c];
             depthwise(&x, h, w, &dw, &win, oh, ow, &mut fast, Activation::None);
             let mut port = vec![0f32; oh * ow * c];

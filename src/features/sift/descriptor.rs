@@ -206,16 +206,13 @@ fn hist_index(r0: f32, c0: f32) -> usize {
     ((r0 as i32 + 1) as usize * dd + (c0 as i32 + 1) as usize) * nn
 }
 
-/// Trilinear accumulation of one sample (OpenCV's order of operations):
-/// `idx` from [`hist_index`], `rbin`, `cbin` the fractional parts of the
-/// spatial bin coordinates, `obin` the orientation bin (not reduced).
+/// OpenCV's orientation bin of a sample: `floor(obin)` wrapped once into
+/// `[0, n)` (it stays -1 or n for rotations outside [0, 360]), and the
+/// fractional part.
 #[inline(always)]
-fn accumulate(hist: &mut [f32; HIST_LEN], idx: usize, rbin: f32, cbin: f32, mut obin: f32, mag: f32) {
+fn orientation_bin(obin: f32) -> (i32, f32) {
     let n = DESCR_BINS as i32;
-    let nn = DESCR_BINS + 2;
-    let dd = DESCR_WIDTH + 2;
     let o0f = obin.floor();
-    obin -= o0f;
     let mut o0 = o0f as i32;
     if o0 < 0 {
         o0 += n;
@@ -223,6 +220,18 @@ fn accumulate(hist: &mut [f32; HIST_LEN], idx: usize, rbin: f32, cbin: f32, mut 
     if o0 >= n {
         o0 -= n;
     }
+    (o0, obin - o0f)
+}
+
+/// Trilinear accumulation of one sample (OpenCV's order of operations):
+/// `idx` from [`hist_index`], `rbin`, `cbin` the fractional parts of the
+/// spatial bin coordinates, `obin` the orientation bin (not reduced).
+#[inline(always)]
+fn accumulate(hist: &mut [f32; HIST_LEN], idx: usize, rbin: f32, cbin: f32, obin: f32, mag: f32) {
+    let n = DESCR_BINS as i32;
+    let nn = DESCR_BINS + 2;
+    let dd = DESCR_WIDTH + 2;
+    let (o0, obin) = orientation_bin(obin);
     let v_r1 = mag * rbin;
     let v_r0 = mag - v_r1;
     let v_rc11 = v_r1 * cbin;
@@ -484,18 +493,8 @@ impl OrientPlanes {
 /// rotation `ori_deg`, and its part for OpenCV's bin -1 (0 when none).
 #[inline(always)]
 fn orient_lane(o: f32, m: f32, ori_deg: f32) -> (Lane, f32) {
-    let n = DESCR_BINS as i32;
     let bins_per_deg = DESCR_BINS as f32 / 360.0;
-    let mut obin = (o - ori_deg) * bins_per_deg;
-    let o0f = obin.floor();
-    obin -= o0f;
-    let mut o0 = o0f as i32;
-    if o0 < 0 {
-        o0 += n;
-    }
-    if o0 >= n {
-        o0 -= n;
-    }
+    let (o0, obin) = orientation_bin((o - ori_deg) * bins_per_deg);
     let v1 = m * obin;
     let mut lane = [0f32; DESCR_BINS];
     let mut spill = 0.0;
