@@ -37,6 +37,8 @@ class _Batches:
         self.n, self.max = n, batch_size
         self.size = min(16, batch_size)
         self.images = self.nbytes = 0
+        self._stop = 0  # end of the range being yielded
+        self._next: Optional[tuple[int, int]] = None  # the next range once peek() fixed it
         self.bar: Any = None
         if progress:
             from tqdm.auto import tqdm
@@ -45,11 +47,13 @@ class _Batches:
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         start = 0
-        self._stop, self._next = 0, None
+        self._stop = 0
+        self._next = None
         try:
             while start < self.n:
-                stop = self._next[1] if self._next is not None else min(self.n, start + self.size)
-                self._stop, self._next = stop, None
+                stop = self._end(start)
+                self._stop = stop
+                self._next = None
                 yield start, stop
                 if self.bar is not None:
                     self.bar.update(stop - start)
@@ -57,6 +61,10 @@ class _Batches:
         finally:
             if self.bar is not None:
                 self.bar.close()
+
+    def _end(self, start: int) -> int:
+        """End of the range starting at ``start``: the one :meth:`peek` fixed, else by the current size."""
+        return self._next[1] if self._next is not None else min(self.n, start + self.size)
 
     def peek(self) -> Optional[tuple[int, int]]:
         """The range the next iteration will yield, fixed from now on (its
