@@ -195,6 +195,7 @@ def _calls(d: dict[str, Any], dtype: type) -> dict[str, Callable[[], Any]]:
         "bow_descriptor_counts": lambda: _bovw.bow_descriptor_counts(d["sift"], offsets, d["vocab"]),
         "bow_idf": lambda: _bovw.bow_idf(counts),
         "bow_weight": lambda: _bovw.bow_weight(counts, _bovw.bow_idf(counts), "l2"),
+        "extract_many": lambda: _bovw.extract_many(d["content"], [_bovw.Sift(), _bovw.ColorHistogram()]),
         "decode_gray_batch": lambda: _bovw.decode_gray_batch(pa.array([d["files"][0].read_bytes(), b"not an image"])),
         "decode_gray_image": lambda: _bovw.decode_gray_image(d["files"][0].read_bytes()),
         "decode_rgb_image": lambda: _bovw.decode_rgb_image(d["files"][0].read_bytes()),
