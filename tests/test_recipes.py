@@ -221,6 +221,18 @@ def test_seed_is_the_bow_recipe(small_root, tmp_path):
     assert info["recipe"]["name"] == "bow" and info["pca"] is not None and info["vocabulary"]["k"] == 8
 
 
+def _grid_histograms(sample_root, split, n):
+    """Colour histograms with a 2x2 grid (1,440 values, float64) of the first
+    ``n`` images of each sample class in ``split``, and their labels."""
+    hist = bovw.ColorHistogram(grid=(1, 2))
+    X, y = [], []
+    for cls in CLASSES:
+        for f in sorted((sample_root / split / cls).glob("*.jpg"))[:n]:
+            X.append(hist.compute(bovw.decode_rgb(f.read_bytes())))
+            y.append(cls)
+    return np.array(X, dtype=np.float64), np.array(y)
+
+
 def test_logistic_regression_on_row_space_is_the_same_model(sample_root):
     """More features than training images (colour histograms with a 2x2
     grid, 1,440 values, of 45 images): the job's classifier, fitted on the
@@ -230,18 +242,8 @@ def test_logistic_regression_on_row_space_is_the_same_model(sample_root):
 
     from bovw.model import RowSpace, make_classifier
 
-    hist = bovw.ColorHistogram(grid=(1, 2))
-
-    def features(split, n):
-        X, y = [], []
-        for cls in CLASSES:
-            for f in sorted((sample_root / split / cls).glob("*.jpg"))[:n]:
-                X.append(hist.compute(bovw.decode_rgb(f.read_bytes())))
-                y.append(cls)
-        return np.array(X, dtype=np.float64), np.array(y)
-
-    X, y = features("Training", 15)
-    X_test, _ = features("Test", 5)
+    X, y = _grid_histograms(sample_root, "Training", 15)
+    X_test, _ = _grid_histograms(sample_root, "Test", 5)
     assert X.shape[1] > X.shape[0]
     for standardize in (False, True):
         ours = make_classifier("logreg", 0, C=10.0, standardize=standardize).set_params(logisticregression__tol=1e-10)
@@ -267,18 +269,8 @@ def test_select_c_scores_equal_full_pipeline_fits(sample_root):
     from bovw.job import select_c
     from bovw.model import make_classifier
 
-    hist = bovw.ColorHistogram(grid=(1, 2))
-
-    def features(split, n):
-        X, y = [], []
-        for cls in CLASSES:
-            for f in sorted((sample_root / split / cls).glob("*.jpg"))[:n]:
-                X.append(hist.compute(bovw.decode_rgb(f.read_bytes())))
-                y.append(cls)
-        return np.array(X, dtype=np.float64), np.array(y)
-
-    X, y = features("Training", 15)
-    Xv, yv = features("Test", 5)
+    X, y = _grid_histograms(sample_root, "Training", 15)
+    Xv, yv = _grid_histograms(sample_root, "Test", 5)
     for standardize in (False, True):
         params = {"C": 100.0, "standardize": standardize}
         got = select_c("logreg", 0, params, X, y, Xv, yv, grid=(0.01, 1.0, 1000.0))
