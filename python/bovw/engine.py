@@ -183,28 +183,33 @@ class LocalEngine:
             digests.append(hashlib.sha256(data).hexdigest() if data is not None else "")
         return contents, errors, digests
 
-    def _read_ahead(self, batches: _Batches, paths_of: Any) -> Iterator[tuple[int, int, Any]]:
-        """Iterate ``batches`` with each range's :meth:`_read` of
-        ``paths_of(start, stop)``: the next range's files are read on a
+    def _read_ahead(self, batches: _Batches, rows_of: Any, paths: Sequence[str]) -> Iterator[tuple[int, int, list[int], Any]]:
+        """Iterate ``batches`` with each range's rows to read (``rows_of(start,
+        stop)``) and their :meth:`_read`: the next range's files are read on a
         background thread while the current range is described (the Rust
         kernels release the GIL), so that reading, hashing and describing
         overlap."""
         from concurrent.futures import ThreadPoolExecutor
 
+        def fetch(rng: tuple[int, int]) -> tuple[list[int], Any]:
+            rows = list(rows_of(*rng))
+            return rows, pool.submit(self._read, [paths[i] for i in rows])
+
         with ThreadPoolExecutor(1, thread_name_prefix="bovw-read") as pool:
-            ahead: Optional[tuple[tuple[int, int], Any]] = None
+            ahead: Optional[tuple[tuple[int, int], tuple[list[int], Any]]] = None
             try:
                 for start, stop in batches:
                     if ahead is not None and ahead[0] == (start, stop):
-                        read = ahead[1].result()
+                        rows, future = ahead[1]
                     else:
-                        read = self._read(paths_of(start, stop))
+                        rows, future = fetch((start, stop))
+                    read = future.result()
                     nxt = batches.peek()
-                    ahead = (nxt, pool.submit(self._read, paths_of(*nxt))) if nxt is not None else None
-                    yield start, stop, read
+                    ahead = (nxt, fetch(nxt)) if nxt is not None else None
+                    yield start, stop, rows, read
             finally:
                 if ahead is not None:
-                    ahead[1].cancel()
+                    ahead[1][1].cancel()
 
     def _describe(self, extractor: Any, contents: list[Optional[bytes]]) -> ExtractedBatch:
         return self._describe_many([extractor], contents)[0]
@@ -224,8 +229,7 @@ class LocalEngine:
                            sample: DescriptorSample) -> np.ndarray:
         cache = self._cache.setdefault(id(extractor), {})
         batches = _Batches(len(rows), self.batch_size, f"{extractor.name} (vocabulary)", self.progress)
-        for start, stop, read in self._read_ahead(batches, lambda a, b: [listing.paths[i] for i in rows[a:b]]):
-            idx = rows[start:stop]
+        for _, _, idx, read in self._read_ahead(batches, lambda a, b: rows[a:b], listing.paths):
             contents, read_errors, digests = read
             eb = self._describe(extractor, contents)
             for j, i in enumerate(idx):
@@ -255,10 +259,9 @@ class LocalEngine:
         def uncached(a: int, b: int) -> list[int]:
             return [i for i in range(a, b) if not all(i in self._cache.get(id(ch.extractor), {}) for ch in channels)]
 
-        for start, stop, read in self._read_ahead(batches, lambda a, b: [listing.paths[i] for i in uncached(a, b)]):
+        for start, stop, todo, read in self._read_ahead(batches, uncached, listing.paths):
             idx = np.arange(start, stop)
             batch_bytes = 0
-            todo = uncached(start, stop)
             contents, read_errors, digests = read
             fresh = {int(i): j for j, i in enumerate(todo)}
             described = self._describe_many([ch.extractor for ch in channels], contents)
