@@ -90,3 +90,26 @@ def test_different_limits_and_thread_counts(batch):
     with pytest.raises(TypeError, match="extractor"):
         bovw._bovw.extract_many(batch.column(0), [get_extractor("color")._rust, "sift"])
     assert [m.num_rows for m in extract_many(batch.slice(0, 0), [get_extractor("color"), get_extractor("sift")])] == [0, 0]
+
+
+def test_rgb_channels_share_one_decode(batch, monkeypatch):
+    # the main job's default channels (CNN + colour histogram) go through one
+    # Rust call per batch, not one extract per extractor (ColorHistogram's
+    # batch check must not turn sharing off)
+    import bovw.features as bf
+
+    calls = []
+    real = bf._bovw.extract_many
+    monkeypatch.setattr(bf._bovw, "extract_many", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+
+    def no_single(*a, **k):
+        raise AssertionError("extract_many fell back to one extract per extractor")
+
+    extractors = [get_extractor("cnn", input_size=96), get_extractor("color", mask="white")]
+    monkeypatch.setattr(bf.Extractor, "extract", no_single)
+    many = extract_many(batch, extractors)
+    assert calls == [2] and [m.num_rows for m in many] == [batch.num_rows] * 2
+    # a mask array applies to one image only: refused for batches, by extract_many too
+    masked = get_extractor("color").set_params(mask=np.ones((100, 100), np.uint8))
+    with pytest.raises(ValueError, match="a mask array applies to one image"):
+        extract_many(batch, [extractors[0], masked])

@@ -220,12 +220,9 @@ class ColorHistogram(_CachedRust, Extractor):
         out: np.ndarray = self._rust.compute(img, None if m is None else np.ascontiguousarray(m))
         return out
 
-    def extract(self, batch: Any, **kwargs: Any) -> Any:  # noqa: D102 (documented on Extractor.extract)
+    def _check_batch_params(self) -> None:
         if self._mask_array() is not None:
             raise ValueError(
                 "mask: a mask array applies to one image (ColorHistogram.compute); "
                 "batches take a rule: mask='white' or None"
             )
-        return super().extract(batch, **kwargs)
-
-    extract.__doc__ = Extractor.extract.__doc__

@@ -276,6 +276,7 @@ class Extractor:
             If a parameter (or a resource limit) is invalid; the message names it
             and its range.
         """
+        self._check_batch_params()
         rust = self._rust
         limits = self._limits()
         outs = []
@@ -294,6 +295,11 @@ class Extractor:
         if len(outs) == 1:
             return outs[0]
         return pa.Table.from_batches(outs).combine_chunks().to_batches()[0]
+
+    def _check_batch_params(self) -> None:
+        """Raise ``ValueError`` when a parameter cannot apply to a batch (one
+        that only :meth:`compute` on a single image takes); nothing by default.
+        Called by :meth:`extract` and :func:`extract_many`."""
 
     def _empty_batch(self, batch: Any, content_column: str, keep_columns: Any) -> pa.RecordBatch:
         schema = batch.schema if hasattr(batch, "schema") else pa.schema([(content_column, pa.binary())])
@@ -341,6 +347,8 @@ def extract_many(batch: Any, extractors: Sequence[Extractor], *, content_column:
         As :meth:`Extractor.extract`.
     """
     extractors = list(extractors)
+    for x in extractors:
+        x._check_batch_params()
     limits = [x._limits() for x in extractors]
     shared = len(extractors) > 1 and all(lim == limits[0] for lim in limits) and all(
         type(x).extract is Extractor.extract and x._rust_class is not None for x in extractors)
