@@ -813,7 +813,9 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
         "prediction": pa.array(list(predictions[idx]), pa.string()),
         "image_scale": pa.array(_scales(ex)[idx], pa.float32()),
     })
-    pq.write_table(table, out / "features.parquet")
+    # dictionary pages only for the repeated strings: the float lists and the
+    # (unique) paths would fill a dictionary page and fall back anyway
+    pq.write_table(table, out / "features.parquet", use_dictionary=["label", "split", "prediction"])
     vocab = model.vocabulary
     if vocab is not None:
         np.save(out / "vocabulary.npy", vocab)
