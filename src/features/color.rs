@@ -52,20 +52,26 @@ const HSV_SHIFT: u32 = 12;
 const SDIV_NUM: f32 = (255 << HSV_SHIFT) as f32;
 const HDIV_NUM: f32 = ((180 << HSV_SHIFT) / 6) as f32;
 
-/// `pshufb` controls gathering channel `ch` of 16 interleaved RGB pixels:
-/// `DEINTERLEAVE[ch][k]` picks from bytes `16k..16k + 16` of the 48.
+/// `vpshufb` controls that zero-extend channel `ch` of the 4 interleaved
+/// RGB pixels in each 128-bit lane into 32-bit lanes (pixels 0-3 from the
+/// low lane, 4-7 from the high one): `TO_DWORDS[set][ch]`, where each
+/// lane's first pixel starts at byte `4 set` of the lane.
 #[cfg(target_arch = "x86_64")]
-const DEINTERLEAVE: [[[u8; 16]; 3]; 3] = {
-    let mut m = [[[0x80u8; 16]; 3]; 3];
-    let mut ch = 0;
-    while ch < 3 {
-        let mut j = 0;
-        while j < 16 {
-            let s = 3 * j + ch;
-            m[ch][s / 16][j] = (s % 16) as u8;
-            j += 1;
+const TO_DWORDS: [[[u8; 32]; 3]; 2] = {
+    let mut m = [[[0x80u8; 32]; 3]; 2];
+    let mut set = 0;
+    while set < 2 {
+        let mut ch = 0;
+        while ch < 3 {
+            let mut j = 0;
+            while j < 8 {
+                // lane j / 4, dword j % 4
+                m[set][ch][4 * j] = (4 * set + 3 * (j % 4) + ch) as u8;
+                j += 1;
+            }
+            ch += 1;
         }
-        ch += 1;
+        set += 1;
     }
     m
 };
@@ -468,17 +474,21 @@ impl ColorHistogram {
         let col_off: Vec<u32> = col_seg.iter().map(|&c| (c as usize * nb) as u32).collect();
         let bases: Vec<u32> = row_seg.iter().map(|&r| (r as usize * n_cs * nb) as u32).collect();
         let mut k = self.kernel();
-        k.col_offsets = n_cs > 1;
+        k.cells = n_rs > 1 || n_cs > 1;
         k.image_bins(image, mask, &bases, &col_off, dump, |idx: &[u32]| {
             let (c0, rest) = counts.split_at_mut(slots);
             let (c1, rest) = rest.split_at_mut(slots);
             let (c2, c3) = rest.split_at_mut(slots);
             let mut quads = idx.chunks_exact(4);
             for q in &mut quads {
-                c0[q[0] as usize] += 1;
-                c1[q[1] as usize] += 1;
-                c2[q[2] as usize] += 1;
-                c3[q[3] as usize] += 1;
+                // SAFETY: image_bins clamps every slot to at most dump = slots - 1,
+                // and each of c0..c3 has `slots` entries.
+                unsafe {
+                    *c0.get_unchecked_mut(q[0] as usize) += 1;
+                    *c1.get_unchecked_mut(q[1] as usize) += 1;
+                    *c2.get_unchecked_mut(q[2] as usize) += 1;
+                    *c3.get_unchecked_mut(q[3] as usize) += 1;
+                }
             }
             for &i in quads.remainder() {
                 c0[i as usize] += 1;
@@ -505,7 +515,7 @@ impl ColorHistogram {
             lo: [ranges[0].0, ranges[1].0, ranges[2].0],
             scales: self.scales,
             strides: [strides[0] as f32, strides[1] as f32],
-            col_offsets: true,
+            cells: true,
             hsv_fold: self.hsv_fold,
         }
     }
@@ -571,9 +581,10 @@ struct BinKernel<'a> {
     scales: Option<[f32; 3]>,
     /// Strides of channels 0 and 1 in the joint histogram.
     strides: [f32; 2],
-    /// Whether `col_off` may be non-zero (a grid above 1); when false the
-    /// SIMD path does not read it.
-    col_offsets: bool,
+    /// Whether the image has more than one cell of the grids' refinement;
+    /// when false every row base and column offset is 0 and the SIMD path
+    /// does not read them.
+    cells: bool,
     /// [`hsv_fold_exact`] holds.
     hsv_fold: bool,
 }
@@ -581,8 +592,8 @@ struct BinKernel<'a> {
 impl BinKernel<'_> {
     /// The slots of every row of an RGB image, one row at a time into
     /// `sink`: `slots[x]` = `bases[y] + col_off[x] +` the joint bin of pixel
-    /// `(x, y)`, or `dump` when the mask (array or rule) leaves it out.
-    /// The AVX2 loop when the CPU has it and the rows have 16 pixels or
+    /// `(x, y)`, or `dump` when the mask (array or rule) leaves it out;
+    /// every slot is at most `dump` (clamped, whatever the inputs). The AVX2 loop when the CPU has it and the rows have 16 pixels or
     /// more, else the portable one (the same integers).
     fn image_bins<F: FnMut(&[u32])>(&self, image: RgbView<'_>, mask: Option<&[u8]>, bases: &[u32], col_off: &[u32], dump: u32, mut sink: F) {
         let (w, h) = (image.width, image.height);
@@ -627,7 +638,7 @@ impl BinKernel<'_> {
             let bin = self.tables[0][(c0 - self.lo[0]) as usize]
                 + self.tables[1][(c1 - self.lo[1]) as usize]
                 + self.tables[2][(c2 - self.lo[2]) as usize];
-            out[x] = if keep { base + col_off[x] + bin } else { dump };
+            out[x] = if keep { (base + col_off[x] + bin).min(dump) } else { dump };
         }
     }
 
@@ -650,7 +661,7 @@ impl BinKernel<'_> {
         sink: &mut F,
     ) {
         let rule = matches!(self.rule, MaskRule::NearWhite { .. });
-        let offs = self.col_offsets;
+        let offs = self.cells;
         macro_rules! go {
             ($mode:literal) => {
                 match (rule, mask.is_some(), offs) {
@@ -684,15 +695,15 @@ impl BinKernel<'_> {
     /// `MODE`: 0 RGB, 1 HSV, 2 HSV with the S and H bins taken from `t`
     /// directly (`floor(t * scale / 2^12)`, where `hsv_fold` found that
     /// equal to the bin of `floor(t / 2^12)` for every `t`); `RULE`: the
-    /// near-white rule; `MASK`: a mask array; `OFFS`: column offsets (a
-    /// grid above 1).
+    /// near-white rule; `MASK`: a mask array; `CELLS`: row bases and
+    /// column offsets (more than one cell). Every slot is at most `dump`.
     ///
     /// # Safety
     /// AVX2, FMA and SSE4.1 must be available; `div_exact` must hold.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,sse4.1,ssse3")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn image_bins_avx2_impl<const MODE: u8, const RULE: bool, const MASK: bool, const OFFS: bool, F: FnMut(&[u32])>(
+    unsafe fn image_bins_avx2_impl<const MODE: u8, const RULE: bool, const MASK: bool, const CELLS: bool, F: FnMut(&[u32])>(
         &self,
         image: RgbView<'_>,
         mask: Option<&[u8]>,
@@ -706,12 +717,9 @@ impl BinKernel<'_> {
         let (n, h) = (image.width, image.height);
         assert!(n >= 16 && image.data.len() >= 3 * n * h && bases.len() >= h && col_off.len() >= n);
         assert!(!MASK || mask.is_some_and(|m| m.len() >= n * h));
-        let ld = |m: &[u8; 16]| _mm_loadu_si128(m.as_ptr() as *const __m128i);
-        let mk = [
-            [ld(&DEINTERLEAVE[0][0]), ld(&DEINTERLEAVE[0][1]), ld(&DEINTERLEAVE[0][2])],
-            [ld(&DEINTERLEAVE[1][0]), ld(&DEINTERLEAVE[1][1]), ld(&DEINTERLEAVE[1][2])],
-            [ld(&DEINTERLEAVE[2][0]), ld(&DEINTERLEAVE[2][1]), ld(&DEINTERLEAVE[2][2])],
-        ];
+        let ld = |m: &[u8; 32]| _mm256_loadu_si256(m.as_ptr() as *const __m256i);
+        let mk0 = [ld(&TO_DWORDS[0][0]), ld(&TO_DWORDS[0][1]), ld(&TO_DWORDS[0][2])];
+        let mk1 = [ld(&TO_DWORDS[1][0]), ld(&TO_DWORDS[1][1]), ld(&TO_DWORDS[1][2])];
         let mut out = vec![0u32; n];
         let zero = _mm256_setzero_ps();
         let one = _mm256_set1_ps(1.0);
@@ -748,20 +756,15 @@ impl BinKernel<'_> {
             // SAFETY: x + 16 <= n, so bytes 3x..3x + 48 of the row, 16 mask
             // bytes, 16 col_off and 16 out entries are in bounds.
             let p = row.as_ptr().add(3 * x);
-            let (a, b, c) = (
-                _mm_loadu_si128(p as *const __m128i),
-                _mm_loadu_si128(p.add(16) as *const __m128i),
-                _mm_loadu_si128(p.add(32) as *const __m128i),
-            );
-            let chan = |m: &[__m128i; 3]| {
-                _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m[0]), _mm_shuffle_epi8(b, m[1])), _mm_shuffle_epi8(c, m[2]))
-            };
-            let (r16, g16, b16) = (chan(&mk[0]), chan(&mk[1]), chan(&mk[2]));
             let m16 = if MASK { _mm_loadu_si128(mrow.as_ptr().add(x) as *const __m128i) } else { _mm_setzero_si128() };
             for part in 0..2 {
                 let pick = |v: __m128i| if part == 0 { v } else { _mm_srli_si128::<8>(v) };
-                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(pick(v)));
-                let (r, g, bl) = (f(r16), f(g16), f(b16));
+                // pixels 8 part .. 8 part + 7, 4 in each 128-bit lane: lanes
+                // from bytes 0 and 12 of the block, then from 20 and 32 (4
+                // bytes before pixels 8 and 12, to stay inside the 48 bytes)
+                let (pix, mk) = if part == 0 { (_mm256_loadu2_m128i(p.add(12) as *const __m128i, p as *const __m128i), &mk0) } else { (_mm256_loadu2_m128i(p.add(32) as *const __m128i, p.add(20) as *const __m128i), &mk1) };
+                let f = |m: __m256i| _mm256_cvtepi32_ps(_mm256_shuffle_epi8(pix, m));
+                let (r, g, bl) = (f(mk[0]), f(mk[1]), f(mk[2]));
                 let (c0, c1, c2, v, s_t);
                 if MODE > 0 || RULE {
                     v = _mm256_max_ps(r, _mm256_max_ps(g, bl));
@@ -778,7 +781,8 @@ impl BinKernel<'_> {
                         let hh = _mm256_blendv_ps(_mm256_blendv_ps(h_b, h_g, vg), h_r, vr);
                         let hd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(hdiv_num, _mm256_max_ps(diff, one)));
                         let h_t = _mm256_fmadd_ps(hh, hd, half);
-                        let h_t = _mm256_add_ps(h_t, _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(h_t, zero), t180));
+                        // plus 180 << 12 where negative (the sign bit picks; no -0: fma rounds to +0)
+                        let h_t = _mm256_blendv_ps(h_t, _mm256_add_ps(h_t, t180), h_t);
                         (c0, c1, c2) = if MODE == 2 {
                             (h_t, s_t, v)
                         } else {
@@ -797,10 +801,13 @@ impl BinKernel<'_> {
                     st0,
                     _mm256_fmadd_ps(_mm256_floor_ps(_mm256_mul_ps(c1, sc1)), st1, _mm256_floor_ps(_mm256_mul_ps(c2, sc2))),
                 );
-                let mut slot = _mm256_add_epi32(_mm256_cvtps_epi32(jb), basev);
-                if OFFS {
-                    slot = _mm256_add_epi32(slot, _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i));
+                let mut slot = _mm256_cvtps_epi32(jb);
+                if CELLS {
+                    let off = _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i);
+                    slot = _mm256_add_epi32(_mm256_add_epi32(slot, basev), off);
                 }
+                // in bounds whatever the arithmetic gave (it gives at most dump - 1)
+                slot = _mm256_min_epu32(slot, dumpv);
                 if RULE {
                     let drop = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, rule_v), _mm256_cmp_ps::<_CMP_LT_OQ>(s_t, rule_s));
                     slot = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(slot), _mm256_castsi256_ps(dumpv), drop));
