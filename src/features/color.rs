@@ -530,30 +530,48 @@ impl ColorHistogram {
                 let (r0, r1) = (i * h / g, (i + 1) * h / g);
                 for j in 0..g {
                     let (c0, c1) = (j * w / g, (j + 1) * w / g);
-                    cell.iter_mut().for_each(|v| *v = 0);
-                    if r0 < r1 && c0 < c1 {
+                    let start = out.len();
+                    let segs = if r0 < r1 && c0 < c1 {
                         let (rs0, rs1) = (rc.row_seg[r0] as usize, rc.row_seg[r1 - 1] as usize);
                         let (cs0, cs1) = (rc.col_seg[c0] as usize, rc.col_seg[c1 - 1] as usize);
-                        for rs in rs0..=rs1 {
-                            for cs in cs0..=cs1 {
-                                let src = &rc.counts[(rs * rc.n_cs + cs) * nb..(rs * rc.n_cs + cs + 1) * nb];
-                                for (a, &b) in cell.iter_mut().zip(src) {
-                                    *a += b as u64;
+                        Some((rs0, rs1, cs0, cs1))
+                    } else {
+                        None
+                    };
+                    let norm = self.params.normalize;
+                    let (total, ss) = match segs {
+                        // one segment of the refinement (e.g. every cell of a
+                        // single grid): its counts as they are
+                        Some((rs0, rs1, cs0, cs1)) if rs0 == rs1 && cs0 == cs1 => {
+                            let src = &rc.counts[(rs0 * rc.n_cs + cs0) * nb..(rs0 * rc.n_cs + cs0 + 1) * nb];
+                            out.extend(src.iter().map(|&c| c as f32));
+                            count_sums(norm, src.iter().map(|&c| c as u64))
+                        }
+                        Some((rs0, rs1, cs0, cs1)) => {
+                            cell.iter_mut().for_each(|v| *v = 0);
+                            for rs in rs0..=rs1 {
+                                for cs in cs0..=cs1 {
+                                    let src = &rc.counts[(rs * rc.n_cs + cs) * nb..(rs * rc.n_cs + cs + 1) * nb];
+                                    for (a, &b) in cell.iter_mut().zip(src) {
+                                        *a += b as u64;
+                                    }
                                 }
                             }
+                            out.extend(cell.iter().map(|&c| c as f32));
+                            count_sums(norm, cell.iter().copied())
                         }
-                    }
-                    let start = out.len();
-                    out.extend(cell.iter().map(|&c| c as f32));
+                        None => {
+                            out.resize(start + nb, 0.0);
+                            (0, 0.0)
+                        }
+                    };
                     let vals = &mut out[start..];
-                    let scale = match self.params.normalize {
+                    let scale = match norm {
                         HistNorm::None => 1.0,
                         HistNorm::L1 => {
-                            let total: u64 = cell.iter().sum();
                             if total == 0 { 0.0 } else { (1.0 / total as f64) as f32 }
                         }
                         HistNorm::L2 => {
-                            let ss: f64 = cell.iter().map(|&c| (c as f64) * (c as f64)).sum();
                             if ss == 0.0 { 0.0 } else { (1.0 / ss.sqrt()) as f32 }
                         }
                     };
@@ -720,7 +738,12 @@ impl BinKernel<'_> {
         let ld = |m: &[u8; 32]| _mm256_loadu_si256(m.as_ptr() as *const __m256i);
         let mk0 = [ld(&TO_DWORDS[0][0]), ld(&TO_DWORDS[0][1]), ld(&TO_DWORDS[0][2])];
         let mk1 = [ld(&TO_DWORDS[1][0]), ld(&TO_DWORDS[1][1]), ld(&TO_DWORDS[1][2])];
-        let mut out = vec![0u32; n];
+        // Runs of pixels: the rows when there are cells (row bases and column
+        // offsets), else the image as one stream cut into runs of RUN pixels
+        // (the last one longer rather than under 16).
+        const RUN: usize = 2048;
+        let total = n * h;
+        let mut out = vec![0u32; if CELLS { n } else { total.min(RUN + 15) }];
         let zero = _mm256_setzero_ps();
         let one = _mm256_set1_ps(1.0);
         let half = _mm256_set1_ps((1 << (HSV_SHIFT - 1)) as f32);
@@ -743,18 +766,27 @@ impl BinKernel<'_> {
         let (sdiv_num, hdiv_num) = (_mm256_set1_ps(SDIV_NUM), _mm256_set1_ps(HDIV_NUM));
         const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         // Blocks of 16 pixels; the last block is moved back to end at the
-        // row's end (overlapping the one before, whose slots it rewrites
+        // run's end (overlapping the one before, whose slots it rewrites
         // with the same values) so that no pixel takes the scalar path.
-        for y in 0..h {
-        let row = &image.data[3 * y * n..3 * (y + 1) * n];
-        let mrow = if MASK { &mask.unwrap_unchecked()[y * n..(y + 1) * n] } else { &[][..] };
-        let basev = _mm256_set1_epi32(bases[y] as i32);
+        let (mut start, mut y) = (0, 0);
+        while start < total {
+        let len = if CELLS {
+            n
+        } else if total - start < RUN + 16 {
+            total - start
+        } else {
+            RUN
+        };
+        let row = &image.data[3 * start..3 * (start + len)];
+        let mrow = if MASK { &mask.unwrap_unchecked()[start..start + len] } else { &[][..] };
+        let basev = _mm256_set1_epi32(if CELLS { bases[y] as i32 } else { 0 });
         let mut next = 0;
-        while next < n {
-            let x = next.min(n - 16);
+        while next < len {
+            let x = next.min(len - 16);
             next = x + 16;
-            // SAFETY: x + 16 <= n, so bytes 3x..3x + 48 of the row, 16 mask
-            // bytes, 16 col_off and 16 out entries are in bounds.
+            // SAFETY: x + 16 <= len (a run has 16 pixels or more), so bytes
+            // 3x..3x + 48 of the run, 16 mask bytes, 16 out entries and (with
+            // cells, where x is the column) 16 col_off entries are in bounds.
             let p = row.as_ptr().add(3 * x);
             let m16 = if MASK { _mm_loadu_si128(mrow.as_ptr().add(x) as *const __m128i) } else { _mm_setzero_si128() };
             for part in 0..2 {
@@ -819,8 +851,20 @@ impl BinKernel<'_> {
                 _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
             }
         }
-        sink(&out);
+        sink(&out[..len]);
+        start += len;
+        y += 1;
         }
+    }
+}
+
+/// The sum (for L1) or the sum of squares (for L2) of exact counts, for a
+/// cell's normalisation: `(sum, sum of squares)`, the unused one 0.
+fn count_sums(norm: HistNorm, counts: impl Iterator<Item = u64>) -> (u64, f64) {
+    match norm {
+        HistNorm::None => (0, 0.0),
+        HistNorm::L1 => (counts.sum(), 0.0),
+        HistNorm::L2 => (0, counts.map(|c| (c as f64) * (c as f64)).sum()),
     }
 }
 
