@@ -456,33 +456,44 @@ impl ColorHistogram {
         Ok(self.finish(&counts, w, h))
     }
 
-    /// Counts per (row segment, column segment, bin) of the grids' common refinement.
-    ///
-    /// Each row is done in two passes: the joint bin of every pixel (offset
-    /// by its cell, or a dump slot when the mask leaves it out) into a
-    /// buffer, branch-free (AVX2, 16 pixels a step, when the CPU has it),
-    /// then the counts, in four interleaved copies so that runs of one
-    /// colour do not serialise on one counter.
-    fn refined_counts(&self, image: RgbView<'_>, mask: Option<&[u8]>) -> RefinedCounts {
-        let (w, h) = (image.width, image.height);
+    /// The cells of the grids' common refinement for a `w` x `h` image.
+    fn layout(&self, w: usize, h: usize) -> Layout {
         let (row_seg, n_rs) = refinement(h, &self.params.grid);
         let (col_seg, n_cs) = refinement(w, &self.params.grid);
+        Layout { row_seg, col_seg, n_rs, n_cs, slots: n_rs * n_cs * self.n_bins + 1 }
+    }
+
+    /// The slot of every pixel: `(row segment * n_cs + column segment) *
+    /// bins + joint bin`, or the dump slot `slots - 1` for a pixel the mask
+    /// (array or rule) leaves out, passed to `sink` one run of pixels at a
+    /// time (rows, or stretches of the image when it is one cell).
+    fn pixel_slots<F: FnMut(&[u32])>(&self, image: RgbView<'_>, mask: Option<&[u8]>, lay: &Layout, sink: F) {
         let nb = self.n_bins;
-        let slots = n_rs * n_cs * nb + 1; // + the dump slot
-        let dump = (slots - 1) as u32;
-        let mut counts = vec![0u32; 4 * slots];
-        let col_off: Vec<u32> = col_seg.iter().map(|&c| (c as usize * nb) as u32).collect();
-        let bases: Vec<u32> = row_seg.iter().map(|&r| (r as usize * n_cs * nb) as u32).collect();
+        let col_off: Vec<u32> = lay.col_seg.iter().map(|&c| (c as usize * nb) as u32).collect();
+        let bases: Vec<u32> = lay.row_seg.iter().map(|&r| (r as usize * lay.n_cs * nb) as u32).collect();
         let mut k = self.kernel();
-        k.cells = n_rs > 1 || n_cs > 1;
-        k.image_bins(image, mask, &bases, &col_off, dump, |idx: &[u32]| {
+        k.cells = lay.n_rs > 1 || lay.n_cs > 1;
+        k.image_bins(image, mask, &bases, &col_off, (lay.slots - 1) as u32, sink);
+    }
+
+    /// Counts per (row segment, column segment, bin) of the grids' common refinement.
+    ///
+    /// Each run of pixels is done in two passes: the slot of every pixel
+    /// ([`Self::pixel_slots`]: branch-free, AVX2, 16 pixels a step, when the
+    /// CPU has it) into a buffer, then the counts, in four interleaved
+    /// copies so that runs of one colour do not serialise on one counter.
+    fn refined_counts(&self, image: RgbView<'_>, mask: Option<&[u8]>) -> RefinedCounts {
+        let lay = self.layout(image.width, image.height);
+        let slots = lay.slots;
+        let mut counts = vec![0u32; 4 * slots];
+        self.pixel_slots(image, mask, &lay, |idx: &[u32]| {
             let (c0, rest) = counts.split_at_mut(slots);
             let (c1, rest) = rest.split_at_mut(slots);
             let (c2, c3) = rest.split_at_mut(slots);
             let mut quads = idx.chunks_exact(4);
             for q in &mut quads {
-                // SAFETY: image_bins clamps every slot to at most dump = slots - 1,
-                // and each of c0..c3 has `slots` entries.
+                // SAFETY: image_bins clamps every slot to at most the dump
+                // slot, slots - 1, and each of c0..c3 has `slots` entries.
                 unsafe {
                     *c0.get_unchecked_mut(q[0] as usize) += 1;
                     *c1.get_unchecked_mut(q[1] as usize) += 1;
@@ -501,7 +512,7 @@ impl ColorHistogram {
             }
         }
         counts.truncate(slots - 1);
-        RefinedCounts { counts, row_seg, col_seg, n_cs }
+        RefinedCounts { counts, row_seg: lay.row_seg, col_seg: lay.col_seg, n_cs: lay.n_cs }
     }
 
     /// The per-pixel binning of this histogram.
@@ -876,6 +887,17 @@ fn sv_pixel(t: &HsvTables, r: i32, g: i32, b: i32) -> (i32, i32) {
     ((diff * t.sdiv[v as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT, v)
 }
 
+/// The grids' common refinement of one image: the segment of each row and
+/// column, the numbers of segments, and the slots (cells times bins, plus
+/// the dump slot).
+struct Layout {
+    row_seg: Vec<u16>,
+    col_seg: Vec<u16>,
+    n_rs: usize,
+    n_cs: usize,
+    slots: usize,
+}
+
 struct RefinedCounts {
     counts: Vec<u32>,
     row_seg: Vec<u16>,
@@ -1008,6 +1030,116 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every pixel's slot from the SIMD path (when the CPU has AVX2) and from the portable one.
+    fn slots_both(hist: &ColorHistogram, img: RgbView<'_>, mask: Option<&[u8]>) -> (Vec<u32>, Vec<u32>) {
+        let lay = hist.layout(img.width, img.height);
+        let mut simd = Vec::with_capacity(img.width * img.height);
+        hist.pixel_slots(img, mask, &lay, |s| simd.extend_from_slice(s));
+        let mut portable = Vec::with_capacity(img.width * img.height);
+        crate::features::portable_only(|| hist.pixel_slots(img, mask, &lay, |s| portable.extend_from_slice(s)));
+        (simd, portable)
+    }
+
+    fn params(space: ColorSpace, bins: [usize; 3], mask: MaskRule, grid: Vec<usize>) -> ColorHistogramParams {
+        ColorHistogramParams { space, bins, mask, grid, normalize: HistNorm::None, sqrt: false }
+    }
+
+    #[test]
+    fn fold_holds_for_integer_bin_edges() {
+        let fold = |bins| ColorHistogram::new(params(ColorSpace::Hsv, bins, MaskRule::None, vec![1])).unwrap().hsv_fold;
+        assert!(fold([18, 4, 4]));
+        assert!(fold([9, 8, 3]));
+        assert!(fold([180, 256, 256]));
+        // 180 / 16 and 256 / 3 are not integers
+        assert!(!fold([16, 4, 4]));
+        assert!(!fold([18, 3, 4]));
+        let rgb = ColorHistogram::new(params(ColorSpace::Rgb, [8, 8, 8], MaskRule::None, vec![1])).unwrap();
+        assert!(!rgb.hsv_fold);
+    }
+
+    #[test]
+    fn simd_slots_equal_portable_for_every_colour() {
+        // all 2^24 colours, one 256 x 256 image per red level (x: blue, y:
+        // green), through every AVX2 loop variant: HSV with the S and H bins
+        // folded (18 x 4 x 4, 180 x 256 x 256) and not (16 x 5 x 3), RGB,
+        // with and without the near-white rule, one cell and 1 + 2 x 2 cells
+        let cases = [
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::None, vec![1]),
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::WHITE, vec![1]),
+            params(ColorSpace::Hsv, [180, 256, 256], MaskRule::None, vec![1]),
+            params(ColorSpace::Hsv, [16, 5, 3], MaskRule::WHITE, vec![1, 2]),
+            params(ColorSpace::Rgb, [7, 5, 3], MaskRule::WHITE, vec![1]),
+        ];
+        let hists: Vec<ColorHistogram> = cases.into_iter().map(|p| ColorHistogram::new(p).unwrap()).collect();
+        assert_eq!(hists.iter().map(|h| h.hsv_fold).collect::<Vec<_>>(), [true, true, true, false, false]);
+        let mut data = vec![0u8; 3 * 256 * 256];
+        for r in 0..256 {
+            for (i, px) in data.chunks_exact_mut(3).enumerate() {
+                px.copy_from_slice(&[r as u8, (i / 256) as u8, (i % 256) as u8]);
+            }
+            let img = RgbView::new(&data, 256, 256);
+            for hist in &hists {
+                let (simd, portable) = slots_both(hist, img, None);
+                assert!(simd == portable, "red {r}, {:?}", hist.params());
+            }
+        }
+    }
+
+    #[test]
+    fn simd_slots_equal_portable_on_edge_cases() {
+        // grey pixels (diff 0), black (V 0), white and near-white, hue wrap
+        // (R max, G < B), random; rows shorter than a block (portable only),
+        // exactly one block, blocks plus a tail, and images around the
+        // 2048-pixel runs of the one-cell stream
+        let mut state = 0x2545_f491u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let sizes = [(1, 1), (15, 3), (16, 1), (17, 2), (31, 5), (100, 100), (2063, 1), (2064, 1), (2080, 1), (47, 45), (16, 200)];
+        let cases = [
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::None, vec![1]),
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::WHITE, vec![1, 2]),
+            params(ColorSpace::Hsv, [16, 5, 3], MaskRule::None, vec![3]),
+            params(ColorSpace::Hsv, [16, 5, 3], MaskRule::WHITE, vec![1]),
+            params(ColorSpace::Rgb, [4, 4, 4], MaskRule::None, vec![1]),
+            params(ColorSpace::Rgb, [7, 5, 3], MaskRule::NearWhite { v_above: 100, s_below: 200 }, vec![2]),
+            params(ColorSpace::Opponent, [7, 5, 3], MaskRule::WHITE, vec![1]),
+        ];
+        for (w, h) in sizes {
+            let data: Vec<u8> = (0..w * h)
+                .flat_map(|_| {
+                    let (x, g) = (next(), (next() >> 8) as u8);
+                    match x % 8 {
+                        0 => [g, g, g],
+                        1 => [0, 0, 0],
+                        2 => [255, 255, 255],
+                        3 => [255, 255 - (x >> 28) as u8, 250],
+                        4 => [255, (x >> 8) as u8 / 2, 128 + (x >> 16) as u8 / 2],
+                        _ => [(x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8],
+                    }
+                })
+                .collect();
+            let mask: Vec<u8> = (0..w * h).map(|_| (next() % 3 != 0) as u8).collect();
+            let img = RgbView::new(&data, w, h);
+            for p in &cases {
+                let hist = ColorHistogram::new(p.clone()).unwrap();
+                for m in [None, Some(&mask[..])] {
+                    let (simd, portable) = slots_both(&hist, img, m);
+                    assert_eq!(simd.len(), w * h);
+                    assert!(simd == portable, "{w} x {h}, mask {}, {p:?}", m.is_some());
+                }
+            }
+        }
+        // an all-white image under the rule: every pixel in the dump slot
+        let white = vec![255u8; 3 * 40 * 3];
+        let hist = ColorHistogram::new(params(ColorSpace::Hsv, [18, 4, 4], MaskRule::WHITE, vec![1])).unwrap();
+        let (simd, portable) = slots_both(&hist, RgbView::new(&white, 40, 3), None);
+        assert!(simd.iter().all(|&s| s == 288) && simd == portable);
     }
 
     #[test]
