@@ -622,8 +622,9 @@ impl BinKernel<'_> {
     /// The slots of every row of an RGB image, one row at a time into
     /// `sink`: `slots[x]` = `bases[y] + col_off[x] +` the joint bin of pixel
     /// `(x, y)`, or `dump` when the mask (array or rule) leaves it out;
-    /// every slot is at most `dump` (clamped, whatever the inputs). The AVX2 loop when the CPU has it and the rows have 16 pixels or
-    /// more, else the portable one (the same integers).
+    /// every slot is at most `dump` (clamped, whatever the inputs). The
+    /// AVX2 loop when the CPU has it and the rows have 16 pixels or more,
+    /// else the portable one (the same integers).
     fn image_bins<F: FnMut(&[u32])>(&self, image: RgbView<'_>, mask: Option<&[u8]>, bases: &[u32], col_off: &[u32], dump: u32, mut sink: F) {
         let (w, h) = (image.width, image.height);
         #[cfg(target_arch = "x86_64")]
@@ -672,7 +673,7 @@ impl BinKernel<'_> {
     }
 
     /// [`Self::image_bins`] in AVX2: one compiled loop per (colour space,
-    /// mask rule, mask array, column offsets), see [`Self::image_bins_avx2_impl`].
+    /// mask rule, mask array, one cell or more), see [`Self::image_bins_avx2_impl`].
     ///
     /// # Safety
     /// AVX2, FMA and SSE4.1 must be available, `div_exact` must hold and
@@ -690,10 +691,10 @@ impl BinKernel<'_> {
         sink: &mut F,
     ) {
         let rule = matches!(self.rule, MaskRule::NearWhite { .. });
-        let offs = self.cells;
+        let cells = self.cells;
         macro_rules! go {
             ($mode:literal) => {
-                match (rule, mask.is_some(), offs) {
+                match (rule, mask.is_some(), cells) {
                     (false, false, false) => self.image_bins_avx2_impl::<$mode, false, false, false, F>(image, mask, bases, col_off, dump, scales, sink),
                     (false, false, true) => self.image_bins_avx2_impl::<$mode, false, false, true, F>(image, mask, bases, col_off, dump, scales, sink),
                     (false, true, false) => self.image_bins_avx2_impl::<$mode, false, true, false, F>(image, mask, bases, col_off, dump, scales, sink),
@@ -781,90 +782,90 @@ impl BinKernel<'_> {
         // with the same values) so that no pixel takes the scalar path.
         let (mut start, mut y) = (0, 0);
         while start < total {
-        let len = if CELLS {
-            n
-        } else if total - start < RUN + 16 {
-            total - start
-        } else {
-            RUN
-        };
-        let row = &image.data[3 * start..3 * (start + len)];
-        let mrow = if MASK { &mask.unwrap_unchecked()[start..start + len] } else { &[][..] };
-        let basev = _mm256_set1_epi32(if CELLS { bases[y] as i32 } else { 0 });
-        let mut next = 0;
-        while next < len {
-            let x = next.min(len - 16);
-            next = x + 16;
-            // SAFETY: x + 16 <= len (a run has 16 pixels or more), so bytes
-            // 3x..3x + 48 of the run, 16 mask bytes, 16 out entries and (with
-            // cells, where x is the column) 16 col_off entries are in bounds.
-            let p = row.as_ptr().add(3 * x);
-            let m16 = if MASK { _mm_loadu_si128(mrow.as_ptr().add(x) as *const __m128i) } else { _mm_setzero_si128() };
-            for part in 0..2 {
-                let pick = |v: __m128i| if part == 0 { v } else { _mm_srli_si128::<8>(v) };
-                // pixels 8 part .. 8 part + 7, 4 in each 128-bit lane: lanes
-                // from bytes 0 and 12 of the block, then from 20 and 32 (4
-                // bytes before pixels 8 and 12, to stay inside the 48 bytes)
-                let (pix, mk) = if part == 0 { (_mm256_loadu2_m128i(p.add(12) as *const __m128i, p as *const __m128i), &mk0) } else { (_mm256_loadu2_m128i(p.add(32) as *const __m128i, p.add(20) as *const __m128i), &mk1) };
-                let f = |m: __m256i| _mm256_cvtepi32_ps(_mm256_shuffle_epi8(pix, m));
-                let (r, g, bl) = (f(mk[0]), f(mk[1]), f(mk[2]));
-                let (c0, c1, c2, v, s_t);
-                if MODE > 0 || RULE {
-                    v = _mm256_max_ps(r, _mm256_max_ps(g, bl));
-                    let diff = _mm256_sub_ps(v, _mm256_min_ps(r, _mm256_min_ps(g, bl)));
-                    // S = (diff * sdiv[V] + 2^11) >> 12; V = 0 has diff = 0
-                    let sd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(sdiv_num, _mm256_max_ps(v, one)));
-                    s_t = _mm256_fmadd_ps(diff, sd, half);
-                    if MODE > 0 {
-                        let vr = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, r);
-                        let vg = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, g);
-                        let h_r = _mm256_sub_ps(g, bl);
-                        let h_g = _mm256_fmadd_ps(diff, two, _mm256_sub_ps(bl, r));
-                        let h_b = _mm256_fmadd_ps(diff, four, _mm256_sub_ps(r, g));
-                        let hh = _mm256_blendv_ps(_mm256_blendv_ps(h_b, h_g, vg), h_r, vr);
-                        let hd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(hdiv_num, _mm256_max_ps(diff, one)));
-                        let h_t = _mm256_fmadd_ps(hh, hd, half);
-                        // plus 180 << 12 where negative (the sign bit picks; no -0: fma rounds to +0)
-                        let h_t = _mm256_blendv_ps(h_t, _mm256_add_ps(h_t, t180), h_t);
-                        (c0, c1, c2) = if MODE == 2 {
-                            (h_t, s_t, v)
+            let len = if CELLS {
+                n
+            } else if total - start < RUN + 16 {
+                total - start
+            } else {
+                RUN
+            };
+            let row = &image.data[3 * start..3 * (start + len)];
+            let mrow = if MASK { &mask.unwrap_unchecked()[start..start + len] } else { &[][..] };
+            let basev = _mm256_set1_epi32(if CELLS { bases[y] as i32 } else { 0 });
+            let mut next = 0;
+            while next < len {
+                let x = next.min(len - 16);
+                next = x + 16;
+                // SAFETY: x + 16 <= len (a run has 16 pixels or more), so bytes
+                // 3x..3x + 48 of the run, 16 mask bytes, 16 out entries and (with
+                // cells, where x is the column) 16 col_off entries are in bounds.
+                let p = row.as_ptr().add(3 * x);
+                let m16 = if MASK { _mm_loadu_si128(mrow.as_ptr().add(x) as *const __m128i) } else { _mm_setzero_si128() };
+                for part in 0..2 {
+                    let pick = |v: __m128i| if part == 0 { v } else { _mm_srli_si128::<8>(v) };
+                    // pixels 8 part .. 8 part + 7, 4 in each 128-bit lane: lanes
+                    // from bytes 0 and 12 of the block, then from 20 and 32 (4
+                    // bytes before pixels 8 and 12, to stay inside the 48 bytes)
+                    let (pix, mk) = if part == 0 { (_mm256_loadu2_m128i(p.add(12) as *const __m128i, p as *const __m128i), &mk0) } else { (_mm256_loadu2_m128i(p.add(32) as *const __m128i, p.add(20) as *const __m128i), &mk1) };
+                    let f = |m: __m256i| _mm256_cvtepi32_ps(_mm256_shuffle_epi8(pix, m));
+                    let (r, g, bl) = (f(mk[0]), f(mk[1]), f(mk[2]));
+                    let (c0, c1, c2, v, s_t);
+                    if MODE > 0 || RULE {
+                        v = _mm256_max_ps(r, _mm256_max_ps(g, bl));
+                        let diff = _mm256_sub_ps(v, _mm256_min_ps(r, _mm256_min_ps(g, bl)));
+                        // S = (diff * sdiv[V] + 2^11) >> 12; V = 0 has diff = 0
+                        let sd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(sdiv_num, _mm256_max_ps(v, one)));
+                        s_t = _mm256_fmadd_ps(diff, sd, half);
+                        if MODE > 0 {
+                            let vr = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, r);
+                            let vg = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, g);
+                            let h_r = _mm256_sub_ps(g, bl);
+                            let h_g = _mm256_fmadd_ps(diff, two, _mm256_sub_ps(bl, r));
+                            let h_b = _mm256_fmadd_ps(diff, four, _mm256_sub_ps(r, g));
+                            let hh = _mm256_blendv_ps(_mm256_blendv_ps(h_b, h_g, vg), h_r, vr);
+                            let hd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(hdiv_num, _mm256_max_ps(diff, one)));
+                            let h_t = _mm256_fmadd_ps(hh, hd, half);
+                            // plus 180 << 12 where negative (the sign bit picks; no -0: fma rounds to +0)
+                            let h_t = _mm256_blendv_ps(h_t, _mm256_add_ps(h_t, t180), h_t);
+                            (c0, c1, c2) = if MODE == 2 {
+                                (h_t, s_t, v)
+                            } else {
+                                (_mm256_floor_ps(_mm256_mul_ps(h_t, unshift)), _mm256_floor_ps(_mm256_mul_ps(s_t, unshift)), v)
+                            };
                         } else {
-                            (_mm256_floor_ps(_mm256_mul_ps(h_t, unshift)), _mm256_floor_ps(_mm256_mul_ps(s_t, unshift)), v)
-                        };
+                            (c0, c1, c2) = (r, g, bl);
+                        }
                     } else {
+                        (v, s_t) = (zero, zero);
                         (c0, c1, c2) = (r, g, bl);
                     }
-                } else {
-                    (v, s_t) = (zero, zero);
-                    (c0, c1, c2) = (r, g, bl);
+                    // joint bin in f32 (exact small integers), then to int
+                    let jb = _mm256_fmadd_ps(
+                        _mm256_floor_ps(_mm256_mul_ps(c0, sc0)),
+                        st0,
+                        _mm256_fmadd_ps(_mm256_floor_ps(_mm256_mul_ps(c1, sc1)), st1, _mm256_floor_ps(_mm256_mul_ps(c2, sc2))),
+                    );
+                    let mut slot = _mm256_cvtps_epi32(jb);
+                    if CELLS {
+                        let off = _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i);
+                        slot = _mm256_add_epi32(_mm256_add_epi32(slot, basev), off);
+                    }
+                    // in bounds whatever the arithmetic gave (it gives at most dump - 1)
+                    slot = _mm256_min_epu32(slot, dumpv);
+                    if RULE {
+                        let drop = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, rule_v), _mm256_cmp_ps::<_CMP_LT_OQ>(s_t, rule_s));
+                        slot = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(slot), _mm256_castsi256_ps(dumpv), drop));
+                    }
+                    if MASK {
+                        let mm = _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(pick(m16)), _mm256_setzero_si256());
+                        slot = _mm256_blendv_epi8(slot, dumpv, mm);
+                    }
+                    _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
                 }
-                // joint bin in f32 (exact small integers), then to int
-                let jb = _mm256_fmadd_ps(
-                    _mm256_floor_ps(_mm256_mul_ps(c0, sc0)),
-                    st0,
-                    _mm256_fmadd_ps(_mm256_floor_ps(_mm256_mul_ps(c1, sc1)), st1, _mm256_floor_ps(_mm256_mul_ps(c2, sc2))),
-                );
-                let mut slot = _mm256_cvtps_epi32(jb);
-                if CELLS {
-                    let off = _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i);
-                    slot = _mm256_add_epi32(_mm256_add_epi32(slot, basev), off);
-                }
-                // in bounds whatever the arithmetic gave (it gives at most dump - 1)
-                slot = _mm256_min_epu32(slot, dumpv);
-                if RULE {
-                    let drop = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, rule_v), _mm256_cmp_ps::<_CMP_LT_OQ>(s_t, rule_s));
-                    slot = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(slot), _mm256_castsi256_ps(dumpv), drop));
-                }
-                if MASK {
-                    let mm = _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(pick(m16)), _mm256_setzero_si256());
-                    slot = _mm256_blendv_epi8(slot, dumpv, mm);
-                }
-                _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
             }
-        }
-        sink(&out[..len]);
-        start += len;
-        y += 1;
+            sink(&out[..len]);
+            start += len;
+            y += 1;
         }
     }
 }
