@@ -111,6 +111,17 @@ def test_mask_array_like_calc_hist(images):
         np.testing.assert_array_equal(hw.compute(rgb, mask=m > 0), calc_hist(rgb, "hsv", (18, 4, 4), both))
 
 
+def test_strided_images_equal_their_copies(images):
+    # compute's fast path hands non-contiguous arrays to Rust, which copies them
+    h = bovw.ColorHistogram(mask="white", normalize=None, sqrt=False, grid=(1, 2))
+    rgb = images[3]
+    for view in (rgb[:, ::-1], rgb[::2, 1::3], np.asfortranarray(rgb), rgb[5:80, 7:91]):
+        assert not view.flags.c_contiguous
+        copy = np.ascontiguousarray(view)
+        np.testing.assert_array_equal(h.compute(view), h.compute(copy))
+        np.testing.assert_array_equal(h.compute(view)[:288], calc_hist(copy, "hsv", (18, 4, 4), white_keep(copy)))
+
+
 @pytest.mark.parametrize("grid", [2, 3, (1, 2), (1, 2, 4)])
 def test_grid_cells_equal_calc_hist_of_the_cells(images, grid):
     grids = [grid] if isinstance(grid, int) else list(grid)

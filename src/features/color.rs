@@ -52,6 +52,30 @@ const HSV_SHIFT: u32 = 12;
 const SDIV_NUM: f32 = (255 << HSV_SHIFT) as f32;
 const HDIV_NUM: f32 = ((180 << HSV_SHIFT) / 6) as f32;
 
+/// `vpshufb` controls that zero-extend channel `ch` of the 4 interleaved
+/// RGB pixels in each 128-bit lane into 32-bit lanes (pixels 0-3 from the
+/// low lane, 4-7 from the high one): `TO_DWORDS[set][ch]`, where each
+/// lane's first pixel starts at byte `4 set` of the lane.
+#[cfg(target_arch = "x86_64")]
+const TO_DWORDS: [[[u8; 32]; 3]; 2] = {
+    let mut m = [[[0x80u8; 32]; 3]; 2];
+    let mut set = 0;
+    while set < 2 {
+        let mut ch = 0;
+        while ch < 3 {
+            let mut j = 0;
+            while j < 8 {
+                // lane j / 4, dword j % 4
+                m[set][ch][4 * j] = (4 * set + 3 * (j % 4) + ch) as u8;
+                j += 1;
+            }
+            ch += 1;
+        }
+        set += 1;
+    }
+    m
+};
+
 /// OpenCV's division tables for the 8-bit HSV conversion (`RGB2HSV_b`):
 /// `sdiv[v] = round(255 * 2^12 / v)`, `hdiv[d] = round(180 * 2^12 / (6 d))`.
 struct HsvTables {
@@ -254,6 +278,9 @@ pub struct ColorHistogram {
     /// `bin_c(x) = floor((x - lo_c) * scales[c])` in f32 for every channel
     /// value where that form is exact (the SIMD path), else None.
     scales: Option<[f32; 3]>,
+    /// Whether the HSV SIMD path may bin S and H straight from their
+    /// fixed-point products ([`hsv_fold_exact`]).
+    hsv_fold: bool,
 }
 
 /// Per channel, an f32 `scale` with `floor((x - lo) * scale)` equal to the
@@ -277,6 +304,62 @@ fn exact_f32_scales(params: &ColorHistogramParams, tables: &[Vec<u32>; 3]) -> Op
         out[c] = (0..4).map(|i| f32::from_bits(first.to_bits() + i)).find(|&s| exact(s))?;
     }
     Some(out)
+}
+
+/// Whether the S and H bins of OpenCV's fixed-point HSV can be taken from
+/// the products before the shift: with `t_S = diff * sdiv[V] + 2^11`
+/// (S = `t_S >> 12`) and `t_H = h * hdiv[diff] + 2^11` plus `180 * 2^12`
+/// when negative (H = `t_H >> 12`), whether `floor(t * (scale / 2^12))` in
+/// f32 gives the channel's bin for every `t` the conversion forms: every
+/// `V` and `diff <= V` for S, every `diff` and hue numerator `h` in
+/// `[-diff, 5 diff]` for H (about 2 x 10^5 products, checked once per
+/// process and bin count). True for bin counts whose edges are integers
+/// (18 or 9 hue bins; 4, 8, 16... saturation bins), false e.g. for 16 hue
+/// bins. `bins` and `scales` are the HSV histogram's, `tables` its bin tables.
+fn hsv_fold_exact(bins: [usize; 3], scales: [f32; 3], tables: &[Vec<u32>; 3]) -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // per channel (H, S) and bin count: 0 not checked yet, 1 no, 2 yes
+    static KNOWN: [[AtomicU8; 257]; 2] = [[const { AtomicU8::new(0) }; 257], [const { AtomicU8::new(0) }; 257]];
+    let t = hsv_tables();
+    let half = 1 << (HSV_SHIFT - 1);
+    let unshift = 1.0 / (1 << HSV_SHIFT) as f32;
+    let strides = [(bins[1] * bins[2]) as u32, bins[2] as u32];
+    // t >= 0 below, so the truncating cast is the floor
+    let fold_bin = |c: usize, tt: i32| ((tt as f32) * (scales[c] * unshift)) as u32 * strides[c];
+    let check = |c: usize| -> bool {
+        if c == 1 {
+            (0..256usize).all(|v| {
+                let sd = t.sdiv[v.max(1)];
+                (0..=v as i32).all(|diff| {
+                    let tt = diff * sd + half;
+                    fold_bin(1, tt) == tables[1][(tt >> HSV_SHIFT) as usize]
+                })
+            })
+        } else {
+            (0..256i32).all(|diff| {
+                let hd = t.hdiv[diff.max(1) as usize];
+                (-diff..=5 * diff).all(|num| {
+                    let mut tt = num * hd + half;
+                    if tt < 0 {
+                        tt += 180 << HSV_SHIFT;
+                    }
+                    let hue = (tt >> HSV_SHIFT) as usize;
+                    hue < 180 && fold_bin(0, tt) == tables[0][hue]
+                })
+            })
+        }
+    };
+    (0..2).all(|c| {
+        let known = &KNOWN[c][bins[c]];
+        match known.load(Ordering::Relaxed) {
+            0 => {
+                let ok = check(c);
+                known.store(if ok { 2 } else { 1 }, Ordering::Relaxed);
+                ok
+            }
+            k => k == 2,
+        }
+    })
 }
 
 /// The segment of each index 0..n in the common refinement of the cuts
@@ -331,7 +414,11 @@ impl ColorHistogram {
         });
         let n_bins = params.bins.iter().product();
         let scales = exact_f32_scales(&params, &tables);
-        Ok(ColorHistogram { params, tables, n_bins, scales })
+        let hsv_fold = match scales {
+            Some(sc) if params.space == ColorSpace::Hsv => hsv_fold_exact(params.bins, sc, &tables),
+            _ => false,
+        };
+        Ok(ColorHistogram { params, tables, n_bins, scales, hsv_fold })
     }
 
     /// The parameters.
@@ -369,43 +456,55 @@ impl ColorHistogram {
         Ok(self.finish(&counts, w, h))
     }
 
-    /// Counts per (row segment, column segment, bin) of the grids' common refinement.
-    ///
-    /// Each row is done in two passes: the joint bin of every pixel (offset
-    /// by its cell, or a dump slot when the mask leaves it out) into a
-    /// buffer, branch-free (AVX2, 16 pixels a step, when the CPU has it),
-    /// then the counts, in four interleaved copies so that runs of one
-    /// colour do not serialise on one counter.
-    fn refined_counts(&self, image: RgbView<'_>, mask: Option<&[u8]>) -> RefinedCounts {
-        let (w, h) = (image.width, image.height);
+    /// The cells of the grids' common refinement for a `w` x `h` image.
+    fn layout(&self, w: usize, h: usize) -> Layout {
         let (row_seg, n_rs) = refinement(h, &self.params.grid);
         let (col_seg, n_cs) = refinement(w, &self.params.grid);
+        Layout { row_seg, col_seg, n_rs, n_cs, slots: n_rs * n_cs * self.n_bins + 1 }
+    }
+
+    /// The slot of every pixel: `(row segment * n_cs + column segment) *
+    /// bins + joint bin`, or the dump slot `slots - 1` for a pixel the mask
+    /// (array or rule) leaves out, passed to `sink` one run of pixels at a
+    /// time (rows, or stretches of the image when it is one cell).
+    fn pixel_slots<F: FnMut(&[u32])>(&self, image: RgbView<'_>, mask: Option<&[u8]>, lay: &Layout, sink: F) {
         let nb = self.n_bins;
-        let slots = n_rs * n_cs * nb + 1; // + the dump slot
-        let dump = (slots - 1) as u32;
+        let col_off: Vec<u32> = lay.col_seg.iter().map(|&c| (c as usize * nb) as u32).collect();
+        let bases: Vec<u32> = lay.row_seg.iter().map(|&r| (r as usize * lay.n_cs * nb) as u32).collect();
+        let mut k = self.kernel();
+        k.cells = lay.n_rs > 1 || lay.n_cs > 1;
+        k.image_bins(image, mask, &bases, &col_off, (lay.slots - 1) as u32, sink);
+    }
+
+    /// Counts per (row segment, column segment, bin) of the grids' common refinement.
+    ///
+    /// Each run of pixels is done in two passes: the slot of every pixel
+    /// ([`Self::pixel_slots`]: branch-free, AVX2, 16 pixels a step, when the
+    /// CPU has it) into a buffer, then the counts, in four interleaved
+    /// copies so that runs of one colour do not serialise on one counter.
+    fn refined_counts(&self, image: RgbView<'_>, mask: Option<&[u8]>) -> RefinedCounts {
+        let lay = self.layout(image.width, image.height);
+        let slots = lay.slots;
         let mut counts = vec![0u32; 4 * slots];
-        let col_off: Vec<u32> = col_seg.iter().map(|&c| (c as usize * nb) as u32).collect();
-        let mut idx = vec![0u32; w];
-        let k = self.kernel();
-        for y in 0..h {
-            let row = &image.data[3 * y * w..3 * (y + 1) * w];
-            let mrow = mask.map(|m| &m[y * w..(y + 1) * w]);
-            let base = (row_seg[y] as usize * n_cs * nb) as u32;
-            k.row_bins(row, mrow, &col_off, base, dump, &mut idx);
+        self.pixel_slots(image, mask, &lay, |idx: &[u32]| {
             let (c0, rest) = counts.split_at_mut(slots);
             let (c1, rest) = rest.split_at_mut(slots);
             let (c2, c3) = rest.split_at_mut(slots);
             let mut quads = idx.chunks_exact(4);
             for q in &mut quads {
-                c0[q[0] as usize] += 1;
-                c1[q[1] as usize] += 1;
-                c2[q[2] as usize] += 1;
-                c3[q[3] as usize] += 1;
+                // SAFETY: image_bins clamps every slot to at most the dump
+                // slot, slots - 1, and each of c0..c3 has `slots` entries.
+                unsafe {
+                    *c0.get_unchecked_mut(q[0] as usize) += 1;
+                    *c1.get_unchecked_mut(q[1] as usize) += 1;
+                    *c2.get_unchecked_mut(q[2] as usize) += 1;
+                    *c3.get_unchecked_mut(q[3] as usize) += 1;
+                }
             }
             for &i in quads.remainder() {
                 c0[i as usize] += 1;
             }
-        }
+        });
         let (first, rest) = counts.split_at_mut(slots);
         for c in rest.chunks_exact(slots) {
             for (a, b) in first.iter_mut().zip(c) {
@@ -413,7 +512,7 @@ impl ColorHistogram {
             }
         }
         counts.truncate(slots - 1);
-        RefinedCounts { counts, row_seg, col_seg, n_cs }
+        RefinedCounts { counts, row_seg: lay.row_seg, col_seg: lay.col_seg, n_cs: lay.n_cs }
     }
 
     /// The per-pixel binning of this histogram.
@@ -427,6 +526,8 @@ impl ColorHistogram {
             lo: [ranges[0].0, ranges[1].0, ranges[2].0],
             scales: self.scales,
             strides: [strides[0] as f32, strides[1] as f32],
+            cells: true,
+            hsv_fold: self.hsv_fold,
         }
     }
 
@@ -440,30 +541,48 @@ impl ColorHistogram {
                 let (r0, r1) = (i * h / g, (i + 1) * h / g);
                 for j in 0..g {
                     let (c0, c1) = (j * w / g, (j + 1) * w / g);
-                    cell.iter_mut().for_each(|v| *v = 0);
-                    if r0 < r1 && c0 < c1 {
+                    let start = out.len();
+                    let segs = if r0 < r1 && c0 < c1 {
                         let (rs0, rs1) = (rc.row_seg[r0] as usize, rc.row_seg[r1 - 1] as usize);
                         let (cs0, cs1) = (rc.col_seg[c0] as usize, rc.col_seg[c1 - 1] as usize);
-                        for rs in rs0..=rs1 {
-                            for cs in cs0..=cs1 {
-                                let src = &rc.counts[(rs * rc.n_cs + cs) * nb..(rs * rc.n_cs + cs + 1) * nb];
-                                for (a, &b) in cell.iter_mut().zip(src) {
-                                    *a += b as u64;
+                        Some((rs0, rs1, cs0, cs1))
+                    } else {
+                        None
+                    };
+                    let norm = self.params.normalize;
+                    let (total, ss) = match segs {
+                        // one segment of the refinement (e.g. every cell of a
+                        // single grid): its counts as they are
+                        Some((rs0, rs1, cs0, cs1)) if rs0 == rs1 && cs0 == cs1 => {
+                            let src = &rc.counts[(rs0 * rc.n_cs + cs0) * nb..(rs0 * rc.n_cs + cs0 + 1) * nb];
+                            out.extend(src.iter().map(|&c| c as f32));
+                            count_sums(norm, src.iter().map(|&c| c as u64))
+                        }
+                        Some((rs0, rs1, cs0, cs1)) => {
+                            cell.iter_mut().for_each(|v| *v = 0);
+                            for rs in rs0..=rs1 {
+                                for cs in cs0..=cs1 {
+                                    let src = &rc.counts[(rs * rc.n_cs + cs) * nb..(rs * rc.n_cs + cs + 1) * nb];
+                                    for (a, &b) in cell.iter_mut().zip(src) {
+                                        *a += b as u64;
+                                    }
                                 }
                             }
+                            out.extend(cell.iter().map(|&c| c as f32));
+                            count_sums(norm, cell.iter().copied())
                         }
-                    }
-                    let start = out.len();
-                    out.extend(cell.iter().map(|&c| c as f32));
+                        None => {
+                            out.resize(start + nb, 0.0);
+                            (0, 0.0)
+                        }
+                    };
                     let vals = &mut out[start..];
-                    let scale = match self.params.normalize {
+                    let scale = match norm {
                         HistNorm::None => 1.0,
                         HistNorm::L1 => {
-                            let total: u64 = cell.iter().sum();
                             if total == 0 { 0.0 } else { (1.0 / total as f64) as f32 }
                         }
                         HistNorm::L2 => {
-                            let ss: f64 = cell.iter().map(|&c| (c as f64) * (c as f64)).sum();
                             if ss == 0.0 { 0.0 } else { (1.0 / ss.sqrt()) as f32 }
                         }
                     };
@@ -491,26 +610,50 @@ struct BinKernel<'a> {
     scales: Option<[f32; 3]>,
     /// Strides of channels 0 and 1 in the joint histogram.
     strides: [f32; 2],
+    /// Whether the image has more than one cell of the grids' refinement;
+    /// when false every row base and column offset is 0 and the SIMD path
+    /// does not read them.
+    cells: bool,
+    /// [`hsv_fold_exact`] holds.
+    hsv_fold: bool,
 }
 
 impl BinKernel<'_> {
-    /// `out[x]` = the slot of pixel `x` of an RGB row: `base + col_off[x] +`
-    /// its joint bin, or `dump` when the mask (array or rule) leaves it out.
-    fn row_bins(&self, row: &[u8], mask: Option<&[u8]>, col_off: &[u32], base: u32, dump: u32, out: &mut [u32]) {
-        let n = out.len();
-        let mut done = 0;
+    /// The slots of every row of an RGB image, one row at a time into
+    /// `sink`: `slots[x]` = `bases[y] + col_off[x] +` the joint bin of pixel
+    /// `(x, y)`, or `dump` when the mask (array or rule) leaves it out;
+    /// every slot is at most `dump` (clamped, whatever the inputs). The
+    /// AVX2 loop when the CPU has it and the rows have 16 pixels or more,
+    /// else the portable one (the same integers).
+    fn image_bins<F: FnMut(&[u32])>(&self, image: RgbView<'_>, mask: Option<&[u8]>, bases: &[u32], col_off: &[u32], dump: u32, mut sink: F) {
+        let (w, h) = (image.width, image.height);
         #[cfg(target_arch = "x86_64")]
         {
             if let Some(scales) = self.scales {
-                if crate::features::use_avx2() {
-                    // SAFETY: the CPU supports AVX2 and SSE4.1 (checked by use_avx2:
-                    // every AVX2 CPU has SSE4.1); lengths are checked inside.
-                    done = unsafe { self.row_bins_avx2(row, mask, col_off, base, dump, out, scales) };
+                if w >= 16 && crate::features::use_avx2() && std::arch::is_x86_feature_detected!("fma") && hsv_tables().div_exact {
+                    // SAFETY: the CPU supports AVX2, FMA and SSE4.1 (checked: every
+                    // AVX2 CPU has SSE4.1); the divisions equal OpenCV's tables
+                    // (div_exact); w >= 16; lengths are checked inside.
+                    unsafe { self.image_bins_avx2(image, mask, bases, col_off, dump, scales, &mut sink) };
+                    return;
                 }
             }
         }
+        let mut idx = vec![0u32; w];
+        for y in 0..h {
+            let row = &image.data[3 * y * w..3 * (y + 1) * w];
+            let mrow = mask.map(|m| &m[y * w..(y + 1) * w]);
+            self.row_bins_portable(row, mrow, col_off, bases[y], dump, &mut idx);
+            sink(&idx);
+        }
+    }
+
+    /// `out[x]` = the slot of pixel `x` of an RGB row: `base + col_off[x] +`
+    /// its joint bin, or `dump` when the mask (array or rule) leaves it out.
+    fn row_bins_portable(&self, row: &[u8], mask: Option<&[u8]>, col_off: &[u32], base: u32, dump: u32, out: &mut [u32]) {
+        let n = out.len();
         let t = hsv_tables();
-        for x in done..n {
+        for x in 0..n {
             let (r, g, b) = (row[3 * x] as i32, row[3 * x + 1] as i32, row[3 * x + 2] as i32);
             let (c0, c1, c2) = match self.space {
                 ColorSpace::Hsv => hsv_pixel(t, r, g, b),
@@ -525,153 +668,215 @@ impl BinKernel<'_> {
             let bin = self.tables[0][(c0 - self.lo[0]) as usize]
                 + self.tables[1][(c1 - self.lo[1]) as usize]
                 + self.tables[2][(c2 - self.lo[2]) as usize];
-            out[x] = if keep { base + col_off[x] + bin } else { dump };
+            out[x] = if keep { (base + col_off[x] + bin).min(dump) } else { dump };
         }
     }
 
-    /// [`Self::row_bins`] for the pixels of the row, 16 at a time, in
-    /// AVX2 (the same integer operations; bins by the exact f32 form).
-    /// Returns the number of pixels done: all of them when the row has 16
-    /// or more, none otherwise.
+    /// [`Self::image_bins`] in AVX2: one compiled loop per (colour space,
+    /// mask rule, mask array, one cell or more), see [`Self::image_bins_avx2_impl`].
     ///
     /// # Safety
-    /// AVX2 and SSE4.1 must be available.
+    /// AVX2, FMA and SSE4.1 must be available, `div_exact` must hold and
+    /// the rows must have 16 pixels or more.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,sse4.1,ssse3")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn row_bins_avx2(
+    unsafe fn image_bins_avx2<F: FnMut(&[u32])>(
         &self,
-        row: &[u8],
+        image: RgbView<'_>,
         mask: Option<&[u8]>,
+        bases: &[u32],
         col_off: &[u32],
-        base: u32,
         dump: u32,
-        out: &mut [u32],
         scales: [f32; 3],
-    ) -> usize {
-        use std::arch::x86_64::*;
-        let n = out.len().min(row.len() / 3).min(col_off.len());
-        let t = hsv_tables();
-        // byte shuffles gathering channel ch of 16 pixels from 48 bytes
-        let mut masks = [[[0x80u8; 16]; 3]; 3];
-        for (ch, m) in masks.iter_mut().enumerate() {
-            for j in 0..16 {
-                let s = 3 * j + ch;
-                m[s / 16][j] = (s % 16) as u8;
-            }
-        }
-        let ld = |m: &[u8; 16]| _mm_loadu_si128(m.as_ptr() as *const __m128i);
-        let mk = [
-            [ld(&masks[0][0]), ld(&masks[0][1]), ld(&masks[0][2])],
-            [ld(&masks[1][0]), ld(&masks[1][1]), ld(&masks[1][2])],
-            [ld(&masks[2][0]), ld(&masks[2][1]), ld(&masks[2][2])],
-        ];
-        let half = _mm256_set1_epi32(1 << (HSV_SHIFT - 1));
-        let zero = _mm256_setzero_si256();
-        let (lo0, lo1, lo2) = (_mm256_set1_epi32(self.lo[0]), _mm256_set1_epi32(self.lo[1]), _mm256_set1_epi32(self.lo[2]));
-        let (sc0, sc1, sc2) = (_mm256_set1_ps(scales[0]), _mm256_set1_ps(scales[1]), _mm256_set1_ps(scales[2]));
-        let (st0, st1) = (_mm256_set1_ps(self.strides[0]), _mm256_set1_ps(self.strides[1]));
-        let basev = _mm256_set1_epi32(base as i32);
-        let dumpv = _mm256_set1_epi32(dump as i32);
-        let h180 = _mm256_set1_epi32(180);
-        let (rule_v, rule_s) = match self.rule {
-            MaskRule::NearWhite { v_above, s_below } => (Some(_mm256_set1_epi32(v_above as i32)), _mm256_set1_epi32(s_below as i32)),
-            MaskRule::None => (None, zero),
-        };
-        let sdiv = t.sdiv.as_ptr();
-        let hdiv = t.hdiv.as_ptr();
-        // cvtps rounds half to even (the default MXCSR mode), as the tables
-        let (sdiv_num, hdiv_num, one) = (_mm256_set1_ps(SDIV_NUM), _mm256_set1_ps(HDIV_NUM), _mm256_set1_epi32(1));
-        // Blocks of 16 pixels; the last block is moved back to end at the
-        // row's end (overlapping the one before, whose slots it rewrites
-        // with the same values) so that no pixel takes the scalar path.
-        if n < 16 {
-            return 0;
-        }
-        let mut next = 0;
-        while next < n {
-            let x = next.min(n - 16);
-            next = x + 16;
-            // SAFETY: x + 16 <= n, so bytes 3x..3x + 48 of the row, 16 mask
-            // bytes, 16 col_off and 16 out entries are in bounds.
-            let p = row.as_ptr().add(3 * x);
-            let (a, b, c) = (
-                _mm_loadu_si128(p as *const __m128i),
-                _mm_loadu_si128(p.add(16) as *const __m128i),
-                _mm_loadu_si128(p.add(32) as *const __m128i),
-            );
-            let chan = |m: &[__m128i; 3]| {
-                _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m[0]), _mm_shuffle_epi8(b, m[1])), _mm_shuffle_epi8(c, m[2]))
+        sink: &mut F,
+    ) {
+        let rule = matches!(self.rule, MaskRule::NearWhite { .. });
+        let cells = self.cells;
+        macro_rules! go {
+            ($mode:literal) => {
+                match (rule, mask.is_some(), cells) {
+                    (false, false, false) => self.image_bins_avx2_impl::<$mode, false, false, false, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (false, false, true) => self.image_bins_avx2_impl::<$mode, false, false, true, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (false, true, false) => self.image_bins_avx2_impl::<$mode, false, true, false, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (false, true, true) => self.image_bins_avx2_impl::<$mode, false, true, true, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (true, false, false) => self.image_bins_avx2_impl::<$mode, true, false, false, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (true, false, true) => self.image_bins_avx2_impl::<$mode, true, false, true, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (true, true, false) => self.image_bins_avx2_impl::<$mode, true, true, false, F>(image, mask, bases, col_off, dump, scales, sink),
+                    (true, true, true) => self.image_bins_avx2_impl::<$mode, true, true, true, F>(image, mask, bases, col_off, dump, scales, sink),
+                }
             };
-            let (r16, g16, b16) = (chan(&mk[0]), chan(&mk[1]), chan(&mk[2]));
-            let m16 = mask.map(|m| _mm_loadu_si128(m.as_ptr().add(x) as *const __m128i));
-            for part in 0..2 {
-                let pick = |v: __m128i| if part == 0 { v } else { _mm_srli_si128(v, 8) };
-                let r = _mm256_cvtepu8_epi32(pick(r16));
-                let g = _mm256_cvtepu8_epi32(pick(g16));
-                let bl = _mm256_cvtepu8_epi32(pick(b16));
-                let v = _mm256_max_epi32(r, _mm256_max_epi32(g, bl));
-                let vmin = _mm256_min_epi32(r, _mm256_min_epi32(g, bl));
-                let diff = _mm256_sub_epi32(v, vmin);
-                let need_s = self.space == ColorSpace::Hsv || rule_v.is_some();
-                let s = if need_s {
-                    let sd = if t.div_exact {
-                        _mm256_cvtps_epi32(_mm256_div_ps(sdiv_num, _mm256_cvtepi32_ps(_mm256_max_epi32(v, one))))
-                    } else {
-                        _mm256_i32gather_epi32::<4>(sdiv, v)
-                    };
-                    _mm256_srai_epi32::<12>(_mm256_add_epi32(_mm256_mullo_epi32(diff, sd), half))
-                } else {
-                    zero
-                };
-                let (c0, c1, c2) = match self.space {
-                    ColorSpace::Hsv => {
-                        let vr = _mm256_cmpeq_epi32(v, r);
-                        let vg = _mm256_andnot_si256(vr, _mm256_cmpeq_epi32(v, g));
-                        let d2 = _mm256_add_epi32(diff, diff);
-                        let h_r = _mm256_sub_epi32(g, bl);
-                        let h_g = _mm256_add_epi32(_mm256_sub_epi32(bl, r), d2);
-                        let h_b = _mm256_add_epi32(_mm256_sub_epi32(r, g), _mm256_add_epi32(d2, d2));
-                        let hh = _mm256_blendv_epi8(_mm256_blendv_epi8(h_b, h_g, vg), h_r, vr);
-                        let hd = if t.div_exact {
-                            _mm256_cvtps_epi32(_mm256_div_ps(hdiv_num, _mm256_cvtepi32_ps(_mm256_max_epi32(diff, one))))
-                        } else {
-                            _mm256_i32gather_epi32::<4>(hdiv, diff)
-                        };
-                        let hh = _mm256_srai_epi32::<12>(_mm256_add_epi32(_mm256_mullo_epi32(hh, hd), half));
-                        let hh = _mm256_add_epi32(hh, _mm256_and_si256(_mm256_cmpgt_epi32(zero, hh), h180));
-                        (hh, s, v)
-                    }
-                    ColorSpace::Rgb => (r, g, bl),
-                    ColorSpace::Opponent => (
-                        _mm256_sub_epi32(r, g),
-                        _mm256_sub_epi32(_mm256_add_epi32(r, g), _mm256_add_epi32(bl, bl)),
-                        _mm256_add_epi32(_mm256_add_epi32(r, g), bl),
-                    ),
-                };
-                let bin_of = |c: __m256i, lo: __m256i, sc: __m256| {
-                    _mm256_floor_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, lo)), sc))
-                };
-                // joint bin in f32 (exact small integers), then to int
-                let jb = _mm256_add_ps(
-                    _mm256_add_ps(_mm256_mul_ps(bin_of(c0, lo0, sc0), st0), _mm256_mul_ps(bin_of(c1, lo1, sc1), st1)),
-                    bin_of(c2, lo2, sc2),
-                );
-                let off = _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i);
-                let slot = _mm256_add_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(jb), off), basev);
-                let mut drop = zero;
-                if let Some(va) = rule_v {
-                    drop = _mm256_and_si256(_mm256_cmpgt_epi32(v, va), _mm256_cmpgt_epi32(rule_s, s));
-                }
-                if let Some(m) = m16 {
-                    let mm = _mm256_cvtepu8_epi32(pick(m));
-                    drop = _mm256_or_si256(drop, _mm256_cmpeq_epi32(mm, zero));
-                }
-                let slot = _mm256_blendv_epi8(slot, dumpv, drop);
-                _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
-            }
         }
-        n
+        match self.space {
+            ColorSpace::Hsv if self.hsv_fold => go!(2),
+            ColorSpace::Hsv => go!(1),
+            ColorSpace::Rgb => go!(0),
+            ColorSpace::Opponent => unreachable!("opponent colour has no exact f32 scales"),
+        }
+    }
+
+    /// The AVX2 loop, 16 pixels a step in two 8-lane halves, all in f32
+    /// (every value is an integer below 2^24, so exact): V, min and Delta
+    /// of the channels, OpenCV's table entries `sdiv[V]` and `hdiv[Delta]`
+    /// as rounded f32 quotients (equal to the tables, `div_exact`), the
+    /// fixed-point products `t = x * div + 2^11` (S and H are `floor(t /
+    /// 2^12)`, H plus 180 when negative), each channel's bin by its exact
+    /// scale and the joint bin by two FMAs; the near-white rule compares
+    /// `t_S < 2^12 s_below`, the same as `S < s_below`.
+    /// `MODE`: 0 RGB, 1 HSV, 2 HSV with the S and H bins taken from `t`
+    /// directly (`floor(t * scale / 2^12)`, where `hsv_fold` found that
+    /// equal to the bin of `floor(t / 2^12)` for every `t`); `RULE`: the
+    /// near-white rule; `MASK`: a mask array; `CELLS`: row bases and
+    /// column offsets (more than one cell). Every slot is at most `dump`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and SSE4.1 must be available; `div_exact` must hold.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,sse4.1,ssse3")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn image_bins_avx2_impl<const MODE: u8, const RULE: bool, const MASK: bool, const CELLS: bool, F: FnMut(&[u32])>(
+        &self,
+        image: RgbView<'_>,
+        mask: Option<&[u8]>,
+        bases: &[u32],
+        col_off: &[u32],
+        dump: u32,
+        scales: [f32; 3],
+        sink: &mut F,
+    ) {
+        use std::arch::x86_64::*;
+        let (n, h) = (image.width, image.height);
+        assert!(n >= 16 && image.data.len() >= 3 * n * h && bases.len() >= h && col_off.len() >= n);
+        assert!(!MASK || mask.is_some_and(|m| m.len() >= n * h));
+        let ld = |m: &[u8; 32]| _mm256_loadu_si256(m.as_ptr() as *const __m256i);
+        let mk0 = [ld(&TO_DWORDS[0][0]), ld(&TO_DWORDS[0][1]), ld(&TO_DWORDS[0][2])];
+        let mk1 = [ld(&TO_DWORDS[1][0]), ld(&TO_DWORDS[1][1]), ld(&TO_DWORDS[1][2])];
+        // Runs of pixels: the rows when there are cells (row bases and column
+        // offsets), else the image as one stream cut into runs of RUN pixels
+        // (the last one longer rather than under 16).
+        const RUN: usize = 2048;
+        let total = n * h;
+        let mut out = vec![0u32; if CELLS { n } else { total.min(RUN + 15) }];
+        let zero = _mm256_setzero_ps();
+        let one = _mm256_set1_ps(1.0);
+        let half = _mm256_set1_ps((1 << (HSV_SHIFT - 1)) as f32);
+        let unshift = 1.0 / (1 << HSV_SHIFT) as f32;
+        let t180 = _mm256_set1_ps((180 << HSV_SHIFT) as f32);
+        let two = _mm256_set1_ps(2.0);
+        let four = _mm256_set1_ps(4.0);
+        // the fixed-point shift folded into the S and H scales (exact: a power of 2)
+        let fold = if MODE == 2 { unshift } else { 1.0 };
+        let (sc0, sc1, sc2) = (_mm256_set1_ps(scales[0] * fold), _mm256_set1_ps(scales[1] * fold), _mm256_set1_ps(scales[2]));
+        let unshift = _mm256_set1_ps(unshift);
+        let (st0, st1) = (_mm256_set1_ps(self.strides[0]), _mm256_set1_ps(self.strides[1]));
+        let dumpv = _mm256_set1_epi32(dump as i32);
+        let (rule_v, rule_s) = match self.rule {
+            MaskRule::NearWhite { v_above, s_below } => {
+                (_mm256_set1_ps(v_above as f32), _mm256_set1_ps(((s_below as i32) << HSV_SHIFT) as f32))
+            }
+            MaskRule::None => (zero, zero),
+        };
+        let (sdiv_num, hdiv_num) = (_mm256_set1_ps(SDIV_NUM), _mm256_set1_ps(HDIV_NUM));
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        // Blocks of 16 pixels; the last block is moved back to end at the
+        // run's end (overlapping the one before, whose slots it rewrites
+        // with the same values) so that no pixel takes the scalar path.
+        let (mut start, mut y) = (0, 0);
+        while start < total {
+            let len = if CELLS {
+                n
+            } else if total - start < RUN + 16 {
+                total - start
+            } else {
+                RUN
+            };
+            let row = &image.data[3 * start..3 * (start + len)];
+            let mrow = if MASK { &mask.unwrap_unchecked()[start..start + len] } else { &[][..] };
+            let basev = _mm256_set1_epi32(if CELLS { bases[y] as i32 } else { 0 });
+            let mut next = 0;
+            while next < len {
+                let x = next.min(len - 16);
+                next = x + 16;
+                // SAFETY: x + 16 <= len (a run has 16 pixels or more), so bytes
+                // 3x..3x + 48 of the run, 16 mask bytes, 16 out entries and (with
+                // cells, where x is the column) 16 col_off entries are in bounds.
+                let p = row.as_ptr().add(3 * x);
+                let m16 = if MASK { _mm_loadu_si128(mrow.as_ptr().add(x) as *const __m128i) } else { _mm_setzero_si128() };
+                for part in 0..2 {
+                    let pick = |v: __m128i| if part == 0 { v } else { _mm_srli_si128::<8>(v) };
+                    // pixels 8 part .. 8 part + 7, 4 in each 128-bit lane: lanes
+                    // from bytes 0 and 12 of the block, then from 20 and 32 (4
+                    // bytes before pixels 8 and 12, to stay inside the 48 bytes)
+                    let (pix, mk) = if part == 0 { (_mm256_loadu2_m128i(p.add(12) as *const __m128i, p as *const __m128i), &mk0) } else { (_mm256_loadu2_m128i(p.add(32) as *const __m128i, p.add(20) as *const __m128i), &mk1) };
+                    let f = |m: __m256i| _mm256_cvtepi32_ps(_mm256_shuffle_epi8(pix, m));
+                    let (r, g, bl) = (f(mk[0]), f(mk[1]), f(mk[2]));
+                    let (c0, c1, c2, v, s_t);
+                    if MODE > 0 || RULE {
+                        v = _mm256_max_ps(r, _mm256_max_ps(g, bl));
+                        let diff = _mm256_sub_ps(v, _mm256_min_ps(r, _mm256_min_ps(g, bl)));
+                        // S = (diff * sdiv[V] + 2^11) >> 12; V = 0 has diff = 0
+                        let sd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(sdiv_num, _mm256_max_ps(v, one)));
+                        s_t = _mm256_fmadd_ps(diff, sd, half);
+                        if MODE > 0 {
+                            let vr = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, r);
+                            let vg = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, g);
+                            let h_r = _mm256_sub_ps(g, bl);
+                            let h_g = _mm256_fmadd_ps(diff, two, _mm256_sub_ps(bl, r));
+                            let h_b = _mm256_fmadd_ps(diff, four, _mm256_sub_ps(r, g));
+                            let hh = _mm256_blendv_ps(_mm256_blendv_ps(h_b, h_g, vg), h_r, vr);
+                            let hd = _mm256_round_ps::<NEAREST>(_mm256_div_ps(hdiv_num, _mm256_max_ps(diff, one)));
+                            let h_t = _mm256_fmadd_ps(hh, hd, half);
+                            // plus 180 << 12 where negative (the sign bit picks; no -0: fma rounds to +0)
+                            let h_t = _mm256_blendv_ps(h_t, _mm256_add_ps(h_t, t180), h_t);
+                            (c0, c1, c2) = if MODE == 2 {
+                                (h_t, s_t, v)
+                            } else {
+                                (_mm256_floor_ps(_mm256_mul_ps(h_t, unshift)), _mm256_floor_ps(_mm256_mul_ps(s_t, unshift)), v)
+                            };
+                        } else {
+                            (c0, c1, c2) = (r, g, bl);
+                        }
+                    } else {
+                        (v, s_t) = (zero, zero);
+                        (c0, c1, c2) = (r, g, bl);
+                    }
+                    // joint bin in f32 (exact small integers), then to int
+                    let jb = _mm256_fmadd_ps(
+                        _mm256_floor_ps(_mm256_mul_ps(c0, sc0)),
+                        st0,
+                        _mm256_fmadd_ps(_mm256_floor_ps(_mm256_mul_ps(c1, sc1)), st1, _mm256_floor_ps(_mm256_mul_ps(c2, sc2))),
+                    );
+                    let mut slot = _mm256_cvtps_epi32(jb);
+                    if CELLS {
+                        let off = _mm256_loadu_si256(col_off.as_ptr().add(x + 8 * part) as *const __m256i);
+                        slot = _mm256_add_epi32(_mm256_add_epi32(slot, basev), off);
+                    }
+                    // in bounds whatever the arithmetic gave (it gives at most dump - 1)
+                    slot = _mm256_min_epu32(slot, dumpv);
+                    if RULE {
+                        let drop = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, rule_v), _mm256_cmp_ps::<_CMP_LT_OQ>(s_t, rule_s));
+                        slot = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(slot), _mm256_castsi256_ps(dumpv), drop));
+                    }
+                    if MASK {
+                        let mm = _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(pick(m16)), _mm256_setzero_si256());
+                        slot = _mm256_blendv_epi8(slot, dumpv, mm);
+                    }
+                    _mm256_storeu_si256(out.as_mut_ptr().add(x + 8 * part) as *mut __m256i, slot);
+                }
+            }
+            sink(&out[..len]);
+            start += len;
+            y += 1;
+        }
+    }
+}
+
+/// The sum (for L1) or the sum of squares (for L2) of exact counts, for a
+/// cell's normalisation: `(sum, sum of squares)`, the unused one 0.
+fn count_sums(norm: HistNorm, counts: impl Iterator<Item = u64>) -> (u64, f64) {
+    match norm {
+        HistNorm::None => (0, 0.0),
+        HistNorm::L1 => (counts.sum(), 0.0),
+        HistNorm::L2 => (0, counts.map(|c| (c as f64) * (c as f64)).sum()),
     }
 }
 
@@ -681,6 +886,17 @@ fn sv_pixel(t: &HsvTables, r: i32, g: i32, b: i32) -> (i32, i32) {
     let v = r.max(g).max(b);
     let diff = v - r.min(g).min(b);
     ((diff * t.sdiv[v as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT, v)
+}
+
+/// The grids' common refinement of one image: the segment of each row and
+/// column, the numbers of segments, and the slots (cells times bins, plus
+/// the dump slot).
+struct Layout {
+    row_seg: Vec<u16>,
+    col_seg: Vec<u16>,
+    n_rs: usize,
+    n_cs: usize,
+    slots: usize,
 }
 
 struct RefinedCounts {
@@ -815,6 +1031,116 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every pixel's slot from the SIMD path (when the CPU has AVX2) and from the portable one.
+    fn slots_both(hist: &ColorHistogram, img: RgbView<'_>, mask: Option<&[u8]>) -> (Vec<u32>, Vec<u32>) {
+        let lay = hist.layout(img.width, img.height);
+        let mut simd = Vec::with_capacity(img.width * img.height);
+        hist.pixel_slots(img, mask, &lay, |s| simd.extend_from_slice(s));
+        let mut portable = Vec::with_capacity(img.width * img.height);
+        crate::features::portable_only(|| hist.pixel_slots(img, mask, &lay, |s| portable.extend_from_slice(s)));
+        (simd, portable)
+    }
+
+    fn params(space: ColorSpace, bins: [usize; 3], mask: MaskRule, grid: Vec<usize>) -> ColorHistogramParams {
+        ColorHistogramParams { space, bins, mask, grid, normalize: HistNorm::None, sqrt: false }
+    }
+
+    #[test]
+    fn fold_holds_for_integer_bin_edges() {
+        let fold = |bins| ColorHistogram::new(params(ColorSpace::Hsv, bins, MaskRule::None, vec![1])).unwrap().hsv_fold;
+        assert!(fold([18, 4, 4]));
+        assert!(fold([9, 8, 3]));
+        assert!(fold([180, 256, 256]));
+        // 180 / 16 and 256 / 3 are not integers
+        assert!(!fold([16, 4, 4]));
+        assert!(!fold([18, 3, 4]));
+        let rgb = ColorHistogram::new(params(ColorSpace::Rgb, [8, 8, 8], MaskRule::None, vec![1])).unwrap();
+        assert!(!rgb.hsv_fold);
+    }
+
+    #[test]
+    fn simd_slots_equal_portable_for_every_colour() {
+        // all 2^24 colours, one 256 x 256 image per red level (x: blue, y:
+        // green), through every AVX2 loop variant: HSV with the S and H bins
+        // folded (18 x 4 x 4, 180 x 256 x 256) and not (16 x 5 x 3), RGB,
+        // with and without the near-white rule, one cell and 1 + 2 x 2 cells
+        let cases = [
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::None, vec![1]),
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::WHITE, vec![1]),
+            params(ColorSpace::Hsv, [180, 256, 256], MaskRule::None, vec![1]),
+            params(ColorSpace::Hsv, [16, 5, 3], MaskRule::WHITE, vec![1, 2]),
+            params(ColorSpace::Rgb, [7, 5, 3], MaskRule::WHITE, vec![1]),
+        ];
+        let hists: Vec<ColorHistogram> = cases.into_iter().map(|p| ColorHistogram::new(p).unwrap()).collect();
+        assert_eq!(hists.iter().map(|h| h.hsv_fold).collect::<Vec<_>>(), [true, true, true, false, false]);
+        let mut data = vec![0u8; 3 * 256 * 256];
+        for r in 0..256 {
+            for (i, px) in data.chunks_exact_mut(3).enumerate() {
+                px.copy_from_slice(&[r as u8, (i / 256) as u8, (i % 256) as u8]);
+            }
+            let img = RgbView::new(&data, 256, 256);
+            for hist in &hists {
+                let (simd, portable) = slots_both(hist, img, None);
+                assert!(simd == portable, "red {r}, {:?}", hist.params());
+            }
+        }
+    }
+
+    #[test]
+    fn simd_slots_equal_portable_on_edge_cases() {
+        // grey pixels (diff 0), black (V 0), white and near-white, hue wrap
+        // (R max, G < B), random; rows shorter than a block (portable only),
+        // exactly one block, blocks plus a tail, and images around the
+        // 2048-pixel runs of the one-cell stream
+        let mut state = 0x2545_f491u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let sizes = [(1, 1), (15, 3), (16, 1), (17, 2), (31, 5), (100, 100), (2063, 1), (2064, 1), (2080, 1), (47, 45), (16, 200)];
+        let cases = [
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::None, vec![1]),
+            params(ColorSpace::Hsv, [18, 4, 4], MaskRule::WHITE, vec![1, 2]),
+            params(ColorSpace::Hsv, [16, 5, 3], MaskRule::None, vec![3]),
+            params(ColorSpace::Hsv, [16, 5, 3], MaskRule::WHITE, vec![1]),
+            params(ColorSpace::Rgb, [4, 4, 4], MaskRule::None, vec![1]),
+            params(ColorSpace::Rgb, [7, 5, 3], MaskRule::NearWhite { v_above: 100, s_below: 200 }, vec![2]),
+            params(ColorSpace::Opponent, [7, 5, 3], MaskRule::WHITE, vec![1]),
+        ];
+        for (w, h) in sizes {
+            let data: Vec<u8> = (0..w * h)
+                .flat_map(|_| {
+                    let (x, g) = (next(), (next() >> 8) as u8);
+                    match x % 8 {
+                        0 => [g, g, g],
+                        1 => [0, 0, 0],
+                        2 => [255, 255, 255],
+                        3 => [255, 255 - (x >> 28) as u8, 250],
+                        4 => [255, (x >> 8) as u8 / 2, 128 + (x >> 16) as u8 / 2],
+                        _ => [(x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8],
+                    }
+                })
+                .collect();
+            let mask: Vec<u8> = (0..w * h).map(|_| (next() % 3 != 0) as u8).collect();
+            let img = RgbView::new(&data, w, h);
+            for p in &cases {
+                let hist = ColorHistogram::new(p.clone()).unwrap();
+                for m in [None, Some(&mask[..])] {
+                    let (simd, portable) = slots_both(&hist, img, m);
+                    assert_eq!(simd.len(), w * h);
+                    assert!(simd == portable, "{w} x {h}, mask {}, {p:?}", m.is_some());
+                }
+            }
+        }
+        // an all-white image under the rule: every pixel in the dump slot
+        let white = vec![255u8; 3 * 40 * 3];
+        let hist = ColorHistogram::new(params(ColorSpace::Hsv, [18, 4, 4], MaskRule::WHITE, vec![1])).unwrap();
+        let (simd, portable) = slots_both(&hist, RgbView::new(&white, 40, 3), None);
+        assert!(simd.iter().all(|&s| s == 288) && simd == portable);
     }
 
     #[test]
