@@ -25,10 +25,7 @@ const MAX_LOCAL_TRIALS: i64 = 1024;
 const MAX_ROUNDS: i64 = 1000;
 
 fn rows<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
-    }
+    crate::py::arrays::c_order(a)
 }
 
 fn weights<'a>(w: &'a Option<PyReadonlyArray1<'_, f64>>) -> Option<Cow<'a, [f64]>> {

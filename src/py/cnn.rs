@@ -35,10 +35,7 @@ fn tensor_map(tensors: &Bound<'_, PyDict>) -> PyResult<TensorMap> {
             BovwError::Dtype { what: format!("tensors[{name:?}]"), expected: "a float32 array".into(), got: v.get_type().to_string() }
         })?;
         let shape = arr.shape().to_vec();
-        let data = match arr.as_slice() {
-            Ok(s) => s.to_vec(),
-            Err(_) => arr.as_array().iter().copied().collect(),
-        };
+        let data = crate::py::arrays::c_order(&arr).into_owned();
         map.insert(name.clone(), WeightTensor::new(&name, shape, data)?);
     }
     Ok(map)

@@ -77,14 +77,11 @@ impl PyColorHistogram {
                     }
                     .into());
                 }
-                Some(match m.as_slice() {
-                    Ok(s) => std::borrow::Cow::Borrowed(s),
-                    Err(_) => std::borrow::Cow::Owned(m.as_array().iter().copied().collect::<Vec<u8>>()),
-                })
+                Some(crate::py::arrays::c_order(m))
             }
         };
         let pixels: &[u8] = match (&borrowed, &decoded) {
-            (Some(a), _) => a.as_slice().map_err(|e| BovwError::input(e.to_string()))?,
+            (Some(a), _) => crate::py::arrays::c_slice(a, "image")?,
             (None, Some(d)) => d.require_rgb()?.data,
             _ => unreachable!(),
         };
@@ -103,10 +100,7 @@ pub fn rgb_to_hsv_image<'py>(py: Python<'py>, image: PyReadonlyArray3<'py, u8>) 
     if shape[2] != 3 {
         return Err(BovwError::Shape { what: "image".into(), expected: "(height, width, 3)".into(), got: format!("{shape:?}") }.into());
     }
-    let data: Vec<u8> = match image.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => image.as_array().iter().copied().collect(),
-    };
+    let data: Vec<u8> = crate::py::arrays::c_order(&image).into_owned();
     let out = py.detach(|| {
         let mut out = vec![0u8; data.len()];
         rgb_to_hsv(&data, &mut out);

@@ -52,7 +52,7 @@ fn fit_to_dict<'py>(py: Python<'py>, f: PcaFit) -> PyResult<Bound<'py, PyDict>> 
 }
 
 fn slice2<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>) -> Result<&'a [T], BovwError> {
-    a.as_slice().map_err(|_| BovwError::input("X must be C-contiguous"))
+    crate::py::arrays::c_slice(a, "X")
 }
 
 /// Fit PCA on X (n, d) float32 or float64 (C-contiguous). Returns a dict of
@@ -151,7 +151,7 @@ pub fn pca_fit_partial_sums<'py>(
     let ps = PartialSums {
         count,
         sum: sum.as_slice().map_err(|_| BovwError::input("sum must be contiguous"))?.to_vec(),
-        gram: gram.as_slice().map_err(|_| BovwError::input("gram must be C-contiguous"))?.to_vec(),
+        gram: crate::py::arrays::c_order(&gram).into_owned(),
         n_features: d,
     };
     let f = py.detach(|| fit_partial_sums(&ps, k))?;
@@ -171,7 +171,7 @@ pub fn pca_transform<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let n_threads = args::threads(n_threads)?;
     let (k, d) = (components.shape()[0], components.shape()[1]);
-    let c = components.as_slice().map_err(|_| BovwError::input("components must be C-contiguous"))?;
+    let c = crate::py::arrays::c_slice(&components, "components")?;
     let center = center.as_ref().map(|a| a.as_slice().map_err(|_| BovwError::input("mean must be contiguous"))).transpose()?;
     let scale = scale.as_ref().map(|a| a.as_slice().map_err(|_| BovwError::input("scale must be contiguous"))).transpose()?;
     #[allow(clippy::too_many_arguments)]

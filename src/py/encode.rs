@@ -71,7 +71,7 @@ impl<'py> Rows<'py> {
     fn view(&self, what: &str) -> Result<View<'_>, BovwError> {
         match self {
             Rows::Np(a, o) => {
-                let values = a.as_slice().map_err(|_| BovwError::input(format!("{what} must be C-contiguous")))?;
+                let values = crate::py::arrays::c_slice(a, what)?;
                 let n = a.shape()[0];
                 let offsets = match o {
                     Some(o) => o.clone(),
@@ -181,7 +181,7 @@ fn out_2d(py: Python<'_>, v: Vec<f32>, n_images: usize) -> Bound<'_, PyArray2<f3
 }
 
 fn vocab_slice<'a>(v: &'a PyReadonlyArray2<'_, f32>) -> Result<&'a [f32], BovwError> {
-    v.as_slice().map_err(|_| BovwError::input("vocabulary must be C-contiguous"))
+    crate::py::arrays::c_slice(v, "vocabulary")
 }
 
 /// Bag-of-words histograms, hard or soft, with an optional spatial pyramid:

@@ -61,11 +61,7 @@ pub fn image_buffer(image: &PyReadonlyArray2<'_, u8>, what: &str) -> Result<(Vec
     if h == 0 || w == 0 {
         return Err(BovwError::input(format!("{what} is empty (shape ({h}, {w}))")));
     }
-    let data = match image.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => image.as_array().iter().copied().collect(),
-    };
-    Ok((data, w, h))
+    Ok((crate::py::arrays::c_order(image).into_owned(), w, h))
 }
 
 /// Check that a mask matches the image shape.
@@ -160,10 +156,7 @@ pub fn decoded_from_numpy(image: &Bound<'_, PyAny>, needs: ColorNeeds) -> PyResu
             }
             .into());
         }
-        let data: Vec<u8> = match rgb.as_slice() {
-            Ok(s) => s.to_vec(),
-            Err(_) => rgb.as_array().iter().copied().collect(),
-        };
+        let data: Vec<u8> = crate::py::arrays::c_order(&rgb).into_owned();
         return Ok(DecodedImage::from_rgb(data, shape[1], shape[0], needs));
     }
     let got = image.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| "not an array".into());

@@ -41,10 +41,7 @@ impl<'py> Floats<'py> {
 }
 
 pub(crate) fn rows<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
-    }
+    crate::py::arrays::c_order(a)
 }
 
 fn vec1<T: Element + Copy>(a: &PyReadonlyArray1<'_, T>) -> Vec<T> {

@@ -88,8 +88,8 @@ pub fn bow_descriptor_counts<'py>(
         .into());
     }
     let n_words = vocabulary.shape()[0];
-    let x = descriptors.as_slice().map_err(|_| BovwError::input("descriptors must be C-contiguous"))?;
-    let v = vocabulary.as_slice().map_err(|_| BovwError::input("vocabulary must be C-contiguous"))?;
+    let x = crate::py::arrays::c_slice(&descriptors, "descriptors")?;
+    let v = crate::py::arrays::c_slice(&vocabulary, "vocabulary")?;
     let o = offsets_vec(&offsets)?;
     let n_images = o.len().saturating_sub(1);
     let h = py.detach(|| with_threads(n_threads, || descriptor_histograms(x, &o, d, v)))?;
@@ -110,7 +110,7 @@ pub fn bow_arrow_counts<'py>(
     let array = descriptors.array().clone();
     let d = vocabulary.shape()[1];
     let n_words = vocabulary.shape()[0];
-    let v = vocabulary.as_slice().map_err(|_| BovwError::input("vocabulary must be C-contiguous"))?;
+    let v = crate::py::arrays::c_slice(&vocabulary, "vocabulary")?;
     let (h, n_images) = py.detach(|| -> Result<_, BovwError> {
         let rows = float_descriptor_rows(array.as_ref())?;
         if rows.width != d {
@@ -146,7 +146,7 @@ pub fn bow_idf<'py>(
         other => return Err(BovwError::param("idf", format!("unknown formula {other:?}")).into()),
     };
     let (n, k) = (counts.shape()[0], counts.shape()[1]);
-    let c = counts.as_slice().map_err(|_| BovwError::input("counts must be C-contiguous"))?;
+    let c = crate::py::arrays::c_slice(&counts, "counts")?;
     let w = py.detach(|| idf(&document_frequency(c, k), n, kind));
     Ok(w.into_pyarray(py))
 }
@@ -162,7 +162,7 @@ pub fn bow_weight<'py>(
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let norm = Norm::parse(norm)?;
     let (n, k) = (hist.shape()[0], hist.shape()[1]);
-    let mut h = hist.as_slice().map_err(|_| BovwError::input("hist must be C-contiguous"))?.to_vec();
+    let mut h = crate::py::arrays::c_order(&hist).into_owned();
     let w = idf.as_ref().map(|a| slice1(a, "idf")).transpose()?;
     py.detach(|| weight_and_normalize(&mut h, k, w, norm))?;
     Ok(to_2d(py, h, n, k))

@@ -13,11 +13,7 @@ use crate::py::args::{self, Int, INT_MAX};
 fn rows(a: &PyReadonlyArray2<'_, u8>) -> (Vec<u8>, usize, usize) {
     let shape = a.shape();
     let (n, d) = (shape[0], shape[1]);
-    let data = match a.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => a.as_array().iter().copied().collect(),
-    };
-    (data, n, d)
+    (crate::py::arrays::c_order(a).into_owned(), n, d)
 }
 
 /// Fit k-majority on (n, d) uint8 descriptors.

@@ -2,6 +2,7 @@
 //! one stage function. One file per stage.
 
 pub mod args;
+pub mod arrays;
 pub mod cluster;
 pub mod color;
 pub mod dense;
