@@ -627,6 +627,66 @@ fn give_buffer(v: Vec<f32>) {
 /// Pixels gathered per [`layers::im2col`] block (a multiple of the GEMM tile's rows).
 const IM2COL_PIXELS: usize = 96;
 
+/// Largest map, in pixels, on which [`Graph::run_many`] runs a group's
+/// images stacked (6 x 6 and 3 x 3 at 96 px inputs, 7 x 7 at 224 px):
+/// below it, one image's rows are too few to use each weight read from
+/// memory more than a few times.
+pub const GROUP_MAX_PIXELS: usize = 100;
+
+#[cfg(test)]
+thread_local! {
+    /// Nodes this thread has run stacked (tests check that groups stack).
+    static STACKED_EVALS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `node` runs on a group's stacked images when its input is `x`.
+fn stacks(node: &Node, x: &Tensor) -> bool {
+    x.h * x.w <= GROUP_MAX_PIXELS
+        && match &node.op {
+            Op::MbConv(_) | Op::Dense { .. } => true,
+            Op::Conv { .. } => is_pointwise(&node.op),
+            _ => false,
+        }
+}
+
+/// The values of a group's `n` images, one `h x w x c` image after the other.
+#[derive(Debug)]
+struct Stacked {
+    h: usize,
+    w: usize,
+    c: usize,
+    data: Vec<f32>,
+}
+
+impl Stacked {
+    /// Stack same-size tensors (their buffers go back to the pool).
+    fn from_tensors(ts: Vec<Tensor>) -> Self {
+        let (h, w, c) = ts.first().map_or((0, 0, 0), |t| (t.h, t.w, t.c));
+        let len = h * w * c;
+        let mut data = take_buffer(ts.len() * len);
+        for (t, d) in ts.iter().zip(data.chunks_exact_mut(len.max(1))) {
+            d.copy_from_slice(&t.data);
+        }
+        for t in ts {
+            give_buffer(t.data);
+        }
+        Stacked { h, w, c, data }
+    }
+    fn image_len(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    fn image(&self, k: usize) -> &[f32] {
+        let len = self.image_len();
+        &self.data[k * len..(k + 1) * len]
+    }
+    /// A copy of image `k` (buffer from the pool).
+    fn tensor(&self, k: usize) -> Tensor {
+        let mut data = take_buffer(self.image_len());
+        data.copy_from_slice(self.image(k));
+        Tensor { h: self.h, w: self.w, c: self.c, data }
+    }
+}
+
 impl Graph {
     /// The nodes, in evaluation order.
     pub fn nodes(&self) -> &[Node] {
@@ -668,13 +728,7 @@ impl Graph {
             for (i, node) in self.nodes[..last_node].iter().enumerate() {
                 let out = self.eval(node, &values, par)?;
                 values[node.output] = Some(out);
-                for &v in &node.inputs {
-                    if self.last_use[v] == i && !wanted.contains(&v) {
-                        if let Some(t) = values[v].take() {
-                            give_buffer(t.data);
-                        }
-                    }
-                }
+                self.free_inputs(i, node, &mut values, wanted);
             }
             wanted
                 .iter()
@@ -685,6 +739,218 @@ impl Graph {
             give_buffer(t.data);
         }
         result
+    }
+
+    /// [`Graph::run`] of a group of images on the calling thread: one
+    /// result per image, in order, the same values bit for bit.
+    ///
+    /// Each image runs alone through the first layers; from the first
+    /// layer whose input map has at most [`GROUP_MAX_PIXELS`] pixels on
+    /// (the late, narrow layers whose weights are large for their work),
+    /// the group's values are stacked into one buffer and each 1 x 1
+    /// convolution (fused expansions and projections included) and fully
+    /// connected layer is one GEMM over the rows of all the images, so
+    /// that each weight panel is read from memory once per group, not once
+    /// per image. Rows never mix, so a value does not depend on the group.
+    /// Inputs of different sizes, or a group whose run fails, run one by
+    /// one (each image then gets its own error).
+    ///
+    /// # Errors
+    /// Per image, as [`Graph::run`].
+    pub fn run_many(&self, inputs: Vec<Tensor>, n_outputs: usize) -> Vec<Result<Vec<Tensor>>> {
+        let same = inputs.windows(2).all(|p| (p[0].h, p[0].w, p[0].c) == (p[1].h, p[1].w, p[1].c));
+        if inputs.len() < 2 || !same || inputs[0].c != self.input_channels() {
+            return inputs.into_iter().map(|t| self.run(t, n_outputs, false)).collect();
+        }
+        let n = inputs.len();
+        match self.run_group(&inputs, n_outputs) {
+            Ok(outs) => {
+                let per = outs.len() / n;
+                let mut it = outs.into_iter();
+                (0..n).map(|_| Ok(it.by_ref().take(per).collect())).collect()
+            }
+            Err(_) => inputs.into_iter().map(|t| self.run(t, n_outputs, false)).collect(),
+        }
+    }
+
+    /// The outputs of [`Graph::run_many`] on a group of same-size images,
+    /// image after image (`n_outputs` each).
+    fn run_group(&self, inputs: &[Tensor], n_outputs: usize) -> Result<Vec<Tensor>> {
+        let wanted = &self.outputs[..n_outputs.min(self.outputs.len())];
+        let last_node = wanted.iter().map(|&o| self.nodes.iter().position(|n| n.output == o).map_or(0, |i| i + 1)).max().unwrap_or(0);
+        let n = inputs.len();
+        let n_values = self.channels.len();
+        let mut per: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(n);
+        let mut stacked: Vec<Option<Stacked>> = Vec::new();
+        let result = (|| {
+            // image by image up to the first stacked layer (found on the first image)
+            let mut split = last_node;
+            for (k, input) in inputs.iter().enumerate() {
+                let mut values: Vec<Option<Tensor>> = vec![None; n_values];
+                let mut data = take_buffer(input.data.len());
+                data.copy_from_slice(&input.data);
+                values[0] = Some(Tensor { data, ..*input });
+                per.push(values);
+                let values = per.last_mut().expect("pushed");
+                for i in 0..split {
+                    let node = &self.nodes[i];
+                    if k == 0 && values[node.inputs[0]].as_ref().is_some_and(|x| stacks(node, x)) {
+                        split = i;
+                        break;
+                    }
+                    let out = self.eval(node, values, false)?;
+                    values[node.output] = Some(out);
+                    self.free_inputs(i, node, values, wanted);
+                }
+            }
+            // the values alive at the split, stacked
+            stacked = (0..n_values)
+                .map(|v| {
+                    per[0][v].as_ref()?;
+                    let ts: Vec<Tensor> = per.iter_mut().filter_map(|vals| vals[v].take()).collect();
+                    Some(Stacked::from_tensors(ts))
+                })
+                .collect::<Vec<_>>();
+            for i in split..last_node {
+                let node = &self.nodes[i];
+                let out = match self.eval_stacked(node, &stacked, n)? {
+                    Some(out) => out,
+                    None => {
+                        // image by image on copies of the inputs
+                        let mut values: Vec<Option<Tensor>> = vec![None; n_values];
+                        let mut outs = Vec::with_capacity(n);
+                        for k in 0..n {
+                            for &v in &node.inputs {
+                                values[v] = stacked[v].as_ref().map(|s| s.tensor(k));
+                            }
+                            let out = self.eval(node, &values, false);
+                            for &v in &node.inputs {
+                                if let Some(t) = values[v].take() {
+                                    give_buffer(t.data);
+                                }
+                            }
+                            outs.push(out?);
+                        }
+                        if outs.windows(2).any(|p| (p[0].h, p[0].w, p[0].c) != (p[1].h, p[1].w, p[1].c)) {
+                            return Err(BovwError::input(format!("{}: images of a group gave outputs of different sizes", node.name)));
+                        }
+                        Stacked::from_tensors(outs)
+                    }
+                };
+                stacked[node.output] = Some(out);
+                for &v in &node.inputs {
+                    if self.last_use[v] == i && !wanted.contains(&v) {
+                        if let Some(s) = stacked[v].take() {
+                            give_buffer(s.data);
+                        }
+                    }
+                }
+            }
+            let mut outs = Vec::with_capacity(n * wanted.len());
+            for k in 0..n {
+                for &o in wanted {
+                    let s = stacked[o].as_ref().ok_or_else(|| BovwError::input(format!("output value {o} was not computed")))?;
+                    outs.push(Tensor { h: s.h, w: s.w, c: s.c, data: s.image(k).to_vec() });
+                }
+            }
+            Ok(outs)
+        })();
+        for t in per.into_iter().flatten().flatten() {
+            give_buffer(t.data);
+        }
+        for s in stacked.into_iter().flatten() {
+            give_buffer(s.data);
+        }
+        result
+    }
+
+    /// Free the inputs of node `i` that no later node reads.
+    fn free_inputs(&self, i: usize, node: &Node, values: &mut [Option<Tensor>], wanted: &[ValueId]) {
+        for &v in &node.inputs {
+            if self.last_use[v] == i && !wanted.contains(&v) {
+                if let Some(t) = values[v].take() {
+                    give_buffer(t.data);
+                }
+            }
+        }
+    }
+
+    /// `node` on the stacked images of a group (see [`Graph::run_many`]),
+    /// with the operations [`Graph::eval`] performs on each image; `None`
+    /// when the node is not one that stacks (or its inputs do not fit it:
+    /// the caller then runs it image by image, which gives the error).
+    fn eval_stacked(&self, node: &Node, values: &[Option<Stacked>], n: usize) -> Result<Option<Stacked>> {
+        let Some(x) = values[node.inputs[0]].as_ref() else { return Ok(None) };
+        if x.h * x.w > GROUP_MAX_PIXELS {
+            return Ok(None);
+        }
+        let residual = |c: usize, h: usize, w: usize| -> Option<Option<&Stacked>> {
+            match node.inputs.get(1) {
+                None => Some(None),
+                Some(&v) => values[v].as_ref().filter(|r| (r.h, r.w, r.c) == (h, w, c)).map(Some),
+            }
+        };
+        let out = match &node.op {
+            Op::Conv { geom, c_in, c_out, kernel: ConvKernel::Dense(mat), act } if x.c == *c_in => {
+                let (oh, ow, win) = geom.output(x.h, x.w, &node.name)?;
+                let pointwise = win.kh == 1 && win.kw == 1 && win.stride_h == 1 && win.stride_w == 1 && win.pad_top == 0 && win.pad_left == 0;
+                let Some(res) = residual(*c_out, oh, ow) else { return Ok(None) };
+                if !pointwise || (oh, ow) != (x.h, x.w) {
+                    return Ok(None);
+                }
+                let mut out = take_buffer(n * oh * ow * c_out);
+                layers::gemm(&x.data, n * oh * ow, x.c, mat, &mut out, *c_out, res.map(|r| r.data.as_slice()), *act);
+                Stacked { h: oh, w: ow, c: *c_out, data: out }
+            }
+            Op::MbConv(mb) => {
+                let c_mid = mb.depthwise.c;
+                if x.c != mb.expand.as_ref().map_or(c_mid, |(m, _)| m.k()) {
+                    return Ok(None);
+                }
+                let (h, w) = (x.h, x.w);
+                let (oh, ow, win) = mb.dw_geom.output(h, w, &mb.names[1])?;
+                let c_out = mb.project.n();
+                let Some(res) = residual(c_out, oh, ow) else { return Ok(None) };
+                let (ilen, olen) = (h * w * c_mid, oh * ow * c_mid);
+                let mut dw = take_buffer(n * olen);
+                match &mb.expand {
+                    Some((em, eact)) => {
+                        let mut e = take_buffer(n * ilen);
+                        layers::gemm(&x.data, n * h * w, x.c, em, &mut e, c_mid, None, *eact);
+                        for (ei, di) in e.chunks_exact(ilen).zip(dw.chunks_exact_mut(olen)) {
+                            layers::depthwise(ei, h, w, &mb.depthwise, &win, oh, ow, di, mb.dw_act);
+                        }
+                        give_buffer(e);
+                    }
+                    None => {
+                        for (xi, di) in x.data.chunks_exact(ilen).zip(dw.chunks_exact_mut(olen)) {
+                            layers::depthwise(xi, h, w, &mb.depthwise, &win, oh, ow, di, mb.dw_act);
+                        }
+                    }
+                }
+                let mut out = take_buffer(n * oh * ow * c_out);
+                let res = res.map(|r| r.data.as_slice());
+                layers::gemm(&dw, n * oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
+                give_buffer(dw);
+                Stacked { h: oh, w: ow, c: c_out, data: out }
+            }
+            Op::GlobalAvgPool if x.c > 0 => {
+                let mut out = take_buffer(n * x.c);
+                for (xi, oi) in x.data.chunks_exact(x.image_len()).zip(out.chunks_exact_mut(x.c)) {
+                    layers::global_avg_pool(xi, x.c, oi);
+                }
+                Stacked { h: 1, w: 1, c: x.c, data: out }
+            }
+            Op::Dense { mat, act } if x.image_len() == mat.k() => {
+                let mut out = take_buffer(n * mat.n());
+                layers::gemm(&x.data, n, mat.k(), mat, &mut out, mat.n(), None, *act);
+                Stacked { h: 1, w: 1, c: mat.n(), data: out }
+            }
+            _ => return Ok(None),
+        };
+        #[cfg(test)]
+        STACKED_EVALS.with(|c| c.set(c.get() + 1));
+        Ok(Some(out))
     }
 
     fn eval(&self, node: &Node, values: &[Option<Tensor>], par: bool) -> Result<Tensor> {
@@ -1137,7 +1403,7 @@ fn im2col_gemm(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1278,6 +1544,105 @@ mod tests {
         let x = Tensor::new(3, 3, 8, vec![0.5; 72]);
         let (oh, ow, win) = mb.dw_geom.output(3, 3, "d").unwrap();
         assert!(mbconv_par(&x, &mb, &win, oh, ow, None, 2).is_none());
+    }
+
+    /// A small network whose last layers run on maps of at most
+    /// [`GROUP_MAX_PIXELS`] pixels (from a 24 x 24 input): stem (per
+    /// image), a stride-2 block to 6 x 6, a residual block, an activation
+    /// on its own (not a stacked op: image by image inside the stacked
+    /// part), a residual block without expansion, a 1 x 1 head, pooling, a
+    /// fully connected layer. Outputs: pooled features, logits.
+    pub(crate) fn small_network(seed: u64) -> Graph {
+        let mut s = seed;
+        let mut r = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let mut rv = |n: usize| -> Vec<f32> { (0..n).map(|_| r() * 0.5).collect() };
+        let same = |k: usize, st: usize| Geometry::square(k, st, Padding::SameUpper);
+        let mut b = GraphBuilder::new(3);
+        let x = b.conv("stem", 0, &rv(8 * 3 * 9), [8, 3, 3, 3], Some(&rv(8)), 1, same(3, 2), Activation::RELU6, None).unwrap();
+        let e = b.conv("e1", x, &rv(24 * 8), [24, 8, 1, 1], Some(&rv(24)), 1, same(1, 1), Activation::RELU6, None).unwrap();
+        let d = b.conv("d1", e, &rv(24 * 9), [24, 1, 3, 3], Some(&rv(24)), 24, same(3, 2), Activation::RELU6, None).unwrap();
+        let p = b.conv("p1", d, &rv(12 * 24), [12, 24, 1, 1], Some(&rv(12)), 1, same(1, 1), Activation::None, None).unwrap();
+        let e = b.conv("e2", p, &rv(36 * 12), [36, 12, 1, 1], Some(&rv(36)), 1, same(1, 1), Activation::RELU6, None).unwrap();
+        let d = b.conv("d2", e, &rv(36 * 25), [36, 1, 5, 5], Some(&rv(36)), 36, same(5, 1), Activation::RELU6, None).unwrap();
+        let p = b.conv("p2", d, &rv(12 * 36), [12, 36, 1, 1], Some(&rv(12)), 1, same(1, 1), Activation::None, Some(p)).unwrap();
+        let a = b.activation("act", p, Activation::Swish).unwrap();
+        let d = b.conv("d3", a, &rv(12 * 9), [12, 1, 3, 3], Some(&rv(12)), 12, same(3, 1), Activation::RELU6, None).unwrap();
+        let p = b.conv("p3", d, &rv(12 * 12), [12, 12, 1, 1], Some(&rv(12)), 1, same(1, 1), Activation::None, Some(a)).unwrap();
+        let h = b.conv("head", p, &rv(40 * 12), [40, 12, 1, 1], Some(&rv(40)), 1, same(1, 1), Activation::RELU6, None).unwrap();
+        let g = b.global_avg_pool("pool", h).unwrap();
+        let f = b.dense("fc", g, &rv(40 * 10), 40, 10, Some(&rv(10)), Activation::None).unwrap();
+        b.finish(vec![g, f]).unwrap()
+    }
+
+    fn random_image(h: usize, w: usize, seed: u64) -> Tensor {
+        let mut s = seed;
+        Tensor::new(
+            h,
+            w,
+            3,
+            (0..h * w * 3)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(7);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn groups_of_images_give_each_image_the_bits_it_gets_alone() {
+        let g = small_network(21);
+        assert_eq!(g.nodes().iter().filter(|n| matches!(n.op, Op::MbConv(_))).count(), 3);
+        for portable in [false, true] {
+            let run = |f: &mut dyn FnMut()| if portable { crate::features::portable_only(f) } else { f() };
+            // (images, input size, nodes stacked): from the 6 x 6 maps on, blocks 2 and 3,
+            // the head, the pooling and the fc layer (the activation runs image by image);
+            // from 20 x 20 inputs the stem's 10 x 10 output already stacks (block 1 too)
+            for (n, (h, w), want) in [(2, (24, 24), 5), (3, (24, 24), 5), (5, (19, 23), 5), (8, (20, 20), 6), (1, (24, 24), 0)] {
+                let inputs: Vec<Tensor> = (0..n).map(|i| random_image(h, w, 100 + i as u64)).collect();
+                let mut alone = Vec::new();
+                let mut many = Vec::new();
+                let before = STACKED_EVALS.with(|c| c.get());
+                run(&mut || {
+                    alone = inputs.iter().map(|t| g.run(t.clone(), 2, false).unwrap()).collect::<Vec<_>>();
+                    many = g.run_many(inputs.clone(), 2);
+                });
+                let stacked = STACKED_EVALS.with(|c| c.get()) - before;
+                assert_eq!(stacked, want, "{n} images of {h} x {w}, portable {portable}");
+                assert_eq!(many.len(), n);
+                for (i, (a, m)) in alone.iter().zip(many).enumerate() {
+                    assert_eq!(a, &m.unwrap(), "image {i} of {n} ({h} x {w}), portable {portable}");
+                }
+            }
+        }
+        // features only: the logits' layer is skipped
+        let inputs: Vec<Tensor> = (0..3).map(|i| random_image(24, 24, 7 + i)).collect();
+        let many = g.run_many(inputs.clone(), 1);
+        for (t, m) in inputs.into_iter().zip(many) {
+            let m = m.unwrap();
+            assert_eq!(m.len(), 1);
+            assert_eq!(m, g.run(t, 1, false).unwrap());
+        }
+    }
+
+    #[test]
+    fn groups_of_mixed_or_bad_inputs_run_image_by_image() {
+        let g = small_network(5);
+        // different sizes: each image alone, same values
+        let inputs = vec![random_image(24, 24, 1), random_image(16, 30, 2), random_image(24, 24, 3)];
+        let many = g.run_many(inputs.clone(), 2);
+        for (t, m) in inputs.into_iter().zip(many) {
+            assert_eq!(m.unwrap(), g.run(t, 2, false).unwrap());
+        }
+        // the wrong number of channels: every image gets run's error
+        let bad = vec![Tensor::new(4, 4, 2, vec![0.0; 32]), Tensor::new(4, 4, 2, vec![1.0; 32])];
+        for r in g.run_many(bad, 1) {
+            assert!(r.unwrap_err().to_string().contains("channels"));
+        }
+        assert!(g.run_many(Vec::new(), 2).is_empty());
     }
 
     #[test]

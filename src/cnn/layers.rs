@@ -267,7 +267,7 @@ pub fn gemm_blocks(
     // rows per block: keep the block's rows of x (k floats each) near 96 KiB;
     // blocks and tiles as even as possible (a 1-row tile is latency-bound).
     // Tiling never changes a value: each row is summed in the same order.
-    let mc = ((96 * 1024 / 4) / k.max(1)).clamp(MR, 240) / MR * MR;
+    let mc = ((256 * 1024 / 4) / k.max(1)).clamp(MR, 240) / MR * MR;
     let n_blocks = m.div_ceil(mc);
     let mut m0 = 0;
     for bi in 0..n_blocks {
