@@ -131,22 +131,25 @@ impl Preprocess {
                 })
                 .collect()
         };
-        let xs = taps(ox, rw, img.width);
+        // horizontal taps: offsets of the two source pixels' values and their weights
+        let xs: Vec<(usize, usize, f64, f64)> = taps(ox, rw, img.width).into_iter().map(|(x0, x1, fx)| (3 * x0, 3 * x1, 1.0 - fx, fx)).collect();
         let ys = taps(oy, rh, img.height);
         let inv_std = [1.0 / self.std[0], 1.0 / self.std[1], 1.0 / self.std[2]];
         let stride = 3 * img.width;
-        let mut out = Vec::with_capacity(n * n * 3);
+        let mut out = vec![0f32; n * n * 3];
         let mut row = vec![0f64; 3 * img.width];
-        for &(y0, y1, fy) in &ys {
+        for (orow, &(y0, y1, fy)) in out.chunks_exact_mut(3 * n).zip(&ys) {
             // vertical pass over the whole source row, then horizontal taps
             let (r0, r1) = (&img.data[y0 * stride..(y0 + 1) * stride], &img.data[y1 * stride..(y1 + 1) * stride]);
+            let gy = 1.0 - fy;
             for ((o, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
-                *o = a as f64 * (1.0 - fy) + b as f64 * fy;
+                *o = a as f64 * gy + b as f64 * fy;
             }
-            for &(x0, x1, fx) in &xs {
+            for (o, &(a, b, gx, fx)) in orow.chunks_exact_mut(3).zip(&xs) {
+                let (pa, pb) = (&row[a..a + 3], &row[b..b + 3]);
                 for c in 0..3 {
-                    let v = row[3 * x0 + c] * (1.0 - fx) + row[3 * x1 + c] * fx;
-                    out.push(((v - self.mean[c]) * inv_std[c]) as f32);
+                    let v = pa[c] * gx + pb[c] * fx;
+                    o[c] = ((v - self.mean[c]) * inv_std[c]) as f32;
                 }
             }
         }
@@ -502,3 +505,4 @@ mod tests {
         assert!(Preprocess { input_size: 4, crop_fraction: 0.0, ..p }.validate().is_err());
     }
 }
+
