@@ -15,7 +15,15 @@
 //!
 //! [`Graph::run`] evaluates one image, freeing each value after its last
 //! reader; buffers are reused through a per-thread pool, so a worker that
-//! runs many images allocates once. Without `par` everything runs on the
+//! runs many images allocates once. [`Graph::run_many`] evaluates a group
+//! of same-size images on the calling thread: each alone up to the first
+//! layer whose input map has at most [`GROUP_MAX_PIXELS`] pixels, then all
+//! together, their values stacked in one buffer, so that each 1 x 1
+//! convolution (fused expansions and projections included) and fully
+//! connected layer is one GEMM over the rows of every image (depthwise
+//! filters and pooling run image by image on the stacked buffer; other
+//! operations on copies of each image). The values are those of
+//! [`Graph::run`]: the GEMM computes each row alone. Without `par` everything runs on the
 //! calling thread. With `par` (one image on all the threads of the
 //! current rayon pool), each fused inverted-residual block
 //! ([`Op::MbConv`]) forks once or twice, with one part per thread so that

@@ -264,7 +264,9 @@ pub fn gemm_blocks(
     }
     let bounds = act.clamp_bounds();
     let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    // rows per block: keep the block's rows of x (k floats each) near 96 KiB;
+    // rows per block: keep the block's rows of x (k floats each) near 256 KiB
+    // (half the L2: each weight panel is read from memory once per block, so
+    // a group's stacked rows, 9 or 36 per image, share its reads);
     // blocks and tiles as even as possible (a 1-row tile is latency-bound).
     // Tiling never changes a value: each row is summed in the same order.
     let mc = ((256 * 1024 / 4) / k.max(1)).clamp(MR, 240) / MR * MR;

@@ -25,20 +25,36 @@
 //! 127.5 and 127.5, so the input is in [-1, 1]). Gray images arrive with
 //! their level replicated in R, G and B ([`crate::image::decode_image`]).
 //!
+//! The preprocessing computes, per output row, the vertical interpolation
+//! of the whole source row, then the horizontal taps (weights precomputed
+//! per column) straight into the output.
+//!
 //! # Parallelism and determinism
-//! A batch is spread over images with rayon: each round of as many images
-//! as threads runs one image per thread ([`CnnModel::forward_batch`]; the
-//! extractor, called per image by [`crate::features::extract_batch`], is
-//! always one image per thread). Images left over (a batch of one, the
-//! last images of a batch) run one at a time on all the threads: each
+//! A batch is spread over groups of images with rayon: each thread runs a
+//! group of up to [`GROUP_SIZE`] images ([`CnnModel::forward_batch`] and
+//! [`CnnModel::forward_many`]; the extractor's [`Extractor::group_size`]
+//! makes [`crate::features::extract_batch`] and
+//! [`crate::features::extract_batch_many`] hand each thread such groups,
+//! fewer images per group when the batch is small so that every thread
+//! gets one). In a group each image runs alone through the first layers;
+//! from the first layer whose input map has at most
+//! [`graph::GROUP_MAX_PIXELS`] pixels (6 x 6 and 3 x 3 at 96 px, 7 x 7 at
+//! 224 px) the group's images are stacked and each 1 x 1 convolution and
+//! fully connected layer is one GEMM over all their rows
+//! ([`Graph::run_many`]): those layers' weights (most of the network's 13
+//! MB) are then read from memory once per group instead of once per image,
+//! which is what limits them at 9 or 36 rows per image. Images left over
+//! by whole rounds of one image per thread (a batch of one, the last
+//! images of a batch) run one at a time on all the threads: each
 //! inverted-residual block is split over the threads by output rows (one
 //! fork-join per block) or, on small images where the rows at the seams
 //! would be expanded twice, by middle channels then by projection rows
 //! (two fork-joins); the other convolutions split their rows (see
 //! [`graph`]). Every value is computed with the kernels' fixed order of
-//! operations (see [`layers`]) whatever the split, so an image's features
-//! are the same bits whatever the thread count, the batch it came in, or
-//! (on x86-64) whether the CPU has AVX2.
+//! operations (see [`layers`]) whatever the split or the group (a GEMM's
+//! rows never mix), so an image's features are the same bits whatever the
+//! thread count, the batch or group it came in, or (on x86-64) whether the
+//! CPU has AVX2.
 
 pub mod efficientnet;
 pub mod graph;
