@@ -1398,6 +1398,9 @@ fn im2col_gemm(
         });
         return;
     }
+    if cg == x.c && win.dilation_w == 1 && win.kh <= 16 {
+        return direct_rows(x, mat, win, oh, ow, out, col0, ldo, residual, act);
+    }
     let mut cols = take_buffer(IM2COL_PIXELS * k);
     let mut p0 = 0;
     while p0 < n_px {
@@ -1406,6 +1409,61 @@ fn im2col_gemm(
         let o = p0 * ldo + col0;
         layers::gemm(&cols, n, k, mat, &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
         p0 += n;
+    }
+    give_buffer(cols);
+}
+
+/// [`im2col_gemm`] of a one-group convolution without horizontal
+/// dilation, without the copies where it can: for an output row whose tap
+/// rows are all inside the image, the pixels whose windows lie inside it
+/// read their `kw * c` values of each tap row straight from the image (one
+/// [`XBlock`] per tap row, rows `stride_w * c` values apart), in the
+/// `(ky, kx, channel)` order of the im2col rows; the other pixels (the
+/// padding) go through [`layers::im2col`]. The same operations for every
+/// value, so the same bits.
+#[allow(clippy::too_many_arguments)]
+fn direct_rows(
+    x: &Tensor,
+    mat: &PackedMatrix,
+    win: &Window,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    col0: usize,
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    let (h, w, c) = (x.h, x.w, x.c);
+    let k = mat.k();
+    // output columns whose windows lie inside the image
+    let inside = |ox: usize| win.ix(ox, 0) >= 0 && win.ix(ox, win.kw - 1) < w as isize;
+    let ox_lo = (0..ow).find(|&ox| inside(ox)).unwrap_or(ow);
+    let ox_hi = (ox_lo..ow).find(|&ox| !inside(ox)).unwrap_or(ow);
+    let mut cols = take_buffer(ow * k);
+    let mut blocks: Vec<XBlock<'_>> = Vec::with_capacity(win.kh);
+    let mut by_im2col = |p0: usize, n: usize, out: &mut [f32]| {
+        if n > 0 {
+            layers::im2col(&x.data, h, w, c, 0, c, win, ow, p0, n, &mut cols);
+            let o = p0 * ldo + col0;
+            layers::gemm(&cols, n, k, mat, &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
+        }
+    };
+    for oy in 0..oh {
+        let rows_inside = (0..win.kh).all(|ky| (0..h as isize).contains(&win.iy(oy, ky)));
+        if !rows_inside || ox_lo >= ox_hi {
+            by_im2col(oy * ow, ow, out);
+            continue;
+        }
+        by_im2col(oy * ow, ox_lo, out);
+        blocks.clear();
+        for ky in 0..win.kh {
+            let start = (win.iy(oy, ky) as usize * w + win.ix(ox_lo, 0) as usize) * c;
+            blocks.push(XBlock { data: &x.data[start..], ld: win.stride_w * c, k: win.kw * c });
+        }
+        let o = (oy * ow + ox_lo) * ldo + col0;
+        layers::gemm_blocks(&blocks, ox_hi - ox_lo, mat, 0..mat.panels(), &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
+        by_im2col(oy * ow + ox_hi, ow - ox_hi, out);
     }
     give_buffer(cols);
 }
@@ -1651,6 +1709,55 @@ pub(crate) mod tests {
             assert!(r.unwrap_err().to_string().contains("channels"));
         }
         assert!(g.run_many(Vec::new(), 2).is_empty());
+    }
+
+    #[test]
+    fn convolutions_read_from_the_image_give_the_bits_of_im2col() {
+        let mut s = 77u64;
+        let mut r = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        // (h, w, c_in, c_out, k, stride, padding): the stem (SAME, stride 2, even and odd
+        // sizes), explicit padding on every side, no padding, a 1 x 1 stride 2, windows wider
+        // than the image's inside, 20 outputs (a last panel of 4 columns)
+        let cases = [
+            (96, 96, 3, 32, 3, 2, Padding::SameUpper),
+            (25, 31, 3, 32, 3, 2, Padding::SameUpper),
+            (17, 12, 5, 20, 5, 1, Padding::Explicit { top: 2, left: 1, bottom: 0, right: 3 }),
+            (9, 14, 4, 16, 3, 1, Padding::Explicit { top: 0, left: 0, bottom: 0, right: 0 }),
+            (10, 10, 8, 24, 1, 2, Padding::SameUpper),
+            (4, 3, 3, 8, 5, 1, Padding::SameLower),
+        ];
+        for (i, &(h, w, c_in, c_out, k, stride, padding)) in cases.iter().enumerate() {
+            let geom = Geometry::square(k, stride, padding);
+            let (oh, ow, win) = geom.output(h, w, "c").unwrap();
+            let wts: Vec<f32> = (0..k * k * c_in * c_out).map(|_| r()).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| r()).collect();
+            let mat = PackedMatrix::from_row_major(&wts, k * k * c_in, c_out, &bias);
+            let x = Tensor::new(h, w, c_in, (0..h * w * c_in).map(|_| r() * 4.0).collect());
+            let res: Vec<f32> = (0..oh * ow * c_out).map(|_| r()).collect();
+            for (residual, act) in [(None, Activation::RELU6), (Some(&res[..]), Activation::None)] {
+                for portable in [false, true] {
+                    let go = |f: &mut dyn FnMut()| if portable { crate::features::portable_only(f) } else { f() };
+                    // im2col of every pixel, then one GEMM
+                    let mut want = vec![0f32; oh * ow * c_out];
+                    let mut cols = vec![0f32; oh * ow * k * k * c_in];
+                    go(&mut || {
+                        layers::im2col(&x.data, h, w, c_in, 0, c_in, &win, ow, 0, oh * ow, &mut cols);
+                        layers::gemm(&cols, oh * ow, k * k * c_in, &mat, &mut want, c_out, residual, act);
+                    });
+                    let mut got = vec![f32::NAN; oh * ow * c_out];
+                    go(&mut || direct_rows(&x, &mat, &win, oh, ow, &mut got, 0, c_out, residual, act));
+                    assert!(got == want, "case {i} ({h} x {w}, k {k}, stride {stride}), residual {}, portable {portable}", residual.is_some());
+                    // through the graph's convolution (one thread and rows split over threads)
+                    let mut via = vec![f32::NAN; oh * ow * c_out];
+                    let kernel = ConvKernel::Dense(mat.clone());
+                    go(&mut || conv_forward(&x, &kernel, &win, c_out, oh, ow, residual, act, &mut via, false));
+                    assert!(via == want, "case {i}: conv_forward");
+                }
+            }
+        }
     }
 
     #[test]
