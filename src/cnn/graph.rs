@@ -1384,9 +1384,20 @@ fn im2col_gemm(
 ) {
     let k = mat.k();
     let n_px = oh * ow;
+    let direct = cg == x.c && win.dilation_w == 1;
     if par && rayon::current_num_threads() > 1 && n_px > 2 * IM2COL_PIXELS {
         use rayon::prelude::*;
         let len = n_px * ldo;
+        if direct {
+            // two ranges of output rows per thread
+            let rows = oh.div_ceil(2 * rayon::current_num_threads()).max(1);
+            out[..len].par_chunks_mut(rows * ow * ldo).enumerate().for_each(|(i, o)| {
+                let oy0 = i * rows;
+                let oy1 = oy0 + o.len() / (ow * ldo);
+                direct_rows(x, mat, win, oy0..oy1, ow, o, col0, ldo, residual.map(|r| &r[oy0 * ow * ldo..]), act);
+            });
+            return;
+        }
         out[..len].par_chunks_mut(IM2COL_PIXELS * ldo).enumerate().for_each(|(i, o)| {
             let p0 = i * IM2COL_PIXELS;
             let n = o.len() / ldo;
@@ -1398,8 +1409,8 @@ fn im2col_gemm(
         });
         return;
     }
-    if cg == x.c && win.dilation_w == 1 && win.kh <= 16 {
-        return direct_rows(x, mat, win, oh, ow, out, col0, ldo, residual, act);
+    if direct {
+        return direct_rows(x, mat, win, 0..oh, ow, out, col0, ldo, residual, act);
     }
     let mut cols = take_buffer(IM2COL_PIXELS * k);
     let mut p0 = 0;
@@ -1420,13 +1431,14 @@ fn im2col_gemm(
 /// [`XBlock`] per tap row, rows `stride_w * c` values apart), in the
 /// `(ky, kx, channel)` order of the im2col rows; the other pixels (the
 /// padding) go through [`layers::im2col`]. The same operations for every
-/// value, so the same bits.
+/// value, so the same bits. Computes output rows `rows` into `out` (and
+/// reads `residual`) from their first row on.
 #[allow(clippy::too_many_arguments)]
 fn direct_rows(
     x: &Tensor,
     mat: &PackedMatrix,
     win: &Window,
-    oh: usize,
+    rows: std::ops::Range<usize>,
     ow: usize,
     out: &mut [f32],
     col0: usize,
@@ -1442,14 +1454,16 @@ fn direct_rows(
     let ox_hi = (ox_lo..ow).find(|&ox| !inside(ox)).unwrap_or(ow);
     let mut cols = take_buffer(ow * k);
     let mut blocks: Vec<XBlock<'_>> = Vec::with_capacity(win.kh);
+    // pixel indices relative to the first row's first pixel
+    let base = rows.start * ow;
     let mut by_im2col = |p0: usize, n: usize, out: &mut [f32]| {
         if n > 0 {
             layers::im2col(&x.data, h, w, c, 0, c, win, ow, p0, n, &mut cols);
-            let o = p0 * ldo + col0;
+            let o = (p0 - base) * ldo + col0;
             layers::gemm(&cols, n, k, mat, &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
         }
     };
-    for oy in 0..oh {
+    for oy in rows {
         let rows_inside = (0..win.kh).all(|ky| (0..h as isize).contains(&win.iy(oy, ky)));
         if !rows_inside || ox_lo >= ox_hi {
             by_im2col(oy * ow, ow, out);
@@ -1461,7 +1475,7 @@ fn direct_rows(
             let start = (win.iy(oy, ky) as usize * w + win.ix(ox_lo, 0) as usize) * c;
             blocks.push(XBlock { data: &x.data[start..], ld: win.stride_w * c, k: win.kw * c });
         }
-        let o = (oy * ow + ox_lo) * ldo + col0;
+        let o = (oy * ow + ox_lo - base) * ldo + col0;
         layers::gemm_blocks(&blocks, ox_hi - ox_lo, mat, 0..mat.panels(), &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
         by_im2col(oy * ow + ox_hi, ow - ox_hi, out);
     }
@@ -1748,13 +1762,25 @@ pub(crate) mod tests {
                         layers::gemm(&cols, oh * ow, k * k * c_in, &mat, &mut want, c_out, residual, act);
                     });
                     let mut got = vec![f32::NAN; oh * ow * c_out];
-                    go(&mut || direct_rows(&x, &mat, &win, oh, ow, &mut got, 0, c_out, residual, act));
+                    go(&mut || direct_rows(&x, &mat, &win, 0..oh, ow, &mut got, 0, c_out, residual, act));
+                    // the rows in two parts
+                    let cut = oh / 2;
+                    let (a, b) = got.split_at_mut(cut * ow * c_out);
+                    let mut parts = || {
+                        direct_rows(&x, &mat, &win, 0..cut, ow, a, 0, c_out, residual, act);
+                        direct_rows(&x, &mat, &win, cut..oh, ow, b, 0, c_out, residual.map(|r| &r[cut * ow * c_out..]), act);
+                    };
+                    go(&mut parts);
                     assert!(got == want, "case {i} ({h} x {w}, k {k}, stride {stride}), residual {}, portable {portable}", residual.is_some());
                     // through the graph's convolution (one thread and rows split over threads)
                     let mut via = vec![f32::NAN; oh * ow * c_out];
                     let kernel = ConvKernel::Dense(mat.clone());
                     go(&mut || conv_forward(&x, &kernel, &win, c_out, oh, ow, residual, act, &mut via, false));
                     assert!(via == want, "case {i}: conv_forward");
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                    let mut via = vec![f32::NAN; oh * ow * c_out];
+                    go(&mut || pool.install(|| conv_forward(&x, &kernel, &win, c_out, oh, ow, residual, act, &mut via, true)));
+                    assert!(via == want, "case {i}: conv_forward on 3 threads");
                 }
             }
         }
