@@ -32,7 +32,8 @@
 //! images where the rows at the seams would be expanded twice, by ranges
 //! of whole weight panels of the middle channels (expansion + depthwise),
 //! then by rows of the projection. Other convolutions split their rows
-//! (dense: blocks of pixels; depthwise: output rows). Blocks below about
+//! (dense: ranges of output rows, or blocks of pixels for grouped ones;
+//! depthwise: output rows). Blocks below about
 //! 10^5 multiply-adds stay on the calling thread. No split changes the
 //! operations that give a value, so the output is the same bits for any
 //! thread count.
@@ -1365,7 +1366,9 @@ fn mbconv_rows(
 }
 
 /// A dense convolution of channels `c0..c0 + cg` as blocks of im2col rows
-/// times the packed weights, written to columns `col0..` of `out` (row stride `ldo`).
+/// times the packed weights, written to columns `col0..` of `out` (row
+/// stride `ldo`); one-group convolutions without horizontal dilation read
+/// their windows from the image instead ([`direct_rows`], the same values).
 #[allow(clippy::too_many_arguments)]
 fn im2col_gemm(
     x: &Tensor,

@@ -4,8 +4,10 @@
 //! - [`PackedMatrix`] + [`gemm`]: $Y = \mathrm{act}(b + X W (+ R))$ for
 //!   `m x k` row-major $X$ and a `k x n` weight matrix packed once into
 //!   panels of [`NR`] columns: pointwise (1 x 1) convolutions, fully
-//!   connected layers, and every other dense convolution through
-//!   [`im2col`]. The tile is BLIS's 6 x 16 AVX2 register block (Van Zee and
+//!   connected layers, and every other dense convolution, its $X$ rows
+//!   read straight from the image (one [`XBlock`] per tap row, rows
+//!   overlapping) or, for padded pixels and grouped convolutions, gathered
+//!   by [`im2col`]. The tile is BLIS's 6 x 16 AVX2 register block (Van Zee and
 //!   van de Geijn, ACM TOMS 2015) with the bias, the residual and the
 //!   activation applied in registers before the one store.
 //!   [`gemm_blocks`] takes $X$ as column blocks side by side and computes
