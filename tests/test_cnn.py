@@ -252,7 +252,7 @@ def test_preprocessing_matches_the_reference_and_opencv(cnn):
     np.testing.assert_allclose(p.preprocess(img), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("input_size, crop_fraction", [(224, 0.875), (100, 1.0)])
+@pytest.mark.parametrize("input_size, crop_fraction", [(224, 0.875), (100, 1.0), (96, 0.875)])
 def test_features_and_logits_match_the_numpy_reference(state_dict, fruits_root, input_size, crop_fraction):
     grocery = [p for _, p in grocery_photos(1)[:2]]
     fruit = sorted((fruits_root / "Test").glob("*/*.jpg"))[:1]
@@ -268,6 +268,8 @@ def test_features_and_logits_match_the_numpy_reference(state_dict, fruits_root, 
         _assert_close(feats[i], f, f"features of image {i} at {input_size}")
         _assert_close(logits[i], lg, f"logits of image {i} at {input_size}")
         np.testing.assert_array_equal(model.compute(img), feats[i])
+    # one thread: the 3 images run as one group, their late layers stacked
+    np.testing.assert_array_equal(model.transform(images, n_threads=1), feats)
 
 
 def test_imagenet_top5_of_grocery_photos(cnn):
@@ -291,6 +293,24 @@ def test_same_bits_for_any_thread_count_and_batch(cnn, fruits_root):
     np.testing.assert_array_equal(cnn.transform(images[3:4]), one[3:4])
     many = cnn.transform(images * 2, n_threads=3)
     np.testing.assert_array_equal(many[6:], one)
+
+
+def test_groups_of_images_in_the_jobs_case_give_each_image_its_own_bits(fruits_root):
+    # bovw run's CNN (96 px, crop 0.875): each thread runs groups of up to 8
+    # images, their late layers stacked into one GEMM per layer; an image's
+    # features must not depend on the group it came in
+    cnn = CNNEmbedding(input_size=96, crop_fraction=0.875)
+    paths = sorted((fruits_root / "Test").glob("*/*.jpg"))[:19]
+    assert len(paths) == 19
+    images = [rgb(p) for p in paths]
+    alone = np.concatenate([cnn.transform([im], n_threads=1) for im in images])
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(cnn.transform(images, n_threads=threads), alone, err_msg=f"{threads} threads")
+    table = pa.table({"content": [p.read_bytes() for p in paths]})
+    for threads in (1, 2):
+        out = bovw.extract_descriptors(table, method=cnn, n_threads=threads)
+        desc = np.stack([np.asarray(d[0].values, dtype=np.float32) for d in out.column("descriptors")])
+        np.testing.assert_array_equal(desc, alone, err_msg=f"extract_descriptors, {threads} threads")
 
 
 @pytest.mark.parametrize("input_size", [224, 100])

@@ -15,7 +15,15 @@
 //!
 //! [`Graph::run`] evaluates one image, freeing each value after its last
 //! reader; buffers are reused through a per-thread pool, so a worker that
-//! runs many images allocates once. Without `par` everything runs on the
+//! runs many images allocates once. [`Graph::run_many`] evaluates a group
+//! of same-size images on the calling thread: each alone up to the first
+//! layer whose input map has at most [`GROUP_MAX_PIXELS`] pixels, then all
+//! together, their values stacked in one buffer, so that each 1 x 1
+//! convolution (fused expansions and projections included) and fully
+//! connected layer is one GEMM over the rows of every image (depthwise
+//! filters and pooling run image by image on the stacked buffer; other
+//! operations on copies of each image). The values are those of
+//! [`Graph::run`]: the GEMM computes each row alone. Without `par` everything runs on the
 //! calling thread. With `par` (one image on all the threads of the
 //! current rayon pool), each fused inverted-residual block
 //! ([`Op::MbConv`]) forks once or twice, with one part per thread so that
@@ -24,7 +32,8 @@
 //! images where the rows at the seams would be expanded twice, by ranges
 //! of whole weight panels of the middle channels (expansion + depthwise),
 //! then by rows of the projection. Other convolutions split their rows
-//! (dense: blocks of pixels; depthwise: output rows). Blocks below about
+//! (dense: ranges of output rows, or blocks of pixels for grouped ones;
+//! depthwise: output rows). Blocks below about
 //! 10^5 multiply-adds stay on the calling thread. No split changes the
 //! operations that give a value, so the output is the same bits for any
 //! thread count.
@@ -627,6 +636,66 @@ fn give_buffer(v: Vec<f32>) {
 /// Pixels gathered per [`layers::im2col`] block (a multiple of the GEMM tile's rows).
 const IM2COL_PIXELS: usize = 96;
 
+/// Largest map, in pixels, on which [`Graph::run_many`] runs a group's
+/// images stacked (6 x 6 and 3 x 3 at 96 px inputs, 7 x 7 at 224 px):
+/// below it, one image's rows are too few to use each weight read from
+/// memory more than a few times.
+pub const GROUP_MAX_PIXELS: usize = 100;
+
+#[cfg(test)]
+thread_local! {
+    /// Nodes this thread has run stacked (tests check that groups stack).
+    static STACKED_EVALS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `node` runs on a group's stacked images when its input is `x`.
+fn stacks(node: &Node, x: &Tensor) -> bool {
+    x.h * x.w <= GROUP_MAX_PIXELS
+        && match &node.op {
+            Op::MbConv(_) | Op::Dense { .. } => true,
+            Op::Conv { .. } => is_pointwise(&node.op),
+            _ => false,
+        }
+}
+
+/// The values of a group's `n` images, one `h x w x c` image after the other.
+#[derive(Debug)]
+struct Stacked {
+    h: usize,
+    w: usize,
+    c: usize,
+    data: Vec<f32>,
+}
+
+impl Stacked {
+    /// Stack same-size tensors (their buffers go back to the pool).
+    fn from_tensors(ts: Vec<Tensor>) -> Self {
+        let (h, w, c) = ts.first().map_or((0, 0, 0), |t| (t.h, t.w, t.c));
+        let len = h * w * c;
+        let mut data = take_buffer(ts.len() * len);
+        for (t, d) in ts.iter().zip(data.chunks_exact_mut(len.max(1))) {
+            d.copy_from_slice(&t.data);
+        }
+        for t in ts {
+            give_buffer(t.data);
+        }
+        Stacked { h, w, c, data }
+    }
+    fn image_len(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    fn image(&self, k: usize) -> &[f32] {
+        let len = self.image_len();
+        &self.data[k * len..(k + 1) * len]
+    }
+    /// A copy of image `k` (buffer from the pool).
+    fn tensor(&self, k: usize) -> Tensor {
+        let mut data = take_buffer(self.image_len());
+        data.copy_from_slice(self.image(k));
+        Tensor { h: self.h, w: self.w, c: self.c, data }
+    }
+}
+
 impl Graph {
     /// The nodes, in evaluation order.
     pub fn nodes(&self) -> &[Node] {
@@ -668,13 +737,7 @@ impl Graph {
             for (i, node) in self.nodes[..last_node].iter().enumerate() {
                 let out = self.eval(node, &values, par)?;
                 values[node.output] = Some(out);
-                for &v in &node.inputs {
-                    if self.last_use[v] == i && !wanted.contains(&v) {
-                        if let Some(t) = values[v].take() {
-                            give_buffer(t.data);
-                        }
-                    }
-                }
+                self.free_inputs(i, node, &mut values, wanted);
             }
             wanted
                 .iter()
@@ -685,6 +748,218 @@ impl Graph {
             give_buffer(t.data);
         }
         result
+    }
+
+    /// [`Graph::run`] of a group of images on the calling thread: one
+    /// result per image, in order, the same values bit for bit.
+    ///
+    /// Each image runs alone through the first layers; from the first
+    /// layer whose input map has at most [`GROUP_MAX_PIXELS`] pixels on
+    /// (the late, narrow layers whose weights are large for their work),
+    /// the group's values are stacked into one buffer and each 1 x 1
+    /// convolution (fused expansions and projections included) and fully
+    /// connected layer is one GEMM over the rows of all the images, so
+    /// that each weight panel is read from memory once per group, not once
+    /// per image. Rows never mix, so a value does not depend on the group.
+    /// Inputs of different sizes, or a group whose run fails, run one by
+    /// one (each image then gets its own error).
+    ///
+    /// # Errors
+    /// Per image, as [`Graph::run`].
+    pub fn run_many(&self, inputs: Vec<Tensor>, n_outputs: usize) -> Vec<Result<Vec<Tensor>>> {
+        let same = inputs.windows(2).all(|p| (p[0].h, p[0].w, p[0].c) == (p[1].h, p[1].w, p[1].c));
+        if inputs.len() < 2 || !same || inputs[0].c != self.input_channels() {
+            return inputs.into_iter().map(|t| self.run(t, n_outputs, false)).collect();
+        }
+        let n = inputs.len();
+        match self.run_group(&inputs, n_outputs) {
+            Ok(outs) => {
+                let per = outs.len() / n;
+                let mut it = outs.into_iter();
+                (0..n).map(|_| Ok(it.by_ref().take(per).collect())).collect()
+            }
+            Err(_) => inputs.into_iter().map(|t| self.run(t, n_outputs, false)).collect(),
+        }
+    }
+
+    /// The outputs of [`Graph::run_many`] on a group of same-size images,
+    /// image after image (`n_outputs` each).
+    fn run_group(&self, inputs: &[Tensor], n_outputs: usize) -> Result<Vec<Tensor>> {
+        let wanted = &self.outputs[..n_outputs.min(self.outputs.len())];
+        let last_node = wanted.iter().map(|&o| self.nodes.iter().position(|n| n.output == o).map_or(0, |i| i + 1)).max().unwrap_or(0);
+        let n = inputs.len();
+        let n_values = self.channels.len();
+        let mut per: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(n);
+        let mut stacked: Vec<Option<Stacked>> = Vec::new();
+        let result = (|| {
+            // image by image up to the first stacked layer (found on the first image)
+            let mut split = last_node;
+            for (k, input) in inputs.iter().enumerate() {
+                let mut values: Vec<Option<Tensor>> = vec![None; n_values];
+                let mut data = take_buffer(input.data.len());
+                data.copy_from_slice(&input.data);
+                values[0] = Some(Tensor { data, ..*input });
+                per.push(values);
+                let values = per.last_mut().expect("pushed");
+                for i in 0..split {
+                    let node = &self.nodes[i];
+                    if k == 0 && values[node.inputs[0]].as_ref().is_some_and(|x| stacks(node, x)) {
+                        split = i;
+                        break;
+                    }
+                    let out = self.eval(node, values, false)?;
+                    values[node.output] = Some(out);
+                    self.free_inputs(i, node, values, wanted);
+                }
+            }
+            // the values alive at the split, stacked
+            stacked = (0..n_values)
+                .map(|v| {
+                    per[0][v].as_ref()?;
+                    let ts: Vec<Tensor> = per.iter_mut().filter_map(|vals| vals[v].take()).collect();
+                    Some(Stacked::from_tensors(ts))
+                })
+                .collect::<Vec<_>>();
+            for i in split..last_node {
+                let node = &self.nodes[i];
+                let out = match self.eval_stacked(node, &stacked, n)? {
+                    Some(out) => out,
+                    None => {
+                        // image by image on copies of the inputs
+                        let mut values: Vec<Option<Tensor>> = vec![None; n_values];
+                        let mut outs = Vec::with_capacity(n);
+                        for k in 0..n {
+                            for &v in &node.inputs {
+                                values[v] = stacked[v].as_ref().map(|s| s.tensor(k));
+                            }
+                            let out = self.eval(node, &values, false);
+                            for &v in &node.inputs {
+                                if let Some(t) = values[v].take() {
+                                    give_buffer(t.data);
+                                }
+                            }
+                            outs.push(out?);
+                        }
+                        if outs.windows(2).any(|p| (p[0].h, p[0].w, p[0].c) != (p[1].h, p[1].w, p[1].c)) {
+                            return Err(BovwError::input(format!("{}: images of a group gave outputs of different sizes", node.name)));
+                        }
+                        Stacked::from_tensors(outs)
+                    }
+                };
+                stacked[node.output] = Some(out);
+                for &v in &node.inputs {
+                    if self.last_use[v] == i && !wanted.contains(&v) {
+                        if let Some(s) = stacked[v].take() {
+                            give_buffer(s.data);
+                        }
+                    }
+                }
+            }
+            let mut outs = Vec::with_capacity(n * wanted.len());
+            for k in 0..n {
+                for &o in wanted {
+                    let s = stacked[o].as_ref().ok_or_else(|| BovwError::input(format!("output value {o} was not computed")))?;
+                    outs.push(Tensor { h: s.h, w: s.w, c: s.c, data: s.image(k).to_vec() });
+                }
+            }
+            Ok(outs)
+        })();
+        for t in per.into_iter().flatten().flatten() {
+            give_buffer(t.data);
+        }
+        for s in stacked.into_iter().flatten() {
+            give_buffer(s.data);
+        }
+        result
+    }
+
+    /// Free the inputs of node `i` that no later node reads.
+    fn free_inputs(&self, i: usize, node: &Node, values: &mut [Option<Tensor>], wanted: &[ValueId]) {
+        for &v in &node.inputs {
+            if self.last_use[v] == i && !wanted.contains(&v) {
+                if let Some(t) = values[v].take() {
+                    give_buffer(t.data);
+                }
+            }
+        }
+    }
+
+    /// `node` on the stacked images of a group (see [`Graph::run_many`]),
+    /// with the operations [`Graph::eval`] performs on each image; `None`
+    /// when the node is not one that stacks (or its inputs do not fit it:
+    /// the caller then runs it image by image, which gives the error).
+    fn eval_stacked(&self, node: &Node, values: &[Option<Stacked>], n: usize) -> Result<Option<Stacked>> {
+        let Some(x) = values[node.inputs[0]].as_ref() else { return Ok(None) };
+        if x.h * x.w > GROUP_MAX_PIXELS {
+            return Ok(None);
+        }
+        let residual = |c: usize, h: usize, w: usize| -> Option<Option<&Stacked>> {
+            match node.inputs.get(1) {
+                None => Some(None),
+                Some(&v) => values[v].as_ref().filter(|r| (r.h, r.w, r.c) == (h, w, c)).map(Some),
+            }
+        };
+        let out = match &node.op {
+            Op::Conv { geom, c_in, c_out, kernel: ConvKernel::Dense(mat), act } if x.c == *c_in => {
+                let (oh, ow, win) = geom.output(x.h, x.w, &node.name)?;
+                let pointwise = win.kh == 1 && win.kw == 1 && win.stride_h == 1 && win.stride_w == 1 && win.pad_top == 0 && win.pad_left == 0;
+                let Some(res) = residual(*c_out, oh, ow) else { return Ok(None) };
+                if !pointwise || (oh, ow) != (x.h, x.w) {
+                    return Ok(None);
+                }
+                let mut out = take_buffer(n * oh * ow * c_out);
+                layers::gemm(&x.data, n * oh * ow, x.c, mat, &mut out, *c_out, res.map(|r| r.data.as_slice()), *act);
+                Stacked { h: oh, w: ow, c: *c_out, data: out }
+            }
+            Op::MbConv(mb) => {
+                let c_mid = mb.depthwise.c;
+                if x.c != mb.expand.as_ref().map_or(c_mid, |(m, _)| m.k()) {
+                    return Ok(None);
+                }
+                let (h, w) = (x.h, x.w);
+                let (oh, ow, win) = mb.dw_geom.output(h, w, &mb.names[1])?;
+                let c_out = mb.project.n();
+                let Some(res) = residual(c_out, oh, ow) else { return Ok(None) };
+                let (ilen, olen) = (h * w * c_mid, oh * ow * c_mid);
+                let mut dw = take_buffer(n * olen);
+                match &mb.expand {
+                    Some((em, eact)) => {
+                        let mut e = take_buffer(n * ilen);
+                        layers::gemm(&x.data, n * h * w, x.c, em, &mut e, c_mid, None, *eact);
+                        for (ei, di) in e.chunks_exact(ilen).zip(dw.chunks_exact_mut(olen)) {
+                            layers::depthwise(ei, h, w, &mb.depthwise, &win, oh, ow, di, mb.dw_act);
+                        }
+                        give_buffer(e);
+                    }
+                    None => {
+                        for (xi, di) in x.data.chunks_exact(ilen).zip(dw.chunks_exact_mut(olen)) {
+                            layers::depthwise(xi, h, w, &mb.depthwise, &win, oh, ow, di, mb.dw_act);
+                        }
+                    }
+                }
+                let mut out = take_buffer(n * oh * ow * c_out);
+                let res = res.map(|r| r.data.as_slice());
+                layers::gemm(&dw, n * oh * ow, c_mid, &mb.project, &mut out, c_out, res, mb.project_act);
+                give_buffer(dw);
+                Stacked { h: oh, w: ow, c: c_out, data: out }
+            }
+            Op::GlobalAvgPool if x.c > 0 => {
+                let mut out = take_buffer(n * x.c);
+                for (xi, oi) in x.data.chunks_exact(x.image_len()).zip(out.chunks_exact_mut(x.c)) {
+                    layers::global_avg_pool(xi, x.c, oi);
+                }
+                Stacked { h: 1, w: 1, c: x.c, data: out }
+            }
+            Op::Dense { mat, act } if x.image_len() == mat.k() => {
+                let mut out = take_buffer(n * mat.n());
+                layers::gemm(&x.data, n, mat.k(), mat, &mut out, mat.n(), None, *act);
+                Stacked { h: 1, w: 1, c: mat.n(), data: out }
+            }
+            _ => return Ok(None),
+        };
+        #[cfg(test)]
+        STACKED_EVALS.with(|c| c.set(c.get() + 1));
+        Ok(Some(out))
     }
 
     fn eval(&self, node: &Node, values: &[Option<Tensor>], par: bool) -> Result<Tensor> {
@@ -1091,7 +1366,9 @@ fn mbconv_rows(
 }
 
 /// A dense convolution of channels `c0..c0 + cg` as blocks of im2col rows
-/// times the packed weights, written to columns `col0..` of `out` (row stride `ldo`).
+/// times the packed weights, written to columns `col0..` of `out` (row
+/// stride `ldo`); one-group convolutions without horizontal dilation read
+/// their windows from the image instead ([`direct_rows`], the same values).
 #[allow(clippy::too_many_arguments)]
 fn im2col_gemm(
     x: &Tensor,
@@ -1110,9 +1387,20 @@ fn im2col_gemm(
 ) {
     let k = mat.k();
     let n_px = oh * ow;
+    let direct = cg == x.c && win.dilation_w == 1;
     if par && rayon::current_num_threads() > 1 && n_px > 2 * IM2COL_PIXELS {
         use rayon::prelude::*;
         let len = n_px * ldo;
+        if direct {
+            // two ranges of output rows per thread
+            let rows = oh.div_ceil(2 * rayon::current_num_threads()).max(1);
+            out[..len].par_chunks_mut(rows * ow * ldo).enumerate().for_each(|(i, o)| {
+                let oy0 = i * rows;
+                let oy1 = oy0 + o.len() / (ow * ldo);
+                direct_rows(x, mat, win, oy0..oy1, ow, o, col0, ldo, residual.map(|r| &r[oy0 * ow * ldo..]), act);
+            });
+            return;
+        }
         out[..len].par_chunks_mut(IM2COL_PIXELS * ldo).enumerate().for_each(|(i, o)| {
             let p0 = i * IM2COL_PIXELS;
             let n = o.len() / ldo;
@@ -1123,6 +1411,9 @@ fn im2col_gemm(
             give_buffer(cols);
         });
         return;
+    }
+    if direct {
+        return direct_rows(x, mat, win, 0..oh, ow, out, col0, ldo, residual, act);
     }
     let mut cols = take_buffer(IM2COL_PIXELS * k);
     let mut p0 = 0;
@@ -1136,8 +1427,66 @@ fn im2col_gemm(
     give_buffer(cols);
 }
 
+/// [`im2col_gemm`] of a one-group convolution without horizontal
+/// dilation, without the copies where it can: for an output row whose tap
+/// rows are all inside the image, the pixels whose windows lie inside it
+/// read their `kw * c` values of each tap row straight from the image (one
+/// [`XBlock`] per tap row, rows `stride_w * c` values apart), in the
+/// `(ky, kx, channel)` order of the im2col rows; the other pixels (the
+/// padding) go through [`layers::im2col`]. The same operations for every
+/// value, so the same bits. Computes output rows `rows` into `out` (and
+/// reads `residual`) from their first row on.
+#[allow(clippy::too_many_arguments)]
+fn direct_rows(
+    x: &Tensor,
+    mat: &PackedMatrix,
+    win: &Window,
+    rows: std::ops::Range<usize>,
+    ow: usize,
+    out: &mut [f32],
+    col0: usize,
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    let (h, w, c) = (x.h, x.w, x.c);
+    let k = mat.k();
+    // output columns whose windows lie inside the image
+    let inside = |ox: usize| win.ix(ox, 0) >= 0 && win.ix(ox, win.kw - 1) < w as isize;
+    let ox_lo = (0..ow).find(|&ox| inside(ox)).unwrap_or(ow);
+    let ox_hi = (ox_lo..ow).find(|&ox| !inside(ox)).unwrap_or(ow);
+    let mut cols = take_buffer(ow * k);
+    let mut blocks: Vec<XBlock<'_>> = Vec::with_capacity(win.kh);
+    // pixel indices relative to the first row's first pixel
+    let base = rows.start * ow;
+    let mut by_im2col = |p0: usize, n: usize, out: &mut [f32]| {
+        if n > 0 {
+            layers::im2col(&x.data, h, w, c, 0, c, win, ow, p0, n, &mut cols);
+            let o = (p0 - base) * ldo + col0;
+            layers::gemm(&cols, n, k, mat, &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
+        }
+    };
+    for oy in rows {
+        let rows_inside = (0..win.kh).all(|ky| (0..h as isize).contains(&win.iy(oy, ky)));
+        if !rows_inside || ox_lo >= ox_hi {
+            by_im2col(oy * ow, ow, out);
+            continue;
+        }
+        by_im2col(oy * ow, ox_lo, out);
+        blocks.clear();
+        for ky in 0..win.kh {
+            let start = (win.iy(oy, ky) as usize * w + win.ix(ox_lo, 0) as usize) * c;
+            blocks.push(XBlock { data: &x.data[start..], ld: win.stride_w * c, k: win.kw * c });
+        }
+        let o = (oy * ow + ox_lo - base) * ldo + col0;
+        layers::gemm_blocks(&blocks, ox_hi - ox_lo, mat, 0..mat.panels(), &mut out[o..], ldo, residual.map(|r| &r[o..]), act);
+        by_im2col(oy * ow + ox_hi, ow - ox_hi, out);
+    }
+    give_buffer(cols);
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1278,6 +1627,166 @@ mod tests {
         let x = Tensor::new(3, 3, 8, vec![0.5; 72]);
         let (oh, ow, win) = mb.dw_geom.output(3, 3, "d").unwrap();
         assert!(mbconv_par(&x, &mb, &win, oh, ow, None, 2).is_none());
+    }
+
+    /// A small network whose last layers run on maps of at most
+    /// [`GROUP_MAX_PIXELS`] pixels (from a 24 x 24 input): stem (per
+    /// image), a stride-2 block to 6 x 6, a residual block, an activation
+    /// on its own (not a stacked op: image by image inside the stacked
+    /// part), a residual block without expansion, a 1 x 1 head, pooling, a
+    /// fully connected layer. Outputs: pooled features, logits.
+    pub(crate) fn small_network(seed: u64) -> Graph {
+        let mut s = seed;
+        let mut r = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let mut rv = |n: usize| -> Vec<f32> { (0..n).map(|_| r() * 0.5).collect() };
+        let same = |k: usize, st: usize| Geometry::square(k, st, Padding::SameUpper);
+        let mut b = GraphBuilder::new(3);
+        let x = b.conv("stem", 0, &rv(8 * 3 * 9), [8, 3, 3, 3], Some(&rv(8)), 1, same(3, 2), Activation::RELU6, None).unwrap();
+        let e = b.conv("e1", x, &rv(24 * 8), [24, 8, 1, 1], Some(&rv(24)), 1, same(1, 1), Activation::RELU6, None).unwrap();
+        let d = b.conv("d1", e, &rv(24 * 9), [24, 1, 3, 3], Some(&rv(24)), 24, same(3, 2), Activation::RELU6, None).unwrap();
+        let p = b.conv("p1", d, &rv(12 * 24), [12, 24, 1, 1], Some(&rv(12)), 1, same(1, 1), Activation::None, None).unwrap();
+        let e = b.conv("e2", p, &rv(36 * 12), [36, 12, 1, 1], Some(&rv(36)), 1, same(1, 1), Activation::RELU6, None).unwrap();
+        let d = b.conv("d2", e, &rv(36 * 25), [36, 1, 5, 5], Some(&rv(36)), 36, same(5, 1), Activation::RELU6, None).unwrap();
+        let p = b.conv("p2", d, &rv(12 * 36), [12, 36, 1, 1], Some(&rv(12)), 1, same(1, 1), Activation::None, Some(p)).unwrap();
+        let a = b.activation("act", p, Activation::Swish).unwrap();
+        let d = b.conv("d3", a, &rv(12 * 9), [12, 1, 3, 3], Some(&rv(12)), 12, same(3, 1), Activation::RELU6, None).unwrap();
+        let p = b.conv("p3", d, &rv(12 * 12), [12, 12, 1, 1], Some(&rv(12)), 1, same(1, 1), Activation::None, Some(a)).unwrap();
+        let h = b.conv("head", p, &rv(40 * 12), [40, 12, 1, 1], Some(&rv(40)), 1, same(1, 1), Activation::RELU6, None).unwrap();
+        let g = b.global_avg_pool("pool", h).unwrap();
+        let f = b.dense("fc", g, &rv(40 * 10), 40, 10, Some(&rv(10)), Activation::None).unwrap();
+        b.finish(vec![g, f]).unwrap()
+    }
+
+    fn random_image(h: usize, w: usize, seed: u64) -> Tensor {
+        let mut s = seed;
+        Tensor::new(
+            h,
+            w,
+            3,
+            (0..h * w * 3)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(7);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn groups_of_images_give_each_image_the_bits_it_gets_alone() {
+        let g = small_network(21);
+        assert_eq!(g.nodes().iter().filter(|n| matches!(n.op, Op::MbConv(_))).count(), 3);
+        for portable in [false, true] {
+            let run = |f: &mut dyn FnMut()| if portable { crate::features::portable_only(f) } else { f() };
+            // (images, input size, nodes stacked): from the 6 x 6 maps on, blocks 2 and 3,
+            // the head, the pooling and the fc layer (the activation runs image by image);
+            // from 20 x 20 inputs the stem's 10 x 10 output already stacks (block 1 too)
+            for (n, (h, w), want) in [(2, (24, 24), 5), (3, (24, 24), 5), (5, (19, 23), 5), (8, (20, 20), 6), (1, (24, 24), 0)] {
+                let inputs: Vec<Tensor> = (0..n).map(|i| random_image(h, w, 100 + i as u64)).collect();
+                let mut alone = Vec::new();
+                let mut many = Vec::new();
+                let before = STACKED_EVALS.with(|c| c.get());
+                run(&mut || {
+                    alone = inputs.iter().map(|t| g.run(t.clone(), 2, false).unwrap()).collect::<Vec<_>>();
+                    many = g.run_many(inputs.clone(), 2);
+                });
+                let stacked = STACKED_EVALS.with(|c| c.get()) - before;
+                assert_eq!(stacked, want, "{n} images of {h} x {w}, portable {portable}");
+                assert_eq!(many.len(), n);
+                for (i, (a, m)) in alone.iter().zip(many).enumerate() {
+                    assert_eq!(a, &m.unwrap(), "image {i} of {n} ({h} x {w}), portable {portable}");
+                }
+            }
+        }
+        // features only: the logits' layer is skipped
+        let inputs: Vec<Tensor> = (0..3).map(|i| random_image(24, 24, 7 + i)).collect();
+        let many = g.run_many(inputs.clone(), 1);
+        for (t, m) in inputs.into_iter().zip(many) {
+            let m = m.unwrap();
+            assert_eq!(m.len(), 1);
+            assert_eq!(m, g.run(t, 1, false).unwrap());
+        }
+    }
+
+    #[test]
+    fn groups_of_mixed_or_bad_inputs_run_image_by_image() {
+        let g = small_network(5);
+        // different sizes: each image alone, same values
+        let inputs = vec![random_image(24, 24, 1), random_image(16, 30, 2), random_image(24, 24, 3)];
+        let many = g.run_many(inputs.clone(), 2);
+        for (t, m) in inputs.into_iter().zip(many) {
+            assert_eq!(m.unwrap(), g.run(t, 2, false).unwrap());
+        }
+        // the wrong number of channels: every image gets run's error
+        let bad = vec![Tensor::new(4, 4, 2, vec![0.0; 32]), Tensor::new(4, 4, 2, vec![1.0; 32])];
+        for r in g.run_many(bad, 1) {
+            assert!(r.unwrap_err().to_string().contains("channels"));
+        }
+        assert!(g.run_many(Vec::new(), 2).is_empty());
+    }
+
+    #[test]
+    fn convolutions_read_from_the_image_give_the_bits_of_im2col() {
+        let mut s = 77u64;
+        let mut r = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        // (h, w, c_in, c_out, k, stride, padding): the stem (SAME, stride 2, even and odd
+        // sizes), explicit padding on every side, no padding, a 1 x 1 stride 2, windows wider
+        // than the image's inside, 20 outputs (a last panel of 4 columns)
+        let cases = [
+            (96, 96, 3, 32, 3, 2, Padding::SameUpper),
+            (25, 31, 3, 32, 3, 2, Padding::SameUpper),
+            (17, 12, 5, 20, 5, 1, Padding::Explicit { top: 2, left: 1, bottom: 0, right: 3 }),
+            (9, 14, 4, 16, 3, 1, Padding::Explicit { top: 0, left: 0, bottom: 0, right: 0 }),
+            (10, 10, 8, 24, 1, 2, Padding::SameUpper),
+            (4, 3, 3, 8, 5, 1, Padding::SameLower),
+        ];
+        for (i, &(h, w, c_in, c_out, k, stride, padding)) in cases.iter().enumerate() {
+            let geom = Geometry::square(k, stride, padding);
+            let (oh, ow, win) = geom.output(h, w, "c").unwrap();
+            let wts: Vec<f32> = (0..k * k * c_in * c_out).map(|_| r()).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| r()).collect();
+            let mat = PackedMatrix::from_row_major(&wts, k * k * c_in, c_out, &bias);
+            let x = Tensor::new(h, w, c_in, (0..h * w * c_in).map(|_| r() * 4.0).collect());
+            let res: Vec<f32> = (0..oh * ow * c_out).map(|_| r()).collect();
+            for (residual, act) in [(None, Activation::RELU6), (Some(&res[..]), Activation::None)] {
+                for portable in [false, true] {
+                    let go = |f: &mut dyn FnMut()| if portable { crate::features::portable_only(f) } else { f() };
+                    // im2col of every pixel, then one GEMM
+                    let mut want = vec![0f32; oh * ow * c_out];
+                    let mut cols = vec![0f32; oh * ow * k * k * c_in];
+                    go(&mut || {
+                        layers::im2col(&x.data, h, w, c_in, 0, c_in, &win, ow, 0, oh * ow, &mut cols);
+                        layers::gemm(&cols, oh * ow, k * k * c_in, &mat, &mut want, c_out, residual, act);
+                    });
+                    let mut got = vec![f32::NAN; oh * ow * c_out];
+                    go(&mut || direct_rows(&x, &mat, &win, 0..oh, ow, &mut got, 0, c_out, residual, act));
+                    // the rows in two parts
+                    let cut = oh / 2;
+                    let (a, b) = got.split_at_mut(cut * ow * c_out);
+                    let mut parts = || {
+                        direct_rows(&x, &mat, &win, 0..cut, ow, a, 0, c_out, residual, act);
+                        direct_rows(&x, &mat, &win, cut..oh, ow, b, 0, c_out, residual.map(|r| &r[cut * ow * c_out..]), act);
+                    };
+                    go(&mut parts);
+                    assert!(got == want, "case {i} ({h} x {w}, k {k}, stride {stride}), residual {}, portable {portable}", residual.is_some());
+                    // through the graph's convolution (one thread and rows split over threads)
+                    let mut via = vec![f32::NAN; oh * ow * c_out];
+                    let kernel = ConvKernel::Dense(mat.clone());
+                    go(&mut || conv_forward(&x, &kernel, &win, c_out, oh, ow, residual, act, &mut via, false));
+                    assert!(via == want, "case {i}: conv_forward");
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                    let mut via = vec![f32::NAN; oh * ow * c_out];
+                    go(&mut || pool.install(|| conv_forward(&x, &kernel, &win, c_out, oh, ow, residual, act, &mut via, true)));
+                    assert!(via == want, "case {i}: conv_forward on 3 threads");
+                }
+            }
+        }
     }
 
     #[test]

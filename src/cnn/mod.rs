@@ -25,20 +25,36 @@
 //! 127.5 and 127.5, so the input is in [-1, 1]). Gray images arrive with
 //! their level replicated in R, G and B ([`crate::image::decode_image`]).
 //!
+//! The preprocessing computes, per output row, the vertical interpolation
+//! of the whole source row, then the horizontal taps (weights precomputed
+//! per column) straight into the output.
+//!
 //! # Parallelism and determinism
-//! A batch is spread over images with rayon: each round of as many images
-//! as threads runs one image per thread ([`CnnModel::forward_batch`]; the
-//! extractor, called per image by [`crate::features::extract_batch`], is
-//! always one image per thread). Images left over (a batch of one, the
-//! last images of a batch) run one at a time on all the threads: each
+//! A batch is spread over groups of images with rayon: each thread runs a
+//! group of up to [`GROUP_SIZE`] images ([`CnnModel::forward_batch`] and
+//! [`CnnModel::forward_many`]; the extractor's [`Extractor::group_size`]
+//! makes [`crate::features::extract_batch`] and
+//! [`crate::features::extract_batch_many`] hand each thread such groups,
+//! fewer images per group when the batch is small so that every thread
+//! gets one). In a group each image runs alone through the first layers;
+//! from the first layer whose input map has at most
+//! [`graph::GROUP_MAX_PIXELS`] pixels (6 x 6 and 3 x 3 at 96 px, 7 x 7 at
+//! 224 px) the group's images are stacked and each 1 x 1 convolution and
+//! fully connected layer is one GEMM over all their rows
+//! ([`Graph::run_many`]): those layers' weights (most of the network's 13
+//! MB) are then read from memory once per group instead of once per image,
+//! which is what limits them at 9 or 36 rows per image. Images left over
+//! by whole rounds of one image per thread (a batch of one, the last
+//! images of a batch) run one at a time on all the threads: each
 //! inverted-residual block is split over the threads by output rows (one
 //! fork-join per block) or, on small images where the rows at the seams
 //! would be expanded twice, by middle channels then by projection rows
 //! (two fork-joins); the other convolutions split their rows (see
 //! [`graph`]). Every value is computed with the kernels' fixed order of
-//! operations (see [`layers`]) whatever the split, so an image's features
-//! are the same bits whatever the thread count, the batch it came in, or
-//! (on x86-64) whether the CPU has AVX2.
+//! operations (see [`layers`]) whatever the split or the group (a GEMM's
+//! rows never mix), so an image's features are the same bits whatever the
+//! thread count, the batch or group it came in, or (on x86-64) whether the
+//! CPU has AVX2.
 
 pub mod efficientnet;
 pub mod graph;
@@ -54,6 +70,12 @@ use crate::features::{DescriptorDtype, DescriptorInfo, DescriptorKind, Descripto
 use crate::image::{ColorNeeds, DecodedImage, RgbView};
 
 pub use graph::{Graph, Tensor};
+
+/// Images a thread runs together ([`CnnModel::forward_many`], the
+/// extractor's [`Extractor::group_size`]): enough that the late layers'
+/// GEMMs read each weight once for many rows (9 per image at 96 px), few
+/// enough that a batch still spreads over the threads.
+pub const GROUP_SIZE: usize = 8;
 
 /// One image's features and, when asked for and present, its logits.
 pub type Forward = (Vec<f32>, Option<Vec<f32>>);
@@ -125,22 +147,25 @@ impl Preprocess {
                 })
                 .collect()
         };
-        let xs = taps(ox, rw, img.width);
+        // horizontal taps: offsets of the two source pixels' values and their weights
+        let xs: Vec<(usize, usize, f64, f64)> = taps(ox, rw, img.width).into_iter().map(|(x0, x1, fx)| (3 * x0, 3 * x1, 1.0 - fx, fx)).collect();
         let ys = taps(oy, rh, img.height);
         let inv_std = [1.0 / self.std[0], 1.0 / self.std[1], 1.0 / self.std[2]];
         let stride = 3 * img.width;
-        let mut out = Vec::with_capacity(n * n * 3);
+        let mut out = vec![0f32; n * n * 3];
         let mut row = vec![0f64; 3 * img.width];
-        for &(y0, y1, fy) in &ys {
+        for (orow, &(y0, y1, fy)) in out.chunks_exact_mut(3 * n).zip(&ys) {
             // vertical pass over the whole source row, then horizontal taps
             let (r0, r1) = (&img.data[y0 * stride..(y0 + 1) * stride], &img.data[y1 * stride..(y1 + 1) * stride]);
+            let gy = 1.0 - fy;
             for ((o, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
-                *o = a as f64 * (1.0 - fy) + b as f64 * fy;
+                *o = a as f64 * gy + b as f64 * fy;
             }
-            for &(x0, x1, fx) in &xs {
+            for (o, &(a, b, gx, fx)) in orow.chunks_exact_mut(3).zip(&xs) {
+                let (pa, pb) = (&row[a..a + 3], &row[b..b + 3]);
                 for c in 0..3 {
-                    let v = row[3 * x0 + c] * (1.0 - fx) + row[3 * x1 + c] * fx;
-                    out.push(((v - self.mean[c]) * inv_std[c]) as f32);
+                    let v = pa[c] * gx + pb[c] * fx;
+                    o[c] = ((v - self.mean[c]) * inv_std[c]) as f32;
                 }
             }
         }
@@ -229,10 +254,41 @@ impl CnnModel {
     pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<Forward>> {
         let threads = rayon::current_num_threads();
         let whole = if threads > 1 { images.len() / threads * threads } else { images.len() };
-        let mut out: Vec<Result<Forward>> =
-            images[..whole].par_iter().with_max_len(1).map(|img| self.forward(*img, logits)).collect();
+        // groups of up to GROUP_SIZE images, at least one group per thread
+        let group = (whole / threads.max(1)).clamp(1, GROUP_SIZE);
+        let groups: Vec<Vec<Result<Forward>>> =
+            images[..whole].par_chunks(group).with_max_len(1).map(|g| self.forward_many(g, logits)).collect();
+        let mut out: Vec<Result<Forward>> = groups.into_iter().flatten().collect();
         out.extend(images[whole..].iter().map(|img| self.forward_with(*img, logits, true)));
         out
+    }
+
+    /// [`CnnModel::forward`] of a group of images on the calling thread,
+    /// the late layers run on all the images at once (see
+    /// [`Graph::run_many`]); the same values as one at a time.
+    pub fn forward_many(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<Forward>> {
+        let want = if logits && self.widths.len() > 1 { 2 } else { 1 };
+        let mut out: Vec<Option<Result<Forward>>> = Vec::with_capacity(images.len());
+        let mut inputs = Vec::with_capacity(images.len());
+        for img in images {
+            if img.width == 0 || img.height == 0 {
+                out.push(Some(Err(BovwError::input("image has no pixels"))));
+            } else {
+                out.push(None);
+                inputs.push(self.preprocess.apply(*img));
+            }
+        }
+        let mut results = self.graph.run_many(inputs, want).into_iter();
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    let outs = results.next().expect("one result per input")?;
+                    let mut it = outs.into_iter().map(|t| t.data);
+                    let f = it.next().unwrap_or_default();
+                    Ok((f, it.next()))
+                })
+            })
+            .collect()
     }
 }
 
@@ -270,6 +326,40 @@ impl Extractor for CnnEmbedding {
     fn extract(&self, image: &DecodedImage) -> Result<Features> {
         let rgb = image.require_rgb()?;
         let (features, _) = self.model.forward(rgb, false)?;
+        Ok(self.features(rgb, features))
+    }
+
+    fn group_size(&self) -> usize {
+        GROUP_SIZE
+    }
+
+    fn extract_group(&self, images: &[&DecodedImage]) -> Vec<Result<Features>> {
+        let mut out: Vec<Option<Result<Features>>> = Vec::with_capacity(images.len());
+        let mut rgbs = Vec::with_capacity(images.len());
+        for image in images {
+            match image.require_rgb() {
+                Ok(rgb) => {
+                    rgbs.push(rgb);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let mut results = self.model.forward_many(&rgbs, false).into_iter().zip(rgbs.iter());
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    let (r, rgb) = results.next().expect("one result per image");
+                    r.map(|(features, _)| self.features(*rgb, features))
+                })
+            })
+            .collect()
+    }
+}
+
+impl CnnEmbedding {
+    /// An image's features with its one "keypoint", the crop.
+    fn features(&self, rgb: RgbView<'_>, features: Vec<f32>) -> Features {
         let p = self.model.preprocess();
         let side = rgb.width.min(rgb.height) as f32 * (p.input_size as f32 / p.resize_short_side() as f32);
         let kp = KeyPoint {
@@ -282,13 +372,126 @@ impl Extractor for CnnEmbedding {
             class_id: -1,
         };
         let width = features.len();
-        Ok((vec![kp], Descriptors::F32 { data: features, width }))
+        (vec![kp], Descriptors::F32 { data: features, width })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`CnnEmbedding`] with a chosen group size, recording the largest group it got.
+    struct Grouping<'a> {
+        inner: &'a CnnEmbedding,
+        group: usize,
+        largest: std::sync::atomic::AtomicUsize,
+    }
+
+    impl<'a> Grouping<'a> {
+        fn new(inner: &'a CnnEmbedding, group: usize) -> Self {
+            Grouping { inner, group, largest: 0.into() }
+        }
+    }
+
+    impl Extractor for Grouping<'_> {
+        fn info(&self) -> DescriptorInfo {
+            self.inner.info()
+        }
+        fn extract(&self, image: &DecodedImage) -> Result<Features> {
+            self.inner.extract(image)
+        }
+        fn group_size(&self) -> usize {
+            self.group
+        }
+        fn extract_group(&self, images: &[&DecodedImage]) -> Vec<Result<Features>> {
+            self.largest.fetch_max(images.len(), std::sync::atomic::Ordering::Relaxed);
+            self.inner.extract_group(images)
+        }
+    }
+
+    #[test]
+    fn extract_batch_groups_images_and_gives_what_one_by_one_gives() {
+        use crate::features::{extract_batch, extract_batch_many, with_threads, ResourceLimits};
+        // real photos: the committed Fruits-360 sample
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bovw/data/fruits-360-sample/Test");
+        let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+        dirs.sort();
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        for d in &dirs {
+            let mut fs: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+            fs.sort();
+            files.extend(fs.iter().take(3).map(|f| std::fs::read(f).unwrap()));
+        }
+        assert!(files.len() >= 12, "sample images");
+        let mut contents: Vec<Option<&[u8]>> = files.iter().take(21).map(|f| Some(f.as_slice())).collect();
+        contents[4] = Some(b"not an image".as_slice());
+        contents[9] = None;
+        // 100 x 100 images to 28 px: 14 x 14 after the stem, 7 x 7 (stacked) from block 1 on
+        let p = Preprocess { input_size: 28, crop_fraction: 0.875, ..Preprocess::EFFICIENTNET_LITE };
+        let model = Arc::new(CnnModel::new(graph::tests::small_network(3), p).unwrap());
+        let cnn = CnnEmbedding::new(model);
+        let alone = Grouping::new(&cnn, 1);
+        let want = with_threads(Some(1), || extract_batch(&contents, &alone));
+        assert_eq!(alone.largest.load(std::sync::atomic::Ordering::Relaxed), 0, "group size 1: never grouped");
+        assert!(want[4].as_ref().unwrap_err().reason.contains("JPEG"));
+        assert!(want[9].as_ref().unwrap_err().reason.contains("null"));
+        assert!(want[0].as_ref().unwrap().descriptors.len() == 1);
+        for threads in [1, 2, 3] {
+            let grouped = Grouping::new(&cnn, 4);
+            let got = with_threads(Some(threads), || extract_batch(&contents, &grouped));
+            assert_eq!(got, want, "{threads} threads");
+            assert_eq!(grouped.largest.load(std::sync::atomic::Ordering::Relaxed), 4, "{threads} threads: groups of 4");
+            assert_eq!(with_threads(Some(threads), || extract_batch(&contents, &cnn)), want, "the extractor's own groups");
+            // several extractors on one decode: grouped and one-by-one members side by side
+            let g2 = Grouping::new(&cnn, 3);
+            let many = with_threads(Some(threads), || {
+                extract_batch_many(&contents, &[&cnn, &alone, &g2], &ResourceLimits::default())
+            });
+            assert_eq!(many.len(), 3);
+            for (e, got) in many.iter().enumerate() {
+                assert_eq!(got, &want, "extractor {e} of extract_batch_many, {threads} threads");
+            }
+            // the chunks follow the largest group size (the CNN's 8): g2 gets all their good images
+            let largest = g2.largest.load(std::sync::atomic::Ordering::Relaxed);
+            assert!((6..=GROUP_SIZE).contains(&largest), "{threads} threads: largest group {largest}");
+        }
+        // a batch of 2 on 2 threads: one image per thread, each alone
+        let grouped = Grouping::new(&cnn, 4);
+        let got = with_threads(Some(2), || extract_batch(&contents[..2], &grouped));
+        assert_eq!(got, want[..2]);
+        assert_eq!(grouped.largest.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn forward_many_equals_forward_and_passes_empty_images_through() {
+        let p = Preprocess { input_size: 24, crop_fraction: 1.0, ..Preprocess::EFFICIENTNET_LITE };
+        let model = CnnModel::new(graph::tests::small_network(8), p).unwrap();
+        let data: Vec<Vec<u8>> = (0..5).map(|i| (0..30 * 40 * 3).map(|v| ((v * (i + 3)) % 251) as u8).collect()).collect();
+        let mut views: Vec<RgbView<'_>> = data.iter().map(|d| RgbView::new(d, 40, 30)).collect();
+        views.insert(2, RgbView::new(&[], 0, 0));
+        let many = model.forward_many(&views, true);
+        assert_eq!(many.len(), 6);
+        for (v, m) in views.iter().zip(&many) {
+            match model.forward(*v, true) {
+                Ok(f) => assert_eq!(m.as_ref().unwrap(), &f),
+                Err(e) => assert_eq!(m.as_ref().unwrap_err().to_string(), e.to_string()),
+            }
+        }
+        assert!(many[2].is_err());
+        assert_eq!(many[0].as_ref().unwrap().1.as_ref().map(Vec::len), Some(10), "logits");
+        // forward_batch: groups per thread, the same values
+        for threads in [1, 2, 4] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let batch = pool.install(|| model.forward_batch(&views, false));
+            for (b, m) in batch.iter().zip(&many) {
+                match (b, m) {
+                    (Ok(b), Ok(m)) => assert_eq!(b.0, m.0, "{threads} threads"),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{threads} threads: an image failed one way only"),
+                }
+            }
+        }
+    }
 
     #[test]
     fn preprocess_crops_the_centre_and_normalises() {
@@ -318,3 +521,4 @@ mod tests {
         assert!(Preprocess { input_size: 4, crop_fraction: 0.0, ..p }.validate().is_err());
     }
 }
+

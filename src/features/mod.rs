@@ -163,7 +163,29 @@ pub trait Extractor: Sync {
         let _ = (width, height);
         None
     }
+    /// How many images [`Extractor::extract_group`] is best given at once:
+    /// 1 (the default) for one at a time. [`extract_batch`] and
+    /// [`extract_batch_many`] then hand each thread groups of up to this
+    /// many images (fewer when the batch is small, so that every thread
+    /// gets some). The CNN embedding groups images so that its late layers
+    /// read each weight once per group.
+    fn group_size(&self) -> usize {
+        1
+    }
+    /// [`Extractor::extract`] of several images, one result per image in
+    /// order: the same results (values, errors) as one at a time, which
+    /// the default does. Images for which [`Extractor::memory_bytes`] gives
+    /// an estimate, or larger than [`GROUP_MAX_IMAGE_PIXELS`], are never
+    /// grouped.
+    fn extract_group(&self, images: &[&DecodedImage]) -> Vec<Result<Features>> {
+        images.iter().map(|image| self.extract(image)).collect()
+    }
 }
+
+/// Largest image (pixels) held decoded while its group waits for
+/// [`Extractor::extract_group`]: larger ones are described alone, so a
+/// group never holds more than a few megabytes of pixels per image.
+pub const GROUP_MAX_IMAGE_PIXELS: usize = 1 << 22;
 
 /// A keypoint detector + descriptor on gray images, with OpenCV's
 /// `Feature2D::detectAndCompute` semantics (SIFT, ORB).
@@ -437,7 +459,104 @@ pub fn extract_batch_limited<E: Extractor + ?Sized>(
     extractor: &E,
     limits: &ResourceLimits,
 ) -> Vec<std::result::Result<ImageFeatures, ImageError>> {
-    contents.par_iter().with_max_len(1).map(|content| extract_one(*content, extractor, limits)).collect()
+    let group = group_len(contents.len(), extractor.group_size());
+    if group <= 1 {
+        return contents.par_iter().with_max_len(1).map(|content| extract_one(*content, extractor, limits)).collect();
+    }
+    let groups = [(extractor.info().needs, vec![0])];
+    let rows: Vec<Vec<Vec<_>>> =
+        contents.par_chunks(group).with_max_len(1).map(|chunk| describe_chunk(chunk, &[extractor], &groups, limits)).collect();
+    rows.into_iter().flatten().map(|mut row| row.pop().expect("one extractor")).collect()
+}
+
+/// Images per parallel task for extractors grouping up to `group_size`
+/// images: at most `group_size`, and few enough that each thread of the
+/// current pool gets one.
+fn group_len(n_images: usize, group_size: usize) -> usize {
+    if group_size <= 1 {
+        return 1;
+    }
+    group_size.min(n_images.div_ceil(rayon::current_num_threads().max(1))).max(1)
+}
+
+/// Whether `image` goes into a group of `extractor`'s (see [`Extractor::extract_group`]).
+fn groupable<E: Extractor + ?Sized>(extractor: &E, image: &DecodedImage) -> bool {
+    extractor.group_size() > 1
+        && image.width.saturating_mul(image.height) <= GROUP_MAX_IMAGE_PIXELS
+        && extractor.memory_bytes(image.width, image.height).is_none()
+}
+
+/// The results of images `chunk` (one row per image: one entry per
+/// extractor) for [`extract_batch_many`], `groups` the extractors by the
+/// layouts they need. Each image is decoded once per group of layouts and
+/// described at once by the extractors that take images one by one; the
+/// extractors that group images get all the chunk's images they accept in
+/// one [`Extractor::extract_group`] call. Every entry equals what
+/// [`extract_batch_limited`] gives that extractor alone.
+fn describe_chunk<E: Extractor + ?Sized>(
+    chunk: &[Option<&[u8]>],
+    extractors: &[&E],
+    groups: &[(ColorNeeds, Vec<usize>)],
+    limits: &ResourceLimits,
+) -> Vec<Vec<std::result::Result<ImageFeatures, ImageError>>> {
+    let mut rows: Vec<Vec<Option<std::result::Result<ImageFeatures, ImageError>>>> = vec![vec![None; extractors.len()]; chunk.len()];
+    // decoded images waiting for a group, and which (image, kept image) each extractor waits for
+    let mut kept: Vec<DecodedImage> = Vec::new();
+    let mut waiting: Vec<Vec<(usize, usize)>> = vec![Vec::new(); extractors.len()];
+    for (i, content) in chunk.iter().enumerate() {
+        for (needs, members) in groups {
+            if let [e] = members[..] {
+                if extractors[e].group_size() <= 1 {
+                    rows[i][e] = Some(extract_one(*content, extractors[e], limits));
+                    continue;
+                }
+            }
+            // decoded once, unless every member refuses it at its header
+            let mut header = None;
+            let decoded = decode_for(*content, *needs, limits, |w, h| {
+                header = Some((w, h));
+                match members.iter().all(|&e| refusal(extractors[e], limits, w, h).is_some()) {
+                    true => Err(ImageError::decode("refused by every extractor")),
+                    false => Ok(()),
+                }
+            });
+            let mut keep = false;
+            for &e in members {
+                // each member's own refusal, at the header's size as on its own
+                let refused = header.and_then(|(w, h)| refusal(extractors[e], limits, w, h));
+                rows[i][e] = match (refused, &decoded) {
+                    (Some(err), _) => Some(Err(err)),
+                    (None, Err(err)) => Some(Err(err.clone())),
+                    (None, Ok(image)) if groupable(extractors[e], image) => {
+                        waiting[e].push((i, kept.len()));
+                        keep = true;
+                        None
+                    }
+                    (None, Ok(image)) => Some(describe_decoded(image, extractors[e], limits)),
+                };
+            }
+            if keep {
+                kept.push(decoded.expect("only decoded images wait"));
+            }
+        }
+    }
+    for (e, list) in waiting.iter().enumerate() {
+        if list.is_empty() {
+            continue;
+        }
+        let images: Vec<&DecodedImage> = list.iter().map(|&(_, k)| &kept[k]).collect();
+        let results = extractors[e].extract_group(&images);
+        assert_eq!(results.len(), images.len(), "extract_group gives one result per image");
+        for ((&(i, _), image), r) in list.iter().zip(&images).zip(results) {
+            rows[i][e] = Some(match r {
+                Ok((keypoints, descriptors)) => {
+                    Ok(ImageFeatures { width: image.width, height: image.height, keypoints, descriptors, scale: 1.0 })
+                }
+                Err(err) => Err(ImageError::descriptors(err.to_string())),
+            });
+        }
+    }
+    rows.into_iter().map(|row| row.into_iter().map(|r| r.expect("every extractor described every image")).collect()).collect()
 }
 
 /// [`extract_batch_limited`] for several extractors reading the same
@@ -461,38 +580,10 @@ pub fn extract_batch_many(
             None => groups.push((needs, vec![e])),
         }
     }
-    let per_image: Vec<Vec<std::result::Result<ImageFeatures, ImageError>>> = contents
-        .par_iter()
-        .with_max_len(1)
-        .map(|content| {
-            let mut row: Vec<Option<std::result::Result<ImageFeatures, ImageError>>> = vec![None; extractors.len()];
-            for (needs, members) in &groups {
-                if let [e] = members[..] {
-                    row[e] = Some(extract_one(*content, extractors[e], limits));
-                    continue;
-                }
-                // decoded once, unless every member refuses it at its header
-                let mut header = None;
-                let decoded = decode_for(*content, *needs, limits, |w, h| {
-                    header = Some((w, h));
-                    match members.iter().all(|&e| refusal(extractors[e], limits, w, h).is_some()) {
-                        true => Err(ImageError::decode("refused by every extractor")),
-                        false => Ok(()),
-                    }
-                });
-                for &e in members {
-                    // each member's own refusal, at the header's size as on its own
-                    let refused = header.and_then(|(w, h)| refusal(extractors[e], limits, w, h));
-                    row[e] = Some(match (refused, &decoded) {
-                        (Some(err), _) => Err(err),
-                        (None, Err(err)) => Err(err.clone()),
-                        (None, Ok(image)) => describe_decoded(image, extractors[e], limits),
-                    });
-                }
-            }
-            row.into_iter().map(|r| r.expect("every extractor is in a group")).collect()
-        })
-        .collect();
+    let group = group_len(contents.len(), extractors.iter().map(|x| x.group_size()).max().unwrap_or(1));
+    let chunks: Vec<Vec<Vec<std::result::Result<ImageFeatures, ImageError>>>> =
+        contents.par_chunks(group).with_max_len(1).map(|chunk| describe_chunk(chunk, extractors, &groups, limits)).collect();
+    let per_image = chunks.into_iter().flatten();
     // transpose: one list per extractor
     let mut out: Vec<Vec<_>> = (0..extractors.len()).map(|_| Vec::with_capacity(contents.len())).collect();
     for row in per_image {
