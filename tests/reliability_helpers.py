@@ -260,8 +260,9 @@ def _wait_for(flag_dir: Path, what: str) -> None:
 def pause_main(argv: list[str]) -> int:
     """``pause WHERE FLAG_DIR -- ARGS``: ``bovw.cli.main(ARGS)``, stopping
     ``before-write`` (before the first output file) or ``mid-write`` (after
-    ``features.parquet``, ``vocabulary.npy``, ``pca.npz`` and ``model.joblib``
-    are written to the staging folder) until ``FLAG_DIR/go`` exists."""
+    ``vocabulary.npy``, ``pca.npz`` and ``model.joblib`` are written to the
+    staging folder, ``features.parquet`` being written beside them) until
+    ``FLAG_DIR/go`` exists."""
     where, flag_dir, sep, *args = argv
     assert sep == "--"
     flags = Path(flag_dir)

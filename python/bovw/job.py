@@ -27,8 +27,10 @@ Outputs (``<out>/``):
 
 ``features.parquet``
     One row per usable image: ``path``, ``label``, ``split``,
-    ``n_keypoints`` (int32), ``bow`` (list<float32>: the encoded vector),
-    ``pca_features`` (list<float32>), ``prediction`` (string, every split).
+    ``n_keypoints`` (int32), ``features`` (list<float32>: the encoded vector,
+    the recipe's channels concatenated), ``pca_features`` (list<float32>: its
+    PCA projection, or the same vector when the recipe has no PCA),
+    ``prediction`` (string, every split), ``image_scale`` (float32).
 ``vocabulary.npy``
     The visual vocabulary, (k, descriptor width): float32 (K-Means) or uint8 (k-majority).
 ``model.joblib``
@@ -796,9 +798,7 @@ def write_outputs(out: Union[str, "OutputFolder"], listing: Listing, ex: Extract
 
 def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H: np.ndarray, F: np.ndarray,
                  predictions: np.ndarray, model: Any, test: np.ndarray, info: dict[str, Any]) -> None:
-    import joblib
     import pyarrow.parquet as pq
-    from sklearn.metrics import confusion_matrix
 
     from bovw.image import display_path
 
@@ -814,8 +814,33 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
         "image_scale": pa.array(_scales(ex)[idx], pa.float32()),
     })
     # dictionary pages only for the repeated strings: the float lists and the
-    # (unique) paths would fill a dictionary page and fall back anyway
-    pq.write_table(table, out / "features.parquet", use_dictionary=["label", "split", "prediction"])
+    # (unique) paths would fill a dictionary page and fall back anyway. The
+    # file is written on a second thread (Arrow releases the GIL) while the
+    # other outputs are; its errors are raised below, before run.json.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="bovw-parquet")
+    parquet = pool.submit(pq.write_table, table, out / "features.parquet",
+                          use_dictionary=["label", "split", "prediction"])
+    try:
+        _write_other_files(out, listing, ex, ok, idx, predictions, model, test, info)
+    finally:
+        pool.shutdown(wait=True)
+    parquet.result()
+    # -- run.json last: the commit marker, listing every other file with its size and SHA-256 --
+    info["outputs"] = file_manifest(out)
+    with open(out / COMMIT_MARKER, "w") as f:
+        json.dump(info, f, indent=2, default=_json_default)
+
+
+def _write_other_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, idx: np.ndarray,
+                       predictions: np.ndarray, model: Any, test: np.ndarray, info: dict[str, Any]) -> None:
+    """:func:`_write_files` but features.parquet and run.json."""
+    import joblib
+    from sklearn.metrics import confusion_matrix
+
+    from bovw.image import display_path
+
     vocab = model.vocabulary
     if vocab is not None:
         np.save(out / "vocabulary.npy", vocab)
@@ -844,10 +869,6 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
 
     write_run_report(out, [listing.paths[i] for i in idx], [listing.labels[i] for i in idx], list(predictions[idx]),
                      [listing.splits[i] for i in idx], info, seed=int(info["parameters"]["seed"]))
-    # -- run.json last: the commit marker, listing every other file with its size and SHA-256 --
-    info["outputs"] = file_manifest(out)
-    with open(out / COMMIT_MARKER, "w") as f:
-        json.dump(info, f, indent=2, default=_json_default)
 
 
 # ---------------------------------------------------------------------------------------------
