@@ -19,9 +19,6 @@ from bovw.features import Extractor
 
 __all__ = ["ColorHistogram", "rgb_to_hsv"]
 
-_UINT8 = np.dtype(np.uint8)
-
-
 def rgb_to_hsv(image: Any) -> np.ndarray:
     """OpenCV's 8-bit RGB to HSV conversion.
 
@@ -204,22 +201,9 @@ class ColorHistogram(_CachedRust, Extractor):
         ValueError
             If a shape does not match, or a parameter is invalid (the message names it).
         """
-        if (
-            mask is None
-            and type(image) is np.ndarray
-            and image.dtype is _UINT8
-            and image.ndim == 3
-            and image.shape[2] == 3
-            and image.size
-            and not isinstance(self.mask, np.ndarray)
-        ):
-            # the common case, checked in fewer steps: an (H, W, 3) uint8
-            # array goes to Rust as it is (which copies a strided one)
-            hist: np.ndarray = self._rust.compute(image, None)
-            return hist
         img = _check_color_image(image)
         if mask is None and not isinstance(self.mask, np.ndarray):
-            hist = self._rust.compute(img, None)
+            hist: np.ndarray = self._rust.compute(img, None)
             return hist
         masks = [m for m in (self._mask_array(), mask) if m is not None]
         m = None

@@ -901,10 +901,9 @@ impl Graph {
         };
         let out = match &node.op {
             Op::Conv { geom, c_in, c_out, kernel: ConvKernel::Dense(mat), act } if x.c == *c_in => {
-                let (oh, ow, win) = geom.output(x.h, x.w, &node.name)?;
-                let pointwise = win.kh == 1 && win.kw == 1 && win.stride_h == 1 && win.stride_w == 1 && win.pad_top == 0 && win.pad_left == 0;
+                let (oh, ow, _) = geom.output(x.h, x.w, &node.name)?;
                 let Some(res) = residual(*c_out, oh, ow) else { return Ok(None) };
-                if !pointwise || (oh, ow) != (x.h, x.w) {
+                if !is_pointwise(&node.op) || (oh, ow) != (x.h, x.w) {
                     return Ok(None);
                 }
                 let mut out = take_buffer(n * oh * ow * c_out);

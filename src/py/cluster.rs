@@ -17,16 +17,13 @@ use crate::cluster::kmeans::{self, check_finite, Algorithm, Real};
 use crate::error::{probe_allocation, BovwError};
 use crate::features::with_threads;
 use crate::py::args::{self, float_in, Int, INT_MAX};
+use crate::py::arrays::c_order as rows;
 
 /// Largest `n_local_trials` of k-means++ (time grows linearly with it;
 /// scikit-learn's default is 2 + log(k)).
 const MAX_LOCAL_TRIALS: i64 = 1024;
 /// Largest `n_rounds` of k-means|| (Spark's default is 2, bovw's 5).
 const MAX_ROUNDS: i64 = 1000;
-
-fn rows<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    crate::py::arrays::c_order(a)
-}
 
 fn weights<'a>(w: &'a Option<PyReadonlyArray1<'_, f64>>) -> Option<Cow<'a, [f64]>> {
     w.as_ref().map(|w| match w.as_slice() {

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use crate::error::BovwError;
 use crate::features::color::{rgb_to_hsv, ColorHistogram, ColorHistogramParams, ColorSpace, HistNorm, MaskRule};
-use crate::image::{ColorNeeds, DecodedImage, RgbView};
+use crate::image::{ColorNeeds, RgbView};
 use crate::py::dense::non_negative;
 use crate::py::features::{decoded_from_numpy, extractor_methods};
 
@@ -45,16 +45,12 @@ impl PyColorHistogram {
         image: &Bound<'py, PyAny>,
         mask: Option<PyReadonlyArray2<'py, u8>>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        // A C-contiguous (H, W, 3) array is read in place; another (H, W, 3)
-        // array (strided, Fortran-ordered) is copied in (row, column,
-        // channel) order here; anything else (gray) goes through a copy.
+        // A C-contiguous (H, W, 3) array is read in place; anything else
+        // (strided or Fortran-ordered, gray) is copied in (row, column,
+        // channel) order by decoded_from_numpy.
         let arr3 = image.extract::<PyReadonlyArray3<'py, u8>>().ok().filter(|a| a.shape()[2] == 3);
         let (borrowed, decoded) = match arr3 {
             Some(a) if a.is_c_contiguous() => (Some(a), None),
-            Some(a) if a.shape()[0] > 0 && a.shape()[1] > 0 => {
-                let (h, w) = (a.shape()[0], a.shape()[1]);
-                (None, Some(DecodedImage::from_rgb(a.as_array().iter().copied().collect(), w, h, ColorNeeds::RGB)))
-            }
             _ => (None, Some(decoded_from_numpy(image, ColorNeeds::RGB)?)),
         };
         let (height, width) = match (&borrowed, &decoded) {

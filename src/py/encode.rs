@@ -14,7 +14,8 @@ use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntyped
 use pyo3::prelude::*;
 use pyo3_arrow::PyArray;
 
-use super::gmm::{mixture, rows, Floats};
+use super::gmm::{mixture, Floats};
+use crate::py::arrays::c_order as rows;
 use crate::arrow::float_descriptor_rows;
 use crate::encode::assign::{assign, Assignment};
 use crate::encode::fisher::{fisher, FisherOptions};

@@ -5,8 +5,6 @@
 //! arrays `weights (K,)`, `means (K, d)`, `covariances (K, d)`. Work runs
 //! without the GIL on `n_threads` rayon threads (all cores when `None`).
 
-use std::borrow::Cow;
-
 use numpy::ndarray::Array2;
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -17,6 +15,7 @@ use crate::cluster::gmm::{self, DiagGmm, SuffStats, WeightNorm};
 use crate::cluster::kmeans::{check_finite, Real};
 use crate::error::BovwError;
 use crate::features::with_threads;
+use crate::py::arrays::c_order as rows;
 
 /// A 2-D float32 or float64 array.
 pub(crate) enum Floats<'py> {
@@ -38,10 +37,6 @@ impl<'py> Floats<'py> {
             .unwrap_or_else(|_| ob.get_type().name().map(|n| n.to_string()).unwrap_or_default());
         Err(BovwError::Dtype { what: what.into(), expected: "a 2-D float32 or float64 array".into(), got }.into())
     }
-}
-
-pub(crate) fn rows<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    crate::py::arrays::c_order(a)
 }
 
 fn vec1<T: Element + Copy>(a: &PyReadonlyArray1<'_, T>) -> Vec<T> {
