@@ -113,3 +113,18 @@ def test_rgb_channels_share_one_decode(batch, monkeypatch):
     masked = get_extractor("color").set_params(mask=np.ones((100, 100), np.uint8))
     with pytest.raises(ValueError, match="a mask array applies to one image"):
         extract_many(batch, [extractors[0], masked])
+
+
+def test_a_bare_array_is_a_clear_type_error(batch):
+    # a binary array (not a table) is refused with a message that says what to
+    # pass, by extract and extract_many alike, rather than pyarrow's schema error
+    content = batch.column("content")
+    for data in (content, pa.chunked_array([content])):
+        with pytest.raises(TypeError, match=r"RecordBatch or Table .*pa\.table\(\{'content': array\}\)"):
+            get_extractor("color").extract(data)
+        with pytest.raises(TypeError, match="binary column of encoded images"):
+            extract_many(data, [get_extractor("color"), get_extractor("sift")])
+    # a struct array is a table: accepted, same rows as the batch
+    struct = pa.StructArray.from_arrays([content], names=["content"])
+    assert get_extractor("color").extract(struct).column("n_keypoints").equals(
+        get_extractor("color").extract(batch).column("n_keypoints"))
