@@ -841,9 +841,13 @@ mod dw_avx2 {
 
     /// One output row. When the window is 3 or 5 wide with stride 1 or 2
     /// and no dilation, the row goes in chunks of up to 8 pixels x 8
-    /// channels ([`chunk`]), edges included; otherwise one pixel x 8
-    /// channels at a time ([`single`]). The last `c % 8` channels go value
-    /// by value ([`DwRow::pixel`]). Every path performs the same operations.
+    /// channels ([`chunk`]), edges included; on rows wide enough (stride
+    /// 2 and at least 7 outputs, or 3 wide and at least 24 outputs), the
+    /// pixels whose windows lie inside the row go by [`interior`] in runs
+    /// of 8 and 4 (no padding test, faster there), the others by
+    /// [`chunk`]. Other windows go one pixel x 8 channels at a time
+    /// ([`single`]). The last `c % 8` channels go value by value
+    /// ([`DwRow::pixel`]). Every path performs the same operations.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; `out` has `ow * c` values and every
@@ -851,16 +855,40 @@ mod dw_avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
         let c8 = r.c / 8 * 8;
-        if c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2)) {
+        let known = c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+        if known && ((r.win.stride_w == 2 && r.ow >= 7) || (r.win.kw == 3 && r.ow >= 24)) {
+            let (k, st, pad) = (r.win.kw, r.win.stride_w, r.win.pad_left);
+            // interior pixels a..b: every tap column inside the row
+            let a = pad.div_ceil(st).min(r.ow);
+            let b = if r.w + pad >= k { ((r.w + pad - k) / st + 1).min(r.ow).max(a) } else { a };
+            if a > 0 {
+                edge(r, 0, a, c8, out);
+            }
+            let mut ox = a;
+            while ox + 4 <= b {
+                let wide = ox + 8 <= b;
+                match (k, st, wide) {
+                    (3, 1, true) => interior::<3, 1, 8>(r, ox, c8, out),
+                    (5, 1, true) => interior::<5, 1, 8>(r, ox, c8, out),
+                    (3, 2, true) => interior::<3, 2, 8>(r, ox, c8, out),
+                    (5, 2, true) => interior::<5, 2, 8>(r, ox, c8, out),
+                    (3, 1, false) => interior::<3, 1, 4>(r, ox, c8, out),
+                    (5, 1, false) => interior::<5, 1, 4>(r, ox, c8, out),
+                    (3, 2, false) => interior::<3, 2, 4>(r, ox, c8, out),
+                    _ => interior::<5, 2, 4>(r, ox, c8, out),
+                }
+                ox += if wide { 8 } else { 4 };
+            }
+            while ox < r.ow {
+                let n = (r.ow - ox).min(8);
+                edge(r, ox, n, c8, out);
+                ox += n;
+            }
+        } else if known {
             let mut ox = 0;
             while ox < r.ow {
                 let n = (r.ow - ox).min(8);
-                match (r.win.kw, r.win.stride_w) {
-                    (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
-                    (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
-                    (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
-                    _ => chunk::<5, 2>(r, ox, n, c8, out),
-                }
+                edge(r, ox, n, c8, out);
                 ox += n;
             }
         } else if c8 > 0 {
@@ -923,6 +951,56 @@ mod dw_avx2 {
                     let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
                     _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
                 }
+            }
+            cb += 8;
+        }
+    }
+
+    /// [`chunk`] of pixels `ox..ox + n` (`n <= 8`) for the window of `r`
+    /// (3 or 5 wide, stride 1 or 2).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn edge(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+        match (r.win.kw, r.win.stride_w) {
+            (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
+            (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
+            (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
+            _ => chunk::<5, 2>(r, ox, n, c8, out),
+        }
+    }
+
+    /// Output pixels `ox..ox + P` whose windows lie inside the row (no
+    /// padding column), channels `0..c8` in blocks of 8, for a `K`-wide
+    /// window with stride `S`: `P` sums in registers; per tap the filter
+    /// vector is loaded once and each pixel's input column read (loops of
+    /// fixed length, unrolled). A pixel's taps come in the order of `(ky,
+    /// kx)`, exactly as in [`single`], so the values are the same bits.
+    ///
+    /// # Safety
+    /// As [`row`], and `ox * S >= pad_left`, `(ox + P - 1) * S + K <= w + pad_left`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn interior<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+        let c = r.c;
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let x0 = ox * S - r.win.pad_left; // first input column
+        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+        let mut cb = 0;
+        while cb < c8 {
+            let b = _mm256_loadu_ps(r.bias.as_ptr().add(cb));
+            let mut acc = [b; P];
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                let xb = row.as_ptr().add(x0 * c + cb);
+                for kx in 0..K {
+                    let wv = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add((p * S + kx) * c)), wv, *a);
+                    }
+                }
+            }
+            for (p, a) in acc.iter().enumerate() {
+                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
             }
             cb += 8;
         }
@@ -1301,6 +1379,13 @@ mod tests {
             (8, 8, 16, 5, 2, 1),
             (8, 6, 16, 3, 2, 0),
             (3, 2, 8, 5, 1, 2),
+            // wide rows: interior pixels in runs of 8 and 4 between edge chunks
+            (5, 30, 16, 3, 1, 1),
+            (4, 27, 21, 3, 1, 0),
+            (6, 29, 24, 3, 2, 1),
+            (7, 31, 19, 5, 2, 2),
+            (5, 21, 8, 5, 2, 0),
+            (5, 14, 16, 3, 2, 1),
         ] {
             let (x, f, b, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
             let mut fast = vec![0f32; oh * ow * c];
