@@ -330,13 +330,40 @@ pub fn gemm_par(
     gemm_blocks_par(&[XBlock { data: x, ld: ldx, k: w.k }], m, w, out, ldo, residual, act);
 }
 
-/// [`gemm_blocks`] of all panels with the rows split over the current
-/// rayon pool as [`gemm_par`] does (same values).
+/// Rows at most which [`gemm_blocks_par`] splits the weight panels, not
+/// the rows, between threads: with so few rows (a 4 x 4 or 3 x 3 map of
+/// one image) the time goes into reading the weights from the shared
+/// cache, and a split of the rows would have every thread read all of
+/// them (1.1-1.3x faster on 16 rows with cold weights, on par from 25 rows on).
+const PAR_COLS_MAX_ROWS: usize = 4 * MR;
+
+/// [`gemm_blocks`] of all panels on the current rayon pool: the rows
+/// split as [`gemm_par`] does, or, for at most [`PAR_COLS_MAX_ROWS`] rows
+/// and at least two panels per thread, the panels (see
+/// `gemm_blocks_par_cols`). The same values either way.
 ///
 /// # Panics
 /// As [`gemm_blocks`], and if `out.len() != m * ldo`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_blocks_par(
+    xs: &[XBlock<'_>],
+    m: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * w.k * w.n >= PAR_MIN_WORK && m <= PAR_COLS_MAX_ROWS && w.panels >= 2 * threads {
+        return gemm_blocks_par_cols(xs, m, w, out, ldo, residual, act, threads);
+    }
+    gemm_blocks_par_rows(xs, m, w, out, ldo, residual, act)
+}
+
+/// [`gemm_blocks_par`] by rows: one block per thread (two when there are many rows).
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocks_par_rows(
     xs: &[XBlock<'_>],
     m: usize,
     w: &PackedMatrix,
@@ -360,6 +387,71 @@ pub fn gemm_blocks_par(
         gemm_blocks(&xr, rows, w, 0..w.panels, o, ldo, residual.map(|r| &r[r0 * ldo..(r0 + rows) * ldo]), act);
     });
 }
+
+/// [`gemm_blocks_par`] of few rows: the weight panels are split over
+/// `threads` parts (each thread reads its share of the weights only, not
+/// all of them as a split of the rows would). Each part computes its
+/// columns' sums ([`gemm_blocks`] without residual and activation, values
+/// exact) into its own buffer, then adds the residual and applies the
+/// activation as the kernel does (`acc + residual`, then the clamp, or the
+/// activation after it) while writing its columns of `out`: the same bits.
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocks_par_cols(
+    xs: &[XBlock<'_>],
+    m: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+    threads: usize,
+) {
+    use rayon::prelude::*;
+    let n = w.n;
+    assert!(ldo >= n && out.len() >= (m - 1) * ldo + n, "out too short");
+    if let Some(r) = residual {
+        assert!(r.len() >= (m - 1) * ldo + n, "residual too short");
+    }
+    let bounds = act.clamp_bounds();
+    let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let parts = threads.min(w.panels);
+    let dst = SyncPtr(out.as_mut_ptr());
+    (0..parts).into_par_iter().for_each(|i| {
+        let (p0, p1) = (i * w.panels / parts, (i + 1) * w.panels / parts);
+        let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
+        let cw = c1 - c0;
+        let mut sums = vec![0f32; m * cw];
+        gemm_blocks(xs, m, w, p0..p1, &mut sums, cw, None, Activation::None);
+        let dst = &dst;
+        for (r, row) in sums.chunks_exact(cw).enumerate() {
+            let o = r * ldo + c0;
+            // SAFETY: o + cw <= (m - 1) * ldo + n <= out.len() (asserted);
+            // the parts write disjoint columns c0..c1 of each row (disjoint
+            // ranges of `out`), which is borrowed mutably for the whole call.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o), cw) };
+            match residual {
+                Some(res) => {
+                    for ((d, &a), &rv) in d.iter_mut().zip(row).zip(&res[o..o + cw]) {
+                        *d = clamp(a + rv, lo, hi);
+                    }
+                }
+                None => {
+                    for (d, &a) in d.iter_mut().zip(row) {
+                        *d = clamp(a, lo, hi);
+                    }
+                }
+            }
+            if bounds.is_none() {
+                act.apply_slice(d);
+            }
+        }
+    });
+}
+
+/// A pointer the parts of [`gemm_blocks_par_cols`] write disjoint values through.
+struct SyncPtr(*mut f32);
+// SAFETY: used only for writes of disjoint elements by the parts of one call.
+unsafe impl Sync for SyncPtr {}
 
 /// One `rows x cols` tile of [`gemm_blocks`] (rows <= MR, cols <= NR).
 struct Tile<'a> {
@@ -1248,6 +1340,49 @@ mod tests {
     }
 
     #[test]
+    fn gemm_par_by_rows_or_panels_gives_the_bits_of_gemm() {
+        let mut s = 7u64;
+        // few rows (panels split) and many (rows split); n with a remainder
+        // panel of 8 or fewer columns and uneven panel shares; residual or
+        // not; clamp, none and a non-clamp activation
+        for &(m, k, n) in &[(16, 100, 200), (7, 64, 56), (24, 33, 130), (13, 50, 40), (60, 70, 90), (2, 300, 1000)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
+            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            let xb = [XBlock { data: &x, ld: k, k }];
+            for act in [Activation::None, Activation::RELU6, Activation::Swish] {
+                for r in [None, Some(res.as_slice())] {
+                    let mut want = vec![0f32; m * n];
+                    gemm(&x, m, k, &pm, &mut want, n, r, act);
+                    for portable in [false, true] {
+                        for threads in [2, 3] {
+                            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                            // portable: the calling worker runs the portable
+                            // kernels, the others AVX2 (a mix gives the same bits)
+                            let run = |f: &(dyn Fn(&mut [f32]) + Sync)| {
+                                let mut got = vec![f32::NAN; m * n];
+                                if portable {
+                                    pool.install(|| portable_only(|| f(&mut got)));
+                                } else {
+                                    pool.install(|| f(&mut got));
+                                }
+                                got
+                            };
+                            let by_cols = run(&|o| gemm_blocks_par_cols(&xb, m, &pm, o, n, r, act, threads));
+                            assert_eq!(by_cols, want, "{m}x{k}x{n} {act:?} residual {} portable {portable} {threads} threads", r.is_some());
+                            let by_rows = run(&|o| gemm_blocks_par_rows(&xb, m, &pm, o, n, r, act));
+                            assert_eq!(by_rows, want);
+                            assert_eq!(run(&|o| gemm_blocks_par(&xb, m, &pm, o, n, r, act)), want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn gemm_of_column_blocks_and_panel_ranges_gives_the_same_bits() {
         let mut s = 7u64;
         for &(m, k, n, cut) in &[(13, 37, 40, 16), (6, 50, 33, 1), (25, 96, 17, 95), (1, 20, 48, 7)] {
@@ -1397,6 +1532,41 @@ mod tests {
             for (a, b) in fast.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
             }
+        }
+    }
+
+    /// Timing, not a check: the row and the panel split of
+    /// [`gemm_blocks_par`] on 2 threads, weights cold (12 matrices in
+    /// turn), on the shapes of EfficientNet-Lite0's late layers. Run with
+    /// `cargo test --release --lib bench_gemm_par_split -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_gemm_par_split() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut s = 9u64;
+        for &(m, k, n) in &[(16, 192, 1152), (16, 1152, 192), (16, 320, 1280), (16, 1152, 320), (49, 112, 672), (49, 672, 112), (49, 320, 1280), (49, 192, 1152), (49, 1152, 192), (36, 192, 1152), (169, 40, 240), (196, 112, 672), (196, 80, 480), (25, 672, 112), (64, 192, 1152)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+            let wms: Vec<PackedMatrix> = (0..12).map(|_| {
+                let wv: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+                let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+                PackedMatrix::from_row_major(&wv, k, n, &b)
+            }).collect();
+            let mut o = vec![0f32; m * n];
+            let mut best = [f64::INFINITY; 2];
+            let reps = (20_000_000 / (m * k * n)).max(12);
+            pool.install(|| {
+                for i in 0..20 {
+                    let t = std::time::Instant::now();
+                    for rep in 0..reps {
+                        let wm = &wms[rep % 12];
+                        let xb = [XBlock { data: &x, ld: k, k }];
+                        if i % 2 == 0 { gemm_blocks_par_rows(&xb, m, wm, &mut o, n, None, Activation::None) } else { gemm_blocks_par_cols(&xb, m, wm, &mut o, n, None, Activation::None, 2) }
+                    }
+                    best[i % 2] = best[i % 2].min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+            });
+            let gm = |dt: f64| (m * k * n) as f64 / dt / 1e9;
+            println!("{m}x{k}x{n}: rows {:.1} us {:.1} GMAC/s  cols {:.1} us {:.1} GMAC/s  x{:.2}", best[0] * 1e6, gm(best[0]), best[1] * 1e6, gm(best[1]), best[0] / best[1]);
         }
     }
 
