@@ -12,9 +12,12 @@
 //!   activation applied in registers before the one store.
 //!   [`gemm_blocks`] takes $X$ as column blocks side by side and computes
 //!   a range of panels only: how one image's layers are split over
-//!   threads by channels ([`crate::cnn::graph`]).
+//!   threads by channels ([`crate::cnn::graph`]); [`gemm_blocks_par`]
+//!   splits the rows over threads, or the weight panels when there are
+//!   at most 24 rows (each thread then reads its share of the weights).
 //! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
-//!   vectorised over channels; [`depthwise_part`] for a range of channels.
+//!   vectorised over channels (8 channels x up to 8 pixels in registers);
+//!   [`depthwise_part`] for a range of channels.
 //! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
 //!
 //! **One order of operations everywhere.** Every output value is computed
@@ -309,10 +312,11 @@ pub fn gemm_blocks(
 /// (about 10 us of work: less than a fork-join costs).
 const PAR_MIN_WORK: usize = 1 << 18;
 
-/// [`gemm`] with its rows split into blocks over the current rayon pool
-/// (`out` holds exactly `m` rows of `ldo` values): one block per thread
-/// (two when there are many rows). The values are those of [`gemm`]: each
-/// row is summed in the same order whatever the split.
+/// [`gemm`] split over the current rayon pool (`out` holds exactly `m`
+/// rows of `ldo` values), as [`gemm_blocks_par`] splits it: its rows into
+/// one block per thread (two when there are many rows), or its weight
+/// panels when it has few rows. The values are those of [`gemm`]: each
+/// value is summed in the same order whatever the split.
 ///
 /// # Panics
 /// As [`gemm`], and if `out.len() != m * ldo`.
@@ -338,7 +342,8 @@ pub fn gemm_par(
 const PAR_COLS_MAX_ROWS: usize = 4 * MR;
 
 /// [`gemm_blocks`] of all panels on the current rayon pool: the rows
-/// split as [`gemm_par`] does, or, for at most [`PAR_COLS_MAX_ROWS`] rows
+/// split into one block per thread (two when there are many rows), or,
+/// for at most [`PAR_COLS_MAX_ROWS`] rows
 /// and at least two panels per thread, the panels (see
 /// `gemm_blocks_par_cols`). The same values either way.
 ///
