@@ -31,9 +31,11 @@
 //! output rows (each part expands the input rows it needs), or, on small
 //! images where the rows at the seams would be expanded twice, by ranges
 //! of whole weight panels of the middle channels (expansion + depthwise),
-//! then by rows of the projection. Other convolutions split their rows
-//! (dense: ranges of output rows, or blocks of pixels for grouped ones;
-//! depthwise: output rows). Blocks below about
+//! then by rows of the projection (by its weight panels when it has at
+//! most 24 rows, see [`layers::gemm_blocks_par`]). Other convolutions
+//! split their rows (dense: ranges of output rows, or blocks of pixels for
+//! grouped ones; 1 x 1: rows, or weight panels on small maps; depthwise:
+//! output rows). Blocks below about
 //! 10^5 multiply-adds stay on the calling thread. No split changes the
 //! operations that give a value, so the output is the same bits for any
 //! thread count.
@@ -1211,8 +1213,9 @@ const MBCONV_PAR_MIN_WORK: usize = 1 << 17;
 ///   (the whole image, its channels only) and runs their depthwise
 ///   filters; then the projection reads those per-thread images as column
 ///   blocks side by side ([`layers::gemm_blocks`]: the same sum over the
-///   middle channels, in order), its rows split over the threads. Two
-///   fork-joins per block, no work repeated.
+///   middle channels, in order), its rows (or, on maps of at most 24
+///   pixels, its weight panels) split over the threads
+///   ([`layers::gemm_blocks_par`]). Two fork-joins per block, no work repeated.
 #[allow(clippy::too_many_arguments)]
 fn mbconv_par(
     x: &Tensor,

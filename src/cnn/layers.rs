@@ -12,9 +12,12 @@
 //!   activation applied in registers before the one store.
 //!   [`gemm_blocks`] takes $X$ as column blocks side by side and computes
 //!   a range of panels only: how one image's layers are split over
-//!   threads by channels ([`crate::cnn::graph`]).
+//!   threads by channels ([`crate::cnn::graph`]); [`gemm_blocks_par`]
+//!   splits the rows over threads, or the weight panels when there are
+//!   at most 24 rows (each thread then reads its share of the weights).
 //! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
-//!   vectorised over channels; [`depthwise_part`] for a range of channels.
+//!   vectorised over channels (8 channels x up to 8 pixels in registers);
+//!   [`depthwise_part`] for a range of channels.
 //! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
 //!
 //! **One order of operations everywhere.** Every output value is computed
@@ -309,10 +312,11 @@ pub fn gemm_blocks(
 /// (about 10 us of work: less than a fork-join costs).
 const PAR_MIN_WORK: usize = 1 << 18;
 
-/// [`gemm`] with its rows split into blocks over the current rayon pool
-/// (`out` holds exactly `m` rows of `ldo` values): one block per thread
-/// (two when there are many rows). The values are those of [`gemm`]: each
-/// row is summed in the same order whatever the split.
+/// [`gemm`] split over the current rayon pool (`out` holds exactly `m`
+/// rows of `ldo` values), as [`gemm_blocks_par`] splits it: its rows into
+/// one block per thread (two when there are many rows), or its weight
+/// panels when it has few rows. The values are those of [`gemm`]: each
+/// value is summed in the same order whatever the split.
 ///
 /// # Panics
 /// As [`gemm`], and if `out.len() != m * ldo`.
@@ -330,13 +334,41 @@ pub fn gemm_par(
     gemm_blocks_par(&[XBlock { data: x, ld: ldx, k: w.k }], m, w, out, ldo, residual, act);
 }
 
-/// [`gemm_blocks`] of all panels with the rows split over the current
-/// rayon pool as [`gemm_par`] does (same values).
+/// Rows at most which [`gemm_blocks_par`] splits the weight panels, not
+/// the rows, between threads: with so few rows (a 4 x 4 or 3 x 3 map of
+/// one image) the time goes into reading the weights from the shared
+/// cache, and a split of the rows would have every thread read all of
+/// them (1.1-1.3x faster on 16 rows with cold weights, on par from 25 rows on).
+const PAR_COLS_MAX_ROWS: usize = 4 * MR;
+
+/// [`gemm_blocks`] of all panels on the current rayon pool: the rows
+/// split into one block per thread (two when there are many rows), or,
+/// for at most [`PAR_COLS_MAX_ROWS`] rows
+/// and at least two panels per thread, the panels (see
+/// `gemm_blocks_par_cols`). The same values either way.
 ///
 /// # Panics
 /// As [`gemm_blocks`], and if `out.len() != m * ldo`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_blocks_par(
+    xs: &[XBlock<'_>],
+    m: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * w.k * w.n >= PAR_MIN_WORK && m <= PAR_COLS_MAX_ROWS && w.panels >= 2 * threads {
+        return gemm_blocks_par_cols(xs, m, w, out, ldo, residual, act, threads);
+    }
+    gemm_blocks_par_rows(xs, m, w, out, ldo, residual, act)
+}
+
+/// [`gemm_blocks_par`] by rows: one block per thread (two when there are many rows).
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocks_par_rows(
     xs: &[XBlock<'_>],
     m: usize,
     w: &PackedMatrix,
@@ -360,6 +392,71 @@ pub fn gemm_blocks_par(
         gemm_blocks(&xr, rows, w, 0..w.panels, o, ldo, residual.map(|r| &r[r0 * ldo..(r0 + rows) * ldo]), act);
     });
 }
+
+/// [`gemm_blocks_par`] of few rows: the weight panels are split over
+/// `threads` parts (each thread reads its share of the weights only, not
+/// all of them as a split of the rows would). Each part computes its
+/// columns' sums ([`gemm_blocks`] without residual and activation, values
+/// exact) into its own buffer, then adds the residual and applies the
+/// activation as the kernel does (`acc + residual`, then the clamp, or the
+/// activation after it) while writing its columns of `out`: the same bits.
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocks_par_cols(
+    xs: &[XBlock<'_>],
+    m: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    ldo: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+    threads: usize,
+) {
+    use rayon::prelude::*;
+    let n = w.n;
+    assert!(ldo >= n && out.len() >= (m - 1) * ldo + n, "out too short");
+    if let Some(r) = residual {
+        assert!(r.len() >= (m - 1) * ldo + n, "residual too short");
+    }
+    let bounds = act.clamp_bounds();
+    let (lo, hi) = bounds.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let parts = threads.min(w.panels);
+    let dst = SyncPtr(out.as_mut_ptr());
+    (0..parts).into_par_iter().for_each(|i| {
+        let (p0, p1) = (i * w.panels / parts, (i + 1) * w.panels / parts);
+        let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
+        let cw = c1 - c0;
+        let mut sums = vec![0f32; m * cw];
+        gemm_blocks(xs, m, w, p0..p1, &mut sums, cw, None, Activation::None);
+        let dst = &dst;
+        for (r, row) in sums.chunks_exact(cw).enumerate() {
+            let o = r * ldo + c0;
+            // SAFETY: o + cw <= (m - 1) * ldo + n <= out.len() (asserted);
+            // the parts write disjoint columns c0..c1 of each row (disjoint
+            // ranges of `out`), which is borrowed mutably for the whole call.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o), cw) };
+            match residual {
+                Some(res) => {
+                    for ((d, &a), &rv) in d.iter_mut().zip(row).zip(&res[o..o + cw]) {
+                        *d = clamp(a + rv, lo, hi);
+                    }
+                }
+                None => {
+                    for (d, &a) in d.iter_mut().zip(row) {
+                        *d = clamp(a, lo, hi);
+                    }
+                }
+            }
+            if bounds.is_none() {
+                act.apply_slice(d);
+            }
+        }
+    });
+}
+
+/// A pointer the parts of [`gemm_blocks_par_cols`] write disjoint values through.
+struct SyncPtr(*mut f32);
+// SAFETY: used only for writes of disjoint elements by the parts of one call.
+unsafe impl Sync for SyncPtr {}
 
 /// One `rows x cols` tile of [`gemm_blocks`] (rows <= MR, cols <= NR).
 struct Tile<'a> {
@@ -841,9 +938,13 @@ mod dw_avx2 {
 
     /// One output row. When the window is 3 or 5 wide with stride 1 or 2
     /// and no dilation, the row goes in chunks of up to 8 pixels x 8
-    /// channels ([`chunk`]), edges included; otherwise one pixel x 8
-    /// channels at a time ([`single`]). The last `c % 8` channels go value
-    /// by value ([`DwRow::pixel`]). Every path performs the same operations.
+    /// channels ([`chunk`]), edges included; on rows wide enough (stride
+    /// 2 and at least 7 outputs, or 3 wide and at least 24 outputs), the
+    /// pixels whose windows lie inside the row go by [`interior`] in runs
+    /// of 8 and 4 (no padding test, faster there), the others by
+    /// [`chunk`]. Other windows go one pixel x 8 channels at a time
+    /// ([`single`]). The last `c % 8` channels go value by value
+    /// ([`DwRow::pixel`]). Every path performs the same operations.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; `out` has `ow * c` values and every
@@ -851,16 +952,40 @@ mod dw_avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
         let c8 = r.c / 8 * 8;
-        if c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2)) {
+        let known = c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+        if known && ((r.win.stride_w == 2 && r.ow >= 7) || (r.win.kw == 3 && r.ow >= 24)) {
+            let (k, st, pad) = (r.win.kw, r.win.stride_w, r.win.pad_left);
+            // interior pixels a..b: every tap column inside the row
+            let a = pad.div_ceil(st).min(r.ow);
+            let b = if r.w + pad >= k { ((r.w + pad - k) / st + 1).min(r.ow).max(a) } else { a };
+            if a > 0 {
+                edge(r, 0, a, c8, out);
+            }
+            let mut ox = a;
+            while ox + 4 <= b {
+                let wide = ox + 8 <= b;
+                match (k, st, wide) {
+                    (3, 1, true) => interior::<3, 1, 8>(r, ox, c8, out),
+                    (5, 1, true) => interior::<5, 1, 8>(r, ox, c8, out),
+                    (3, 2, true) => interior::<3, 2, 8>(r, ox, c8, out),
+                    (5, 2, true) => interior::<5, 2, 8>(r, ox, c8, out),
+                    (3, 1, false) => interior::<3, 1, 4>(r, ox, c8, out),
+                    (5, 1, false) => interior::<5, 1, 4>(r, ox, c8, out),
+                    (3, 2, false) => interior::<3, 2, 4>(r, ox, c8, out),
+                    _ => interior::<5, 2, 4>(r, ox, c8, out),
+                }
+                ox += if wide { 8 } else { 4 };
+            }
+            while ox < r.ow {
+                let n = (r.ow - ox).min(8);
+                edge(r, ox, n, c8, out);
+                ox += n;
+            }
+        } else if known {
             let mut ox = 0;
             while ox < r.ow {
                 let n = (r.ow - ox).min(8);
-                match (r.win.kw, r.win.stride_w) {
-                    (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
-                    (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
-                    (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
-                    _ => chunk::<5, 2>(r, ox, n, c8, out),
-                }
+                edge(r, ox, n, c8, out);
                 ox += n;
             }
         } else if c8 > 0 {
@@ -923,6 +1048,56 @@ mod dw_avx2 {
                     let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
                     _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
                 }
+            }
+            cb += 8;
+        }
+    }
+
+    /// [`chunk`] of pixels `ox..ox + n` (`n <= 8`) for the window of `r`
+    /// (3 or 5 wide, stride 1 or 2).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn edge(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+        match (r.win.kw, r.win.stride_w) {
+            (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
+            (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
+            (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
+            _ => chunk::<5, 2>(r, ox, n, c8, out),
+        }
+    }
+
+    /// Output pixels `ox..ox + P` whose windows lie inside the row (no
+    /// padding column), channels `0..c8` in blocks of 8, for a `K`-wide
+    /// window with stride `S`: `P` sums in registers; per tap the filter
+    /// vector is loaded once and each pixel's input column read (loops of
+    /// fixed length, unrolled). A pixel's taps come in the order of `(ky,
+    /// kx)`, exactly as in [`single`], so the values are the same bits.
+    ///
+    /// # Safety
+    /// As [`row`], and `ox * S >= pad_left`, `(ox + P - 1) * S + K <= w + pad_left`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn interior<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
+        let c = r.c;
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let x0 = ox * S - r.win.pad_left; // first input column
+        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+        let mut cb = 0;
+        while cb < c8 {
+            let b = _mm256_loadu_ps(r.bias.as_ptr().add(cb));
+            let mut acc = [b; P];
+            for (ky, row) in r.rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                let xb = row.as_ptr().add(x0 * c + cb);
+                for kx in 0..K {
+                    let wv = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add((p * S + kx) * c)), wv, *a);
+                    }
+                }
+            }
+            for (p, a) in acc.iter().enumerate() {
+                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
             }
             cb += 8;
         }
@@ -1170,6 +1345,49 @@ mod tests {
     }
 
     #[test]
+    fn gemm_par_by_rows_or_panels_gives_the_bits_of_gemm() {
+        let mut s = 7u64;
+        // few rows (panels split) and many (rows split); n with a remainder
+        // panel of 8 or fewer columns and uneven panel shares; residual or
+        // not; clamp, none and a non-clamp activation
+        for &(m, k, n) in &[(16, 100, 200), (7, 64, 56), (24, 33, 130), (13, 50, 40), (60, 70, 90), (2, 300, 1000)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
+            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            let xb = [XBlock { data: &x, ld: k, k }];
+            for act in [Activation::None, Activation::RELU6, Activation::Swish] {
+                for r in [None, Some(res.as_slice())] {
+                    let mut want = vec![0f32; m * n];
+                    gemm(&x, m, k, &pm, &mut want, n, r, act);
+                    for portable in [false, true] {
+                        for threads in [2, 3] {
+                            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                            // portable: the calling worker runs the portable
+                            // kernels, the others AVX2 (a mix gives the same bits)
+                            let run = |f: &(dyn Fn(&mut [f32]) + Sync)| {
+                                let mut got = vec![f32::NAN; m * n];
+                                if portable {
+                                    pool.install(|| portable_only(|| f(&mut got)));
+                                } else {
+                                    pool.install(|| f(&mut got));
+                                }
+                                got
+                            };
+                            let by_cols = run(&|o| gemm_blocks_par_cols(&xb, m, &pm, o, n, r, act, threads));
+                            assert_eq!(by_cols, want, "{m}x{k}x{n} {act:?} residual {} portable {portable} {threads} threads", r.is_some());
+                            let by_rows = run(&|o| gemm_blocks_par_rows(&xb, m, &pm, o, n, r, act));
+                            assert_eq!(by_rows, want);
+                            assert_eq!(run(&|o| gemm_blocks_par(&xb, m, &pm, o, n, r, act)), want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn gemm_of_column_blocks_and_panel_ranges_gives_the_same_bits() {
         let mut s = 7u64;
         for &(m, k, n, cut) in &[(13, 37, 40, 16), (6, 50, 33, 1), (25, 96, 17, 95), (1, 20, 48, 7)] {
@@ -1301,6 +1519,13 @@ mod tests {
             (8, 8, 16, 5, 2, 1),
             (8, 6, 16, 3, 2, 0),
             (3, 2, 8, 5, 1, 2),
+            // wide rows: interior pixels in runs of 8 and 4 between edge chunks
+            (5, 30, 16, 3, 1, 1),
+            (4, 27, 21, 3, 1, 0),
+            (6, 29, 24, 3, 2, 1),
+            (7, 31, 19, 5, 2, 2),
+            (5, 21, 8, 5, 2, 0),
+            (5, 14, 16, 3, 2, 1),
         ] {
             let (x, f, b, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
             let mut fast = vec![0f32; oh * ow * c];
@@ -1312,6 +1537,41 @@ mod tests {
             for (a, b) in fast.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
             }
+        }
+    }
+
+    /// Timing, not a check: the row and the panel split of
+    /// [`gemm_blocks_par`] on 2 threads, weights cold (12 matrices in
+    /// turn), on the shapes of EfficientNet-Lite0's late layers. Run with
+    /// `cargo test --release --lib bench_gemm_par_split -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_gemm_par_split() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut s = 9u64;
+        for &(m, k, n) in &[(16, 192, 1152), (16, 1152, 192), (16, 320, 1280), (16, 1152, 320), (49, 112, 672), (49, 672, 112), (49, 320, 1280), (49, 192, 1152), (49, 1152, 192), (36, 192, 1152), (169, 40, 240), (196, 112, 672), (196, 80, 480), (25, 672, 112), (64, 192, 1152)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
+            let wms: Vec<PackedMatrix> = (0..12).map(|_| {
+                let wv: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+                let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+                PackedMatrix::from_row_major(&wv, k, n, &b)
+            }).collect();
+            let mut o = vec![0f32; m * n];
+            let mut best = [f64::INFINITY; 2];
+            let reps = (20_000_000 / (m * k * n)).max(12);
+            pool.install(|| {
+                for i in 0..20 {
+                    let t = std::time::Instant::now();
+                    for rep in 0..reps {
+                        let wm = &wms[rep % 12];
+                        let xb = [XBlock { data: &x, ld: k, k }];
+                        if i % 2 == 0 { gemm_blocks_par_rows(&xb, m, wm, &mut o, n, None, Activation::None) } else { gemm_blocks_par_cols(&xb, m, wm, &mut o, n, None, Activation::None, 2) }
+                    }
+                    best[i % 2] = best[i % 2].min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+            });
+            let gm = |dt: f64| (m * k * n) as f64 / dt / 1e9;
+            println!("{m}x{k}x{n}: rows {:.1} us {:.1} GMAC/s  cols {:.1} us {:.1} GMAC/s  x{:.2}", best[0] * 1e6, gm(best[0]), best[1] * 1e6, gm(best[1]), best[0] / best[1]);
         }
     }
 

@@ -27,7 +27,8 @@
 //!
 //! The preprocessing computes, per output row, the vertical interpolation
 //! of the whole source row, then the horizontal taps (weights precomputed
-//! per column) straight into the output.
+//! per column) straight into the output. An image run alone on several
+//! threads has its rows split between them ([`Preprocess::apply_with`]).
 //!
 //! # Parallelism and determinism
 //! A batch is spread over groups of images with rayon: each thread runs a
@@ -133,6 +134,15 @@ impl Preprocess {
 
     /// The network input (`input_size x input_size x 3`) of an RGB image.
     pub fn apply(&self, img: RgbView<'_>) -> Tensor {
+        self.apply_with(img, false)
+    }
+
+    /// [`Preprocess::apply`]; with `par`, the output rows are split into
+    /// about four ranges per thread of the current rayon pool (the first
+    /// layer of one image on several threads: the caller starts at once, a
+    /// thread still waking up takes the ranges left). Each row is computed
+    /// alone, so the values are the same bits.
+    pub fn apply_with(&self, img: RgbView<'_>, par: bool) -> Tensor {
         let n = self.input_size;
         let (rw, rh) = self.resized_size(img.width, img.height);
         let (ox, oy) = ((rw - n) / 2, (rh - n) / 2);
@@ -152,22 +162,32 @@ impl Preprocess {
         let ys = taps(oy, rh, img.height);
         let inv_std = [1.0 / self.std[0], 1.0 / self.std[1], 1.0 / self.std[2]];
         let stride = 3 * img.width;
-        let mut out = vec![0f32; n * n * 3];
-        let mut row = vec![0f64; 3 * img.width];
-        for (orow, &(y0, y1, fy)) in out.chunks_exact_mut(3 * n).zip(&ys) {
-            // vertical pass over the whole source row, then horizontal taps
-            let (r0, r1) = (&img.data[y0 * stride..(y0 + 1) * stride], &img.data[y1 * stride..(y1 + 1) * stride]);
-            let gy = 1.0 - fy;
-            for ((o, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
-                *o = a as f64 * gy + b as f64 * fy;
-            }
-            for (o, &(a, b, gx, fx)) in orow.chunks_exact_mut(3).zip(&xs) {
-                let (pa, pb) = (&row[a..a + 3], &row[b..b + 3]);
-                for c in 0..3 {
-                    let v = pa[c] * gx + pb[c] * fx;
-                    o[c] = ((v - self.mean[c]) * inv_std[c]) as f32;
+        // output rows `rows` (3 n values each) at source rows `ys`
+        let fill = |rows: &mut [f32], ys: &[(usize, usize, f64)]| {
+            let mut row = vec![0f64; 3 * img.width];
+            for (orow, &(y0, y1, fy)) in rows.chunks_exact_mut(3 * n).zip(ys) {
+                // vertical pass over the whole source row, then horizontal taps
+                let (r0, r1) = (&img.data[y0 * stride..(y0 + 1) * stride], &img.data[y1 * stride..(y1 + 1) * stride]);
+                let gy = 1.0 - fy;
+                for ((o, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
+                    *o = a as f64 * gy + b as f64 * fy;
+                }
+                for (o, &(a, b, gx, fx)) in orow.chunks_exact_mut(3).zip(&xs) {
+                    let (pa, pb) = (&row[a..a + 3], &row[b..b + 3]);
+                    for c in 0..3 {
+                        let v = pa[c] * gx + pb[c] * fx;
+                        o[c] = ((v - self.mean[c]) * inv_std[c]) as f32;
+                    }
                 }
             }
+        };
+        let mut out = vec![0f32; n * n * 3];
+        let threads = rayon::current_num_threads();
+        if par && threads > 1 && n >= 16 {
+            let per = n.div_ceil(4 * threads);
+            out.par_chunks_mut(per * 3 * n).zip(ys.par_chunks(per)).for_each(|(o, y)| fill(o, y));
+        } else {
+            fill(&mut out, &ys);
         }
         Tensor::new(n, n, 3, out)
     }
@@ -238,7 +258,7 @@ impl CnnModel {
         if img.width == 0 || img.height == 0 {
             return Err(BovwError::input("image has no pixels"));
         }
-        let x = self.preprocess.apply(img);
+        let x = self.preprocess.apply_with(img, par);
         let want = if logits && self.widths.len() > 1 { 2 } else { 1 };
         let mut outs = self.graph.run(x, want, par)?.into_iter().map(|t| t.data);
         let f = outs.next().unwrap_or_default();
@@ -505,6 +525,21 @@ mod tests {
         let p = Preprocess { input_size: 2, crop_fraction: 1.0, mean: [127.5; 3], std: [127.5; 3] };
         let white = vec![255u8; 2 * 2 * 3];
         assert!(p.apply(RgbView::new(&white, 2, 2)).data.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn preprocess_split_over_threads_gives_the_same_bits() {
+        // odd sizes: rows that do not divide evenly, a crop offset, an upsample
+        for &(w, h, size, crop) in &[(101, 77, 50, 0.875), (40, 30, 97, 1.0), (100, 100, 16, 0.9)] {
+            let data: Vec<u8> = (0..w * h * 3).map(|v| ((v * 37 + v / 7) % 256) as u8).collect();
+            let p = Preprocess { input_size: size, crop_fraction: crop, ..Preprocess::EFFICIENTNET_LITE };
+            let want = p.apply(RgbView::new(&data, w, h));
+            for threads in [2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| p.apply_with(RgbView::new(&data, w, h), true));
+                assert_eq!(got, want, "{w}x{h} to {size}, {threads} threads");
+            }
+        }
     }
 
     #[test]
