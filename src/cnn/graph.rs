@@ -1194,6 +1194,72 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
     Ok(Tensor { h: oh, w: ow, c: c_out, data: out })
 }
 
+/// Run `f` (the layers of one image, split over the current rayon pool)
+/// while the pool's other threads wait for its parts by spinning instead
+/// of sleeping.
+///
+/// An image on several threads forks and joins some 40 times in a few
+/// milliseconds; between two forks an idle rayon worker parks itself,
+/// and waking a parked thread costs tens of microseconds (much more on
+/// a virtual machine whose idle CPU has been handed back to the host).
+/// Here each other thread of the pool runs a job that keeps taking the
+/// pool's pending work ([`rayon::yield_now`]) until `f` returns. Which
+/// thread computes which part never changes a value.
+pub(crate) fn with_spinning_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let threads = rayon::current_num_threads();
+    let Some(me) = rayon::current_thread_index() else { return f() };
+    if threads < 2 {
+        return f();
+    }
+    /// Sets the flag when `f` returns or unwinds, so the helpers stop.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    let mut result = None;
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| {
+                // the calling thread may pop a helper job while it waits
+                // for a part: it must not spin on its own work
+                if rayon::current_thread_index() == Some(me) {
+                    return;
+                }
+                let mut idle_since = std::time::Instant::now();
+                let mut rounds = 0u32;
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        idle_since = std::time::Instant::now();
+                        continue;
+                    }
+                    for _ in 0..16 {
+                        std::hint::spin_loop();
+                    }
+                    rounds = rounds.wrapping_add(1);
+                    // a helper taken by a thread that was itself waiting
+                    // (another caller's work on the same pool) must not
+                    // hold that thread for long: give up when idle
+                    if rounds % 64 == 0 && idle_since.elapsed() > SPIN_IDLE_MAX {
+                        break;
+                    }
+                }
+            });
+        }
+        let _done = Done(&done);
+        result = Some(f());
+    });
+    result.expect("the scope ran f")
+}
+
+/// How long a helper of [`with_spinning_workers`] spins without finding
+/// work before it returns its thread to rayon (the gaps between the parts
+/// of one image are tens of microseconds).
+const SPIN_IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Multiply-adds of a fused block below which [`mbconv_par`] leaves it to
 /// one thread (a fork-join costs more than the work saved).
 const MBCONV_PAR_MIN_WORK: usize = 1 << 17;
@@ -1714,6 +1780,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn spinning_helpers_change_no_bit_and_always_stop() {
+        let g = small_network(5);
+        let inputs: Vec<Tensor> = [(64, 64), (57, 71), (24, 24)].iter().enumerate().map(|(i, &(h, w))| random_image(h, w, 40 + i as u64)).collect();
+        let want: Vec<Vec<Tensor>> = inputs.iter().map(|t| g.run(t.clone(), 2, false).unwrap()).collect();
+        // outside a pool and on one thread: f runs as it is
+        assert_eq!(with_spinning_workers(|| g.run(inputs[0].clone(), 2, true).unwrap()), want[0]);
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (t, w) in inputs.iter().zip(&want) {
+                let got = pool.install(|| with_spinning_workers(|| g.run(t.clone(), 2, true).unwrap()));
+                assert_eq!(&got, w, "{threads} threads, {} x {}", t.h, t.w);
+            }
+            // two callers sharing the pool (a helper may be taken by the
+            // other caller's thread while it waits): both finish, same bits
+            std::thread::scope(|sc| {
+                for c in 0..2 {
+                    let (pool, g, inputs, want) = (&pool, &g, &inputs, &want);
+                    sc.spawn(move || {
+                        for i in 0..6 {
+                            let k = (i + c) % inputs.len();
+                            let got = pool.install(|| with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap()));
+                            assert_eq!(got, want[k], "caller {c}, {threads} threads");
+                        }
+                    });
+                }
+            });
+            // a panic in f reaches the caller and the helpers stop
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| with_spinning_workers(|| -> usize { panic!("boom") }))
+            }));
+            assert!(r.is_err(), "{threads} threads");
+            assert_eq!(pool.install(|| with_spinning_workers(|| 7)), 7);
+        }
+    }
+
+    #[test]
     fn groups_of_mixed_or_bad_inputs_run_image_by_image() {
         let g = small_network(5);
         // different sizes: each image alone, same values
@@ -1823,3 +1925,4 @@ pub(crate) mod tests {
         }
     }
 }
+
