@@ -1205,7 +1205,7 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
 /// Here each other thread of the pool runs a job that keeps taking the
 /// pool's pending work ([`rayon::yield_now`]) until `f` returns. Which
 /// thread computes which part never changes a value.
-pub(crate) fn with_spinning_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub fn with_spinning_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
     let threads = rayon::current_num_threads();
     let Some(me) = rayon::current_thread_index() else { return f() };
