@@ -1204,7 +1204,11 @@ fn mbconv_forward(x: &Tensor, mb: &MbConv, residual: Option<&Tensor>, name: &str
 /// a virtual machine whose idle CPU has been handed back to the host).
 /// Here each other thread of the pool runs a job that keeps taking the
 /// pool's pending work ([`rayon::yield_now`]) until `f` returns. Which
-/// thread computes which part never changes a value.
+/// thread computes which part never changes a value. Outside a rayon pool
+/// or on a pool of one thread, `f` simply runs.
+///
+/// # Panics
+/// A panic of `f` is passed on once the helpers have stopped.
 pub fn with_spinning_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
     let threads = rayon::current_num_threads();
@@ -1925,4 +1929,5 @@ pub(crate) mod tests {
         }
     }
 }
+
 

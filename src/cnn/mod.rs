@@ -57,7 +57,8 @@
 //! parking between parts: waking a parked thread costs tens of
 //! microseconds, far more on a virtual machine whose idle CPU went back
 //! to the host (at 224 px, batch 1, 2 threads: 8 images after a pause
-//! took 1.2x the time of onnxruntime's, about the same with the spinning).
+//! took 1.2x the time of onnxruntime's, about the same with the spinning);
+//! inputs below 160 x 160 pixels do not spin (slower at 100 px).
 //! Every value is computed with the kernels' fixed order of
 //! operations (see [`layers`]) whatever the split or the group (a GEMM's
 //! rows never mix), so an image's features are the same bits whatever the
@@ -78,6 +79,14 @@ use crate::features::{DescriptorDtype, DescriptorInfo, DescriptorKind, Descripto
 use crate::image::{ColorNeeds, DecodedImage, RgbView};
 
 pub use graph::{Graph, Tensor};
+
+/// Input pixels from which one image run on several threads keeps the
+/// pool's other threads spinning ([`graph::with_spinning_workers`]):
+/// measured at 224 and 160 px (8 images after a pause, 2 threads: 1.2-1.4x
+/// the images per second, on par in a steady loop); at 100 px the same
+/// runs were slower (about 200 against 255 images/s), so small inputs keep
+/// rayon's usual waiting.
+const SPIN_MIN_PIXELS: usize = 160 * 160;
 
 /// Images a thread runs together ([`CnnModel::forward_many`], the
 /// extractor's [`Extractor::group_size`]): enough that the late layers'
@@ -266,8 +275,10 @@ impl CnnModel {
             return Err(BovwError::input("image has no pixels"));
         }
         let want = if logits && self.widths.len() > 1 { 2 } else { 1 };
-        let run = || self.graph.run(self.preprocess.apply_with(img, par), want, par);
-        let outs = if par { crate::cnn::graph::with_spinning_workers(run) } else { run() };
+        let x = self.preprocess.apply_with(img, par);
+        let spin = par && x.h * x.w >= SPIN_MIN_PIXELS;
+        let run = move || self.graph.run(x, want, par);
+        let outs = if spin { crate::cnn::graph::with_spinning_workers(run) } else { run() };
         let mut outs = outs?.into_iter().map(|t| t.data);
         let f = outs.next().unwrap_or_default();
         Ok((f, outs.next()))
