@@ -56,8 +56,9 @@
 //! parts by spinning ([`graph::with_spinning_workers`]) instead of
 //! parking between parts: waking a parked thread costs tens of
 //! microseconds, far more on a virtual machine whose idle CPU went back
-//! to the host (at 224 px, batch 1, 2 threads: 8 images after a pause
-//! took 1.2x the time of onnxruntime's, about the same with the spinning);
+//! to the host (at 224 px, batch 1, 2 threads, 8 images after a pause on
+//! a shared 2-core virtual machine: 1.24x onnxruntime's time without the
+//! spinning, 1.08x with it, medians of 6 runs);
 //! inputs below 160 x 160 pixels do not spin (slower at 100 px).
 //! Every value is computed with the kernels' fixed order of
 //! operations (see [`layers`]) whatever the split or the group (a GEMM's
@@ -82,8 +83,8 @@ pub use graph::{Graph, Tensor};
 
 /// Input pixels from which one image run on several threads keeps the
 /// pool's other threads spinning ([`graph::with_spinning_workers`]):
-/// measured at 224 and 160 px (8 images after a pause, 2 threads: 1.2-1.4x
-/// the images per second, on par in a steady loop); at 100 px the same
+/// measured at 224 and 160 px (8 images after a pause, 2 threads: about
+/// 1.2x the images per second, on par in a steady loop); at 100 px the same
 /// runs were slower (about 200 against 255 images/s), so small inputs keep
 /// rayon's usual waiting.
 const SPIN_MIN_PIXELS: usize = 160 * 160;
