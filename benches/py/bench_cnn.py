@@ -15,7 +15,10 @@ Rows (``run(quick)`` -> list of dicts; times are seconds per image, best of
 1. input 224 (the 100 x 100 images upsampled) and 100 (native size,
    ``crop_fraction=1``), batch 1 and 32, 1 and 2 threads; notes give the
    images/s of both and the CPU seconds per image (process CPU time, which
-   other processes on a shared machine inflate less than wall time);
+   other processes on a shared machine inflate less than wall time). The
+   batch-1 rows time 8 calls right after a pause, so they include waking
+   each runtime's idle threads; a second batch-1 row per size times a
+   stream (32 calls after 4 untimed ones) on 2 threads;
 2. the main job's case: input 96, ``crop_fraction=0.875`` (100 x 100 images
    resized to 110, centre 96 crop), batch 32, 2 threads (bovw runs a group
    of images per thread, its late layers stacked); the notes add the time
@@ -54,12 +57,15 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _pair(ours, ref, repeat: int = REPEAT) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Best (wall, cpu) of ``ours`` and of ``ref``, called in turn."""
+def _pair(ours, ref, repeat: int = REPEAT, warmup=None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best (wall, cpu) of ``ours`` and of ``ref``, called in turn (after
+    ``warmup[i]()``, untimed, when given)."""
     best = [(float("inf"), float("inf")), (float("inf"), float("inf"))]
     for _ in range(repeat):
         for i, fn in enumerate((ours, ref)):
             settle()
+            if warmup is not None:
+                warmup[i]()
             c, t = _cpu(), time.perf_counter()
             fn()
             w, cp = time.perf_counter() - t, _cpu() - c
@@ -146,6 +152,23 @@ def run(quick: bool = False) -> list[dict]:
                     f"bovw {n_img / ow:.1f} img/s, onnxruntime {n_img / rw:.1f} img/s; "
                     f"CPU s/image bovw {oc / n_img:.4f}, onnxruntime {rc / n_img:.4f}; features equal to {err:.0e}",
                 ))
+        # a stream of single images on 2 threads: the rows above time 8 calls
+        # right after a pause (settle), so they include each runtime's
+        # wake-up of its idle threads; here 4 untimed calls wake them and 32
+        # calls in a row are timed (the steady rate of a stream)
+        sess = sessions[2]
+        (ow, oc), (rw, rc) = _pair(
+            lambda: [cnn.transform(images[i:i + 1], n_threads=2) for i in range(32)],
+            lambda: [sess.run(["features"], {"input": x[i:i + 1]}) for i in range(32)],
+            repeat=2 if quick else REPEAT,
+            warmup=(lambda: [cnn.transform(images[i:i + 1], n_threads=2) for i in range(4)],
+                    lambda: [sess.run(["features"], {"input": x[i:i + 1]}) for i in range(4)]))
+        rows.append(_row(
+            "cnn", f"{size}x{size}, batch 1, 2 threads, a stream of 32 calls after 4 untimed (s/image)",
+            "onnxruntime", ow / 32, rw / 32,
+            f"bovw {32 / ow:.1f} img/s, onnxruntime {32 / rw:.1f} img/s; "
+            f"CPU s/image bovw {oc / 32:.4f}, onnxruntime {rc / 32:.4f}",
+        ))
     # the main job's case: 96 px, crop 0.875, batches of many images, one group of images per thread
     cnn96 = bovw.CNNEmbedding(input_size=96, crop_fraction=0.875)
     x96 = np.stack([cnn96.preprocess(im) for im in images]).transpose(0, 3, 1, 2).copy()
