@@ -386,19 +386,20 @@ def _iter_batches(data: object) -> Iterable[pa.RecordBatch]:
     struct type (a table); raises TypeError for anything else, naming it."""
     if isinstance(data, pa.RecordBatch):
         yield data
-    elif isinstance(data, pa.Table):
+        return
+    if isinstance(data, pa.Table):
         yield from data.to_batches()
-    elif isinstance(data, (pa.Array, pa.ChunkedArray)) and not pa.types.is_struct(data.type):
-        raise TypeError(f"expected a pyarrow RecordBatch or Table with a binary column of encoded images, got a "
-                        f"{type(data).__name__} of type {data.type}; wrap it: pa.table({{'content': array}})")
-    elif hasattr(data, "__arrow_c_stream__"):
-        yield from pa.RecordBatchReader.from_stream(data)
-    elif hasattr(data, "__arrow_c_array__"):
-        try:
-            rb = pa.record_batch(data)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise TypeError(f"expected a pyarrow RecordBatch or Table (or an Arrow C object of struct type), got "
-                            f"{type(data).__name__}: {e}") from None
-        yield rb
-    else:
-        raise TypeError(f"expected a pyarrow RecordBatch or Table (or an Arrow C data object), got {type(data).__name__}")
+        return
+    try:
+        if hasattr(data, "__arrow_c_stream__"):
+            batches: Iterable[pa.RecordBatch] = pa.RecordBatchReader.from_stream(data)
+        elif hasattr(data, "__arrow_c_array__"):
+            batches = [pa.record_batch(data)]
+        else:
+            raise TypeError(f"expected a pyarrow RecordBatch or Table (or an Arrow C data object), "
+                            f"got {type(data).__name__}")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        # a plain (non-struct) array or stream, such as the binary column alone
+        raise TypeError(f"expected a pyarrow RecordBatch or Table with a binary column of encoded images, got "
+                        f"{type(data).__name__} ({e}); wrap an array: pa.table({{'content': array}})") from None
+    yield from batches
