@@ -157,12 +157,15 @@ def run(quick: bool = False) -> list[dict]:
         # wake-up of its idle threads; here 4 untimed calls wake them and 32
         # calls in a row are timed (the steady rate of a stream)
         sess = sessions[2]
-        (ow, oc), (rw, rc) = _pair(
-            lambda: [cnn.transform(images[i:i + 1], n_threads=2) for i in range(32)],
-            lambda: [sess.run(["features"], {"input": x[i:i + 1]}) for i in range(32)],
-            repeat=2 if quick else REPEAT,
-            warmup=(lambda: [cnn.transform(images[i:i + 1], n_threads=2) for i in range(4)],
-                    lambda: [sess.run(["features"], {"input": x[i:i + 1]}) for i in range(4)]))
+
+        def ours_calls(k, cnn=cnn):
+            return lambda: [cnn.transform(images[i:i + 1], n_threads=2) for i in range(k)]
+
+        def ref_calls(k, sess=sess, x=x):
+            return lambda: [sess.run(["features"], {"input": x[i:i + 1]}) for i in range(k)]
+
+        (ow, oc), (rw, rc) = _pair(ours_calls(32), ref_calls(32), repeat=2 if quick else REPEAT,
+                                   warmup=(ours_calls(4), ref_calls(4)))
         rows.append(_row(
             "cnn", f"{size}x{size}, batch 1, 2 threads, a stream of 32 calls after 4 untimed (s/image)",
             "onnxruntime", ow / 32, rw / 32,
