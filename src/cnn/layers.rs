@@ -1287,6 +1287,27 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
+    /// A random GEMM of `m x k` inputs and `k x n` weights (values from
+    /// [`lcg`], drawn in the order x, w, b, res), with the weights packed.
+    struct GemmCase {
+        x: Vec<f32>,
+        w: Vec<f32>,
+        b: Vec<f32>,
+        res: Vec<f32>,
+        pm: PackedMatrix,
+    }
+
+    impl GemmCase {
+        fn random(s: &mut u64, m: usize, k: usize, n: usize) -> Self {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(s)).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| lcg(s)).collect();
+            let b: Vec<f32> = (0..n).map(|_| lcg(s)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(s)).collect();
+            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            GemmCase { x, w, b, res, pm }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn naive_gemm(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32], res: Option<&[f32]>, act: Activation) -> Vec<f64> {
         let mut out = vec![0f64; m * n];
@@ -1309,11 +1330,7 @@ mod tests {
     fn gemm_matches_a_naive_product_and_the_portable_path_bit_for_bit() {
         let mut s = 1u64;
         for &(m, k, n) in &[(1, 1, 1), (7, 3, 5), (13, 27, 32), (50, 40, 17), (6, 300, 48), (250, 16, 96)] {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
-            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
-            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            let GemmCase { x, w, b, res, pm } = GemmCase::random(&mut s, m, k, n);
             for (r, act) in [(None, Activation::None), (Some(&res[..]), Activation::RELU6), (None, Activation::Swish)] {
                 let mut fast = vec![0f32; m * n];
                 gemm(&x, m, k, &pm, &mut fast, n, r, act);
@@ -1351,11 +1368,7 @@ mod tests {
         // panel of 8 or fewer columns and uneven panel shares; residual or
         // not; clamp, none and a non-clamp activation
         for &(m, k, n) in &[(16, 100, 200), (7, 64, 56), (24, 33, 130), (13, 50, 40), (60, 70, 90), (2, 300, 1000)] {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
-            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
-            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            let GemmCase { x, res, pm, .. } = GemmCase::random(&mut s, m, k, n);
             let xb = [XBlock { data: &x, ld: k, k }];
             for act in [Activation::None, Activation::RELU6, Activation::Swish] {
                 for r in [None, Some(res.as_slice())] {
@@ -1391,11 +1404,7 @@ mod tests {
     fn gemm_of_column_blocks_and_panel_ranges_gives_the_same_bits() {
         let mut s = 7u64;
         for &(m, k, n, cut) in &[(13, 37, 40, 16), (6, 50, 33, 1), (25, 96, 17, 95), (1, 20, 48, 7)] {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
-            let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
-            let pm = PackedMatrix::from_row_major(&w, k, n, &b);
+            let GemmCase { x, res, pm, .. } = GemmCase::random(&mut s, m, k, n);
             // x as two blocks with their own strides: columns 0..cut, cut..k
             let (lda, ldb) = (cut + 3, k - cut + 1);
             let mut xa = vec![f32::NAN; m * lda];
