@@ -9,8 +9,10 @@ Fruits-360 Test images: bovw the uint8 images (its time includes the
 resize and normalisation), onnxruntime bovw's preprocessed NCHW float32
 tensor of them (features checked equal to 1e-5).
 
-Rows (``run(quick)`` -> list of dicts; times are seconds per image, best of
-3 alternated repeats, so a busy spell of the machine falls on both sides):
+Rows (``run(quick)`` -> list of dicts; times are seconds per image, the
+median of 9 rounds (5 with ``--quick``), each round timing bovw then
+onnxruntime after a pause, so a busy spell of the machine falls on both
+sides; the notes give the range of the per-round ratios):
 
 1. input 224 (the 100 x 100 images upsampled) and 100 (native size,
    ``crop_fraction=1``), batch 1 and 32, 1 and 2 threads; notes give the
@@ -49,7 +51,12 @@ import numpy as np
 
 from common import PEAK_RSS_SOURCE, fruits_root as _fruits_root, image_files, row as _row, settle
 
-REPEAT = 3
+#: Interleaved rounds per row (``--quick``: QUICK_ROUNDS). On a shared 2-core
+#: virtual machine one call's time moves by up to 30 % from round to round,
+#: on either side: each row gives the median of its rounds, not the best one,
+#: and the range of the per-round ratios.
+ROUNDS = 9
+QUICK_ROUNDS = 5
 
 
 def _cpu() -> float:
@@ -57,20 +64,26 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _pair(ours, ref, repeat: int = REPEAT, warmup=None) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Best (wall, cpu) of ``ours`` and of ``ref``, called in turn (after
-    ``warmup[i]()``, untimed, when given)."""
-    best = [(float("inf"), float("inf")), (float("inf"), float("inf"))]
-    for _ in range(repeat):
+def _pair(ours, ref, rounds: int = ROUNDS, warmup=None) -> tuple[tuple[float, float], tuple[float, float], str]:
+    """Median (wall, cpu) of ``ours`` and of ``ref`` over ``rounds`` rounds.
+
+    Each round times ``ours`` then ``ref``, each after :func:`settle` (and
+    ``warmup[i]()``, untimed, when given). Also returns the range of the
+    per-round ratios ref / ours, as text for the row's notes.
+    """
+    times: list[list[tuple[float, float]]] = [[], []]
+    for _ in range(rounds):
         for i, fn in enumerate((ours, ref)):
             settle()
             if warmup is not None:
                 warmup[i]()
             c, t = _cpu(), time.perf_counter()
             fn()
-            w, cp = time.perf_counter() - t, _cpu() - c
-            best[i] = (min(best[i][0], w), min(best[i][1], cp))
-    return best[0], best[1]
+            times[i].append((time.perf_counter() - t, _cpu() - c))
+    ratios = [r[0] / o[0] for o, r in zip(times[0], times[1])]
+    med = [(float(np.median([w for w, _ in ts])), float(np.median([c for _, c in ts]))) for ts in times]
+    spread = f"median of {rounds} interleaved rounds, per-round ratio {min(ratios):.2f}-{max(ratios):.2f}"
+    return med[0], med[1], spread
 
 
 _RSS_SCRIPT = PEAK_RSS_SOURCE + r"""
@@ -145,12 +158,13 @@ def run(quick: bool = False) -> list[dict]:
                         sess.run(["features"], {"input": x[i * batch:(i + 1) * batch]})
 
                 n_img = batch * n_calls
-                (ow, oc), (rw, rc) = _pair(ours, ref, repeat=2 if quick else REPEAT)
+                (ow, oc), (rw, rc), spread = _pair(ours, ref, QUICK_ROUNDS if quick else ROUNDS)
                 rows.append(_row(
                     "cnn", f"{size}x{size}, batch {batch}, {threads} thread{'s' if threads > 1 else ''} (s/image)",
                     "onnxruntime", ow / n_img, rw / n_img,
                     f"bovw {n_img / ow:.1f} img/s, onnxruntime {n_img / rw:.1f} img/s; "
-                    f"CPU s/image bovw {oc / n_img:.4f}, onnxruntime {rc / n_img:.4f}; features equal to {err:.0e}",
+                    f"CPU s/image bovw {oc / n_img:.4f}, onnxruntime {rc / n_img:.4f}; features equal to {err:.0e}; "
+                    f"{spread}",
                 ))
         # a stream of single images on 2 threads: the rows above time 8 calls
         # right after a pause (settle), so they include each runtime's
@@ -164,13 +178,13 @@ def run(quick: bool = False) -> list[dict]:
         def ref_calls(k, sess=sess, x=x):
             return lambda: [sess.run(["features"], {"input": x[i:i + 1]}) for i in range(k)]
 
-        (ow, oc), (rw, rc) = _pair(ours_calls(32), ref_calls(32), repeat=2 if quick else REPEAT,
-                                   warmup=(ours_calls(4), ref_calls(4)))
+        (ow, oc), (rw, rc), spread = _pair(ours_calls(32), ref_calls(32), QUICK_ROUNDS if quick else ROUNDS,
+                                           warmup=(ours_calls(4), ref_calls(4)))
         rows.append(_row(
             "cnn", f"{size}x{size}, batch 1, 2 threads, a stream of 32 calls after 4 untimed (s/image)",
             "onnxruntime", ow / 32, rw / 32,
             f"bovw {32 / ow:.1f} img/s, onnxruntime {32 / rw:.1f} img/s; "
-            f"CPU s/image bovw {oc / 32:.4f}, onnxruntime {rc / 32:.4f}",
+            f"CPU s/image bovw {oc / 32:.4f}, onnxruntime {rc / 32:.4f}; {spread}",
         ))
     # the main job's case: 96 px, crop 0.875, batches of many images, one group of images per thread
     cnn96 = bovw.CNNEmbedding(input_size=96, crop_fraction=0.875)
@@ -178,8 +192,9 @@ def run(quick: bool = False) -> list[dict]:
     err96 = float(np.abs(cnn96.transform(images, n_threads=1) - sessions[1].run(["features"], {"input": x96})[0]).max()
                   / np.abs(sessions[1].run(["features"], {"input": x96})[0]).max())
     assert err96 < 1e-4, f"bovw and onnxruntime features differ by {err96:.1e} at 96"
-    (ow, oc), (rw, rc) = _pair(lambda: cnn96.transform(images, n_threads=2),
-                               lambda: sessions[2].run(["features"], {"input": x96}), repeat=2 if quick else REPEAT)
+    (ow, oc), (rw, rc), spread = _pair(lambda: cnn96.transform(images, n_threads=2),
+                                       lambda: sessions[2].run(["features"], {"input": x96}),
+                                       QUICK_ROUNDS if quick else ROUNDS)
     n_img = len(images)
     jpegs = pa.record_batch({"content": pa.array([f.read_bytes() for f in files], pa.binary())})
     bovw.extract_descriptors(jpegs, method=cnn96, n_threads=2)
@@ -192,7 +207,7 @@ def run(quick: bool = False) -> list[dict]:
         ow / n_img, rw / n_img,
         f"bovw {n_img / ow:.1f} img/s, onnxruntime {n_img / rw:.1f} img/s; CPU s/image bovw {oc / n_img:.4f}, "
         f"onnxruntime {rc / n_img:.4f}; extract_descriptors on the JPEGs (decode included) {ext:.4f} s/image; "
-        f"features equal to {err96:.0e}",
+        f"features equal to {err96:.0e}; {spread}",
     ))
     ours_rss, ref_rss = _peak_rss_mib("bovw", onnx_path), _peak_rss_mib("ort", onnx_path)
     rows.append(_row("cnn", "peak RSS of a worker process, 224, 64 images (MiB)", "onnxruntime", ours_rss, ref_rss,

@@ -1264,6 +1264,87 @@ pub fn with_spinning_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// of one image are tens of microseconds).
 const SPIN_IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 
+thread_local! {
+    /// Whether this thread is in a [`linger_workers`] job: a second one
+    /// taken while it lingers (the next call's own) returns at once, so a
+    /// stream of calls never nests them.
+    static LINGERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`linger_workers`] jobs running now, and the most ever running at once
+/// on one thread (the tests check that they end and never nest).
+#[cfg(test)]
+static LINGER_JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+static LINGER_MAX_DEPTH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+thread_local! {
+    static LINGER_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Keep all but one of the current pool's threads awake for a moment after
+/// a call that ran an image on all of them: each takes the pool's pending
+/// work ([`rayon::yield_now`]) and otherwise yields its CPU
+/// ([`std::thread::yield_now`]), until it has found none for
+/// [`LINGER_IDLE_MAX`].
+///
+/// The next image of a stream of single-image calls then starts, and its
+/// first parts are taken, without waking a parked thread. On a virtual
+/// machine whose idle CPU goes back to the host such wake-ups cost far more
+/// than the work between two forks, and they are slowest after a pause:
+/// 8 images of 100 x 100 px, one per call, 2 threads, right after a pause
+/// ran at 0.65x onnxruntime's images/s without this and the spinning of
+/// [`with_spinning_workers`], 1.00x with both (4 runs of 15 rounds;
+/// onnxruntime's threads also spin between runs). One thread is left free
+/// for the caller, which runs Python between calls. The jobs end by
+/// themselves; outside a rayon pool or on a pool of one thread this does
+/// nothing. No value depends on it.
+pub fn linger_workers() {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || rayon::current_thread_index().is_none() {
+        return;
+    }
+    for _ in 1..threads {
+        rayon::spawn(|| {
+            if LINGERING.with(|l| l.replace(true)) {
+                return;
+            }
+            #[cfg(test)]
+            {
+                LINGER_JOBS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let depth = LINGER_DEPTH.with(|d| {
+                    d.set(d.get() + 1);
+                    d.get()
+                });
+                LINGER_MAX_DEPTH.fetch_max(depth, std::sync::atomic::Ordering::SeqCst);
+            }
+            let mut idle_since = std::time::Instant::now();
+            let mut rounds = 0u32;
+            loop {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_since = std::time::Instant::now();
+                    continue;
+                }
+                std::thread::yield_now();
+                rounds = rounds.wrapping_add(1);
+                if rounds % 16 == 0 && idle_since.elapsed() > LINGER_IDLE_MAX {
+                    break;
+                }
+            }
+            #[cfg(test)]
+            {
+                LINGER_DEPTH.with(|d| d.set(d.get() - 1));
+                LINGER_JOBS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            LINGERING.with(|l| l.set(false));
+        });
+    }
+}
+
+/// How long a [`linger_workers`] job finds no work before its thread goes
+/// back to rayon (and parks).
+const LINGER_IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Multiply-adds of a fused block below which [`mbconv_par`] leaves it to
 /// one thread (a fork-join costs more than the work saved).
 const MBCONV_PAR_MIN_WORK: usize = 1 << 17;
@@ -1816,6 +1897,57 @@ pub(crate) mod tests {
             }));
             assert!(r.is_err(), "{threads} threads");
             assert_eq!(pool.install(|| with_spinning_workers(|| 7)), 7);
+        }
+    }
+
+    #[test]
+    fn lingering_workers_change_no_bit_never_nest_and_stop() {
+        use std::sync::atomic::Ordering;
+        let g = small_network(5);
+        let inputs: Vec<Tensor> = (0..3).map(|i| random_image(32, 32, 60 + i)).collect();
+        let want: Vec<Vec<Tensor>> = inputs.iter().map(|t| g.run(t.clone(), 2, false).unwrap()).collect();
+        linger_workers(); // outside a pool: nothing to do
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            // a stream of single-image calls, each lingering after it: the
+            // next call runs inside a lingering job, whose own lingering
+            // jobs must not nest inside it
+            for i in 0..300 {
+                let k = i % inputs.len();
+                let got = pool.install(|| {
+                    let r = with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap());
+                    linger_workers();
+                    r
+                });
+                if i < 12 {
+                    assert_eq!(got, want[k], "{threads} threads, call {i}");
+                }
+            }
+            // a second caller on the same pool while the first lingers
+            std::thread::scope(|sc| {
+                for c in 0..2 {
+                    let (pool, g, inputs, want) = (&pool, &g, &inputs, &want);
+                    sc.spawn(move || {
+                        for i in 0..20 {
+                            let k = (i + c) % inputs.len();
+                            let got = pool.install(|| {
+                                let r = with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap());
+                                linger_workers();
+                                r
+                            });
+                            assert_eq!(got, want[k], "caller {c}, {threads} threads");
+                        }
+                    });
+                }
+            });
+        }
+        // the streams did run inside lingering jobs, never one inside another
+        assert_eq!(LINGER_MAX_DEPTH.load(Ordering::SeqCst), 1);
+        // every lingering job ends by itself (2 ms without work; allow 10 s on a loaded machine)
+        let start = std::time::Instant::now();
+        while LINGER_JOBS.load(Ordering::SeqCst) > 0 {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "lingering jobs did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 

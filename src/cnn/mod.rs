@@ -58,8 +58,12 @@
 //! microseconds, far more on a virtual machine whose idle CPU went back
 //! to the host (at 224 px, batch 1, 2 threads, 8 images after a pause on
 //! a shared 2-core virtual machine: 1.24x onnxruntime's time without the
-//! spinning, 1.08x with it, medians of 6 runs);
-//! inputs below 160 x 160 pixels do not spin (slower at 100 px).
+//! spinning, 1.08x with it, medians of 6 runs). After such a call all but
+//! one of the pool's threads stay awake for 2 ms
+//! ([`graph::linger_workers`]), so that the next image of a stream starts
+//! without waking them; at 100 px the spinning helps only with it (8
+//! images after a pause: 0.65x onnxruntime's images/s with neither, 1.00x
+//! with both).
 //! Every value is computed with the kernels' fixed order of
 //! operations (see [`layers`]) whatever the split or the group (a GEMM's
 //! rows never mix), so an image's features are the same bits whatever the
@@ -80,14 +84,6 @@ use crate::features::{DescriptorDtype, DescriptorInfo, DescriptorKind, Descripto
 use crate::image::{ColorNeeds, DecodedImage, RgbView};
 
 pub use graph::{Graph, Tensor};
-
-/// Input pixels from which one image run on several threads keeps the
-/// pool's other threads spinning ([`graph::with_spinning_workers`]):
-/// measured at 224 and 160 px (8 images after a pause, 2 threads: about
-/// 1.2x the images per second, on par in a steady loop); at 100 px the same
-/// runs were slower (about 200 against 255 images/s), so small inputs keep
-/// rayon's usual waiting.
-const SPIN_MIN_PIXELS: usize = 160 * 160;
 
 /// Images a thread runs together ([`CnnModel::forward_many`], the
 /// extractor's [`Extractor::group_size`]): enough that the late layers'
@@ -277,9 +273,8 @@ impl CnnModel {
         }
         let want = if logits && self.widths.len() > 1 { 2 } else { 1 };
         let x = self.preprocess.apply_with(img, par);
-        let spin = par && x.h * x.w >= SPIN_MIN_PIXELS;
         let run = move || self.graph.run(x, want, par);
-        let outs = if spin { crate::cnn::graph::with_spinning_workers(run) } else { run() };
+        let outs = if par { crate::cnn::graph::with_spinning_workers(run) } else { run() };
         let mut outs = outs?.into_iter().map(|t| t.data);
         let f = outs.next().unwrap_or_default();
         Ok((f, outs.next()))
@@ -289,8 +284,9 @@ impl CnnModel {
     /// one result per image, in order. Whole rounds of one image per
     /// thread run in parallel; the images left over (fewer than the
     /// threads: a batch of one, the end of a batch) run one after the
-    /// other, each on all the threads (see [`Graph::run`]'s `par`). The
-    /// values are the same either way.
+    /// other, each on all the threads (see [`Graph::run`]'s `par`), and
+    /// then the pool's threads linger for the next call
+    /// ([`graph::linger_workers`]). The values are the same either way.
     pub fn forward_batch(&self, images: &[RgbView<'_>], logits: bool) -> Vec<Result<Forward>> {
         let threads = rayon::current_num_threads();
         let whole = if threads > 1 { images.len() / threads * threads } else { images.len() };
@@ -300,6 +296,9 @@ impl CnnModel {
             images[..whole].par_chunks(group).with_max_len(1).map(|g| self.forward_many(g, logits)).collect();
         let mut out: Vec<Result<Forward>> = groups.into_iter().flatten().collect();
         out.extend(images[whole..].iter().map(|img| self.forward_with(*img, logits, true)));
+        if whole < images.len() {
+            graph::linger_workers();
+        }
         out
     }
 
