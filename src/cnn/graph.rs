@@ -1286,7 +1286,7 @@ thread_local! {
 /// a call that ran an image on all of them: each takes the pool's pending
 /// work ([`rayon::yield_now`]) and otherwise yields its CPU
 /// ([`std::thread::yield_now`]), until it has found none for
-/// [`LINGER_IDLE_MAX`].
+/// `LINGER_IDLE_MAX` (2 ms).
 ///
 /// The next image of a stream of single-image calls then starts, and its
 /// first parts are taken, without waking a parked thread. On a virtual

@@ -343,7 +343,7 @@ const PAR_COLS_MAX_ROWS: usize = 4 * MR;
 
 /// [`gemm_blocks`] of all panels on the current rayon pool: the rows
 /// split into one block per thread (two when there are many rows), or,
-/// for at most [`PAR_COLS_MAX_ROWS`] rows
+/// for at most `PAR_COLS_MAX_ROWS` (24) rows
 /// and at least two panels per thread, the panels (see
 /// `gemm_blocks_par_cols`). The same values either way.
 ///
