@@ -1864,6 +1864,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// Two threads each make `calls` calls `call(k)` on a shared pool
+    /// (`k` cycling over the inputs); each result must be `want[k]`.
+    fn two_callers(want: &[Vec<Tensor>], calls: usize, threads: usize, call: impl Fn(usize) -> Vec<Tensor> + Sync) {
+        std::thread::scope(|sc| {
+            for c in 0..2 {
+                let call = &call;
+                sc.spawn(move || {
+                    for i in 0..calls {
+                        let k = (i + c) % want.len();
+                        assert_eq!(call(k), want[k], "caller {c}, {threads} threads");
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn spinning_helpers_change_no_bit_and_always_stop() {
         let g = small_network(5);
@@ -1879,17 +1895,8 @@ pub(crate) mod tests {
             }
             // two callers sharing the pool (a helper may be taken by the
             // other caller's thread while it waits): both finish, same bits
-            std::thread::scope(|sc| {
-                for c in 0..2 {
-                    let (pool, g, inputs, want) = (&pool, &g, &inputs, &want);
-                    sc.spawn(move || {
-                        for i in 0..6 {
-                            let k = (i + c) % inputs.len();
-                            let got = pool.install(|| with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap()));
-                            assert_eq!(got, want[k], "caller {c}, {threads} threads");
-                        }
-                    });
-                }
+            two_callers(&want, 6, threads, |k| {
+                pool.install(|| with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap()))
             });
             // a panic in f reaches the caller and the helpers stop
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1909,37 +1916,25 @@ pub(crate) mod tests {
         linger_workers(); // outside a pool: nothing to do
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            // a stream of single-image calls, each lingering after it: the
-            // next call runs inside a lingering job, whose own lingering
-            // jobs must not nest inside it
-            for i in 0..300 {
-                let k = i % inputs.len();
-                let got = pool.install(|| {
+            // one image on all the threads, then lingering, as forward_batch does
+            let call = |k: usize| {
+                pool.install(|| {
                     let r = with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap());
                     linger_workers();
                     r
-                });
+                })
+            };
+            // a stream of single-image calls: the next call runs inside a
+            // lingering job, whose own lingering jobs must not nest inside it
+            for i in 0..300 {
+                let k = i % inputs.len();
+                let got = call(k);
                 if i < 12 {
                     assert_eq!(got, want[k], "{threads} threads, call {i}");
                 }
             }
             // a second caller on the same pool while the first lingers
-            std::thread::scope(|sc| {
-                for c in 0..2 {
-                    let (pool, g, inputs, want) = (&pool, &g, &inputs, &want);
-                    sc.spawn(move || {
-                        for i in 0..20 {
-                            let k = (i + c) % inputs.len();
-                            let got = pool.install(|| {
-                                let r = with_spinning_workers(|| g.run(inputs[k].clone(), 2, true).unwrap());
-                                linger_workers();
-                                r
-                            });
-                            assert_eq!(got, want[k], "caller {c}, {threads} threads");
-                        }
-                    });
-                }
-            });
+            two_callers(&want, 20, threads, call);
         }
         // the streams did run inside lingering jobs, never one inside another
         assert_eq!(LINGER_MAX_DEPTH.load(Ordering::SeqCst), 1);
