@@ -1233,30 +1233,47 @@ pub fn with_spinning_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 if rayon::current_thread_index() == Some(me) {
                     return;
                 }
-                let mut idle_since = std::time::Instant::now();
-                let mut rounds = 0u32;
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                        idle_since = std::time::Instant::now();
-                        continue;
-                    }
-                    for _ in 0..16 {
-                        std::hint::spin_loop();
-                    }
-                    rounds = rounds.wrapping_add(1);
-                    // a helper taken by a thread that was itself waiting
-                    // (another caller's work on the same pool) must not
-                    // hold that thread for long: give up when idle
-                    if rounds % 64 == 0 && idle_since.elapsed() > SPIN_IDLE_MAX {
-                        break;
-                    }
-                }
+                // a helper taken by a thread that was itself waiting
+                // (another caller's work on the same pool) must not hold
+                // that thread for long: it gives up when idle
+                take_pending_work(
+                    || done.load(Ordering::Acquire),
+                    || {
+                        for _ in 0..16 {
+                            std::hint::spin_loop();
+                        }
+                    },
+                    64,
+                    SPIN_IDLE_MAX,
+                );
             });
         }
         let _done = Done(&done);
         result = Some(f());
     });
     result.expect("the scope ran f")
+}
+
+/// Take the current pool's pending work ([`rayon::yield_now`]) until
+/// `stop()` holds or none has been found for `idle_max`. Between two looks
+/// that found nothing, `pause()`; the clock is read every `check_every`
+/// such looks. The loop of [`with_spinning_workers`]' helpers and of
+/// [`linger_workers`]' jobs (inlined into each, as those two loops were).
+#[inline(always)]
+fn take_pending_work(stop: impl Fn() -> bool, pause: impl Fn(), check_every: u32, idle_max: std::time::Duration) {
+    let mut idle_since = std::time::Instant::now();
+    let mut rounds = 0u32;
+    while !stop() {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = std::time::Instant::now();
+            continue;
+        }
+        pause();
+        rounds = rounds.wrapping_add(1);
+        if rounds % check_every == 0 && idle_since.elapsed() > idle_max {
+            break;
+        }
+    }
 }
 
 /// How long a helper of [`with_spinning_workers`] spins without finding
@@ -1293,8 +1310,8 @@ thread_local! {
 /// machine whose idle CPU goes back to the host such wake-ups cost far more
 /// than the work between two forks, and they are slowest after a pause:
 /// 8 images of 100 x 100 px, one per call, 2 threads, right after a pause
-/// ran at 0.65x onnxruntime's images/s without this and the spinning of
-/// [`with_spinning_workers`], 1.00x with both (4 runs of 15 rounds;
+/// ran at 0.64-0.67x onnxruntime's images/s without this and the spinning
+/// of [`with_spinning_workers`], 0.90-1.01x with both (4 runs of 15 rounds;
 /// onnxruntime's threads also spin between runs). One thread is left free
 /// for the caller, which runs Python between calls. The jobs end by
 /// themselves; outside a rayon pool or on a pool of one thread this does
@@ -1318,19 +1335,7 @@ pub fn linger_workers() {
                 });
                 LINGER_MAX_DEPTH.fetch_max(depth, std::sync::atomic::Ordering::SeqCst);
             }
-            let mut idle_since = std::time::Instant::now();
-            let mut rounds = 0u32;
-            loop {
-                if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                    idle_since = std::time::Instant::now();
-                    continue;
-                }
-                std::thread::yield_now();
-                rounds = rounds.wrapping_add(1);
-                if rounds % 16 == 0 && idle_since.elapsed() > LINGER_IDLE_MAX {
-                    break;
-                }
-            }
+            take_pending_work(|| false, std::thread::yield_now, 16, LINGER_IDLE_MAX);
             #[cfg(test)]
             {
                 LINGER_DEPTH.with(|d| d.set(d.get() - 1));
@@ -2056,5 +2061,3 @@ pub(crate) mod tests {
         }
     }
 }
-
-
