@@ -62,8 +62,8 @@
 //! one of the pool's threads stay awake for 2 ms
 //! ([`graph::linger_workers`]), so that the next image of a stream starts
 //! without waking them; at 100 px the spinning helps only with it (8
-//! images after a pause: 0.65x onnxruntime's images/s with neither, 1.00x
-//! with both).
+//! images after a pause: 0.64-0.67x onnxruntime's images/s with neither,
+//! 0.90-1.01x with both).
 //! Every value is computed with the kernels' fixed order of
 //! operations (see [`layers`]) whatever the split or the group (a GEMM's
 //! rows never mix), so an image's features are the same bits whatever the
