@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import image_files, settle  # noqa: E402
+from common import best_of, image_files  # noqa: E402
 
 FRUITS_IMAGES = 30_548
 
@@ -73,11 +72,7 @@ def blas_gmacs(threads: int) -> float:
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
     with threadpool_limits(threads, user_api="blas"):
         a @ b
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
+        best = best_of(lambda: a @ b, 5)
     return n ** 3 / best / 1e9
 
 
@@ -86,13 +81,7 @@ def cnn_images_per_s(size: int, crop: float, threads: int, images: list) -> floa
 
     cnn = bovw.CNNEmbedding(input_size=size, crop_fraction=crop)
     cnn.transform(images[:8], n_threads=threads)
-    settle()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        cnn.transform(images, n_threads=threads)
-        best = min(best, time.perf_counter() - t)
-    return len(images) / best
+    return len(images) / best_of(lambda: cnn.transform(images, n_threads=threads), 3)
 
 
 def main() -> None:
