@@ -76,14 +76,16 @@ def stage_group(stage):
 
 rows, stage_rows = [], []
 for name, (res, wall) in results.items():
-    feats = pq.read_table(Path(res.out) / "features.parquet", columns=["features", "pca_features"])
+    feats = pq.read_table(Path(res.out) / "features.parquet", columns=["features"])
     width = len(feats.column("features")[0].as_py())
-    reduced = len(feats.column("pca_features")[0].as_py())
+    reduced = res.info["pca"]["n_components"] if res.info["pca"] else width  # pca_features: only with a PCA
     rows.append({"recipe": name, "Test accuracy": round(res.accuracy, 3),
                  "Test errors": int(round((1 - res.accuracy) * res.info["counts"]["test"])),
                  "features": width, "after PCA": reduced if reduced != width else "-",
                  "wall s": round(wall, 1), "images": res.n_images, "failed images": res.n_errors})
     for st in res.stages:
+        if st.get("beside"):  # ran on another thread during an encoding stage: already in its wall time
+            continue
         stage_rows.append({"recipe": name, "group": stage_group(st), "seconds": st["seconds"]})
 summary = pd.DataFrame(rows).set_index("recipe")
 stage_times = pd.DataFrame(stage_rows).pivot_table(index="recipe", columns="group", values="seconds",

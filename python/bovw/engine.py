@@ -8,7 +8,8 @@ for the contract it shares with :class:`bovw.spark.SparkEngine`.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator, Optional, Sequence
+import os
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,21 @@ CACHE_BYTES = 512 * 1024 * 1024
 #: Descriptor bytes a batch of the local engine aims at: dense descriptors of
 #: large photos (PHOW: about 10 MB per 348 x 348 photo) come fewer per batch.
 BATCH_BYTES = 256 * 1024 * 1024
+
+
+def default_threads() -> int:
+    """Threads of the kernels' default pool: ``RAYON_NUM_THREADS``, else the
+    CPUs this process may run on."""
+    try:
+        n = int(os.environ.get("RAYON_NUM_THREADS", "0"))
+    except ValueError:
+        n = 0
+    if n > 0:
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class _Batches:
@@ -214,14 +230,23 @@ class LocalEngine:
     def _describe(self, extractor: Any, contents: list[Optional[bytes]]) -> ExtractedBatch:
         return self._describe_many([extractor], contents)[0]
 
-    def _describe_many(self, extractors: Sequence[Any], contents: list[Optional[bytes]]) -> list[ExtractedBatch]:
+    def _describe_many(self, extractors: Sequence[Any], contents: list[Optional[bytes]],
+                       n_threads: Optional[int] = None) -> list[ExtractedBatch]:
         """Each extractor's descriptors of the same images (decoded once per
-        pixel layout: :func:`bovw.features.extract_many`)."""
+        pixel layout: :func:`bovw.features.extract_many`), on ``n_threads``
+        (default the engine's)."""
         from bovw.features import extract_many
 
         batch = pa.record_batch({"content": pa.array(contents, pa.binary())})
+        n_threads = self.n_threads if n_threads is None else n_threads
         return [extracted_batch(res, x) for x, res in
-                zip(extractors, extract_many(batch, extractors, n_threads=self.n_threads))]
+                zip(extractors, extract_many(batch, extractors, n_threads=n_threads))]
+
+    def _threads(self, busy: Optional[Callable[[], bool]]) -> Optional[int]:
+        """Kernel threads for the next batch: the engine's, one fewer while ``busy()``."""
+        if busy is None or not busy():
+            return self.n_threads
+        return max(1, (self.n_threads or default_threads()) - 1)
 
     # -- the two passes -----------------------------------------------------------------------
 
@@ -245,30 +270,33 @@ class LocalEngine:
             batches.done(len(idx), eb.nbytes)
         return sample.matrix()
 
-    def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
-        n = len(listing)
-        feats = [np.zeros((n, ch.encoding.n_features_out_), np.float32) for ch in channels]
-        n_kp = np.zeros(n, np.int32)
-        scales = np.ones(n, np.float32)
-        errors: list[Optional[str]] = [None] * n
-        stages: list[Optional[str]] = [None] * n
-        sha: list[str] = [""] * n
+    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None,
+               busy: Optional[Callable[[], bool]] = None) -> Extraction:
+        order = np.arange(len(listing)) if rows is None else np.asarray(rows, np.int64)
+        m = len(order)
+        feats = [np.zeros((m, ch.encoding.n_features_out_), np.float32) for ch in channels]
+        n_kp = np.zeros(m, np.int32)
+        scales = np.ones(m, np.float32)
+        errors: list[Optional[str]] = [None] * m
+        stages: list[Optional[str]] = [None] * m
+        sha: list[str] = [""] * m
         n_bytes = 0
-        batches = _Batches(n, self.batch_size, "describe + encode", self.progress)
+        batches = _Batches(m, self.batch_size, "describe + encode", self.progress)
+        caches = [self._cache.get(id(ch.extractor), {}) for ch in channels]
 
         def uncached(a: int, b: int) -> list[int]:
-            return [i for i in range(a, b) if not all(i in self._cache.get(id(ch.extractor), {}) for ch in channels)]
+            return [i for i in order[a:b].tolist() if not all(i in c for c in caches)]
 
         for start, stop, todo, read in self._read_ahead(batches, uncached, listing.paths):
-            idx = np.arange(start, stop)
+            ids = order[start:stop].tolist()
             batch_bytes = 0
             contents, read_errors, digests = read
             fresh = {int(i): j for j, i in enumerate(todo)}
-            described = self._describe_many([ch.extractor for ch in channels], contents)
+            threads = self._threads(busy)
+            described = self._describe_many([ch.extractor for ch in channels], contents, threads)
             for c, (ch, eb) in enumerate(zip(channels, described)):
-                cache = self._cache.get(id(ch.extractor), {})
                 parts, sizes = [], []
-                for i in idx.tolist():
+                for p, i in enumerate(ids, start):
                     if i in fresh:
                         j = fresh[i]
                         X, K = eb.rows(j)
@@ -276,24 +304,29 @@ class LocalEngine:
                         stage = "read" if read_errors[j] else eb.stages[j]
                         size, digest, nb = eb.sizes[j], digests[j], len(contents[j] or b"")
                         scale = float(eb.scales[j])
+                        stale = caches[c].pop(i, None)  # cached for this channel, described again for another
+                        if stale is not None:
+                            self._cache_bytes -= stale[0].nbytes + stale[1].nbytes
                     else:
-                        X, K, size, err, stage, digest, nb, scale = cache[i]
-                    scales[i] = min(scales[i], scale)
+                        X, K, size, err, stage, digest, nb, scale = caches[c].pop(i)
+                        self._cache_bytes -= X.nbytes + K.nbytes
+                    scales[p] = min(scales[p], scale)
                     parts.append((X, K))
                     sizes.append(size)
-                    if err is not None and errors[i] is None:
-                        errors[i], stages[i] = err, stage
+                    if err is not None and errors[p] is None:
+                        errors[p], stages[p] = err, stage
                     if c == 0:
-                        n_kp[i] = len(X) if err is None else 0
-                        sha[i] = digest
+                        n_kp[p] = len(X) if err is None else 0
+                        sha[p] = digest
                         n_bytes += nb
                 X, offsets, K = gather(parts, ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
                 batch_bytes += int(X.nbytes + K.nbytes)
-                feats[c][idx] = ch.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
-                                                   n_threads=self.n_threads)
-            batches.done(len(idx), batch_bytes)
+                feats[c][start:stop] = ch.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
+                                                 n_threads=threads)
+            batches.done(stop - start, batch_bytes)
         for f in feats:
-            f[np.array([e is not None for e in errors])] = 0.0
-        self._cache.clear()
-        self._cache_bytes = 0
+            f[np.array([e is not None for e in errors], dtype=bool)] = 0.0
+        if rows is None:  # the whole listing: nothing cached can be asked for again
+            self._cache.clear()
+            self._cache_bytes = 0
         return Extraction(feats, n_kp, errors, stages, sha, n_bytes, scales)

@@ -29,7 +29,7 @@ Outputs (``<out>/``):
     One row per usable image: ``path``, ``label``, ``split``,
     ``n_keypoints`` (int32), ``features`` (list<float32>: the encoded vector,
     the recipe's channels concatenated), ``pca_features`` (list<float32>: its
-    PCA projection, or the same vector when the recipe has no PCA),
+    PCA projection; only when the recipe has a PCA),
     ``prediction`` (string, every split), ``image_scale`` (float32).
 ``vocabulary.npy``
     The visual vocabulary, (k, descriptor width): float32 (K-Means) or uint8 (k-majority).
@@ -72,7 +72,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -186,15 +186,23 @@ class StageTimer:
 
 
 def format_stage_table(rows: list[dict[str, Any]]) -> str:
-    """The stage timing table ("Durée des opérations"): stage, seconds, throughput."""
-    lines = [f"{'stage':<30}{'wall s':>10}{'items':>12}  {'per second':<24}", "-" * 78]
+    """The stage timing table ("Durée des opérations"): stage, seconds, throughput.
+
+    A row with ``beside`` (a stage that ran on another thread alongside the
+    stage of that name, e.g. the model fit beside the encoding of the Test
+    images) is shown indented under it and left out of the total, which is
+    the run's wall time."""
+    names = [("    beside: " if r.get("beside") else "") + r["stage"] for r in rows]
+    w = max([30] + [len(s) + 2 for s in names])
+    lines = [f"{'stage':<{w}}{'wall s':>10}{'items':>12}  {'per second':<24}", "-" * (w + 48)]
     total = 0.0
-    for r in rows:
-        total += r["seconds"]
+    for name, r in zip(names, rows):
+        if not r.get("beside"):
+            total += r["seconds"]
         rate = f"{r['items'] / r['seconds']:,.0f} {r['unit']}/s" if r["items"] and r["seconds"] > 0 else ""
-        lines.append(f"{r['stage']:<30}{r['seconds']:>10.2f}{r['items']:>12,}  {rate:<24}")
-    lines.append("-" * 78)
-    lines.append(f"{'total':<30}{total:>10.2f}")
+        lines.append(f"{name:<{w}}{r['seconds']:>10.2f}{r['items']:>12,}  {rate:<24}")
+    lines.append("-" * (w + 48))
+    lines.append(f"{'total':<{w}}{total:>10.2f}")
     return "\n".join(lines)
 
 
@@ -259,8 +267,12 @@ class Engine(Protocol):
         indices) offered to ``sample`` under its image's listing index (images that fail give none),
         then ``sample.matrix()``."""
 
-    def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
-        """Decode, describe and encode every image with each channel."""
+    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None,
+               busy: Optional[Callable[[], bool]] = None) -> Extraction:
+        """Decode, describe and encode the images ``rows`` (listing indices; default every image),
+        with each channel: an :class:`Extraction` of ``len(rows)`` images in that order. While
+        ``busy()`` is true, another thread of this process works beside the encoding (the model
+        fit, :class:`ModelFit`); an in-process engine then leaves it a core."""
 
     def info(self) -> dict[str, Any]:
         """What run.json records about the engine."""
@@ -626,60 +638,56 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
                       "descriptors_described": int(sample.n_offered)}
         say(f"bovw: {ch.name} encoding of width {ch.encoding.n_features_out_} fitted on {len(X):,} descriptors")
 
-    with timer.stage(f"decode + {'/'.join(c.name for c in channels)} + encode") as st:
-        ex = engine.encode(listing, channels)
-        st["items"] = n
+    # -- decode + describe + encode, in two passes: the images the model is fitted on (Training,
+    # Validation) first, then the others, with the model fitted beside that second pass (ModelFit) --
+    encode_name = f"decode + {'/'.join(c.name for c in channels)} + encode"
+    fit_rows = np.flatnonzero(np.isin(splits, (TRAINING, VALIDATION)))
+    other_rows = np.flatnonzero(~np.isin(splits, (TRAINING, VALIDATION)))
+    y = np.array(listing.labels, dtype=object)
+    with timer.stage(f"{encode_name} ({_split_names(splits[fit_rows])})") as st:
+        ex_fit = engine.encode(listing, channels, rows=fit_rows)
+        st["items"] = len(fit_rows)
+    fitter = ModelFit(config, recipe, ex_fit, y[fit_rows], splits[fit_rows])
+    ex_other: Optional[Extraction] = None
+    if len(other_rows):
+        other_stage = f"{encode_name} ({_split_names(splits[other_rows])})"
+        fitter.start(beside=other_stage)  # a daemon thread: an error below does not wait for it
+        with timer.stage(other_stage) as st:
+            ex_other = engine.encode(listing, channels, rows=other_rows, busy=fitter.running)
+            st["items"] = len(other_rows)
+        with timer.stage("waiting for the model fit"):
+            fitter.join()
+    else:
+        fitter.run()
+    for row in fitter.rows:
+        timer.rows.insert(-1 if len(other_rows) else len(timer.rows), row)
+    for line in fitter.messages:
+        say(line)
+    ex, H = _merge_extractions(n, [(fit_rows, ex_fit)] + ([(other_rows, ex_other)] if ex_other is not None else []))
+    del ex_fit, ex_other
     ok = np.array([e is None for e in ex.errors], dtype=bool)
     say(f"bovw: {int(ok.sum())} images usable, {int((~ok).sum())} errors, "
         f"{int(ex.n_keypoints[ok].sum()):,} descriptors")
-    H = np.concatenate(ex.features, axis=1) if len(ex.features) > 1 else ex.features[0]
     train = ok & (splits == TRAINING)
     test = ok & (splits == "Test")
-    if not train.any():
-        raise ValueError("no usable Training image")
-
-    pca = None
-    with timer.stage("PCA") as st:
-        pca_components = config.pca_components()
-        if pca_components is not None and pca_components != 0:
-            n_comp = pca_components
-            if isinstance(n_comp, int):
-                n_comp = min(n_comp, H.shape[1], int(train.sum()))
-            pca = bovw.PCA(n_components=n_comp, random_state=config.seed).fit(H[train])
-            F = np.zeros((n, pca.n_components_), np.float32)
-            F[ok] = np.asarray(pca.transform(H[ok]), np.float32)
-        else:
-            F = H
-        st["items"] = int(ok.sum())
-    if pca is not None:
-        say(f"bovw: PCA keeps {pca.n_components_} components "
-            f"({float(np.sum(pca.explained_variance_ratio_)):.1%} of the variance)")
+    pca, clf, selection, clf_params = fitter.pca, fitter.classifier, fitter.selection, fitter.classifier_params
+    classes = fitter.classes
 
     from sklearn.metrics import accuracy_score
 
-    from bovw.model import BovwModel, make_classifier
+    from bovw.model import BovwModel
 
-    y = np.array(listing.labels, dtype=object)
     predictions = np.full(n, None, dtype=object)
     accuracy: Optional[float] = None
-    classes = sorted(set(y[train]))
-    clf = None
-    validation = ok & (splits == VALIDATION)
-    selection: Optional[dict[str, Any]] = None
-    clf_params = dict(recipe.classifier_params)
-    if len(classes) >= 2 and validation.any() and config.classifier in ("logreg", "svm"):
-        with timer.stage(f"model selection (C on {int(validation.sum())} Validation images)") as st:
-            selection = select_c(config.classifier, config.seed, clf_params, F[train], y[train],
-                                 F[validation], y[validation])
-            clf_params["C"] = selection["C"]
-            st["items"] = len(selection["scores"])
-        say(f"bovw: C = {selection['C']:g} chosen on the Validation split "
-            f"({selection['scores'][str(selection['C'])]:.1%})")
-    with timer.stage(f"classifier ({config.classifier})") as st:
-        if len(classes) >= 2:
-            clf = make_classifier(config.classifier, config.seed, **clf_params)
-            clf.fit(F[train], y[train])
-            predictions[ok] = [str(p) for p in clf.predict(F[ok])]
+    F = H
+    if pca is not None:
+        with timer.stage("PCA (transform)") as st:
+            F = np.zeros((n, pca.n_components_), np.float32)
+            F[ok] = np.asarray(pca.transform(H[ok]), np.float32)
+            st["items"] = int(ok.sum())
+    with timer.stage(f"classifier ({config.classifier}, predict)") as st:
+        if clf is not None:
+            predictions[ok] = [str(p) for p in clf.predict(F if ok.all() else F[ok])]
             if test.any():
                 accuracy = float(accuracy_score(y[test], predictions[test]))
         st["items"] = int(ok.sum())
@@ -732,6 +740,157 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
     info["stages"] = timer.rows
     return RunResult(out=out, accuracy=accuracy, n_images=int(ok.sum()), n_errors=int((~ok).sum()),
                      stages=timer.rows, info=info)
+
+
+def _split_names(splits: np.ndarray) -> str:
+    """"Training/Validation": the split names of these rows, in first-seen order."""
+    names = list(dict.fromkeys(splits.tolist()))
+    return "/".join(names) if names else "no image"
+
+
+def _merge_extractions(n: int, parts: Sequence[tuple[np.ndarray, Extraction]]) -> tuple[Extraction, np.ndarray]:
+    """One :class:`Extraction` of ``n`` listed images from the engine's passes over
+    disjoint ``rows`` (each part in its rows' order; every row covered), and its
+    channels concatenated, (n, sum of widths) float32: the Extraction's
+    ``features`` are column views of that matrix (no second copy)."""
+    if sum(len(r) for r, _ in parts) != n:
+        raise ValueError(f"the encoding passes cover {sum(len(r) for r, _ in parts)} of {n} images")
+    widths = [f.shape[1] for f in parts[0][1].features]
+    H = np.empty((n, sum(widths)), np.float32)
+    ends = np.cumsum([0] + widths)
+    feats = [H[:, a:b] for a, b in zip(ends[:-1], ends[1:])]
+    n_kp = np.zeros(n, np.int32)
+    scales = np.ones(n, np.float32)
+    errors: list[Optional[str]] = [None] * n
+    stages: list[Optional[str]] = [None] * n
+    sha = [""] * n
+    for rows, ex in parts:
+        for c, f in enumerate(ex.features):
+            feats[c][rows] = f
+        n_kp[rows] = ex.n_keypoints
+        scales[rows] = _scales(ex)
+        for j, i in enumerate(rows.tolist()):
+            errors[i], stages[i], sha[i] = ex.errors[j], ex.stages[j], ex.sha256[j]
+    return Extraction(feats, n_kp, errors, stages, sha, sum(ex.n_bytes for _, ex in parts),
+                      None if all(ex.image_scale is None for _, ex in parts) else scales), H
+
+
+class ModelFit:
+    """PCA, model selection and classifier, fitted on the Training (and
+    Validation) images of a run, in this thread (:meth:`run`) or on a
+    background one (:meth:`start` / :meth:`join`).
+
+    :func:`run` encodes the Training and Validation images first and fits
+    the model on a background thread while the engine encodes the other
+    images: the kernels release the GIL, and the fit (mostly serial: the
+    L-BFGS updates, Python) then uses the CPU the encoding leaves idle. On
+    the background thread, BLAS and OpenMP are limited to one thread
+    (``threadpoolctl``) so that their spinning workers do not take the
+    encoding's cores. Its stage rows carry ``beside``: the stage they ran
+    alongside (not counted in the total, see :func:`format_stage_table`).
+
+    Attributes (after the fit)
+    --------------------------
+    pca : bovw.PCA or None
+    classifier : scikit-learn estimator or None (fewer than two classes)
+    selection : dict or None
+        :func:`select_c`'s result when there is a Validation split.
+    classifier_params : dict
+        The recipe's classifier parameters, ``C`` as chosen.
+    classes : list of str
+        The Training labels.
+    rows : list of dict
+        Stage rows (``stage``, ``seconds``, ``items``, ``unit``, and ``beside``).
+    messages : list of str
+        Progress lines for the caller to print (a background thread does not print).
+    """
+
+    def __init__(self, config: RunConfig, recipe: Any, ex: Extraction, y: np.ndarray, splits: np.ndarray) -> None:
+        self.config, self.recipe, self.ex, self.y, self.splits = config, recipe, ex, y, splits
+        ok = np.array([e is None for e in ex.errors], dtype=bool)
+        self._train, self._validation = ok & (splits == TRAINING), ok & (splits == VALIDATION)
+        if not self._train.any():
+            raise ValueError("no usable Training image")
+        self.pca: Any = None
+        self.classifier: Any = None
+        self.selection: Optional[dict[str, Any]] = None
+        self.classifier_params = dict(recipe.classifier_params)
+        self.classes: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+        self.messages: list[str] = []
+        self._beside: Optional[str] = None
+        self._thread: Any = None
+        self._error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        """Fit in this thread."""
+        import bovw
+
+        train, validation = self._train, self._validation
+        H = np.concatenate(self.ex.features, axis=1) if len(self.ex.features) > 1 else self.ex.features[0]
+        timer = StageTimer()
+        config = self.config
+        F = H
+        n_comp = config.pca_components()
+        if n_comp is not None and n_comp != 0:
+            with timer.stage("PCA (fit)") as st:
+                if isinstance(n_comp, int):
+                    n_comp = min(n_comp, H.shape[1], int(train.sum()))
+                self.pca = bovw.PCA(n_components=n_comp, random_state=config.seed).fit(H[train])
+                F = np.zeros((len(H), self.pca.n_components_), np.float32)
+                F[train | validation] = np.asarray(self.pca.transform(H[train | validation]), np.float32)
+                st["items"] = int(train.sum())
+            self.messages.append(f"bovw: PCA keeps {self.pca.n_components_} components "
+                                 f"({float(np.sum(self.pca.explained_variance_ratio_)):.1%} of the variance)")
+        y = self.y
+        self.classes = sorted(set(y[train]))
+        if len(self.classes) >= 2 and validation.any() and config.classifier in ("logreg", "svm"):
+            with timer.stage(f"model selection (C on {int(validation.sum())} Validation images)") as st:
+                self.selection = select_c(config.classifier, config.seed, self.classifier_params, F[train],
+                                          y[train], F[validation], y[validation])
+                self.classifier_params["C"] = self.selection["C"]
+                st["items"] = len(self.selection["scores"])
+            self.messages.append(f"bovw: C = {self.selection['C']:g} chosen on the Validation split "
+                                 f"({self.selection['scores'][str(self.selection['C'])]:.1%})")
+        with timer.stage(f"classifier ({config.classifier}, fit)") as st:
+            if len(self.classes) >= 2:
+                from bovw.model import make_classifier
+
+                self.classifier = make_classifier(config.classifier, config.seed, **self.classifier_params)
+                self.classifier.fit(F[train], y[train])
+            st["items"] = int(train.sum())
+        if self._beside is not None:
+            for row in timer.rows:
+                row["beside"] = self._beside
+        self.rows = timer.rows
+
+    def _run_limited(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        try:
+            with threadpool_limits(limits=1):
+                self.run()
+        except BaseException as e:  # re-raised by join()
+            self._error = e
+
+    def start(self, beside: str) -> None:
+        """Fit on a background thread (BLAS / OpenMP on one thread), its stage rows marked as
+        running beside the stage ``beside``."""
+        import threading
+
+        self._beside = beside
+        self._thread = threading.Thread(target=self._run_limited, name="bovw-model-fit", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        """Whether :meth:`start`'s fit is still running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self) -> None:
+        """Wait for :meth:`start`'s fit; raise its error, if any."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def versions() -> dict[str, str]:
@@ -803,16 +962,19 @@ def _write_files(out: Path, listing: Listing, ex: Extraction, ok: np.ndarray, H:
     from bovw.image import display_path
 
     idx = np.flatnonzero(ok)
-    table = pa.table({
+    every = len(idx) == len(ok)  # no error row: the matrices as they are, not a 190 MB copy each
+    columns = {
         "path": pa.array([display_path(listing.paths[i]) for i in idx], pa.string()),
         "label": pa.array([listing.labels[i] for i in idx], pa.string()),
         "split": pa.array([listing.splits[i] for i in idx], pa.string()),
         "n_keypoints": pa.array(ex.n_keypoints[idx], pa.int32()),
-        "features": _list_column(H[idx]),
-        "pca_features": _list_column(F[idx]),
-        "prediction": pa.array(list(predictions[idx]), pa.string()),
-        "image_scale": pa.array(_scales(ex)[idx], pa.float32()),
-    })
+        "features": _list_column(H if every else H[idx]),
+    }
+    if model.pca is not None:  # without a PCA, F is H: not written twice
+        columns["pca_features"] = _list_column(F if every else F[idx])
+    columns["prediction"] = pa.array(list(predictions[idx]), pa.string())
+    columns["image_scale"] = pa.array(_scales(ex)[idx], pa.float32())
+    table = pa.table(columns)
     # dictionary pages only for the repeated strings: the float lists and the
     # (unique) paths would fill a dictionary page and fall back anyway. The
     # file is written on a second thread (Arrow releases the GIL) while the

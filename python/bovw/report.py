@@ -20,7 +20,8 @@ The report shows, for the data scientist who asks "where does it lose?":
   the most confused pairs involve;
 - the most confused pairs (true -> predicted), each with a few thumbnails of
   misclassified images and of images of the class they were taken for;
-- the stage times (seconds and share of the total).
+- the stage times (seconds and share of the total; stages that ran beside
+  another, such as the model fit beside the encoding, drawn apart).
 
 Thumbnails are the original JPEG/PNG bytes when the file is already small
 (Fruits-360's 100 x 100 JPEGs), otherwise the image decoded with
@@ -841,7 +842,7 @@ def _stage_chart(stages: Sequence[Mapping[str, Any]]) -> str:
     rows = [s for s in stages if "seconds" in s]
     if not rows:
         return '<p class="note">No stage time recorded.</p>'
-    total = sum(float(s["seconds"]) for s in rows)
+    total = sum(float(s["seconds"]) for s in rows if not s.get("beside"))
     font = 12
     label_w = min(360, max(_text_width(s.get("stage", ""), font) for s in rows) + 10)
     plot_w = 480
@@ -857,15 +858,18 @@ def _stage_chart(stages: Sequence[Mapping[str, Any]]) -> str:
         items, unit = s.get("items") or 0, s.get("unit", "items")
         rate = f", {items / sec:,.0f} {unit}/s" if items and sec > 0 else ""
         y = i * bar_h + 4
-        title = f"{s.get('stage', '')}: {sec:.3f} s, {share:.1%} of {total:.2f} s ({items:,} {unit}{rate})"
+        beside = s.get("beside")
+        title = (f"{s.get('stage', '')}: {sec:.3f} s, " + (f"on another thread beside {beside}" if beside else
+                 f"{share:.1%} of {total:.2f} s") + f" ({items:,} {unit}{rate})")
         o.append(f'<g><title>{_e(title)}</title>')
         o.append(f'<text x="{label_w - 6:.1f}" y="{y + 14}" font-size="{font}" text-anchor="end">'
                  f'{_e(s.get("stage", ""))}</text>')
         o.append(f'<rect x="{label_w:.1f}" y="{y + 2}" width="{max(sec / smax * plot_w, 1.5):.1f}" '
-                 f'height="{bar_h - 6}" fill="#54aeff"/>')
+                 f'height="{bar_h - 6}" fill="{"#d4a72c" if beside else "#54aeff"}"/>')
         o.append(f'<text x="{label_w + sec / smax * plot_w + 6:.1f}" y="{y + 14}" font-size="11" '
                  f'data-stage="{_e(s.get("stage", ""))}" data-seconds="{sec!r}">{sec:.2f} s '
-                 f'<tspan fill="#57606a">({share:.1%}{_e(rate)})</tspan></text></g>')
+                 f'<tspan fill="#57606a">({"beside the stage above" if beside else f"{share:.1%}"}{_e(rate)})'
+                 '</tspan></text></g>')
     o.append("</svg>")
     return "".join(o)
 
@@ -1138,7 +1142,8 @@ def write_report(out_dir: Union[str, Path], evaluation: Mapping[str, Any], *,
         for ``Test``, else the first split; accuracy and macro-F1 for every
         split. Empty: the page says why (:func:`missing_evaluation_reason`).
     stages : sequence of dict
-        Stage rows ``stage``, ``seconds``, ``items``, ``unit`` (``run.json``'s ``stages``).
+        Stage rows ``stage``, ``seconds``, ``items``, ``unit`` (``run.json``'s ``stages``); a row
+        with ``beside`` ran on another thread alongside that stage and is not counted in the total.
     info : dict, optional
         ``run.json``'s content: ``parameters``, ``counts``, ``versions``, ...
     examples : sequence of dict
@@ -1206,9 +1211,11 @@ def write_report(out_dir: Union[str, Path], evaluation: Mapping[str, Any], *,
             body.append(_confusion_section(ev, main_split))
             body.append(_pairs_section(ev, examples, n_pairs, thumb_size))
     body.append('<h2 id="stages">Stage times</h2>')
-    total = sum(float(s["seconds"]) for s in stages if "seconds" in s)
+    total = sum(float(s["seconds"]) for s in stages if "seconds" in s and not s.get("beside"))
     body.append(f'<p class="note">Wall-clock seconds per stage and share of the {total:.2f} s total '
-                '(writing the outputs, this page included, is not counted).</p>')
+                '(writing the outputs, this page included, is not counted). Yellow bars ran on another '
+                'thread beside the stage above them (the model fit beside the encoding of the other '
+                'images) and are not part of the total.</p>')
     body.append(f'<div class="wide">{_stage_chart(stages)}</div>')
     version = (info.get("versions") or {}).get("bovw", "")
     body.append(f'<footer>Written by bovw {_e(version)} (bovw.report). Self-contained: no script, no network.'

@@ -170,16 +170,21 @@ class SparkEngine:
                          offered=int(offered[first].sum()))
         return sample.matrix()
 
-    def encode(self, listing: Listing, channels: Sequence[Any]) -> Extraction:
+    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None,
+               busy: Optional[Callable[[], bool]] = None) -> Extraction:
+        # busy (see bovw.job.Engine.encode) is not used: the executors' cores are the cluster's
         from bovw.columns import vector_matrix
 
-        n = len(listing)
-        df = encode_images(self._images(listing, range(n)), channels, n_threads=self.n_threads,
+        want = np.arange(len(listing)) if rows is None else np.asarray(rows, np.int64)
+        n = len(want)
+        df = encode_images(self._images(listing, want.tolist()), channels, n_threads=self.n_threads,
                            batch_size=self.batch_size, keep=["row"])
         table = collect_arrow(df).sort_by("row")
-        order = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
-        if table.num_rows != n or not np.array_equal(order, np.arange(n)):
+        got = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+        if table.num_rows != n or not np.array_equal(got, np.sort(want)):
             raise RuntimeError(f"the Spark engine returned {table.num_rows} rows for {n} listed images")
+        if not np.all(want[1:] > want[:-1]):  # rows in the order asked for
+            table = table.take(pa.array(np.argsort(np.argsort(want, kind="stable"), kind="stable")))
         feats = []
         for c, ch in enumerate(channels):
             col = table.column(f"features_{c}").combine_chunks()
