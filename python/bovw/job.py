@@ -18,8 +18,9 @@ The flow (see ``docs/architecture.md``)::
     engine.list_images        -> Listing: path, label, split (+ read errors)
     engine.sample_descriptors -> training descriptors (a seeded sample)
     channel.encoding.fit      -> the vocabulary              (driver)
-    engine.encode             -> one vector per image, status (decode + describe + encode, fused)
-    PCA, classifier           -> on the driver
+    engine.encode             -> one vector per image, status (decode + describe + encode, fused):
+                                 Training + Validation images first, then the others
+    ModelFit: PCA, classifier -> on the driver, on a thread beside the second encoding pass
     bovw.report.evaluate      -> accuracy, macro-F1, confused pairs per split (run.json)
     write_outputs             -> features.parquet, errors.csv, model.joblib, run.json, report.html, ...
 
@@ -237,7 +238,8 @@ class Listing:
 
 @dataclass
 class Extraction:
-    """Per-image results of the fused decode + describe + encode pass, in listing order."""
+    """Per-image results of the fused decode + describe + encode pass, in listing order (or in
+    the order of the rows asked of :meth:`Engine.encode`)."""
 
     features: list[np.ndarray]
     """One (n_images, d_c) float32 matrix per channel; zeros on failed rows."""
