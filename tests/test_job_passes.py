@@ -130,3 +130,20 @@ def test_an_error_in_the_fit_reaches_the_caller_and_keeps_the_outputs(color_run,
     with pytest.raises(RuntimeError, match="classifier exploded"):
         run(RunConfig(root=str(sample_root), out=str(out), recipe="color", seed=5, progress=False))
     assert (out / "run.json").read_bytes() == before
+
+
+@pytest.mark.spark
+def test_spark_engine_encodes_rows_in_the_order_asked(spark, sample_root):
+    from bovw.spark import SparkEngine
+
+    config = RunConfig(root=str(sample_root), recipe="color", seed=0, progress=False)
+    channels = build_channels(config)
+    local = LocalEngine(progress=False)
+    listing = local.list_images(str(sample_root), test_size=0.25, seed=0)
+    rows = np.array([41, 3, 518, 7, 260, 8])  # not sorted
+    got = SparkEngine(spark, progress=False).encode(listing, channels, rows=rows, busy=lambda: True)
+    want = local.encode(listing, channels, rows=rows)
+    np.testing.assert_array_equal(got.features[0], want.features[0])
+    assert got.sha256 == want.sha256 and got.errors == want.errors
+    whole = local.encode(listing, channels)
+    np.testing.assert_array_equal(got.features[0], whole.features[0][rows])
