@@ -791,6 +791,20 @@ class ModelFit:
     encoding's cores. Its stage rows carry ``beside``: the stage they ran
     alongside (not counted in the total, see :func:`format_stage_table`).
 
+    Parameters
+    ----------
+    config : RunConfig
+    recipe : bovw.recipes.Recipe
+    ex : Extraction
+        The encoded Training and Validation images (the first pass).
+    y, splits : ndarray of str, shape (len(ex.errors),)
+        Their labels and splits.
+
+    Raises
+    ------
+    ValueError
+        If no image of ``ex`` is a usable Training image (at construction).
+
     Attributes (after the fit)
     --------------------------
     pca : bovw.PCA or None
@@ -808,7 +822,8 @@ class ModelFit:
     """
 
     def __init__(self, config: RunConfig, recipe: Any, ex: Extraction, y: np.ndarray, splits: np.ndarray) -> None:
-        self.config, self.recipe, self.ex, self.y, self.splits = config, recipe, ex, y, splits
+        self.config, self.recipe, self.y, self.splits = config, recipe, y, splits
+        self._features = ex.features  # released at the end of the fit
         ok = np.array([e is None for e in ex.errors], dtype=bool)
         self._train, self._validation = ok & (splits == TRAINING), ok & (splits == VALIDATION)
         if not self._train.any():
@@ -829,7 +844,8 @@ class ModelFit:
         import bovw
 
         train, validation = self._train, self._validation
-        H = np.concatenate(self.ex.features, axis=1) if len(self.ex.features) > 1 else self.ex.features[0]
+        H = np.concatenate(self._features, axis=1) if len(self._features) > 1 else self._features[0]
+        self._features = []
         timer = StageTimer()
         config = self.config
         F = H
