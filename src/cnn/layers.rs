@@ -1121,14 +1121,14 @@ mod dw_avx2 {
         }
     }
 
-    /// Output pixels `ox..ox + n` (`n <= 8`), channels `0..c8` in blocks of
+    /// Output pixels `ox..ox + n` (`n <= P`, `P` sums in registers),
+    /// channels `0..c8` in blocks of
     /// 8, for a `K`-wide window with stride `S`: per tap row, the `K` filter
     /// vectors stay in registers and each input column is loaded once for
     /// the pixels that read it. Columns in the padding are skipped, and a
     /// pixel's taps come in the order of `kx`, exactly as in [`single`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn chunk<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
-        const P: usize = 8;
+    unsafe fn chunk<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
         let c = r.c;
         let lo = _mm256_set1_ps(r.lo);
         let hi = _mm256_set1_ps(r.hi);
@@ -1175,14 +1175,24 @@ mod dw_avx2 {
     }
 
     /// [`chunk`] of pixels `ox..ox + n` (`n <= 8`) for the window of `r`
-    /// (3 or 5 wide, stride 1 or 2).
+    /// (3 or 5 wide, stride 1 or 2), with 1, 2, 4 or 8 sums in registers
+    /// (the fewest that hold the `n` pixels).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn edge(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn by_width<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+            match n {
+                1 => chunk::<K, S, 1>(r, ox, n, c8, out),
+                2 => chunk::<K, S, 2>(r, ox, n, c8, out),
+                3 | 4 => chunk::<K, S, 4>(r, ox, n, c8, out),
+                _ => chunk::<K, S, 8>(r, ox, n, c8, out),
+            }
+        }
         match (r.win.kw, r.win.stride_w) {
-            (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
-            (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
-            (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
-            _ => chunk::<5, 2>(r, ox, n, c8, out),
+            (3, 1) => by_width::<3, 1>(r, ox, n, c8, out),
+            (5, 1) => by_width::<5, 1>(r, ox, n, c8, out),
+            (3, 2) => by_width::<3, 2>(r, ox, n, c8, out),
+            _ => by_width::<5, 2>(r, ox, n, c8, out),
         }
     }
 
@@ -1666,6 +1676,30 @@ mod tests {
             let want = naive_depthwise(&x, h, w, c, &f, k, &b, &win, oh, ow);
             for (a, b) in fast.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_rows_of_every_width_match_the_portable_path_bit_for_bit() {
+        // every run length of the edge chunks (1 to 8 pixels) and of the
+        // interior runs, for each window the AVX2 kernels know
+        let mut s = 23u64;
+        for k in [3, 5] {
+            for stride in [1, 2] {
+                for pad in [0, k / 2, k - 1] {
+                    for w in 1..=40 {
+                        if w + 2 * pad < k {
+                            continue;
+                        }
+                        let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, 5, w, 24, k, stride, pad);
+                        let mut fast = vec![0f32; oh * ow * 24];
+                        depthwise(&x, 5, w, &dw, &win, oh, ow, &mut fast, Activation::RELU6);
+                        let mut port = vec![0f32; oh * ow * 24];
+                        portable_only(|| depthwise(&x, 5, w, &dw, &win, oh, ow, &mut port, Activation::RELU6));
+                        assert_eq!(fast, port, "width {w}, k {k}, stride {stride}, pad {pad}");
+                    }
+                }
             }
         }
     }
