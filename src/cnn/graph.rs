@@ -597,41 +597,35 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Buffers kept per thread.
-const POOL_MAX: usize = 12;
+/// Buffers kept per thread (the distinct buffer sizes of a network's
+/// layers, at one input size; more are dropped, the least recently used first).
+const POOL_MAX: usize = 64;
 
-/// A buffer of `len` values (contents unspecified: every kernel writes all of it).
+/// A buffer of `len` values (contents unspecified: every kernel writes all
+/// of it): the least recently freed buffer last used for exactly `len`
+/// values, else a new one. Images of one size ask for the same sizes in
+/// turn, so once the pool holds them nothing is allocated or filled.
 fn take_buffer(len: usize) -> Vec<f32> {
     let reused = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        // smallest buffer that holds `len`, else the largest one
-        let best = p.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
-        let pick = best.or_else(|| p.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
-        pick.map(|i| p.swap_remove(i))
+        let i = p.iter().position(|b| b.len() == len)?;
+        Some(p.remove(i))
     });
-    let mut v = reused.unwrap_or_default();
-    if v.len() > len {
-        v.truncate(len);
-    } else {
-        v.resize(len, 0.0);
-    }
-    v
+    reused.unwrap_or_else(|| vec![0.0; len])
 }
 
-/// Return a buffer to this thread's pool.
+/// Return a buffer to this thread's pool (dropping the least recently
+/// freed one when the pool is full).
 fn give_buffer(v: Vec<f32>) {
     if v.capacity() == 0 {
         return;
     }
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(v);
-        } else if let Some((i, _)) = p.iter().enumerate().min_by_key(|(_, b)| b.capacity()) {
-            if p[i].capacity() < v.capacity() {
-                p[i] = v;
-            }
+        if p.len() >= POOL_MAX {
+            p.remove(0);
         }
+        p.push(v);
     });
 }
 

@@ -16,7 +16,8 @@
 //!   splits the rows over threads, or the weight panels when there are
 //!   at most 24 rows (each thread then reads its share of the weights).
 //! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
-//!   vectorised over channels (8 channels x up to 8 pixels in registers);
+//!   vectorised over channels (8 channels x up to 8 pixels in registers,
+//!   narrow rows of 3, 6 or 12 pixels by kernels compiled for their width);
 //!   [`depthwise_part`] for a range of channels.
 //! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
 //!
@@ -937,7 +938,9 @@ mod dw_avx2 {
     use std::arch::x86_64::*;
 
     /// One output row. When the window is 3 or 5 wide with stride 1 or 2
-    /// and no dilation, the row goes in chunks of up to 8 pixels x 8
+    /// and no dilation, the narrow rows of EfficientNet-Lite at small inputs
+    /// (3, 6 or 12 pixels, see [`narrow_row`]) go by [`whole`]; other rows
+    /// go in chunks of up to 8 pixels x 8
     /// channels ([`chunk`]), edges included; on rows wide enough (stride
     /// 2 and at least 7 outputs, or 3 wide and at least 24 outputs), the
     /// pixels whose windows lie inside the row go by [`interior`] in runs
@@ -953,7 +956,9 @@ mod dw_avx2 {
     pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
         let c8 = r.c / 8 * 8;
         let known = c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
-        if known && ((r.win.stride_w == 2 && r.ow >= 7) || (r.win.kw == 3 && r.ow >= 24)) {
+        if known && narrow_row(r, c8, out) {
+            // done by a whole-row kernel
+        } else if known && ((r.win.stride_w == 2 && r.ow >= 7) || (r.win.kw == 3 && r.ow >= 24)) {
             let (k, st, pad) = (r.win.kw, r.win.stride_w, r.win.pad_left);
             // interior pixels a..b: every tap column inside the row
             let a = pad.div_ceil(st).min(r.ow);
@@ -1000,14 +1005,130 @@ mod dw_avx2 {
         }
     }
 
-    /// Output pixels `ox..ox + n` (`n <= 8`), channels `0..c8` in blocks of
+    /// The narrow rows of EfficientNet-Lite's depthwise layers at small
+    /// inputs (3, 6 or 12 output pixels: "same" padding, stride 1, or stride
+    /// 2 from 12 or 6 columns) by [`whole`], with the row's width and
+    /// padding known at compile time. Returns whether the row was one of
+    /// them (then channels `0..c8` are done).
+    ///
+    /// # Safety
+    /// As [`row`], the window 3 or 5 wide with stride 1 or 2, no dilation.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn narrow_row(r: &DwRow<'_>, c8: usize, out: &mut [f32]) -> bool {
+        match (r.win.kw, r.win.stride_w, r.win.pad_left, r.w, r.ow) {
+            (3, 1, 1, 3, 3) => whole::<3, 1, 1, 3, 0, 3>(r, c8, out),
+            (3, 1, 1, 6, 6) => whole::<3, 1, 1, 6, 0, 6>(r, c8, out),
+            (3, 1, 1, 12, 12) => {
+                whole::<3, 1, 1, 12, 0, 6>(r, c8, out);
+                whole::<3, 1, 1, 12, 6, 6>(r, c8, out);
+            }
+            (5, 1, 2, 3, 3) => whole::<5, 1, 2, 3, 0, 3>(r, c8, out),
+            (5, 1, 2, 6, 6) => whole::<5, 1, 2, 6, 0, 6>(r, c8, out),
+            (5, 1, 2, 12, 12) => {
+                whole::<5, 1, 2, 12, 0, 6>(r, c8, out);
+                whole::<5, 1, 2, 12, 6, 6>(r, c8, out);
+            }
+            (3, 2, 0, 12, 6) => whole::<3, 2, 0, 12, 0, 6>(r, c8, out),
+            (5, 2, 1, 6, 3) => whole::<5, 2, 1, 6, 0, 3>(r, c8, out),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Output pixels `P0..P0 + P` of a row of `W` input columns, for a
+    /// `K`-wide window with stride `S` and `PAD` padding columns on the
+    /// left, channels `0..c8`: which taps of which pixel fall in the
+    /// padding is known at compile time, so the loops (unrolled) hold no
+    /// test. Per tap, the filter vector is loaded once and each pixel's
+    /// input column read; two blocks of 8 channels go together when the
+    /// pixels are few (at least 6 independent sums, to hide the FMA
+    /// latency). A pixel's taps come in the order of `(ky, kx)`, padding
+    /// skipped, exactly as in [`single`], so the values are the same bits.
+    ///
+    /// # Safety
+    /// As [`row`], and `r.w == W`, `r.win.kw == K`, `r.win.stride_w == S`,
+    /// `r.win.pad_left == PAD`, `P0 + P <= r.ow`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn whole<const K: usize, const S: usize, const PAD: usize, const W: usize, const P0: usize, const P: usize>(
+        r: &DwRow<'_>,
+        c8: usize,
+        out: &mut [f32],
+    ) {
+        let mut cb = 0;
+        if P < 6 {
+            while cb + 16 <= c8 {
+                whole_blocks::<K, S, PAD, W, P0, P, 2>(r, cb, out);
+                cb += 16;
+            }
+        }
+        while cb < c8 {
+            whole_blocks::<K, S, PAD, W, P0, P, 1>(r, cb, out);
+            cb += 8;
+        }
+    }
+
+    /// [`whole`] on channels `cb..cb + 8 B`.
+    ///
+    /// # Safety
+    /// As [`whole`], and `cb + 8 B <= c8`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // `p` also gives the input column
+    unsafe fn whole_blocks<const K: usize, const S: usize, const PAD: usize, const W: usize, const P0: usize, const P: usize, const B: usize>(
+        r: &DwRow<'_>,
+        cb: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY (of the loads and stores below): a present row holds
+        // `W` columns of `c` values and only columns `j - PAD < W` are read;
+        // channels `cb + 8 b + 8 <= c8 <= c`; tap `(ky, kx)` of the filters
+        // is within `wts` as in the other kernels; output pixel `P0 + p <
+        // ow`, and `out` has `ow * c` values.
+        let c = r.c;
+        let lo = _mm256_set1_ps(r.lo);
+        let hi = _mm256_set1_ps(r.hi);
+        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+        let mut acc = [[_mm256_setzero_ps(); P]; B];
+        for (b, a) in acc.iter_mut().enumerate() {
+            *a = [_mm256_loadu_ps(r.bias.as_ptr().add(cb + 8 * b)); P];
+        }
+        for (ky, row) in r.rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            let xb = row.as_ptr().add(cb);
+            for kx in 0..K {
+                let mut wv = [_mm256_setzero_ps(); B];
+                for (b, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb + 8 * b));
+                }
+                for p in 0..P {
+                    // input column of pixel P0 + p, tap kx (constant)
+                    let j = (P0 + p) * S + kx;
+                    if j < PAD || j - PAD >= W {
+                        continue;
+                    }
+                    let xp = xb.add((j - PAD) * c);
+                    for b in 0..B {
+                        acc[b][p] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * b)), wv[b], acc[b][p]);
+                    }
+                }
+            }
+        }
+        for (b, a) in acc.iter().enumerate() {
+            for (p, v) in a.iter().enumerate() {
+                let v = _mm256_min_ps(_mm256_max_ps(*v, lo), hi);
+                _mm256_storeu_ps(out.as_mut_ptr().add((P0 + p) * c + cb + 8 * b), v);
+            }
+        }
+    }
+
+    /// Output pixels `ox..ox + n` (`n <= P`, `P` sums in registers),
+    /// channels `0..c8` in blocks of
     /// 8, for a `K`-wide window with stride `S`: per tap row, the `K` filter
     /// vectors stay in registers and each input column is loaded once for
     /// the pixels that read it. Columns in the padding are skipped, and a
     /// pixel's taps come in the order of `kx`, exactly as in [`single`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn chunk<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
-        const P: usize = 8;
+    unsafe fn chunk<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
         let c = r.c;
         let lo = _mm256_set1_ps(r.lo);
         let hi = _mm256_set1_ps(r.hi);
@@ -1054,14 +1175,24 @@ mod dw_avx2 {
     }
 
     /// [`chunk`] of pixels `ox..ox + n` (`n <= 8`) for the window of `r`
-    /// (3 or 5 wide, stride 1 or 2).
+    /// (3 or 5 wide, stride 1 or 2), with 1, 2, 4 or 8 sums in registers
+    /// (the fewest that hold the `n` pixels).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn edge(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn by_width<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
+            match n {
+                1 => chunk::<K, S, 1>(r, ox, n, c8, out),
+                2 => chunk::<K, S, 2>(r, ox, n, c8, out),
+                3 | 4 => chunk::<K, S, 4>(r, ox, n, c8, out),
+                _ => chunk::<K, S, 8>(r, ox, n, c8, out),
+            }
+        }
         match (r.win.kw, r.win.stride_w) {
-            (3, 1) => chunk::<3, 1>(r, ox, n, c8, out),
-            (5, 1) => chunk::<5, 1>(r, ox, n, c8, out),
-            (3, 2) => chunk::<3, 2>(r, ox, n, c8, out),
-            _ => chunk::<5, 2>(r, ox, n, c8, out),
+            (3, 1) => by_width::<3, 1>(r, ox, n, c8, out),
+            (5, 1) => by_width::<5, 1>(r, ox, n, c8, out),
+            (3, 2) => by_width::<3, 2>(r, ox, n, c8, out),
+            _ => by_width::<5, 2>(r, ox, n, c8, out),
         }
     }
 
@@ -1549,6 +1680,77 @@ mod tests {
         }
     }
 
+    #[test]
+    fn depthwise_rows_of_every_width_match_the_portable_path_bit_for_bit() {
+        // every run length of the edge chunks (1 to 8 pixels) and of the
+        // interior runs, for each window the AVX2 kernels know
+        let mut s = 23u64;
+        for k in [3, 5] {
+            for stride in [1, 2] {
+                for pad in [0, k / 2, k - 1] {
+                    for w in 1..=40 {
+                        if w + 2 * pad < k {
+                            continue;
+                        }
+                        let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, 5, w, 24, k, stride, pad);
+                        let mut fast = vec![0f32; oh * ow * 24];
+                        depthwise(&x, 5, w, &dw, &win, oh, ow, &mut fast, Activation::RELU6);
+                        let mut port = vec![0f32; oh * ow * 24];
+                        portable_only(|| depthwise(&x, 5, w, &dw, &win, oh, ow, &mut port, Activation::RELU6));
+                        assert_eq!(fast, port, "width {w}, k {k}, stride {stride}, pad {pad}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_rows_match_a_naive_sum_and_the_portable_path_bit_for_bit() {
+        // the whole-row kernels' shapes ("same" padding as SameUpper gives:
+        // `ceil(n / stride)` outputs), channels in blocks of 16, 8 and a
+        // remainder, a range of channels, and rows near them that take the
+        // other paths
+        let mut s = 17u64;
+        for &(hw, c, k, stride, pad) in &[
+            (3, 48, 3, 1, 1),
+            (3, 44, 5, 1, 2),
+            (6, 40, 3, 1, 1),
+            (6, 37, 5, 1, 2),
+            (12, 24, 3, 1, 1),
+            (12, 29, 5, 1, 2),
+            (12, 40, 3, 2, 0),
+            (6, 56, 5, 2, 1),
+            (3, 16, 3, 1, 0),
+            (6, 24, 5, 2, 2),
+            (5, 24, 5, 1, 2),
+            (12, 16, 3, 2, 1),
+        ] {
+            let (x, f, b, dw, win, _, _) = random_depthwise(&mut s, hw, hw, c, k, stride, pad);
+            let (oh, ow) = (hw.div_ceil(stride), hw.div_ceil(stride));
+            let mut fast = vec![0f32; oh * ow * c];
+            depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut fast, Activation::None);
+            let mut port = vec![0f32; oh * ow * c];
+            portable_only(|| depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut port, Activation::None));
+            assert_eq!(fast, port, "AVX2 and portable paths differ: {hw} x {hw} x {c}, k {k} stride {stride} pad {pad}");
+            let want = naive_depthwise(&x, hw, hw, c, &f, k, &b, &win, oh, ow);
+            for (a, b) in fast.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+            }
+            // a range of channels, with the clamp applied in registers
+            let (c0, c1) = (3, c - 2);
+            let xp: Vec<f32> = x.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
+            let mut whole = vec![0f32; oh * ow * c];
+            depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut whole, Activation::RELU6);
+            let mut part = vec![0f32; oh * ow * (c1 - c0)];
+            depthwise_part(&xp, hw, hw, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6);
+            let want: Vec<f32> = whole.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
+            assert_eq!(part, want, "channels {c0}..{c1} of {c}");
+            let mut port = vec![0f32; oh * ow * c];
+            portable_only(|| depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut port, Activation::RELU6));
+            assert_eq!(whole, port, "AVX2 and portable paths differ with ReLU6");
+        }
+    }
+
     /// Timing, not a check: the row and the panel split of
     /// [`gemm_blocks_par`] on 2 threads, weights cold (12 matrices in
     /// turn), on the shapes of EfficientNet-Lite0's late layers. Run with
@@ -1582,6 +1784,34 @@ mod tests {
             let gm = |dt: f64| (m * k * n) as f64 / dt / 1e9;
             println!("{m}x{k}x{n}: rows {:.1} us {:.1} GMAC/s  cols {:.1} us {:.1} GMAC/s  x{:.2}", best[0] * 1e6, gm(best[0]), best[1] * 1e6, gm(best[1]), best[0] / best[1]);
         }
+    }
+
+    /// Timing, not a check: [`depthwise`] on the shapes of
+    /// EfficientNet-Lite0's depthwise layers at a 96 px input (one thread).
+    /// Run with `cargo test --release --lib bench_depthwise -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_depthwise() {
+        let mut s = 5u64;
+        let mut total = 0.0;
+        // (map size, channels, kernel, stride, padding before, layers)
+        for &(hw, c, k, stride, pad, n) in &[(48, 32, 3, 1, 1, 1), (48, 96, 3, 2, 0, 1), (24, 144, 3, 1, 1, 1), (24, 144, 5, 2, 1, 1), (12, 240, 5, 1, 2, 1), (12, 240, 3, 2, 0, 1), (6, 480, 3, 1, 1, 2), (6, 480, 5, 1, 2, 1), (6, 672, 5, 1, 2, 2), (6, 672, 5, 2, 1, 1), (3, 1152, 5, 1, 2, 3), (3, 1152, 3, 1, 1, 1)] {
+            let (x, _, _, dw, win, _, _) = random_depthwise(&mut s, hw, hw, c, k, stride, pad);
+            let (oh, ow) = (hw.div_ceil(stride), hw.div_ceil(stride));
+            let mut o = vec![0f32; oh * ow * c];
+            let reps = (4_000_000 / (oh * ow * c * k * k)).max(4);
+            let mut best = f64::INFINITY;
+            for _ in 0..15 {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut o, Activation::RELU6);
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            total += best * n as f64;
+            println!("{n} x {hw}x{hw}x{c} k{k} s{stride}: {:.1} us {:.2} GMAC/s", best * 1e6, (oh * ow * c * k * k) as f64 / best / 1e9);
+        }
+        println!("sum over the layers {:.1} us", total * 1e6);
     }
 
     #[test]
