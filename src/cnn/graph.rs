@@ -598,20 +598,36 @@ thread_local! {
 }
 
 /// Buffers kept per thread (the distinct buffer sizes of a network's
-/// layers, at one input size; more are dropped, the least recently used first).
+/// layers, at one input size; more are dropped, the least recently freed first).
 const POOL_MAX: usize = 64;
 
 /// A buffer of `len` values (contents unspecified: every kernel writes all
 /// of it): the least recently freed buffer last used for exactly `len`
-/// values, else a new one. Images of one size ask for the same sizes in
-/// turn, so once the pool holds them nothing is allocated or filled.
+/// values (images of one size ask for the same sizes in turn, so once the
+/// pool holds them nothing is allocated or filled); else the smallest
+/// buffer that holds `len` values, cut or grown to `len` (the parts of an
+/// image split between threads ask for lengths that vary: reusing a large
+/// buffer there beats allocating a new one, whose pages the system must
+/// zero); else a new one.
 fn take_buffer(len: usize) -> Vec<f32> {
     let reused = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let i = p.iter().position(|b| b.len() == len)?;
+        let i = p.iter().position(|b| b.len() == len).or_else(|| {
+            p.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i)
+        })?;
         Some(p.remove(i))
     });
-    reused.unwrap_or_else(|| vec![0.0; len])
+    match reused {
+        Some(mut v) => {
+            if v.len() > len {
+                v.truncate(len);
+            } else {
+                v.resize(len, 0.0);
+            }
+            v
+        }
+        None => vec![0.0; len],
+    }
 }
 
 /// Return a buffer to this thread's pool (dropping the least recently
