@@ -1619,6 +1619,22 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// The depthwise output of `x` (`h x w x c`), checked: the AVX2 path
+    /// equals the portable path bit for bit, and both a naive sum within 1e-5.
+    #[allow(clippy::too_many_arguments)]
+    fn checked_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], dw: &Depthwise, win: &Window, oh: usize, ow: usize, what: &str) -> Vec<f32> {
+        let mut fast = vec![0f32; oh * ow * c];
+        depthwise(x, h, w, dw, win, oh, ow, &mut fast, Activation::None);
+        let mut port = vec![0f32; oh * ow * c];
+        portable_only(|| depthwise(x, h, w, dw, win, oh, ow, &mut port, Activation::None));
+        assert_eq!(fast, port, "AVX2 and portable paths differ{what}");
+        let want = naive_depthwise(x, h, w, c, f, k, b, win, oh, ow);
+        for (a, b) in fast.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        }
+        fast
+    }
+
     fn naive_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], win: &Window, oh: usize, ow: usize) -> Vec<f32> {
         let mut out = vec![0f32; oh * ow * c];
         for oy in 0..oh {
@@ -1668,15 +1684,7 @@ mod tests {
             (5, 14, 16, 3, 2, 1),
         ] {
             let (x, f, b, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
-            let mut fast = vec![0f32; oh * ow * c];
-            depthwise(&x, h, w, &dw, &win, oh, ow, &mut fast, Activation::None);
-            let mut port = vec![0f32; oh * ow * c];
-            portable_only(|| depthwise(&x, h, w, &dw, &win, oh, ow, &mut port, Activation::None));
-            assert_eq!(fast, port, "AVX2 and portable paths differ");
-            let want = naive_depthwise(&x, h, w, c, &f, k, &b, &win, oh, ow);
-            for (a, b) in fast.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
-            }
+            checked_depthwise(&x, h, w, c, &f, k, &b, &dw, &win, oh, ow, "");
         }
     }
 
@@ -1727,15 +1735,8 @@ mod tests {
         ] {
             let (x, f, b, dw, win, _, _) = random_depthwise(&mut s, hw, hw, c, k, stride, pad);
             let (oh, ow) = (hw.div_ceil(stride), hw.div_ceil(stride));
-            let mut fast = vec![0f32; oh * ow * c];
-            depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut fast, Activation::None);
-            let mut port = vec![0f32; oh * ow * c];
-            portable_only(|| depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut port, Activation::None));
-            assert_eq!(fast, port, "AVX2 and portable paths differ: {hw} x {hw} x {c}, k {k} stride {stride} pad {pad}");
-            let want = naive_depthwise(&x, hw, hw, c, &f, k, &b, &win, oh, ow);
-            for (a, b) in fast.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
-            }
+            let what = format!(": {hw} x {hw} x {c}, k {k} stride {stride} pad {pad}");
+            checked_depthwise(&x, hw, hw, c, &f, k, &b, &dw, &win, oh, ow, &what);
             // a range of channels, with the clamp applied in registers
             let (c0, c1) = (3, c - 2);
             let xp: Vec<f32> = x.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
