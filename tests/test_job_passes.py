@@ -5,8 +5,7 @@ PCA / model selection / the classifier on a background thread while the
 engine encodes the other images, then predicts every image. These tests
 check that the split into passes changes nothing: an engine's ``encode`` of
 some rows, in any order, gives those rows of the whole pass bit for bit
-(vocabulary cache included, and with the engine leaving a core to a busy
-fit); the classifier is the one fitted on the Training rows alone; the fit's
+(vocabulary cache included); the classifier is the one fitted on the Training rows alone; the fit's
 stage rows are marked ``beside`` and left out of the total; an error in the
 fit reaches the caller and leaves ``--out`` as it was.
 """
@@ -54,15 +53,8 @@ def test_encoding_some_rows_gives_those_rows_of_the_whole_pass(sample_root, reci
     splits = np.array(listing.splits)
     first = np.flatnonzero(splits == "Training")
     rest = np.flatnonzero(splits != "Training")[::-1].copy()  # any order
-    calls = []
-
-    def busy():
-        calls.append(1)
-        return True  # the engine leaves a core to the fit: fewer threads, the same bits
-
     a = two.encode(listing, channels, rows=first)
-    b = two.encode(listing, channels, rows=rest, busy=busy)
-    assert calls, "the engine asks busy() before its batches"
+    b = two.encode(listing, channels, rows=rest)
     if recipe == "bow":
         assert two._cache and all(not c for c in two._cache.values())  # every cached image was used
     assert two._cache_bytes == 0
@@ -141,7 +133,7 @@ def test_spark_engine_encodes_rows_in_the_order_asked(spark, sample_root):
     local = LocalEngine(progress=False)
     listing = local.list_images(str(sample_root), test_size=0.25, seed=0)
     rows = np.array([41, 3, 518, 7, 260, 8])  # not sorted
-    got = SparkEngine(spark, progress=False).encode(listing, channels, rows=rows, busy=lambda: True)
+    got = SparkEngine(spark, progress=False).encode(listing, channels, rows=rows)
     want = local.encode(listing, channels, rows=rows)
     np.testing.assert_array_equal(got.features[0], want.features[0])
     assert got.sha256 == want.sha256 and got.errors == want.errors

@@ -8,8 +8,7 @@ for the contract it shares with :class:`bovw.spark.SparkEngine`.
 from __future__ import annotations
 
 import hashlib
-import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,21 +25,6 @@ CACHE_BYTES = 512 * 1024 * 1024
 #: Descriptor bytes a batch of the local engine aims at: dense descriptors of
 #: large photos (PHOW: about 10 MB per 348 x 348 photo) come fewer per batch.
 BATCH_BYTES = 256 * 1024 * 1024
-
-
-def default_threads() -> int:
-    """Threads of the kernels' default pool: ``RAYON_NUM_THREADS``, else the
-    CPUs this process may run on."""
-    try:
-        n = int(os.environ.get("RAYON_NUM_THREADS", "0"))
-    except ValueError:
-        n = 0
-    if n > 0:
-        return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class _Batches:
@@ -230,23 +214,14 @@ class LocalEngine:
     def _describe(self, extractor: Any, contents: list[Optional[bytes]]) -> ExtractedBatch:
         return self._describe_many([extractor], contents)[0]
 
-    def _describe_many(self, extractors: Sequence[Any], contents: list[Optional[bytes]],
-                       n_threads: Optional[int] = None) -> list[ExtractedBatch]:
+    def _describe_many(self, extractors: Sequence[Any], contents: list[Optional[bytes]]) -> list[ExtractedBatch]:
         """Each extractor's descriptors of the same images (decoded once per
-        pixel layout: :func:`bovw.features.extract_many`), on ``n_threads``
-        (default the engine's)."""
+        pixel layout: :func:`bovw.features.extract_many`)."""
         from bovw.features import extract_many
 
         batch = pa.record_batch({"content": pa.array(contents, pa.binary())})
-        n_threads = self.n_threads if n_threads is None else n_threads
         return [extracted_batch(res, x) for x, res in
-                zip(extractors, extract_many(batch, extractors, n_threads=n_threads))]
-
-    def _threads(self, busy: Optional[Callable[[], bool]]) -> Optional[int]:
-        """Kernel threads for the next batch: the engine's, one fewer while ``busy()``."""
-        if busy is None or not busy():
-            return self.n_threads
-        return max(1, (self.n_threads or default_threads()) - 1)
+                zip(extractors, extract_many(batch, extractors, n_threads=self.n_threads))]
 
     # -- the two passes -----------------------------------------------------------------------
 
@@ -270,8 +245,7 @@ class LocalEngine:
             batches.done(len(idx), eb.nbytes)
         return sample.matrix()
 
-    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None,
-               busy: Optional[Callable[[], bool]] = None) -> Extraction:
+    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None) -> Extraction:
         order = np.arange(len(listing)) if rows is None else np.asarray(rows, np.int64)
         m = len(order)
         feats = [np.zeros((m, ch.encoding.n_features_out_), np.float32) for ch in channels]
@@ -292,8 +266,7 @@ class LocalEngine:
             batch_bytes = 0
             contents, read_errors, digests = read
             fresh = {int(i): j for j, i in enumerate(todo)}
-            threads = self._threads(busy)
-            described = self._describe_many([ch.extractor for ch in channels], contents, threads)
+            described = self._describe_many([ch.extractor for ch in channels], contents)
             for c, (ch, eb) in enumerate(zip(channels, described)):
                 parts, sizes = [], []
                 for p, i in enumerate(ids, start):
@@ -322,7 +295,7 @@ class LocalEngine:
                 X, offsets, K = gather(parts, ch.extractor.descriptor_width, ch.extractor.descriptor_dtype)
                 batch_bytes += int(X.nbytes + K.nbytes)
                 feats[c][start:stop] = ch.encode(X, offsets, K, np.asarray(sizes, np.int64).reshape(-1, 2),
-                                                 n_threads=threads)
+                                                 n_threads=self.n_threads)
             batches.done(stop - start, batch_bytes)
         for f in feats:
             f[np.array([e is not None for e in errors], dtype=bool)] = 0.0

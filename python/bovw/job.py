@@ -73,7 +73,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
+from typing import Any, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -269,12 +269,9 @@ class Engine(Protocol):
         indices) offered to ``sample`` under its image's listing index (images that fail give none),
         then ``sample.matrix()``."""
 
-    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None,
-               busy: Optional[Callable[[], bool]] = None) -> Extraction:
+    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None) -> Extraction:
         """Decode, describe and encode the images ``rows`` (listing indices; default every image),
-        with each channel: an :class:`Extraction` of ``len(rows)`` images in that order. While
-        ``busy()`` is true, another thread of this process works beside the encoding (the model
-        fit, :class:`ModelFit`); an in-process engine then leaves it a core."""
+        with each channel: an :class:`Extraction` of ``len(rows)`` images in that order."""
 
     def info(self) -> dict[str, Any]:
         """What run.json records about the engine."""
@@ -655,7 +652,7 @@ def _run(config: RunConfig, engine: Any, output: "OutputFolder") -> RunResult:
         other_stage = f"{encode_name} ({_split_names(splits[other_rows])})"
         fitter.start(beside=other_stage)  # a daemon thread: an error below does not wait for it
         with timer.stage(other_stage) as st:
-            ex_other = engine.encode(listing, channels, rows=other_rows, busy=fitter.running)
+            ex_other = engine.encode(listing, channels, rows=other_rows)
             st["items"] = len(other_rows)
         with timer.stage("waiting for the model fit"):
             fitter.join()
@@ -899,10 +896,6 @@ class ModelFit:
         self._beside = beside
         self._thread = threading.Thread(target=self._run_limited, name="bovw-model-fit", daemon=True)
         self._thread.start()
-
-    def running(self) -> bool:
-        """Whether :meth:`start`'s fit is still running."""
-        return self._thread is not None and self._thread.is_alive()
 
     def join(self) -> None:
         """Wait for :meth:`start`'s fit; raise its error, if any."""

@@ -170,9 +170,7 @@ class SparkEngine:
                          offered=int(offered[first].sum()))
         return sample.matrix()
 
-    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None,
-               busy: Optional[Callable[[], bool]] = None) -> Extraction:
-        # busy (see bovw.job.Engine.encode) is not used: the executors' cores are the cluster's
+    def encode(self, listing: Listing, channels: Sequence[Any], rows: Optional[np.ndarray] = None) -> Extraction:
         from bovw.columns import vector_matrix
 
         want = np.arange(len(listing)) if rows is None else np.asarray(rows, np.int64)
