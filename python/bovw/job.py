@@ -819,7 +819,7 @@ class ModelFit:
     """
 
     def __init__(self, config: RunConfig, recipe: Any, ex: Extraction, y: np.ndarray, splits: np.ndarray) -> None:
-        self.config, self.recipe, self.y, self.splits = config, recipe, y, splits
+        self.config, self.y, self.splits = config, y, splits
         self._features = ex.features  # released at the end of the fit
         ok = np.array([e is None for e in ex.errors], dtype=bool)
         self._train, self._validation = ok & (splits == TRAINING), ok & (splits == VALIDATION)

@@ -1618,23 +1618,29 @@ mod tests {
         }
     }
 
+    /// [`depthwise`] of `x` (`h x w x c`) with `act`, checked: the AVX2
+    /// path equals the portable path bit for bit.
     #[allow(clippy::too_many_arguments)]
-    /// The depthwise output of `x` (`h x w x c`), checked: the AVX2 path
-    /// equals the portable path bit for bit, and both a naive sum within 1e-5.
-    #[allow(clippy::too_many_arguments)]
-    fn checked_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], dw: &Depthwise, win: &Window, oh: usize, ow: usize, what: &str) -> Vec<f32> {
+    fn same_on_both_paths(x: &[f32], h: usize, w: usize, c: usize, dw: &Depthwise, win: &Window, oh: usize, ow: usize, act: Activation, what: &str) -> Vec<f32> {
         let mut fast = vec![0f32; oh * ow * c];
-        depthwise(x, h, w, dw, win, oh, ow, &mut fast, Activation::None);
+        depthwise(x, h, w, dw, win, oh, ow, &mut fast, act);
         let mut port = vec![0f32; oh * ow * c];
-        portable_only(|| depthwise(x, h, w, dw, win, oh, ow, &mut port, Activation::None));
+        portable_only(|| depthwise(x, h, w, dw, win, oh, ow, &mut port, act));
         assert_eq!(fast, port, "AVX2 and portable paths differ{what}");
+        fast
+    }
+
+    /// [`same_on_both_paths`] without activation, and within 1e-5 of a naive sum.
+    #[allow(clippy::too_many_arguments)]
+    fn checked_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], dw: &Depthwise, win: &Window, oh: usize, ow: usize, what: &str) {
+        let fast = same_on_both_paths(x, h, w, c, dw, win, oh, ow, Activation::None, what);
         let want = naive_depthwise(x, h, w, c, f, k, b, win, oh, ow);
         for (a, b) in fast.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
         }
-        fast
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn naive_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], win: &Window, oh: usize, ow: usize) -> Vec<f32> {
         let mut out = vec![0f32; oh * ow * c];
         for oy in 0..oh {
@@ -1701,11 +1707,8 @@ mod tests {
                             continue;
                         }
                         let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, 5, w, 24, k, stride, pad);
-                        let mut fast = vec![0f32; oh * ow * 24];
-                        depthwise(&x, 5, w, &dw, &win, oh, ow, &mut fast, Activation::RELU6);
-                        let mut port = vec![0f32; oh * ow * 24];
-                        portable_only(|| depthwise(&x, 5, w, &dw, &win, oh, ow, &mut port, Activation::RELU6));
-                        assert_eq!(fast, port, "width {w}, k {k}, stride {stride}, pad {pad}");
+                        let what = format!(": width {w}, k {k}, stride {stride}, pad {pad}");
+                        same_on_both_paths(&x, 5, w, 24, &dw, &win, oh, ow, Activation::RELU6, &what);
                     }
                 }
             }
@@ -1740,15 +1743,11 @@ mod tests {
             // a range of channels, with the clamp applied in registers
             let (c0, c1) = (3, c - 2);
             let xp: Vec<f32> = x.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
-            let mut whole = vec![0f32; oh * ow * c];
-            depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut whole, Activation::RELU6);
+            let whole = same_on_both_paths(&x, hw, hw, c, &dw, &win, oh, ow, Activation::RELU6, &format!("{what}, ReLU6"));
             let mut part = vec![0f32; oh * ow * (c1 - c0)];
             depthwise_part(&xp, hw, hw, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6);
             let want: Vec<f32> = whole.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
             assert_eq!(part, want, "channels {c0}..{c1} of {c}");
-            let mut port = vec![0f32; oh * ow * c];
-            portable_only(|| depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut port, Activation::RELU6));
-            assert_eq!(whole, port, "AVX2 and portable paths differ with ReLU6");
         }
     }
 
