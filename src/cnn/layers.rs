@@ -31,7 +31,7 @@
 //! split, thread count or batch composition.
 
 #[cfg(target_arch = "x86_64")]
-use crate::features::use_avx2;
+use crate::features::{use_avx2, use_avx512};
 
 /// Whether the AVX2 + FMA kernels run: the CPU has both (checked at run
 /// time, cached by std) and the thread is not restricted to the portable
@@ -48,7 +48,22 @@ pub(crate) fn use_simd() -> bool {
     }
 }
 
-/// Output channels per packed weight panel (two 8-lane AVX registers).
+/// Whether the AVX-512 kernels run: [`use_simd`] and the CPU has AVX-512F
+/// (and the thread is not restricted to AVX2, tests).
+#[inline]
+pub(crate) fn use_simd512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use_simd() && use_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Output channels per packed weight panel (two 8-lane AVX registers, one
+/// 16-lane AVX-512 register).
 pub const NR: usize = 16;
 /// Rows of the GEMM register tile.
 pub const MR: usize = 6;
@@ -280,24 +295,30 @@ pub fn gemm_blocks(
     // Tiling never changes a value: each row is summed in the same order.
     let mc = ((256 * 1024 / 4) / k.max(1)).clamp(MR, 240) / MR * MR;
     let n_blocks = m.div_ceil(mc);
+    // AVX-512 tiles span two panels (32 columns) when two remain
+    let wide = use_simd512();
     let mut m0 = 0;
     for bi in 0..n_blocks {
         let mb = (m - m0) / (n_blocks - bi);
         let n_tiles = mb.div_ceil(MR);
-        for p in panels.clone() {
-            let cols = NR.min(n - p * NR);
-            let panel = &w.data[p * k * NR..(p + 1) * k * NR];
-            let bias = &w.bias[p * NR..(p + 1) * NR];
+        let mut p = panels.start;
+        while p < panels.end {
+            let np = if wide && p + 1 < panels.end { 2 } else { 1 };
+            let cols = (np * NR).min(n - p * NR);
+            let panel = &w.data[p * k * NR..(p + np) * k * NR];
+            let bias = &w.bias[p * NR..(p + np) * NR];
             let mut r0 = m0;
             for ti in 0..n_tiles {
                 let rows = (m0 + mb - r0) / (n_tiles - ti);
-                let tile = Tile { xs, panel, bias, out_col: (p - panels.start) * NR, cols, ldo, lo, hi };
+                let tile = Tile { xs, panel, k, bias, out_col: (p - panels.start) * NR, cols, ldo, lo, hi };
                 // SAFETY: rows r0..r0+rows < m of every block and columns
                 // out_col..out_col+cols <= n_out of out and residual are in
-                // bounds (asserted above).
+                // bounds (asserted above); a tile of more than NR columns
+                // is made only when the AVX-512 kernels run.
                 unsafe { tile.run(r0, rows, out, residual) };
                 r0 += rows;
             }
+            p += np;
         }
         m0 += mb;
     }
@@ -459,10 +480,15 @@ struct SyncPtr(*mut f32);
 // SAFETY: used only for writes of disjoint elements by the parts of one call.
 unsafe impl Sync for SyncPtr {}
 
-/// One `rows x cols` tile of [`gemm_blocks`] (rows <= MR, cols <= NR).
+/// One `rows x cols` tile of [`gemm_blocks`] (rows <= MR, cols <= NR, or
+/// cols <= 2 NR over two consecutive panels for the AVX-512 kernel).
 struct Tile<'a> {
     xs: &'a [XBlock<'a>],
+    /// One panel (`k * NR` values), or two one after the other.
     panel: &'a [f32],
+    /// Rows of each panel.
+    k: usize,
+    /// The biases of the panels' columns (`NR` per panel).
     bias: &'a [f32],
     out_col: usize,
     cols: usize,
@@ -480,6 +506,17 @@ impl Tile<'_> {
     unsafe fn run(&self, r0: usize, rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
         #[cfg(target_arch = "x86_64")]
         {
+            if use_simd512() {
+                // SAFETY: AVX-512F is available (use_simd512 checked it).
+                match rows {
+                    6 => return avx512::tile::<6>(self, r0, out, residual),
+                    5 => return avx512::tile::<5>(self, r0, out, residual),
+                    4 => return avx512::tile::<4>(self, r0, out, residual),
+                    3 => return avx512::tile::<3>(self, r0, out, residual),
+                    2 => return avx512::tile::<2>(self, r0, out, residual),
+                    _ => return avx512::tile::<1>(self, r0, out, residual),
+                }
+            }
             if use_simd() {
                 // SAFETY: AVX2 and FMA are available (use_simd checked both).
                 if self.cols <= 8 {
@@ -664,6 +701,97 @@ mod avx2 {
                     out[o + c] = super::clamp(v, t.lo, t.hi);
                 }
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// `acc[h][r] += x[r][kk] * w_h[kk]` for `kk < k` in order, for the
+    /// `H` (1 or 2) panels from `wp[h]` (`x` rows from `x0`, stride `ld`);
+    /// returns the sums and the panels' next rows. One broadcast of each
+    /// row's value per step, fused into the first multiply-add.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn kloop<const R: usize, const H: usize>(
+        x0: *const f32,
+        ld: usize,
+        k: usize,
+        mut wp: [*const f32; H],
+        mut acc: [[__m512; R]; H],
+    ) -> ([[__m512; R]; H], [*const f32; H]) {
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = x0.add(r * ld);
+        }
+        for kk in 0..k {
+            let mut wv = [_mm512_setzero_ps(); H];
+            for h in 0..H {
+                wv[h] = _mm512_loadu_ps(wp[h]);
+                wp[h] = wp[h].add(NR);
+            }
+            for r in 0..R {
+                let a = _mm512_set1_ps(*xp[r].add(kk));
+                for h in 0..H {
+                    acc[h][r] = _mm512_fmadd_ps(a, wv[h], acc[h][r]);
+                }
+            }
+        }
+        (acc, wp)
+    }
+
+    /// The `R x 16 H` tile over `H` panels: `H R` accumulators.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile_h<const R: usize, const H: usize>(t: &Tile<'_>, r0: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        let mut acc = [[_mm512_setzero_ps(); R]; H];
+        let mut wp = [std::ptr::null::<f32>(); H];
+        for h in 0..H {
+            acc[h] = [_mm512_loadu_ps(t.bias.as_ptr().add(h * NR)); R];
+            wp[h] = t.panel.as_ptr().add(h * t.k * NR);
+        }
+        for b in t.xs {
+            (acc, wp) = kloop::<R, H>(b.data.as_ptr().add(r0 * b.ld), b.ld, b.k, wp, acc);
+        }
+        let lo = _mm512_set1_ps(t.lo);
+        let hi = _mm512_set1_ps(t.hi);
+        for (h, acc) in acc.iter().enumerate() {
+            // columns of this panel in the tile (at least one)
+            let cols = t.cols - h * NR;
+            let mask: __mmask16 = if cols >= NR { 0xffff } else { (1u16 << cols) - 1 };
+            for (r, &a) in acc.iter().enumerate() {
+                let o = (r0 + r) * t.ldo + t.out_col + h * NR;
+                let mut v = a;
+                if let Some(res) = residual {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(o)));
+                }
+                // max then min, as `clamp`: NaN-free inputs give the same bits
+                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(o), mask, v);
+            }
+        }
+    }
+
+    /// The AVX-512 register tile: `R` rows (at most 6) by one panel (16
+    /// columns, `R` accumulators) or two (32 columns, `2 R` accumulators,
+    /// two weight vectors and one broadcast per step of `k`), with the
+    /// bias, the residual and the clamp applied in registers and masked
+    /// stores for a last panel narrower than 16. The same operations as
+    /// the AVX2 and portable tiles, value by value.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; the tile's rows and columns must be in
+    /// bounds (see [`Tile::run`]); `t.panel` holds two panels when `t.cols
+    /// > NR`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const R: usize>(t: &Tile<'_>, r0: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        if t.cols > NR {
+            tile_h::<R, 2>(t, r0, out, residual)
+        } else {
+            tile_h::<R, 1>(t, r0, out, residual)
         }
     }
 }
@@ -1411,7 +1539,26 @@ pub fn pool2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::portable_only;
+    use crate::features::{avx2_only, portable_only};
+
+    /// The kernel families a test compares: the fastest the CPU has
+    /// (AVX-512 or AVX2), AVX2, portable.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Path {
+        Fastest,
+        Avx2,
+        Portable,
+    }
+    const PATHS: [Path; 3] = [Path::Fastest, Path::Avx2, Path::Portable];
+
+    /// Run `f` on this thread with the kernels of `path`.
+    fn on_path<R>(path: Path, f: impl FnOnce() -> R) -> R {
+        match path {
+            Path::Fastest => f(),
+            Path::Avx2 => avx2_only(f),
+            Path::Portable => portable_only(f),
+        }
+    }
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -1460,14 +1607,18 @@ mod tests {
     #[test]
     fn gemm_matches_a_naive_product_and_the_portable_path_bit_for_bit() {
         let mut s = 1u64;
-        for &(m, k, n) in &[(1, 1, 1), (7, 3, 5), (13, 27, 32), (50, 40, 17), (6, 300, 48), (250, 16, 96)] {
+        // n: one panel or several, a last panel of 1-16 columns, an odd
+        // number of panels (AVX-512 tiles span two)
+        for &(m, k, n) in &[(1, 1, 1), (7, 3, 5), (13, 27, 32), (50, 40, 17), (6, 300, 48), (250, 16, 96), (9, 20, 20), (5, 64, 40), (11, 7, 33), (4, 9, 63)] {
             let GemmCase { x, w, b, res, pm } = GemmCase::random(&mut s, m, k, n);
             for (r, act) in [(None, Activation::None), (Some(&res[..]), Activation::RELU6), (None, Activation::Swish)] {
                 let mut fast = vec![0f32; m * n];
                 gemm(&x, m, k, &pm, &mut fast, n, r, act);
-                let mut port = vec![0f32; m * n];
-                portable_only(|| gemm(&x, m, k, &pm, &mut port, n, r, act));
-                assert_eq!(fast, port, "AVX2 and portable paths differ at ({m}, {k}, {n})");
+                for path in [Path::Avx2, Path::Portable] {
+                    let mut other = vec![0f32; m * n];
+                    on_path(path, || gemm(&x, m, k, &pm, &mut other, n, r, act));
+                    assert_eq!(fast, other, "the fastest and the {path:?} paths differ at ({m}, {k}, {n})");
+                }
                 let want = naive_gemm(&x, m, k, &w, n, &b, r, act);
                 for (a, b) in fast.iter().zip(&want) {
                     assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + k as f64), "{a} vs {b}");
@@ -1505,22 +1656,19 @@ mod tests {
                 for r in [None, Some(res.as_slice())] {
                     let mut want = vec![0f32; m * n];
                     gemm(&x, m, k, &pm, &mut want, n, r, act);
-                    for portable in [false, true] {
+                    for path in PATHS {
                         for threads in [2, 3] {
                             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                            // portable: the calling worker runs the portable
-                            // kernels, the others AVX2 (a mix gives the same bits)
+                            // the calling worker runs the kernels of
+                            // `path`, the others the fastest (a mix gives
+                            // the same bits)
                             let run = |f: &(dyn Fn(&mut [f32]) + Sync)| {
                                 let mut got = vec![f32::NAN; m * n];
-                                if portable {
-                                    pool.install(|| portable_only(|| f(&mut got)));
-                                } else {
-                                    pool.install(|| f(&mut got));
-                                }
+                                pool.install(|| on_path(path, || f(&mut got)));
                                 got
                             };
                             let by_cols = run(&|o| gemm_blocks_par_cols(&xb, m, &pm, o, n, r, act, threads));
-                            assert_eq!(by_cols, want, "{m}x{k}x{n} {act:?} residual {} portable {portable} {threads} threads", r.is_some());
+                            assert_eq!(by_cols, want, "{m}x{k}x{n} {act:?} residual {} {path:?} {threads} threads", r.is_some());
                             let by_rows = run(&|o| gemm_blocks_par_rows(&xb, m, &pm, o, n, r, act));
                             assert_eq!(by_rows, want);
                             assert_eq!(run(&|o| gemm_blocks_par(&xb, m, &pm, o, n, r, act)), want);
@@ -1534,7 +1682,7 @@ mod tests {
     #[test]
     fn gemm_of_column_blocks_and_panel_ranges_gives_the_same_bits() {
         let mut s = 7u64;
-        for &(m, k, n, cut) in &[(13, 37, 40, 16), (6, 50, 33, 1), (25, 96, 17, 95), (1, 20, 48, 7)] {
+        for &(m, k, n, cut) in &[(13, 37, 40, 16), (6, 50, 33, 1), (25, 96, 17, 95), (1, 20, 48, 7), (8, 30, 70, 12)] {
             let GemmCase { x, res, pm, .. } = GemmCase::random(&mut s, m, k, n);
             // x as two blocks with their own strides: columns 0..cut, cut..k
             let (lda, ldb) = (cut + 3, k - cut + 1);
@@ -1548,19 +1696,21 @@ mod tests {
             for (r, act) in [(None, Activation::None), (Some(&res[..]), Activation::RELU6), (None, Activation::Swish)] {
                 let mut whole = vec![0f32; m * n];
                 gemm(&x, m, k, &pm, &mut whole, n, r, act);
-                for portable in [false, true] {
-                    let run = |f: &mut dyn FnMut()| if portable { portable_only(f) } else { f() };
+                for path in PATHS {
                     let mut blocks = vec![0f32; m * n];
-                    run(&mut || gemm_blocks(&xs, m, &pm, 0..pm.panels(), &mut blocks, n, r, act));
-                    assert_eq!(blocks, whole, "blocks, ({m}, {k}, {n}), portable {portable}");
-                    // panels one at a time into a narrow buffer each
-                    for p in 0..pm.panels() {
-                        let cols = NR.min(n - p * NR);
+                    on_path(path, || gemm_blocks(&xs, m, &pm, 0..pm.panels(), &mut blocks, n, r, act));
+                    assert_eq!(blocks, whole, "blocks, ({m}, {k}, {n}), {path:?}");
+                    // runs of one, two and three panels from every panel
+                    // (AVX-512 tiles pair them from the first of the
+                    // range) into a narrow buffer each
+                    for (p0, p1) in (1..=3).flat_map(|len| (0..pm.panels()).map(move |p| (p, p + len))).filter(|&(_, p1)| p1 <= pm.panels()) {
+                        let (c0, c1) = (p0 * NR, n.min(p1 * NR));
+                        let cols = c1 - c0;
                         let mut part = vec![0f32; m * cols];
-                        let rp: Option<Vec<f32>> = r.map(|rr| (0..m).flat_map(|i| rr[i * n + p * NR..i * n + p * NR + cols].to_vec()).collect());
-                        run(&mut || gemm_blocks(&xs, m, &pm, p..p + 1, &mut part, cols, rp.as_deref(), act));
+                        let rp: Option<Vec<f32>> = r.map(|rr| (0..m).flat_map(|i| rr[i * n + c0..i * n + c1].to_vec()).collect());
+                        on_path(path, || gemm_blocks(&xs, m, &pm, p0..p1, &mut part, cols, rp.as_deref(), act));
                         for i in 0..m {
-                            assert_eq!(part[i * cols..(i + 1) * cols], whole[i * n + p * NR..i * n + p * NR + cols], "panel {p}");
+                            assert_eq!(part[i * cols..(i + 1) * cols], whole[i * n + c0..i * n + c1], "panels {p0}..{p1}, {path:?}");
                         }
                     }
                 }

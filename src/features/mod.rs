@@ -252,6 +252,38 @@ pub(crate) fn portable_only<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+thread_local! {
+    /// Set by tests to run the AVX2 kernels on an AVX-512 machine.
+    static NO_AVX512: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the AVX-512 kernels may run (the CNN's GEMM and depthwise
+/// convolutions have them): the CPU has AVX-512F (checked at run time), the
+/// AVX2 kernels may run ([`use_avx2`]) and this thread is not restricted to
+/// AVX2 (tests). Every AVX-512 kernel gives the bits of its AVX2 and
+/// portable counterparts.
+#[inline]
+pub(crate) fn use_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use_avx2() && !NO_AVX512.with(|c| c.get()) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Run `f` with the AVX-512 kernels off on this thread (the AVX2 ones run
+/// instead; tests compare the paths).
+#[cfg(test)]
+pub(crate) fn avx2_only<R>(f: impl FnOnce() -> R) -> R {
+    NO_AVX512.with(|c| c.set(true));
+    let r = f();
+    NO_AVX512.with(|c| c.set(false));
+    r
+}
+
 /// The largest `n_threads` a kernel accepts. Fixed rather than a multiple
 /// of the core count, so that a setting valid on a driver is valid on every
 /// executor; far above any core count bovw runs on.
