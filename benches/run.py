@@ -5,8 +5,13 @@ e.g. ``pip install -e '.[bench]'``)::
 
     python benches/run.py            # full run (tens of minutes on 2 cores)
     python benches/run.py --quick    # < 5 minutes, small inputs
-    python benches/run.py --only sift kmeans
+    python benches/run.py --only sift kmeans        # remake these sections only
     python benches/run.py --quick --full encoding   # quick, but encoding on full inputs
+
+With ``--only``, the sections of the stages run replace their own sections of
+the existing file (the others, and any notes written under them, are kept);
+each such section says which command made it, when, and on which machine.
+The "Full runs" part is always copied from ``benches/full_runs.md``.
 
 ``bench_dense`` compares with cyvlfeat 0.7.1 (install it as ``scripts/test.sh``
 does: Debian's ``libvlfeat-dev``, then ``pip install cython`` and
@@ -72,6 +77,44 @@ def machine() -> str:
     )
 
 
+FULL_RUNS_HEADING = "## Full runs"
+
+
+def splice(old: str, sections: dict[str, list[str]], full_runs: str | None, rerun: set[str]) -> str:
+    """The file ``old`` with each ``## <name>`` section in ``sections``
+    replaced (from its heading to the next ``## `` heading), new ones
+    inserted before the full runs, the full runs replaced by ``full_runs``,
+    and the failure sections (``## <stage>: FAILED``) of the stages in
+    ``rerun`` dropped."""
+    out: list[str] = []
+    pending = dict(sections)
+    lines = old.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        heading = line[3:].strip() if line.startswith("## ") else None
+        if heading is None:
+            out.append(line)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].startswith("## "):
+            j += 1
+        failed_stage = heading.removesuffix(": FAILED") if heading.endswith(": FAILED") else None
+        if line.startswith(FULL_RUNS_HEADING) or (failed_stage in rerun and heading not in pending):
+            pass  # the full runs are rewritten below; a rerun stage's old failure goes
+        elif heading in pending:
+            out += pending.pop(heading)
+        else:
+            out += lines[i:j]
+        i = j
+    for name in sorted(pending):
+        out += pending[name]
+    if full_runs:
+        out += [full_runs, ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small inputs only")
@@ -106,31 +149,41 @@ def main(argv=None) -> int:
     cmd = "python benches/run.py" + (" --quick" if args.quick else "") + (
         " --only " + " ".join(args.only) if args.only else ""
     ) + (" --full " + " ".join(args.full) if args.full else "")
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Made by `{cmd}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}.",
-        "",
-        "Both sides run in the same process on the same real inputs (Fruits-360 images from",
-        "`shared/fruits-360`, or the committed sample when it is absent). `speedup` is",
-        "reference time / bovw time: above 1 means bovw is faster.",
-        "",
-    ]
+    made = f"`{cmd}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}"
+    blocks: dict[str, list[str]] = {}
     for name, rows, secs in sections:
-        lines += [f"## {name}", "", "| case | reference | bovw (s) | reference (s) | speedup | notes |",
-                  "|---|---|---:|---:|---:|---|"]
+        block = [f"## {name}", ""]
+        if args.only:
+            block += [f"_Made by {made}._", ""]
+        block += ["| case | reference | bovw (s) | reference (s) | speedup | notes |", "|---|---|---:|---:|---:|---|"]
         for r in rows:
-            lines.append(
+            block.append(
                 f"| {r['case']} | {r.get('reference', '')} | {_fmt(r.get('ours_s'))} | {_fmt(r.get('ref_s'))} "
                 f"| {_fmt(r.get('speedup'), 3)} | {r.get('notes', '')} |"
             )
-        lines += ["", f"_{name}: {secs:.0f} s in all._", ""]
-    full = HERE / "full_runs.md"
-    if full.exists():
-        lines += [full.read_text().strip(), ""]
+        blocks[name] = block + ["", f"_{name}: {secs:.0f} s in all._", ""]
     for name, tb in failures:
-        lines += [f"## {name}: FAILED", "", "```", tb.strip()[-2000:], "```", ""]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+        blocks[f"{name}: FAILED"] = [f"## {name}: FAILED", "", "```", tb.strip()[-2000:], "```", ""]
+    full = HERE / "full_runs.md"
+    full_runs = full.read_text().strip() if full.exists() else None
+    out = Path(args.out)
+    if args.only and out.exists():
+        text = splice(out.read_text(), blocks, full_runs, {f.stem.removeprefix("bench_") for f in files})
+    else:
+        lines = [
+            "# Benchmarks",
+            "",
+            f"Made by {made}; a section remade later by `--only` says so under its heading.",
+            "",
+            "Both sides run in the same process on the same real inputs (Fruits-360 images from",
+            "`shared/fruits-360`, or the committed sample when it is absent). `speedup` is",
+            "reference time / bovw time: above 1 means bovw is faster.",
+            "",
+        ]
+        for block in blocks.values():
+            lines += block
+        text = splice("\n".join(lines), {}, full_runs, set())
+    out.write_text(text)
     print(f"wrote {args.out}")
     return 1 if failures else 0
 
