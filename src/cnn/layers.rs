@@ -8,8 +8,9 @@
 //!   read straight from the image (one [`XBlock`] per tap row, rows
 //!   overlapping) or, for padded pixels and grouped convolutions, gathered
 //!   by [`im2col`]. The tile is BLIS's 6 x 16 AVX2 register block (Van Zee and
-//!   van de Geijn, ACM TOMS 2015) with the bias, the residual and the
-//!   activation applied in registers before the one store.
+//!   van de Geijn, ACM TOMS 2015), or 6 x 32 (two panels) with AVX-512,
+//!   with the bias, the residual and the activation applied in registers
+//!   before the one store.
 //!   [`gemm_blocks`] takes $X$ as column blocks side by side and computes
 //!   a range of panels only: how one image's layers are split over
 //!   threads by channels ([`crate::cnn::graph`]); [`gemm_blocks_par`]
@@ -25,9 +26,10 @@
 //! as `acc = bias; acc = fma(x_t, w_t, acc)` over its taps `t` in a fixed
 //! order (the `k` index of the GEMM; `(ky, kx)` of a depthwise filter, taps
 //! that fall in the zero padding skipped, which adds exactly nothing), then
-//! `+ residual`, then the activation. The AVX2 kernels and the portable
-//! code (`f32::mul_add`) perform exactly these operations, so results are
-//! the same bits on every x86-64 CPU with or without AVX2, for any row
+//! `+ residual`, then the activation. The AVX-512 and AVX2 kernels and the
+//! portable code (`f32::mul_add`) perform exactly these operations, so
+//! results are the same bits on every x86-64 CPU with or without AVX2 or
+//! AVX-512, for any row
 //! split, thread count or batch composition.
 
 #[cfg(target_arch = "x86_64")]
