@@ -17,9 +17,11 @@
 //!   splits the rows over threads, or the weight panels when there are
 //!   at most 24 rows (each thread then reads its share of the weights).
 //! - [`Depthwise`] + [`depthwise`]: one `kh x kw` filter per channel,
-//!   vectorised over channels (8 channels x up to 8 pixels in registers,
-//!   narrow rows of 3, 6 or 12 pixels by kernels compiled for their width);
-//!   [`depthwise_part`] for a range of channels.
+//!   vectorised over channels (blocks of 16 channels with AVX-512F, else 8
+//!   with AVX2, x up to 8 pixels in registers; narrow rows of 3, 6 or 12
+//!   pixels by kernels compiled for their width; one definition of each
+//!   kernel for both widths, `dw_kernels!`); [`depthwise_part`] for a
+//!   range of channels.
 //! - [`global_avg_pool`], [`pool2d`] (max / average), [`Activation`].
 //!
 //! **One order of operations everywhere.** Every output value is computed
@@ -29,8 +31,7 @@
 //! `+ residual`, then the activation. The AVX-512 and AVX2 kernels and the
 //! portable code (`f32::mul_add`) perform exactly these operations, so
 //! results are the same bits on every x86-64 CPU with or without AVX2 or
-//! AVX-512, for any row
-//! split, thread count or batch composition.
+//! AVX-512, for any row split, thread count or batch composition.
 
 #[cfg(target_arch = "x86_64")]
 use crate::features::{use_avx2, use_avx512};
@@ -1002,9 +1003,24 @@ pub fn depthwise_row_part(
     #[cfg(target_arch = "x86_64")]
     {
         if use_simd() {
-            // SAFETY: AVX2 and FMA are available; the kernels index within
-            // the rows, the filters and `out` (sizes asserted above).
-            unsafe { dw_avx2::row(&row, out) };
+            // channels 0..c16 in blocks of 16 (AVX-512), c16..c8 in blocks
+            // of 8, the last c % 8 value by value
+            let c8 = c / 8 * 8;
+            let c16 = if use_simd512() { c / 16 * 16 } else { 0 };
+            // SAFETY: AVX-512F (if c16 > 0), AVX2 and FMA are available;
+            // the kernels index within the rows, the filters and `out`
+            // (sizes asserted above), channels within 0..c.
+            unsafe {
+                if c16 > 0 {
+                    dw_avx512::row(&row, 0, c16, out);
+                }
+                dw_avx2::row(&row, c16, c8, out);
+            }
+            if c8 < c {
+                for ox in 0..ow {
+                    row.pixel(ox, c8, c, out);
+                }
+            }
             done = true;
         }
     }
@@ -1070,358 +1086,402 @@ impl DwRow<'_> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod dw_avx2 {
-    use super::DwRow;
-    use std::arch::x86_64::*;
+/// Generates a module of depthwise kernels for one vector width: the
+/// vector type, its lane count (channels per block), the target feature
+/// its kernels are compiled for, and its intrinsics (unaligned load and
+/// store, fused multiply-add, min, max, broadcast, zero). Instantiated
+/// for AVX2 (8 lanes, [`dw_avx2`]) and AVX-512 (16 lanes, [`dw_avx512`]):
+/// one definition of each kernel, so both widths perform the same
+/// operations, value by value (channels never mix, so the values of a
+/// 16-channel block are those of its two 8-channel halves).
+macro_rules! dw_kernels {
+    (
+        $(#[$doc:meta])*
+        mod $name:ident: $feature:literal, $v:ident x $lanes:literal;
+        $load:ident, $store:ident, $fmadd:ident, $min:ident, $max:ident, $set1:ident, $zero:ident;
+        pair_below $pair_below:literal;
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use super::DwRow;
+            use std::arch::x86_64::{$fmadd as fmadd, $load as loadu, $max as max, $min as min, $set1 as set1, $store as storeu, $v as V, $zero as zero};
 
-    /// One output row. When the window is 3 or 5 wide with stride 1 or 2
-    /// and no dilation, the narrow rows of EfficientNet-Lite at small inputs
-    /// (3, 6 or 12 pixels, see [`narrow_row`]) go by [`whole`]; other rows
-    /// go in chunks of up to 8 pixels x 8
-    /// channels ([`chunk`]), edges included; on rows wide enough (stride
-    /// 2 and at least 7 outputs, or 3 wide and at least 24 outputs), the
-    /// pixels whose windows lie inside the row go by [`interior`] in runs
-    /// of 8 and 4 (no padding test, faster there), the others by
-    /// [`chunk`]. Other windows go one pixel x 8 channels at a time
-    /// ([`single`]). The last `c % 8` channels go value by value
-    /// ([`DwRow::pixel`]). Every path performs the same operations.
-    ///
-    /// # Safety
-    /// AVX2 and FMA must be available; `out` has `ow * c` values and every
-    /// present row `w * c`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row(r: &DwRow<'_>, out: &mut [f32]) {
-        let c8 = r.c / 8 * 8;
-        let known = c8 > 0 && r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
-        if known && narrow_row(r, c8, out) {
-            // done by a whole-row kernel
-        } else if known && ((r.win.stride_w == 2 && r.ow >= 7) || (r.win.kw == 3 && r.ow >= 24)) {
-            let (k, st, pad) = (r.win.kw, r.win.stride_w, r.win.pad_left);
-            // interior pixels a..b: every tap column inside the row
-            let a = pad.div_ceil(st).min(r.ow);
-            let b = if r.w + pad >= k { ((r.w + pad - k) / st + 1).min(r.ow).max(a) } else { a };
-            if a > 0 {
-                edge(r, 0, a, c8, out);
+            /// Channels per block (lanes of a vector).
+            const L: usize = $lanes;
+            /// [`whole`] sums two blocks together when a run has fewer
+            /// pixels than this.
+            const PAIR_BELOW: usize = $pair_below;
+
+            /// `min(max(v, lo), hi)`: max then min, as `clamp` (NaN-free
+            /// inputs give the same bits).
+            #[target_feature(enable = $feature)]
+            #[inline]
+            fn clamp(v: V, lo: V, hi: V) -> V {
+                min(max(v, lo), hi)
             }
-            let mut ox = a;
-            while ox + 4 <= b {
-                let wide = ox + 8 <= b;
-                match (k, st, wide) {
-                    (3, 1, true) => interior::<3, 1, 8>(r, ox, c8, out),
-                    (5, 1, true) => interior::<5, 1, 8>(r, ox, c8, out),
-                    (3, 2, true) => interior::<3, 2, 8>(r, ox, c8, out),
-                    (5, 2, true) => interior::<5, 2, 8>(r, ox, c8, out),
-                    (3, 1, false) => interior::<3, 1, 4>(r, ox, c8, out),
-                    (5, 1, false) => interior::<5, 1, 4>(r, ox, c8, out),
-                    (3, 2, false) => interior::<3, 2, 4>(r, ox, c8, out),
-                    _ => interior::<5, 2, 4>(r, ox, c8, out),
+
+            /// Channels `c0..c1` (a multiple of [`L`] of them) of one output
+            /// row. When the window is 3 or 5 wide with stride 1 or 2 and no
+            /// dilation, the narrow rows of EfficientNet-Lite at small inputs
+            /// (3, 6 or 12 pixels, see [`narrow_row`]) go by [`whole`]; other
+            /// rows go in chunks of up to 8 pixels x [`L`] channels
+            /// ([`chunk`]), edges included; on rows wide enough (stride 2 and
+            /// at least 7 outputs, or 3 wide and at least 24 outputs), the
+            /// pixels whose windows lie inside the row go by [`interior`] in
+            /// runs of 8 and 4 (no padding test, faster there), the others by
+            /// [`chunk`]. Other windows go one pixel at a time ([`single`]).
+            /// Every path performs the same operations.
+            ///
+            /// # Safety
+            /// The target features must be available; `out` has `ow * c`
+            /// values and every present row `w * c`; `c0 <= c1 <= c`, `c1 - c0`
+            /// a multiple of [`L`].
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn row(r: &DwRow<'_>, c0: usize, c1: usize, out: &mut [f32]) {
+                if c0 >= c1 {
+                    return;
                 }
-                ox += if wide { 8 } else { 4 };
-            }
-            while ox < r.ow {
-                let n = (r.ow - ox).min(8);
-                edge(r, ox, n, c8, out);
-                ox += n;
-            }
-        } else if known {
-            let mut ox = 0;
-            while ox < r.ow {
-                let n = (r.ow - ox).min(8);
-                edge(r, ox, n, c8, out);
-                ox += n;
-            }
-        } else if c8 > 0 {
-            for ox in 0..r.ow {
-                single(r, ox, c8, out);
-            }
-        }
-        if c8 < r.c {
-            for ox in 0..r.ow {
-                r.pixel(ox, c8, r.c, out);
-            }
-        }
-    }
-
-    /// The narrow rows of EfficientNet-Lite's depthwise layers at small
-    /// inputs (3, 6 or 12 output pixels: "same" padding, stride 1, or stride
-    /// 2 from 12 or 6 columns) by [`whole`], with the row's width and
-    /// padding known at compile time. Returns whether the row was one of
-    /// them (then channels `0..c8` are done).
-    ///
-    /// # Safety
-    /// As [`row`], the window 3 or 5 wide with stride 1 or 2, no dilation.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn narrow_row(r: &DwRow<'_>, c8: usize, out: &mut [f32]) -> bool {
-        match (r.win.kw, r.win.stride_w, r.win.pad_left, r.w, r.ow) {
-            (3, 1, 1, 3, 3) => whole::<3, 1, 1, 3, 0, 3>(r, c8, out),
-            (3, 1, 1, 6, 6) => whole::<3, 1, 1, 6, 0, 6>(r, c8, out),
-            (3, 1, 1, 12, 12) => {
-                whole::<3, 1, 1, 12, 0, 6>(r, c8, out);
-                whole::<3, 1, 1, 12, 6, 6>(r, c8, out);
-            }
-            (5, 1, 2, 3, 3) => whole::<5, 1, 2, 3, 0, 3>(r, c8, out),
-            (5, 1, 2, 6, 6) => whole::<5, 1, 2, 6, 0, 6>(r, c8, out),
-            (5, 1, 2, 12, 12) => {
-                whole::<5, 1, 2, 12, 0, 6>(r, c8, out);
-                whole::<5, 1, 2, 12, 6, 6>(r, c8, out);
-            }
-            (3, 2, 0, 12, 6) => whole::<3, 2, 0, 12, 0, 6>(r, c8, out),
-            (5, 2, 1, 6, 3) => whole::<5, 2, 1, 6, 0, 3>(r, c8, out),
-            _ => return false,
-        }
-        true
-    }
-
-    /// Output pixels `P0..P0 + P` of a row of `W` input columns, for a
-    /// `K`-wide window with stride `S` and `PAD` padding columns on the
-    /// left, channels `0..c8`: which taps of which pixel fall in the
-    /// padding is known at compile time, so the loops (unrolled) hold no
-    /// test. Per tap, the filter vector is loaded once and each pixel's
-    /// input column read; two blocks of 8 channels go together when the
-    /// pixels are few (at least 6 independent sums, to hide the FMA
-    /// latency). A pixel's taps come in the order of `(ky, kx)`, padding
-    /// skipped, exactly as in [`single`], so the values are the same bits.
-    ///
-    /// # Safety
-    /// As [`row`], and `r.w == W`, `r.win.kw == K`, `r.win.stride_w == S`,
-    /// `r.win.pad_left == PAD`, `P0 + P <= r.ow`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn whole<const K: usize, const S: usize, const PAD: usize, const W: usize, const P0: usize, const P: usize>(
-        r: &DwRow<'_>,
-        c8: usize,
-        out: &mut [f32],
-    ) {
-        let mut cb = 0;
-        if P < 6 {
-            while cb + 16 <= c8 {
-                whole_blocks::<K, S, PAD, W, P0, P, 2>(r, cb, out);
-                cb += 16;
-            }
-        }
-        while cb < c8 {
-            whole_blocks::<K, S, PAD, W, P0, P, 1>(r, cb, out);
-            cb += 8;
-        }
-    }
-
-    /// [`whole`] on channels `cb..cb + 8 B`.
-    ///
-    /// # Safety
-    /// As [`whole`], and `cb + 8 B <= c8`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)] // `p` also gives the input column
-    unsafe fn whole_blocks<const K: usize, const S: usize, const PAD: usize, const W: usize, const P0: usize, const P: usize, const B: usize>(
-        r: &DwRow<'_>,
-        cb: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY (of the loads and stores below): a present row holds
-        // `W` columns of `c` values and only columns `j - PAD < W` are read;
-        // channels `cb + 8 b + 8 <= c8 <= c`; tap `(ky, kx)` of the filters
-        // is within `wts` as in the other kernels; output pixel `P0 + p <
-        // ow`, and `out` has `ow * c` values.
-        let c = r.c;
-        let lo = _mm256_set1_ps(r.lo);
-        let hi = _mm256_set1_ps(r.hi);
-        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
-        let mut acc = [[_mm256_setzero_ps(); P]; B];
-        for (b, a) in acc.iter_mut().enumerate() {
-            *a = [_mm256_loadu_ps(r.bias.as_ptr().add(cb + 8 * b)); P];
-        }
-        for (ky, row) in r.rows.iter().enumerate() {
-            let Some(row) = row else { continue };
-            let xb = row.as_ptr().add(cb);
-            for kx in 0..K {
-                let mut wv = [_mm256_setzero_ps(); B];
-                for (b, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb + 8 * b));
-                }
-                for p in 0..P {
-                    // input column of pixel P0 + p, tap kx (constant)
-                    let j = (P0 + p) * S + kx;
-                    if j < PAD || j - PAD >= W {
-                        continue;
+                let known = r.win.dilation_w == 1 && matches!((r.win.kw, r.win.stride_w), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+                if known && narrow_row(r, c0, c1, out) {
+                    // done by a whole-row kernel
+                } else if known && ((r.win.stride_w == 2 && r.ow >= 7) || (r.win.kw == 3 && r.ow >= 24)) {
+                    let (k, st, pad) = (r.win.kw, r.win.stride_w, r.win.pad_left);
+                    // interior pixels a..b: every tap column inside the row
+                    let a = pad.div_ceil(st).min(r.ow);
+                    let b = if r.w + pad >= k { ((r.w + pad - k) / st + 1).min(r.ow).max(a) } else { a };
+                    if a > 0 {
+                        edge(r, 0, a, c0, c1, out);
                     }
-                    let xp = xb.add((j - PAD) * c);
-                    for b in 0..B {
-                        acc[b][p] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * b)), wv[b], acc[b][p]);
+                    let mut ox = a;
+                    while ox + 4 <= b {
+                        let wide = ox + 8 <= b;
+                        match (k, st, wide) {
+                            (3, 1, true) => interior::<3, 1, 8>(r, ox, c0, c1, out),
+                            (5, 1, true) => interior::<5, 1, 8>(r, ox, c0, c1, out),
+                            (3, 2, true) => interior::<3, 2, 8>(r, ox, c0, c1, out),
+                            (5, 2, true) => interior::<5, 2, 8>(r, ox, c0, c1, out),
+                            (3, 1, false) => interior::<3, 1, 4>(r, ox, c0, c1, out),
+                            (5, 1, false) => interior::<5, 1, 4>(r, ox, c0, c1, out),
+                            (3, 2, false) => interior::<3, 2, 4>(r, ox, c0, c1, out),
+                            _ => interior::<5, 2, 4>(r, ox, c0, c1, out),
+                        }
+                        ox += if wide { 8 } else { 4 };
+                    }
+                    while ox < r.ow {
+                        let n = (r.ow - ox).min(8);
+                        edge(r, ox, n, c0, c1, out);
+                        ox += n;
+                    }
+                } else if known {
+                    let mut ox = 0;
+                    while ox < r.ow {
+                        let n = (r.ow - ox).min(8);
+                        edge(r, ox, n, c0, c1, out);
+                        ox += n;
+                    }
+                } else {
+                    for ox in 0..r.ow {
+                        single(r, ox, c0, c1, out);
                     }
                 }
             }
-        }
-        for (b, a) in acc.iter().enumerate() {
-            for (p, v) in a.iter().enumerate() {
-                let v = _mm256_min_ps(_mm256_max_ps(*v, lo), hi);
-                _mm256_storeu_ps(out.as_mut_ptr().add((P0 + p) * c + cb + 8 * b), v);
-            }
-        }
-    }
 
-    /// Output pixels `ox..ox + n` (`n <= P`, `P` sums in registers),
-    /// channels `0..c8` in blocks of
-    /// 8, for a `K`-wide window with stride `S`: per tap row, the `K` filter
-    /// vectors stay in registers and each input column is loaded once for
-    /// the pixels that read it. Columns in the padding are skipped, and a
-    /// pixel's taps come in the order of `kx`, exactly as in [`single`].
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn chunk<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
-        let c = r.c;
-        let lo = _mm256_set1_ps(r.lo);
-        let hi = _mm256_set1_ps(r.hi);
-        // input column of j = 0; pixel p reads j = p S + kx
-        let b0 = (ox * S) as isize - r.win.pad_left as isize;
-        let j_lo = (-b0).max(0) as usize;
-        let j_hi = ((r.w as isize - b0).max(0) as usize).min((n - 1) * S + K);
-        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
-        let mut cb = 0;
-        while cb < c8 {
-            let b = _mm256_loadu_ps(r.bias.as_ptr().add(cb));
-            let mut acc = [b; P];
-            for (ky, row) in r.rows.iter().enumerate() {
-                let Some(row) = row else { continue };
-                let mut wv = [_mm256_setzero_ps(); K];
-                for (kx, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb));
+            /// The narrow rows of EfficientNet-Lite's depthwise layers at
+            /// small inputs (3, 6 or 12 output pixels: "same" padding, stride
+            /// 1, or stride 2 from 12 or 6 columns) by [`whole`], with the
+            /// row's width and padding known at compile time. Returns whether
+            /// the row was one of them (then channels `c0..c1` are done).
+            ///
+            /// # Safety
+            /// As [`row`], the window 3 or 5 wide with stride 1 or 2, no
+            /// dilation.
+            #[target_feature(enable = $feature)]
+            unsafe fn narrow_row(r: &DwRow<'_>, c0: usize, c1: usize, out: &mut [f32]) -> bool {
+                match (r.win.kw, r.win.stride_w, r.win.pad_left, r.w, r.ow) {
+                    (3, 1, 1, 3, 3) => whole::<3, 1, 1, 3, 0, 3>(r, c0, c1, out),
+                    (3, 1, 1, 6, 6) => whole::<3, 1, 1, 6, 0, 6>(r, c0, c1, out),
+                    (3, 1, 1, 12, 12) => {
+                        whole::<3, 1, 1, 12, 0, 6>(r, c0, c1, out);
+                        whole::<3, 1, 1, 12, 6, 6>(r, c0, c1, out);
+                    }
+                    (5, 1, 2, 3, 3) => whole::<5, 1, 2, 3, 0, 3>(r, c0, c1, out),
+                    (5, 1, 2, 6, 6) => whole::<5, 1, 2, 6, 0, 6>(r, c0, c1, out),
+                    (5, 1, 2, 12, 12) => {
+                        whole::<5, 1, 2, 12, 0, 6>(r, c0, c1, out);
+                        whole::<5, 1, 2, 12, 6, 6>(r, c0, c1, out);
+                    }
+                    (3, 2, 0, 12, 6) => whole::<3, 2, 0, 12, 0, 6>(r, c0, c1, out),
+                    (5, 2, 1, 6, 3) => whole::<5, 2, 1, 6, 0, 3>(r, c0, c1, out),
+                    _ => return false,
                 }
-                for j in 0..(P - 1) * S + K {
-                    if j < j_lo {
-                        continue;
+                true
+            }
+
+            /// Output pixels `P0..P0 + P` of a row of `W` input columns, for
+            /// a `K`-wide window with stride `S` and `PAD` padding columns on
+            /// the left, channels `c0..c1`: which taps of which pixel fall in
+            /// the padding is known at compile time, so the loops (unrolled)
+            /// hold no test. Per tap, the filter vector is loaded once and
+            /// each pixel's input column read; two blocks of [`L`] channels
+            /// go together when the pixels are fewer than [`PAIR_BELOW`]
+            /// (more independent sums, to hide the FMA latency). A pixel's
+            /// taps come in the order of `(ky, kx)`, padding skipped, exactly
+            /// as in [`single`], so the values are the same bits.
+            ///
+            /// # Safety
+            /// As [`row`], and `r.w == W`, `r.win.kw == K`, `r.win.stride_w ==
+            /// S`, `r.win.pad_left == PAD`, `P0 + P <= r.ow`.
+            #[target_feature(enable = $feature)]
+            unsafe fn whole<const K: usize, const S: usize, const PAD: usize, const W: usize, const P0: usize, const P: usize>(
+                r: &DwRow<'_>,
+                c0: usize,
+                c1: usize,
+                out: &mut [f32],
+            ) {
+                let mut cb = c0;
+                if P < PAIR_BELOW {
+                    while cb + 2 * L <= c1 {
+                        whole_blocks::<K, S, PAD, W, P0, P, 2>(r, cb, out);
+                        cb += 2 * L;
                     }
-                    if j >= j_hi {
-                        break;
-                    }
-                    // an input column inside the image (pixels past n
-                    // read only such columns too; they are not stored)
-                    let xv = _mm256_loadu_ps(row.as_ptr().add((b0 + j as isize) as usize * c + cb));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        if j >= p * S && j - p * S < K {
-                            *a = _mm256_fmadd_ps(xv, wv[j - p * S], *a);
+                }
+                while cb < c1 {
+                    whole_blocks::<K, S, PAD, W, P0, P, 1>(r, cb, out);
+                    cb += L;
+                }
+            }
+
+            /// [`whole`] on channels `cb..cb + L B`.
+            ///
+            /// # Safety
+            /// As [`whole`], and `cb + L B <= c1`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            #[allow(clippy::needless_range_loop)] // `p` also gives the input column
+            unsafe fn whole_blocks<const K: usize, const S: usize, const PAD: usize, const W: usize, const P0: usize, const P: usize, const B: usize>(
+                r: &DwRow<'_>,
+                cb: usize,
+                out: &mut [f32],
+            ) {
+                // SAFETY (of the loads and stores below): a present row holds
+                // `W` columns of `c` values and only columns `j - PAD < W` are
+                // read; channels `cb + L b + L <= c1 <= c`; tap `(ky, kx)` of
+                // the filters is within `wts` as in the other kernels; output
+                // pixel `P0 + p < ow`, and `out` has `ow * c` values.
+                let c = r.c;
+                let lo = set1(r.lo);
+                let hi = set1(r.hi);
+                let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+                let mut acc = [[zero(); P]; B];
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = [loadu(r.bias.as_ptr().add(cb + L * b)); P];
+                }
+                for (ky, row) in r.rows.iter().enumerate() {
+                    let Some(row) = row else { continue };
+                    let xb = row.as_ptr().add(cb);
+                    for kx in 0..K {
+                        let mut wv = [zero(); B];
+                        for (b, v) in wv.iter_mut().enumerate() {
+                            *v = loadu(wp.add((ky * K + kx) * ws + cb + L * b));
+                        }
+                        for p in 0..P {
+                            // input column of pixel P0 + p, tap kx (constant)
+                            let j = (P0 + p) * S + kx;
+                            if j < PAD || j - PAD >= W {
+                                continue;
+                            }
+                            let xp = xb.add((j - PAD) * c);
+                            for b in 0..B {
+                                acc[b][p] = fmadd(loadu(xp.add(L * b)), wv[b], acc[b][p]);
+                            }
                         }
                     }
                 }
-            }
-            for (p, a) in acc.iter().enumerate() {
-                if p < n {
-                    let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
-                    _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
-                }
-            }
-            cb += 8;
-        }
-    }
-
-    /// [`chunk`] of pixels `ox..ox + n` (`n <= 8`) for the window of `r`
-    /// (3 or 5 wide, stride 1 or 2), with 1, 2, 4 or 8 sums in registers
-    /// (the fewest that hold the `n` pixels).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn edge(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn by_width<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c8: usize, out: &mut [f32]) {
-            match n {
-                1 => chunk::<K, S, 1>(r, ox, n, c8, out),
-                2 => chunk::<K, S, 2>(r, ox, n, c8, out),
-                3 | 4 => chunk::<K, S, 4>(r, ox, n, c8, out),
-                _ => chunk::<K, S, 8>(r, ox, n, c8, out),
-            }
-        }
-        match (r.win.kw, r.win.stride_w) {
-            (3, 1) => by_width::<3, 1>(r, ox, n, c8, out),
-            (5, 1) => by_width::<5, 1>(r, ox, n, c8, out),
-            (3, 2) => by_width::<3, 2>(r, ox, n, c8, out),
-            _ => by_width::<5, 2>(r, ox, n, c8, out),
-        }
-    }
-
-    /// Output pixels `ox..ox + P` whose windows lie inside the row (no
-    /// padding column), channels `0..c8` in blocks of 8, for a `K`-wide
-    /// window with stride `S`: `P` sums in registers; per tap the filter
-    /// vector is loaded once and each pixel's input column read (loops of
-    /// fixed length, unrolled). A pixel's taps come in the order of `(ky,
-    /// kx)`, exactly as in [`single`], so the values are the same bits.
-    ///
-    /// # Safety
-    /// As [`row`], and `ox * S >= pad_left`, `(ox + P - 1) * S + K <= w + pad_left`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn interior<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
-        let c = r.c;
-        let lo = _mm256_set1_ps(r.lo);
-        let hi = _mm256_set1_ps(r.hi);
-        let x0 = ox * S - r.win.pad_left; // first input column
-        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
-        let mut cb = 0;
-        while cb < c8 {
-            let b = _mm256_loadu_ps(r.bias.as_ptr().add(cb));
-            let mut acc = [b; P];
-            for (ky, row) in r.rows.iter().enumerate() {
-                let Some(row) = row else { continue };
-                let xb = row.as_ptr().add(x0 * c + cb);
-                for kx in 0..K {
-                    let wv = _mm256_loadu_ps(wp.add((ky * K + kx) * ws + cb));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add((p * S + kx) * c)), wv, *a);
+                for (b, a) in acc.iter().enumerate() {
+                    for (p, v) in a.iter().enumerate() {
+                        storeu(out.as_mut_ptr().add((P0 + p) * c + cb + L * b), clamp(*v, lo, hi));
                     }
                 }
             }
-            for (p, a) in acc.iter().enumerate() {
-                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
-                _mm256_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cb), v);
-            }
-            cb += 8;
-        }
-    }
 
-    /// Channels `0..c8` of one output pixel, any window: four blocks of 8
-    /// channels at a time (four independent sums, so the FMA latency is
-    /// hidden), then the remaining blocks one by one.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn single(r: &DwRow<'_>, ox: usize, c8: usize, out: &mut [f32]) {
-        let (c, kw) = (r.c, r.win.kw);
-        let (kx0, kx1) = r.kx_range(ox);
-        let lo = _mm256_set1_ps(r.lo);
-        let hi = _mm256_set1_ps(r.hi);
-        let (wp, ws) = (r.wts.as_ptr(), r.wstride);
-        let bp = r.bias.as_ptr();
-        let op = out.as_mut_ptr().add(ox * c);
-        let mut cb = 0;
-        while cb + 32 <= c8 {
-            let mut acc = [
-                _mm256_loadu_ps(bp.add(cb)),
-                _mm256_loadu_ps(bp.add(cb + 8)),
-                _mm256_loadu_ps(bp.add(cb + 16)),
-                _mm256_loadu_ps(bp.add(cb + 24)),
-            ];
-            for (ky, row) in r.rows.iter().enumerate() {
-                let Some(row) = row else { continue };
-                for kx in kx0..kx1 {
-                    let ix = r.win.ix(ox, kx) as usize;
-                    let wv = wp.add((ky * kw + kx) * ws + cb);
-                    let xv = row.as_ptr().add(ix * c + cb);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xv.add(8 * j)), _mm256_loadu_ps(wv.add(8 * j)), *a);
+            /// Output pixels `ox..ox + n` (`n <= P`, `P` sums in registers),
+            /// channels `c0..c1` in blocks of [`L`], for a `K`-wide window
+            /// with stride `S`: per tap row, the `K` filter vectors stay in
+            /// registers and each input column is loaded once for the pixels
+            /// that read it. Columns in the padding are skipped, and a pixel's
+            /// taps come in the order of `kx`, exactly as in [`single`].
+            #[target_feature(enable = $feature)]
+            unsafe fn chunk<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, n: usize, c0: usize, c1: usize, out: &mut [f32]) {
+                let c = r.c;
+                let lo = set1(r.lo);
+                let hi = set1(r.hi);
+                // input column of j = 0; pixel p reads j = p S + kx
+                let b0 = (ox * S) as isize - r.win.pad_left as isize;
+                let j_lo = (-b0).max(0) as usize;
+                let j_hi = ((r.w as isize - b0).max(0) as usize).min((n - 1) * S + K);
+                let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+                let mut cb = c0;
+                while cb < c1 {
+                    let b = loadu(r.bias.as_ptr().add(cb));
+                    let mut acc = [b; P];
+                    for (ky, row) in r.rows.iter().enumerate() {
+                        let Some(row) = row else { continue };
+                        let mut wv = [zero(); K];
+                        for (kx, v) in wv.iter_mut().enumerate() {
+                            *v = loadu(wp.add((ky * K + kx) * ws + cb));
+                        }
+                        for j in 0..(P - 1) * S + K {
+                            if j < j_lo {
+                                continue;
+                            }
+                            if j >= j_hi {
+                                break;
+                            }
+                            // an input column inside the image (pixels past n
+                            // read only such columns too; they are not stored)
+                            let xv = loadu(row.as_ptr().add((b0 + j as isize) as usize * c + cb));
+                            for (p, a) in acc.iter_mut().enumerate() {
+                                if j >= p * S && j - p * S < K {
+                                    *a = fmadd(xv, wv[j - p * S], *a);
+                                }
+                            }
+                        }
+                    }
+                    for (p, a) in acc.iter().enumerate() {
+                        if p < n {
+                            storeu(out.as_mut_ptr().add((ox + p) * c + cb), clamp(*a, lo, hi));
+                        }
+                    }
+                    cb += L;
+                }
+            }
+
+            /// [`chunk`] of pixels `ox..ox + n` (`n <= 8`) for the window of
+            /// `r` (3 or 5 wide, stride 1 or 2), with 1, 2, 4 or 8 sums in
+            /// registers (the fewest that hold the `n` pixels).
+            #[target_feature(enable = $feature)]
+            unsafe fn edge(r: &DwRow<'_>, ox: usize, n: usize, c0: usize, c1: usize, out: &mut [f32]) {
+                #[target_feature(enable = $feature)]
+                unsafe fn by_width<const K: usize, const S: usize>(r: &DwRow<'_>, ox: usize, n: usize, c0: usize, c1: usize, out: &mut [f32]) {
+                    match n {
+                        1 => chunk::<K, S, 1>(r, ox, n, c0, c1, out),
+                        2 => chunk::<K, S, 2>(r, ox, n, c0, c1, out),
+                        3 | 4 => chunk::<K, S, 4>(r, ox, n, c0, c1, out),
+                        _ => chunk::<K, S, 8>(r, ox, n, c0, c1, out),
                     }
                 }
-            }
-            for (j, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(op.add(cb + 8 * j), _mm256_min_ps(_mm256_max_ps(*a, lo), hi));
-            }
-            cb += 32;
-        }
-        while cb < c8 {
-            let mut acc = _mm256_loadu_ps(bp.add(cb));
-            for (ky, row) in r.rows.iter().enumerate() {
-                let Some(row) = row else { continue };
-                for kx in kx0..kx1 {
-                    let ix = r.win.ix(ox, kx) as usize;
-                    let wv = _mm256_loadu_ps(wp.add((ky * kw + kx) * ws + cb));
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.as_ptr().add(ix * c + cb)), wv, acc);
+                match (r.win.kw, r.win.stride_w) {
+                    (3, 1) => by_width::<3, 1>(r, ox, n, c0, c1, out),
+                    (5, 1) => by_width::<5, 1>(r, ox, n, c0, c1, out),
+                    (3, 2) => by_width::<3, 2>(r, ox, n, c0, c1, out),
+                    _ => by_width::<5, 2>(r, ox, n, c0, c1, out),
                 }
             }
-            _mm256_storeu_ps(op.add(cb), _mm256_min_ps(_mm256_max_ps(acc, lo), hi));
-            cb += 8;
+
+            /// Output pixels `ox..ox + P` whose windows lie inside the row (no
+            /// padding column), channels `c0..c1` in blocks of [`L`], for a
+            /// `K`-wide window with stride `S`: `P` sums in registers; per tap
+            /// the filter vector is loaded once and each pixel's input column
+            /// read (loops of fixed length, unrolled). A pixel's taps come in
+            /// the order of `(ky, kx)`, exactly as in [`single`], so the
+            /// values are the same bits.
+            ///
+            /// # Safety
+            /// As [`row`], and `ox * S >= pad_left`, `(ox + P - 1) * S + K <=
+            /// w + pad_left`.
+            #[target_feature(enable = $feature)]
+            unsafe fn interior<const K: usize, const S: usize, const P: usize>(r: &DwRow<'_>, ox: usize, c0: usize, c1: usize, out: &mut [f32]) {
+                let c = r.c;
+                let lo = set1(r.lo);
+                let hi = set1(r.hi);
+                let x0 = ox * S - r.win.pad_left; // first input column
+                let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+                let mut cb = c0;
+                while cb < c1 {
+                    let b = loadu(r.bias.as_ptr().add(cb));
+                    let mut acc = [b; P];
+                    for (ky, row) in r.rows.iter().enumerate() {
+                        let Some(row) = row else { continue };
+                        let xb = row.as_ptr().add(x0 * c + cb);
+                        for kx in 0..K {
+                            let wv = loadu(wp.add((ky * K + kx) * ws + cb));
+                            for (p, a) in acc.iter_mut().enumerate() {
+                                *a = fmadd(loadu(xb.add((p * S + kx) * c)), wv, *a);
+                            }
+                        }
+                    }
+                    for (p, a) in acc.iter().enumerate() {
+                        storeu(out.as_mut_ptr().add((ox + p) * c + cb), clamp(*a, lo, hi));
+                    }
+                    cb += L;
+                }
+            }
+
+            /// Channels `c0..c1` of one output pixel, any window: four blocks
+            /// of [`L`] channels at a time (four independent sums, so the FMA
+            /// latency is hidden), then the remaining blocks one by one.
+            #[target_feature(enable = $feature)]
+            unsafe fn single(r: &DwRow<'_>, ox: usize, c0: usize, c1: usize, out: &mut [f32]) {
+                let (c, kw) = (r.c, r.win.kw);
+                let (kx0, kx1) = r.kx_range(ox);
+                let lo = set1(r.lo);
+                let hi = set1(r.hi);
+                let (wp, ws) = (r.wts.as_ptr(), r.wstride);
+                let bp = r.bias.as_ptr();
+                let op = out.as_mut_ptr().add(ox * c);
+                let mut cb = c0;
+                while cb + 4 * L <= c1 {
+                    let mut acc = [loadu(bp.add(cb)), loadu(bp.add(cb + L)), loadu(bp.add(cb + 2 * L)), loadu(bp.add(cb + 3 * L))];
+                    for (ky, row) in r.rows.iter().enumerate() {
+                        let Some(row) = row else { continue };
+                        for kx in kx0..kx1 {
+                            let ix = r.win.ix(ox, kx) as usize;
+                            let wv = wp.add((ky * kw + kx) * ws + cb);
+                            let xv = row.as_ptr().add(ix * c + cb);
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                *a = fmadd(loadu(xv.add(L * j)), loadu(wv.add(L * j)), *a);
+                            }
+                        }
+                    }
+                    for (j, a) in acc.iter().enumerate() {
+                        storeu(op.add(cb + L * j), clamp(*a, lo, hi));
+                    }
+                    cb += 4 * L;
+                }
+                while cb < c1 {
+                    let mut acc = loadu(bp.add(cb));
+                    for (ky, row) in r.rows.iter().enumerate() {
+                        let Some(row) = row else { continue };
+                        for kx in kx0..kx1 {
+                            let ix = r.win.ix(ox, kx) as usize;
+                            let wv = loadu(wp.add((ky * kw + kx) * ws + cb));
+                            acc = fmadd(loadu(row.as_ptr().add(ix * c + cb)), wv, acc);
+                        }
+                    }
+                    storeu(op.add(cb), clamp(acc, lo, hi));
+                    cb += L;
+                }
+            }
         }
-    }
+    };
+}
+
+dw_kernels! {
+    /// The depthwise kernels on blocks of 8 channels (`__m256`, AVX2 and
+    /// FMA): the whole row where the CPU has no AVX-512F, else the last
+    /// block of 8 channels when `c % 16 >= 8`.
+    mod dw_avx2: "avx2,fma", __m256 x 8;
+    _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_min_ps, _mm256_max_ps, _mm256_set1_ps, _mm256_setzero_ps;
+    pair_below 6;
+}
+
+dw_kernels! {
+    /// The depthwise kernels on blocks of 16 channels (`__m512`, AVX-512F),
+    /// where the CPU has it: channels `0..c / 16 * 16`.
+    mod dw_avx512: "avx512f", __m512 x 16;
+    _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_min_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps;
+    pair_below 6;
 }
 
 /// Gather the `kh x kw x c` input patches of output pixels `p0..p0 + n`
@@ -1756,44 +1816,43 @@ mod tests {
     #[test]
     fn depthwise_of_channel_ranges_gives_the_same_bits() {
         let mut s = 11u64;
-        for &(h, w, c, k, stride, pad) in &[(9, 11, 37, 3, 1, 1), (12, 10, 40, 5, 2, 2), (4, 4, 21, 5, 1, 2)] {
+        // ranges of 16 channels and more or fewer, from a multiple of 16 or
+        // not (AVX-512 blocks of 16, AVX2 blocks of 8, single channels)
+        for &(h, w, c, k, stride, pad) in &[(9, 11, 37, 3, 1, 1), (12, 10, 40, 5, 2, 2), (4, 4, 21, 5, 1, 2), (3, 3, 56, 5, 1, 2), (7, 30, 48, 3, 2, 1)] {
             let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
-            let mut whole = vec![0f32; oh * ow * c];
-            depthwise(&x, h, w, &dw, &win, oh, ow, &mut whole, Activation::RELU6);
-            for (c0, c1) in [(0, 16), (16, c), (3, 12), (c - 1, c)] {
+            let whole = same_on_all_paths(&x, h, w, c, &dw, &win, oh, ow, Activation::RELU6, "");
+            for (c0, c1) in [(0, 16), (16, c), (3, 12), (c - 1, c), (5, c), (1, 17), (2, 34), (0, c - 3)].into_iter().filter(|&(_, c1)| c1 <= c) {
                 let cw = c1 - c0;
                 let xp: Vec<f32> = x.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
-                for portable in [false, true] {
-                    let mut part = vec![0f32; oh * ow * cw];
-                    let mut go = || depthwise_part(&xp, h, w, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6);
-                    if portable {
-                        portable_only(go)
-                    } else {
-                        go()
-                    }
-                    let want: Vec<f32> = whole.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
-                    assert_eq!(part, want, "channels {c0}..{c1} of {c}, portable {portable}");
+                let want: Vec<f32> = whole.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
+                for path in PATHS {
+                    let mut part = vec![f32::NAN; oh * ow * cw];
+                    on_path(path, || depthwise_part(&xp, h, w, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6));
+                    assert_eq!(part, want, "channels {c0}..{c1} of {c}, {path:?}");
                 }
             }
         }
     }
 
-    /// [`depthwise`] of `x` (`h x w x c`) with `act`, checked: the AVX2
-    /// path equals the portable path bit for bit.
+    /// [`depthwise`] of `x` (`h x w x c`) with `act`, checked: the
+    /// fastest (AVX-512 where the CPU has it), AVX2 and portable paths give
+    /// the same bits.
     #[allow(clippy::too_many_arguments)]
-    fn same_on_both_paths(x: &[f32], h: usize, w: usize, c: usize, dw: &Depthwise, win: &Window, oh: usize, ow: usize, act: Activation, what: &str) -> Vec<f32> {
+    fn same_on_all_paths(x: &[f32], h: usize, w: usize, c: usize, dw: &Depthwise, win: &Window, oh: usize, ow: usize, act: Activation, what: &str) -> Vec<f32> {
         let mut fast = vec![0f32; oh * ow * c];
         depthwise(x, h, w, dw, win, oh, ow, &mut fast, act);
-        let mut port = vec![0f32; oh * ow * c];
-        portable_only(|| depthwise(x, h, w, dw, win, oh, ow, &mut port, act));
-        assert_eq!(fast, port, "AVX2 and portable paths differ{what}");
+        for path in [Path::Avx2, Path::Portable] {
+            let mut other = vec![f32::NAN; oh * ow * c];
+            on_path(path, || depthwise(x, h, w, dw, win, oh, ow, &mut other, act));
+            assert_eq!(fast, other, "the fastest and the {path:?} paths differ{what}");
+        }
         fast
     }
 
-    /// [`same_on_both_paths`] without activation, and within 1e-5 of a naive sum.
+    /// [`same_on_all_paths`] without activation, and within 1e-5 of a naive sum.
     #[allow(clippy::too_many_arguments)]
     fn checked_depthwise(x: &[f32], h: usize, w: usize, c: usize, f: &[f32], k: usize, b: &[f32], dw: &Depthwise, win: &Window, oh: usize, ow: usize, what: &str) {
-        let fast = same_on_both_paths(x, h, w, c, dw, win, oh, ow, Activation::None, what);
+        let fast = same_on_all_paths(x, h, w, c, dw, win, oh, ow, Activation::None, what);
         let want = naive_depthwise(x, h, w, c, f, k, b, win, oh, ow);
         for (a, b) in fast.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
@@ -1848,6 +1907,12 @@ mod tests {
             (7, 31, 19, 5, 2, 2),
             (5, 21, 8, 5, 2, 0),
             (5, 14, 16, 3, 2, 1),
+            // other windows: one pixel at a time, 4 blocks of channels
+            // together and single blocks
+            (9, 10, 72, 7, 1, 3),
+            (8, 9, 37, 4, 3, 1),
+            (6, 6, 136, 3, 3, 1),
+            (5, 5, 24, 1, 1, 0),
         ] {
             let (x, f, b, dw, win, oh, ow) = random_depthwise(&mut s, h, w, c, k, stride, pad);
             checked_depthwise(&x, h, w, c, &f, k, &b, &dw, &win, oh, ow, "");
@@ -1857,18 +1922,22 @@ mod tests {
     #[test]
     fn depthwise_rows_of_every_width_match_the_portable_path_bit_for_bit() {
         // every run length of the edge chunks (1 to 8 pixels) and of the
-        // interior runs, for each window the AVX2 kernels know
+        // interior runs, for each window the vector kernels know; channels
+        // in AVX-512 and AVX2 blocks (24 = 16 + 8), or AVX-512 blocks and
+        // single channels (37 = 32 + 5)
         let mut s = 23u64;
-        for k in [3, 5] {
-            for stride in [1, 2] {
-                for pad in [0, k / 2, k - 1] {
-                    for w in 1..=40 {
-                        if w + 2 * pad < k {
-                            continue;
+        for c in [24, 37] {
+            for k in [3, 5] {
+                for stride in [1, 2] {
+                    for pad in [0, k / 2, k - 1] {
+                        for w in 1..=40 {
+                            if w + 2 * pad < k {
+                                continue;
+                            }
+                            let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, 5, w, c, k, stride, pad);
+                            let what = format!(": width {w}, {c} channels, k {k}, stride {stride}, pad {pad}");
+                            same_on_all_paths(&x, 5, w, c, &dw, &win, oh, ow, Activation::RELU6, &what);
                         }
-                        let (x, _, _, dw, win, oh, ow) = random_depthwise(&mut s, 5, w, 24, k, stride, pad);
-                        let what = format!(": width {w}, k {k}, stride {stride}, pad {pad}");
-                        same_on_both_paths(&x, 5, w, 24, &dw, &win, oh, ow, Activation::RELU6, &what);
                     }
                 }
             }
@@ -1903,11 +1972,13 @@ mod tests {
             // a range of channels, with the clamp applied in registers
             let (c0, c1) = (3, c - 2);
             let xp: Vec<f32> = x.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
-            let whole = same_on_both_paths(&x, hw, hw, c, &dw, &win, oh, ow, Activation::RELU6, &format!("{what}, ReLU6"));
-            let mut part = vec![0f32; oh * ow * (c1 - c0)];
-            depthwise_part(&xp, hw, hw, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6);
+            let whole = same_on_all_paths(&x, hw, hw, c, &dw, &win, oh, ow, Activation::RELU6, &format!("{what}, ReLU6"));
             let want: Vec<f32> = whole.chunks(c).flat_map(|px| px[c0..c1].to_vec()).collect();
-            assert_eq!(part, want, "channels {c0}..{c1} of {c}");
+            for path in PATHS {
+                let mut part = vec![f32::NAN; oh * ow * (c1 - c0)];
+                on_path(path, || depthwise_part(&xp, hw, hw, &dw, c0..c1, &win, oh, ow, &mut part, Activation::RELU6));
+                assert_eq!(part, want, "channels {c0}..{c1} of {c}, {path:?}");
+            }
         }
     }
 
@@ -1947,7 +2018,9 @@ mod tests {
     }
 
     /// Timing, not a check: [`depthwise`] on the shapes of
-    /// EfficientNet-Lite0's depthwise layers at a 96 px input (one thread).
+    /// EfficientNet-Lite0's depthwise layers at a 96 px input (one thread);
+    /// `BENCH_ALIGN=16` (say) puts the input and output 16 bytes past a
+    /// multiple of 64.
     /// Run with `cargo test --release --lib bench_depthwise -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -1958,13 +2031,21 @@ mod tests {
         for &(hw, c, k, stride, pad, n) in &[(48, 32, 3, 1, 1, 1), (48, 96, 3, 2, 0, 1), (24, 144, 3, 1, 1, 1), (24, 144, 5, 2, 1, 1), (12, 240, 5, 1, 2, 1), (12, 240, 3, 2, 0, 1), (6, 480, 3, 1, 1, 2), (6, 480, 5, 1, 2, 1), (6, 672, 5, 1, 2, 2), (6, 672, 5, 2, 1, 1), (3, 1152, 5, 1, 2, 3), (3, 1152, 3, 1, 1, 1)] {
             let (x, _, _, dw, win, _, _) = random_depthwise(&mut s, hw, hw, c, k, stride, pad);
             let (oh, ow) = (hw.div_ceil(stride), hw.div_ceil(stride));
-            let mut o = vec![0f32; oh * ow * c];
+            // the input and the output `BENCH_ALIGN` bytes past a multiple
+            // of 64 when set, else where the allocator puts them
+            let align: Option<usize> = std::env::var("BENCH_ALIGN").ok().and_then(|v| v.parse().ok());
+            let (mut xbuf, mut obuf) = (vec![0f32; x.len() + 32], vec![0f32; oh * ow * c + 32]);
+            let skip = |p: *const f32| align.map_or(0, |a| ((p as usize).wrapping_neg() % 64 + a % 64) / 4);
+            let (xs, os) = (skip(xbuf.as_ptr()), skip(obuf.as_ptr()));
+            xbuf[xs..xs + x.len()].copy_from_slice(&x);
+            let x = &xbuf[xs..xs + x.len()];
+            let o = &mut obuf[os..os + oh * ow * c];
             let reps = (4_000_000 / (oh * ow * c * k * k)).max(4);
             let mut best = f64::INFINITY;
             for _ in 0..15 {
                 let t = std::time::Instant::now();
                 for _ in 0..reps {
-                    depthwise(&x, hw, hw, &dw, &win, oh, ow, &mut o, Activation::RELU6);
+                    depthwise(x, hw, hw, &dw, &win, oh, ow, o, Activation::RELU6);
                 }
                 best = best.min(t.elapsed().as_secs_f64() / reps as f64);
             }
