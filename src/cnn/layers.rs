@@ -146,6 +146,36 @@ fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
+/// 16 floats on a 64-byte boundary: the unit of [`Aligned`].
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A float32 buffer that starts on a 64-byte boundary (a cache line), so
+/// that the 16-lane AVX-512 loads of weight rows and channel blocks never
+/// straddle two lines.
+#[derive(Debug, Clone)]
+pub(crate) struct Aligned {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl Aligned {
+    /// `len` zeros.
+    pub(crate) fn zeros(len: usize) -> Self {
+        Aligned { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
+    }
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        // SAFETY: `lines` holds at least `len` contiguous f32 (`Line` is
+        // `repr(C)` of 16 f32, no padding).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    }
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+}
+
 /// A `k x n` weight matrix and its `n` biases, packed once for [`gemm`]:
 /// `ceil(n / NR)` panels of `k x NR` values (row after row, zero-padded past
 /// `n`), so that a tile reads each weight row as two aligned vectors.
@@ -154,7 +184,9 @@ pub struct PackedMatrix {
     k: usize,
     n: usize,
     panels: usize,
-    data: Vec<f32>,
+    /// Panels of `k` rows of `NR` values, on a 64-byte boundary (each
+    /// panel row one cache line).
+    data: Aligned,
     bias: Vec<f32>,
 }
 
@@ -166,13 +198,14 @@ impl PackedMatrix {
     pub fn from_fn(k: usize, n: usize, bias: &[f32], weights: impl Fn(usize, usize) -> f32) -> Self {
         assert_eq!(bias.len(), n, "one bias per output column");
         let panels = n.div_ceil(NR);
-        let mut data = vec![0f32; panels * k * NR];
+        let mut data = Aligned::zeros(panels * k * NR);
+        let d = data.as_mut_slice();
         for p in 0..panels {
             for kk in 0..k {
                 for c in 0..NR {
                     let j = p * NR + c;
                     if j < n {
-                        data[(p * k + kk) * NR + c] = weights(kk, j);
+                        d[(p * k + kk) * NR + c] = weights(kk, j);
                     }
                 }
             }
@@ -205,7 +238,7 @@ impl PackedMatrix {
     }
     /// The weight at row `kk`, column `j` (tests).
     pub fn get(&self, kk: usize, j: usize) -> f32 {
-        self.data[((j / NR) * self.k + kk) * NR + j % NR]
+        self.data.as_slice()[((j / NR) * self.k + kk) * NR + j % NR]
     }
     /// The bias of column `j`.
     pub fn bias(&self, j: usize) -> f32 {
@@ -313,7 +346,7 @@ pub fn gemm_blocks(
         while p < panels.end {
             let np = if wide && p + 1 < panels.end { 2 } else { 1 };
             let cols = (np * NR).min(n - p * NR);
-            let panel = &w.data[p * k * NR..(p + np) * k * NR];
+            let panel = &w.data.as_slice()[p * k * NR..(p + np) * k * NR];
             let bias = &w.bias[p * NR..(p + np) * NR];
             let mut r0 = m0;
             for ti in 0..n_tiles {
@@ -815,7 +848,8 @@ pub struct Depthwise {
     pub kh: usize,
     pub kw: usize,
     pub c: usize,
-    weights: Vec<f32>,
+    /// Tap-major filters on a 64-byte boundary.
+    weights: Aligned,
     bias: Vec<f32>,
 }
 
@@ -826,11 +860,12 @@ impl Depthwise {
     /// If `bias.len() != c`.
     pub fn from_fn(c: usize, kh: usize, kw: usize, bias: &[f32], weight: impl Fn(usize, usize, usize) -> f32) -> Self {
         assert_eq!(bias.len(), c);
-        let mut weights = vec![0f32; kh * kw * c];
+        let mut weights = Aligned::zeros(kh * kw * c);
+        let wd = weights.as_mut_slice();
         for ky in 0..kh {
             for kx in 0..kw {
                 for ch in 0..c {
-                    weights[(ky * kw + kx) * c + ch] = weight(ch, ky, kx);
+                    wd[(ky * kw + kx) * c + ch] = weight(ch, ky, kx);
                 }
             }
         }
@@ -991,7 +1026,7 @@ pub fn depthwise_row_part(
         rows,
         w,
         c,
-        wts: &dw.weights[channels.start..],
+        wts: &dw.weights.as_slice()[channels.start..],
         wstride: dw.c,
         bias: &dw.bias[channels.start..],
         win,
