@@ -42,7 +42,7 @@
 
 use std::cell::RefCell;
 
-use crate::cnn::layers::{self, Activation, Depthwise, PackedMatrix, Window, XBlock, NR};
+use crate::cnn::layers::{self, Activation, Aligned, Depthwise, PackedMatrix, Window, XBlock, NR};
 use crate::error::{BovwError, Result};
 
 /// Index of a value of a [`Graph`] (0 is the input).
@@ -54,7 +54,8 @@ pub struct Tensor {
     pub h: usize,
     pub w: usize,
     pub c: usize,
-    pub data: Vec<f32>,
+    /// The values, on a 64-byte boundary.
+    pub data: Aligned,
 }
 
 impl Tensor {
@@ -62,7 +63,8 @@ impl Tensor {
     ///
     /// # Panics
     /// If `data.len() != h * w * c`.
-    pub fn new(h: usize, w: usize, c: usize, data: Vec<f32>) -> Self {
+    pub fn new(h: usize, w: usize, c: usize, data: impl Into<Aligned>) -> Self {
+        let data = data.into();
         assert_eq!(data.len(), h * w * c, "tensor data must be h * w * c values");
         Tensor { h, w, c, data }
     }
@@ -594,7 +596,7 @@ pub struct Graph {
 
 thread_local! {
     /// Free buffers of finished values, reused by the next nodes and images.
-    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<Aligned>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Buffers kept per thread (the distinct buffer sizes of a network's
@@ -609,7 +611,7 @@ const POOL_MAX: usize = 64;
 /// image split between threads ask for lengths that vary: reusing a large
 /// buffer there beats allocating a new one, whose pages the system must
 /// zero); else a new one.
-fn take_buffer(len: usize) -> Vec<f32> {
+fn take_buffer(len: usize) -> Aligned {
     let reused = POOL.with(|p| {
         let mut p = p.borrow_mut();
         let i = p.iter().position(|b| b.len() == len).or_else(|| {
@@ -619,20 +621,16 @@ fn take_buffer(len: usize) -> Vec<f32> {
     });
     match reused {
         Some(mut v) => {
-            if v.len() > len {
-                v.truncate(len);
-            } else {
-                v.resize(len, 0.0);
-            }
+            v.resize(len);
             v
         }
-        None => vec![0.0; len],
+        None => Aligned::zeros(len),
     }
 }
 
 /// Return a buffer to this thread's pool (dropping the least recently
 /// freed one when the pool is full).
-fn give_buffer(v: Vec<f32>) {
+fn give_buffer(v: Aligned) {
     if v.capacity() == 0 {
         return;
     }
@@ -676,7 +674,7 @@ struct Stacked {
     h: usize,
     w: usize,
     c: usize,
-    data: Vec<f32>,
+    data: Aligned,
 }
 
 impl Stacked {
@@ -871,7 +869,7 @@ impl Graph {
             for k in 0..n {
                 for &o in wanted {
                     let s = stacked[o].as_ref().ok_or_else(|| BovwError::input(format!("output value {o} was not computed")))?;
-                    outs.push(Tensor { h: s.h, w: s.w, c: s.c, data: s.image(k).to_vec() });
+                    outs.push(Tensor { h: s.h, w: s.w, c: s.c, data: Aligned::from(s.image(k)) });
                 }
             }
             Ok(outs)
@@ -1055,7 +1053,7 @@ impl Graph {
                 let mut out = take_buffer(x.data.len());
                 let m = x.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f64;
-                for (o, &v) in out.iter_mut().zip(&x.data) {
+                for (o, &v) in out.iter_mut().zip(x.data.iter()) {
                     *o = (v - m).exp();
                     sum += *o as f64;
                 }
@@ -1391,7 +1389,7 @@ fn mbconv_par(
     ow: usize,
     residual: Option<&Tensor>,
     threads: usize,
-) -> Option<(Vec<f32>, Split)> {
+) -> Option<(Aligned, Split)> {
     use rayon::prelude::*;
     let (h, w) = (x.h, x.w);
     let c_mid = mb.depthwise.c;
@@ -1432,7 +1430,7 @@ fn mbconv_par(
         return None;
     }
     let xb = XBlock { data: &x.data, ld: x.c, k: x.c };
-    let mids: Vec<(usize, Vec<f32>)> = (0..parts)
+    let mids: Vec<(usize, Aligned)> = (0..parts)
         .into_par_iter()
         .map(|i| {
             let (p0, p1) = (i * panels / parts, (i + 1) * panels / parts);
@@ -1482,7 +1480,7 @@ fn mbconv_rows(
     let row_len = w * c_mid;
     let span = (strip - 1) * win.stride_h + (win.kh - 1) * win.dilation_h + 1; // input rows of a strip
     // `buf` holds expanded input rows buf_first..buf_first + buf_rows
-    let mut buf = if mb.expand.is_some() { take_buffer(span.min(h) * row_len) } else { Vec::new() };
+    let mut buf = if mb.expand.is_some() { take_buffer(span.min(h) * row_len) } else { Aligned::default() };
     let (mut buf_first, mut buf_rows) = (0usize, 0usize);
     let mut dwbuf = take_buffer(strip * ow * c_mid);
     let mut oy0 = oy_start;
@@ -1776,7 +1774,7 @@ pub(crate) mod tests {
                         s = s.wrapping_mul(6364136223846793005).wrapping_add(3);
                         ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
                     })
-                    .collect(),
+                    .collect::<Vec<f32>>(),
             );
             let res = residual.then(|| x.clone());
             let one = mbconv_forward(&x, &mb, res.as_ref(), "b", false).unwrap();
@@ -1839,7 +1837,7 @@ pub(crate) mod tests {
                     s = s.wrapping_mul(6364136223846793005).wrapping_add(7);
                     ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
                 })
-                .collect(),
+                .collect::<Vec<f32>>(),
         )
     }
 
@@ -2002,7 +2000,7 @@ pub(crate) mod tests {
             let wts: Vec<f32> = (0..k * k * c_in * c_out).map(|_| r()).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| r()).collect();
             let mat = PackedMatrix::from_row_major(&wts, k * k * c_in, c_out, &bias);
-            let x = Tensor::new(h, w, c_in, (0..h * w * c_in).map(|_| r() * 4.0).collect());
+            let x = Tensor::new(h, w, c_in, (0..h * w * c_in).map(|_| r() * 4.0).collect::<Vec<f32>>());
             let res: Vec<f32> = (0..oh * ow * c_out).map(|_| r()).collect();
             for (residual, act) in [(None, Activation::RELU6), (Some(&res[..]), Activation::None)] {
                 for portable in [false, true] {

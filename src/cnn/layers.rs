@@ -147,32 +147,104 @@ fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
 }
 
 /// 16 floats on a 64-byte boundary: the unit of [`Aligned`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
 /// A float32 buffer that starts on a 64-byte boundary (a cache line), so
-/// that the 16-lane AVX-512 loads of weight rows and channel blocks never
-/// straddle two lines.
-#[derive(Debug, Clone)]
-pub(crate) struct Aligned {
+/// that the 16-lane AVX-512 loads and stores of weight rows and of channel
+/// blocks never straddle two lines. It reads as a `[f32]` (`Deref`).
+#[derive(Clone, Default)]
+pub struct Aligned {
     lines: Vec<Line>,
     len: usize,
 }
 
 impl Aligned {
     /// `len` zeros.
-    pub(crate) fn zeros(len: usize) -> Self {
+    pub fn zeros(len: usize) -> Self {
         Aligned { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
     }
-    pub(crate) fn as_slice(&self) -> &[f32] {
+    /// The values, as a slice.
+    pub fn as_slice(&self) -> &[f32] {
         // SAFETY: `lines` holds at least `len` contiguous f32 (`Line` is
         // `repr(C)` of 16 f32, no padding).
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
     }
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+    /// The values, as a mutable slice.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
         // SAFETY: as in `as_slice`, borrowed mutably.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+    /// Values it holds without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.lines.len() * 16
+    }
+    /// Keep the first `len` values (no-op when it holds fewer).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    /// Grow or cut to `len` values; new values are zeros.
+    pub fn resize(&mut self, len: usize) {
+        if len > self.len {
+            if len > self.capacity() {
+                self.lines.resize(len.div_ceil(16), Line([0.0; 16]));
+            }
+            let old = self.len;
+            self.len = len;
+            self.as_mut_slice()[old..].fill(0.0);
+        } else {
+            self.len = len;
+        }
+    }
+    /// The values as a `Vec`.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.as_slice().to_vec()
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.as_mut_slice()
+    }
+}
+
+impl From<&[f32]> for Aligned {
+    fn from(v: &[f32]) -> Self {
+        let mut a = Aligned::zeros(v.len());
+        a.as_mut_slice().copy_from_slice(v);
+        a
+    }
+}
+
+impl From<Vec<f32>> for Aligned {
+    fn from(v: Vec<f32>) -> Self {
+        Aligned::from(v.as_slice())
+    }
+}
+
+impl FromIterator<f32> for Aligned {
+    fn from_iter<I: IntoIterator<Item = f32>>(it: I) -> Self {
+        Aligned::from(it.into_iter().collect::<Vec<f32>>())
+    }
+}
+
+impl PartialEq for Aligned {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Aligned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
     }
 }
 
@@ -1730,6 +1802,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn aligned_buffers_start_on_a_cache_line_and_resize_like_a_vec() {
+        let mut a = Aligned::zeros(5);
+        assert_eq!(a.as_ptr() as usize % 64, 0);
+        assert_eq!(a.to_vec(), vec![0.0; 5]);
+        a.copy_from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        a.truncate(2);
+        assert_eq!(&a[..], &[1.0, 2.0]);
+        // growing within the capacity zeroes the values it uncovers
+        a.resize(7);
+        assert_eq!(&a[..], &[1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        a.resize(40);
+        assert_eq!((a.len(), a.capacity()), (40, 48));
+        assert_eq!(a.as_ptr() as usize % 64, 0);
+        assert!(a[2..].iter().all(|&v| v == 0.0));
+        let b: Aligned = (0..20).map(|i| i as f32).collect();
+        assert_eq!(b.to_vec(), (0..20).map(|i| i as f32).collect::<Vec<f32>>());
+        assert_eq!(Aligned::from(b.to_vec()), b);
     }
 
     #[test]

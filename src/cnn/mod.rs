@@ -194,7 +194,7 @@ impl Preprocess {
                 }
             }
         };
-        let mut out = vec![0f32; n * n * 3];
+        let mut out = crate::cnn::layers::Aligned::zeros(n * n * 3);
         let threads = rayon::current_num_threads();
         if par && threads > 1 && n >= 16 {
             let per = n.div_ceil(4 * threads);
@@ -275,7 +275,7 @@ impl CnnModel {
         let x = self.preprocess.apply_with(img, par);
         let run = move || self.graph.run(x, want, par);
         let outs = if par { crate::cnn::graph::with_spinning_workers(run) } else { run() };
-        let mut outs = outs?.into_iter().map(|t| t.data);
+        let mut outs = outs?.into_iter().map(|t| t.data.to_vec());
         let f = outs.next().unwrap_or_default();
         Ok((f, outs.next()))
     }
@@ -322,7 +322,7 @@ impl CnnModel {
             .map(|o| {
                 o.unwrap_or_else(|| {
                     let outs = results.next().expect("one result per input")?;
-                    let mut it = outs.into_iter().map(|t| t.data);
+                    let mut it = outs.into_iter().map(|t| t.data.to_vec());
                     let f = it.next().unwrap_or_default();
                     Ok((f, it.next()))
                 })
@@ -540,7 +540,7 @@ mod tests {
         let t = p.apply(RgbView::new(&data, 4, 2));
         assert_eq!((t.h, t.w, t.c), (2, 2, 3));
         let want: Vec<f32> = [3, 4, 5, 6, 7, 8, 15, 16, 17, 18, 19, 20].iter().map(|&i| (i * 10) as f32).collect();
-        assert_eq!(t.data, want);
+        assert_eq!(t.data.to_vec(), want);
         let p = Preprocess { input_size: 2, crop_fraction: 1.0, mean: [127.5; 3], std: [127.5; 3] };
         let white = vec![255u8; 2 * 2 * 3];
         assert!(p.apply(RgbView::new(&white, 2, 2)).data.iter().all(|&v| v == 1.0));

@@ -295,7 +295,7 @@ impl PyCnnEmbedding {
     fn preprocess<'py>(&self, py: Python<'py>, image: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray3<f32>>> {
         let d = decoded_from_numpy(image, ColorNeeds::RGB)?;
         let t = self.0.model().preprocess().apply(d.rgb().expect("RGB was asked for"));
-        Ok(numpy::ndarray::Array3::from_shape_vec((t.h, t.w, t.c), t.data).expect("h * w * c").into_pyarray(py))
+        Ok(numpy::ndarray::Array3::from_shape_vec((t.h, t.w, t.c), t.data.to_vec()).expect("h * w * c").into_pyarray(py))
     }
 }
 
