@@ -611,7 +611,7 @@ const POOL_MAX: usize = 64;
 /// image split between threads ask for lengths that vary: reusing a large
 /// buffer there beats allocating a new one, whose pages the system must
 /// zero); else a new one.
-fn take_buffer(len: usize) -> Aligned {
+pub(crate) fn take_buffer(len: usize) -> Aligned {
     let reused = POOL.with(|p| {
         let mut p = p.borrow_mut();
         let i = p.iter().position(|b| b.len() == len).or_else(|| {
@@ -621,7 +621,7 @@ fn take_buffer(len: usize) -> Aligned {
     });
     match reused {
         Some(mut v) => {
-            v.resize(len);
+            v.reuse(len);
             v
         }
         None => Aligned::zeros(len),

@@ -184,6 +184,15 @@ impl Aligned {
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
+    /// Grow or cut to `len` values for a writer that sets every value: the
+    /// values it held before are kept, those within its capacity keep what
+    /// they held last (no fill), those past it are zeros.
+    pub fn reuse(&mut self, len: usize) {
+        if len > self.capacity() {
+            self.lines.resize(len.div_ceil(16), Line([0.0; 16]));
+        }
+        self.len = len;
+    }
     /// Grow or cut to `len` values; new values are zeros.
     pub fn resize(&mut self, len: usize) {
         if len > self.len {
@@ -1822,6 +1831,13 @@ mod tests {
         let b: Aligned = (0..20).map(|i| i as f32).collect();
         assert_eq!(b.to_vec(), (0..20).map(|i| i as f32).collect::<Vec<f32>>());
         assert_eq!(Aligned::from(b.to_vec()), b);
+        // reuse keeps what the lines held, zeros past the capacity
+        let mut c = b.clone();
+        c.truncate(3);
+        c.reuse(20);
+        assert_eq!(c, b);
+        c.reuse(40);
+        assert_eq!((&c[..20], &c[32..]), (&b[..], &[0.0; 8][..]));
     }
 
     #[test]
