@@ -40,9 +40,8 @@
 //! operations that give a value, so the output is the same bits for any
 //! thread count.
 
-use std::cell::RefCell;
 
-use crate::cnn::layers::{self, Activation, Aligned, Depthwise, PackedMatrix, Window, XBlock, NR};
+use crate::cnn::layers::{self, give_buffer, take_buffer, Activation, Aligned, Depthwise, PackedMatrix, Window, XBlock, NR};
 use crate::error::{BovwError, Result};
 
 /// Index of a value of a [`Graph`] (0 is the input).
@@ -592,55 +591,6 @@ pub struct Graph {
     channels: Vec<Option<usize>>,
     last_use: Vec<usize>,
     outputs: Vec<ValueId>,
-}
-
-thread_local! {
-    /// Free buffers of finished values, reused by the next nodes and images.
-    static POOL: RefCell<Vec<Aligned>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Buffers kept per thread (the distinct buffer sizes of a network's
-/// layers, at one input size; more are dropped, the least recently freed first).
-const POOL_MAX: usize = 64;
-
-/// A buffer of `len` values (contents unspecified: every kernel writes all
-/// of it): the least recently freed buffer last used for exactly `len`
-/// values (images of one size ask for the same sizes in turn, so once the
-/// pool holds them nothing is allocated or filled); else the smallest
-/// buffer that holds `len` values, cut or grown to `len` (the parts of an
-/// image split between threads ask for lengths that vary: reusing a large
-/// buffer there beats allocating a new one, whose pages the system must
-/// zero); else a new one.
-pub(crate) fn take_buffer(len: usize) -> Aligned {
-    let reused = POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        let i = p.iter().position(|b| b.len() == len).or_else(|| {
-            p.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i)
-        })?;
-        Some(p.remove(i))
-    });
-    match reused {
-        Some(mut v) => {
-            v.reuse(len);
-            v
-        }
-        None => Aligned::zeros(len),
-    }
-}
-
-/// Return a buffer to this thread's pool (dropping the least recently
-/// freed one when the pool is full).
-fn give_buffer(v: Aligned) {
-    if v.capacity() == 0 {
-        return;
-    }
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() >= POOL_MAX {
-            p.remove(0);
-        }
-        p.push(v);
-    });
 }
 
 /// Pixels gathered per [`layers::im2col`] block (a multiple of the GEMM tile's rows).

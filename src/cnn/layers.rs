@@ -257,6 +257,55 @@ impl std::fmt::Debug for Aligned {
     }
 }
 
+thread_local! {
+    /// Free buffers of finished values, reused by the next nodes and images.
+    static POOL: std::cell::RefCell<Vec<Aligned>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread (the distinct buffer sizes of a network's
+/// layers, at one input size; more are dropped, the least recently freed first).
+const POOL_MAX: usize = 64;
+
+/// A buffer of `len` values (contents unspecified: every kernel writes all
+/// of it): the least recently freed buffer last used for exactly `len`
+/// values (images of one size ask for the same sizes in turn, so once the
+/// pool holds them nothing is allocated or filled); else the smallest
+/// buffer that holds `len` values, cut or grown to `len` (the parts of an
+/// image split between threads ask for lengths that vary: reusing a large
+/// buffer there beats allocating a new one, whose pages the system must
+/// zero); else a new one.
+pub(crate) fn take_buffer(len: usize) -> Aligned {
+    let reused = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|b| b.len() == len).or_else(|| {
+            p.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i)
+        })?;
+        Some(p.remove(i))
+    });
+    match reused {
+        Some(mut v) => {
+            v.reuse(len);
+            v
+        }
+        None => Aligned::zeros(len),
+    }
+}
+
+/// Return a buffer to this thread's pool (dropping the least recently
+/// freed one when the pool is full).
+pub(crate) fn give_buffer(v: Aligned) {
+    if v.capacity() == 0 {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() >= POOL_MAX {
+            p.remove(0);
+        }
+        p.push(v);
+    });
+}
+
 /// A `k x n` weight matrix and its `n` biases, packed once for [`gemm`]:
 /// `ceil(n / NR)` panels of `k x NR` values (row after row, zero-padded past
 /// `n`), so that a tile reads each weight row as two aligned vectors.
@@ -569,7 +618,7 @@ fn gemm_blocks_par_cols(
         let (p0, p1) = (i * w.panels / parts, (i + 1) * w.panels / parts);
         let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
         let cw = c1 - c0;
-        let mut sums = vec![0f32; m * cw];
+        let mut sums = take_buffer(m * cw);
         gemm_blocks(xs, m, w, p0..p1, &mut sums, cw, None, Activation::None);
         let dst = &dst;
         for (r, row) in sums.chunks_exact(cw).enumerate() {
@@ -594,6 +643,7 @@ fn gemm_blocks_par_cols(
                 act.apply_slice(d);
             }
         }
+        give_buffer(sums);
     });
 }
 

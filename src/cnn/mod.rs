@@ -195,7 +195,7 @@ impl Preprocess {
             }
         };
         // from this thread's buffer pool (every value is written below)
-        let mut out = crate::cnn::graph::take_buffer(n * n * 3);
+        let mut out = crate::cnn::layers::take_buffer(n * n * 3);
         let threads = rayon::current_num_threads();
         if par && threads > 1 && n >= 16 {
             let per = n.div_ceil(4 * threads);
