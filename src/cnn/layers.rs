@@ -652,6 +652,17 @@ struct SyncPtr(*mut f32);
 // SAFETY: used only for writes of disjoint elements by the parts of one call.
 unsafe impl Sync for SyncPtr {}
 
+/// `f::<R>(args)` for `R = rows` among the listed row counts, `f::<1>`
+/// otherwise (the register tiles are compiled for each row count).
+macro_rules! by_rows {
+    ($rows:expr, [$($r:literal),*], $m:ident :: $f:ident $args:tt) => {
+        match $rows {
+            $($r => $m::$f::<$r> $args,)*
+            _ => $m::$f::<1> $args,
+        }
+    };
+}
+
 /// One `rows x cols` tile of [`gemm_blocks`] (rows <= MR, cols <= NR; for
 /// the AVX-512 kernel rows <= MR_WIDE and cols <= 2 NR over two
 /// consecutive panels).
@@ -681,38 +692,15 @@ impl Tile<'_> {
         {
             if use_simd512() {
                 // SAFETY: AVX-512F is available (use_simd512 checked it).
-                match rows {
-                    8 => return avx512::tile::<8>(self, r0, out, residual),
-                    7 => return avx512::tile::<7>(self, r0, out, residual),
-                    6 => return avx512::tile::<6>(self, r0, out, residual),
-                    5 => return avx512::tile::<5>(self, r0, out, residual),
-                    4 => return avx512::tile::<4>(self, r0, out, residual),
-                    3 => return avx512::tile::<3>(self, r0, out, residual),
-                    2 => return avx512::tile::<2>(self, r0, out, residual),
-                    _ => return avx512::tile::<1>(self, r0, out, residual),
-                }
+                return by_rows!(rows, [8, 7, 6, 5, 4, 3, 2], avx512::tile(self, r0, out, residual));
             }
             if use_simd() {
                 // SAFETY: AVX2 and FMA are available (use_simd checked both).
                 if self.cols <= 8 {
                     // a last panel of at most 8 columns: half the work
-                    match rows {
-                        6 => return avx2::tile8::<6>(self, r0, out, residual),
-                        5 => return avx2::tile8::<5>(self, r0, out, residual),
-                        4 => return avx2::tile8::<4>(self, r0, out, residual),
-                        3 => return avx2::tile8::<3>(self, r0, out, residual),
-                        2 => return avx2::tile8::<2>(self, r0, out, residual),
-                        _ => return avx2::tile8::<1>(self, r0, out, residual),
-                    }
+                    return by_rows!(rows, [6, 5, 4, 3, 2], avx2::tile8(self, r0, out, residual));
                 }
-                match rows {
-                    6 => return avx2::tile::<6>(self, r0, out, residual),
-                    5 => return avx2::tile::<5>(self, r0, out, residual),
-                    4 => return avx2::tile::<4>(self, r0, out, residual),
-                    3 => return avx2::tile::<3>(self, r0, out, residual),
-                    2 => return avx2::tile::<2>(self, r0, out, residual),
-                    _ => return avx2::tile::<1>(self, r0, out, residual),
-                }
+                return by_rows!(rows, [6, 5, 4, 3, 2], avx2::tile(self, r0, out, residual));
             }
         }
         self.portable(r0, rows, out, residual)
