@@ -33,36 +33,21 @@
 //! results are the same bits on every x86-64 CPU with or without AVX2 or
 //! AVX-512, for any row split, thread count or batch composition.
 
-#[cfg(target_arch = "x86_64")]
-use crate::features::{use_avx2, use_avx512};
+use crate::features::Simd;
 
-/// Whether the AVX2 + FMA kernels run: the CPU has both (checked at run
-/// time, cached by std) and the thread is not restricted to the portable
-/// paths (tests compare both).
+/// The kernel family this thread runs, decided once per call of a kernel:
+/// AVX-512 where the CPU has AVX-512F, AVX2 and FMA, AVX2 where it has
+/// both (checked at run time, cached by std), else portable; tests cap it
+/// ([`crate::features::avx2_only`], [`crate::features::portable_only`]).
 #[inline]
-pub(crate) fn use_simd() -> bool {
+pub(crate) fn kernels() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        use_avx2() && std::arch::is_x86_feature_detected!("fma")
+        if crate::features::use_avx2() && std::arch::is_x86_feature_detected!("fma") {
+            return if crate::features::use_avx512() { Simd::Avx512 } else { Simd::Avx2 };
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the AVX-512 kernels run: [`use_simd`] and the CPU has AVX-512F
-/// (and the thread is not restricted to AVX2, tests).
-#[inline]
-pub(crate) fn use_simd512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use_simd() && use_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Simd::Portable
 }
 
 /// Output channels per packed weight panel (two 8-lane AVX registers, one
@@ -464,7 +449,8 @@ pub fn gemm_blocks(
     // blocks and tiles as even as possible (a 1-row tile is latency-bound).
     // Tiling never changes a value: each row is summed in the same order.
     // AVX-512 tiles span two panels (32 columns) when two remain
-    let wide = use_simd512();
+    let simd = kernels();
+    let wide = simd == Simd::Avx512;
     let mr = if wide { MR_WIDE } else { MR };
     let mc = ((256 * 1024 / 4) / k.max(1)).clamp(mr, 240) / mr * mr;
     let n_blocks = m.div_ceil(mc);
@@ -481,7 +467,7 @@ pub fn gemm_blocks(
             let mut r0 = m0;
             for ti in 0..n_tiles {
                 let rows = (m0 + mb - r0) / (n_tiles - ti);
-                let tile = Tile { xs, panel, k, bias, out_col: (p - panels.start) * NR, cols, ldo, lo, hi };
+                let tile = Tile { xs, panel, k, bias, out_col: (p - panels.start) * NR, cols, ldo, lo, hi, simd };
                 // SAFETY: rows r0..r0+rows < m of every block and columns
                 // out_col..out_col+cols <= n_out of out and residual are in
                 // bounds (asserted above); a tile of more than NR columns
@@ -679,6 +665,8 @@ struct Tile<'a> {
     ldo: usize,
     lo: f32,
     hi: f32,
+    /// The kernel family of the call (more than NR columns only with AVX-512).
+    simd: Simd,
 }
 
 impl Tile<'_> {
@@ -688,22 +676,19 @@ impl Tile<'_> {
     /// be in bounds.
     #[inline]
     unsafe fn run(&self, r0: usize, rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if use_simd512() {
-                // SAFETY: AVX-512F is available (use_simd512 checked it).
-                return by_rows!(rows, [8, 7, 6, 5, 4, 3, 2], avx512::tile(self, r0, out, residual));
+        match self.simd {
+            // SAFETY (the SIMD arms): `kernels()` found the CPU features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => by_rows!(rows, [8, 7, 6, 5, 4, 3, 2], avx512::tile(self, r0, out, residual)),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 if self.cols <= 8 => {
+                // a last panel of at most 8 columns: half the work
+                by_rows!(rows, [6, 5, 4, 3, 2], avx2::tile8(self, r0, out, residual))
             }
-            if use_simd() {
-                // SAFETY: AVX2 and FMA are available (use_simd checked both).
-                if self.cols <= 8 {
-                    // a last panel of at most 8 columns: half the work
-                    return by_rows!(rows, [6, 5, 4, 3, 2], avx2::tile8(self, r0, out, residual));
-                }
-                return by_rows!(rows, [6, 5, 4, 3, 2], avx2::tile(self, r0, out, residual));
-            }
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => by_rows!(rows, [6, 5, 4, 3, 2], avx2::tile(self, r0, out, residual)),
+            _ => self.portable(r0, rows, out, residual),
         }
-        self.portable(r0, rows, out, residual)
     }
 
     fn portable(&self, r0: usize, rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
@@ -1153,17 +1138,16 @@ pub fn depthwise_row_part(
         lo,
         hi,
     };
-    let mut done = false;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if use_simd() {
+    match kernels() {
+        #[cfg(target_arch = "x86_64")]
+        simd @ (Simd::Avx512 | Simd::Avx2) => {
             // channels 0..c16 in blocks of 16 (AVX-512), c16..c8 in blocks
             // of 8, the last c % 8 value by value
             let c8 = c / 8 * 8;
-            let c16 = if use_simd512() { c / 16 * 16 } else { 0 };
-            // SAFETY: AVX-512F (if c16 > 0), AVX2 and FMA are available;
-            // the kernels index within the rows, the filters and `out`
-            // (sizes asserted above), channels within 0..c.
+            let c16 = if simd == Simd::Avx512 { c / 16 * 16 } else { 0 };
+            // SAFETY: AVX-512F (if c16 > 0), AVX2 and FMA are available
+            // (`kernels()` found them); the kernels index within the rows,
+            // the filters and `out` (sizes asserted above), channels within 0..c.
             unsafe {
                 if c16 > 0 {
                     dw_avx512::row(&row, 0, c16, out);
@@ -1175,11 +1159,8 @@ pub fn depthwise_row_part(
                     row.pixel(ox, c8, c, out);
                 }
             }
-            done = true;
         }
-    }
-    if !done {
-        row.portable(out);
+        _ => row.portable(out),
     }
     if bounds.is_none() {
         act.apply_slice(out);

@@ -224,9 +224,18 @@ pub struct ImageFeatures {
     pub scale: f64,
 }
 
+/// The widest kernel family a thread may run: tests cap it to compare the
+/// AVX-512, AVX2 and portable paths on one machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Simd {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
 thread_local! {
-    /// Set by tests to run the portable code paths on an AVX2 machine.
-    static PORTABLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread's cap on the kernel family (tests lower it).
+    static SIMD_CAP: std::cell::Cell<Simd> = const { std::cell::Cell::new(Simd::Avx512) };
 }
 
 /// Whether the AVX2 kernels may run: the CPU has AVX2 (checked at run time)
@@ -235,26 +244,12 @@ thread_local! {
 pub(crate) fn use_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        !PORTABLE_ONLY.with(|c| c.get()) && std::arch::is_x86_feature_detected!("avx2")
+        SIMD_CAP.with(|c| c.get()) >= Simd::Avx2 && std::arch::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
-}
-
-/// Run `f` with the AVX2 kernels off on this thread (tests compare both paths).
-#[cfg(test)]
-pub(crate) fn portable_only<R>(f: impl FnOnce() -> R) -> R {
-    PORTABLE_ONLY.with(|c| c.set(true));
-    let r = f();
-    PORTABLE_ONLY.with(|c| c.set(false));
-    r
-}
-
-thread_local! {
-    /// Set by tests to run the AVX2 kernels on an AVX-512 machine.
-    static NO_AVX512: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the AVX-512 kernels may run (the CNN's GEMM and depthwise
@@ -266,7 +261,7 @@ thread_local! {
 pub(crate) fn use_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        use_avx2() && !NO_AVX512.with(|c| c.get()) && std::arch::is_x86_feature_detected!("avx512f")
+        use_avx2() && SIMD_CAP.with(|c| c.get()) >= Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -274,14 +269,28 @@ pub(crate) fn use_avx512() -> bool {
     }
 }
 
+/// Run `f` with this thread's kernels capped at `cap` (the previous cap
+/// comes back afterwards).
+#[cfg(test)]
+fn with_simd_cap<R>(cap: Simd, f: impl FnOnce() -> R) -> R {
+    let before = SIMD_CAP.with(|c| c.replace(cap));
+    let r = f();
+    SIMD_CAP.with(|c| c.set(before));
+    r
+}
+
+/// Run `f` with the AVX2 (and AVX-512) kernels off on this thread (tests
+/// compare the paths).
+#[cfg(test)]
+pub(crate) fn portable_only<R>(f: impl FnOnce() -> R) -> R {
+    with_simd_cap(Simd::Portable, f)
+}
+
 /// Run `f` with the AVX-512 kernels off on this thread (the AVX2 ones run
 /// instead; tests compare the paths).
 #[cfg(test)]
 pub(crate) fn avx2_only<R>(f: impl FnOnce() -> R) -> R {
-    NO_AVX512.with(|c| c.set(true));
-    let r = f();
-    NO_AVX512.with(|c| c.set(false));
-    r
+    with_simd_cap(Simd::Avx2, f)
 }
 
 /// The largest `n_threads` a kernel accepts. Fixed rather than a multiple
