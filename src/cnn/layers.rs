@@ -165,10 +165,6 @@ impl Aligned {
     pub fn capacity(&self) -> usize {
         self.lines.len() * 16
     }
-    /// Keep the first `len` values (no-op when it holds fewer).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
     /// Grow or cut to `len` values for a writer that sets every value: the
     /// values it held before are kept, those within its capacity keep what
     /// they held last (no fill), those past it are zeros.
@@ -177,19 +173,6 @@ impl Aligned {
             self.lines.resize(len.div_ceil(16), Line([0.0; 16]));
         }
         self.len = len;
-    }
-    /// Grow or cut to `len` values; new values are zeros.
-    pub fn resize(&mut self, len: usize) {
-        if len > self.len {
-            if len > self.capacity() {
-                self.lines.resize(len.div_ceil(16), Line([0.0; 16]));
-            }
-            let old = self.len;
-            self.len = len;
-            self.as_mut_slice()[old..].fill(0.0);
-        } else {
-            self.len = len;
-        }
     }
     /// The values as a `Vec`.
     pub fn to_vec(&self) -> Vec<f32> {
@@ -1234,7 +1217,6 @@ macro_rules! dw_kernels {
         $(#[$doc:meta])*
         mod $name:ident: $feature:literal, $v:ident x $lanes:literal;
         $load:ident, $store:ident, $fmadd:ident, $min:ident, $max:ident, $set1:ident, $zero:ident;
-        pair_below $pair_below:literal;
     ) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
@@ -1246,7 +1228,7 @@ macro_rules! dw_kernels {
             const L: usize = $lanes;
             /// [`whole`] sums two blocks together when a run has fewer
             /// pixels than this.
-            const PAIR_BELOW: usize = $pair_below;
+            const PAIR_BELOW: usize = 6;
 
             /// `min(max(v, lo), hi)`: max then min, as `clamp` (NaN-free
             /// inputs give the same bits).
@@ -1608,7 +1590,6 @@ dw_kernels! {
     /// block of 8 channels when `c % 16 >= 8`.
     mod dw_avx2: "avx2,fma", __m256 x 8;
     _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_min_ps, _mm256_max_ps, _mm256_set1_ps, _mm256_setzero_ps;
-    pair_below 6;
 }
 
 dw_kernels! {
@@ -1616,7 +1597,6 @@ dw_kernels! {
     /// where the CPU has it: channels `0..c / 16 * 16`.
     mod dw_avx512: "avx512f", __m512 x 16;
     _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_min_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps;
-    pair_below 6;
 }
 
 /// Gather the `kh x kw x c` input patches of output pixels `p0..p0 + n`
@@ -1833,26 +1813,27 @@ mod tests {
     }
 
     #[test]
-    fn aligned_buffers_start_on_a_cache_line_and_resize_like_a_vec() {
+    fn aligned_buffers_start_on_a_cache_line_and_are_reused_in_place() {
         let mut a = Aligned::zeros(5);
         assert_eq!(a.as_ptr() as usize % 64, 0);
         assert_eq!(a.to_vec(), vec![0.0; 5]);
         a.copy_from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0]);
-        a.truncate(2);
+        a.reuse(2);
         assert_eq!(&a[..], &[1.0, 2.0]);
-        // growing within the capacity zeroes the values it uncovers
-        a.resize(7);
-        assert_eq!(&a[..], &[1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        a.resize(40);
+        // growing within the capacity uncovers what the line held
+        a.reuse(7);
+        assert_eq!(&a[..], &[1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0]);
+        // past it: new lines, zeros, still on a cache line
+        a.reuse(40);
         assert_eq!((a.len(), a.capacity()), (40, 48));
         assert_eq!(a.as_ptr() as usize % 64, 0);
-        assert!(a[2..].iter().all(|&v| v == 0.0));
+        assert!(a[5..].iter().all(|&v| v == 0.0));
         let b: Aligned = (0..20).map(|i| i as f32).collect();
         assert_eq!(b.to_vec(), (0..20).map(|i| i as f32).collect::<Vec<f32>>());
         assert_eq!(Aligned::from(b.to_vec()), b);
         // reuse keeps what the lines held, zeros past the capacity
         let mut c = b.clone();
-        c.truncate(3);
+        c.reuse(3);
         c.reuse(20);
         assert_eq!(c, b);
         c.reuse(40);
