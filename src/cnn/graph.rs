@@ -1325,7 +1325,8 @@ const MBCONV_PAR_MIN_WORK: usize = 1 << 17;
 ///   middle channels with 5 x 5 filters of a 224 px input went by
 ///   channels and ran 1.1x faster on 2 threads than on 1, by rows 1.9x; a
 ///   single 224 px image on 2 threads 5.2-5.6 -> 4.7-5.2 ms, 100 px
-///   unchanged). One fork-join per block.
+///   unchanged: the "stream t2" lines of `benches/py/cnn_call_times.py`
+///   under each build). One fork-join per block.
 /// - **channels**, for small images where the seams would cost more: each
 ///   thread expands a range of whole weight panels of the middle channels
 ///   (the whole image, its channels only) and runs their depthwise
